@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each sets up .venv on first use
+# (and again when pyproject.toml changes), then runs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean samples
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned, so nothing can resolve a newer (CUDA) build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m explorer inspect digits-cnn
+	$(PY) -m explorer evaluate digits-mlp --plan sample_models/digits-mlp.plan.json
+
+samples: $(STAMP)
+	$(PY) sample_models/train_samples.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/kernels.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,240 @@
+"""``compression-explorer``: the engine's verbs, headless.
+
+Every verb takes ``--json`` (machine-readable output on stdout) and ``--debug`` (tracebacks). Failures
+print one line on stderr and exit with status 2 (bad input) or 1 (anything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Optional
+
+EXIT_USAGE = 2
+
+
+# ---------------------------------------------------------------------------------------- progress
+
+
+class TextProgress:
+    """A progress bar on stderr that appears only once work has run for more than ``delay`` seconds,
+    and only on a terminal (pipes and CI logs stay clean)."""
+
+    def __init__(self, label: str, delay: float = 1.0, stream=None, force: bool = False):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.start = time.monotonic()
+        self.delay = delay
+        self.enabled = force or (hasattr(self.stream, "isatty") and self.stream.isatty())
+        self.shown = False
+
+    def __call__(self, fraction: float, message: str = "") -> bool:
+        if self.enabled and time.monotonic() - self.start >= self.delay:
+            width = 30
+            filled = int(round(width * fraction))
+            text = f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {message[:40]:<40}"
+            self.stream.write(text)
+            self.stream.flush()
+            self.shown = True
+        return True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+            self.shown = False
+
+
+# ---------------------------------------------------------------------------------------- formatting
+
+
+def human_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return str(n)
+
+
+def human_count(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def table(rows: list, headers: list, align: str) -> str:
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for k, r in enumerate(cells):
+        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)]
+        lines.append("  ".join(parts).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- verbs
+
+
+def _load(args):
+    from explorer.engine.loading import load_model, parse_input_shape
+
+    loaded = load_model(args.model, factory=args.factory, trust=args.trust, data=args.data)
+    if args.input_shape:
+        loaded.example_input = parse_input_shape(args.input_shape)
+    return loaded
+
+
+def cmd_inspect(args) -> int:
+    from explorer.engine.compress import inspect_model
+
+    loaded = _load(args)
+    info = inspect_model(loaded.model, loaded.example_input)
+    if args.json:
+        out = {"model": loaded.source, "kind": loaded.kind}
+        out.update(info.to_dict())
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = []
+    for l in info.layers:
+        struct = "filter+channel" if l.filter_ok and l.channel_ok else "filter" if l.filter_ok else \
+            "channel" if l.channel_ok else "-"
+        rows.append([l.name, l.type, "x".join(map(str, l.shape)), f"{l.params:,}", human_count(l.macs),
+                     human_bytes(l.bytes), struct])
+    print(f"{loaded.source} ({loaded.kind})" + (f", example input {tuple(info.input_shape)}"
+                                                if info.input_shape else ", no example input: MACs unknown"))
+    print(table(rows, ["layer", "type", "shape", "params", "MACs", "bytes", "removable channels"], "lllrrrl"))
+    print(f"\nlayers: {info.layer_params:,} params; other (biases of non-layers, norms, buffers): "
+          f"{info.other_params:,}; total {info.total_params:,} params = {human_bytes(info.bytes)} in fp32")
+    if info.macs is not None:
+        print(f"MACs: {info.macs:,} ({human_count(2 * info.macs)} FLOPs) for one forward pass; "
+              f"layers account for {sum(l.macs or 0 for l in info.layers):,}")
+    blocked = [l for l in info.layers if not l.filter_ok and l.filter_reason]
+    if blocked and not args.quiet:
+        print("\nwhy some output channels cannot be removed:")
+        for l in blocked:
+            print(f"  {l.name}: {l.filter_reason}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from explorer.engine.evaluate import evaluate_plan
+    from explorer.engine.plan import Plan
+
+    loaded = _load(args)
+    plan = Plan.load(args.plan) if args.plan else Plan()
+    bar = TextProgress("evaluating")
+    try:
+        result = evaluate_plan(loaded, plan, progress=bar, limit=args.limit)
+    finally:
+        bar.close()
+    if args.json:
+        result["model"] = loaded.source
+        result["plan"] = args.plan
+        print(json.dumps(result, indent=2))
+        return 0
+    _print_evaluation(loaded, args.plan, result)
+    return 0
+
+
+def _print_evaluation(loaded, plan_path, r) -> None:
+    size, ratio = r["size"], r["ratio"]
+    print(f"{loaded.source} ({loaded.kind}), plan: {plan_path or '(none: dense)'}")
+    labels = {"dense": "dense fp32", "pruned": "pruned (sparse, fp32 values)",
+              "quantized": "quantized (codes + codebooks)", "coded": "Huffman-coded"}
+    rows = [[labels[s], f"{size[s]:,}", human_bytes(size[s]), f"{ratio[s]:.2f}x" if ratio[s] else "-"]
+            for s in ("dense", "pruned", "quantized", "coded")]
+    print(table(rows, ["size by stage", "bytes", "", "ratio"], "lrrr"))
+    m = r["macs"]
+    if m["before"] is not None:
+        print(f"\nMACs: {m['before']:,} -> {m['after']:,} (effective, non-zero weights only: "
+              f"{m['effective']:,})")
+    acc = r.get("accuracy")
+    if acc:
+        print(f"accuracy ({acc['data']}): {acc['before']:.2%} -> {acc['after']:.2%}")
+    fid = r.get("fidelity")
+    if fid:
+        print(f"output fidelity vs original ({fid['data']}): cosine {fid['cosine']:.4f}, "
+              f"relative error {fid['rel_error']:.4f}")
+    rows = []
+    for l in r["layers"]:
+        b = l["bits"]
+        rows.append([l["name"], l["settings_summary"], f"{l['nonzero']:,}/{l['params_after']:,}",
+                     human_bytes(b["dense"] / 8), human_bytes(b["pruned"] / 8), human_bytes(b["quantized"] / 8),
+                     human_bytes(b["coded"] / 8), f"{b['dense'] / max(b['coded'], 1):.1f}x"])
+    print()
+    print(table(rows, ["layer", "settings", "nonzero", "dense", "pruned", "quantized", "coded", "ratio"],
+                "llrrrrrr"))
+
+
+# ---------------------------------------------------------------------------------------- parser
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("model", nargs="?", help="model file, bundled sample name (digits-mlp, digits-cnn) "
+                                            "or factory 'module:callable'")
+    p.add_argument("--factory", help="'module:callable' that builds the architecture for a state_dict")
+    p.add_argument("--trust", action="store_true",
+                   help="allow unpickling a full pickled nn.Module (runs code from the file!)")
+    p.add_argument("--data", help="eval data: IDX images file (labels beside it) or .npz with x[, y]")
+    p.add_argument("--input-shape", help="example input shape for MACs when the model has none, e.g. 1,3,32,32")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from explorer import __version__
+
+    parser = argparse.ArgumentParser(prog="compression-explorer",
+                                     description="Compress neural networks layer by layer and measure the result.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    p = sub.add_parser("inspect", help="per-layer table: shape, params, MACs, bytes, removable channels")
+    _add_model_args(p)
+    p.add_argument("--quiet", action="store_true", help="omit the reasons channels cannot be removed")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("evaluate", help="apply a plan: size by stage, MACs, accuracy before/after")
+    _add_model_args(p)
+    p.add_argument("--plan", help="plan JSON (default: no compression)")
+    p.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    if getattr(args, "model", None) is None and getattr(args, "factory", None) is None:
+        parser.error(f"{args.verb}: give a MODEL (file, sample name or module:callable)")
+    from explorer.engine.errors import ExplorerError
+
+    try:
+        return args.func(args)
+    except ExplorerError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an engine bug or an unexpected failure of user code: one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""Entropy coding and sparse-index streams, counted to the bit (Deep Compression §2 and §4).
+
+Two kinds of stream are stored for a pruned and quantized weight tensor:
+
+* the **index stream**: one code per stored entry, ``code_bits`` bits each when stored raw;
+* the **gap stream** (sparse storage only): one gap per stored entry, ``b`` bits each when stored raw.
+
+Gaps. Survivors are the flat (row-major) positions ``p_0 < p_1 < ...`` whose weight is kept. The gap of
+survivor ``i`` is ``d_i = p_i - p_{i-1}`` with ``p_{-1} = -1``, so every gap is at least 1 and position 0
+has gap 1. A ``b``-bit gap holds the values ``1 .. M`` with ``M = 2**b - 1`` (the value 0 never occurs).
+A gap ``d > M`` is split by ``k = floor((d - 1) / M)`` *filler* entries, each a zero-valued entry at
+distance ``M`` from the previous one; the survivor then follows at the remaining distance
+``d - k*M`` (in ``1 .. M``). In storage order the fillers come right before their survivor. Positions
+after the last survivor need no entry (the tensor's shape is known from elsewhere). Hence::
+
+    entries(b) = n + sum_i floor((d_i - 1) / M)
+
+For uniformly random positions at density ``d`` (``q = 1 - d``) a gap is geometric,
+``P(gap > m) = q**m``, so the expected number of fillers per survivor is
+``sum_{k>=1} q**(k*M) = q**M / (1 - q**M)``.
+
+Huffman coding. A stream of ``n`` symbols from an alphabet of ``A`` symbols with ``c_s`` occurrences of
+symbol ``s`` costs, Huffman-coded, ``sum_s c_s * len_s`` payload bits plus a table of one byte (8 bits) of
+code length per alphabet symbol, ``8*A`` bits; the decoder rebuilds the canonical code from the lengths.
+A stream is coded only where that is cheaper than storing it raw (``n * raw_bits``); see
+:func:`stream_bits`. Every length fits in a byte: a Huffman code of length ``L`` needs a stream of at
+least ``Fib(L+2)`` symbols (1, 1, 2, 3, 5, ...), so a length above 64 would need more than 10**13.
+
+References
+----------
+Han, Mao, Dally, "Deep Compression: Compressing Deep Neural Networks with Pruning, Trained Quantization
+and Huffman Coding", ICLR 2016. Huffman, "A Method for the Construction of Minimum-Redundancy Codes",
+1952. Schwartz and Kallick, "Generating a canonical prefix encoding", 1964 (canonical codes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = [
+    "MAX_ALPHABET",
+    "TABLE_BITS_PER_SYMBOL",
+    "StreamBits",
+    "huffman_code_lengths",
+    "canonical_codes",
+    "entropy_bits",
+    "gap_entries",
+    "gap_histogram",
+    "gap_stream",
+    "stream_bits",
+]
+
+MAX_ALPHABET = 65536
+TABLE_BITS_PER_SYMBOL = 8  # one byte of code length per alphabet symbol
+MAX_CODE_LENGTH = 64  # canonical codewords are returned as uint64
+
+
+def _counts_array(counts, name: str = "counts") -> np.ndarray:
+    """Validate a histogram: 1-D, integer-valued, non-negative; returned as int64."""
+    c = np.asarray(counts)
+    if c.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {c.shape}")
+    if c.size > MAX_ALPHABET:
+        raise ValueError(f"{name} has {c.size} symbols; at most {MAX_ALPHABET} are supported")
+    if c.size == 0:
+        return np.zeros(0, np.int64)
+    if not np.issubdtype(c.dtype, np.integer):
+        if not np.all(np.isfinite(c)) or np.any(c != np.floor(c)):
+            raise ValueError(f"{name} must hold whole numbers")
+    c = c.astype(np.int64)
+    if c.min() < 0:
+        raise ValueError(f"{name} must be non-negative")
+    return c
+
+
+def huffman_code_lengths(counts) -> np.ndarray:
+    """Code length of every symbol in an optimal (Huffman) prefix code for the given counts.
+
+    Parameters
+    ----------
+    counts : array_like of int, shape (A,)
+        Occurrences of each symbol, ``A <= 65536``.
+
+    Returns
+    -------
+    lengths : ndarray of int64, shape (A,)
+        Length in bits of each symbol's codeword; 0 for symbols that do not occur. A stream with a
+        single distinct symbol gets length 1 (one bit per symbol, so the stream still has a length).
+        With two or more present symbols the lengths satisfy Kraft's equality
+        ``sum 2**-len = 1`` and minimise ``sum counts * lengths``.
+
+    Notes
+    -----
+    Built with the two-queue method: present symbols sorted by count (ties by symbol index), merged
+    nodes appended to a second queue whose weights never decrease; each step merges the two lightest
+    heads (a leaf wins a tie). Deterministic. Cost O(m log m) for ``m`` present symbols; the loop runs
+    over symbols, never over stream elements.
+    """
+    c = _counts_array(counts)
+    lengths = np.zeros(c.size, np.int64)
+    present = np.flatnonzero(c > 0)
+    m = present.size
+    if m == 0:
+        return lengths
+    if m == 1:
+        lengths[present] = 1
+        return lengths
+    order = present[np.argsort(c[present], kind="stable")]
+    leaf_w = [int(x) for x in c[order]]
+    node_w: list[int] = []  # weights of merged nodes, node id m + j
+    parent = np.empty(2 * m - 1, np.int64)
+    i = j = 0  # heads of the leaf queue and the merged queue
+
+    def pop() -> int:
+        nonlocal i, j
+        if i < m and (j >= len(node_w) or leaf_w[i] <= node_w[j]):
+            i += 1
+            return i - 1
+        j += 1
+        return m + j - 1
+
+    def weight(node: int) -> int:
+        return leaf_w[node] if node < m else node_w[node - m]
+
+    for k in range(m - 1):
+        a = pop()
+        b = pop()
+        node_w.append(weight(a) + weight(b))
+        parent[a] = parent[b] = m + k
+    # a merged node's parent is always created after it: walk merged nodes from the root down
+    depth = np.zeros(2 * m - 1, np.int64)
+    for node in range(2 * m - 3, m - 1, -1):
+        depth[node] = depth[parent[node]] + 1
+    lengths[order] = depth[parent[:m]] + 1
+    return lengths
+
+
+def canonical_codes(lengths) -> np.ndarray:
+    """Canonical Huffman codewords for given code lengths (as DEFLATE, RFC 1951 §3.2.2).
+
+    Symbols are ordered by (length, symbol index); the first gets the all-zero codeword of its length,
+    each next one the previous codeword plus one, shifted left by the increase in length. The decoder
+    therefore needs only the lengths, which is what the stored table holds.
+
+    Parameters
+    ----------
+    lengths : array_like of int, shape (A,)
+        Code length per symbol, 0 = symbol absent; at most 64. Must satisfy Kraft's inequality
+        ``sum 2**-len <= 1``.
+
+    Returns
+    -------
+    codes : ndarray of uint64, shape (A,)
+        Codeword of each symbol, read as its ``lengths[s]`` low bits, most significant bit first;
+        0 for absent symbols.
+    """
+    L = np.asarray(lengths)
+    if L.ndim != 1:
+        raise ValueError(f"lengths must be 1-D, got shape {L.shape}")
+    L = L.astype(np.int64)
+    codes = np.zeros(L.size, np.uint64)
+    if L.size and (L.min() < 0 or L.max() > MAX_CODE_LENGTH):
+        raise ValueError(f"code lengths must lie in 0..{MAX_CODE_LENGTH}")
+    if not np.any(L > 0):
+        return codes
+    max_len = int(L.max())
+    bl_count = [int(x) for x in np.bincount(L[L > 0], minlength=max_len + 1)]
+    bl_count[0] = 0
+    if sum(n << (max_len - l) for l, n in enumerate(bl_count) if l) > (1 << max_len):
+        raise ValueError("code lengths violate Kraft's inequality: no prefix code has them")
+    next_code = [0] * (max_len + 1)
+    code = 0
+    for l in range(1, max_len + 1):
+        code = (code + bl_count[l - 1]) << 1
+        next_code[l] = code
+    present = np.flatnonzero(L > 0)
+    order = present[np.lexsort((present, L[present]))]  # by length, then symbol
+    ls = L[order]
+    first = np.searchsorted(ls, ls, side="left")  # index of the first symbol of the same length
+    rank = np.arange(order.size) - first
+    base = np.array(next_code, dtype=np.uint64)[ls]
+    codes[order] = base + rank.astype(np.uint64)
+    return codes
+
+
+def entropy_bits(counts) -> float:
+    """Shannon information of a stream with the given symbol counts, in bits.
+
+    ``H_total = -sum_s c_s * log2(c_s / N)`` with ``N = sum_s c_s`` (absent symbols contribute 0).
+    A lower bound on any symbol-by-symbol prefix code: ``H_total <= sum c_s*len_s < H_total + N``
+    for Huffman lengths when at least two symbols occur.
+    """
+    c = _counts_array(counts)
+    c = c[c > 0].astype(np.float64)
+    if c.size <= 1:
+        return 0.0
+    n = c.sum()
+    return float(-(c * np.log2(c / n)).sum())
+
+
+def _gaps(positions, b: int) -> tuple[np.ndarray, int]:
+    """Validated survivor gaps ``d_i = p_i - p_{i-1}`` (``p_{-1} = -1``) and ``M = 2**b - 1``."""
+    if not (isinstance(b, (int, np.integer)) and 1 <= b <= 62):
+        raise ValueError(f"gap bits must be an integer in 1..62, got {b!r}")
+    p = np.asarray(positions)
+    if p.ndim != 1:
+        raise ValueError(f"positions must be 1-D, got shape {p.shape}")
+    if p.size and not np.issubdtype(p.dtype, np.integer):
+        raise ValueError("positions must be integers")
+    p = p.astype(np.int64)
+    d = np.diff(p, prepend=np.int64(-1))
+    if d.size and d.min() < 1:
+        raise ValueError("positions must be non-negative and strictly increasing")
+    return d, (1 << int(b)) - 1
+
+
+def gap_entries(positions, b: int) -> int:
+    """Number of stored entries with ``b``-bit gaps: survivors plus fillers.
+
+    ``entries(b) = n + sum_i floor((d_i - 1) / M)`` with ``M = 2**b - 1`` and gaps ``d_i`` as in the
+    module docstring.
+
+    Parameters
+    ----------
+    positions : array_like of int, shape (n,)
+        Sorted flat indices of the surviving weights.
+    b : int
+        Bits per stored gap.
+    """
+    d, M = _gaps(positions, b)
+    return int(d.size + ((d - 1) // M).sum())
+
+
+def gap_stream(positions, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """The gaps of every stored entry in storage order, fillers included.
+
+    Returns
+    -------
+    gaps : ndarray of int64, shape (entries,)
+        Each in ``1 .. M`` (``M = 2**b - 1``); a survivor with gap ``d`` is preceded by
+        ``k = floor((d - 1)/M)`` fillers of gap ``M`` and stored with gap ``d - k*M``.
+        ``cumsum(gaps) - 1`` are the positions of the entries.
+    is_filler : ndarray of bool, shape (entries,)
+        True for filler entries (which store the zero value).
+    """
+    d, M = _gaps(positions, b)
+    k = (d - 1) // M
+    last = np.cumsum(k + 1) - 1  # index of each survivor's own entry
+    total = int(last[-1] + 1) if last.size else 0
+    gaps = np.full(total, M, np.int64)
+    gaps[last] = d - k * M
+    is_filler = np.ones(total, bool)
+    is_filler[last] = False
+    return gaps, is_filler
+
+
+def gap_histogram(positions, b: int) -> tuple[np.ndarray, int]:
+    """Counts of each gap value in the ``b``-bit gap stream, without building the stream.
+
+    Returns
+    -------
+    counts : ndarray of int64, shape (2**b,)
+        ``counts[g]`` = number of entries stored with gap ``g`` (``counts[0]`` is always 0).
+        Equals ``bincount(gap_stream(positions, b)[0], minlength=2**b)``.
+    fillers : int
+        Number of filler entries (all of them have gap ``M``).
+    """
+    d, M = _gaps(positions, b)
+    k = (d - 1) // M
+    counts = np.bincount(d - k * M, minlength=M + 1).astype(np.int64)
+    fillers = int(k.sum())
+    counts[M] += fillers
+    return counts, fillers
+
+
+@dataclass(frozen=True)
+class StreamBits:
+    """Cost of one stream, raw and Huffman-coded.
+
+    raw = n * raw_bits; huffman = sum_s c_s * len_s (payload only); table = 8 * alphabet_size;
+    coded = huffman + table < raw; bits = min(raw, huffman + table) (what is stored).
+    """
+
+    raw: int
+    huffman: int
+    table: int
+    coded: bool
+    bits: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts: bool = False) -> StreamBits:
+    """Bits to store a stream, Huffman-coded where that pays.
+
+    Parameters
+    ----------
+    symbols_or_counts : array_like of int
+        The stream's symbols (each in ``0 .. alphabet_size-1``), or with ``counts=True`` its histogram
+        (length ``<= alphabet_size``; missing tail entries count 0).
+    alphabet_size : int
+        Symbols the stream's alphabet allows; the stored table holds one byte per symbol.
+    raw_bits : int
+        Bits per symbol when stored raw.
+    counts : bool
+        Whether the first argument is a histogram rather than the symbols.
+
+    Returns
+    -------
+    StreamBits
+        ``raw = n*raw_bits``, ``huffman = sum c_s*len_s`` with :func:`huffman_code_lengths`,
+        ``table = 8*alphabet_size``, ``bits = min(raw, huffman + table)``,
+        ``coded = huffman + table < raw`` (a tie is stored raw). An empty stream costs 0 bits.
+    """
+    if not (1 <= int(alphabet_size) <= MAX_ALPHABET):
+        raise ValueError(f"alphabet_size must be in 1..{MAX_ALPHABET}, got {alphabet_size}")
+    if int(raw_bits) < 0:
+        raise ValueError(f"raw_bits must be >= 0, got {raw_bits}")
+    A = int(alphabet_size)
+    x = np.asarray(symbols_or_counts)
+    if counts:
+        c = _counts_array(x)
+        if c.size > A:
+            if np.any(c[A:] > 0):
+                raise ValueError(f"counts name symbols beyond the alphabet of {A}")
+            c = c[:A]
+    else:
+        x = x.reshape(-1)
+        if x.size and not np.issubdtype(x.dtype, np.integer):
+            raise ValueError("symbols must be integers")
+        x = x.astype(np.int64)
+        if x.size and (x.min() < 0 or x.max() >= A):
+            raise ValueError(f"symbols must lie in 0..{A - 1}")
+        c = np.bincount(x, minlength=A)
+    n = int(c.sum())
+    raw = n * int(raw_bits)
+    huffman = int((c * huffman_code_lengths(c)).sum())
+    table = TABLE_BITS_PER_SYMBOL * A
+    coded = huffman + table < raw
+    return StreamBits(raw=raw, huffman=huffman, table=table, coded=coded,
+                      bits=huffman + table if coded else raw)

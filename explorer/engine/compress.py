@@ -1,0 +1,398 @@
+"""Inspecting a model and applying a plan to it.
+
+``inspect_model`` lists the compressible layers with their shapes, parameters, MACs and whether their
+channels can really be removed. ``compress`` applies a :class:`~explorer.engine.plan.Plan` and returns a
+:class:`Compressed`: a new runnable model (the original is untouched) plus, per layer, everything a
+compressed file stores (masks, codes, codebooks or scales, low-rank factors, kept channels) and the
+size of each storage stage. Order of operations: see :mod:`explorer.engine.plan`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import lowrank as _lowrank
+from . import structure as _structure
+from .errors import CompressionError
+from .metrics import LAYER_TYPES, compressible_layers, layer_macs, layer_type, model_macs
+from .plan import LayerSettings, Plan
+from .progress import ProgressFn, report, scaled
+from .prune import magnitude_mask
+from .quantize import QuantResult, quantize_tensor
+from .size import TensorSizes, tensor_sizes
+
+STAGES = ("dense", "pruned", "quantized", "coded")
+FP32_BITS = 32
+
+
+# ------------------------------------------------------------------------------------------ inspect
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    type: str
+    shape: tuple  # weight shape
+    weight_params: int
+    bias_params: int
+    macs: Optional[int]  # for the example input; None when it could not be measured
+    filter_ok: bool = False
+    filter_reason: Optional[str] = None
+    channel_ok: bool = False
+    channel_reason: Optional[str] = None
+    coupled: list = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return self.weight_params + self.bias_params
+
+    @property
+    def bytes(self) -> int:
+        return 4 * self.params
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "type": self.type, "shape": list(self.shape), "params": self.params,
+                "weight_params": self.weight_params, "bias_params": self.bias_params, "macs": self.macs,
+                "bytes": self.bytes,
+                "structured": {"filter": self.filter_ok, "filter_reason": self.filter_reason,
+                               "channel": self.channel_ok, "channel_reason": self.channel_reason,
+                               "coupled": list(self.coupled)}}
+
+
+@dataclass
+class ModelInfo:
+    layers: list
+    total_params: int  # every parameter and floating-point buffer (BatchNorm statistics included)
+    macs: Optional[int]  # whole model, FlopCounterMode / 2
+    input_shape: Optional[tuple]
+
+    @property
+    def layer_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def other_params(self) -> int:
+        return self.total_params - self.layer_params
+
+    @property
+    def bytes(self) -> int:
+        return 4 * self.total_params
+
+    def layer(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        layer_macs_sum = sum(l.macs or 0 for l in self.layers)
+        return {"layers": [l.to_dict() for l in self.layers],
+                "input_shape": list(self.input_shape) if self.input_shape else None,
+                "total": {"params": self.total_params, "layer_params": self.layer_params,
+                          "other_params": self.other_params, "bytes": self.bytes,
+                          "macs": self.macs, "flops": None if self.macs is None else 2 * self.macs,
+                          "layer_macs": layer_macs_sum}}
+
+
+def stored_numel(model: nn.Module) -> int:
+    """Elements a model stores: parameters plus floating-point buffers (e.g. BatchNorm running stats)."""
+    n = sum(p.numel() for p in model.parameters())
+    n += sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    return n
+
+
+def _bias_numel(module) -> int:
+    b = getattr(module, "bias", None)
+    return b.numel() if isinstance(b, torch.Tensor) else 0
+
+
+def _input_shape(example) -> Optional[tuple]:
+    return tuple(example.shape) if isinstance(example, torch.Tensor) else None
+
+
+def inspect_model(model: nn.Module, example_input: Any = None) -> ModelInfo:
+    """Describe the compressible layers of ``model`` (MACs need ``example_input``)."""
+    macs, total = {}, None
+    struct = {}
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    if example_input is not None:
+        if not scripted:
+            macs = layer_macs(model, example_input)
+        total = model_macs(model, example_input)
+        if not scripted:
+            struct = _structure.analyze(model, example_input)
+    layers = []
+    for name, mod in compressible_layers(model):
+        info = LayerInfo(name, layer_type(mod), tuple(mod.weight.shape), mod.weight.numel(), _bias_numel(mod),
+                         macs.get(name) if macs else None)
+        s = struct.get(name)
+        if s is not None:
+            info.filter_ok, info.filter_reason = s.filter_ok, s.filter_reason
+            info.channel_ok, info.channel_reason = s.channel_ok, s.channel_reason
+            info.coupled = list(s.coupled)
+        else:
+            why = ("TorchScript graph cannot be rewritten" if scripted else "no example input to trace the model")
+            info.filter_reason = info.channel_reason = why
+        layers.append(info)
+    return ModelInfo(layers, stored_numel(model), total, _input_shape(example_input))
+
+
+# ------------------------------------------------------------------------------------------ compress
+
+
+@dataclass
+class TensorResult:
+    name: str  # parameter path in the compressed model, e.g. "fc1.weight" or "fc1.1.weight"
+    shape: tuple
+    mask: Optional[np.ndarray]  # flat bool, None = nothing element-pruned
+    quant: Optional[QuantResult]
+    sizes: TensorSizes
+    nonzero: int
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class LayerResult:
+    name: str
+    type: str
+    settings: LayerSettings
+    params_before: int  # weight parameters of the original layer
+    tensors: list = field(default_factory=list)
+    structural: Optional[dict] = None  # {"granularity", "kept", "removed"}
+    lowrank: Optional[dict] = None  # factorize() info
+    macs_before: Optional[int] = None
+    macs_after: Optional[int] = None
+    macs_effective: Optional[int] = None
+
+    @property
+    def params_after(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def nonzero(self) -> int:
+        return sum(t.nonzero for t in self.tensors)
+
+    @property
+    def bits(self) -> dict:
+        out = {"dense": FP32_BITS * self.params_before}
+        for stage in STAGES[1:]:
+            out[stage] = sum(t.sizes.bits[stage] for t in self.tensors)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "type": self.type, "settings": self.settings.to_dict(),
+                "params_before": self.params_before, "params_after": self.params_after, "nonzero": self.nonzero,
+                "structural": None if self.structural is None else
+                {k: v for k, v in self.structural.items() if k != "kept"},
+                "lowrank": self.lowrank, "macs": {"before": self.macs_before, "after": self.macs_after,
+                                                  "effective": self.macs_effective},
+                "bits": self.bits,
+                "tensors": [{"name": t.name, "shape": list(t.shape), "nonzero": t.nonzero,
+                             "quant": None if t.quant is None else
+                             {"method": t.quant.method, "bits": t.quant.bits, "mse": t.quant.mse,
+                              "rel_error": t.quant.rel_error},
+                             "storage": t.sizes.to_dict()} for t in self.tensors]}
+
+
+@dataclass
+class Compressed:
+    model: nn.Module
+    plan: Plan
+    layers: dict  # name -> LayerResult, in model order
+    other_bits_before: int  # biases, norms and other stored values, fp32
+    other_bits_after: int
+    macs_before: Optional[int] = None  # whole model, FlopCounterMode / 2
+    macs_after: Optional[int] = None
+
+    @property
+    def bits(self) -> dict:
+        out = {}
+        for stage in STAGES:
+            other = self.other_bits_before if stage == "dense" else self.other_bits_after
+            out[stage] = other + sum(layer.bits[stage] for layer in self.layers.values())
+        return out
+
+    @property
+    def bytes(self) -> dict:
+        return {stage: (bits + 7) // 8 for stage, bits in self.bits.items()}
+
+    @property
+    def macs_effective(self) -> Optional[int]:
+        if self.macs_after is None:
+            return None
+        saved = sum((l.macs_after or 0) - (l.macs_effective or 0) for l in self.layers.values())
+        return self.macs_after - saved
+
+    def summary(self) -> dict:
+        b = self.bytes
+        return {"size": b, "size_bits": self.bits,
+                "ratio": {s: (b["dense"] / b[s] if b[s] else None) for s in STAGES},
+                "macs": {"before": self.macs_before, "after": self.macs_after, "effective": self.macs_effective},
+                "flops": {k: (None if v is None else 2 * v) for k, v in
+                          {"before": self.macs_before, "after": self.macs_after,
+                           "effective": self.macs_effective}.items()},
+                "layers": [layer.to_dict() for layer in self.layers.values()]}
+
+
+def _weight_modules(name: str, module: nn.Module) -> list:
+    """The weight-bearing modules that now stand for layer ``name`` (itself, or its factors)."""
+    if layer_type(module) is not None:
+        return [(name, module)]
+    return [(f"{name}.{sub}", m) for sub, m in module.named_modules() if sub and isinstance(m, LAYER_TYPES)]
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    # get_submodule is not available on TorchScript modules; walking attributes works for both
+    module = model
+    for part in name.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = _submodule(model, parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:
+        raise CompressionError(f"cannot copy the model to compress it: {type(exc).__name__}: {exc}") from None
+
+
+def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: ProgressFn = None) -> Compressed:
+    """Apply ``plan`` to a copy of ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The original; never modified.
+    plan : Plan
+        Per-layer settings; entries that match no layer are an error.
+    example_input : optional
+        Needed for structured pruning (the graph is traced on it) and for MACs.
+    progress : callable, optional
+        ``progress(fraction, message)``; returning False cancels (raises ``Cancelled``).
+
+    Returns
+    -------
+    Compressed
+    """
+    report(progress, 0.0, "planning")
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    layers = compressible_layers(model)
+    settings = plan.resolve([n for n, _ in layers])
+    for name, mod in layers:
+        s = settings[name]
+        if s.lowrank is not None and scripted:
+            raise CompressionError(f"layer '{name}': low-rank needs to replace layers, which a TorchScript "
+                                   "graph does not allow; load the model as a state_dict with its factory")
+        if s.prune is not None and s.prune.granularity != "element" and s.prune.amount and scripted:
+            raise CompressionError(f"layer '{name}': {s.prune.granularity} pruning needs to change layer shapes, "
+                                   "which a TorchScript graph does not allow; use element pruning")
+    before_macs = layer_macs(model, example_input) if (example_input is not None and not scripted) else {}
+    total_before = model_macs(model, example_input) if example_input is not None else None
+
+    # 1. structured pruning (returns a new model) -----------------------------------------------
+    requests = {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
+                if s.prune is not None and s.prune.granularity != "element" and s.prune.amount}
+    structural = {}
+    if requests:
+        if example_input is None:
+            raise CompressionError("structured pruning needs an example input to trace the model "
+                                   "(give a factory that returns one, eval data, or --input-shape)")
+        report(progress, 0.02, "removing channels")
+        work, structural = _structure.prune_structured(model, example_input, requests)
+    else:
+        work = _copy_model(model)
+    work.eval() if not model.training else work.train()
+
+    # 2. low-rank factorisation --------------------------------------------------------------------
+    lowrank_info = {}
+    for name, _ in layers:
+        lr = settings[name].lowrank
+        if lr is None:
+            continue
+        module = _submodule(work, name)
+        method = lr.method
+        if method == "auto":
+            method = "svd" if isinstance(module, (nn.Linear, nn.Embedding)) else "tucker2"
+        report(progress, 0.05, f"factorising {name}")
+        try:
+            replacement, info = _lowrank.factorize(module, method, lr.rank)
+        except CompressionError as exc:
+            raise CompressionError(f"layer '{name}': {exc}") from None
+        _set_submodule(work, name, replacement)
+        lowrank_info[name] = info
+
+    # 3 + 4. element pruning and quantization of every weight tensor --------------------------------
+    results = {}
+    total_tensors = sum(len(_weight_modules(n, _submodule(work, n))) for n, _ in layers)
+    done = 0
+    for name, orig in layers:
+        s = settings[name]
+        lr = LayerResult(name, layer_type(orig), s, orig.weight.numel(), structural=structural.get(name),
+                         lowrank=lowrank_info.get(name))
+        for tname, mod in _weight_modules(name, _submodule(work, name)):
+            report(progress, 0.1 + 0.85 * done / max(total_tensors, 1), f"compressing {tname}")
+            lr.tensors.append(_compress_tensor(tname, mod, s))
+            done += 1
+        results[name] = lr
+
+    # MACs after ---------------------------------------------------------------------------------
+    total_after = None
+    if example_input is not None:
+        report(progress, 0.96, "counting MACs")
+        after = layer_macs(work, example_input) if not scripted else {}
+        total_after = model_macs(work, example_input)
+        for name, lr in results.items():
+            lr.macs_before = before_macs.get(name)
+            if scripted:
+                continue
+            subs = [(t, after.get(t.name[: -len(".weight")], 0)) for t in lr.tensors]
+            lr.macs_after = sum(m for _, m in subs)
+            lr.macs_effective = int(round(sum(m * t.nonzero / max(t.numel, 1) for t, m in subs)))
+
+    weights_before = sum(m.weight.numel() for _, m in layers)
+    weights_after = sum(lr.params_after for lr in results.values())
+    out = Compressed(work, plan, results,
+                     other_bits_before=FP32_BITS * (stored_numel(model) - weights_before),
+                     other_bits_after=FP32_BITS * (stored_numel(work) - weights_after),
+                     macs_before=total_before, macs_after=total_after)
+    report(progress, 1.0, "done")
+    return out
+
+
+def _compress_tensor(tname: str, module: nn.Module, s: LayerSettings) -> TensorResult:
+    weight = module.weight
+    mask = None
+    if s.prune is not None and s.prune.granularity == "element" and s.prune.amount:
+        mask = magnitude_mask(weight, s.prune.amount)
+    quant = None
+    with torch.no_grad():
+        if s.quantize is not None:
+            try:
+                quant = quantize_tensor(weight, s.quantize, mask)
+            except CompressionError as exc:
+                raise CompressionError(f"tensor '{tname}': {exc}") from None
+            new = quant.decoded
+        elif mask is not None:
+            new = weight * torch.from_numpy(mask.reshape(tuple(weight.shape))).to(weight.device, weight.dtype)
+        else:
+            new = None
+        if new is not None:
+            weight.copy_(new)
+    nonzero = int(torch.count_nonzero(weight))
+    sizes = tensor_sizes(weight.numel(), mask, quant.tensor_code() if quant is not None else None)
+    return TensorResult(f"{tname}.weight", tuple(weight.shape), mask, quant, sizes, nonzero)

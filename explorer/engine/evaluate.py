@@ -1,0 +1,47 @@
+"""One measurement of a plan on a loaded model: size by stage, MACs, accuracy (or output fidelity).
+
+This is what ``compression-explorer evaluate`` prints and what the window previews; both show these
+numbers as measured here, never recomputed elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .compress import compress
+from .metrics import accuracy, fidelity
+from .plan import Plan
+from .progress import ProgressFn, scaled
+
+
+def evaluate_plan(loaded, plan: Plan, progress: ProgressFn = None, limit: Optional[int] = None) -> dict:
+    """Compress ``loaded.model`` with ``plan`` and measure it.
+
+    Returns a JSON-ready dict: ``size`` (bytes per stage: dense, pruned, quantized, coded), ``size_bits``,
+    ``ratio`` (dense / stage), ``macs`` and ``flops`` (before, after, effective), ``accuracy`` (before,
+    after, data) when the eval data has labels, else ``fidelity`` (cosine, rel_error, data) of the
+    compressed model against the original, and ``layers`` (per-layer details).
+    """
+    result = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.4))
+    out = result.summary()
+    for layer in out["layers"]:
+        layer["settings_summary"] = result.layers[layer["name"]].settings.describe()
+    ev = loaded.eval_data
+    if ev is not None and len(ev):
+        if ev.labels is not None:
+            before = accuracy(loaded.model, ev, scaled(progress, 0.4, 0.7), limit=limit)
+            after = accuracy(result.model, ev, scaled(progress, 0.7, 1.0), limit=limit)
+            n = len(ev) if limit is None else min(limit, len(ev))
+            out["accuracy"] = {"before": before, "after": after, "data": ev.name, "samples": n}
+        else:
+            inputs = ev.inputs if limit is None else ev.inputs[:limit]
+            fid = fidelity(result.model, loaded.model, inputs, scaled(progress, 0.4, 1.0))
+            out["fidelity"] = dict(fid, data=ev.name, samples=int(inputs.shape[0]))
+    elif isinstance(loaded.example_input, torch.Tensor):
+        fid = fidelity(result.model, loaded.model, loaded.example_input, scaled(progress, 0.4, 1.0))
+        out["fidelity"] = dict(fid, data="example input", samples=int(loaded.example_input.shape[0]))
+    out.setdefault("accuracy", None)
+    out.setdefault("fidelity", None)
+    return out

@@ -1,0 +1,176 @@
+"""Counting work and measuring quality.
+
+MACs (multiply-accumulates) of the compressible layers are measured with forward hooks on the model's
+example input: Linear = output elements x in_features; Conv = output elements x (in_channels / groups)
+x kernel area; Embedding = 0 (a lookup). FLOPs = 2 x MACs, the convention of
+``torch.utils.flop_counter.FlopCounterMode``. Bias additions, norms, activations, pooling and other
+element-wise work are not counted. ``model_macs`` counts the whole model with FlopCounterMode / 2, which
+also covers matrix products outside layers (e.g. attention scores).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .errors import ExplorerError
+from .progress import ProgressFn, report
+
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+_SCRIPT_NAMES = {"Linear", "Conv1d", "Conv2d", "Embedding"}
+
+
+def layer_type(module: nn.Module) -> Optional[str]:
+    """The compressible type name of ``module`` (also for TorchScript submodules), else None."""
+    if isinstance(module, LAYER_TYPES):
+        return type(module).__name__
+    if isinstance(module, torch.jit.ScriptModule):
+        name = getattr(module, "original_name", "")
+        if name in _SCRIPT_NAMES and hasattr(module, "weight"):
+            return name
+    return None
+
+
+def compressible_layers(model: nn.Module) -> list:
+    """(name, module) of every Linear, Conv1d, Conv2d and Embedding, in module order."""
+    return [(n, m) for n, m in model.named_modules() if n and layer_type(m) is not None]
+
+
+def _macs_of(module: nn.Module, out: torch.Tensor) -> int:
+    if isinstance(module, nn.Linear):
+        return out.numel() * module.in_features
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return out.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    return 0
+
+
+def _call(model: nn.Module, example):
+    with torch.no_grad():
+        if isinstance(example, dict):
+            return model(**example)
+        if isinstance(example, (tuple, list)):
+            return model(*example)
+        return model(example)
+
+
+def layer_macs(model: nn.Module, example) -> dict:
+    """MACs of every Linear/Conv/Embedding module (any depth, by name) for one forward pass on ``example``.
+
+    Modules that run several times are counted each time. TorchScript modules do not run Python hooks:
+    for them the result is empty and callers fall back to :func:`model_macs`.
+    """
+    counts: dict = {}
+    handles = []
+
+    def hook(name):
+        def fn(mod, inp, out):
+            if isinstance(out, torch.Tensor):
+                counts[name] = counts.get(name, 0) + _macs_of(mod, out)
+        return fn
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, LAYER_TYPES):
+            counts.setdefault(name, 0)
+            handles.append(mod.register_forward_hook(hook(name)))
+    try:
+        run_model(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
+
+
+def run_model(model, example):
+    """One forward pass on ``example``; an error names the input shape."""
+    try:
+        return _call(model, example)
+    except Exception as exc:
+        shape = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
+        raise ExplorerError(f"the model failed on its example input {shape}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def model_macs(model: nn.Module, example) -> int:
+    """Whole-model MACs: FlopCounterMode's FLOPs / 2 for one forward pass on ``example``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run_model(model, example)
+    return counter.get_total_flops() // 2
+
+
+# ----------------------------------------------------------------------------------------- quality
+
+
+def _outputs(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        for v in out.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    raise ExplorerError(f"cannot measure accuracy: the model returned {type(out).__name__}, not a tensor")
+
+
+@contextmanager
+def _eval_mode(model):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def accuracy(model: nn.Module, eval_data, progress: ProgressFn = None, batch_size: int = 256,
+             limit: Optional[int] = None) -> float:
+    """Top-1 accuracy of ``model`` on ``eval_data`` (inputs and integer labels), in [0, 1].
+
+    Outputs are argmax'd over their last dimension. ``progress`` is called after every batch and may
+    cancel (see :mod:`explorer.engine.progress`).
+    """
+    if eval_data.labels is None:
+        raise ExplorerError(f"{eval_data.name}: has no labels; use fidelity() against the original model")
+    n = len(eval_data) if limit is None else min(limit, len(eval_data))
+    correct = 0
+    done = 0
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, n, batch_size):
+            x = eval_data.inputs[start:min(start + batch_size, n)]
+            y = eval_data.labels[start:min(start + batch_size, n)]
+            pred = _outputs(_call(model, x)).argmax(dim=-1)
+            if pred.shape != y.shape:
+                raise ExplorerError(f"{eval_data.name}: predictions have shape {tuple(pred.shape)} but the "
+                                    f"labels {tuple(y.shape)}")
+            correct += int((pred == y).sum())
+            done += y.numel()
+            report(progress, min(start + batch_size, n) / max(n, 1), "accuracy")
+    return correct / max(done, 1)
+
+
+def fidelity(model: nn.Module, reference: nn.Module, inputs: torch.Tensor, progress: ProgressFn = None,
+             batch_size: int = 256) -> dict:
+    """How close ``model``'s outputs are to ``reference``'s on ``inputs`` (for data without labels).
+
+    Returns ``{"cosine": mean cosine similarity per sample, "rel_error": ||y - y_ref|| / ||y_ref||}``.
+    """
+    cos_sum, n, err2, ref2 = 0.0, 0, 0.0, 0.0
+    total = inputs.shape[0]
+    with _eval_mode(model), _eval_mode(reference), torch.no_grad():
+        for start in range(0, total, batch_size):
+            x = inputs[start:start + batch_size]
+            y = _outputs(_call(model, x)).reshape(x.shape[0], -1).double()
+            r = _outputs(_call(reference, x)).reshape(x.shape[0], -1).double()
+            cos_sum += float(torch.nn.functional.cosine_similarity(y, r, dim=1, eps=1e-12).sum())
+            n += x.shape[0]
+            err2 += float(((y - r) ** 2).sum())
+            ref2 += float((r ** 2).sum())
+            report(progress, min(start + batch_size, total) / max(total, 1), "fidelity")
+    return {"cosine": cos_sum / max(n, 1), "rel_error": math.sqrt(err2 / ref2) if ref2 > 0 else math.sqrt(err2)}

@@ -1,0 +1,355 @@
+"""The compression plan: per-layer settings, validated in one place, with a JSON round trip.
+
+A plan maps layer names to settings. It has a ``default`` and an ordered mapping of ``layers`` entries
+whose keys are exact layer names or glob patterns (``features.*``). The settings of a layer are the
+default, then every matching entry in file order merged over it field by field; a section set to
+``None`` (JSON ``null``) turns that step off for the layer.
+
+Order of operations when a plan is applied (one order, everywhere):
+
+1. structured pruning (``granularity`` ``filter`` / ``channel``) on the original layers,
+2. low-rank factorisation of the (possibly narrower) layers,
+3. element pruning of every weight tensor (the factors of a factorised layer included),
+4. quantization of every weight tensor (likewise).
+
+Structured pruning comes before factorisation because whole filters are ranked on the original
+weights and a factorised layer's channels are spread over several factors.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping, Optional, Union
+
+from .errors import PlanError
+
+FORMAT = "compression-explorer-plan"
+VERSION = 1
+
+GRANULARITIES = ("element", "filter", "channel")
+CRITERIA = ("l1", "l2")
+QUANT_METHODS = ("uniform", "kmeans", "binary", "ternary")
+KMEANS_INITS = ("forgy", "density", "linear", "kmeans++")
+LOWRANK_METHODS = ("auto", "svd", "tucker2", "cp")
+MAX_FRACTION = 0.99
+
+Rank = Union[int, float, tuple]
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """Pruning of one layer.
+
+    amount: a float in [0, 0.99] is the fraction removed, an int >= 0 the count removed (weights for
+    ``element``, channels for ``filter``/``channel``). criterion ``l1``/``l2`` ranks whole channels;
+    element pruning always removes the smallest magnitudes.
+    """
+
+    amount: Union[int, float] = 0.0
+    granularity: str = "element"
+    criterion: str = "l1"
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """Quantization of one layer's weights.
+
+    bits 1..8. ``uniform``: evenly spaced levels, ``symmetric`` or asymmetric (zero point),
+    ``per_channel`` scales or one per tensor. ``kmeans``: weight sharing with 2**bits shared values
+    (one of them is the exact zero when the layer is element-pruned), ``init`` as in Deep Compression
+    §3.2 plus k-means++. ``binary`` {-a, +a} and ``ternary`` {-a, 0, +a} ignore ``bits``.
+    """
+
+    bits: int = 8
+    method: str = "kmeans"
+    symmetric: bool = True
+    per_channel: bool = False
+    init: str = "linear"
+    max_iter: int = 50
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LowRankSettings:
+    """Low-rank factorisation: ``rank`` int, float in (0, 1] (fraction of weight parameters kept), or a
+    pair (R3, R4) for Tucker-2. ``method`` ``auto`` = svd for Linear/Embedding, tucker2 for convolutions."""
+
+    rank: Rank = 0.5
+    method: str = "auto"
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    prune: Optional[PruneSettings] = None
+    quantize: Optional[QuantSettings] = None
+    lowrank: Optional[LowRankSettings] = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.prune is None and self.quantize is None and self.lowrank is None
+
+    def to_dict(self) -> dict:
+        return {s: _section_to_dict(getattr(self, s)) for s in SECTIONS}
+
+    def describe(self) -> str:
+        """A short human summary, e.g. ``prune 90%, 5b kmeans/linear``."""
+        parts = []
+        if self.lowrank is not None:
+            parts.append(f"{self.lowrank.method} rank {self.lowrank.rank}")
+        p = self.prune
+        if p is not None and p.amount:
+            amount = f"{p.amount:.0%}" if isinstance(p.amount, float) else f"{p.amount} removed"
+            parts.append(f"prune {amount}" + ("" if p.granularity == "element" else f" {p.granularity}s"))
+        q = self.quantize
+        if q is not None:
+            if q.method in ("binary", "ternary"):
+                parts.append(q.method)
+            else:
+                parts.append(f"{q.bits}b {q.method}" + (f"/{q.init}" if q.method == "kmeans" else ""))
+        return ", ".join(parts) or "-"
+
+
+SECTIONS = {"prune": PruneSettings, "quantize": QuantSettings, "lowrank": LowRankSettings}
+
+
+def _section_to_dict(section) -> Optional[dict]:
+    if section is None:
+        return None
+    out = {f.name: getattr(section, f.name) for f in fields(section)}
+    if isinstance(out.get("rank"), tuple):
+        out["rank"] = list(out["rank"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _validate_section(where: str, name: str, raw: Any):
+    """Return a settings object for section ``name`` or raise PlanError naming ``where`` and the field."""
+    cls = SECTIONS[name]
+    if isinstance(raw, cls):
+        raw = _section_to_dict(raw)
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{where}: '{name}' must be an object or null, got {type(raw).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise PlanError(f"{where}: unknown field '{name}.{unknown[0]}' (known: {', '.join(sorted(known))})")
+    values = dict(raw)
+
+    def bad(fld, why):
+        return PlanError(f"{where}: {name}.{fld} {why}, got {values[fld]!r}")
+
+    if name == "prune":
+        if "amount" in values:
+            a = values["amount"]
+            if _is_int(a):
+                if a < 0:
+                    raise bad("amount", "must be a count >= 0 or a fraction in [0, 0.99]")
+            elif _is_number(a):
+                if not 0.0 <= a <= MAX_FRACTION:
+                    raise bad("amount", "must be a fraction in [0, 0.99] or a count >= 0")
+            else:
+                raise bad("amount", "must be a number")
+        if "granularity" in values and values["granularity"] not in GRANULARITIES:
+            raise bad("granularity", f"must be one of {', '.join(GRANULARITIES)}")
+        if "criterion" in values and values["criterion"] not in CRITERIA:
+            raise bad("criterion", f"must be one of {', '.join(CRITERIA)}")
+    elif name == "quantize":
+        if "bits" in values and (not _is_int(values["bits"]) or not 1 <= values["bits"] <= 8):
+            raise bad("bits", "must be an integer from 1 to 8")
+        if "method" in values and values["method"] not in QUANT_METHODS:
+            raise bad("method", f"must be one of {', '.join(QUANT_METHODS)}")
+        if "init" in values and values["init"] not in KMEANS_INITS:
+            raise bad("init", f"must be one of {', '.join(KMEANS_INITS)}")
+        for flag in ("symmetric", "per_channel"):
+            if flag in values and not isinstance(values[flag], bool):
+                raise bad(flag, "must be true or false")
+        if "max_iter" in values and (not _is_int(values["max_iter"]) or not 0 <= values["max_iter"] <= 10000):
+            raise bad("max_iter", "must be an integer from 0 to 10000")
+        if "seed" in values and not _is_int(values["seed"]):
+            raise bad("seed", "must be an integer")
+    elif name == "lowrank":
+        if "rank" in values:
+            r = values["rank"]
+            if isinstance(r, list):
+                r = tuple(r)
+                values["rank"] = r
+            if isinstance(r, tuple):
+                if len(r) != 2 or not all(_is_int(x) and x >= 1 for x in r):
+                    raise bad("rank", "as a pair must be two integers >= 1 (Tucker-2 ranks)")
+            elif _is_int(r):
+                if r < 1:
+                    raise bad("rank", "must be an integer >= 1 or a fraction in (0, 1]")
+            elif _is_number(r):
+                if not 0.0 < r <= 1.0:
+                    raise bad("rank", "as a fraction of parameters kept must be in (0, 1]")
+            else:
+                raise bad("rank", "must be an integer, a fraction or a pair")
+        if "method" in values and values["method"] not in LOWRANK_METHODS:
+            raise bad("method", f"must be one of {', '.join(LOWRANK_METHODS)}")
+    return cls(**values)
+
+
+def validate_settings(where: str, raw: Any, base: Optional[LayerSettings] = None) -> LayerSettings:
+    """Validate one settings object (``{"prune": {...}, "quantize": {...}, "lowrank": {...}}``).
+
+    Sections present in ``raw`` are merged field by field over ``base``; ``null`` turns a section off.
+    """
+    if isinstance(raw, LayerSettings):
+        raw = raw.to_dict()
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{where}: settings must be an object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise PlanError(f"{where}: unknown section '{unknown[0]}' (known: prune, quantize, lowrank)")
+    base = base or LayerSettings()
+    out = {}
+    for name in SECTIONS:
+        current = getattr(base, name)
+        if name not in raw:
+            out[name] = current
+        elif raw[name] is None:
+            out[name] = None
+        else:
+            merged = _section_to_dict(current) or {}
+            patch = raw[name]
+            if isinstance(patch, SECTIONS[name]):
+                patch = _section_to_dict(patch)
+            if not isinstance(patch, Mapping):
+                raise PlanError(f"{where}: '{name}' must be an object or null, got {type(patch).__name__}")
+            merged.update(patch)
+            out[name] = _validate_section(where, name, merged)
+    settings = LayerSettings(**out)
+    q = settings.quantize
+    if q is not None and q.method == "uniform" and q.symmetric and q.bits < 2:
+        raise PlanError(f"{where}: quantize.bits must be >= 2 for symmetric uniform quantization "
+                        "(1 bit has no symmetric levels); use binary, or symmetric=false")
+    if q is not None and q.method == "binary" and settings.prune is not None and settings.prune.granularity == "element" \
+            and settings.prune.amount:
+        raise PlanError(f"{where}: quantize.method binary cannot represent pruned weights (no zero level); "
+                        "use ternary, or kmeans/uniform")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Plan:
+    """Per-layer settings: a default and ordered (pattern -> partial settings) entries."""
+
+    default: LayerSettings = field(default_factory=LayerSettings)
+    layers: dict = field(default_factory=dict)  # pattern -> raw partial dict (validated)
+
+    def __post_init__(self):
+        self.default = validate_settings("plan default", self.default)
+        checked = {}
+        for pattern, raw in dict(self.layers).items():
+            if not isinstance(pattern, str) or not pattern:
+                raise PlanError(f"plan layers: a key must be a layer name or pattern, got {pattern!r}")
+            # Validate the entry merged over the default so errors surface now, naming the entry.
+            entry = raw.to_dict() if isinstance(raw, LayerSettings) else raw
+            validate_settings(f"layer '{pattern}'", entry, self.default)
+            checked[pattern] = copy.deepcopy(entry)
+        self.layers = checked
+
+    # -- resolution
+    def patterns_for(self, layer: str) -> list:
+        return [p for p in self.layers if p == layer or fnmatch.fnmatchcase(layer, p)]
+
+    def settings_for(self, layer: str) -> LayerSettings:
+        settings = self.default
+        for pattern in self.patterns_for(layer):
+            settings = validate_settings(f"layer '{layer}' (entry '{pattern}')", self.layers[pattern], settings)
+        return settings
+
+    def resolve(self, layer_names) -> dict:
+        """Settings of every named layer; raise PlanError for an entry that matches no layer."""
+        names = list(layer_names)
+        for pattern in self.layers:
+            if not any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in names):
+                shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+                raise PlanError(f"plan entry '{pattern}' matches no compressible layer (layers: {shown})")
+        return {n: self.settings_for(n) for n in names}
+
+    # -- editing (used by the GUI and the CLI; returns new plans, never mutates)
+    def with_layer(self, layer: str, settings: Any) -> "Plan":
+        layers = dict(self.layers)
+        layers[layer] = settings.to_dict() if isinstance(settings, LayerSettings) else settings
+        return Plan(self.default, layers)
+
+    # -- JSON
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "default": self.default.to_dict(),
+                "layers": copy.deepcopy(self.layers)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Plan":
+        if not isinstance(data, Mapping):
+            raise PlanError(f"a plan must be a JSON object, got {type(data).__name__}")
+        if data.get("format", FORMAT) != FORMAT:
+            raise PlanError(f"not a compression plan: format is {data.get('format')!r}, expected {FORMAT!r}")
+        version = data.get("version", VERSION)
+        if version != VERSION:
+            raise PlanError(f"plan version {version!r} is not supported (this program reads version {VERSION})")
+        unknown = sorted(set(data) - {"format", "version", "default", "layers", "description"})
+        if unknown:
+            raise PlanError(f"plan: unknown key '{unknown[0]}'")
+        layers = data.get("layers", {}) or {}
+        if not isinstance(layers, Mapping):
+            raise PlanError("plan: 'layers' must be an object mapping layer names or patterns to settings")
+        return cls(default=validate_settings("plan default", data.get("default", {}) or {}), layers=dict(layers))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            raise PlanError(f"{path}: no such plan file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{path}: cannot read plan: {exc}") from None
+        try:
+            return cls.from_json(text)
+        except PlanError as exc:
+            raise PlanError(f"{path}: {exc}") from None
+
+    def save(self, path) -> None:
+        from .atomic import atomic_write_bytes
+
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
+
+
+def uniform_plan(**sections) -> Plan:
+    """A plan whose default is ``sections`` (e.g. ``prune={"amount": 0.9}``), for quick use."""
+    return Plan(default=validate_settings("plan default", sections))
+
+
+__all__ = ["Plan", "LayerSettings", "PruneSettings", "QuantSettings", "LowRankSettings", "validate_settings",
+           "uniform_plan", "replace"]

@@ -1,0 +1,226 @@
+"""Quantization of one weight tensor: uniform, k-means weight sharing, binary, ternary.
+
+Every method returns a :class:`QuantResult`: an integer code per weight, the table that decodes codes
+to values (codebook, or per-channel scales and zero points), the decoded tensor, and the error. The
+file format stores exactly the codes and the table; the size accounting counts exactly those.
+
+Pruned weights (``mask`` False) are excluded from fitting and decode to exactly 0. A method that is
+used on a pruned tensor therefore always has a code for 0 (``zero_code``): k-means reserves code 0 for
+it and clusters the survivors into the other 2**bits - 1 codes; symmetric uniform has level 0;
+asymmetric uniform puts the zero point on an integer; ternary has 0; binary has none (the plan refuses
+binary on a pruned layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import CompressionError
+from .kmeans import INITS, kmeans_1d
+from .plan import QuantSettings
+from .size import TensorCode
+
+
+@dataclass
+class QuantResult:
+    method: str
+    bits: int  # bits per stored code
+    codes: np.ndarray  # int64, one per weight (flat, row-major); pruned weights hold zero_code (or 0)
+    decoded: torch.Tensor  # the weight tensor the compressed model runs with (same shape/dtype as input)
+    zero_code: Optional[int]  # the code that decodes to exactly 0 (None: no such code)
+    alphabet_size: int  # number of distinct codes the format allows (2**bits, 3 for ternary)
+    codebook: Optional[np.ndarray] = None  # k-means / binary / ternary: value of each code (float32)
+    scales: Optional[np.ndarray] = None  # uniform: one per tensor or per output channel (float32)
+    zero_points: Optional[np.ndarray] = None  # uniform asymmetric: integer zero point per scale
+    side_bits: int = 0  # bits to store the decoding table
+    mse: float = 0.0  # mean squared error over the surviving weights
+    rel_error: float = 0.0  # ||w - q|| / ||w|| over the surviving weights
+    info: dict = field(default_factory=dict)  # method details (init, iterations, initial centroids)
+
+    def tensor_code(self) -> TensorCode:
+        return TensorCode(codes=self.codes, code_bits=self.bits, alphabet_size=self.alphabet_size,
+                          zero_code=self.zero_code, side_bits=self.side_bits)
+
+
+def _errors(w: np.ndarray, q: np.ndarray, keep: np.ndarray) -> tuple[float, float]:
+    d = (w - q)[keep]
+    n = max(int(keep.sum()), 1)
+    norm = float(np.linalg.norm(w[keep]))
+    return float(np.dot(d, d) / n), (float(np.linalg.norm(d)) / norm if norm > 0 else 0.0)
+
+
+def _prepare(weight: torch.Tensor, mask):
+    w = weight.detach().to(torch.float64).cpu().numpy().reshape(-1)
+    if not np.all(np.isfinite(w)):
+        raise CompressionError("cannot quantize: the weights contain NaN or infinite values")
+    keep = np.ones(w.size, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
+    if keep.size != w.size:
+        raise CompressionError(f"mask has {keep.size} entries for a tensor of {w.size}")
+    return w, keep
+
+
+def _finish(weight, q: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(q.reshape(tuple(weight.shape))).to(dtype=weight.dtype, device=weight.device)
+
+
+def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = "linear", max_iter: int = 50,
+                    seed: int = 0) -> QuantResult:
+    """Weight sharing: cluster the surviving weights into shared values (Deep Compression §3).
+
+    With no pruned weight there are 2**bits centroids. With pruned weights, code 0 is the exact zero and
+    the survivors get 2**bits - 1 centroids, so pruned positions (and the filler entries of sparse
+    storage) decode to 0 with the same b-bit codes. The codebook is stored as float32.
+    """
+    if init not in INITS:
+        raise CompressionError(f"unknown k-means init {init!r} (known: {', '.join(INITS)})")
+    w, keep = _prepare(weight, mask)
+    pruned = not keep.all()
+    k = 2 ** bits - (1 if pruned else 0)
+    survivors = w[keep]
+    codes = np.zeros(w.size, np.int64)
+    if k < 1 or survivors.size == 0:
+        centroids = np.zeros(0)
+        res = None
+    else:
+        res = kmeans_1d(survivors, k, init=init, max_iter=max_iter, seed=seed)
+        centroids = res.centroids.astype(np.float32).astype(np.float64)  # stored as float32
+        # re-assign to the float32 centroids so codes and decoded values agree exactly
+        bounds = (centroids[1:] + centroids[:-1]) / 2.0
+        labels = np.searchsorted(bounds, survivors, side="left")
+        codes[keep] = labels + (1 if pruned else 0)
+    if pruned:
+        codebook = np.concatenate([[0.0], centroids]).astype(np.float32)
+        zero_code = 0
+    else:
+        codebook = centroids.astype(np.float32)
+        exact = np.flatnonzero(codebook == 0)
+        zero_code = int(exact[0]) if exact.size else None
+    q = codebook.astype(np.float64)[codes] if codebook.size else np.zeros_like(w)
+    q[~keep] = 0.0
+    mse, rel = _errors(w, q, keep)
+    info = {"init": init, "k": int(centroids.size), "reserved_zero": pruned,
+            "initial": (res.initial.tolist() if res is not None else []),
+            "iterations": (res.n_iter if res is not None else 0)}
+    return QuantResult("kmeans", bits, codes, _finish(weight, q), zero_code, 2 ** bits, codebook=codebook,
+                       side_bits=32 * int(centroids.size), mse=mse, rel_error=rel, info=info)
+
+
+def _channel_view(w: np.ndarray, shape, per_channel: bool) -> np.ndarray:
+    rows = shape[0] if (per_channel and len(shape) >= 2) else 1
+    return w.reshape(rows, -1)
+
+
+def quantize_uniform(weight: torch.Tensor, mask=None, bits: int = 8, symmetric: bool = True,
+                     per_channel: bool = False) -> QuantResult:
+    """Uniform (linear) quantization with float32 scales, per tensor or per output channel (dim 0).
+
+    Symmetric: integer levels -Q..Q with Q = 2**(bits-1) - 1, scale = max|w| / Q, code = level + Q.
+    Asymmetric: levels 0..2**bits - 1 over [min(w, 0), max(w, 0)], integer zero point, code = level.
+    Scales are fitted to the surviving weights; pruned weights decode to 0.
+    """
+    w, keep = _prepare(weight, mask)
+    shape = tuple(weight.shape)
+    rows = _channel_view(w, shape, per_channel)
+    kept = _channel_view(keep, shape, per_channel)
+    masked = np.where(kept, rows, 0.0)
+    if symmetric:
+        if bits < 2:
+            raise CompressionError("symmetric uniform quantization needs at least 2 bits")
+        qmax = 2 ** (bits - 1) - 1
+        amax = np.abs(masked).max(axis=1)
+        scale = (np.where(amax > 0, amax / qmax, 1.0)).astype(np.float32).astype(np.float64)
+        level = np.clip(np.rint(rows / scale[:, None]), -qmax, qmax)
+        codes = (level + qmax).astype(np.int64)
+        q = level * scale[:, None]
+        zero_code, zero_points = qmax, None
+        side = 32 * scale.size
+    else:
+        top = 2 ** bits - 1
+        lo = np.minimum(masked.min(axis=1), 0.0)
+        hi = np.maximum(masked.max(axis=1), 0.0)
+        scale = np.where(hi > lo, (hi - lo) / top, 1.0).astype(np.float32).astype(np.float64)
+        zp = np.clip(np.rint(-lo / scale), 0, top)
+        level = np.clip(np.rint(rows / scale[:, None]) + zp[:, None], 0, top)
+        codes = level.astype(np.int64)
+        q = (level - zp[:, None]) * scale[:, None]
+        zero_points = zp.astype(np.int64)
+        # one zero code for the whole tensor only when every channel shares the zero point
+        zero_code = int(zp[0]) if np.all(zp == zp[0]) else None
+        side = 32 * scale.size + bits * scale.size
+    codes = codes.reshape(-1)
+    q = q.reshape(-1)
+    q[~keep] = 0.0
+    if zero_code is not None:
+        codes[~keep] = zero_code
+    mse, rel = _errors(w, q, keep)
+    return QuantResult("uniform", bits, codes, _finish(weight, q), zero_code, 2 ** bits,
+                       scales=scale.astype(np.float32), zero_points=zero_points, side_bits=side, mse=mse,
+                       rel_error=rel, info={"symmetric": symmetric, "per_channel": per_channel})
+
+
+def quantize_binary(weight: torch.Tensor, mask=None) -> QuantResult:
+    """Binary weights {-a, +a}, a = mean |w| (float32); 1 bit per weight."""
+    w, keep = _prepare(weight, mask)
+    if not keep.all():
+        raise CompressionError("binary quantization cannot represent pruned weights (no zero level); "
+                               "use ternary")
+    alpha = np.float32(np.abs(w).mean() if w.size else 0.0)
+    codebook = np.array([-alpha, alpha], np.float32)
+    codes = (w >= 0).astype(np.int64)
+    q = codebook.astype(np.float64)[codes]
+    mse, rel = _errors(w, q, keep)
+    return QuantResult("binary", 1, codes, _finish(weight, q), None, 2, codebook=codebook, side_bits=32,
+                       mse=mse, rel_error=rel, info={"alpha": float(alpha)})
+
+
+def quantize_ternary(weight: torch.Tensor, mask=None) -> QuantResult:
+    """Ternary weights {-a, 0, +a} (Li & Liu 2016): threshold t = 0.7 * mean |w| over the surviving
+    weights; a = mean |w| of the weights kept above t. Codes 0, 1, 2 = -a, 0, +a (2 bits)."""
+    w, keep = _prepare(weight, mask)
+    mags = np.abs(w[keep])
+    t = 0.7 * mags.mean() if mags.size else 0.0
+    big = keep & (np.abs(w) > t)
+    alpha = np.float32(np.abs(w[big]).mean() if big.any() else 0.0)
+    codebook = np.array([-alpha, 0.0, alpha], np.float32)
+    codes = np.where(big, np.where(w > 0, 2, 0), 1).astype(np.int64)
+    q = codebook.astype(np.float64)[codes]
+    mse, rel = _errors(w, q, keep)
+    return QuantResult("ternary", 2, codes, _finish(weight, q), 1, 3, codebook=codebook, side_bits=32,
+                       mse=mse, rel_error=rel, info={"alpha": float(alpha), "threshold": float(t)})
+
+
+def quantize_tensor(weight: torch.Tensor, settings: QuantSettings, mask=None) -> QuantResult:
+    """Quantize ``weight`` as ``settings`` say (the one entry point the compressor uses)."""
+    m = settings.method
+    if m == "kmeans":
+        return quantize_kmeans(weight, mask, settings.bits, settings.init, settings.max_iter, settings.seed)
+    if m == "uniform":
+        return quantize_uniform(weight, mask, settings.bits, settings.symmetric, settings.per_channel)
+    if m == "binary":
+        return quantize_binary(weight, mask)
+    if m == "ternary":
+        return quantize_ternary(weight, mask)
+    raise CompressionError(f"unknown quantization method {m!r}")
+
+
+def compare_inits(weight: torch.Tensor, mask=None, bits: int = 5, max_iter: int = 50, seed: int = 0,
+                  inits=("forgy", "density", "linear")) -> dict:
+    """The centroids and error of each k-means initialisation, before and after k-means.
+
+    Returns ``{init: {"initial": centroids, "final": centroids, "mse_initial": float, "mse_final": float}}``
+    (centroids exclude the reserved zero), the data behind Deep Compression's Figure 4.
+    """
+    out = {}
+    for init in inits:
+        before = quantize_kmeans(weight, mask, bits, init, 0, seed)
+        after = quantize_kmeans(weight, mask, bits, init, max_iter, seed)
+        reserved = 1 if before.info["reserved_zero"] else 0
+        out[init] = {"initial": before.codebook[reserved:].astype(float).tolist(),
+                     "final": after.codebook[reserved:].astype(float).tolist(),
+                     "mse_initial": before.mse, "mse_final": after.mse,
+                     "iterations": after.info["iterations"]}
+    return out

@@ -1,0 +1,878 @@
+"""Structured pruning: remove whole channels and shrink every layer whose shape depends on them.
+
+Removing output channel ``j`` of a layer P (a row of a Linear, a filter of a Conv) only gives a smaller
+*dense* model if everything that sees channel ``j`` later shrinks with it: BatchNorm entries, depthwise
+filters, and the matching input columns of the next Linear or Conv (the "consumers"). This module finds
+those couplings by tracing the model with :mod:`torch.fx` and following P's output forward, op by op, with
+the shapes of an example input. Where the path meets something it cannot follow safely (a residual add, a
+concatenation, a reshape, the model's output, an unknown op), it says so and refuses, rather than guess.
+
+Two verbs:
+
+- :func:`analyze` tells, per compressible layer, whether its output channels (``filter``) or its input
+  channels (``channel``) can be removed, why not, and which other modules change with it.
+- :func:`prune_structured` removes channels in a deep copy of the model and returns it with a report.
+
+References
+----------
+Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017.
+Wen, Wu, Wang, Chen, Li, "Learning Structured Sparsity in Deep Neural Networks", NeurIPS 2016.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import numbers
+import operator
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.fx import Node, symbolic_trace
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils._pytree import tree_flatten
+
+from .errors import CompressionError, PlanError
+
+__all__ = ["StructInfo", "analyze", "prune_structured"]
+
+#: Layers this module reports on (the explorer's compressible layers).
+COMPRESSIBLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_EMBEDDING_REASON = "embedding rows are vocabulary entries; use element pruning"
+
+# Modules that act on every element alone: the channel dim passes through unchanged.
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Threshold, nn.Hardshrink, nn.Softshrink, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
+# Pooling modules and functions: name/class -> number of trailing (spatial) dims they pool over.
+_POOL_MODULES = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
+    nn.LPPool1d: 1, nn.LPPool2d: 2,
+}
+_POOL_FUNCS = {
+    f"{kind}{n}d": n
+    for n in (1, 2, 3)
+    for kind in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "lp_pool")
+}
+# Functions and tensor methods that act elementwise (extra arguments must be scalars or broadcast
+# over the channel dim).
+_ELEMENTWISE_FUNCS = {
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu",
+    "celu_", "gelu", "silu", "mish", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh", "hardtanh_",
+    "hardswish", "hardsigmoid", "softplus", "softsign", "tanhshrink", "logsigmoid", "threshold",
+    "threshold_", "hardshrink", "softshrink", "dropout", "dropout1d", "dropout2d", "dropout3d",
+    "alpha_dropout", "feature_alpha_dropout", "abs", "neg", "exp", "square", "sqrt", "clamp", "clamp_",
+    "clip", "clamp_min", "clamp_max", "contiguous", "clone", "detach", "float", "double", "half",
+    "bfloat16", "to",
+}
+# Binary elementwise operators: fine with a scalar, a coupling with a same-shaped tensor.
+_BINARY_FUNCS = {
+    "add", "add_", "iadd", "sub", "sub_", "isub", "rsub", "mul", "mul_", "imul", "truediv", "itruediv",
+    "div", "div_", "floordiv", "pow", "pow_", "maximum", "minimum",
+}
+_ADDS = {"add", "add_", "iadd", "sub", "sub_", "isub", "rsub"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin"}
+_SOFTMAXES = {"softmax", "log_softmax"}
+_META_METHODS = {"size", "dim", "numel", "type", "is_contiguous", "get_device"}
+_META_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda"}
+_CONCATS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"}
+_SPLITS = {"chunk", "split", "tensor_split", "unbind", "split_with_sizes"}
+_RESHAPES = {
+    "view", "reshape", "permute", "transpose", "unflatten", "squeeze", "unsqueeze", "movedim",
+    "expand", "repeat", "flatten", "view_as", "reshape_as", "t",
+}
+_PRODUCTS = {"matmul", "bmm", "mm", "einsum", "linear", "conv1d", "conv2d", "conv3d", "baddbmm"}
+
+
+@dataclass
+class StructInfo:
+    """What structured pruning can do to one layer.
+
+    Attributes
+    ----------
+    filter_ok : bool
+        Whether output channels of the layer can be removed.
+    filter_reason : str or None
+        Why not, naming the op and node that prevent it; None when ``filter_ok``.
+    channel_ok : bool
+        Whether input channels of the layer can be removed (which removes the feeding layer's outputs).
+    channel_reason : str or None
+        Why not; None when ``channel_ok``.
+    coupled : list of str
+        Names of the other modules whose shapes change with this layer's output channels: BatchNorms,
+        depthwise convolutions passed through, and the consumers whose inputs shrink.
+    """
+
+    filter_ok: bool
+    filter_reason: str | None
+    channel_ok: bool
+    channel_reason: str | None
+    coupled: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Group:
+    """A producer's output channels and everything whose shape follows them."""
+
+    producer: str
+    channels: int
+    members: dict[str, str] = field(default_factory=dict)  # name -> "batchnorm" | "depthwise" | "consumer"
+    blocks: dict[str, int] = field(default_factory=dict)  # consumer -> inputs per channel (flatten)
+    issue: str | None = None
+    stopped_at: set = field(default_factory=set)  # nodes where the walk gave up
+
+
+@dataclass
+class _Analysis:
+    infos: dict[str, StructInfo]
+    groups: dict[str, _Group]  # producer -> group
+    feeds: dict[str, str]  # consumer -> producer of its input channels (safe groups only)
+    args: tuple
+    out_shapes: list | None
+
+
+# ----------------------------------------------------------------------------------------------- public
+
+
+def analyze(model: nn.Module, example_input) -> dict[str, StructInfo]:
+    """Tell, for every compressible layer, which channels structured pruning can remove.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model; it is traced with :func:`torch.fx.symbolic_trace` and run once on ``example_input``
+        in eval mode without gradients (its training flags are restored, its state is not changed).
+    example_input : Tensor or tuple of Tensor
+        Positional input(s) of ``model.forward``, used for the shapes along the way.
+
+    Returns
+    -------
+    dict of str to StructInfo
+        One entry per ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Embedding``, keyed by its name
+        in ``model.named_modules()``.
+
+    Notes
+    -----
+    A model that torch.fx cannot trace gets ``filter_ok = channel_ok = False`` everywhere, with the
+    tracer's error as the reason.
+    """
+    return _analyze(model, example_input).infos
+
+
+def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[nn.Module, dict]:
+    """Remove whole channels from a copy of ``model`` and shrink every coupled layer.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model; it is not modified.
+    example_input : Tensor or tuple of Tensor
+        Positional input(s) of ``model.forward``.
+    requests : dict of str to (str, float or int, str)
+        ``layer -> (granularity, amount, criterion)``. ``granularity`` is ``"filter"`` (remove the layer's
+        output channels, ranked by the norm of each output channel's weights, bias excluded) or
+        ``"channel"`` (remove its input channels, ranked by the norm of its own input-channel weights;
+        the layer feeding it loses the matching outputs). ``amount`` is a float in [0, 0.99], the fraction
+        of channels removed (the count is rounded down), or an int, the count removed; at least one
+        channel always stays. ``criterion`` is ``"l1"`` or ``"l2"``.
+
+    Returns
+    -------
+    pruned : nn.Module
+        A deep copy of ``model`` with smaller layers; its class and forward are the original's.
+    report : dict
+        ``layer -> {"kept": list of kept channel indices (ascending, original numbering), "removed": int,
+        "granularity": str, "producer": str, "coupled": list of str}``. For a channel request the indices
+        are the input channels of ``layer`` (= output channels of ``producer``), one per channel even where a
+        flatten maps a channel to a block of inputs.
+
+    Raises
+    ------
+    PlanError
+        A malformed request (granularity, amount or criterion).
+    CompressionError
+        An unknown layer, a layer whose channels cannot be removed (with the reason), two requests that
+        remove the same channels, or a pruned model that no longer runs on ``example_input``.
+    """
+    analysis = _analyze(model, example_input)
+    modules = dict(model.named_modules())
+    jobs = []  # (layer, granularity, group, kept)
+    taken: dict[str, str] = {}
+    for layer, request in requests.items():
+        if layer not in analysis.infos:
+            raise CompressionError(
+                f"{layer}: not a compressible layer of this model (Linear, Conv1d, Conv2d or Embedding)"
+            )
+        granularity, amount, criterion = _parse_request(layer, request)
+        info = analysis.infos[layer]
+        if granularity == "filter":
+            if not info.filter_ok:
+                raise CompressionError(f"{layer}: cannot remove output channels: {info.filter_reason}")
+            group = analysis.groups[layer]
+        else:
+            if not info.channel_ok:
+                raise CompressionError(f"{layer}: cannot remove input channels: {info.channel_reason}")
+            group = analysis.groups[analysis.feeds[layer]]
+        if group.producer in taken:
+            raise CompressionError(
+                f"{taken[group.producer]} and {layer}: both requests remove output channels of "
+                f"{group.producer} (one coupled group); keep only one of them"
+            )
+        taken[group.producer] = layer
+        n = group.channels
+        removed = _removed_count(layer, amount, n)
+        if granularity == "filter":
+            scores = _filter_scores(modules[layer].weight, criterion)
+        else:
+            scores = _channel_scores(modules[layer].weight, n, criterion)
+        jobs.append((layer, granularity, group, _keep_largest(scores, n - removed)))
+
+    pruned = copy.deepcopy(model)
+    report = {}
+    for layer, granularity, group, kept in jobs:
+        _shrink_group(pruned, group, kept)
+        report[layer] = {
+            "kept": kept,
+            "removed": group.channels - len(kept),
+            "granularity": granularity,
+            "producer": group.producer,
+            "coupled": list(group.members),
+        }
+    if jobs:
+        _check_runs(pruned, analysis, [job[0] for job in jobs])
+    return pruned, report
+
+
+# ------------------------------------------------------------------------------------- request checks
+
+
+def _parse_request(layer, request):
+    if not isinstance(request, (tuple, list)) or len(request) != 3:
+        raise PlanError(f"{layer}: a structured request is (granularity, amount, criterion), got {request!r}")
+    granularity, amount, criterion = request
+    if granularity not in ("filter", "channel"):
+        raise PlanError(f"{layer}: granularity must be 'filter' or 'channel', got {granularity!r}")
+    if criterion not in ("l1", "l2"):
+        raise PlanError(f"{layer}: criterion must be 'l1' or 'l2', got {criterion!r}")
+    return granularity, amount, criterion
+
+
+def _removed_count(layer, amount, n):
+    """How many of ``n`` channels ``amount`` removes; always leaves at least one."""
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise PlanError(f"{layer}: amount must be a fraction in [0, 0.99] or a count, got {amount!r}")
+    if isinstance(amount, numbers.Integral):
+        if amount < 0:
+            raise PlanError(f"{layer}: amount must be a non-negative count, got {amount}")
+        count = int(amount)
+    else:
+        if not 0.0 <= amount <= 0.99:
+            raise PlanError(f"{layer}: amount must be a fraction in [0, 0.99], got {amount}")
+        count = math.floor(float(amount) * n + 1e-9)
+    return min(count, n - 1)
+
+
+def _filter_scores(weight, criterion):
+    w = weight.detach().to(torch.float64).flatten(1)
+    return w.abs().sum(1) if criterion == "l1" else w.pow(2).sum(1).sqrt()
+
+
+def _channel_scores(weight, channels, criterion):
+    # weight is (out, in, ...) with in = channels * block: group each channel's block of columns.
+    w = weight.detach().to(torch.float64).transpose(0, 1).reshape(channels, -1)
+    return w.abs().sum(1) if criterion == "l1" else w.pow(2).sum(1).sqrt()
+
+
+def _keep_largest(scores, keep):
+    order = torch.argsort(scores, descending=True, stable=True)[:keep]
+    return sorted(int(i) for i in order)
+
+
+# ------------------------------------------------------------------------------------------- shrinking
+
+
+def _param(tensor, like):
+    return nn.Parameter(tensor.clone(), requires_grad=like.requires_grad)
+
+
+def _shrink_group(model, group, kept):
+    idx = torch.tensor(kept, dtype=torch.long)
+    producer = model.get_submodule(group.producer)
+    _take_rows(producer, idx)
+    if isinstance(producer, nn.Linear):
+        producer.out_features = len(kept)
+    else:
+        producer.out_channels = len(kept)
+    for name, kind in group.members.items():
+        mod = model.get_submodule(name)
+        if kind == "batchnorm":
+            if mod.weight is not None:
+                mod.weight = _param(mod.weight.detach()[idx.to(mod.weight.device)], mod.weight)
+                mod.bias = _param(mod.bias.detach()[idx.to(mod.bias.device)], mod.bias)
+            for buf in ("running_mean", "running_var"):
+                value = getattr(mod, buf)
+                if value is not None:
+                    setattr(mod, buf, value[idx.to(value.device)].clone())
+            mod.num_features = len(kept)
+        elif kind == "depthwise":
+            _take_rows(mod, idx)
+            mod.in_channels = mod.out_channels = mod.groups = len(kept)
+        else:
+            block = group.blocks[name]
+            cols = torch.tensor([j * block + t for j in kept for t in range(block)], dtype=torch.long)
+            w = mod.weight.detach()
+            mod.weight = _param(w[:, cols.to(w.device)], mod.weight)
+            if isinstance(mod, nn.Linear):
+                mod.in_features = len(cols)
+            else:
+                mod.in_channels = len(cols)
+
+
+def _take_rows(mod, idx):
+    w = mod.weight.detach()
+    mod.weight = _param(w[idx.to(w.device)], mod.weight)
+    if mod.bias is not None:
+        mod.bias = _param(mod.bias.detach()[idx.to(w.device)], mod.bias)
+
+
+def _check_runs(pruned, analysis, layers):
+    """Run the pruned copy once: a model whose forward hard-codes a size fails here, not later."""
+    flags = [(m, m.training) for m in pruned.modules()]
+    pruned.eval()
+    try:
+        with torch.no_grad():
+            out = pruned(*analysis.args)
+    except Exception as err:  # noqa: BLE001 - any failure means the pruning broke the model
+        raise CompressionError(
+            f"{', '.join(layers)}: the pruned model no longer runs on the example input ({_short(err)})"
+        ) from err
+    finally:
+        for m, training in flags:
+            m.training = training
+    shapes = [tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    if analysis.out_shapes is not None and shapes != analysis.out_shapes:
+        raise CompressionError(
+            f"{', '.join(layers)}: pruning changed the model's output shape "
+            f"from {analysis.out_shapes} to {shapes}"
+        )
+
+
+# -------------------------------------------------------------------------------------------- analysis
+
+
+def _short(err):
+    while err.__cause__ is not None:  # ShapeProp wraps the real error
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    text = text[0] if text else type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _as_args(example_input):
+    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+
+
+def _all_blocked(names, modules, reason):
+    infos = {}
+    for name in names:
+        if isinstance(modules[name], nn.Embedding):
+            infos[name] = StructInfo(False, _EMBEDDING_REASON, False, _EMBEDDING_REASON, [])
+        else:
+            infos[name] = StructInfo(False, reason, False, reason, [])
+    return infos
+
+
+def _analyze(model, example_input) -> _Analysis:
+    modules = dict(model.named_modules())
+    names = [n for n, m in modules.items() if isinstance(m, COMPRESSIBLE)]
+    args = _as_args(example_input)
+    try:
+        gm = symbolic_trace(model)
+    except Exception as err:  # noqa: BLE001 - tracing fails in many ways; all mean "cannot trace"
+        reason = f"model cannot be traced by torch.fx: {_short(err)}"
+        return _Analysis(_all_blocked(names, modules, reason), {}, {}, args, None)
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        gm.eval()
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
+            out = ShapeProp(gm).propagate(*args)
+    except Exception as err:  # noqa: BLE001
+        reason = f"the example input does not run through the traced model: {_short(err)}"
+        return _Analysis(_all_blocked(names, modules, reason), {}, {}, args, None)
+    finally:
+        for m, training in flags:
+            m.training = training
+    out_shapes = [tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+    nodes = list(gm.graph.nodes)
+    calls: dict[str, list[Node]] = {}
+    read_directly: dict[str, Node] = {}
+    for node in nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+        elif node.op == "get_attr" and "." in node.target:
+            read_directly.setdefault(node.target.rsplit(".", 1)[0], node)
+    sharing = _shared_parameters(model)
+
+    def member_issue(name):
+        count = len(calls.get(name, ()))
+        if count != 1:
+            return f"{name} is called {count} times in forward; all calls would have to shrink together"
+        if name in sharing:
+            return f"{name} shares parameters with {sharing[name]}"
+        if name in read_directly:
+            return f"the parameters of {name} are also read directly ({_where(read_directly[name])})"
+        mod = modules[name]
+        if hasattr(mod, "weight_orig") or hasattr(mod, "parametrizations"):
+            return f"{name} carries a pruning mask or parametrization; make it permanent first"
+        return None
+
+    groups: dict[str, _Group] = {}
+    for name in names:
+        mod = modules[name]
+        if _is_producer(mod) and len(calls.get(name, ())) == 1:
+            group = _walk(nodes, calls[name][0], name, mod, modules)
+            issue = member_issue(name)
+            for member in group.members:
+                issue = issue or member_issue(member)
+            if issue is not None:
+                group.issue = issue
+            elif group.issue is None and not group.blocks:
+                group.issue = "its output channels reach no layer that could shrink with them"
+            groups[name] = group
+
+    feeds = {}
+    infos = {}
+    for name in names:
+        mod = modules[name]
+        coupled = list(groups[name].members) if name in groups else []
+        not_called = _not_called_reason(name, calls, modules)
+        if isinstance(mod, nn.Embedding):
+            infos[name] = StructInfo(False, _EMBEDDING_REASON, False, _EMBEDDING_REASON, [])
+            continue
+        if not_called is not None:
+            infos[name] = StructInfo(False, not_called, False, not_called, [])
+            continue
+        if len(calls[name]) > 1:
+            reason = f"it is called {len(calls[name])} times in forward; all calls would have to shrink together"
+            infos[name] = StructInfo(False, reason, False, reason, [])
+            continue
+        if not _is_producer(mod):
+            reason = _grouped_reason(name, mod, groups)
+            infos[name] = StructInfo(False, reason, False, reason, [])
+            continue
+        group = groups[name]
+        channel_ok, channel_reason = _channel_verdict(name, calls[name][0], groups, modules)
+        if channel_ok:
+            feeds[name] = next(g.producer for g in groups.values() if name in g.blocks)
+        infos[name] = StructInfo(group.issue is None, group.issue, channel_ok, channel_reason, coupled)
+    return _Analysis(infos, groups, feeds, args, out_shapes)
+
+
+def _shared_parameters(model):
+    """module name -> another module holding one of the same parameter tensors."""
+    owners: dict[int, list[str]] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for p in mod.parameters(recurse=False):
+            owners.setdefault(id(p), [])
+            if mod_name not in owners[id(p)]:
+                owners[id(p)].append(mod_name)
+    shared = {}
+    for holders in owners.values():
+        for holder in holders:
+            others = [h for h in holders if h != holder]
+            if others:
+                shared.setdefault(holder, others[0])
+    return shared
+
+
+def _is_producer(mod):
+    return isinstance(mod, nn.Linear) or (isinstance(mod, _CONVS) and mod.groups == 1)
+
+
+def _is_depthwise(mod):
+    return isinstance(mod, _CONVS) and 1 < mod.groups == mod.in_channels == mod.out_channels
+
+
+def _not_called_reason(name, calls, modules):
+    if name in calls:
+        return None
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:i])
+        if parent in calls:
+            kind = type(modules[parent]).__name__
+            return f"it runs inside {parent} ({kind}), which the tracer treats as one operation"
+    return "it is not called as a module in forward"
+
+
+def _grouped_reason(name, mod, groups):
+    if _is_depthwise(mod):
+        feeder = next((g.producer for g in groups.values() if name in g.members), None)
+        where = f" ({feeder})" if feeder else ""
+        return (f"depthwise convolution: its channels are those of its input; prune the layer that "
+                f"feeds it{where} instead")
+    return (f"grouped convolution (groups={mod.groups}): its channels form groups that cannot shrink "
+            f"unevenly")
+
+
+def _channel_verdict(name, call, groups, modules):
+    feeding = [g for g in groups.values() if name in g.blocks or call in g.stopped_at]
+    if len(feeding) > 1:
+        producers = ", ".join(g.producer for g in feeding)
+        return False, f"its input channels come from several layers ({producers})"
+    if feeding:
+        group = feeding[0]
+        if group.issue is None:
+            return True, None
+        return False, (f"its input channels are the output channels of {group.producer}, which cannot be "
+                       f"removed: {group.issue}")
+    source = call.args[0] if call.args else None
+    while isinstance(source, Node) and _is_transparent(source, modules):
+        source = next(a for a in _node_inputs(source))
+    if isinstance(source, Node) and source.op == "placeholder":
+        return False, "its input is the model input"
+    if isinstance(source, Node):
+        return False, (f"its input comes from {_opname(source, modules)} ({_where(source)}), not from the "
+                       f"output channels of a single prunable layer")
+    return False, "its input is not a traced tensor"
+
+
+def _is_transparent(node, modules):
+    """Single-input ops that keep channels, walked through backwards to find where an input comes from."""
+    if len(list(_node_inputs(node))) != 1:
+        return False
+    if node.op == "call_module":
+        mod = modules[node.target]
+        return isinstance(mod, (*_ELEMENTWISE_MODULES, *_POOL_MODULES, nn.Flatten, nn.modules.batchnorm._BatchNorm)) \
+            or _is_depthwise(mod)
+    if node.op in ("call_function", "call_method"):
+        name = _fname(node)
+        return name in _ELEMENTWISE_FUNCS or name in _POOL_FUNCS or name == "flatten"
+    return False
+
+
+# ------------------------------------------------------------------------------------------- the walk
+
+
+def _walk(nodes, start, name, mod, modules) -> _Group:
+    """Follow ``start``'s output channels forward through the graph (which is in topological order).
+
+    A carrier is a node whose output holds the producer's channels; its state is (dim, block): the channel
+    dim counted from the end (negative) and how many consecutive entries each channel spans there (> 1 after
+    a flatten).
+    """
+    channels = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+    group = _Group(name, channels)
+    dim0 = -1 if isinstance(mod, nn.Linear) else -(mod.weight.dim() - 1)
+    carriers = {start: (dim0, 1)}
+    position = nodes.index(start)
+    for node in nodes[position + 1:]:
+        inputs = [a for a in _node_inputs(node) if a in carriers]
+        if not inputs:
+            continue
+        states = {carriers[a] for a in inputs}
+        if len(states) > 1:
+            verdict = ("stop", f"output channels meet themselves in different layouts at {_opname(node, modules)} "
+                               f"({_where(node)})")
+        elif node.op == "output":
+            verdict = ("stop", "its output is the model's output" if start in inputs
+                       else f"its output channels reach the model's output (through {_where(inputs[0])})")
+        else:
+            verdict = _step(node, inputs, carriers, states.pop(), channels, modules)
+        kind = verdict[0]
+        if kind == "stop":
+            group.stopped_at.add(node)
+            if group.issue is None:
+                group.issue = verdict[1]
+        elif kind == "pass":
+            carriers[node] = verdict[1]
+        elif kind == "member":
+            _, member, role, state = verdict
+            group.members[member] = role
+            if role == "consumer":
+                group.blocks[member] = state
+            else:
+                carriers[node] = state
+        # kind == "ignore": metadata such as x.shape; nothing flows on
+    return group
+
+
+def _node_inputs(node):
+    seen = []
+    for a in tree_flatten((node.args, node.kwargs))[0]:
+        if isinstance(a, Node) and a not in seen:
+            seen.append(a)
+    return seen
+
+
+def _fname(node):
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return None
+
+
+def _opname(node, modules):
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    if node.op == "placeholder":
+        return "the model input"
+    if node.op == "get_attr":
+        return "a stored tensor"
+    return _fname(node)
+
+
+def _where(node):
+    """A readable place for a node: a module name, or the enclosing module's name plus the node's name."""
+    if node.op == "call_module":
+        return node.target
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        key, value = list(stack.items())[-1]
+        path = value[0] if isinstance(value, tuple) and value and isinstance(value[0], str) else key
+        path = re.sub(r"@\d+$", "", path)
+        if path:
+            return f"{path}.{node.name}"
+    return node.name
+
+
+def _shape(node):
+    meta = node.meta.get("tensor_meta") if isinstance(node, Node) else None
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _arg(node, index, key, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(key, default)
+
+
+def _step(node, inputs, carriers, state, channels, modules):
+    """Decide what ``node`` does to the channels that reach it in ``state``."""
+    dim, block = state
+    where = _where(node)
+    cannot = ("stop", f"output channels reach {_opname(node, modules)} ({where}), which structured pruning "
+                      f"cannot follow")
+    out_shape = _shape(node)
+    first = node.args[0] if node.args else None
+
+    if node.op == "call_module":
+        mod = modules[node.target]
+        if not isinstance(first, Node) or first not in carriers or len(inputs) > 1:
+            return cannot
+        if isinstance(mod, nn.Linear) or (isinstance(mod, _CONVS) and mod.groups == 1):
+            want = -1 if isinstance(mod, nn.Linear) else -(mod.weight.dim() - 1)
+            shape = _shape(first)
+            if dim != want or shape is None or shape[dim] != channels * block:
+                return ("stop", f"output channels enter {node.target} along a dim other than its input "
+                                f"channels")
+            return ("member", node.target, "consumer", block)
+        if _is_depthwise(mod):
+            if dim != -(mod.weight.dim() - 1) or block != 1:
+                return ("stop", f"output channels enter depthwise {node.target} along a dim other than its "
+                                f"channels")
+            return _checked(("member", node.target, "depthwise", state), out_shape, channels, where)
+        if isinstance(mod, _CONVS):
+            return ("stop", f"output channels reach grouped convolution {node.target} (groups={mod.groups}), "
+                            f"whose channel groups cannot shrink unevenly")
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            shape = _shape(first)
+            if shape is None or len(shape) + dim != 1 or block != 1:
+                return ("stop", f"output channels reach BatchNorm {node.target} along a dim other than its "
+                                f"channels")
+            return _checked(("member", node.target, "batchnorm", state), out_shape, channels, where)
+        if isinstance(mod, nn.PReLU):
+            if mod.num_parameters != 1:
+                return ("stop", f"output channels reach PReLU {node.target}, which has one weight per channel")
+            return _checked(("pass", state), out_shape, channels, where)
+        if isinstance(mod, _ELEMENTWISE_MODULES):
+            return _checked(("pass", state), out_shape, channels, where)
+        if isinstance(mod, tuple(_POOL_MODULES)):
+            if getattr(mod, "return_indices", False):
+                return cannot
+            return _checked(_pool(state, _POOL_MODULES[type(mod)], where), out_shape, channels, where)
+        if isinstance(mod, nn.Flatten):
+            return _checked(_flatten(_shape(first), state, mod.start_dim, mod.end_dim, where),
+                            out_shape, channels, where)
+        if isinstance(mod, nn.LayerNorm):
+            if dim >= -len(mod.normalized_shape):
+                return ("stop", f"output channels reach LayerNorm {node.target}, which normalizes over the "
+                                f"channel dim")
+            return _checked(("pass", state), out_shape, channels, where)
+        if isinstance(mod, (nn.Softmax, nn.LogSoftmax)):
+            return _checked(_softmax(_shape(first), state, mod.dim, node, modules), out_shape, channels, where)
+        return cannot
+
+    if node.op not in ("call_function", "call_method"):
+        return cannot
+    name = _fname(node)
+    if name == "getattr" and len(node.args) > 1 and node.args[1] in _META_ATTRS:
+        return ("ignore",)
+    if node.op == "call_method" and name in _META_METHODS:
+        return ("ignore",)
+    if node.op == "call_function" and not _from_torch(node.target):
+        return cannot
+    if name in _BINARY_FUNCS or name in _ELEMENTWISE_FUNCS:
+        clash = _clash(node, carriers, dim, out_shape)
+        if clash is not None:
+            if name in _ADDS:
+                return ("stop", f"output channels meet a residual {name.strip('_i') if name != 'rsub' else 'sub'} "
+                                f"({where}) with another branch; they can only be removed together")
+            return ("stop", f"output channels are combined by {name} ({where}) with another tensor of the same "
+                            f"channels; they can only be removed together")
+        return _checked(("pass", state), out_shape, channels, where)
+    if name in _CONCATS:
+        return ("stop", f"output channels are concatenated ({where}) with other tensors; they can only be "
+                        f"removed together")
+    if name == "getitem":
+        return ("stop", f"output channels are indexed ({where})")
+    if name in _SPLITS:
+        return ("stop", f"output channels are split by {name} ({where})")
+    if name in _PRODUCTS:
+        return ("stop", f"output channels enter a matrix product {name} ({where})")
+    if not isinstance(first, Node) or first not in carriers or len(inputs) > 1:
+        return cannot
+    if name in _POOL_FUNCS:
+        return _checked(_pool(state, _POOL_FUNCS[name], where), out_shape, channels, where)
+    if name in _SOFTMAXES:
+        return _checked(_softmax(_shape(first), state, _arg(node, 1, "dim"), node, modules),
+                        out_shape, channels, where)
+    if name in _REDUCTIONS:
+        return _checked(_reduce(node, _shape(first), state, where), out_shape, channels, where)
+    if name == "flatten":
+        return _checked(_flatten(_shape(first), state, _arg(node, 1, "start_dim", 0),
+                                 _arg(node, 2, "end_dim", -1), where), out_shape, channels, where)
+    if name in ("view", "reshape"):
+        return _checked(_view(node, _shape(first), out_shape, state, where), out_shape, channels, where)
+    if name in _RESHAPES:
+        return ("stop", f"output channels are reshaped by {name} ({where})")
+    return cannot
+
+
+def _from_torch(target):
+    if target in (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+                  operator.pow, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                  operator.getitem, operator.matmul, getattr):
+        return True
+    module = getattr(target, "__module__", None) or ""
+    return module == "torch" or module.startswith("torch.")
+
+
+def _clash(node, carriers, dim, out_shape):
+    """A non-carrier tensor argument that has the channels' size along their dim (so it would not shrink)."""
+    if out_shape is None:
+        return None  # _checked refuses a non-tensor result
+    for a in _node_inputs(node):
+        if a in carriers:
+            continue
+        shape = _shape(a)
+        if shape is None:
+            continue  # a Python number computed in the graph
+        pos = len(shape) + dim
+        if pos >= 0 and shape[pos] != 1:
+            return a
+    return None
+
+
+def _checked(verdict, out_shape, channels, where):
+    """Confirm that the channels sit where the state says, with the size it implies."""
+    if verdict[0] not in ("pass", "member"):
+        return verdict
+    dim, block = verdict[-1]
+    if out_shape is None or len(out_shape) < -dim or out_shape[dim] != channels * block:
+        return ("stop", f"output channels lose their layout at {where}")
+    return verdict
+
+
+def _pool(state, spatial, where):
+    if state[0] >= -spatial:
+        return ("stop", f"output channels are pooled over ({where})")
+    return ("pass", state)
+
+
+def _softmax(shape, state, dim, node, modules):
+    if shape is None or dim is None:
+        return ("stop", f"output channels reach {_opname(node, modules)} ({_where(node)}) without a known dim")
+    n = len(shape)
+    if dim % n == n + state[0]:
+        return ("stop", f"output channels are mixed by {_opname(node, modules)} ({_where(node)}) over the "
+                        f"channel dim")
+    return ("pass", state)
+
+
+def _reduce(node, shape, state, where):
+    dims = _arg(node, 1, "dim")
+    keepdim = _arg(node, 2, "keepdim", False)
+    if shape is None or dims is None or not isinstance(keepdim, bool):
+        return ("stop", f"output channels are reduced by {_fname(node)} ({where})")
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(d, int) for d in dims):
+        return ("stop", f"output channels are reduced by {_fname(node)} ({where})")
+    n = len(shape)
+    c = n + state[0]
+    dims = {d % n for d in dims}
+    if c in dims:
+        return ("stop", f"output channels are reduced by {_fname(node)} ({where}) over the channel dim")
+    if keepdim:
+        return ("pass", state)
+    c2 = c - sum(d < c for d in dims)
+    return ("pass", (c2 - (n - len(dims)), state[1]))
+
+
+def _flatten(shape, state, start, end, where):
+    """Channels through flatten(start, end): unchanged, shifted, or spread over blocks (start at them)."""
+    if shape is None or not isinstance(start, int) or not isinstance(end, int):
+        return ("stop", f"output channels are flattened ({where}) in an unknown way")
+    n = len(shape)
+    if n == 0:
+        return ("pass", state)
+    start, end = start % n, end % n
+    dim, block = state
+    c = n + dim
+    if end <= start:
+        return ("pass", state)
+    n2 = n - (end - start)
+    if end < c:
+        return ("pass", (c - (end - start) - n2, block))
+    if start > c:
+        return ("pass", (c - n2, block))
+    if start == c:
+        return ("pass", (c - n2, block * math.prod(shape[c + 1:end + 1])))
+    return ("stop", f"output channels are flattened together with the dims before them ({where})")
+
+
+def _view(node, in_shape, out_shape, state, where):
+    """A view/reshape that is a flatten (with -1 where the channels land) is followed like one."""
+    reshaped = ("stop", f"output channels are reshaped by {_fname(node)} ({where})")
+    if in_shape is None or out_shape is None:
+        return reshaped
+    sizes = list(node.args[1:]) if node.op == "call_method" else [_arg(node, 1, "shape")]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    if len(sizes) != len(out_shape):
+        return reshaped
+    n = len(in_shape)
+    for start in range(n):
+        for end in range(start, n):
+            merged = list(in_shape[:start]) + [math.prod(in_shape[start:end + 1])] + list(in_shape[end + 1:])
+            if merged != list(out_shape):
+                continue
+            verdict = _flatten(in_shape, state, start, end, where)
+            if verdict[0] == "pass" and sizes[len(out_shape) + verdict[1][0]] == -1:
+                return verdict
+    return ("stop", f"output channels are reshaped by {_fname(node)} ({where}); only a flatten with -1 "
+                    f"where the channels land can be followed")

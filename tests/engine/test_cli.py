@@ -1,0 +1,84 @@
+"""The CLI as a user runs it: a subprocess, real output, exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from explorer.engine.samples import SAMPLES_DIR
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLAN = str(SAMPLES_DIR / "digits-mlp.plan.json")
+
+
+def run(*args, cwd=ROOT):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+    return subprocess.run([sys.executable, "-m", "explorer", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_inspect_table_and_json():
+    out = run("inspect", "digits-cnn")
+    assert out.returncode == 0, out.stderr
+    for name in ("conv1", "conv2", "fc1", "fc2"):
+        assert name in out.stdout
+    js = run("inspect", "digits-cnn", "--json")
+    data = json.loads(js.stdout)
+    assert [l["name"] for l in data["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    for l in data["layers"]:
+        assert {"name", "type", "shape", "params", "macs"} <= set(l)
+    assert data["total"]["macs"] == sum(l["macs"] for l in data["layers"])
+    assert {"params", "macs", "bytes"} <= set(data["total"])
+
+
+def test_evaluate_json_has_the_documented_keys_and_stages_shrink():
+    out = run("evaluate", "digits-mlp", "--plan", PLAN, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    size = data["size"]
+    assert size["dense"] > size["pruned"] > size["quantized"] > size["coded"]
+    assert set(data["macs"]) >= {"before", "after"} and set(data["accuracy"]) >= {"before", "after"}
+    assert 0.9 < data["accuracy"]["before"] <= 1.0
+
+
+def test_evaluate_prints_stages_and_accuracy():
+    out = run("evaluate", "digits-mlp", "--plan", PLAN)
+    assert out.returncode == 0, out.stderr
+    for word in ("dense", "pruned", "quantized", "Huffman", "accuracy", "MACs"):
+        assert word in out.stdout
+
+
+def test_failures_are_one_line_without_traceback(tmp_path):
+    out = run("inspect", str(tmp_path / "missing.pt"))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "no such file" in out.stderr
+    assert "Traceback" not in out.stderr
+    bad_plan = tmp_path / "plan.json"
+    bad_plan.write_text('{"default": {"quantize": {"bits": 12}}}')
+    out = run("evaluate", "digits-mlp", "--plan", str(bad_plan))
+    assert out.returncode == 2 and "quantize.bits" in out.stderr and "Traceback" not in out.stderr
+    out = run("inspect", str(tmp_path / "missing.pt"), "--debug")
+    assert "Traceback" in out.stderr
+
+
+def test_pickle_refused_without_trust(tmp_path):
+    import zoo
+
+    torch.save(zoo.MLP(), tmp_path / "whole.pt")
+    out = run("inspect", str(tmp_path / "whole.pt"))
+    assert out.returncode == 2 and "--trust" in out.stderr
+    out = run("inspect", str(tmp_path / "whole.pt"), "--trust", "--input-shape", "1,64")
+    assert out.returncode == 0, out.stderr and "net.0" in out.stdout
+
+
+def test_state_dict_with_factory(tmp_path):
+    import zoo
+
+    torch.save(zoo.SmallCNN().state_dict(), tmp_path / "w.pt")
+    out = run("inspect", str(tmp_path / "w.pt"), "--factory", "zoo:SmallCNN", "--input-shape", "1,1,8,8",
+              "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["total"]["macs"] > 0

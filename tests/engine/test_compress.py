@@ -1,0 +1,131 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from explorer.engine.compress import compress
+from explorer.engine.errors import Cancelled, CompressionError
+from explorer.engine.loading import load_model
+from explorer.engine.plan import Plan, uniform_plan
+from explorer.engine.samples import SAMPLES_DIR
+
+
+def params_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_empty_plan_changes_nothing_and_sizes_are_dense():
+    model, x = zoo.SmallCNN().eval(), torch.randn(2, 1, 8, 8)
+    res = compress(model, Plan(), x)
+    assert torch.equal(res.model(x), model(x))
+    bits = res.bits
+    assert bits["dense"] == bits["pruned"] == bits["quantized"] == bits["coded"]
+    total = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()
+                                                             if b.is_floating_point())
+    assert bits["dense"] == 32 * total
+    assert res.macs_before == res.macs_after == res.macs_effective
+
+
+def test_original_is_untouched_and_stages_shrink():
+    model, x = zoo.SmallCNN().eval(), torch.randn(2, 1, 8, 8)
+    before = params_of(model)
+    res = compress(model, uniform_plan(prune={"amount": 0.8}, quantize={"bits": 4, "method": "kmeans"}), x)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    b = res.bits
+    assert b["dense"] > b["pruned"] > b["quantized"] > b["coded"]
+    assert res.macs_effective < res.macs_after == res.macs_before
+    for layer in res.layers.values():
+        (t,) = layer.tensors
+        assert t.nonzero <= int(np.ceil(0.2 * t.numel))
+
+
+def test_compressed_weights_are_the_decoded_codes():
+    model, x = zoo.MLP().eval(), torch.randn(2, 64)
+    res = compress(model, uniform_plan(prune={"amount": 0.5}, quantize={"bits": 3}), x)
+    for name, layer in res.layers.items():
+        (t,) = layer.tensors
+        w = res.model.get_submodule(name).weight.detach().reshape(-1).numpy()
+        assert np.array_equal(t.quant.codebook[t.quant.codes], w)
+        assert np.all(w[~t.mask] == 0)
+
+
+def test_lowrank_then_prune_and_quantize_every_factor():
+    model, x = zoo.SmallCNN().eval(), torch.randn(2, 1, 8, 8)
+    plan = Plan(layers={"fc1": {"lowrank": {"rank": 8}, "prune": {"amount": 0.5}, "quantize": {"bits": 4}},
+                        "conv2": {"lowrank": {"rank": 4, "method": "tucker2"}}})
+    res = compress(model, plan, x)
+    assert [t.name for t in res.layers["fc1"].tensors] == ["fc1.0.weight", "fc1.1.weight"]
+    assert all(t.quant is not None and t.mask is not None for t in res.layers["fc1"].tensors)
+    assert len(res.layers["conv2"].tensors) == 3
+    assert res.macs_after < res.macs_before
+    assert res.layers["fc1"].macs_after == 64 * 8 * 2 + 8 * 32 * 2
+    assert res.model(x).shape == (2, 10)
+
+
+def test_full_rank_and_zero_pruning_keep_outputs():
+    model, x = zoo.SmallCNN().eval(), torch.randn(4, 1, 8, 8)
+    plan = Plan(layers={"fc1": {"lowrank": {"rank": 32}}, "conv2": {"lowrank": {"rank": [16, 16],
+                                                                                "method": "tucker2"}},
+                        "conv1": {"prune": {"amount": 0, "granularity": "filter"}}})
+    res = compress(model, plan, x)
+    torch.testing.assert_close(res.model(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_structured_pruning_shrinks_the_model_and_its_size():
+    model, x = zoo.SmallCNN().eval(), torch.randn(2, 1, 8, 8)
+    res = compress(model, Plan(layers={"conv2": {"prune": {"amount": 0.5, "granularity": "filter"}}}), x)
+    assert res.model.conv2.out_channels == 8 and res.model.bn2.num_features == 8
+    assert res.model.fc1.in_features == 32
+    assert res.macs_after < res.macs_before
+    assert res.bits["pruned"] < res.bits["dense"]
+    assert res.layers["conv2"].structural["removed"] == 8
+    assert res.model(x).shape == (2, 10)
+
+
+def test_unsafe_structured_request_is_refused():
+    model, x = zoo.TinyResNet().eval(), torch.randn(1, 3, 16, 16)
+    with pytest.raises(CompressionError, match="layer1.conv2"):
+        compress(model, Plan(layers={"layer1.conv2": {"prune": {"amount": 0.5, "granularity": "filter"}}}), x)
+
+
+def test_zoo_models_compress_and_run():
+    for name, (model, x) in zoo.example_inputs().items():
+        model.eval()
+        plan = uniform_plan(prune={"amount": 0.7}, quantize={"bits": 4, "method": "kmeans", "init": "density"})
+        res = compress(model, plan, x)
+        out = res.model(x)
+        assert out.shape == model(x).shape, name
+        assert res.bits["coded"] < res.bits["dense"], name
+
+
+def test_torchscript_supports_element_pruning_and_quantization(tmp_path):
+    model = zoo.MLP().eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 64)
+    res = compress(scripted, uniform_plan(prune={"amount": 0.5}, quantize={"bits": 4}), x)
+    assert res.macs_before == res.macs_after > 0
+    assert not torch.equal(res.model(x), scripted(x))
+    assert torch.equal(scripted(x), model(x))  # original untouched
+    with pytest.raises(CompressionError, match="TorchScript"):
+        compress(scripted, uniform_plan(lowrank={"rank": 2}), x)
+
+
+def test_progress_and_cancel():
+    model, x = zoo.MLP().eval(), torch.randn(2, 64)
+    seen = []
+    compress(model, uniform_plan(quantize={"bits": 4}), x, progress=lambda f, m: seen.append((f, m)))
+    assert seen[0][0] == 0.0 and seen[-1] == (1.0, "done")
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    with pytest.raises(Cancelled):
+        compress(model, uniform_plan(quantize={"bits": 4}), x, progress=lambda f, m: f < 0.5)
+
+
+def test_sample_plan_each_stage_shrinks():
+    loaded = load_model("digits-mlp")
+    plan = Plan.load(SAMPLES_DIR / "digits-mlp.plan.json")
+    res = compress(loaded.model, plan, loaded.example_input)
+    b = res.bits
+    assert b["dense"] > b["pruned"] > b["quantized"] > b["coded"]

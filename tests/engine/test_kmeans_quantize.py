@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+
+from explorer.engine.errors import CompressionError
+from explorer.engine.kmeans import init_centroids, kmeans_1d, lloyd_reference
+from explorer.engine.plan import QuantSettings
+from explorer.engine.prune import keep_count, magnitude_mask, threshold_for
+from explorer.engine.quantize import (compare_inits, quantize_binary, quantize_kmeans, quantize_ternary,
+                                      quantize_tensor, quantize_uniform)
+
+
+@pytest.mark.parametrize("init", ["forgy", "density", "linear", "kmeans++"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_matches_plain_lloyd(init, seed):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(0, 0.05, 700), rng.normal(0.3, 0.1, 300)])
+    res = kmeans_1d(x, 8, init=init, max_iter=500, seed=seed)
+    ref_c, ref_labels = lloyd_reference(x, res.initial, max_iter=500)
+    np.testing.assert_allclose(res.centroids, ref_c, atol=1e-12)
+    assert np.array_equal(res.labels, ref_labels)
+    assert res.inertia == pytest.approx(float(((x - res.centroids[res.labels]) ** 2).sum()), rel=1e-9)
+
+
+def test_inits_follow_deep_compression():
+    x = np.array([-1.0, 0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 2.0])
+    np.testing.assert_allclose(init_centroids(x, 4, "linear"), [-1.0, 0.0, 1.0, 2.0])
+    # density: the CDF inverted at 1/8, 3/8, 5/8, 7/8 -> sorted values number 1, 3, 5, 7 (0-based 0, 2, 4, 6)
+    np.testing.assert_allclose(init_centroids(x, 4, "density"), [-1.0, 0.01, 0.03, 0.05])
+    forgy = init_centroids(x, 4, "forgy", seed=3)
+    assert len(set(forgy)) == 4 and set(forgy) <= set(x)
+    assert np.array_equal(forgy, init_centroids(x, 4, "forgy", seed=3))  # seeded
+
+
+def test_kmeans_edge_cases():
+    assert kmeans_1d(np.full(50, 0.25), 16).centroids.tolist() == [0.25]
+    few = kmeans_1d(np.array([1.0, 2.0, 2.0, 3.0]), 16)  # k larger than the distinct values
+    assert few.centroids.tolist() == [1.0, 2.0, 3.0] and few.inertia == 0.0
+    assert kmeans_1d(np.array([]), 4).centroids.size == 0
+    with pytest.raises(CompressionError, match="NaN"):
+        kmeans_1d(np.array([1.0, np.nan]), 2)
+    with pytest.raises(CompressionError, match="infinite"):
+        kmeans_1d(np.array([1.0, np.inf]), 2)
+
+
+def test_keep_count_and_mask():
+    assert keep_count(100, 0.9) == 10
+    assert keep_count(10, 0.25) == 8  # ceil(7.5)
+    assert keep_count(10, 3) == 7 and keep_count(10, 30) == 0
+    w = torch.tensor([[0.1, -0.5, 0.2], [0.05, 0.9, -0.3]])
+    mask = magnitude_mask(w, 0.5)
+    assert mask.tolist() == [False, True, False, False, True, True]
+    assert threshold_for(w, 0.5) == pytest.approx(0.3)
+    assert magnitude_mask(w, 0).all()
+
+
+def test_kmeans_quantization_keeps_pruned_weights_zero():
+    torch.manual_seed(0)
+    w = torch.randn(40, 30)
+    mask = magnitude_mask(w, 0.8)
+    q = quantize_kmeans(w, mask, bits=3, init="linear")
+    dec = q.decoded.reshape(-1).numpy()
+    assert np.all(dec[~mask] == 0)
+    assert q.zero_code == 0 and q.codebook[0] == 0
+    assert len(np.unique(dec[mask])) <= 2 ** 3 - 1  # one code is reserved for zero
+    assert np.array_equal(q.codebook[q.codes], dec.astype(np.float32))  # codes decode exactly
+    assert q.side_bits == 32 * 7
+
+
+def test_init_comparison_reports_errors():
+    torch.manual_seed(0)
+    w = torch.randn(2000) * 0.05
+    w[:10] = 1.0  # a few large weights
+    res = compare_inits(w, None, bits=3)
+    assert set(res) == {"forgy", "density", "linear"}
+    for r in res.values():
+        assert r["mse_final"] <= r["mse_initial"] + 1e-15
+    # linear keeps a centroid near the large weights; density puts none there
+    assert max(res["linear"]["final"]) > 0.9
+    assert max(res["density"]["initial"]) < 0.5
+
+
+def test_uniform_symmetric_and_asymmetric():
+    w = torch.tensor([[-0.9, 0.0, 0.5], [0.25, 2.0, -0.1]])
+    q = quantize_uniform(w, bits=3, symmetric=True)  # levels -3..3, scale 2/3
+    np.testing.assert_allclose(q.decoded.numpy(), np.round(w.numpy() / (2 / 3)) * (2 / 3), atol=1e-6)
+    assert q.zero_code == 3 and q.codes.max() <= 6
+    pc = quantize_uniform(w, bits=3, symmetric=True, per_channel=True)
+    assert pc.scales.shape == (2,) and pc.mse < q.mse
+    a = quantize_uniform(w, bits=4, symmetric=False)
+    assert a.codes.min() >= 0 and a.codes.max() <= 15
+    assert float(a.decoded[0, 1]) == 0.0  # zero is exactly representable
+    assert np.abs(a.decoded.numpy() - w.numpy()).max() <= (2.9 / 15) / 2 + 1e-6
+
+
+def test_binary_and_ternary():
+    w = torch.tensor([0.9, -0.8, 0.05, -0.02, 0.6])
+    b = quantize_binary(w)
+    alpha = float(w.abs().mean())
+    np.testing.assert_allclose(b.decoded.numpy(), np.sign(w.numpy()) * alpha, rtol=1e-6)
+    t = quantize_ternary(w)
+    dec = t.decoded.numpy()
+    assert dec[2] == 0 and dec[3] == 0 and dec[0] == -dec[1] > 0
+    with pytest.raises(CompressionError, match="ternary"):
+        quantize_binary(w, mask=np.array([True, True, False, True, True]))
+
+
+def test_quantize_tensor_dispatch_and_bad_values():
+    w = torch.randn(10, 10)
+    assert quantize_tensor(w, QuantSettings(bits=4, method="uniform")).method == "uniform"
+    w[0, 0] = float("nan")
+    with pytest.raises(CompressionError, match="NaN"):
+        quantize_tensor(w, QuantSettings(bits=4, method="kmeans"))
