@@ -47,6 +47,7 @@ class LayerInfo:
     channel_ok: bool = False
     channel_reason: Optional[str] = None
     coupled: list = field(default_factory=list)
+    shared_with: Optional[str] = None  # the earlier layer whose weight tensor this one reuses (tied weights)
 
     @property
     def params(self) -> int:
@@ -59,7 +60,7 @@ class LayerInfo:
     def to_dict(self) -> dict:
         return {"name": self.name, "type": self.type, "shape": list(self.shape), "params": self.params,
                 "weight_params": self.weight_params, "bias_params": self.bias_params, "macs": self.macs,
-                "bytes": self.bytes,
+                "bytes": self.bytes, "shared_with": self.shared_with,
                 "structured": {"filter": self.filter_ok, "filter_reason": self.filter_reason,
                                "channel": self.channel_ok, "channel_reason": self.channel_reason,
                                "coupled": list(self.coupled)}}
@@ -74,7 +75,8 @@ class ModelInfo:
 
     @property
     def layer_params(self) -> int:
-        return sum(layer.params for layer in self.layers)
+        """Parameters of the layers, a tied weight counted once."""
+        return sum(layer.params - (layer.weight_params if layer.shared_with else 0) for layer in self.layers)
 
     @property
     def other_params(self) -> int:
@@ -112,6 +114,14 @@ def _bias_numel(module) -> int:
     return b.numel() if isinstance(b, torch.Tensor) else 0
 
 
+def weight_owners(model: nn.Module) -> dict:
+    """For every compressible layer, the first layer holding the same weight tensor (itself unless tied)."""
+    first, owners = {}, {}
+    for name, mod in compressible_layers(model):
+        owners[name] = first.setdefault(id(mod.weight), name)
+    return owners
+
+
 def _input_shape(example) -> Optional[tuple]:
     return tuple(example.shape) if isinstance(example, torch.Tensor) else None
 
@@ -128,9 +138,12 @@ def inspect_model(model: nn.Module, example_input: Any = None) -> ModelInfo:
         if not scripted:
             struct = _structure.analyze(model, example_input)
     layers = []
+    owners = weight_owners(model)
     for name, mod in compressible_layers(model):
         info = LayerInfo(name, layer_type(mod), tuple(mod.weight.shape), mod.weight.numel(), _bias_numel(mod),
                          macs.get(name) if macs else None)
+        if owners[name] != name:
+            info.shared_with = owners[name]
         s = struct.get(name)
         if s is not None:
             info.filter_ok, info.filter_reason = s.filter_ok, s.filter_reason
@@ -172,6 +185,7 @@ class LayerResult:
     macs_before: Optional[int] = None
     macs_after: Optional[int] = None
     macs_effective: Optional[int] = None
+    shared_with: Optional[str] = None
 
     @property
     def params_after(self) -> int:
@@ -193,7 +207,7 @@ class LayerResult:
                 "params_before": self.params_before, "params_after": self.params_after, "nonzero": self.nonzero,
                 "structural": None if self.structural is None else
                 {k: v for k, v in self.structural.items() if k != "kept"},
-                "lowrank": self.lowrank, "macs": {"before": self.macs_before, "after": self.macs_after,
+                "lowrank": self.lowrank, "shared_with": self.shared_with, "macs": {"before": self.macs_before, "after": self.macs_after,
                                                   "effective": self.macs_effective},
                 "bits": self.bits,
                 "tensors": [{"name": t.name, "shape": list(t.shape), "nonzero": t.nonzero,
@@ -293,8 +307,21 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     scripted = isinstance(model, torch.jit.ScriptModule)
     layers = compressible_layers(model)
     settings = plan.resolve([n for n, _ in layers])
+    owners = weight_owners(model)
     for name, mod in layers:
         s = settings[name]
+        if owners[name] != name and (s.lowrank is not None or s.quantize is not None or (
+                s.prune is not None and s.prune.amount)):
+            raise CompressionError(f"layer '{name}': its weight is the same tensor as layer '{owners[name]}' "
+                                   f"(tied weights); set compression on '{owners[name]}' only")
+        if owners[name] != name or any(owners[o] == name for o in owners if o != name):
+            if s.lowrank is not None or (s.prune is not None and s.prune.granularity != "element" and s.prune.amount):
+                raise CompressionError(f"layer '{name}': low-rank and structured pruning cannot change a tied "
+                                       "weight (it is shared with another layer)")
+        parent = _submodule(model, name.rpartition(".")[0]) if "." in name else model
+        if s.lowrank is not None and isinstance(parent, nn.MultiheadAttention):
+            raise CompressionError(f"layer '{name}': nn.MultiheadAttention reads this projection's weight "
+                                   "directly, so it cannot be replaced by factors")
         if s.lowrank is not None and scripted:
             raise CompressionError(f"layer '{name}': low-rank needs to replace layers, which a TorchScript "
                                    "graph does not allow; load the model as a state_dict with its factory")
@@ -342,8 +369,13 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     done = 0
     for name, orig in layers:
         s = settings[name]
-        lr = LayerResult(name, layer_type(orig), s, orig.weight.numel(), structural=structural.get(name),
-                         lowrank=lowrank_info.get(name))
+        shared = owners[name] != name
+        lr = LayerResult(name, layer_type(orig), s, 0 if shared else orig.weight.numel(),
+                         structural=structural.get(name), lowrank=lowrank_info.get(name),
+                         shared_with=owners[name] if shared else None)
+        if shared:  # stored once, with its owner
+            results[name] = lr
+            continue
         for tname, mod in _weight_modules(name, _submodule(work, name)):
             report(progress, 0.1 + 0.85 * done / max(total_tensors, 1), f"compressing {tname}")
             lr.tensors.append(_compress_tensor(tname, mod, s))
@@ -360,11 +392,15 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
             lr.macs_before = before_macs.get(name)
             if scripted:
                 continue
-            subs = [(t, after.get(t.name[: -len(".weight")], 0)) for t in lr.tensors]
+            tensors = results[lr.shared_with].tensors if lr.shared_with else lr.tensors
+            if lr.shared_with:  # the tied layer runs its own MACs with the owner's (compressed) weight
+                subs = [(t, after.get(name, 0)) for t in tensors]
+            else:
+                subs = [(t, after.get(t.name[: -len(".weight")], 0)) for t in tensors]
             lr.macs_after = sum(m for _, m in subs)
             lr.macs_effective = int(round(sum(m * t.nonzero / max(t.numel, 1) for t, m in subs)))
 
-    weights_before = sum(m.weight.numel() for _, m in layers)
+    weights_before = sum(m.weight.numel() for n, m in layers if owners[n] == n)
     weights_after = sum(lr.params_after for lr in results.values())
     out = Compressed(work, plan, results,
                      other_bits_before=FP32_BITS * (stored_numel(model) - weights_before),

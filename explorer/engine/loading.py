@@ -11,7 +11,6 @@ count MACs; its eval data lets it measure accuracy.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import os
 import pickle
@@ -218,11 +217,9 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
         loaded = LoadedModel(model, example, ev, source=ref, kind="factory", factory=ref,
                              factory_kwargs=dict(factory_kwargs or {}))
     elif not os.path.exists(source) and source in samples.sample_names():
-        info = samples.sample_info(source)
-        weights = os.path.join(samples.SAMPLES_DIR, info["weights"])
-        inner = load_model(weights, factory=info["factory"])
-        loaded = LoadedModel(inner.model, inner.example_input, inner.eval_data, source=source, kind="sample",
-                             factory=info["factory"], meta=info)
+        bundle = samples.load_sample(source)
+        loaded = LoadedModel(bundle["model"], bundle["example_input"], bundle["eval_data"], source=source,
+                             kind="sample", factory=bundle["info"]["factory"], meta=bundle["info"])
     else:
         loaded = _load_file(source, factory, trust, factory_kwargs)
     if data is not None:

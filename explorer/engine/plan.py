@@ -254,6 +254,7 @@ class Plan:
 
     default: LayerSettings = field(default_factory=LayerSettings)
     layers: dict = field(default_factory=dict)  # pattern -> raw partial dict (validated)
+    description: str = ""
 
     def __post_init__(self):
         self.default = validate_settings("plan default", self.default)
@@ -290,12 +291,15 @@ class Plan:
     def with_layer(self, layer: str, settings: Any) -> "Plan":
         layers = dict(self.layers)
         layers[layer] = settings.to_dict() if isinstance(settings, LayerSettings) else settings
-        return Plan(self.default, layers)
+        return Plan(self.default, layers, self.description)
 
     # -- JSON
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "default": self.default.to_dict(),
-                "layers": copy.deepcopy(self.layers)}
+        out = {"format": FORMAT, "version": VERSION}
+        if self.description:
+            out["description"] = self.description
+        out.update(default=self.default.to_dict(), layers=copy.deepcopy(self.layers))
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -315,7 +319,11 @@ class Plan:
         layers = data.get("layers", {}) or {}
         if not isinstance(layers, Mapping):
             raise PlanError("plan: 'layers' must be an object mapping layer names or patterns to settings")
-        return cls(default=validate_settings("plan default", data.get("default", {}) or {}), layers=dict(layers))
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise PlanError("plan: 'description' must be a string")
+        return cls(default=validate_settings("plan default", data.get("default", {}) or {}), layers=dict(layers),
+                   description=description)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

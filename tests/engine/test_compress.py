@@ -129,3 +129,31 @@ def test_sample_plan_each_stage_shrinks():
     res = compress(loaded.model, plan, loaded.example_input)
     b = res.bits
     assert b["dense"] > b["pruned"] > b["quantized"] > b["coded"]
+
+
+class Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 8)
+        self.mid = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, t):
+        return self.head(torch.relu(self.mid(self.emb(t))))
+
+
+def test_tied_weights_are_stored_once_and_cannot_be_set_twice():
+    model, x = Tied().eval(), torch.randint(0, 20, (2, 5))
+    info = __import__("explorer.engine.compress", fromlist=["x"]).inspect_model(model, x)
+    assert info.layer("head").shared_with == "emb"
+    assert info.other_params == 0 and info.total_params == 20 * 8 + 8 * 8 + 8
+    res = compress(model, Plan(layers={"emb": {"prune": {"amount": 0.5}, "quantize": {"bits": 3}}}), x)
+    assert res.layers["head"].tensors == [] and res.layers["head"].shared_with == "emb"
+    assert torch.equal(res.model.head.weight, res.model.emb.weight)
+    assert res.bits["dense"] == 32 * (20 * 8 + 8 * 8 + 8)
+    assert res.layers["head"].macs_after == 2 * 5 * 8 * 20
+    with pytest.raises(CompressionError, match="tied"):
+        compress(model, Plan(layers={"head": {"quantize": {"bits": 3}}}), x)
+    with pytest.raises(CompressionError, match="tied"):
+        compress(model, Plan(layers={"emb": {"lowrank": {"rank": 2}}}), x)
