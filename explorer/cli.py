@@ -112,7 +112,7 @@ def cmd_inspect(args) -> int:
     print(f"{loaded.source} ({loaded.kind})" + (f", example input {tuple(info.input_shape)}"
                                                 if info.input_shape else ", no example input: MACs unknown"))
     print(table(rows, ["layer", "type", "shape", "params", "MACs", "bytes", "removable channels"], "lllrrrl"))
-    print(f"\nlayers: {info.layer_params:,} params; other (biases of non-layers, norms, buffers): "
+    print(f"\nlayers: {info.layer_params:,} params; other parameters and buffers (norms, ...): "
           f"{info.other_params:,}; total {info.total_params:,} params = {human_bytes(info.bytes)} in fp32")
     if info.macs is not None:
         print(f"MACs: {info.macs:,} ({human_count(2 * info.macs)} FLOPs) for one forward pass; "
@@ -226,6 +226,11 @@ def main(argv=None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `... --json | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
