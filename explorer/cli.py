@@ -126,10 +126,27 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from explorer.engine.evaluate import evaluate_plan
+    from explorer.engine.evaluate import evaluate_loaded, evaluate_plan
     from explorer.engine.plan import Plan
 
     loaded = _load(args)
+    if loaded.kind == "compressed" and not args.plan:
+        bar = TextProgress("evaluating")
+        try:
+            r = evaluate_loaded(loaded, progress=bar, limit=args.limit)
+        finally:
+            bar.close()
+        if args.json:
+            print(json.dumps(dict(r, model=loaded.source), indent=2))
+            return 0
+        print(f"{loaded.source} (compressed file): {r['file_bytes']:,} bytes"
+              + (f", {r['ratio']:.1f}x smaller than the dense model ({r['dense_bytes']:,} bytes)"
+                 if r.get("ratio") else ""))
+        if r["macs"] is not None:
+            print(f"MACs: {r['macs']:,}")
+        if r["accuracy"]:
+            print(f"accuracy ({r['accuracy']['data']}): {r['accuracy']['value']:.2%}")
+        return 0
     plan = Plan.load(args.plan) if args.plan else Plan()
     bar = TextProgress("evaluating")
     try:
@@ -149,9 +166,10 @@ def _print_evaluation(loaded, plan_path, r) -> None:
     size, ratio = r["size"], r["ratio"]
     print(f"{loaded.source} ({loaded.kind}), plan: {plan_path or '(none: dense)'}")
     labels = {"dense": "dense fp32", "pruned": "pruned (sparse, fp32 values)",
-              "quantized": "quantized (codes + codebooks)", "coded": "Huffman-coded"}
-    rows = [[labels[s], f"{size[s]:,}", human_bytes(size[s]), f"{ratio[s]:.2f}x" if ratio[s] else "-"]
-            for s in ("dense", "pruned", "quantized", "coded")]
+              "quantized": "quantized (codes + codebooks)", "coded": "Huffman-coded",
+              "file": "file (.cexp, with manifest)"}
+    rows = [[labels[s], f"{size[s]:,}", human_bytes(size[s]), f"{size['dense'] / size[s]:.2f}x"]
+            for s in ("dense", "pruned", "quantized", "coded", "file") if size.get(s)]
     print(table(rows, ["size by stage", "bytes", "", "ratio"], "lrrr"))
     m = r["macs"]
     if m["before"] is not None:
@@ -173,6 +191,75 @@ def _print_evaluation(loaded, plan_path, r) -> None:
     print()
     print(table(rows, ["layer", "settings", "nonzero", "dense", "pruned", "quantized", "coded", "ratio"],
                 "llrrrrrr"))
+
+
+def cmd_compress(args) -> int:
+    from explorer.engine import fileformat
+    from explorer.engine.compress import compress
+    from explorer.engine.plan import Plan
+
+    loaded = _load(args)
+    plan = Plan.load(args.plan)
+    bar = TextProgress("compressing")
+    try:
+        result = compress(loaded.model, plan, loaded.example_input, progress=bar)
+        predicted = fileformat.predicted_bytes(result, loaded, half=args.half)
+        written = fileformat.save(result, args.output, loaded, half=args.half)
+    finally:
+        bar.close()
+    dense = result.bytes["dense"]
+    out = {"model": loaded.source, "plan": args.plan, "output": args.output, "predicted_bytes": predicted,
+           "file_bytes": written, "dense_bytes": dense, "ratio": dense / written,
+           "size": result.bytes}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    diff = (written - predicted) / predicted * 100 if predicted else 0.0
+    print(f"wrote {args.output}: {written:,} bytes ({human_bytes(written)}); predicted {predicted:,} "
+          f"({diff:+.2f}%); dense {dense:,} bytes -> {dense / written:.1f}x smaller")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from explorer.engine import fileformat
+
+    mf = fileformat.read(args.file)
+    info = fileformat.summary(mf)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    arch = info["architecture"]
+    print(f"{args.file}: {info['file_bytes']:,} bytes ({human_bytes(info['file_bytes'])}), "
+          f"{info['producer']}")
+    how = f"factory {arch.get('factory')}" if arch.get("kind") == "factory" else "embedded TorchScript graph"
+    print(f"architecture: {how}" + (f" (sample {arch['sample']})" if arch.get("sample") else ""))
+    acc = info.get("accounting") or {}
+    if acc:
+        dense = (acc["dense_bits"] + 7) // 8
+        print(f"dense model: {dense:,} bytes -> {dense / info['file_bytes']:.1f}x smaller; header, stream table "
+              f"and manifest: {info['header_and_manifest_bytes']:,} bytes")
+    rows = [[t["name"], "x".join(map(str, t["shape"])) or "scalar", t["encoding"], f"{t['bytes']:,}"]
+            for t in info["tensors"]]
+    print(table(rows, ["tensor", "shape", "encoding", "bytes"], "lllr"))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from explorer.engine.export import export
+
+    loaded = _load(args)
+    model = loaded.model
+    if args.plan:
+        from explorer.engine.compress import compress
+        from explorer.engine.plan import Plan
+
+        model = compress(model, Plan.load(args.plan), loaded.example_input).model
+    out = export(model, loaded.example_input, args.output, fmt=args.format)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"wrote {out['path']}: {out['bytes']:,} bytes ({out['format']}, {out.get('method', '')})")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -206,6 +293,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", help="plan JSON (default: no compression)")
     p.add_argument("--limit", type=int, help="evaluate on the first N samples only")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("compress", help="apply a plan and write the compressed file (.cexp)")
+    _add_model_args(p)
+    p.add_argument("--plan", required=True, help="plan JSON")
+    p.add_argument("-o", "--output", required=True, help="file to write (written atomically)")
+    p.add_argument("--half", action="store_true", help="store uncompressed tensors (biases, norms) as float16")
+    p.set_defaults(func=cmd_compress)
+    p = sub.add_parser("info", help="summarise a compressed file: architecture, per-tensor encodings and bytes")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=cmd_info, model="-")
+    p = sub.add_parser("export", help="standard exports: dense state_dict (.safetensors/.pt), TorchScript, ONNX")
+    _add_model_args(p)
+    p.add_argument("--plan", help="compress with this plan first")
+    p.add_argument("-o", "--output", required=True, help="output path; the format follows the extension")
+    p.add_argument("--format", choices=["state_dict", "torchscript", "onnx"], help="override the extension")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

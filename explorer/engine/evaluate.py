@@ -10,7 +10,9 @@ from typing import Optional
 
 import torch
 
+from . import fileformat
 from .compress import compress
+from .errors import ExplorerError
 from .metrics import accuracy, fidelity
 from .plan import Plan
 from .progress import ProgressFn, scaled
@@ -26,6 +28,11 @@ def evaluate_plan(loaded, plan: Plan, progress: ProgressFn = None, limit: Option
     """
     result = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.4))
     out = result.summary()
+    try:
+        out["size"]["file"] = fileformat.predicted_bytes(result, loaded)
+    except ExplorerError as exc:  # e.g. a trusted pickle that cannot be scripted: no file can be written
+        out["size"]["file"] = None
+        out["file_error"] = str(exc)
     for layer in out["layers"]:
         layer["settings_summary"] = result.layers[layer["name"]].settings.describe()
     ev = loaded.eval_data
@@ -44,4 +51,26 @@ def evaluate_plan(loaded, plan: Plan, progress: ProgressFn = None, limit: Option
         out["fidelity"] = dict(fid, data="example input", samples=int(loaded.example_input.shape[0]))
     out.setdefault("accuracy", None)
     out.setdefault("fidelity", None)
+    return out
+
+
+def evaluate_loaded(loaded, progress: ProgressFn = None, limit: Optional[int] = None) -> dict:
+    """Measure a model as it is (e.g. one loaded from a compressed file): its file size if it came from one,
+    MACs, and accuracy (or nothing to compare fidelity with)."""
+    import os
+
+    from .metrics import model_macs
+
+    out: dict = {"file_bytes": os.path.getsize(loaded.source) if loaded.kind == "compressed" else None}
+    manifest = loaded.meta.get("manifest") or {}
+    if manifest.get("accounting"):
+        acc = manifest["accounting"]
+        out["dense_bytes"] = (acc["dense_bits"] + 7) // 8
+        out["ratio"] = out["dense_bytes"] / out["file_bytes"] if out["file_bytes"] else None
+    out["macs"] = model_macs(loaded.model, loaded.example_input) if loaded.example_input is not None else None
+    ev = loaded.eval_data
+    out["accuracy"] = None
+    if ev is not None and ev.labels is not None and len(ev):
+        n = len(ev) if limit is None else min(limit, len(ev))
+        out["accuracy"] = {"value": accuracy(loaded.model, ev, progress, limit=limit), "data": ev.name, "samples": n}
     return out

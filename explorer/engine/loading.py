@@ -240,6 +240,14 @@ def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -
         raise LoadError(f"{path}: no such file (nor a bundled sample: {known})")
     if os.path.isdir(path):
         raise LoadError(f"{path}: is a directory, not a model file")
+    from . import fileformat
+
+    if fileformat.is_model_file(path):
+        model, example, ev, manifest = fileformat.load_full(path, factory=factory)
+        arch = manifest.get("architecture", {})
+        return LoadedModel(model, example, ev, source=path, kind="compressed",
+                           factory=arch.get("factory"), factory_kwargs=dict(arch.get("kwargs") or {}),
+                           meta={"sample": arch.get("sample"), "manifest": manifest})
     kind = _sniff(path)
     if kind == "torchscript":
         try:

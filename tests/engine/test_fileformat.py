@@ -1,0 +1,204 @@
+"""The compressed file: round trips bit-identical, the preview predicts its size, writes are atomic."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import zoo
+from explorer.engine import compress, load_model
+from explorer.engine import fileformat as ff
+from explorer.engine.errors import LoadError
+from explorer.engine.plan import Plan
+
+P = {"amount": 0.7}
+METHODS = {
+    "dense": {},
+    "prune": {"prune": P},
+    "kmeans-linear": {"prune": P, "quantize": {"bits": 5, "method": "kmeans", "init": "linear"}},
+    "kmeans-forgy-noprune": {"quantize": {"bits": 4, "method": "kmeans", "init": "forgy"}},
+    "kmeans-density": {"prune": {"amount": 0.9}, "quantize": {"bits": 3, "method": "kmeans", "init": "density"}},
+    "kmeans++-8bit": {"prune": P, "quantize": {"bits": 8, "method": "kmeans", "init": "kmeans++"}},
+    "uniform-sym-tensor": {"prune": P, "quantize": {"bits": 6, "method": "uniform"}},
+    "uniform-sym-channel": {"quantize": {"bits": 4, "method": "uniform", "per_channel": True}},
+    "uniform-asym-channel": {"prune": P, "quantize": {"bits": 5, "method": "uniform", "symmetric": False,
+                                                      "per_channel": True}},
+    "uniform-asym-tensor": {"quantize": {"bits": 2, "method": "uniform", "symmetric": False}},
+    "binary": {"quantize": {"method": "binary"}},
+    "ternary-pruned": {"prune": P, "quantize": {"method": "ternary"}},
+    "lowrank": {"lowrank": {"rank": 0.5}, "prune": {"amount": 0.3}, "quantize": {"bits": 6}},
+}
+STRUCTURED = {
+    "digits-mlp": {"fc1": {"prune": {"amount": 0.5, "granularity": "filter"}},
+                   "fc2": {"prune": {"amount": 10, "granularity": "filter"}, "lowrank": {"rank": 8}}},
+    "digits-cnn": {"conv2": {"prune": {"amount": 0.5, "granularity": "filter", "criterion": "l2"},
+                             "lowrank": {"rank": [6, 12], "method": "tucker2"}},
+                   "conv1": {"lowrank": {"rank": 3, "method": "cp"}},
+                   "fc2": {"prune": {"amount": 0.3, "granularity": "channel"}, "quantize": {"bits": 4}}},
+}
+
+
+def check_round_trip(loaded, plan, path):
+    res = compress(loaded.model, plan, loaded.example_input)
+    predicted = ff.predicted_bytes(res, loaded)
+    written = ff.save(res, path, loaded)
+    assert written == os.path.getsize(path)
+    assert abs(written - predicted) <= 0.01 * written, (written, predicted)
+    back = ff.load(path)
+    want = res.model.state_dict()
+    got = back.state_dict()
+    assert list(got) == list(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+    x = loaded.eval_data.inputs[:64]
+    assert torch.equal(back(x), res.model(x))
+    return res, written
+
+
+@pytest.mark.parametrize("sample", ["digits-mlp", "digits-cnn"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_round_trip_is_bit_identical_and_predicted(sample, method, tmp_path):
+    loaded = load_model(sample)
+    check_round_trip(loaded, Plan(default=METHODS[method]), tmp_path / "m.cexp")
+
+
+@pytest.mark.parametrize("sample", sorted(STRUCTURED))
+def test_structured_and_lowrank_round_trip(sample, tmp_path):
+    loaded = load_model(sample)
+    res, written = check_round_trip(loaded, Plan(layers=STRUCTURED[sample]), tmp_path / "s.cexp")
+    assert res.macs_after < res.macs_before
+
+
+@pytest.mark.parametrize("name", ["digits-mlp.plan.json", "digits-cnn.plan.json", "digits-cnn.structured.plan.json"])
+def test_sample_plans_make_small_files(name, tmp_path):
+    sample = "digits-cnn" if "cnn" in name else "digits-mlp"
+    loaded = load_model(sample)
+    res, written = check_round_trip(loaded, Plan.load(f"sample_models/{name}"), tmp_path / "f.cexp")
+    assert written * 10 < res.bytes["dense"]
+
+
+def test_torchscript_source_keeps_its_graph(tmp_path):
+    model, x = zoo.SmallCNN().eval(), torch.randn(3, 1, 8, 8)
+    torch.jit.save(torch.jit.script(model), tmp_path / "m.pt")
+    loaded = load_model(str(tmp_path / "m.pt"))
+    loaded.example_input = x
+    res = compress(loaded.model, Plan(default={"prune": P, "quantize": {"bits": 4}}), x)
+    written = ff.save(res, tmp_path / "m.cexp", loaded)
+    assert written < os.path.getsize(tmp_path / "m.pt") / 3
+    back = ff.load(tmp_path / "m.cexp")
+    assert torch.equal(back(x), res.model(x))
+
+
+def test_trusted_pickle_is_stored_as_a_scripted_graph(tmp_path):
+    model, x = zoo.MLP().eval(), torch.randn(2, 64)
+    torch.save(model, tmp_path / "whole.pt")
+    loaded = load_model(str(tmp_path / "whole.pt"), trust=True)
+    res = compress(loaded.model, Plan(default={"quantize": {"bits": 3}}), x)
+    ff.save(res, tmp_path / "w.cexp", loaded)
+    assert torch.equal(ff.load(tmp_path / "w.cexp")(x), res.model(x))
+
+
+def test_user_factory_must_be_confirmed(tmp_path):
+    import zoo as _  # noqa: F401  (importable: tests/ is on sys.path)
+
+    model = zoo.SmallCNN().eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loaded = load_model(str(tmp_path / "w.pt"), factory="zoo:SmallCNN")
+    loaded.example_input = torch.randn(1, 1, 8, 8)
+    res = compress(loaded.model, Plan(default={"quantize": {"bits": 4}}), loaded.example_input)
+    ff.save(res, tmp_path / "u.cexp", loaded)
+    with pytest.raises(LoadError, match="--factory zoo:SmallCNN"):
+        ff.load(tmp_path / "u.cexp")
+    with pytest.raises(LoadError, match="not 'zoo:MLP'"):
+        ff.load(tmp_path / "u.cexp", factory="zoo:MLP")
+    back = ff.load(tmp_path / "u.cexp", factory="zoo:SmallCNN")
+    assert torch.equal(back(loaded.example_input), res.model(loaded.example_input))
+
+
+def test_half_precision_for_other_tensors(tmp_path):
+    loaded = load_model("digits-mlp")
+    res = compress(loaded.model, Plan(default={"quantize": {"bits": 4}}), loaded.example_input)
+    full = ff.save(res, tmp_path / "a.cexp", loaded)
+    half = ff.save(res, tmp_path / "b.cexp", loaded, half=True)
+    assert half == ff.predicted_bytes(res, loaded, half=True) and half < full
+    back = ff.load(tmp_path / "b.cexp")
+    torch.testing.assert_close(back.fc1.bias, res.model.fc1.bias, atol=1e-3, rtol=1e-3)
+    assert torch.equal(back.fc1.weight, res.model.fc1.weight)  # weights are exact either way
+
+
+def test_interrupted_save_leaves_the_old_file(tmp_path, monkeypatch):
+    loaded = load_model("digits-mlp")
+    res = compress(loaded.model, Plan(default={"quantize": {"bits": 4}}), loaded.example_input)
+    target = tmp_path / "m.cexp"
+    target.write_bytes(b"previous content")
+    real_encode = ff.encode
+
+    def half_then_fail(*a, **k):
+        data = real_encode(*a, **k)
+        raise OSError("disk full")  # noqa: the write never completes
+
+    class Boom(Exception):
+        pass
+
+    import explorer.engine.atomic as atomic
+
+    real_fdopen = os.fdopen
+
+    def exploding_fdopen(fd, mode="r", *args, **kw):
+        fh = real_fdopen(fd, mode, *args, **kw)
+        real_write = fh.write
+
+        def write(data):
+            real_write(data[: len(data) // 2])
+            raise Boom("interrupted midway")
+
+        fh.write = write
+        return fh
+
+    monkeypatch.setattr(atomic.os, "fdopen", exploding_fdopen)
+    with pytest.raises(Boom):
+        ff.save(res, target, loaded)
+    assert target.read_bytes() == b"previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.cexp"]  # no temporary file left
+
+
+def test_tied_weights_round_trip(tmp_path):
+    from test_compress import Tied
+
+    model, x = Tied().eval(), torch.randint(0, 20, (2, 5))
+    script = torch.jit.script(model)
+    torch.jit.save(script, tmp_path / "t.pt")
+    loaded = load_model(str(tmp_path / "t.pt"))
+    res = compress(loaded.model, Plan(layers={"emb": {"prune": P, "quantize": {"bits": 3}}}), x)
+    ff.save(res, tmp_path / "t.cexp", loaded)
+    back = ff.load(tmp_path / "t.cexp")
+    assert torch.equal(back(x), res.model(x))
+
+
+def run_cli(*args):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.path.join(root, "tests")]))
+    return subprocess.run([sys.executable, "-m", "explorer", *args], capture_output=True, text=True, cwd=root,
+                          env=env, timeout=300)
+
+
+def test_cli_compress_info_evaluate(tmp_path):
+    out = run_cli("compress", "digits-mlp", "--plan", "sample_models/digits-mlp.plan.json", "-o",
+                  str(tmp_path / "m.cexp"), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["file_bytes"] == os.path.getsize(tmp_path / "m.cexp")
+    assert abs(data["predicted_bytes"] - data["file_bytes"]) <= 0.01 * data["file_bytes"]
+    info = run_cli("info", str(tmp_path / "m.cexp"), "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["file_bytes"] == data["file_bytes"]
+    ev = run_cli("evaluate", str(tmp_path / "m.cexp"), "--json")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["accuracy"]["value"] > 0.9
+    raw = (tmp_path / "m.cexp").read_bytes()
+    (tmp_path / "bad.cexp").write_bytes(raw[:-10])
+    bad = run_cli("info", str(tmp_path / "bad.cexp"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "bad.cexp" in bad.stderr
