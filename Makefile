@@ -25,7 +25,7 @@ samples: $(STAMP)
 	$(PY) sample_models/train_samples.py
 
 bench: $(STAMP)
-	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/sample_plans.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -96,8 +96,14 @@ def _load(args):
 def cmd_inspect(args) -> int:
     from explorer.engine.compress import inspect_model
 
+    from explorer.engine.metrics import describe_input
+
     loaded = _load(args)
-    info = inspect_model(loaded.model, loaded.example_input)
+    bar = TextProgress("inspecting")
+    try:
+        info = inspect_model(loaded.model, loaded.example_input, progress=bar)
+    finally:
+        bar.close()
     if args.json:
         out = {"model": loaded.source, "kind": loaded.kind}
         out.update(info.to_dict())
@@ -109,14 +115,17 @@ def cmd_inspect(args) -> int:
             "channel" if l.channel_ok else "-"
         rows.append([l.name, l.type, "x".join(map(str, l.shape)), f"{l.params:,}", human_count(l.macs),
                      human_bytes(l.bytes), struct])
-    print(f"{loaded.source} ({loaded.kind})" + (f", example input {tuple(info.input_shape)}"
-                                                if info.input_shape else ", no example input: MACs unknown"))
+    print(f"{loaded.source} ({loaded.kind})" + (f", example input {describe_input(loaded.example_input)}"
+                                                if loaded.example_input is not None
+                                                else ", no example input: MACs unknown (give --input-shape)"))
     print(table(rows, ["layer", "type", "shape", "params", "MACs", "bytes", "removable channels"], "lllrrrl"))
     print(f"\nlayers: {info.layer_params:,} params; other parameters and buffers (norms, ...): "
           f"{info.other_params:,}; total {info.total_params:,} params = {human_bytes(info.bytes)} in fp32")
     if info.macs is not None:
-        print(f"MACs: {info.macs:,} ({human_count(2 * info.macs)} FLOPs) for one forward pass; "
-              f"layers account for {sum(l.macs or 0 for l in info.layers):,}")
+        layer_sum = (f"; layers account for {sum(l.macs or 0 for l in info.layers):,}"
+                     if any(l.macs is not None for l in info.layers) else
+                     " (per-layer MACs need Python hooks, which TorchScript does not run)")
+        print(f"MACs: {info.macs:,} ({human_count(2 * info.macs)} FLOPs) for one forward pass{layer_sum}")
     blocked = [l for l in info.layers if not l.filter_ok and l.filter_reason]
     if blocked and not args.quiet:
         print("\nwhy some output channels cannot be removed:")
@@ -173,8 +182,8 @@ def _print_evaluation(loaded, plan_path, r) -> None:
     print(table(rows, ["size by stage", "bytes", "", "ratio"], "lrrr"))
     m = r["macs"]
     if m["before"] is not None:
-        print(f"\nMACs: {m['before']:,} -> {m['after']:,} (effective, non-zero weights only: "
-              f"{m['effective']:,})")
+        eff = f"{m['effective']:,}" if m["effective"] is not None else "unknown for TorchScript"
+        print(f"\nMACs: {m['before']:,} -> {m['after']:,} (effective, non-zero weights only: {eff})")
     acc = r.get("accuracy")
     if acc:
         print(f"accuracy ({acc['data']}): {acc['before']:.2%} -> {acc['after']:.2%}")
@@ -265,6 +274,16 @@ def cmd_export(args) -> int:
 # ---------------------------------------------------------------------------------------- parser
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_model_args(p) -> None:
     p.add_argument("model", nargs="?", help="model file, bundled sample name (digits-mlp, digits-cnn) "
                                             "or factory 'module:callable'")
@@ -291,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="apply a plan: size by stage, MACs, accuracy before/after")
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON (default: no compression)")
-    p.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    p.add_argument("--limit", type=_positive, help="evaluate on the first N samples only")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("compress", help="apply a plan and write the compressed file (.cexp)")
     _add_model_args(p)

@@ -19,8 +19,9 @@ from torch import nn
 
 from . import lowrank as _lowrank
 from . import structure as _structure
-from .errors import CompressionError
-from .metrics import LAYER_TYPES, compressible_layers, layer_macs, layer_type, model_macs
+from .errors import CompressionError, ExplorerError
+from .metrics import LAYER_TYPES, compressible_layers, layer_macs, layer_type, model_macs, run_model
+from .errors import PlanError
 from .plan import LayerSettings, Plan
 from .progress import ProgressFn, report, scaled
 from .prune import magnitude_mask
@@ -103,9 +104,16 @@ class ModelInfo:
 
 
 def stored_numel(model: nn.Module) -> int:
-    """Elements a model stores: parameters plus floating-point buffers (e.g. BatchNorm running stats)."""
-    n = sum(p.numel() for p in model.parameters())
-    n += sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    """Floating-point elements a model stores: its state_dict (parameters and persistent buffers such as
+    BatchNorm running statistics), a tensor shared under two names counted once."""
+    seen, n = set(), 0
+    for t in model.state_dict().values():
+        if not t.is_floating_point():
+            continue
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride())) if t.numel() else id(t)
+        if key not in seen:
+            seen.add(key)
+            n += t.numel()
     return n
 
 
@@ -126,17 +134,20 @@ def _input_shape(example) -> Optional[tuple]:
     return tuple(example.shape) if isinstance(example, torch.Tensor) else None
 
 
-def inspect_model(model: nn.Module, example_input: Any = None) -> ModelInfo:
+def inspect_model(model: nn.Module, example_input: Any = None, progress: ProgressFn = None) -> ModelInfo:
     """Describe the compressible layers of ``model`` (MACs need ``example_input``)."""
     macs, total = {}, None
     struct = {}
     scripted = isinstance(model, torch.jit.ScriptModule)
+    report(progress, 0.0, "counting MACs")
     if example_input is not None:
         if not scripted:
             macs = layer_macs(model, example_input)
         total = model_macs(model, example_input)
+        report(progress, 0.3, "tracing channel couplings")
         if not scripted:
             struct = _structure.analyze(model, example_input)
+    report(progress, 1.0, "done")
     layers = []
     owners = weight_owners(model)
     for name, mod in compressible_layers(model):
@@ -241,10 +252,12 @@ class Compressed:
 
     @property
     def macs_effective(self) -> Optional[int]:
-        if self.macs_after is None:
+        """Whole-model MACs after, less what zero weights save in each layer; None where a layer's MACs
+        could not be measured (TorchScript runs no hooks)."""
+        if self.macs_after is None or any(l.macs_after is None for l in self.layers.values()):
             return None
-        saved = sum((l.macs_after or 0) - (l.macs_effective or 0) for l in self.layers.values())
-        return self.macs_after - saved
+        saved = sum(l.macs_after - l.macs_effective for l in self.layers.values())
+        return max(self.macs_after - saved, 0)
 
     def summary(self) -> dict:
         b = self.bytes
@@ -310,10 +323,12 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     owners = weight_owners(model)
     for name, mod in layers:
         s = settings[name]
-        if owners[name] != name and (s.lowrank is not None or s.quantize is not None or (
-                s.prune is not None and s.prune.amount)):
-            raise CompressionError(f"layer '{name}': its weight is the same tensor as layer '{owners[name]}' "
-                                   f"(tied weights); set compression on '{owners[name]}' only")
+        owner = owners[name]
+        if owner != name and s != settings[owner] and not s.is_empty:
+            raise CompressionError(f"layer '{name}': its weight is the same tensor as layer '{owner}' (tied "
+                                   f"weights), which it follows; give it the same settings as '{owner}' or "
+                                   "none (null sections)")
+        _check_amount(name, mod, s)
         if owners[name] != name or any(owners[o] == name for o in owners if o != name):
             if s.lowrank is not None or (s.prune is not None and s.prune.granularity != "element" and s.prune.amount):
                 raise CompressionError(f"layer '{name}': low-rank and structured pruning cannot change a tied "
@@ -357,11 +372,18 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
             method = "svd" if isinstance(module, (nn.Linear, nn.Embedding)) else "tucker2"
         report(progress, 0.05, f"factorising {name}")
         try:
-            replacement, info = _lowrank.factorize(module, method, lr.rank)
-        except CompressionError as exc:
-            raise CompressionError(f"layer '{name}': {exc}") from None
+            replacement, info = _lowrank.factorize(module, method, lr.rank, name=name)
+        except (CompressionError, PlanError) as exc:
+            msg = str(exc) if name in str(exc) else f"layer '{name}': {exc}"
+            raise type(exc)(msg) from None
         _set_submodule(work, name, replacement)
         lowrank_info[name] = info
+    if lowrank_info and example_input is not None:
+        try:
+            run_model(work, example_input)
+        except ExplorerError as exc:
+            raise CompressionError(f"after low-rank replacement of {', '.join(lowrank_info)} the model no longer "
+                                   f"runs ({exc}); its forward probably reads the layer's weight directly") from None
 
     # 3 + 4. element pruning and quantization of every weight tensor --------------------------------
     results = {}
@@ -408,6 +430,23 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
                      macs_before=total_before, macs_after=total_after)
     report(progress, 1.0, "done")
     return out
+
+
+def _check_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
+    """A pruning count must leave something: at least one weight, at least one channel."""
+    p = s.prune
+    if p is None or isinstance(p.amount, float) or not p.amount:
+        return
+    w = module.weight
+    if p.granularity == "element":
+        total, unit = w.numel(), "weights"
+    else:
+        dim = 0 if p.granularity == "filter" else 1
+        total = w.shape[dim] if w.dim() > dim else 0
+        unit = "output channels" if dim == 0 else "input channels"
+    if p.amount >= total:
+        raise PlanError(f"layer '{name}': prune.amount {p.amount} removes all of its {total} {unit}; "
+                        f"give a count below {total} or a fraction")
 
 
 def _compress_tensor(tname: str, module: nn.Module, s: LayerSettings) -> TensorResult:

@@ -67,6 +67,9 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.
            "bool": torch.bool}
 
 
+_FACTORY_REF = __import__("re").compile(r"[A-Za-z]\w*(\.[A-Za-z]\w*)*:[A-Za-z]\w*(\.[A-Za-z]\w*)*")
+
+
 class FormatError(LoadError):
     """The file is not a valid compressed model file; the message says what is wrong."""
 
@@ -678,10 +681,15 @@ def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]) -> nn.M
     from .loading import call_factory
 
     ref = arch.get("factory")
-    _need(isinstance(ref, str), "the architecture names no factory")
+    _need(isinstance(ref, str) and len(ref) <= 200 and _FACTORY_REF.fullmatch(ref) is not None,
+          f"the architecture names an invalid factory reference {str(ref)[:80]!r}")
     kwargs = arch.get("kwargs") or {}
     _need(isinstance(kwargs, dict), "factory arguments must be an object")
-    if not ref.startswith("explorer.engine.samples:"):
+    from .samples import SAMPLE_FACTORIES
+
+    if ref in SAMPLE_FACTORIES:
+        _need(not kwargs, "a sample factory takes no arguments")
+    else:
         if factory is None:
             raise LoadError(f"this file's architecture is built by '{ref}' (user code). Make that module "
                             f"importable and confirm it with --factory {ref} (factory='{ref}') to run it")

@@ -11,9 +11,11 @@ count MACs; its eval data lets it measure accuracy.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import pickle
+import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -52,9 +54,13 @@ def resolve_factory(ref: str):
     except Exception as exc:  # ImportError and anything the module raises on import
         raise LoadError(f"factory {ref!r}: cannot import module '{mod_name}': {type(exc).__name__}: {exc}") from None
     for part in attr.split("."):
+        if not part.isidentifier() or part.startswith("_"):
+            raise LoadError(f"factory {ref!r}: '{part}' is not a public name")
         if not hasattr(obj, part):
             raise LoadError(f"factory {ref!r}: module '{mod_name}' has no attribute '{attr}'")
         obj = getattr(obj, part)
+        if inspect.ismodule(obj):  # 'pkg.mod:other_module.fn' would reach code the reference does not name
+            raise LoadError(f"factory {ref!r}: '{part}' is a module; name the module before the ':'")
     if not callable(obj):
         raise LoadError(f"factory {ref!r}: '{attr}' is not callable")
     return obj
@@ -275,10 +281,10 @@ def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -
 
 def parse_input_shape(text: str) -> torch.Tensor:
     """``"1,3,32,32"`` -> a seeded random float tensor of that shape (an example input for MAC counting)."""
-    try:
-        dims = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        raise LoadError(f"input shape {text!r}: expected integers like 1,3,32,32") from None
+    parts = re.split(r"\s*[,x]\s*", text.strip())
+    if not all(p.isdigit() for p in parts):
+        raise LoadError(f"input shape {text!r}: expected whole numbers like 1,3,32,32")
+    dims = tuple(int(p) for p in parts)
     if not dims or any(d < 1 for d in dims) or torch.Size(dims).numel() > 50_000_000:
         raise LoadError(f"input shape {text!r}: dimensions must be >= 1 and the tensor at most 5e7 elements")
     return torch.randn(dims, generator=torch.Generator().manual_seed(0))

@@ -24,6 +24,16 @@ LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 _SCRIPT_NAMES = {"Linear", "Conv1d", "Conv2d", "Embedding"}
 
 
+@contextmanager
+def _eval_mode(model):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 def layer_type(module: nn.Module) -> Optional[str]:
     """The compressible type name of ``module`` (also for TorchScript submodules), else None."""
     if isinstance(module, LAYER_TYPES):
@@ -84,21 +94,59 @@ def layer_macs(model: nn.Module, example) -> dict:
     return counts
 
 
-def run_model(model, example):
-    """One forward pass on ``example``; an error names the input shape."""
+@contextmanager
+def _counting():
+    """No gradients, and torch's fused attention fast path off: FlopCounterMode cannot see inside it."""
+    mha = getattr(torch.backends, "mha", None)
+    was = mha.get_fastpath_enabled() if mha is not None else None
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
     try:
-        return _call(model, example)
+        with torch.no_grad():
+            yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(was)
+
+
+def describe_input(example) -> str:
+    if isinstance(example, torch.Tensor):
+        return str(tuple(example.shape))
+    if isinstance(example, (tuple, list)):
+        return "(" + ", ".join(describe_input(e) for e in example) + ")"
+    if isinstance(example, dict):
+        return "{" + ", ".join(f"{k}: {describe_input(v)}" for k, v in example.items()) + "}"
+    return type(example).__name__
+
+
+def run_model(model, example, what: str = "its example input"):
+    """One forward pass on ``example`` in eval mode (BatchNorm statistics untouched, the mode restored);
+    an error names the input."""
+    try:
+        with _eval_mode(model), _counting():
+            return _call(model, example)
     except Exception as exc:
-        shape = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
-        raise ExplorerError(f"the model failed on its example input {shape}: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        text = str(exc).strip().splitlines()
+        raise ExplorerError(f"the model failed on {what} {describe_input(example)}: {type(exc).__name__}: "
+                            f"{text[0][:300] if text else ''}") from None
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def model_macs(model: nn.Module, example) -> int:
     """Whole-model MACs: FlopCounterMode's FLOPs / 2 for one forward pass on ``example``."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils import flop_counter
 
-    counter = FlopCounterMode(display=False)
+    # torch counts scaled_dot_product_attention on its GPU kernels but not on the CPU one: count it the same way
+    extra = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        extra[cpu_sdpa] = _cpu_sdpa_flops
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=extra)
     with counter:
         run_model(model, example)
     return counter.get_total_flops() // 2
@@ -119,14 +167,15 @@ def _outputs(out) -> torch.Tensor:
     raise ExplorerError(f"cannot measure accuracy: the model returned {type(out).__name__}, not a tensor")
 
 
-@contextmanager
-def _eval_mode(model):
-    was = model.training
-    model.eval()
+def _run_on_data(model, x, eval_data):
     try:
-        yield
-    finally:
-        model.train(was)
+        with _counting():
+            return _call(model, x)
+    except Exception as exc:
+        name = eval_data.name if eval_data is not None else "the data"
+        text = str(exc).strip().splitlines()
+        raise ExplorerError(f"{name}: the model cannot run on these inputs {describe_input(x)}: "
+                            f"{type(exc).__name__}: {text[0][:200] if text else ''}") from None
 
 
 def accuracy(model: nn.Module, eval_data, progress: ProgressFn = None, batch_size: int = 256,
@@ -138,6 +187,8 @@ def accuracy(model: nn.Module, eval_data, progress: ProgressFn = None, batch_siz
     """
     if eval_data.labels is None:
         raise ExplorerError(f"{eval_data.name}: has no labels; use fidelity() against the original model")
+    if limit is not None and limit < 1:
+        raise ExplorerError(f"the evaluation limit must be at least 1 sample, got {limit}")
     n = len(eval_data) if limit is None else min(limit, len(eval_data))
     correct = 0
     done = 0
@@ -145,7 +196,11 @@ def accuracy(model: nn.Module, eval_data, progress: ProgressFn = None, batch_siz
         for start in range(0, n, batch_size):
             x = eval_data.inputs[start:min(start + batch_size, n)]
             y = eval_data.labels[start:min(start + batch_size, n)]
-            pred = _outputs(_call(model, x)).argmax(dim=-1)
+            out = _outputs(_run_on_data(model, x, eval_data))
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= out.shape[-1]):
+                raise ExplorerError(f"{eval_data.name}: labels run from {int(y.min())} to {int(y.max())}, but the "
+                                    f"model has {out.shape[-1]} outputs")
+            pred = out.argmax(dim=-1)
             if pred.shape != y.shape:
                 raise ExplorerError(f"{eval_data.name}: predictions have shape {tuple(pred.shape)} but the "
                                     f"labels {tuple(y.shape)}")
@@ -166,8 +221,8 @@ def fidelity(model: nn.Module, reference: nn.Module, inputs: torch.Tensor, progr
     with _eval_mode(model), _eval_mode(reference), torch.no_grad():
         for start in range(0, total, batch_size):
             x = inputs[start:start + batch_size]
-            y = _outputs(_call(model, x)).reshape(x.shape[0], -1).double()
-            r = _outputs(_call(reference, x)).reshape(x.shape[0], -1).double()
+            y = _outputs(_run_on_data(model, x, None)).reshape(x.shape[0], -1).double()
+            r = _outputs(_run_on_data(reference, x, None)).reshape(x.shape[0], -1).double()
             cos_sum += float(torch.nn.functional.cosine_similarity(y, r, dim=1, eps=1e-12).sum())
             n += x.shape[0]
             err2 += float(((y - r) ** 2).sum())

@@ -87,10 +87,15 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
         res = None
     else:
         res = kmeans_1d(survivors, k, init=init, max_iter=max_iter, seed=seed)
-        centroids = res.centroids.astype(np.float32).astype(np.float64)  # stored as float32
-        # re-assign to the float32 centroids so codes and decoded values agree exactly
+        centroids = np.unique(res.centroids.astype(np.float32)).astype(np.float64)  # stored as float32
+        # re-assign to the float32 centroids so codes and decoded values agree exactly, then drop the
+        # centroids no weight uses: the codebook stores only what decodes something
         bounds = (centroids[1:] + centroids[:-1]) / 2.0
         labels = np.searchsorted(bounds, survivors, side="left")
+        used = np.unique(labels)
+        if used.size < centroids.size:
+            centroids = centroids[used]
+            labels = np.searchsorted(used, labels)
         codes[keep] = labels + (1 if pruned else 0)
     if pruned:
         codebook = np.concatenate([[0.0], centroids]).astype(np.float32)

@@ -103,6 +103,10 @@ def digits_cnn() -> Dict[str, Any]:
     return _digits_bundle(DigitsCNN())
 
 
+#: The only factories a compressed file may name without the user confirming it (they build our samples).
+SAMPLE_FACTORIES = frozenset({f"{__name__}:digits_mlp", f"{__name__}:digits_cnn"})
+
+
 def sample_names() -> List[str]:
     """Names of the bundled samples (each ``sample_models/<name>.json`` that is not a plan), sorted."""
     if not SAMPLES_DIR.is_dir():
@@ -150,7 +154,7 @@ def load_sample(name: str) -> Dict[str, Any]:
 
     info = sample_info(name)
     module_name, _, attr = str(info.get("factory", "")).partition(":")
-    if module_name != __name__ or not attr:  # samples only name factories of this module
+    if str(info.get("factory", "")) not in SAMPLE_FACTORIES:  # samples only name our own factories
         raise LoadError(f"sample '{name}': factory {info.get('factory')!r} is not a bundled sample factory")
     factory = getattr(importlib.import_module(module_name), attr, None)
     if factory is None:

@@ -71,7 +71,8 @@ def test_pickle_refused_without_trust(tmp_path):
     out = run("inspect", str(tmp_path / "whole.pt"))
     assert out.returncode == 2 and "--trust" in out.stderr
     out = run("inspect", str(tmp_path / "whole.pt"), "--trust", "--input-shape", "1,64")
-    assert out.returncode == 0, out.stderr and "net.0" in out.stdout
+    assert out.returncode == 0, out.stderr
+    assert "net.0" in out.stdout
 
 
 def test_state_dict_with_factory(tmp_path):

@@ -157,3 +157,37 @@ def test_tied_weights_are_stored_once_and_cannot_be_set_twice():
         compress(model, Plan(layers={"head": {"quantize": {"bits": 3}}}), x)
     with pytest.raises(CompressionError, match="tied"):
         compress(model, Plan(layers={"emb": {"lowrank": {"rank": 2}}}), x)
+
+
+@pytest.mark.parametrize("layer, prune, fragment", [
+    ("net.4", {"amount": 5000}, "removes all of its 200 weights"),
+    ("net.0", {"amount": 32, "granularity": "filter"}, "removes all of its 32 output channels"),
+])
+def test_pruning_counts_must_leave_something(layer, prune, fragment):
+    from explorer.engine.errors import PlanError
+
+    model = zoo.MLP(sizes=(64, 32, 20, 10)).eval()
+    with pytest.raises(PlanError, match=fragment):
+        compress(model, Plan(layers={layer: {"prune": prune}}), torch.randn(1, 64))
+
+
+def test_lowrank_errors_name_the_layer():
+    from explorer.engine.errors import PlanError
+
+    model, x = zoo.MLP().eval(), torch.randn(1, 64)
+    with pytest.raises((PlanError, CompressionError), match="net.0"):
+        compress(model, Plan(layers={"net.0": {"lowrank": {"rank": [2, 3], "method": "svd"}}}), x)
+
+
+class ReadsWeight(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.fc.weight)
+
+
+def test_lowrank_on_a_weight_read_directly_is_explained():
+    with pytest.raises(CompressionError, match="after low-rank replacement of fc"):
+        compress(ReadsWeight().eval(), Plan(layers={"fc": {"lowrank": {"rank": 2}}}), torch.randn(1, 8))

@@ -202,3 +202,39 @@ def test_cli_compress_info_evaluate(tmp_path):
     bad = run_cli("info", str(tmp_path / "bad.cexp"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "bad.cexp" in bad.stderr
+
+
+def reseal(raw: bytes, edit) -> bytes:
+    """Apply ``edit(manifest)`` to a file's manifest and fix the checksums, as an attacker would."""
+    import struct
+    import zlib
+
+    magic, major, minor, n, tcrc, mlen, mcrc = ff.HEADER.unpack_from(raw, 0)
+    start = ff.HEADER.size + ff.TABLE_ENTRY.size * n
+    manifest = json.loads(zlib.decompress(raw[start:start + mlen]))
+    edit(manifest)
+    body = zlib.compress(json.dumps(manifest).encode())
+    head = ff.HEADER.pack(magic, major, minor, n, tcrc, len(body), zlib.crc32(body))
+    return head + raw[ff.HEADER.size:start] + body + raw[start + mlen:]
+
+
+@pytest.mark.parametrize("ref, kwargs", [
+    ("explorer.engine.samples:torch.fx.graph_module._exec_with_source", {"src": "open(MARKER,'w')", "globals": {}}),
+    ("os:system", {"command": "touch MARKER"}),
+    ("builtins:exec", {"source": "open(MARKER,'w')"}),
+    ("explorer.engine.samples:digits_mlp", {"x": 1}),
+])
+def test_a_file_cannot_make_the_reader_run_code(ref, kwargs, tmp_path):
+    marker = str(tmp_path / "pwned")
+    kwargs = {k: (v.replace("MARKER", repr(marker)) if isinstance(v, str) else v) for k, v in kwargs.items()}
+    loaded = load_model("digits-mlp")
+    res = compress(loaded.model, Plan(default={"quantize": {"bits": 4}}), loaded.example_input)
+    raw = ff.encode(res, loaded)
+
+    def edit(m):
+        m["architecture"].update(factory=ref, kwargs=kwargs)
+
+    (tmp_path / "evil.cexp").write_bytes(reseal(raw, edit))
+    with pytest.raises(LoadError):
+        load_model(str(tmp_path / "evil.cexp"))
+    assert not os.path.exists(marker)

@@ -64,7 +64,7 @@ def test_kmeans_quantization_keeps_pruned_weights_zero():
     assert q.zero_code == 0 and q.codebook[0] == 0
     assert len(np.unique(dec[mask])) <= 2 ** 3 - 1  # one code is reserved for zero
     assert np.array_equal(q.codebook[q.codes], dec.astype(np.float32))  # codes decode exactly
-    assert q.side_bits == 32 * 7
+    assert q.side_bits == 32 * (q.codebook.size - 1) and q.codebook.size <= 8
 
 
 def test_init_comparison_reports_errors():
@@ -111,3 +111,11 @@ def test_quantize_tensor_dispatch_and_bad_values():
     w[0, 0] = float("nan")
     with pytest.raises(CompressionError, match="NaN"):
         quantize_tensor(w, QuantSettings(bits=4, method="kmeans"))
+
+
+def test_unused_centroids_are_not_stored():
+    w = torch.tensor([0.0, 0.1, 0.1, 0.1, 5.0, 5.0, 0.12])  # linear init on [0, 5] leaves most clusters empty
+    q = quantize_kmeans(w, None, bits=4, init="linear", max_iter=0)
+    assert q.codebook.size == len(np.unique(q.codes)) < 16
+    assert q.side_bits == 32 * q.codebook.size
+    assert np.array_equal(q.codebook[q.codes], q.decoded.numpy())

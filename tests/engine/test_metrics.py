@@ -81,3 +81,51 @@ def test_fidelity_of_a_model_with_itself_and_a_perturbed_copy():
         other.net[0].weight.mul_(0.5)
     diff = fidelity(other, model, x)
     assert diff["rel_error"] > 0.01 and diff["cosine"] < 1.0
+
+
+class Attn(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.enc(x))
+
+
+def test_torch_attention_is_counted_even_on_its_fast_path():
+    model, x = Attn().eval(), torch.randn(1, 5, 16)
+    total = model_macs(model, x)
+    # in_proj (3 x 16 x 16) + scores and weighted sum (2 x 5 x 5 x 16) + out_proj + feed-forward + head, per token
+    expected = 5 * 3 * 16 * 16 + 2 * 5 * 5 * 16 + 5 * 16 * 16 + 5 * (16 * 32 + 32 * 16) + 5 * 16 * 4
+    assert total == expected
+    assert torch.backends.mha.get_fastpath_enabled()  # restored afterwards
+
+
+def test_counting_leaves_a_training_model_untouched():
+    import copy
+
+    model, x = zoo.SmallCNN().train(), torch.randn(4, 1, 8, 8)
+    before = copy.deepcopy(model.state_dict())
+    inspect_model(model, x)
+    from explorer.engine.compress import compress
+    from explorer.engine.plan import uniform_plan
+
+    compress(model, uniform_plan(prune={"amount": 0.5}), x)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_eval_data_that_does_not_fit_is_named():
+    from explorer.engine.errors import ExplorerError
+
+    loaded = load_model("digits-mlp")
+    bad = EvalData(torch.randn(10, 3), torch.zeros(10, dtype=torch.long), "wrong.npz")
+    with pytest.raises(ExplorerError, match="wrong.npz: the model cannot run"):
+        accuracy(loaded.model, bad)
+    labels = EvalData(loaded.eval_data.inputs[:10], torch.full((10,), 12, dtype=torch.long), "labels.npz")
+    with pytest.raises(ExplorerError, match="labels.npz: labels run from 12 to 12, but the model has 10"):
+        accuracy(loaded.model, labels)
+    with pytest.raises(ExplorerError, match="at least 1"):
+        accuracy(loaded.model, loaded.eval_data, limit=0)
