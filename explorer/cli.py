@@ -104,9 +104,13 @@ def cmd_inspect(args) -> int:
         info = inspect_model(loaded.model, loaded.example_input, progress=bar)
     finally:
         bar.close()
+    inits = _init_errors(loaded.model, args.inits) if args.inits else None
     if args.json:
         out = {"model": loaded.source, "kind": loaded.kind}
         out.update(info.to_dict())
+        if inits is not None:
+            for layer in out["layers"]:
+                layer["kmeans_inits"] = inits[layer["name"]]
         print(json.dumps(out, indent=2))
         return 0
     rows = []
@@ -126,12 +130,26 @@ def cmd_inspect(args) -> int:
                      if any(l.macs is not None for l in info.layers) else
                      " (per-layer MACs need Python hooks, which TorchScript does not run)")
         print(f"MACs: {info.macs:,} ({human_count(2 * info.macs)} FLOPs) for one forward pass{layer_sum}")
+    if inits is not None:
+        names = list(next(iter(inits.values())))
+        rows = [[name] + [f"{r[i]['mse_initial']:.3g} -> {r[i]['mse_final']:.3g}" for i in names]
+                for name, r in inits.items()]
+        print(f"\nk-means at {args.inits} bits: mean squared error of each initialisation, before -> after k-means")
+        print(table(rows, ["layer"] + names, "l" + "r" * len(names)))
     blocked = [l for l in info.layers if not l.filter_ok and l.filter_reason]
     if blocked and not args.quiet:
         print("\nwhy some output channels cannot be removed:")
         for l in blocked:
             print(f"  {l.name}: {l.filter_reason}")
     return 0
+
+
+def _init_errors(model, bits: int) -> dict:
+    from explorer.engine.metrics import compressible_layers
+    from explorer.engine.quantize import compare_inits
+
+    return {name: compare_inits(mod.weight, None, bits, inits=("forgy", "density", "linear", "kmeans++"))
+            for name, mod in compressible_layers(model)}
 
 
 def cmd_evaluate(args) -> int:
@@ -284,6 +302,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _bits(text: str) -> int:
+    value = _positive(text)
+    if value > 8:
+        raise argparse.ArgumentTypeError(f"bits must be 1 to 8, got {value}")
+    return value
+
+
 def _add_model_args(p) -> None:
     p.add_argument("model", nargs="?", help="model file, bundled sample name (digits-mlp, digits-cnn) "
                                             "or factory 'module:callable'")
@@ -306,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-layer table: shape, params, MACs, bytes, removable channels")
     _add_model_args(p)
     p.add_argument("--quiet", action="store_true", help="omit the reasons channels cannot be removed")
+    p.add_argument("--inits", type=_bits, metavar="BITS",
+                   help="also compare the k-means initialisations (forgy, density, linear, kmeans++) at BITS bits")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("evaluate", help="apply a plan: size by stage, MACs, accuracy before/after")
     _add_model_args(p)
