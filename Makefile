@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean samples
+.PHONY: demo test bench clean samples screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,11 @@ test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m explorer inspect digits-cnn
-	$(PY) -m explorer evaluate digits-mlp --plan sample_models/digits-mlp.plan.json
+	$(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json
+
+screenshots: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --screenshot assets/main-window.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab centroids --screenshot assets/centroids.png
 
 samples: $(STAMP)
 	$(PY) sample_models/train_samples.py

@@ -271,6 +271,13 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_gui(args) -> int:
+    from explorer.gui.app import run
+
+    return run(args.model, plan=args.plan, factory=args.factory, trust=args.trust, data=args.data,
+               screenshot=args.screenshot, tab=args.tab)
+
+
 def cmd_export(args) -> int:
     from explorer.engine.export import export
 
@@ -350,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=cmd_info, model="-")
+    p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)")
+    _add_model_args(p)
+    p.add_argument("--plan", help="plan JSON to start with")
+    p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")
+    p.add_argument("--tab", choices=["histogram", "centroids"], default="histogram",
+                   help="which layer tab the screenshot shows")
+    p.set_defaults(func=cmd_gui)
     p = sub.add_parser("export", help="standard exports: dense state_dict (.safetensors/.pt), TorchScript, ONNX")
     _add_model_args(p)
     p.add_argument("--plan", help="compress with this plan first")
@@ -365,7 +379,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    if getattr(args, "model", None) is None and getattr(args, "factory", None) is None:
+    if args.verb != "gui" and getattr(args, "model", None) is None and getattr(args, "factory", None) is None:
         parser.error(f"{args.verb}: give a MODEL (file, sample name or module:callable)")
     from explorer.engine.errors import ExplorerError
 

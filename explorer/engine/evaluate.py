@@ -18,6 +18,24 @@ from .plan import Plan
 from .progress import ProgressFn, scaled
 
 
+def preview_plan(loaded, plan: Plan, progress: ProgressFn = None):
+    """Size by stage (and the file's bytes), MACs and per-layer details of ``plan``, without accuracy.
+
+    Returns ``(summary, compressed)``: the JSON-ready dict :func:`evaluate_plan` builds on, and the
+    :class:`~explorer.engine.compress.Compressed` result (whose model an accuracy job can measure).
+    """
+    result = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.9))
+    out = result.summary()
+    for layer in out["layers"]:
+        layer["settings_summary"] = result.layers[layer["name"]].settings.describe()
+    try:
+        out["size"]["file"] = fileformat.predicted_bytes(result, loaded)
+    except ExplorerError as exc:  # e.g. a trusted pickle that cannot be scripted: no file can be written
+        out["size"]["file"] = None
+        out["file_error"] = str(exc)
+    return out, result
+
+
 def evaluate_plan(loaded, plan: Plan, progress: ProgressFn = None, limit: Optional[int] = None) -> dict:
     """Compress ``loaded.model`` with ``plan`` and measure it.
 
@@ -26,32 +44,33 @@ def evaluate_plan(loaded, plan: Plan, progress: ProgressFn = None, limit: Option
     after, data) when the eval data has labels, else ``fidelity`` (cosine, rel_error, data) of the
     compressed model against the original, and ``layers`` (per-layer details).
     """
-    result = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.4))
-    out = result.summary()
-    try:
-        out["size"]["file"] = fileformat.predicted_bytes(result, loaded)
-    except ExplorerError as exc:  # e.g. a trusted pickle that cannot be scripted: no file can be written
-        out["size"]["file"] = None
-        out["file_error"] = str(exc)
-    for layer in out["layers"]:
-        layer["settings_summary"] = result.layers[layer["name"]].settings.describe()
+    out, result = preview_plan(loaded, plan, scaled(progress, 0.0, 0.4))
+    q = quality(loaded, result.model, scaled(progress, 0.4, 1.0), limit=limit)
+    out["accuracy"] = q if (q is not None and "before" in q) else None
+    out["fidelity"] = q if (q is not None and "cosine" in q) else None
+    return out
+
+
+def quality(loaded, model, progress: ProgressFn = None, limit: Optional[int] = None,
+            before: Optional[float] = None) -> Optional[dict]:
+    """Accuracy of ``model`` (and of the original, unless ``before`` is given) on the eval data —
+    ``{"before", "after", "data", "samples"}`` — or, for data without labels (or only an example input),
+    output fidelity against the original: ``{"cosine", "rel_error", "data", "samples"}``. None if there is
+    nothing to measure on."""
     ev = loaded.eval_data
     if ev is not None and len(ev):
         if ev.labels is not None:
-            before = accuracy(loaded.model, ev, scaled(progress, 0.4, 0.7), limit=limit)
-            after = accuracy(result.model, ev, scaled(progress, 0.7, 1.0), limit=limit)
+            if before is None:
+                before = accuracy(loaded.model, ev, scaled(progress, 0.0, 0.5), limit=limit)
+            after = accuracy(model, ev, scaled(progress, 0.5, 1.0), limit=limit)
             n = len(ev) if limit is None else min(limit, len(ev))
-            out["accuracy"] = {"before": before, "after": after, "data": ev.name, "samples": n}
-        else:
-            inputs = ev.inputs if limit is None else ev.inputs[:limit]
-            fid = fidelity(result.model, loaded.model, inputs, scaled(progress, 0.4, 1.0))
-            out["fidelity"] = dict(fid, data=ev.name, samples=int(inputs.shape[0]))
-    elif isinstance(loaded.example_input, torch.Tensor):
-        fid = fidelity(result.model, loaded.model, loaded.example_input, scaled(progress, 0.4, 1.0))
-        out["fidelity"] = dict(fid, data="example input", samples=int(loaded.example_input.shape[0]))
-    out.setdefault("accuracy", None)
-    out.setdefault("fidelity", None)
-    return out
+            return {"before": before, "after": after, "data": ev.name, "samples": n}
+        inputs = ev.inputs if limit is None else ev.inputs[:limit]
+        return dict(fidelity(model, loaded.model, inputs, progress), data=ev.name, samples=int(inputs.shape[0]))
+    if isinstance(loaded.example_input, torch.Tensor):
+        x = loaded.example_input
+        return dict(fidelity(model, loaded.model, x, progress), data="example input", samples=int(x.shape[0]))
+    return None
 
 
 def evaluate_loaded(loaded, progress: ProgressFn = None, limit: Optional[int] = None) -> dict:

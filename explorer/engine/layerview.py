@@ -1,0 +1,103 @@
+"""What the window draws for one layer, computed by the engine: the weight histogram split into kept and
+pruned weights, the pruning threshold, the quantization levels, and the comparison of k-means
+initialisations (Deep Compression's Figure 4). Cheap enough to recompute on every slider release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .plan import LayerSettings
+from .progress import ProgressFn, report
+from .prune import magnitude_mask, threshold_for
+from .quantize import compare_inits, quantize_tensor
+
+
+@dataclass
+class LayerPreview:
+    name: str
+    numel: int
+    edges: np.ndarray  # histogram bin edges (bins + 1)
+    kept: np.ndarray  # counts of surviving weights per bin
+    pruned: np.ndarray  # counts of pruned weights per bin
+    threshold: Optional[float]  # magnitude below which weights are pruned (element pruning), else None
+    levels: Optional[np.ndarray]  # the distinct values the quantized weights take (incl. 0 when pruned)
+    quant_mse: Optional[float] = None
+    info: dict = field(default_factory=dict)
+
+
+def _weight(module_or_tensor) -> torch.Tensor:
+    w = getattr(module_or_tensor, "weight", module_or_tensor)
+    return w.detach()
+
+
+def layer_preview(name: str, module_or_tensor, settings: LayerSettings, bins: int = 120,
+                  progress: ProgressFn = None) -> LayerPreview:
+    """Histogram, threshold and quantization levels of one layer's weights under ``settings``.
+
+    Only element pruning and quantization are drawn per layer (filter/channel pruning and low-rank change
+    other layers too; their effect is in the whole-model preview).
+    """
+    w = _weight(module_or_tensor)
+    flat = w.reshape(-1).to(torch.float64).cpu().numpy()
+    report(progress, 0.0, f"{name}: histogram")
+    lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    p = settings.prune
+    mask = None
+    threshold = None
+    if p is not None and p.granularity == "element" and p.amount:
+        mask = magnitude_mask(w, p.amount)
+        threshold = threshold_for(w, p.amount)
+    if mask is None:
+        kept, _ = np.histogram(flat, edges)
+        pruned = np.zeros_like(kept)
+    else:
+        kept, _ = np.histogram(flat[mask], edges)
+        pruned, _ = np.histogram(flat[~mask], edges)
+    levels = None
+    mse = None
+    info = {}
+    report(progress, 0.4, f"{name}: quantizing")
+    if settings.quantize is not None:
+        q = quantize_tensor(w, settings.quantize, mask)
+        levels = np.unique(q.decoded.reshape(-1).to(torch.float64).cpu().numpy())
+        if levels.size > 4096:  # e.g. per-channel uniform: too many to draw as lines
+            levels = None
+        mse = q.mse
+        info = {"method": q.method, "bits": q.bits, "rel_error": q.rel_error}
+    report(progress, 1.0, f"{name}: done")
+    return LayerPreview(name, int(flat.size), edges, kept.astype(np.int64), pruned.astype(np.int64), threshold,
+                        levels, mse, info)
+
+
+@dataclass
+class InitComparison:
+    name: str
+    bits: int
+    values: np.ndarray  # the surviving weights, sorted (for the CDF)
+    results: dict  # init -> {"initial", "final", "mse_initial", "mse_final", "iterations"}
+
+
+def init_comparison(name: str, module_or_tensor, settings: LayerSettings, bits: Optional[int] = None,
+                    max_iter: int = 50, progress: ProgressFn = None,
+                    inits=("forgy", "density", "linear")) -> InitComparison:
+    """The k-means initialisations of one layer at ``bits`` (default: the layer's quantization bits, else 5),
+    before and after k-means, with their errors; pruned weights are excluded as in compression."""
+    w = _weight(module_or_tensor)
+    p = settings.prune
+    mask = magnitude_mask(w, p.amount) if (p is not None and p.granularity == "element" and p.amount) else None
+    if bits is None:
+        bits = settings.quantize.bits if settings.quantize is not None else 5
+    report(progress, 0.1, f"{name}: comparing initialisations")
+    results = compare_inits(w, mask, bits=bits, max_iter=max_iter, inits=inits)
+    flat = w.reshape(-1).to(torch.float64).cpu().numpy()
+    values = np.sort(flat if mask is None else flat[mask])
+    report(progress, 1.0, f"{name}: done")
+    return InitComparison(name, bits, values, results)

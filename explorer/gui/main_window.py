@@ -1,0 +1,454 @@
+"""The explorer window: the one place where views are wired to the session and to background work.
+
+Data flow: a view asks for a change -> the session changes (plan, selection) and emits an event -> this
+window marks what is stale and submits engine work on a channel -> the result arrives on the GUI thread
+(only if still current) -> the session stores it -> the views redraw. Views never touch tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Optional
+
+import numpy as np
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QSplitter,
+                               QTabWidget, QVBoxLayout, QWidget)
+
+from explorer.engine import fileformat
+from explorer.engine.compress import inspect_model
+from explorer.engine.errors import ExplorerError
+from explorer.engine.evaluate import preview_plan, quality
+from explorer.engine.layerview import init_comparison, layer_preview
+from explorer.engine.loading import load_model
+from explorer.engine.plan import Plan
+from explorer.engine.progress import scaled
+from explorer.engine.samples import SAMPLES_DIR, sample_names
+from explorer.gui.qt_centroids import CentroidView
+from explorer.gui.qt_controls import Controls
+from explorer.gui.qt_layer_table import LayerTable
+from explorer.gui.qt_layer_view import LayerView
+from explorer.gui.qt_preview import PreviewPanel
+from explorer.gui.workers import Workers
+from explorer.session import Session
+
+MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.cexp);;All files (*)"
+DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: Optional[QSettings] = None):
+        super().__init__()
+        self.setWindowTitle("Compression Explorer")
+        self.resize(1400, 900)
+        self.setAcceptDrops(True)
+        self.settings = settings or QSettings("compression-explorer", "explorer")
+        self.session = Session()
+        self.workers = Workers(self, threads=2)
+        self.last_error: Optional[str] = None
+        self._abs_sorted: dict = {}  # layer -> sorted |w| (to turn a dragged threshold into a sparsity)
+        self._accuracy_before: Optional[float] = None
+        self._compressed_model = None
+
+        self.table = LayerTable(self.session)
+        self.layer_view = LayerView()
+        self.centroids = CentroidView()
+        self.controls = Controls()
+        self.preview = PreviewPanel()
+        self.banner = QLabel("")
+        self.banner.setWordWrap(True)
+        self.banner.setStyleSheet("color: #a00")
+        self.banner.setVisible(False)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.layer_view, "Layer histogram")
+        self.tabs.addTab(self.centroids, "Centroid comparison")
+        left = QSplitter(Qt.Vertical)
+        left.addWidget(self.table)
+        left.addWidget(self.controls)
+        left.setSizes([520, 300])
+        right = QSplitter(Qt.Vertical)
+        right.addWidget(self.tabs)
+        right.addWidget(self.preview)
+        right.setSizes([520, 360])
+        main = QSplitter(Qt.Horizontal)
+        main.addWidget(left)
+        main.addWidget(right)
+        main.setSizes([640, 760])
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(self.banner)
+        lay.addWidget(main, 1)
+        self.setCentralWidget(central)
+        self._build_menus()
+
+        s = self.session
+        s.on("model", self._on_model)
+        s.on("plan", self._on_plan)
+        s.on("selection", self._on_selection)
+        s.on("results", self._on_results)
+        self.table.selectionModel().selectionChanged.connect(lambda *_: s.select(self.table.selected_names()))
+        self.controls.changed.connect(self._apply_patch)
+        self.controls.apply_all.connect(lambda patch: self._apply_patch(patch, self.session.layer_names))
+        self.layer_view.threshold_dragged.connect(self._threshold_dragged)
+        self.layer_view.threshold_released.connect(self._threshold_released)
+        self.workers.progress.connect(self._progress)
+        self.tabs.currentChanged.connect(lambda *_: self._schedule_layer())
+        self.statusBar().showMessage("Open a model (File → Open, drag a file here, or File → Samples)")
+
+    # ----------------------------------------------------------------------------------- menus
+    def _build_menus(self) -> None:
+        m = self.menuBar().addMenu("&File")
+        self._action(m, "&Open model…", self.open_dialog, QKeySequence.Open)
+        self._action(m, "Open &eval data…", self.open_data_dialog)
+        self.recent_menu = m.addMenu("Open &recent")
+        samples = m.addMenu("&Samples")
+        for name in sample_names():
+            self._action(samples, name, lambda checked=False, n=name: self.open_model(n))
+        m.addSeparator()
+        self._action(m, "E&xport compressed file (.cexp)…", self.export_dialog, QKeySequence("Ctrl+E"))
+        std = m.addMenu("Export &standard format")
+        for label, ext in (("Dense state_dict (.safetensors)…", ".safetensors"), ("TorchScript (.pt)…", ".pt"),
+                           ("ONNX (.onnx)…", ".onnx")):
+            self._action(std, label, lambda checked=False, e=ext: self.export_standard_dialog(e))
+        m.addSeparator()
+        self._action(m, "&Quit", self.close, QKeySequence.Quit)
+        p = self.menuBar().addMenu("&Plan")
+        self._action(p, "&Load plan…", self.load_plan_dialog)
+        self._action(p, "&Save plan…", self.save_plan_dialog, QKeySequence.Save)
+        self._action(p, "&Reset (no compression)", lambda: self.session.set_plan(Plan()))
+        e = self.menuBar().addMenu("&Edit")
+        self.undo_action = self._action(e, "&Undo", self.session.undo, QKeySequence.Undo)
+        self.redo_action = self._action(e, "&Redo", self.session.redo, QKeySequence.Redo)
+        self._refresh_recent()
+
+    def _action(self, menu, text, slot, shortcut=None) -> QAction:
+        a = QAction(text, self)
+        if shortcut is not None:
+            a.setShortcut(shortcut)
+        a.triggered.connect(lambda checked=False: slot())
+        menu.addAction(a)
+        return a
+
+    def _refresh_recent(self) -> None:
+        self.recent_menu.clear()
+        for path in self.recent_files():
+            self._action(self.recent_menu, path, lambda checked=False, p=path: self.open_model(p))
+        self.recent_menu.setEnabled(bool(self.recent_files()))
+
+    def recent_files(self) -> list:
+        value = self.settings.value("recent", []) or []
+        return [v for v in (value if isinstance(value, list) else [value]) if v]
+
+    def _remember(self, source: str) -> None:
+        if source in sample_names():
+            return
+        items = [source] + [r for r in self.recent_files() if r != source]
+        self.settings.setValue("recent", items[:8])
+        self._refresh_recent()
+
+    # ----------------------------------------------------------------------------------- errors
+    def show_error(self, message: str, dialog: bool = False) -> None:
+        self.last_error = message
+        self.banner.setText(message)
+        self.banner.setVisible(True)
+        self.statusBar().showMessage(message.splitlines()[0][:200])
+        if dialog and self.isVisible():
+            box = QMessageBox(QMessageBox.Warning, "Compression Explorer", message, QMessageBox.Ok, self)
+            box.setAttribute(Qt.WA_DeleteOnClose)
+            box.open()  # not exec(): the event loop and the workers keep running
+
+    def clear_error(self) -> None:
+        self.banner.setVisible(False)
+
+    # ----------------------------------------------------------------------------------- loading
+    def open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open model", "", MODEL_FILTER)
+        if path:
+            self.open_model(path)
+
+    def open_model(self, source: str, factory: Optional[str] = None, trust: bool = False,
+                   data: Optional[str] = None) -> None:
+        """Load a model in the background; the current one stays usable until the new one is ready."""
+        self.statusBar().showMessage(f"loading {source}…")
+
+        def job(progress):
+            loaded = load_model(source, factory=factory, trust=trust, data=data)
+            progress(0.5, "inspecting layers")
+            info = inspect_model(loaded.model, loaded.example_input, progress=scaled(progress, 0.5, 1.0))
+            plan = None
+            if loaded.kind == "compressed":
+                plan = None  # a compressed file is explored as it is
+            return loaded, info, plan
+
+        def failed(message):
+            self.show_error(f"Could not open {source}: {message}", dialog=True)
+
+        self.workers.submit("load", job, self._loaded, failed)
+
+    def _loaded(self, result) -> None:
+        loaded, info, plan = result
+        self.clear_error()
+        self._abs_sorted.clear()
+        self._accuracy_before = None
+        self._remember(loaded.source)
+        self.setWindowTitle(f"Compression Explorer — {loaded.source}")
+        self.session.set_model(loaded, info, plan)
+        self.statusBar().showMessage(f"{loaded.source}: {len(info.layers)} compressible layers, "
+                                     f"{info.total_params:,} parameters")
+
+    def open_data_dialog(self) -> None:
+        if self.session.loaded is None:
+            return self.show_error("Open a model first")
+        path, _ = QFileDialog.getOpenFileName(self, "Open eval data", "", DATA_FILTER)
+        if path:
+            self.open_data(path)
+
+    def open_data(self, path: str) -> None:
+        from explorer.engine.data import load_eval_data
+
+        def job(progress):
+            return load_eval_data(path)
+
+        def done(data):
+            self.session.loaded.eval_data = data
+            self._accuracy_before = None
+            self.statusBar().showMessage(f"eval data: {data.name}")
+            self.schedule_preview()
+
+        self.workers.submit("data", job, done, lambda m: self.show_error(f"Could not open {path}: {m}", True))
+
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        urls = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if urls:
+            self.open_model(urls[0])
+
+    # ----------------------------------------------------------------------------------- plan
+    def _apply_patch(self, patch: dict, names=None) -> None:
+        names = names or self.session.selection
+        if not names:
+            return
+        try:
+            self.session.update_layers(names, patch)
+            self.clear_error()
+        except ExplorerError as exc:
+            self.show_error(str(exc))
+
+    def load_plan_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load plan", str(SAMPLES_DIR), "Plans (*.json)")
+        if path:
+            self.load_plan(path)
+
+    def load_plan(self, path: str) -> None:
+        try:
+            plan = Plan.load(path)
+            plan.resolve(self.session.layer_names)
+        except ExplorerError as exc:
+            return self.show_error(str(exc), dialog=True)
+        self.session.set_plan(plan)
+        self.statusBar().showMessage(f"plan {os.path.basename(path)} loaded")
+
+    def save_plan_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save plan", "plan.json", "Plans (*.json)")
+        if path:
+            try:
+                self.session.plan.save(path)
+                self.statusBar().showMessage(f"plan saved to {path}")
+            except OSError as exc:
+                self.show_error(f"Could not save the plan to {path}: {exc}", dialog=True)
+
+    # ----------------------------------------------------------------------------------- events
+    def _on_model(self) -> None:
+        self.table.model_.refresh()
+        self.table.resizeColumnsToContents()
+        if self.session.selection:
+            self.table.select_names(self.session.selection)
+
+    def _on_plan(self) -> None:
+        self.undo_action.setEnabled(self.session.can_undo())
+        self.redo_action.setEnabled(self.session.can_redo())
+        self.table.model_.refresh_values()
+        if self.session.current:
+            self.controls.load(self.session.settings(self.session.current))
+        self.schedule_preview()
+        self._schedule_layer()
+
+    def _on_selection(self) -> None:
+        if self.session.current:
+            self.controls.load(self.session.settings(self.session.current))
+        if self.table.selected_names() != self.session.selection:
+            self.table.select_names(self.session.selection)
+        self._schedule_layer()
+
+    def _on_results(self) -> None:
+        self.table.model_.refresh_values()
+        if self.session.results:
+            self.preview.show_results(self.session.results)
+        self.preview.show_accuracy(self.session.accuracy)
+
+    def _progress(self, channel: str, fraction: float, message: str) -> None:
+        if channel in ("preview", "accuracy"):
+            base = 0.0 if channel == "preview" else 0.5
+            self.preview.set_progress(base + 0.5 * fraction)
+        if channel in ("export", "load"):
+            self.statusBar().showMessage(f"{channel}: {message} ({fraction:.0%})")
+
+    # ----------------------------------------------------------------------------------- engine work
+    def schedule_preview(self) -> None:
+        """Measure the current plan: sizes and MACs first, then accuracy. A newer plan supersedes both."""
+        loaded = self.session.loaded
+        if loaded is None:
+            return
+        plan = self.session.plan
+        self.workers.cancel("accuracy")
+        self.preview.set_stale(True, "measuring size and MACs…")
+        self.preview.set_progress(0.0)
+
+        def job(progress):
+            return preview_plan(loaded, plan, progress)
+
+        def done(result):
+            summary, compressed = result
+            self._compressed_model = compressed.model
+            self.session.set_results(summary)
+            self.schedule_accuracy(compressed.model)
+
+        def failed(message):
+            self.preview.set_progress(None)
+            self.preview.set_stale(True, "this plan cannot be applied")
+            self.show_error(message)
+
+        self.workers.submit("preview", job, done, failed)
+
+    def schedule_accuracy(self, model) -> None:
+        loaded = self.session.loaded
+        before = self._accuracy_before
+        self.preview.set_stale(True, "measuring accuracy…")
+
+        def job(progress):
+            return quality(loaded, model, progress, before=before)
+
+        def done(q):
+            if q is not None and "before" in q:
+                self._accuracy_before = q["before"]
+            self.session.set_accuracy(q)
+            self.preview.set_progress(None)
+            self.preview.set_stale(False)
+
+        def failed(message):
+            self.preview.set_progress(None)
+            self.preview.set_stale(False)
+            self.show_error(f"accuracy: {message}")
+
+        self.workers.submit("accuracy", job, done, failed)
+
+    def _schedule_layer(self) -> None:
+        name, loaded = self.session.current, self.session.loaded
+        if name is None or loaded is None:
+            return
+        module = dict(loaded.model.named_modules())[name]
+        settings = self.session.settings(name)
+        if self.tabs.currentWidget() is self.centroids:
+            self.workers.submit("inits", lambda p: init_comparison(name, module, settings, progress=p),
+                                self.centroids.show_comparison, self.show_error)
+            return
+
+        def job(progress):
+            preview = layer_preview(name, module, settings, progress=progress)
+            abs_sorted = None
+            if name not in self._abs_sorted:
+                abs_sorted = np.sort(np.abs(module.weight.detach().reshape(-1).double().cpu().numpy()))
+            return preview, abs_sorted
+
+        def done(result):
+            preview, abs_sorted = result
+            if abs_sorted is not None:
+                self._abs_sorted[name] = abs_sorted
+            self.layer_view.show_preview(preview)
+            if preview.threshold is None and name in self._abs_sorted:
+                # show the lines at the current sparsity 0 position so they can be dragged in
+                sorted_abs = self._abs_sorted[name]
+                self.layer_view.show_threshold_lines(float(sorted_abs[len(sorted_abs) // 10]))
+
+        self.workers.submit("layer", job, done, self.show_error)
+
+    def _sparsity_for(self, t: float) -> Optional[int]:
+        sorted_abs = self._abs_sorted.get(self.session.current or "")
+        if sorted_abs is None or sorted_abs.size == 0:
+            return None
+        frac = np.searchsorted(sorted_abs, t, side="left") / sorted_abs.size
+        return int(min(max(round(frac * 100), 0), 99))
+
+    def _threshold_dragged(self, t: float) -> None:
+        pct = self._sparsity_for(t)
+        if pct is not None:
+            self.statusBar().showMessage(f"threshold |w| < {t:.4g} prunes {pct}% of {self.session.current}")
+
+    def _threshold_released(self, t: float) -> None:
+        pct = self._sparsity_for(t)
+        if pct is not None:
+            self.controls.granularity.setCurrentText("element")
+            self.controls.set_sparsity(pct)
+
+    # ----------------------------------------------------------------------------------- export
+    def export_dialog(self) -> None:
+        if self.session.loaded is None:
+            return self.show_error("Open a model first")
+        path, _ = QFileDialog.getSaveFileName(self, "Export compressed model", "model.cexp",
+                                              "Compressed model (*.cexp)")
+        if path:
+            self.export(path)
+
+    def export(self, path: str, on_done=None) -> None:
+        """Compress with the current plan and write the .cexp file in the background; reports the bytes."""
+        from explorer.engine.compress import compress
+
+        loaded, plan = self.session.loaded, self.session.plan
+
+        def job(progress):
+            res = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.7))
+            return fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
+
+        def done(written):
+            self.statusBar().showMessage(f"wrote {path}: {written:,} bytes")
+            self.last_export = (path, written)
+            if on_done:
+                on_done(written)
+
+        self.workers.submit("export", job, done, lambda m: self.show_error(f"Export failed: {m}", True))
+
+    def export_standard_dialog(self, ext: str) -> None:
+        if self.session.loaded is None:
+            return self.show_error("Open a model first")
+        path, _ = QFileDialog.getSaveFileName(self, "Export", "model" + ext)
+        if not path:
+            return
+        from explorer.engine.compress import compress
+        from explorer.engine.export import export
+
+        loaded, plan = self.session.loaded, self.session.plan
+        fmt = "torchscript" if ext == ".pt" else None
+
+        def job(progress):
+            model = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0, 0.6)).model
+            return export(model, loaded.example_input, path, fmt=fmt)
+
+        self.workers.submit("export", job,
+                            lambda out: self.statusBar().showMessage(f"wrote {out['path']}: {out['bytes']:,} bytes"),
+                            lambda m: self.show_error(f"Export failed: {m}", True))
+
+    # ----------------------------------------------------------------------------------- lifetime
+    def idle(self) -> bool:
+        """True when no engine work is running (used by --screenshot and tests)."""
+        return not any(self.workers.busy(c) for c in ("load", "preview", "accuracy", "layer", "inits", "export"))
+
+    def closeEvent(self, event) -> None:
+        self.workers.shutdown()
+        super().closeEvent(event)

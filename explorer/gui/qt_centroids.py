@@ -1,0 +1,75 @@
+"""Centroid comparison (Deep Compression's Figure 4): for the selected layer, the Forgy, density-based and
+linear initialisations drawn over the weights' histogram and over their CDF, before (dashed) and after
+(solid) k-means, each with its quantization error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+COLOURS = {"forgy": (200, 60, 60), "density": (60, 140, 60), "linear": (50, 90, 200)}
+OFFSETS = {"forgy": 0.0, "density": 1.0, "linear": 2.0}
+
+
+class CentroidView(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.title = QLabel("k-means initialisations")
+        self.title.setWordWrap(True)
+        self.hist = pg.PlotWidget(background="w", title="histogram and centroids")
+        self.cdf = pg.PlotWidget(background="w", title="CDF and centroids")
+        for p in (self.hist, self.cdf):
+            p.showGrid(x=True, y=True, alpha=0.2)
+        self.cdf.addLegend(offset=(5, 5))
+        self.hist.setLabel("bottom", "weight value")
+        self.cdf.setLabel("bottom", "weight value")
+        self.cdf.setLabel("left", "cumulative fraction")
+        self.errors = {}
+        plots = QHBoxLayout()
+        plots.addWidget(self.hist)
+        plots.addWidget(self.cdf)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.title)
+        layout.addLayout(plots)
+        self.items = []
+
+    def show_comparison(self, comp) -> None:
+        """Draw an :class:`explorer.engine.layerview.InitComparison`."""
+        for p in (self.hist, self.cdf):
+            p.clear()
+        if self.cdf.plotItem.legend is not None:
+            self.cdf.plotItem.legend.clear()
+        v = comp.values
+        if v.size == 0:
+            self.title.setText(f"{comp.name}: no surviving weights to cluster")
+            return
+        counts, edges = np.histogram(v, bins=100)
+        self.hist.plot(edges, counts, stepMode="center", fillLevel=0, brush=(150, 150, 150, 120),
+                       pen=pg.mkPen((120, 120, 120)))
+        top = float(counts.max()) if counts.size else 1.0
+        cdf_y = np.arange(1, v.size + 1) / v.size
+        step = max(1, v.size // 4000)
+        self.cdf.plot(v[::step], cdf_y[::step], pen=pg.mkPen((90, 90, 90), width=2), name="weights CDF")
+        parts = []
+        for init, r in comp.results.items():
+            colour = COLOURS.get(init, (0, 0, 0))
+            final = np.asarray(r["final"])
+            initial = np.asarray(r["initial"])
+            band = top * (1.02 + 0.06 * OFFSETS.get(init, 0))
+            label = f"{init}: MSE {r['mse_initial']:.3g} → {r['mse_final']:.3g}"
+            self.hist.plot(initial, np.full(initial.size, band + top * 0.03), pen=None, symbol="t",
+                           symbolBrush=colour, symbolPen=None, symbolSize=7)
+            self.hist.plot(final, np.full(final.size, band), pen=None, symbol="o", symbolBrush=colour,
+                           symbolPen=None, symbolSize=6)
+            y_initial = np.searchsorted(v, initial, side="right") / v.size
+            self.cdf.plot(initial, y_initial, pen=None, symbol="t", symbolBrush=None, symbolPen=colour,
+                          symbolSize=9)
+            y_final = np.searchsorted(v, final, side="right") / v.size
+            self.cdf.plot(final, y_final, pen=None, symbol="o", symbolBrush=colour, symbolPen=None,
+                          symbolSize=6, name=f"{init} (MSE {r['mse_final']:.3g})")
+            parts.append(f"<span style='color: rgb{colour}'>{label}</span>")
+            self.errors[init] = (r["mse_initial"], r["mse_final"])
+        self.title.setText(f"<b>{comp.name}</b> at {comp.bits} bits ({2 ** comp.bits} codes): "
+                           "▲ initial centroids, ● after k-means — " + "; ".join(parts))

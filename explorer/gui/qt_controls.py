@@ -1,0 +1,147 @@
+"""Per-layer controls: sparsity, bit-width and rank sliders with their methods. Values can be dragged or
+typed; the settings are applied to the selected layers when a slider is released (or a value typed),
+not on every intermediate value."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton,
+                               QVBoxLayout, QWidget)
+from superqt import QLabeledSlider
+
+
+def _slider(lo, hi, suffix=""):
+    s = QLabeledSlider(Qt.Horizontal)
+    s.setRange(lo, hi)
+    return s
+
+
+class Controls(QWidget):
+    """Emits ``changed(patch)`` where patch is a plan entry for the selected layers, e.g.
+    ``{"prune": {"amount": 0.5, "granularity": "element"}, "quantize": None}``."""
+
+    changed = Signal(dict)
+    apply_all = Signal(dict)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._loading = False
+        self._timer = QTimer(self, singleShot=True, interval=250)
+        self._timer.timeout.connect(self._emit)
+
+        self.sparsity = _slider(0, 99)
+        self.granularity = QComboBox()
+        self.granularity.addItems(["element", "filter", "channel"])
+        prune = QGroupBox("Pruning")
+        f = QFormLayout(prune)
+        f.addRow("sparsity %", self.sparsity)
+        f.addRow("granularity", self.granularity)
+
+        self.quant_on = QCheckBox("quantize")
+        self.bits = _slider(1, 8)
+        self.method = QComboBox()
+        self.method.addItems(["kmeans", "uniform", "binary", "ternary"])
+        self.init = QComboBox()
+        self.init.addItems(["linear", "density", "forgy", "kmeans++"])
+        quant = QGroupBox("Quantization")
+        f = QFormLayout(quant)
+        f.addRow(self.quant_on)
+        f.addRow("bits", self.bits)
+        f.addRow("method", self.method)
+        f.addRow("k-means init", self.init)
+
+        self.rank_on = QCheckBox("factorise")
+        self.rank = _slider(1, 100)
+        self.rank_method = QComboBox()
+        self.rank_method.addItems(["auto", "svd", "tucker2", "cp"])
+        lowrank = QGroupBox("Low rank")
+        f = QFormLayout(lowrank)
+        f.addRow(self.rank_on)
+        f.addRow("params kept %", self.rank)
+        f.addRow("method", self.rank_method)
+
+        self.apply_button = QPushButton("Apply to all layers")
+        self.apply_button.setToolTip("Set these values on every layer (the selection gets them as you move them)")
+        self.apply_button.clicked.connect(lambda: self.apply_all.emit(self.patch()))
+
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        for box in (prune, quant, lowrank):
+            row.addWidget(box)
+        layout.addLayout(row)
+        layout.addWidget(self.apply_button)
+
+        for s in (self.sparsity, self.bits, self.rank):
+            s.valueChanged.connect(self._soon)
+            s._slider.sliderReleased.connect(self._now)
+        for c in (self.granularity, self.method, self.init, self.rank_method):
+            c.currentIndexChanged.connect(self._now)
+        for c in (self.quant_on, self.rank_on):
+            c.toggled.connect(self._now)
+
+    # -- model -> view
+    def load(self, settings) -> None:
+        self._loading = True
+        try:
+            p, q, r = settings.prune, settings.quantize, settings.lowrank
+            amount = p.amount if (p is not None and isinstance(p.amount, float)) else 0.0
+            self.sparsity.setValue(int(round(amount * 100)))
+            self.granularity.setCurrentText(p.granularity if p is not None else "element")
+            self.quant_on.setChecked(q is not None)
+            if q is not None:
+                self.bits.setValue(q.bits)
+                self.method.setCurrentText(q.method)
+                self.init.setCurrentText(q.init)
+            self.rank_on.setChecked(r is not None)
+            if r is not None:
+                self.rank.setValue(int(round(r.rank * 100)) if isinstance(r.rank, float) else 50)
+                self.rank_method.setCurrentText(r.method)
+            self._enable()
+        finally:
+            self._loading = False
+
+    def _enable(self) -> None:
+        q = self.quant_on.isChecked()
+        for w in (self.bits, self.method, self.init):
+            w.setEnabled(q)
+        self.init.setEnabled(q and self.method.currentText() == "kmeans")
+        self.bits.setEnabled(q and self.method.currentText() in ("kmeans", "uniform"))
+        r = self.rank_on.isChecked()
+        self.rank.setEnabled(r)
+        self.rank_method.setEnabled(r)
+
+    # -- view -> model
+    def patch(self) -> dict:
+        amount = self.sparsity.value() / 100.0
+        out = {"prune": {"amount": amount, "granularity": self.granularity.currentText()} if amount else None}
+        if self.quant_on.isChecked():
+            bits = self.bits.value()
+            method = self.method.currentText()
+            if method == "uniform" and bits < 2:
+                bits = 2
+            out["quantize"] = {"bits": bits, "method": method, "init": self.init.currentText()}
+        else:
+            out["quantize"] = None
+        if self.rank_on.isChecked():
+            out["lowrank"] = {"rank": self.rank.value() / 100.0, "method": self.rank_method.currentText()}
+        else:
+            out["lowrank"] = None
+        return out
+
+    def _soon(self, *_):
+        if not self._loading:
+            self._timer.start()
+
+    def _now(self, *_):
+        if not self._loading:
+            self._enable()
+            self._timer.stop()
+            self._emit()
+
+    def _emit(self):
+        self.changed.emit(self.patch())
+
+    def set_sparsity(self, percent: int) -> None:
+        """Set the slider from outside (the threshold line) and apply at once."""
+        self.sparsity.setValue(int(percent))
+        self._now()

@@ -1,0 +1,92 @@
+"""The preview panel: size at each stage as a bar chart with its numbers, compression ratio, MACs and
+accuracy before/after, a progress bar while measuring and a "stale" mark while a new measurement runs.
+Every number shown here is one the engine measured (evaluate_plan / accuracy); none is computed here."""
+
+from __future__ import annotations
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
+
+from explorer.cli import human_bytes
+
+STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), ("coded", "Huffman"),
+          ("file", ".cexp file")]
+
+
+class PreviewPanel(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.setMouseEnabled(False, False)
+        self.plot.hideButtons()
+        self.plot.setLabel("left", "bytes")
+        self.bars = pg.BarGraphItem(x=list(range(len(STAGES))), height=[0] * len(STAGES), width=0.6,
+                                    brush=(70, 130, 200))
+        self.plot.addItem(self.bars)
+        self.plot.getAxis("bottom").setTicks([[(i, label) for i, (_, label) in enumerate(STAGES)]])
+        self.texts = []
+        for i in range(len(STAGES)):
+            t = pg.TextItem("", anchor=(0.5, 1.0), color=(20, 20, 20))
+            self.plot.addItem(t)
+            self.texts.append(t)
+        self.status = QLabel("")
+        self.ratio = QLabel("ratio: –")
+        self.macs = QLabel("MACs: –")
+        self.acc = QLabel("accuracy: –")
+        for lab in (self.ratio, self.macs, self.acc):
+            lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setVisible(False)
+        grid = QGridLayout()
+        grid.addWidget(self.ratio, 0, 0)
+        grid.addWidget(self.macs, 1, 0)
+        grid.addWidget(self.acc, 2, 0)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot, 1)
+        layout.addLayout(grid)
+        layout.addWidget(self.progress)
+        self.values = {}
+
+    def set_stale(self, stale: bool, what: str = "measuring…") -> None:
+        self.status.setText(f"<span style='color:#c60'>⟳ stale — {what}</span>" if stale else
+                            "<span style='color:#080'>✓ measured</span>")
+        self.plot.setEnabled(True)
+        self.bars.setOpts(brush=(170, 170, 170) if stale else (70, 130, 200))
+
+    def set_progress(self, fraction) -> None:
+        if fraction is None:
+            self.progress.setVisible(False)
+        else:
+            self.progress.setVisible(True)
+            self.progress.setValue(int(round(fraction * 100)))
+
+    def show_results(self, results: dict) -> None:
+        size = results["size"]
+        heights = [size.get(k) or 0 for k, _ in STAGES]
+        self.values = dict(size)
+        self.bars.setOpts(height=heights)
+        top = max(heights) or 1
+        for i, (t, h) in enumerate(zip(self.texts, heights)):
+            t.setText(f"{h:,}\n{human_bytes(h)}" if h else "–")
+            t.setPos(i, h + top * 0.02)
+        self.plot.setYRange(0, top * 1.25)
+        file_bytes = size.get("file") or size["coded"]
+        self.ratio.setText(f"<b>ratio</b>: {size['dense'] / max(file_bytes, 1):.1f}× "
+                           f"({size['dense']:,} → {file_bytes:,} bytes as written)")
+        m = results["macs"]
+        if m.get("before") is not None:
+            eff = f", effective {m['effective']:,}" if m.get("effective") is not None else ""
+            self.macs.setText(f"<b>MACs</b>: {m['before']:,} → {m['after']:,}{eff}")
+
+    def show_accuracy(self, acc) -> None:
+        if acc is None:
+            self.acc.setText("accuracy: – (no eval data)")
+        elif "cosine" in acc:
+            self.acc.setText(f"<b>fidelity</b> vs original: cosine {acc['cosine']:.4f}, "
+                             f"rel. error {acc['rel_error']:.4f}")
+        else:
+            self.acc.setText(f"<b>accuracy</b> ({acc['data']}): {acc['before']:.2%} → {acc['after']:.2%}")

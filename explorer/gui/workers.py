@@ -1,0 +1,128 @@
+"""Background work for the window: the only module that starts threads.
+
+Each job has a *channel* ("preview", "accuracy", "layer", "inits", "export", ...). Starting a job on a
+channel supersedes the one running there: its generation is bumped, the old job is asked to stop (its
+progress callback returns False, so the engine raises ``Cancelled`` at its next report), and whatever it
+still returns is dropped because its generation is old. Results and errors are delivered on the GUI
+thread, through queued signals, only while current.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from typing import Callable, Optional
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+
+from explorer.engine.errors import Cancelled, ExplorerError
+
+
+class _Signals(QObject):
+    done = Signal(str, int, object)  # channel, generation, result
+    failed = Signal(str, int, str)  # channel, generation, message
+    progress = Signal(str, int, float, str)  # channel, generation, fraction, message
+
+
+class _Job(QRunnable):
+    def __init__(self, signals: _Signals, channel: str, generation: int, fn: Callable, abort: threading.Event):
+        super().__init__()
+        self.setAutoDelete(True)
+        self.signals, self.channel, self.generation, self.fn, self.abort = signals, channel, generation, fn, abort
+
+    def progress(self, fraction: float, message: str = "") -> bool:
+        if self.abort.is_set():
+            return False
+        self.signals.progress.emit(self.channel, self.generation, float(fraction), message)
+        return True
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = self.fn(self.progress)
+        except Cancelled:
+            return
+        except ExplorerError as exc:
+            self.signals.failed.emit(self.channel, self.generation, str(exc))
+            return
+        except Exception as exc:  # an engine bug must not take the window down
+            traceback.print_exc()
+            self.signals.failed.emit(self.channel, self.generation, f"{type(exc).__name__}: {exc}")
+            return
+        if not self.abort.is_set():
+            self.signals.done.emit(self.channel, self.generation, result)
+
+
+class Workers(QObject):
+    """Runs ``fn(progress)`` callables on a thread pool, one current job per channel."""
+
+    progress = Signal(str, float, str)  # channel, fraction, message (current jobs only)
+
+    def __init__(self, parent: Optional[QObject] = None, threads: int = 2):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(max(1, threads))
+        self._signals = _Signals()
+        self._signals.done.connect(self._on_done)
+        self._signals.failed.connect(self._on_failed)
+        self._signals.progress.connect(self._on_progress)
+        self._generation: dict = {}
+        self._abort: dict = {}
+        self._handlers: dict = {}
+        self.dropped = 0  # results that arrived after being superseded (for tests and the status bar)
+
+    def submit(self, channel: str, fn: Callable, on_done: Callable, on_error: Optional[Callable] = None) -> int:
+        """Start ``fn(progress)`` on ``channel``, superseding the job there. Returns its generation."""
+        self.cancel(channel)
+        gen = self._generation.get(channel, 0) + 1
+        self._generation[channel] = gen
+        abort = threading.Event()
+        self._abort[channel] = abort
+        self._handlers[channel] = (on_done, on_error)
+        self.pool.start(_Job(self._signals, channel, gen, fn, abort))
+        return gen
+
+    def cancel(self, channel: str) -> None:
+        abort = self._abort.pop(channel, None)
+        if abort is not None:
+            abort.set()
+            self._generation[channel] = self._generation.get(channel, 0) + 1
+
+    def current(self, channel: str, generation: int) -> bool:
+        return self._generation.get(channel) == generation and channel in self._abort
+
+    def busy(self, channel: str) -> bool:
+        return channel in self._abort
+
+    def _finish(self, channel: str) -> None:
+        self._abort.pop(channel, None)
+
+    @Slot(str, int, object)
+    def _on_done(self, channel: str, generation: int, result) -> None:
+        if not self.current(channel, generation):
+            self.dropped += 1
+            return
+        self._finish(channel)
+        on_done, _ = self._handlers.get(channel, (None, None))
+        if on_done is not None:
+            on_done(result)
+
+    @Slot(str, int, str)
+    def _on_failed(self, channel: str, generation: int, message: str) -> None:
+        if not self.current(channel, generation):
+            self.dropped += 1
+            return
+        self._finish(channel)
+        _, on_error = self._handlers.get(channel, (None, None))
+        if on_error is not None:
+            on_error(message)
+
+    @Slot(str, int, float, str)
+    def _on_progress(self, channel: str, generation: int, fraction: float, message: str) -> None:
+        if self.current(channel, generation):
+            self.progress.emit(channel, fraction, message)
+
+    def shutdown(self, timeout_ms: int = 5000) -> None:
+        for channel in list(self._abort):
+            self.cancel(channel)
+        self.pool.waitForDone(timeout_ms)

@@ -1,0 +1,124 @@
+"""The Qt-free state of one exploration: the loaded model, its layer table, the plan with undo/redo,
+the selection and the latest measured results. Views listen through plain callbacks; nothing here
+starts threads or imports Qt.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from explorer.engine.compress import ModelInfo
+from explorer.engine.loading import LoadedModel
+from explorer.engine.plan import LayerSettings, Plan, validate_settings
+
+Listener = Callable[..., None]
+
+
+class Session:
+    """One model being explored.
+
+    Events (subscribe with :meth:`on`): ``model`` (a new model was loaded), ``plan`` (the plan changed),
+    ``selection`` (the selected layers changed), ``results`` (a measurement arrived).
+    """
+
+    def __init__(self):
+        self.loaded: Optional[LoadedModel] = None
+        self.info: Optional[ModelInfo] = None
+        self.plan = Plan()
+        self.selection: list = []
+        self.results: Optional[dict] = None  # latest whole-model measurement (evaluate_plan's dict)
+        self.accuracy: Optional[dict] = None
+        self._undo: list = []
+        self._redo: list = []
+        self._listeners: dict = {}
+
+    # -- events
+    def on(self, event: str, fn: Listener) -> None:
+        self._listeners.setdefault(event, []).append(fn)
+
+    def emit(self, event: str, *args) -> None:
+        for fn in list(self._listeners.get(event, [])):
+            fn(*args)
+
+    # -- model
+    def set_model(self, loaded: LoadedModel, info: ModelInfo, plan: Optional[Plan] = None) -> None:
+        self.loaded, self.info = loaded, info
+        self.plan = plan or Plan()
+        self._undo.clear()
+        self._redo.clear()
+        self.results = self.accuracy = None
+        # start on the largest layer: the one whose histogram and centroids say the most
+        largest = max(info.layers, key=lambda layer: layer.weight_params, default=None)
+        self.selection = [largest.name] if largest is not None else []
+        self.emit("model")
+        self.emit("plan")
+        self.emit("selection")
+
+    @property
+    def layer_names(self) -> list:
+        return [layer.name for layer in self.info.layers] if self.info else []
+
+    # -- plan
+    def settings(self, name: str) -> LayerSettings:
+        return self.plan.settings_for(name)
+
+    def set_plan(self, plan: Plan, record: bool = True) -> None:
+        if plan.to_dict() == self.plan.to_dict():
+            return
+        if record:
+            self._undo.append(self.plan)
+            self._redo.clear()
+        self.plan = plan
+        self.emit("plan")
+
+    def update_layers(self, names, patch: dict) -> None:
+        """Merge ``patch`` (sections -> fields, ``None`` turns a section off) into each named layer's own
+        entry. Validated before anything changes; raises PlanError naming the layer."""
+        layers = dict(self.plan.layers)
+        for name in names:
+            entry = dict(layers.get(name) or {})
+            for section, fields in patch.items():
+                if fields is None:
+                    entry[section] = None
+                else:
+                    entry[section] = {**(entry.get(section) or {}), **fields}
+            validate_settings(f"layer '{name}'", entry, self.plan.default)
+            layers[name] = entry
+        self.set_plan(Plan(self.plan.default, layers, self.plan.description))
+
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def undo(self) -> None:
+        if self._undo:
+            self._redo.append(self.plan)
+            self.plan = self._undo.pop()
+            self.emit("plan")
+
+    def redo(self) -> None:
+        if self._redo:
+            self._undo.append(self.plan)
+            self.plan = self._redo.pop()
+            self.emit("plan")
+
+    # -- selection and results
+    def select(self, names) -> None:
+        names = [n for n in names if n in self.layer_names]
+        if names != self.selection:
+            self.selection = names
+            self.emit("selection")
+
+    @property
+    def current(self) -> Optional[str]:
+        return self.selection[0] if self.selection else None
+
+    def set_results(self, results: dict) -> None:
+        self.results = results
+        self.emit("results")
+
+    def set_accuracy(self, accuracy: Optional[dict]) -> None:
+        self.accuracy = accuracy
+        self.emit("results")
