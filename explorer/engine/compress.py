@@ -20,7 +20,7 @@ from torch import nn
 from . import lowrank as _lowrank
 from . import structure as _structure
 from .errors import CompressionError, ExplorerError
-from .metrics import LAYER_TYPES, compressible_layers, layer_macs, layer_type, model_macs, run_model
+from .metrics import LAYER_TYPES, compressible_layers, count_macs, layer_type, run_model
 from .errors import PlanError
 from .plan import LayerSettings, Plan
 from .progress import ProgressFn, report, scaled
@@ -141,9 +141,7 @@ def inspect_model(model: nn.Module, example_input: Any = None, progress: Progres
     scripted = isinstance(model, torch.jit.ScriptModule)
     report(progress, 0.0, "counting MACs")
     if example_input is not None:
-        if not scripted:
-            macs = layer_macs(model, example_input)
-        total = model_macs(model, example_input)
+        macs, total = count_macs(model, example_input)
         report(progress, 0.3, "tracing channel couplings")
         if not scripted:
             struct = _structure.analyze(model, example_input)
@@ -298,7 +296,35 @@ def _copy_model(model: nn.Module) -> nn.Module:
         raise CompressionError(f"cannot copy the model to compress it: {type(exc).__name__}: {exc}") from None
 
 
-def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: ProgressFn = None) -> Compressed:
+class TensorCache:
+    """Results of element pruning + quantization per weight tensor, reused by the next :func:`compress` of the
+    same model when a tensor and its settings are unchanged (the window re-measures after every slider
+    release; usually one layer changed). Keys hold the identity and version of the original weight, so a
+    tensor that structured pruning or low-rank replaced is never matched. Holds at most ``limit`` entries."""
+
+    def __init__(self, limit: int = 512):
+        self.limit = limit
+        self._items: dict = {}
+        self.hits = 0
+
+    @staticmethod
+    def key(source: torch.Tensor, tname: str, s: LayerSettings):
+        return (tname, id(source), source._version, tuple(source.shape), s.prune, s.quantize)
+
+    def get(self, key):
+        item = self._items.get(key)
+        if item is not None:
+            self.hits += 1
+        return item
+
+    def put(self, key, value) -> None:
+        if len(self._items) >= self.limit:
+            self._items.pop(next(iter(self._items)))
+        self._items[key] = value
+
+
+def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: ProgressFn = None,
+             cache: Optional[TensorCache] = None) -> Compressed:
     """Apply ``plan`` to a copy of ``model``.
 
     Parameters
@@ -311,6 +337,8 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
         Needed for structured pruning (the graph is traced on it) and for MACs.
     progress : callable, optional
         ``progress(fraction, message)``; returning False cancels (raises ``Cancelled``).
+    cache : TensorCache, optional
+        Reuse the pruning/quantization of tensors whose weight and settings did not change.
 
     Returns
     -------
@@ -343,8 +371,7 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
         if s.prune is not None and s.prune.granularity != "element" and s.prune.amount and scripted:
             raise CompressionError(f"layer '{name}': {s.prune.granularity} pruning needs to change layer shapes, "
                                    "which a TorchScript graph does not allow; use element pruning")
-    before_macs = layer_macs(model, example_input) if (example_input is not None and not scripted) else {}
-    total_before = model_macs(model, example_input) if example_input is not None else None
+    before_macs, total_before = count_macs(model, example_input) if example_input is not None else ({}, None)
 
     # 1. structured pruning (returns a new model) -----------------------------------------------
     requests = {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
@@ -400,7 +427,20 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
             continue
         for tname, mod in _weight_modules(name, _submodule(work, name)):
             report(progress, 0.1 + 0.85 * done / max(total_tensors, 1), f"compressing {tname}")
-            lr.tensors.append(_compress_tensor(tname, mod, s))
+            # structured pruning changes the shape of every layer it touches (coupled ones too): only a
+            # tensor with the original's shape, not factorised, still holds the original's values
+            untouched = name not in lowrank_info and mod.weight.shape == orig.weight.shape
+            key = TensorCache.key(orig.weight, tname, s) if (cache is not None and untouched) else None
+            hit = cache.get(key) if key is not None else None
+            if hit is not None:
+                result, new_weight = hit
+                with torch.no_grad():
+                    mod.weight.copy_(new_weight)
+            else:
+                result = _compress_tensor(tname, mod, s)
+                if key is not None:
+                    cache.put(key, (result, mod.weight.detach().clone()))
+            lr.tensors.append(result)
             done += 1
         results[name] = lr
 
@@ -408,8 +448,7 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     total_after = None
     if example_input is not None:
         report(progress, 0.96, "counting MACs")
-        after = layer_macs(work, example_input) if not scripted else {}
-        total_after = model_macs(work, example_input)
+        after, total_after = count_macs(work, example_input)
         for name, lr in results.items():
             lr.macs_before = before_macs.get(name)
             if scripted:

@@ -18,13 +18,13 @@ from .plan import Plan
 from .progress import ProgressFn, scaled
 
 
-def preview_plan(loaded, plan: Plan, progress: ProgressFn = None):
+def preview_plan(loaded, plan: Plan, progress: ProgressFn = None, cache=None):
     """Size by stage (and the file's bytes), MACs and per-layer details of ``plan``, without accuracy.
 
     Returns ``(summary, compressed)``: the JSON-ready dict :func:`evaluate_plan` builds on, and the
     :class:`~explorer.engine.compress.Compressed` result (whose model an accuracy job can measure).
     """
-    result = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.9))
+    result = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.9), cache=cache)
     out = result.summary()
     for layer in out["layers"]:
         layer["settings_summary"] = result.layers[layer["name"]].settings.describe()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .errors import CompressionError
 
@@ -44,10 +45,13 @@ class _Sorted:
     """Sorted data with prefix sums: the state every 1-D k-means step reads."""
 
     def __init__(self, x: np.ndarray, weights: np.ndarray | None):
-        order = np.argsort(x, kind="stable")
-        self.order = order
-        self.xs = x[order]
-        self.ws = np.ones_like(self.xs) if weights is None else np.asarray(weights, np.float64).ravel()[order]
+        if weights is None:
+            self.xs = np.sort(x)  # values only: no argsort needed
+            self.ws = np.ones_like(self.xs)
+        else:
+            order = np.argsort(x, kind="stable")
+            self.xs = x[order]
+            self.ws = np.asarray(weights, np.float64).ravel()[order]
         zero = np.zeros(1)
         self.cw = np.concatenate([zero, np.cumsum(self.ws)])
         self.cwx = np.concatenate([zero, np.cumsum(self.ws * self.xs)])
@@ -116,8 +120,21 @@ def _init(data: _Sorted, k: int, init: str, seed: int) -> np.ndarray:
     raise CompressionError(f"unknown k-means init {init!r} (known: {', '.join(INITS)})")
 
 
+def _lloyd(data: _Sorted, c: np.ndarray, max_iter: int, tol: float):
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        sw, sx, _ = data.sums(c)
+        new = np.where(sw > 0, sx / np.where(sw > 0, sw, 1.0), c)
+        new.sort()
+        moved = np.max(np.abs(new - c)) if new.size else 0.0
+        c = new
+        if moved <= tol:
+            break
+    return c, n_iter
+
+
 def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0, weights=None,
-              tol: float = 0.0) -> KMeansResult:
+              tol: float = 0.0, method: str = "auto") -> KMeansResult:
     """Cluster 1-D values into at most ``k`` centroids with Lloyd's algorithm on sorted data.
 
     Parameters
@@ -134,6 +151,15 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
         A non-negative weight per value (e.g. histogram counts).
     tol : float
         Stop when no centroid moves by more than ``tol``.
+    method : {"auto", "sorted", "buckets"}
+        Two implementations of the same Lloyd iteration. ``sorted``: on the sorted data with prefix
+        sums (an O(n log n) sort once, then O(k log n) per iteration). ``buckets``: no sort; the values
+        are grouped into :data:`HIST_BINS` equal-width buckets over [min, max] by a counting sort
+        (O(n)) with prefix sums in bucket order; a boundary between two centroids splits at most one
+        bucket, whose few values are compared one by one, so each iteration is still exact and costs
+        O(k * bucket size). Both give the same centroids up to floating-point rounding of the sums.
+        Data the buckets cannot spread (most values in a few buckets, e.g. next to one huge outlier)
+        falls back to ``sorted``. ``auto``: ``buckets`` above :data:`HIST_MIN_N` values.
 
     Returns
     -------
@@ -142,10 +168,21 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
     x = _check_values(x)
     if k < 1:
         raise CompressionError(f"k-means needs k >= 1, got {k}")
+    if method not in ("auto", "sorted", "buckets"):
+        raise CompressionError(f"unknown k-means method {method!r} (known: auto, sorted, buckets)")
+    if init not in INITS:
+        raise CompressionError(f"unknown k-means init {init!r} (known: {', '.join(INITS)})")
+    w = None if weights is None else np.asarray(weights, np.float64).ravel()
+    if w is not None and (w.size != x.size or not np.all(np.isfinite(w)) or (w.size and w.min() < 0)):
+        raise CompressionError("k-means weights must be finite, non-negative and one per value")
     if x.size == 0:
         empty = np.zeros(0)
         return KMeansResult(empty, np.zeros(0, np.int64), 0.0, empty, 0)
-    data = _Sorted(x, weights)
+    if method == "buckets" or (method == "auto" and x.size > HIST_MIN_N):
+        res = _kmeans_buckets(x, w, k, init, max_iter, seed, tol)
+        if res is not None:
+            return res
+    data = _Sorted(x, w)
     uniq = data.unique()
     if uniq.size <= k:
         c = uniq.astype(np.float64)
@@ -153,18 +190,212 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
     else:
         c = np.unique(_init(data, k, init, seed))  # sorted, duplicates merged
         initial = c.copy()
-        n_iter = 0
-        for n_iter in range(1, max_iter + 1):
-            sw, sx, _ = data.sums(c)
-            new = np.where(sw > 0, sx / np.where(sw > 0, sw, 1.0), c)
-            new.sort()
-            moved = np.max(np.abs(new - c)) if new.size else 0.0
-            c = new
-            if moved <= tol:
-                break
+        c, n_iter = _lloyd(data, c, max_iter, tol)
+    labels, inertia = _labels(x, w, c)
+    return KMeansResult(c, labels, inertia, initial, n_iter)
+
+
+HIST_BINS = 1 << 16
+HIST_MIN_N = 1 << 15
+_BUCKET_SCAN_BUDGET = 16  # fall back to sorting when boundary-bucket scans would cost > this many passes
+
+
+def _kmeans_buckets(x, w, k, init, max_iter, seed, tol):
+    """Exact Lloyd without a sort: the values are grouped into equal-width buckets (a counting sort by
+    bucket, O(n)); a cluster boundary splits at most one bucket, which is scanned."""
+    lo, hi = float(x.min()), float(x.max())
+    if not hi > lo:
+        return None  # one distinct value: the sorted path handles it exactly
+    nb = HIST_BINS
+    scale = nb / (hi - lo)
+    if not np.isfinite(scale):
+        return None
+    ww = np.zeros(0) if w is None else w
+    bidx, start, gx, gw, cw, cwx = _bucket(x, ww, lo, scale, nb)
+    maxbin = int(np.max(np.diff(start)))
+    if k * maxbin * max(max_iter, 1) > _BUCKET_SCAN_BUDGET * x.size + (1 << 20):
+        return None  # mass concentrated in a few buckets (e.g. one huge outlier): sort instead
+    nonempty = int(np.count_nonzero(np.diff(start)))
+    if nonempty <= k:
+        return None  # maybe no more distinct values than k: the sorted path decides exactly
+    if init == "linear":
+        c0 = np.linspace(lo, hi, k)
+    elif init == "density" and w is None:
+        # the same order statistics as on the sorted data, selected without a full sort
+        p = (np.arange(k) + 0.5) / k * x.size
+        idx = np.clip(np.ceil(p).astype(np.int64) - 1, 0, x.size - 1)
+        c0 = np.partition(x, np.unique(idx))[idx].astype(np.float64)
+    else:
+        c0 = _init(_Sorted(x, w), k, init, seed)
+    c = np.unique(c0)
+    initial = c.copy()
+    c, n_iter = _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol)
     bounds = (c[1:] + c[:-1]) / 2.0
-    labels = np.searchsorted(bounds, x, side="left").astype(np.int64)
-    return KMeansResult(c, labels, data.inertia(c), initial, n_iter)
+    lut = _bucket_labels(bounds, lo, scale, nb)
+    labels = np.empty(x.size, np.int64)
+    inertia = _assign_lut(x, ww, c, bounds, bidx, lut, labels)
+    return KMeansResult(c, labels, float(max(inertia, 0.0)), initial, n_iter)
+
+
+def _labels(x, w, c):
+    """Index of the nearest centroid (a value halfway goes to the lower one) and the inertia."""
+    bounds = (c[1:] + c[:-1]) / 2.0
+    labels = np.empty(x.size, np.int64)
+    inertia = _assign(x, np.zeros(0) if w is None else w, c, bounds, labels)
+    return labels, float(max(inertia, 0.0))
+
+
+@njit(cache=True, nogil=True)
+def _below(bounds, v):
+    lo = 0
+    hi = bounds.size
+    while lo < hi:  # number of bounds < v
+        mid = (lo + hi) >> 1
+        if bounds[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _assign(x, w, c, bounds, labels):
+    weighted = w.size > 0
+    total = 0.0
+    for i in range(x.size):
+        v = x[i]
+        j = _below(bounds, v)
+        labels[i] = j
+        d = v - c[j]
+        total += (w[i] * d * d) if weighted else d * d
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _bucket_of(v, lo, scale, nb):
+    b = int((v - lo) * scale)
+    if b >= nb:
+        b = nb - 1
+    elif b < 0:
+        b = 0
+    return b
+
+
+@njit(cache=True, nogil=True)
+def _bucket(x, w, lo, scale, nb):
+    n = x.size
+    weighted = w.size > 0
+    bidx = np.empty(n, np.uint16)
+    start = np.zeros(nb + 1, np.int64)
+    for i in range(n):
+        b = _bucket_of(x[i], lo, scale, nb)
+        bidx[i] = b
+        start[b + 1] += 1
+    for b in range(nb):
+        start[b + 1] += start[b]
+    pos = start[:-1].copy()
+    gx = np.empty(n)
+    gw = np.empty(n if weighted else 0)
+    for i in range(n):
+        b = bidx[i]
+        p = pos[b]
+        gx[p] = x[i]
+        if weighted:
+            gw[p] = w[i]
+        pos[b] = p + 1
+    cwx = np.empty(n + 1)
+    cw = np.empty(n + 1 if weighted else 0)
+    cwx[0] = 0.0
+    if weighted:
+        cw[0] = 0.0
+        for p in range(n):
+            cw[p + 1] = cw[p] + gw[p]
+            cwx[p + 1] = cwx[p] + gw[p] * gx[p]
+    else:
+        for p in range(n):
+            cwx[p + 1] = cwx[p] + gx[p]
+    return bidx, start, gx, gw, cw, cwx
+
+
+@njit(cache=True, nogil=True)
+def _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol):
+    """Lloyd iterations; a value equal to a boundary joins the lower cluster (as on sorted data)."""
+    n = gx.size
+    nb = start.size - 1
+    weighted = gw.size > 0
+    k = c.size
+    tw = cw[n] if weighted else float(n)
+    tx = cwx[n]
+    n_iter = 0
+    for it in range(1, max_iter + 1):
+        n_iter = it
+        new = np.empty(k)
+        pw = 0.0
+        px = 0.0
+        for j in range(k):
+            if j < k - 1:
+                t = (c[j] + c[j + 1]) / 2.0
+                b = _bucket_of(t, lo, scale, nb)
+                s = start[b]
+                W = cw[s] if weighted else float(s)
+                X = cwx[s]
+                for p in range(s, start[b + 1]):
+                    v = gx[p]
+                    if v <= t:
+                        if weighted:
+                            W += gw[p]
+                            X += gw[p] * v
+                        else:
+                            W += 1.0
+                            X += v
+            else:
+                W = tw
+                X = tx
+            sw = W - pw
+            new[j] = (X - px) / sw if sw > 0 else c[j]
+            pw = W
+            px = X
+        new.sort()
+        moved = 0.0
+        for j in range(k):
+            d = abs(new[j] - c[j])
+            if d > moved:
+                moved = d
+        c = new
+        if moved <= tol:
+            break
+    return c, n_iter
+
+
+@njit(cache=True, nogil=True)
+def _bucket_labels(bounds, lo, scale, nb):
+    """Label of every bucket no boundary falls in; -1 for the buckets a boundary splits."""
+    lut = np.empty(nb, np.int64)
+    j = 0
+    m = bounds.size
+    bb = np.empty(m, np.int64)
+    for i in range(m):
+        bb[i] = _bucket_of(bounds[i], lo, scale, nb)
+    for b in range(nb):
+        while j < m and bb[j] < b:
+            j += 1
+        lut[b] = -1 if (j < m and bb[j] == b) else j
+    return lut
+
+
+@njit(cache=True, nogil=True)
+def _assign_lut(x, w, c, bounds, bidx, lut, labels):
+    weighted = w.size > 0
+    total = 0.0
+    for i in range(x.size):
+        v = x[i]
+        j = lut[bidx[i]]
+        if j < 0:
+            j = _below(bounds, v)
+        labels[i] = j
+        d = v - c[j]
+        total += (w[i] * d * d) if weighted else d * d
+    return total
 
 
 def lloyd_reference(x, centroids, max_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:

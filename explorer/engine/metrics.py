@@ -10,6 +10,7 @@ also covers matrix products outside layers (e.g. attention scores).
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from typing import Optional
@@ -67,12 +68,30 @@ def _call(model: nn.Module, example):
         return model(example)
 
 
-def layer_macs(model: nn.Module, example) -> dict:
-    """MACs of every Linear/Conv/Embedding module (any depth, by name) for one forward pass on ``example``.
+def _to_meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty_like(x, device="meta")
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_meta(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_meta(v) for k, v in x.items()}
+    return x
 
-    Modules that run several times are counted each time. TorchScript modules do not run Python hooks:
-    for them the result is empty and callers fall back to :func:`model_macs`.
-    """
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the 'meta' device: same shapes, no data,
+    no copying of weights (they are swapped out through deepcopy's memo)."""
+    memo: dict = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in memo:
+            meta = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _count(model: nn.Module, example, hooks: bool) -> tuple:
+    from torch.utils import flop_counter
+
     counts: dict = {}
     handles = []
 
@@ -82,16 +101,51 @@ def layer_macs(model: nn.Module, example) -> dict:
                 counts[name] = counts.get(name, 0) + _macs_of(mod, out)
         return fn
 
-    for name, mod in model.named_modules():
-        if isinstance(mod, LAYER_TYPES):
-            counts.setdefault(name, 0)
-            handles.append(mod.register_forward_hook(hook(name)))
+    if hooks:
+        for name, mod in model.named_modules():
+            if isinstance(mod, LAYER_TYPES):
+                counts.setdefault(name, 0)
+                handles.append(mod.register_forward_hook(hook(name)))
+    # torch counts scaled_dot_product_attention on its GPU kernels but not on the CPU one: count it the same way
+    extra = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        extra[cpu_sdpa] = _cpu_sdpa_flops
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=extra)
     try:
-        run_model(model, example)
+        with counter:
+            run_model(model, example)
     finally:
         for h in handles:
             h.remove()
-    return counts
+    return counts, counter.get_total_flops() // 2
+
+
+def count_macs(model: nn.Module, example) -> tuple:
+    """``(per-layer MACs, whole-model MACs)`` from one forward pass on ``example``.
+
+    Per layer: forward hooks on every Linear/Conv/Embedding module (any depth, by name; a module run twice
+    counts twice). Whole model: FlopCounterMode's FLOPs / 2. The pass runs on 'meta' tensors where the model
+    allows it (shapes only: no arithmetic, milliseconds even for big models), else on the real example.
+    TorchScript modules run no Python hooks: their per-layer dict is empty.
+    """
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    if not scripted:
+        try:
+            return _count(_meta_copy(model), _to_meta(example), hooks=True)
+        except Exception:  # data-dependent control flow, tensors outside parameters, ...: count for real
+            pass
+    return _count(model, example, hooks=not scripted)
+
+
+def layer_macs(model: nn.Module, example) -> dict:
+    """MACs of every Linear/Conv/Embedding module for one forward pass on ``example`` (see count_macs)."""
+    return count_macs(model, example)[0]
+
+
+def model_macs(model: nn.Module, example) -> int:
+    """Whole-model MACs: FlopCounterMode's FLOPs / 2 for one forward pass on ``example``."""
+    return count_macs(model, example)[1]
 
 
 @contextmanager
@@ -135,21 +189,6 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     from torch.utils.flop_counter import sdpa_flop_count
 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def model_macs(model: nn.Module, example) -> int:
-    """Whole-model MACs: FlopCounterMode's FLOPs / 2 for one forward pass on ``example``."""
-    from torch.utils import flop_counter
-
-    # torch counts scaled_dot_product_attention on its GPU kernels but not on the CPU one: count it the same way
-    extra = {}
-    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if cpu_sdpa is not None:
-        extra[cpu_sdpa] = _cpu_sdpa_flops
-    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=extra)
-    with counter:
-        run_model(model, example)
-    return counter.get_total_flops() // 2
 
 
 # ----------------------------------------------------------------------------------------- quality

@@ -11,6 +11,7 @@ from typing import Union
 
 import numpy as np
 import torch
+from numba import njit
 
 from .errors import PlanError
 
@@ -36,10 +37,17 @@ def keep_count(numel: int, amount: Union[int, float]) -> int:
 def magnitude_mask(weight: torch.Tensor, amount: Union[int, float]) -> np.ndarray:
     """Boolean mask (flat, row-major) keeping the ``keep_count`` weights of largest |w|.
 
-    Ties at the threshold are broken by position (earlier kept first), so the mask is deterministic.
+    Ties at the threshold are broken by position (earlier kept first), so the mask is deterministic:
+    it is the first ``keep_count`` entries of a stable sort by descending magnitude (NaN counts as the
+    smallest magnitude).
+
+    Notes
+    -----
+    No sort: the threshold is the ``keep_count``-th largest magnitude, found by a two-pass radix
+    selection on the magnitudes' float32 bit patterns (for non-negative floats the bit pattern orders
+    like the value); one more pass keeps everything above it and the earliest ties. O(n).
     """
-    flat = weight.detach().reshape(-1).abs().to(torch.float64).cpu().numpy()
-    n = flat.size
+    n = int(weight.numel())
     k = keep_count(n, amount)
     mask = np.zeros(n, dtype=bool)
     if k == 0:
@@ -47,7 +55,21 @@ def magnitude_mask(weight: torch.Tensor, amount: Union[int, float]) -> np.ndarra
     if k == n:
         mask[:] = True
         return mask
-    # stable sort by descending magnitude: among equal magnitudes the earlier position wins
+    keys = _magnitude_keys(weight)
+    if keys is not None:
+        T, ties = _select_key(keys, k)
+        if T >= 0:
+            _mask_from_key(keys, np.uint32(T), ties, mask)
+            return mask
+    flat = _magnitudes64(weight)
+    if not np.isnan(flat).any():
+        t = np.partition(flat, n - k)[n - k]  # the k-th largest magnitude
+        above = flat > t
+        mask[above] = True
+        need = k - int(np.count_nonzero(above))
+        mask[np.flatnonzero(flat == t)[:need]] = True
+        return mask
+    # NaN present: a stable sort by descending magnitude puts NaN last
     order = np.argsort(-flat, kind="stable")
     mask[order[:k]] = True
     return mask
@@ -55,10 +77,71 @@ def magnitude_mask(weight: torch.Tensor, amount: Union[int, float]) -> np.ndarra
 
 def threshold_for(weight: torch.Tensor, amount: Union[int, float]) -> float:
     """The magnitude below which weights are pruned at ``amount`` (0 when nothing is pruned)."""
-    flat = weight.detach().reshape(-1).abs().to(torch.float64).cpu().numpy()
-    k = keep_count(flat.size, amount)
-    if k >= flat.size:
+    n = int(weight.numel())
+    k = keep_count(n, amount)
+    if k >= n:
         return 0.0
+    if k > 0:
+        keys = _magnitude_keys(weight)
+        if keys is not None:
+            T, _ = _select_key(keys, k)
+            if T >= 0:
+                return float(np.array([T], np.uint32).view(np.float32)[0])
+    flat = _magnitudes64(weight)
     if k == 0:
         return float(flat.max()) if flat.size else 0.0
     return float(np.partition(flat, flat.size - k)[flat.size - k])
+
+
+def _magnitudes64(weight: torch.Tensor) -> np.ndarray:
+    return weight.detach().reshape(-1).abs().to(torch.float64).cpu().numpy()
+
+
+def _magnitude_keys(weight: torch.Tensor):
+    """|w| as float32 bit patterns (uint32, sign bit cleared), or None when float32 cannot hold the
+    weights exactly (float64 weights take the numpy path)."""
+    w = weight.detach()
+    if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    flat = w.reshape(-1).to(device="cpu", dtype=torch.float32)  # exact for half and bfloat16
+    return np.ascontiguousarray(flat.numpy()).view(np.uint32)
+
+
+@njit(cache=True, nogil=True)
+def _select_key(keys, k):
+    """Key of the k-th largest magnitude (1 <= k <= n) and how many entries equal to it are kept;
+    (-1, 0) when a NaN is present (its key exceeds that of +inf)."""
+    hist = np.zeros(65536, np.int64)
+    for i in range(keys.size):
+        key = keys[i] & np.uint32(0x7FFFFFFF)
+        if key > np.uint32(0x7F800000):
+            return -1, 0
+        hist[key >> np.uint32(16)] += 1
+    above = 0
+    hi = 65535
+    while above + hist[hi] < k:
+        above += hist[hi]
+        hi -= 1
+    need = k - above  # entries still to keep from bucket `hi`
+    hist2 = np.zeros(65536, np.int64)
+    for i in range(keys.size):
+        key = keys[i] & np.uint32(0x7FFFFFFF)
+        if (key >> np.uint32(16)) == hi:
+            hist2[key & np.uint32(0xFFFF)] += 1
+    lo = 65535
+    while hist2[lo] < need:
+        need -= hist2[lo]
+        lo -= 1
+    return (hi << 16) | lo, need
+
+
+@njit(cache=True, nogil=True)
+def _mask_from_key(keys, T, ties, mask):
+    taken = 0
+    for i in range(keys.size):
+        key = keys[i] & np.uint32(0x7FFFFFFF)
+        if key > T:
+            mask[i] = True
+        elif key == T and taken < ties:
+            mask[i] = True
+            taken += 1

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, Q
                                QTabWidget, QVBoxLayout, QWidget)
 
 from explorer.engine import fileformat
-from explorer.engine.compress import inspect_model
+from explorer.engine.compress import TensorCache, inspect_model
 from explorer.engine.errors import ExplorerError
 from explorer.engine.evaluate import preview_plan, quality
 from explorer.engine.layerview import init_comparison, layer_preview
@@ -51,6 +51,7 @@ class MainWindow(QMainWindow):
         self._abs_sorted: dict = {}  # layer -> sorted |w| (to turn a dragged threshold into a sparsity)
         self._accuracy_before: Optional[float] = None
         self._compressed_model = None
+        self._cache = TensorCache()  # per model: tensors whose settings did not change are not recomputed
 
         self.table = LayerTable(self.session)
         self.layer_view = LayerView()
@@ -193,6 +194,7 @@ class MainWindow(QMainWindow):
         loaded, info, plan = result
         self.clear_error()
         self._abs_sorted.clear()
+        self._cache = TensorCache()
         self._accuracy_before = None
         self._remember(loaded.source)
         self.setWindowTitle(f"Compression Explorer — {loaded.source}")
@@ -306,13 +308,13 @@ class MainWindow(QMainWindow):
         loaded = self.session.loaded
         if loaded is None:
             return
-        plan = self.session.plan
+        plan, cache = self.session.plan, self._cache
         self.workers.cancel("accuracy")
         self.preview.set_stale(True, "measuring size and MACs…")
         self.preview.set_progress(0.0)
 
         def job(progress):
-            return preview_plan(loaded, plan, progress)
+            return preview_plan(loaded, plan, progress, cache=cache)
 
         def done(result):
             summary, compressed = result
@@ -410,10 +412,11 @@ class MainWindow(QMainWindow):
         """Compress with the current plan and write the .cexp file in the background; reports the bytes."""
         from explorer.engine.compress import compress
 
-        loaded, plan = self.session.loaded, self.session.plan
+        loaded, plan, cache = self.session.loaded, self.session.plan, self._cache
 
         def job(progress):
-            res = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.7))
+            res = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.7),
+                           cache=cache)
             return fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
 
         def done(written):

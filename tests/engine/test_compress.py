@@ -191,3 +191,25 @@ class ReadsWeight(torch.nn.Module):
 def test_lowrank_on_a_weight_read_directly_is_explained():
     with pytest.raises(CompressionError, match="after low-rank replacement of fc"):
         compress(ReadsWeight().eval(), Plan(layers={"fc": {"lowrank": {"rank": 2}}}), torch.randn(1, 8))
+
+
+def test_cache_reuses_unchanged_tensors_and_gives_identical_results():
+    from explorer.engine.compress import TensorCache
+
+    model, x = zoo.SmallCNN().eval(), torch.randn(2, 1, 8, 8)
+    plan = uniform_plan(prune={"amount": 0.6}, quantize={"bits": 4})
+    cache = TensorCache()
+    first = compress(model, plan, x, cache=cache)
+    changed = plan.with_layer("fc1", {"quantize": {"bits": 3}})
+    again = compress(model, changed, x, cache=cache)
+    assert cache.hits == 3  # conv1, conv2, fc2 reused; fc1 recomputed
+    fresh = compress(model, changed, x)
+    assert again.bits == fresh.bits
+    for k, v in fresh.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[k], v), k
+    assert first.bits != again.bits
+    # structured pruning changes the tensors: nothing of those layers may come from the cache
+    structured = plan.with_layer("conv2", {"prune": {"amount": 0.5, "granularity": "filter"}})
+    hits = cache.hits
+    out = compress(model, structured, x, cache=cache)
+    assert out.model.conv2.out_channels == 8 and cache.hits == hits + 2  # only conv1 and fc2
