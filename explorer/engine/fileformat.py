@@ -36,6 +36,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from torch import nn
 
 from . import bitstream
 from .atomic import atomic_open
-from .coding import gap_stream, huffman_code_lengths
+from .coding import MAX_CODE_LENGTH, gap_stream, huffman_code_lengths
 from .errors import ExplorerError, LoadError
 
 MAGIC = b"\x89CEX\r\n\x1a\n"
@@ -56,6 +57,10 @@ HEADER = struct.Struct("<8sHHIIII")
 TABLE_ENTRY = struct.Struct("<QI")
 FORMAT_NAME = "compression-explorer-model"
 MAX_MANIFEST = 64 << 20
+#: a manifest inflates at most this many times, plus 1 MB (the samples' inflate 3x, 4,200 near-identical
+#: tensor entries 26x): a zlib bomb of ``{},{},...`` would otherwise build millions of Python objects
+#: (gigabytes) from a file of a few kilobytes
+MANIFEST_EXPANSION = 64
 #: a file may not declare more decoded bytes than this many times its own size (plus a fixed allowance):
 #: no real model compresses that far, and a lying header cannot make the reader allocate without bound.
 MAX_EXPANSION = 4096
@@ -113,8 +118,8 @@ def _coded_stream(streams: _Streams, symbols, alphabet: int, width: int, sb) -> 
         def make():
             s = symbols()
             lengths = huffman_code_lengths(np.bincount(s, minlength=alphabet))
-            if lengths.max(initial=0) > 255:
-                raise ExplorerError("a Huffman code longer than 255 bits cannot be stored")
+            if lengths.max(initial=0) > MAX_CODE_LENGTH:
+                raise ExplorerError(f"a Huffman code longer than {MAX_CODE_LENGTH} bits cannot be stored")
             return lengths.astype(np.uint8).tobytes() + bitstream.huffman_encode(s, lengths)
 
         return {"coding": "huffman", "alphabet": alphabet,
@@ -417,7 +422,11 @@ def read(path) -> ModelFile:
     """Read and validate a file's header, manifest and stream table (not the tensors)."""
     path = os.fspath(path)
     try:
-        size = os.path.getsize(path)
+        st_mode = os.stat(path).st_mode
+        if stat.S_ISDIR(st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st_mode):  # a FIFO would block, /dev/zero would never end
+            raise LoadError(f"{path}: not a regular file")
         with open(path, "rb") as fh:
             raw = fh.read()
     except FileNotFoundError:
@@ -451,10 +460,10 @@ def parse(raw: bytes) -> ModelFile:
     _need(zlib.crc32(body) == mcrc, "the manifest is corrupt (checksum mismatch)")
     try:
         inflater = zlib.decompressobj()
-        text = inflater.decompress(body, MAX_MANIFEST)
+        text = inflater.decompress(body, min(MAX_MANIFEST, MANIFEST_EXPANSION * mlen + (1 << 20)))
         _need(not inflater.unconsumed_tail and inflater.eof, "the manifest is larger than allowed or cut short")
         manifest = json.loads(text.decode("utf-8"))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (zlib.error, ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, long ints
         raise FormatError(f"the manifest cannot be read ({exc})") from None
     _need(isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME,
           "the manifest does not describe a compressed model")
@@ -494,11 +503,19 @@ def _check_tensors(mf: ModelFile) -> None:
         _need(e["name"] not in names, f"tensor {e['name']!r} is listed twice")
         names.add(e["name"])
         shape = _shape(e)
-        _need(e.get("dtype") in _DTYPES, f"tensor {e['name']!r}: unknown dtype {e.get('dtype')!r}")
+        _need(isinstance(e.get("dtype"), str) and e["dtype"] in _DTYPES,
+              f"tensor {e['name']!r}: unknown dtype {e.get('dtype')!r}")
+        _need("alias" not in e or isinstance(e["alias"], str),
+              f"tensor {e['name']!r}: bad alias {e.get('alias')!r}")
         total += math.prod(shape) * 8
     limit = MAX_EXPANSION * mf.size + EXPANSION_ALLOWANCE
     _need(total <= limit, f"the tensors declare {total:,} bytes once decoded, more than a file of "
                           f"{mf.size:,} bytes can hold (limit {limit:,})")
+
+
+def _obj(v, what) -> dict:
+    _need(isinstance(v, dict), f"{what} must be an object, got {type(v).__name__}")
+    return v
 
 
 def _decode_stream(mf: ModelFile, info: dict, count: int, what: str) -> np.ndarray:
@@ -510,8 +527,10 @@ def _decode_stream(mf: ModelFile, info: dict, count: int, what: str) -> np.ndarr
             _need(len(data) >= alphabet, f"{what}: the stream is shorter than its code table")
             lengths = np.frombuffer(data[:alphabet], np.uint8).astype(np.int64)
             _need(lengths.max(initial=0) > 0, f"{what}: the code table is empty")
-            _need(float(np.sum(np.ldexp(1.0, -lengths[lengths > 0]))) <= 1.0 + 1e-12,
-                  f"{what}: the code table is not a prefix code")
+            _need(lengths.max() <= MAX_CODE_LENGTH, f"{what}: a code is longer than {MAX_CODE_LENGTH} bits")
+            # Kraft's inequality, exactly (a float tolerance lets 1 + 2**-60 through)
+            kraft = sum(int(c) << (MAX_CODE_LENGTH - ln) for ln, c in enumerate(np.bincount(lengths)) if ln)
+            _need(kraft <= 1 << MAX_CODE_LENGTH, f"{what}: the code table is not a prefix code")
             # each symbol costs at least one bit: a count beyond the payload's bits is a lie
             _need(count <= 8 * (len(data) - alphabet) or count == 0,
                   f"{what}: {count} symbols cannot fit in {len(data) - alphabet} bytes")
@@ -547,8 +566,10 @@ def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
         _need(positions.size == entries, f"{name}: bitmask has {positions.size} survivors, manifest says {entries}")
     elif storage == "gaps":
         b = _int(enc.get("gap_bits"), f"{name} gap bits", 1, 16)
-        gaps = _decode_stream(mf, dict(enc.get("gaps") or {}, **({"width": b} if (enc.get("gaps") or {}).get(
-            "coding") == "raw" else {})), entries, f"{name} gaps")
+        gaps_info = dict(_obj(enc.get("gaps"), f"{name} gaps"))
+        if gaps_info.get("coding") == "raw":
+            gaps_info["width"] = b
+        gaps = _decode_stream(mf, gaps_info, entries, f"{name} gaps")
         _need(gaps.size == 0 or (gaps.min() >= 1 and gaps.max() <= 2 ** b - 1),
               f"{name}: a gap is outside 1..{2 ** b - 1}")
         positions = np.cumsum(gaps) - 1
@@ -573,7 +594,9 @@ def _dequantize(mf, enc, positions, n, entries, name) -> np.ndarray:
     q = enc.get("quant")
     _need(isinstance(q, dict), f"{name}: codes without a quantization table")
     bits = _int(q.get("bits"), f"{name} bits", 1, 8)
-    index = dict(enc.get("index") or {})
+    index = _obj(enc.get("index"), f"{name} index")
+    _need(index.get("coding") != "raw" or index.get("width") == bits,
+          f"{name}: raw codes of {index.get('width')!r} bits for a {bits}-bit quantizer")
     codes = _decode_stream(mf, index, entries, f"{name} codes")
     method = q.get("method")
     if method == "kmeans":
@@ -608,7 +631,7 @@ def _raw_tensor(mf: ModelFile, e: dict) -> torch.Tensor:
     enc = e["encoding"]
     shape = _shape(e)
     sd = enc.get("stored_dtype")
-    _need(sd in _DTYPES, f"{e['name']}: unknown stored dtype {sd!r}")
+    _need(isinstance(sd, str) and sd in _DTYPES, f"{e['name']}: unknown stored dtype {sd!r}")
     data = mf.stream(enc.get("stream"))
     itemsize = torch.empty(0, dtype=_DTYPES[sd]).element_size()
     _need(len(data) == math.prod(shape) * itemsize,
@@ -651,19 +674,21 @@ def _build_module(spec: dict) -> nn.Module:
     try:
         if kind == "Linear":
             return nn.Linear(_int(spec["in_features"], "in_features", 1), _int(spec["out_features"], "out", 1),
-                             bias=bool(spec["bias"]))
+                             bias=bool(spec["bias"]), device="meta")
         if kind in ("Conv1d", "Conv2d"):
             cls = nn.Conv1d if kind == "Conv1d" else nn.Conv2d
             padding = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
             return cls(_int(spec["in_channels"], "in_channels", 1), _int(spec["out_channels"], "out", 1),
                        tuple(spec["kernel_size"]), stride=tuple(spec["stride"]), padding=padding,
                        dilation=tuple(spec["dilation"]), groups=_int(spec["groups"], "groups", 1),
-                       bias=bool(spec["bias"]), padding_mode=spec["padding_mode"])
+                       bias=bool(spec["bias"]), padding_mode=spec["padding_mode"], device="meta")
         if kind == "Embedding":
             return nn.Embedding(_int(spec["num_embeddings"], "num_embeddings", 1),
-                                _int(spec["embedding_dim"], "embedding_dim", 1), padding_idx=spec["padding_idx"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"bad {kind} module spec: {exc}") from None
+                                _int(spec["embedding_dim"], "embedding_dim", 1), padding_idx=spec["padding_idx"],
+                                device="meta")
+    except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FormatError(f"bad {kind} module spec: {first_line}") from None
     raise FormatError(f"module type {kind!r} is not one the file may create")
 
 
@@ -696,16 +721,21 @@ def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]) -> nn.M
         if factory != ref:
             raise LoadError(f"this file's architecture is built by '{ref}', not '{factory}'")
     model, example, data = call_factory(ref, kwargs)
-    edits = manifest.get("edits") or {}
-    for path, specs in (edits.get("replace") or {}).items():
+    edits = _obj(manifest.get("edits") or {}, "edits")
+    for path, specs in _obj(edits.get("replace") or {}, "edits.replace").items():
         _need(isinstance(specs, list) and specs, f"bad factor chain for {path!r}")
         _set_path(model, path, nn.Sequential(*[_build_module(s) for s in specs]))
     modules = dict(model.named_modules())
-    for path, attrs in (edits.get("resize") or {}).items():
+    for path, attrs in _obj(edits.get("resize") or {}, "edits.resize").items():
         _need(path in modules and isinstance(attrs, dict), f"cannot resize module {path!r}")
         for a, v in attrs.items():
             _need(a in _RESIZE_ATTRS + ("normalized_shape",), f"{path}: attribute {a!r} may not be set")
-            setattr(modules[path], a, tuple(v) if a == "normalized_shape" else _int(v, f"{path}.{a}", 1))
+            if a == "normalized_shape":
+                _need(isinstance(v, list), f"{path}.normalized_shape must be a list")
+                v = tuple(_int(x, f"{path}.normalized_shape", 1) for x in v)
+            else:
+                v = _int(v, f"{path}.{a}", 1)
+            setattr(modules[path], a, v)
     return model, example, data
 
 
@@ -722,11 +752,13 @@ def _assign_state(model: nn.Module, tensors: dict) -> None:
         mod = modules[mod_name] if mod_name else model
         if leaf in mod._parameters and mod._parameters[leaf] is not None:
             current = mod._parameters[leaf]
-            if tuple(current.shape) != tuple(value.shape) or current.dtype != value.dtype:
+            _need(value.is_floating_point() or value.is_complex(),
+                  f"{key}: a parameter must be floating point, the file declares {value.dtype}")
+            if tuple(current.shape) != tuple(value.shape) or current.dtype != value.dtype or current.is_meta:
                 mod._parameters[leaf] = nn.Parameter(torch.empty_like(value), requires_grad=current.requires_grad)
         elif leaf in mod._buffers and mod._buffers[leaf] is not None:
             current = mod._buffers[leaf]
-            if tuple(current.shape) != tuple(value.shape) or current.dtype != value.dtype:
+            if tuple(current.shape) != tuple(value.shape) or current.dtype != value.dtype or current.is_meta:
                 mod._buffers[leaf] = torch.empty_like(value)
     # re-tie: names that alias one tensor in the file keep sharing after assignment
     model.load_state_dict(tensors, strict=True)
