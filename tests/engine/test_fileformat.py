@@ -238,3 +238,20 @@ def test_a_file_cannot_make_the_reader_run_code(ref, kwargs, tmp_path):
     with pytest.raises(LoadError):
         load_model(str(tmp_path / "evil.cexp"))
     assert not os.path.exists(marker)
+
+
+def test_cli_export_standard_formats(tmp_path):
+    for name in ("dense.safetensors", "model.onnx", "scripted.pt"):
+        args = ["export", "digits-cnn", "--plan", "sample_models/digits-cnn.structured.plan.json", "-o",
+                str(tmp_path / name), "--json"]
+        if name.endswith(".pt"):
+            args += ["--format", "torchscript"]
+        out = run_cli(*args)
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        assert data["bytes"] == os.path.getsize(tmp_path / name) > 0
+    scripted = torch.jit.load(str(tmp_path / "scripted.pt"))
+    loaded = load_model("digits-cnn")
+    res = compress(loaded.model, Plan.load("sample_models/digits-cnn.structured.plan.json"), loaded.example_input)
+    x = loaded.eval_data.inputs[:16]
+    torch.testing.assert_close(scripted(x), res.model(x))
