@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from numba import njit
 
 __all__ = [
     "MAX_ALPHABET",
@@ -273,6 +274,59 @@ def gap_histogram(positions, b: int) -> tuple[np.ndarray, int]:
     fillers = int(k.sum())
     counts[M] += fillers
     return counts, fillers
+
+
+def _gap_histograms_of_mask(keep: np.ndarray, bs) -> dict:
+    """``{b: gap_histogram(np.flatnonzero(keep), b)}`` for every ``b`` in ``bs``, in one compiled pass
+    over the mask (no positions array). Internal: for the size accounting."""
+    bs = tuple(int(b) for b in bs)
+    for b in bs:
+        if not 1 <= b <= 30:
+            raise ValueError(f"gap bits must be an integer in 1..30 here, got {b!r}")
+    if not bs:
+        return {}
+    Ms = np.array([(1 << b) - 1 for b in bs], np.int64)
+    hist, fillers = _mask_gap_kernel(np.ascontiguousarray(keep, dtype=bool).reshape(-1), Ms)
+    return {b: (hist[j, : 1 << b].copy(), int(fillers[j])) for j, b in enumerate(bs)}
+
+
+@njit(cache=True, nogil=True)
+def _mask_gap_kernel(keep, Ms):
+    nb = Ms.size
+    hist = np.zeros((nb, Ms.max() + 1), np.int64)
+    fillers = np.zeros(nb, np.int64)
+    last = -1
+    for i in range(keep.size):
+        if keep[i]:
+            d = i - last
+            last = i
+            for j in range(nb):
+                M = Ms[j]
+                if d <= M:
+                    hist[j, d] += 1
+                else:
+                    k = (d - 1) // M
+                    hist[j, d - k * M] += 1
+                    fillers[j] += k
+    for j in range(nb):
+        hist[j, Ms[j]] += fillers[j]
+    return hist, fillers
+
+
+@njit(cache=True, nogil=True)
+def _masked_bincount(codes, keep, A):
+    """Histogram of ``codes[keep]`` over ``0..A-1``; returns (hist, ok) with ok False if a kept code is
+    outside the alphabet."""
+    hist = np.zeros(A, np.int64)
+    use_mask = keep.size > 0
+    for i in range(codes.size):
+        if use_mask and not keep[i]:
+            continue
+        c = codes[i]
+        if c < 0 or c >= A:
+            return hist, False
+        hist[c] += 1
+    return hist, True
 
 
 @dataclass(frozen=True)

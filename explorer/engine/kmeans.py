@@ -197,7 +197,7 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
 
 HIST_BINS = 1 << 16
 HIST_MIN_N = 1 << 15
-_BUCKET_SCAN_BUDGET = 16  # fall back to sorting when boundary-bucket scans would cost > this many passes
+_BUCKET_SCAN_BUDGET = 16  # beyond this many passes' worth of boundary-bucket scans, sort instead
 
 
 def _kmeans_buckets(x, w, k, init, max_iter, seed, tol):
@@ -206,25 +206,35 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol):
     lo, hi = float(x.min()), float(x.max())
     if not hi > lo:
         return None  # one distinct value: the sorted path handles it exactly
-    nb = HIST_BINS
-    scale = nb / (hi - lo)
-    if not np.isfinite(scale):
-        return None
     ww = np.zeros(0) if w is None else w
-    bidx, start, gx, gw, cw, cwx = _bucket(x, ww, lo, scale, nb)
-    maxbin = int(np.max(np.diff(start)))
-    if k * maxbin * max(max_iter, 1) > _BUCKET_SCAN_BUDGET * x.size + (1 << 20):
-        return None  # mass concentrated in a few buckets (e.g. one huge outlier): sort instead
+    # values compared in boundary buckets over all iterations: aim at 2 passes' worth, sort beyond 16
+    target = 2 * x.size + (1 << 20)
+    budget = _BUCKET_SCAN_BUDGET * x.size + (1 << 20)
+    nb = _bucket_number(x.size, k)
+    while True:
+        scale = nb / (hi - lo)
+        if not np.isfinite(scale):
+            return None
+        bidx, start, cw, cwx = _bucket_count(x, ww, lo, scale, nb)
+        maxbin = int(np.max(np.diff(start)))
+        cost = k * maxbin * max(max_iter, 1)
+        if cost <= target or nb >= HIST_BINS:
+            break
+        nb = min(HIST_BINS, nb << max(1, int(np.ceil(np.log2(cost / target)))))  # a peaked distribution
+    if cost > budget:
+        return None  # mass concentrated in a few buckets (e.g. next to one huge outlier): sort instead
     nonempty = int(np.count_nonzero(np.diff(start)))
     if nonempty <= k:
         return None  # maybe no more distinct values than k: the sorted path decides exactly
+    gx, gw = _bucket_scatter(x, ww, bidx, start)
     if init == "linear":
         c0 = np.linspace(lo, hi, k)
     elif init == "density" and w is None:
-        # the same order statistics as on the sorted data, selected without a full sort
+        # the same order statistics as on the sorted data, selected inside their buckets
         p = (np.arange(k) + 0.5) / k * x.size
+        # (searchsorted of p in the prefix counts 1, 2, ..., n is ceil(p) - 1)
         idx = np.clip(np.ceil(p).astype(np.int64) - 1, 0, x.size - 1)
-        c0 = np.partition(x, np.unique(idx))[idx].astype(np.float64)
+        c0 = _bucket_select(gx, start, idx.astype(np.int64))
     else:
         c0 = _init(_Sorted(x, w), k, init, seed)
     c = np.unique(c0)
@@ -235,6 +245,20 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol):
     labels = np.empty(x.size, np.int64)
     inertia = _assign_lut(x, ww, c, bounds, bidx, lut, labels)
     return KMeansResult(c, labels, float(max(inertia, 0.0)), initial, n_iter)
+
+
+def _bucket_number(n: int, k: int) -> int:
+    """Buckets for n values: few enough that the scatter stays in cache, enough that a boundary
+    bucket holds few values."""
+    return int(min(HIST_BINS, max(4096, 1 << int(np.ceil(np.log2(max(n, 1) / 128))))))
+
+
+def nearest_labels(x, centroids) -> np.ndarray:
+    """Index of the nearest of the sorted ``centroids`` for every value of ``x`` (a value exactly
+    halfway goes to the lower one): ``np.searchsorted(midpoints, x, side="left")``, compiled."""
+    labels, _ = _labels(np.ascontiguousarray(x, np.float64).ravel(), None,
+                        np.ascontiguousarray(centroids, np.float64))
+    return labels
 
 
 def _labels(x, w, c):
@@ -282,17 +306,36 @@ def _bucket_of(v, lo, scale, nb):
 
 
 @njit(cache=True, nogil=True)
-def _bucket(x, w, lo, scale, nb):
+def _bucket_count(x, w, lo, scale, nb):
+    """Bucket of every value, bucket starts (counting sort) and per-bucket prefix sums of w and w*x."""
     n = x.size
     weighted = w.size > 0
     bidx = np.empty(n, np.uint16)
     start = np.zeros(nb + 1, np.int64)
+    cw = np.zeros(nb + 1)
+    cwx = np.zeros(nb + 1)
     for i in range(n):
-        b = _bucket_of(x[i], lo, scale, nb)
+        v = x[i]
+        b = _bucket_of(v, lo, scale, nb)
         bidx[i] = b
         start[b + 1] += 1
+        if weighted:
+            cw[b + 1] += w[i]
+            cwx[b + 1] += w[i] * v
+        else:
+            cwx[b + 1] += v
     for b in range(nb):
         start[b + 1] += start[b]
+        cwx[b + 1] += cwx[b]
+        cw[b + 1] = (cw[b + 1] + cw[b]) if weighted else float(start[b + 1])
+    return bidx, start, cw, cwx
+
+
+@njit(cache=True, nogil=True)
+def _bucket_scatter(x, w, bidx, start):
+    """The values (and weights) grouped by bucket."""
+    n = x.size
+    weighted = w.size > 0
     pos = start[:-1].copy()
     gx = np.empty(n)
     gw = np.empty(n if weighted else 0)
@@ -303,29 +346,28 @@ def _bucket(x, w, lo, scale, nb):
         if weighted:
             gw[p] = w[i]
         pos[b] = p + 1
-    cwx = np.empty(n + 1)
-    cw = np.empty(n + 1 if weighted else 0)
-    cwx[0] = 0.0
-    if weighted:
-        cw[0] = 0.0
-        for p in range(n):
-            cw[p + 1] = cw[p] + gw[p]
-            cwx[p + 1] = cwx[p] + gw[p] * gx[p]
-    else:
-        for p in range(n):
-            cwx[p + 1] = cwx[p] + gx[p]
-    return bidx, start, gx, gw, cw, cwx
+    return gx, gw
+
+
+@njit(cache=True, nogil=True)
+def _bucket_select(gx, start, ranks):
+    """The values of the given ranks (0-based, in sorted order) of the bucket-grouped data."""
+    out = np.empty(ranks.size)
+    for i in range(ranks.size):
+        r = ranks[i]
+        b = np.searchsorted(start, r, side="right") - 1
+        out[i] = np.sort(gx[start[b]:start[b + 1]])[r - start[b]]
+    return out
 
 
 @njit(cache=True, nogil=True)
 def _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol):
     """Lloyd iterations; a value equal to a boundary joins the lower cluster (as on sorted data)."""
-    n = gx.size
     nb = start.size - 1
     weighted = gw.size > 0
     k = c.size
-    tw = cw[n] if weighted else float(n)
-    tx = cwx[n]
+    tw = cw[nb]
+    tx = cwx[nb]
     n_iter = 0
     for it in range(1, max_iter + 1):
         n_iter = it
@@ -336,18 +378,20 @@ def _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol):
             if j < k - 1:
                 t = (c[j] + c[j + 1]) / 2.0
                 b = _bucket_of(t, lo, scale, nb)
-                s = start[b]
-                W = cw[s] if weighted else float(s)
-                X = cwx[s]
-                for p in range(s, start[b + 1]):
-                    v = gx[p]
-                    if v <= t:
-                        if weighted:
+                W = cw[b]
+                X = cwx[b]
+                if weighted:
+                    for p in range(start[b], start[b + 1]):
+                        if gx[p] <= t:
                             W += gw[p]
-                            X += gw[p] * v
-                        else:
-                            W += 1.0
-                            X += v
+                            X += gw[p] * gx[p]
+                else:
+                    m = 0
+                    for p in range(start[b], start[b + 1]):
+                        if gx[p] <= t:
+                            m += 1
+                            X += gx[p]
+                    W += m
             else:
                 W = tw
                 X = tx

@@ -44,7 +44,7 @@ from typing import Optional
 
 import numpy as np
 
-from .coding import MAX_ALPHABET, StreamBits, gap_histogram, stream_bits
+from .coding import MAX_ALPHABET, StreamBits, _gap_histograms_of_mask, _masked_bincount, stream_bits
 
 __all__ = ["GAP_BITS", "STAGES", "TensorCode", "TensorSizes", "tensor_sizes", "other_param_bits"]
 
@@ -181,13 +181,13 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
         keep = np.asarray(mask).reshape(-1).astype(bool, copy=False)
         if keep.size != n:
             raise ValueError(f"mask has {keep.size} elements for a tensor of {n}")
-    positions = np.flatnonzero(keep) if keep is not None else None
-    z = n if keep is None else int(positions.size)
+    z = n if keep is None else int(np.count_nonzero(keep))
     pruned_any = z < n
     dense_bits = n * v
 
     # gap-stream histograms per b (only sparse storage needs them)
-    gaps = {b: gap_histogram(positions, b) for b in bs} if keep is not None else {}
+    # (equal to {b: gap_histogram(np.flatnonzero(keep), b)}, computed in one pass over the mask)
+    gaps = _gap_histograms_of_mask(keep, bs) if keep is not None else {}
 
     # ---- float values (the pruned stage, and the fallback of the later stages)
     float_raw = [_storage("dense", "float", v, n)]
@@ -213,13 +213,12 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
             codes = np.asarray(code.codes).reshape(-1)
             if codes.size != n:
                 raise ValueError(f"codes has {codes.size} elements for a tensor of {n}")
-            kept = codes if keep is None else codes[keep]
-            if kept.size and not np.issubdtype(kept.dtype, np.integer):
+            if z and not np.issubdtype(codes.dtype, np.integer):
                 raise ValueError("codes must be integers")
-            kept = kept.astype(np.int64, copy=False)
-            if kept.size and (kept.min() < 0 or kept.max() >= A):
+            hist, ok = _masked_bincount(np.ascontiguousarray(codes, dtype=np.int64),
+                                        np.zeros(0, bool) if keep is None else keep, A)
+            if not ok:
                 raise ValueError(f"codes of surviving weights must lie in 0..{A - 1}")
-            hist = np.bincount(kept, minlength=A)
 
         def index_stream(extra_zeros: int):
             """StreamBits of the index stream: survivors' codes plus ``extra_zeros`` zero codes."""
