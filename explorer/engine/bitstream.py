@@ -17,7 +17,7 @@ from numba import njit
 
 from .coding import canonical_codes
 
-_FAST_BITS = 11  # decode table of 2**11 entries: most codes of real streams are shorter
+_FAST_BITS = 13  # decode table of 2**13 entries: nearly all codes of real streams are shorter
 
 
 class BitstreamError(ValueError):

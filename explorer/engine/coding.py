@@ -331,10 +331,13 @@ def _masked_bincount(codes, keep, A):
 
 @dataclass(frozen=True)
 class StreamBits:
-    """Cost of one stream, raw and Huffman-coded.
+    """Cost of one stream: raw, Huffman-coded and rANS-coded; the cheapest is what is stored.
 
-    raw = n * raw_bits; huffman = sum_s c_s * len_s (payload only); table = 8 * alphabet_size;
-    coded = huffman + table < raw; bits = min(raw, huffman + table) (what is stored).
+    raw = n * raw_bits; huffman = sum_s c_s * len_s (payload only); table = 8 * alphabet_size (one byte of
+    code length per symbol); rans = 8 * entropy.coded_bytes(counts) (its frequency table included);
+    bits = min(raw, huffman + table, rans), ties going to the earlier; coder names the winner ("raw",
+    "huffman", "rans"); coded = coder != "raw". rANS wins where one symbol dominates (p > 0.5), where
+    Huffman cannot spend less than one bit per symbol.
     """
 
     raw: int
@@ -342,12 +345,19 @@ class StreamBits:
     table: int
     coded: bool
     bits: int
+    rans: int = 0
+    coder: str = ""
+
+    def __post_init__(self):
+        if not self.coder:  # built by hand (raw/Huffman only)
+            object.__setattr__(self, "coder", "huffman" if self.coded else "raw")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts: bool = False) -> StreamBits:
+def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts: bool = False,
+                coders=("huffman", "rans")) -> StreamBits:
     """Bits to store a stream, Huffman-coded where that pays.
 
     Parameters
@@ -393,6 +403,11 @@ def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts:
     raw = n * int(raw_bits)
     huffman = int((c * huffman_code_lengths(c)).sum())
     table = TABLE_BITS_PER_SYMBOL * A
-    coded = huffman + table < raw
-    return StreamBits(raw=raw, huffman=huffman, table=table, coded=coded,
-                      bits=huffman + table if coded else raw)
+    from .entropy import coded_bytes  # late: entropy builds on this module
+
+    rans = 8 * coded_bytes(c, A) if n else 0
+    options = [("raw", raw)] + [(k, v) for k, v in (("huffman", huffman + table), ("rans", rans))
+                                 if k in coders and n]
+    coder, bits = min(options, key=lambda o: o[1])  # min keeps the first of equals: raw, then Huffman
+    return StreamBits(raw=raw, huffman=huffman, table=table, coded=coder != "raw", bits=bits, rans=rans,
+                      coder=coder)

@@ -113,7 +113,12 @@ class _Streams:
 
 
 def _coded_stream(streams: _Streams, symbols, alphabet: int, width: int, sb) -> dict:
-    """A gap or index stream, Huffman-coded when the accounting (``sb``: StreamBits) chose so."""
+    """A gap or index stream, raw, Huffman- or rANS-coded as the accounting (``sb``: StreamBits) chose."""
+    if sb.coder == "rans":
+        from .entropy import rans_encode
+
+        return {"coding": "rans", "alphabet": alphabet,
+                "stream": streams.add(lambda: rans_encode(symbols(), alphabet), sb.rans // 8)}
     if sb.coded:
         def make():
             s = symbols()
@@ -538,7 +543,12 @@ def _decode_stream(mf: ModelFile, info: dict, count: int, what: str) -> np.ndarr
         if info.get("coding") == "raw":
             width = _int(info.get("width"), f"{what} width", 0, 32)
             return bitstream.unpack_fixed(data, width, count)
-    except bitstream.BitstreamError as exc:
+        if info.get("coding") == "rans":
+            from .entropy import rans_decode
+
+            alphabet = _int(info.get("alphabet"), f"{what} alphabet", 1, 65536)
+            return rans_decode(data, alphabet, count)
+    except (bitstream.BitstreamError, ValueError) as exc:  # EntropyError is a ValueError
         raise FormatError(f"{what}: {exc}") from None
     raise FormatError(f"{what}: unknown coding {info.get('coding')!r}")
 
@@ -554,7 +564,8 @@ def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
     enc = e["encoding"]
     n = math.prod(_shape(e))
     storage = enc.get("storage")
-    entries = _int(enc.get("entries"), f"{name} entries", 0, n if storage != "gaps" else 1 << 40)
+    # every entry, fillers included, advances the position by at least one: never more entries than weights
+    entries = _int(enc.get("entries"), f"{name} entries", 0, n)
     if storage == "dense":
         _need(entries == n, f"{name}: dense storage with {entries} entries for {n} weights")
         positions = None

@@ -29,7 +29,7 @@ Stage formulas (``min`` over the candidates that are allowed):
   side bits do not pay for themselves, e.g. a 256-entry codebook on a 100-weight tensor.
   Without quantization, quantized = pruned.
 * coded = the same candidates with the index stream and the gap stream each replaced by
-  ``stream_bits(...).bits = min(raw, Huffman payload + 8*alphabet)``; the index stream has alphabet
+  ``stream_bits(...).bits = min(raw, Huffman payload + 8*alphabet, rANS table + payload)``; the index stream has alphabet
   ``A`` (fillers and, for dense, pruned positions count as ``zero_code``), the gap stream ``2**b``.
   The bitmask, float values and side bits stay raw. Without quantization only the gap stream is coded.
 
@@ -143,7 +143,7 @@ def _cheapest(candidates: list) -> dict:
 
 
 def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCode], value_bits: int = 32,
-                 *, gap_bits=GAP_BITS) -> TensorSizes:
+                 *, gap_bits=GAP_BITS, coders=("huffman", "rans")) -> TensorSizes:
     """Bits to store one weight tensor after pruning, quantization and Huffman coding.
 
     Parameters
@@ -198,7 +198,7 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
         for b, (hist, f) in gaps.items():
             e = z + f
             float_raw.append(_storage("gaps", "float", v, e, gap_bits=b, fillers=f, gap_part=e * b))
-            gs = stream_bits(hist, 2 ** b, b, counts=True)
+            gs = stream_bits(hist, 2 ** b, b, counts=True, coders=coders)
             float_coded.append(_storage("gaps", "float", v, e, gap_bits=b, fillers=f, gap_part=gs.bits,
                                         gap_stream=gs))
     pruned = _cheapest(float_raw)
@@ -227,7 +227,7 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
             h = hist.copy()
             if extra_zeros:
                 h[zc] += extra_zeros
-            return stream_bits(h, A, c, counts=True)
+            return stream_bits(h, A, c, counts=True, coders=coders)
 
         code_raw, code_coded = [], []
         if not pruned_any or zc is not None:
@@ -247,7 +247,7 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
                     code_raw.append(_storage("gaps", "codes", c, e, gap_bits=b, fillers=f, gap_part=e * b,
                                              side=S))
                     ix = index_stream(f)
-                    gs = stream_bits(ghist, 2 ** b, b, counts=True)
+                    gs = stream_bits(ghist, 2 ** b, b, counts=True, coders=coders)
                     code_coded.append(_storage("gaps", "codes", c, e, gap_bits=b, fillers=f, side=S,
                                                value_part=e * c if ix is None else ix.bits, index_stream=ix,
                                                gap_part=gs.bits, gap_stream=gs))

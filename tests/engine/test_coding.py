@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+
+from explorer.engine.entropy import coded_bytes
 from hypothesis import given, settings, strategies as st
 
 from explorer.engine.coding import (StreamBits, canonical_codes, entropy_bits, gap_entries, gap_histogram,
@@ -209,21 +211,26 @@ def test_expected_fillers_formula(b):
 def test_stream_bits_by_hand():
     # counts [5,2,1,1] -> lengths [1,2,3,3]: payload 5+4+3+3 = 15; table 8*4 = 32; raw 9*2 = 18 -> raw
     s = stream_bits([0] * 5 + [1] * 2 + [2, 3], 4, 2)
-    assert s == StreamBits(raw=18, huffman=15, table=32, coded=False, bits=18)
+    # rANS: table 2*4 = 16 bytes alone is 128 bits, so raw stays cheapest
+    assert (s.raw, s.huffman, s.table, s.coded, s.bits, s.coder) == (18, 15, 32, False, 18, "raw")
+    assert s.rans == 8 * coded_bytes([5, 2, 1, 1], 4) >= 128
     assert stream_bits([5, 2, 1, 1], 4, 2, counts=True) == s
     # 100 copies of one symbol, 2-bit raw: huffman 100 + 32 = 132 < 200
     s = stream_bits(np.full(100, 3), 4, 2)
-    assert s == StreamBits(raw=200, huffman=100, table=32, coded=True, bits=132)
+    # rANS: 8-byte table + an 8-byte state (one symbol costs no payload) = 128 bits < 132: rANS wins
+    assert (s.raw, s.huffman, s.table, s.coded, s.bits, s.coder) == (200, 100, 32, True, 128, "rans")
+    assert s.rans == 8 * coded_bytes([0, 0, 0, 100], 4) == 128
     # a tie (huffman + table == raw) is stored raw: 16 symbols of one kind, table 8*2=16, raw 16*2=32
     s = stream_bits(np.zeros(16, int), 2, 2)
     assert (s.huffman + s.table, s.raw, s.coded, s.bits) == (32, 32, False, 32)
     # histogram shorter than the alphabet: missing symbols count 0
-    assert stream_bits([100], 4, 2, counts=True).bits == 132
+    assert stream_bits([100], 4, 2, counts=True).bits == 128
+    assert stream_bits([100], 4, 2, counts=True, coders=("huffman",)).bits == 132
 
 
 def test_stream_bits_empty():
     s = stream_bits(np.array([], np.int64), 256, 8)
-    assert s == StreamBits(raw=0, huffman=0, table=2048, coded=False, bits=0)
+    assert (s.raw, s.huffman, s.table, s.coded, s.bits, s.rans) == (0, 0, 2048, False, 0, 0)
     assert stream_bits(np.zeros(16, int), 16, 4, counts=True).bits == 0
 
 
@@ -242,6 +249,8 @@ def test_stream_bits_never_exceeds_raw(counts, raw_bits):
     n = sum(counts)
     assert s.raw == n * raw_bits
     assert s.table == 8 * A
-    assert s.bits == min(s.raw, s.huffman + s.table) <= s.raw
-    assert s.coded == (s.huffman + s.table < s.raw)
+    rans = 8 * coded_bytes(counts, A) if n else 0
+    assert s.rans == rans
+    assert s.bits == min(s.raw, s.huffman + s.table, rans if n else s.raw) <= s.raw
+    assert s.coded == (s.bits < s.raw)
     assert s.huffman >= math.floor(entropy_bits(counts))

@@ -532,7 +532,8 @@ def _both(*edits):
 
 
 DEEP_LIES = {  # re-sealed files whose checksums are right but whose content lies: (file, edit, message)
-    "shape-smaller-than-gaps": ("mlp-kmeans-gaps", _edit_entry("fc1.weight", shape=[30, 64]), "gaps run past"),
+    "shape-smaller-than-gaps": ("mlp-kmeans-gaps", _edit_entry("fc1.weight", shape=[30, 64]),
+                                "gaps run past|entries must be"),
     "raw-shape-lies": ("mlp-kmeans-gaps", _edit_entry("fc1.bias", shape=[301]), "bytes for 301 values"),
     "codebook-too-small": ("mlp-kmeans-gaps", _both(_edit_entry("fc3.weight", "encoding", "quant", k=2),
                                                     _edit_stream("fc3.weight", "quant", "codebook", data=bytes(8))),

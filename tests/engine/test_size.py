@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+
+HUFFMAN = ("huffman",)  # the hand-computed cases below count Huffman only; rANS is tested on its own
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -25,21 +27,21 @@ def test_pruned_picks_gaps_example_from_the_brief():
     # b=3 (M=7): 9 -> filler + 2, entries 5, 5*(3+32) = 175
     # b=4 (M=15): no filler, entries 4, 4*(4+32) = 144   <- cheapest
     # b=5: 4*37 = 148; bitmask 20 + 4*32 = 148; dense 20*32 = 640
-    s = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), None)
+    s = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), None, coders=HUFFMAN)
     p = s.stages["pruned"]
     assert s.dense == 640
     assert (p["format"], p["gap_bits"], p["entries"], p["fillers"], p["bits"]) == ("gaps", 4, 4, 0, 144)
     assert p["parts"] == {"mask": 0, "values": 128, "gaps": 16, "side": 0}
     assert s.bits == {"pruned": 144, "quantized": 144, "coded": 144}
     # restricted to b=3 the bitmask wins: min(640, 148, 175) = 148
-    s3 = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), None, gap_bits=(3,))
+    s3 = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), None, gap_bits=(3,), coders=HUFFMAN)
     assert s3.stages["pruned"]["format"] == "bitmask" and s3.bits["pruned"] == 148
 
 
 def test_pruned_picks_bitmask():
     # numel 16, every other position kept (0, 2, ..., 14): nnz 8, gaps 1, 2, 2, ...
     # dense 512; bitmask 16 + 8*32 = 272; gaps b=3: 8*35 = 280 (no filler), b=4: 288 -> bitmask 272
-    s = tensor_sizes(16, mask_at(16, range(0, 16, 2)), None)
+    s = tensor_sizes(16, mask_at(16, range(0, 16, 2)), None, coders=HUFFMAN)
     assert s.stages["pruned"]["format"] == "bitmask"
     assert s.stages["pruned"]["parts"]["mask"] == 16
     assert s.bits["pruned"] == 272
@@ -47,10 +49,10 @@ def test_pruned_picks_bitmask():
 
 def test_pruned_picks_dense_on_tie():
     # numel 32, one weight pruned: dense 1024, bitmask 32 + 31*32 = 1024 (tie -> dense), gaps 31*35 = 1085
-    s = tensor_sizes(32, ~mask_at(32, [5]), None)
+    s = tensor_sizes(32, ~mask_at(32, [5]), None, coders=HUFFMAN)
     assert s.stages["pruned"]["format"] == "dense" and s.bits["pruned"] == 1024
     # nothing pruned (mask None): dense only
-    s = tensor_sizes(32, None, None)
+    s = tensor_sizes(32, None, None, coders=HUFFMAN)
     assert s.stages["pruned"]["format"] == "dense" and s.bits == dict.fromkeys(s.bits, 1024)
 
 
@@ -59,7 +61,7 @@ def test_pruned_filler_heavy():
     # b=3 (M=7): floor(999/7) = 142 fillers, 143*35 = 5005; b=6 (63): 15 fillers, 16*38 = 608
     # b=7 (127): 7 fillers, 8*39 = 312; b=8 (255): 3 fillers, 4*40 = 160 <- cheapest
     # bitmask 1000 + 32 = 1032; dense 32000
-    s = tensor_sizes(1000, mask_at(1000, [999]), None)
+    s = tensor_sizes(1000, mask_at(1000, [999]), None, coders=HUFFMAN)
     p = s.stages["pruned"]
     assert (p["format"], p["gap_bits"], p["entries"], p["fillers"], p["bits"]) == ("gaps", 8, 4, 3, 160)
     # coded stage (no quantization): the gap stream [255, 255, 255, 234] costs 32 raw bits, the
@@ -69,9 +71,9 @@ def test_pruned_filler_heavy():
 
 def test_all_pruned_and_empty():
     # no survivor: zero gap entries ("trailing zeros need no entry") -> 0 bits
-    s = tensor_sizes(50, np.zeros(50, bool), None)
+    s = tensor_sizes(50, np.zeros(50, bool), None, coders=HUFFMAN)
     assert s.bits == {"pruned": 0, "quantized": 0, "coded": 0} and s.nnz == 0
-    s = tensor_sizes(0, None, None)
+    s = tensor_sizes(0, None, None, coders=HUFFMAN)
     assert s.dense == 0 and s.bits == {"pruned": 0, "quantized": 0, "coded": 0}
 
 
@@ -83,7 +85,7 @@ def test_quantized_gaps_with_codes():
     # b=4: 4*(4+2) + 32 = 56 <- cheapest; float fallback (pruned stage) 144
     codes = np.zeros(20, int)
     codes[[0, 3, 12, 19]] = [1, 2, 3, 1]
-    s = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), TensorCode(codes, 2, zero_code=0, side_bits=32))
+    s = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), TensorCode(codes, 2, zero_code=0, side_bits=32), coders=HUFFMAN)
     q = s.stages["quantized"]
     assert (q["format"], q["values"], q["gap_bits"], q["bits"]) == ("gaps", "codes", 4, 56)
     assert q["parts"] == {"mask": 0, "values": 8, "gaps": 16, "side": 32}
@@ -98,7 +100,7 @@ def test_quantized_falls_back_to_float_when_side_bits_do_not_pay():
     # > 144 of float32 gaps b=4 -> the quantized tensor's values are stored as float32
     codes = np.zeros(20, int)
     codes[[0, 3, 12, 19]] = [1, 2, 3, 1]
-    s = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), TensorCode(codes, 2, zero_code=0, side_bits=128))
+    s = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), TensorCode(codes, 2, zero_code=0, side_bits=128), coders=HUFFMAN)
     assert s.stages["quantized"]["values"] == "float"
     assert s.bits == {"pruned": 144, "quantized": 144, "coded": 144}
 
@@ -109,21 +111,21 @@ def test_quantized_without_zero_code_uses_bitmask():
     # float: dense 256, bitmask 8 + 7*32 = 232, gaps b=3 7*35 = 245
     mask = ~mask_at(8, [5])
     codes = np.array([0, 1, 1, 0, 1, 0, 1, 1])
-    s = tensor_sizes(8, mask, TensorCode(codes, 1, zero_code=None, side_bits=32))
+    s = tensor_sizes(8, mask, TensorCode(codes, 1, zero_code=None, side_bits=32), coders=HUFFMAN)
     assert s.stages["quantized"]["format"] == "bitmask" and s.bits["quantized"] == 47
     # with a zero code, dense codes become possible: 8*1 + 32 = 40
-    s = tensor_sizes(8, mask, TensorCode(codes, 1, zero_code=0, side_bits=32))
+    s = tensor_sizes(8, mask, TensorCode(codes, 1, zero_code=0, side_bits=32), coders=HUFFMAN)
     assert s.stages["quantized"]["format"] == "dense" and s.bits["quantized"] == 40
 
 
 def test_ternary_alphabet_and_codes_unknown():
     # ternary: 2-bit codes, alphabet 3. Nothing pruned, 10 weights: dense 10*2 + 32 = 52
     t = TensorCode(np.array([0, 1, 2, 1, 1, 1, 0, 2, 1, 1]), 2, alphabet_size=3, zero_code=1, side_bits=32)
-    s = tensor_sizes(10, None, t)
+    s = tensor_sizes(10, None, t, coders=HUFFMAN)
     assert s.bits["quantized"] == 52
     assert s.stages["coded"]["index_stream"].table == 8 * 3
     # codes=None: sizes of the quantization without its codes; the index stream stays raw
-    s = tensor_sizes(10, None, TensorCode(None, 2, alphabet_size=3, zero_code=1, side_bits=32))
+    s = tensor_sizes(10, None, TensorCode(None, 2, alphabet_size=3, zero_code=1, side_bits=32), coders=HUFFMAN)
     assert s.bits == {"pruned": 320, "quantized": 52, "coded": 52}
     assert s.stages["coded"]["index_stream"] is None
 
@@ -134,7 +136,7 @@ def test_coded_index_stream_pays():
     # 1000 weights, nothing pruned, 2-bit codes: 900 x code 0, 50 x 1, 25 x 2, 25 x 3
     # Huffman lengths [1, 2, 3, 3]: 900 + 100 + 75 + 75 = 1150, + table 8*4 = 1182 < raw 2000
     codes = np.repeat([0, 1, 2, 3], [900, 50, 25, 25])
-    s = tensor_sizes(1000, None, TensorCode(codes, 2, zero_code=0))
+    s = tensor_sizes(1000, None, TensorCode(codes, 2, zero_code=0), coders=HUFFMAN)
     assert s.bits == {"pruned": 32000, "quantized": 2000, "coded": 1182}
     ix = s.stages["coded"]["index_stream"]
     assert (ix.raw, ix.huffman, ix.table, ix.coded, ix.bits) == (2000, 1150, 32, True, 1182)
@@ -150,7 +152,7 @@ def test_coded_gap_stream_pays():
     #   bitmask 4000 + 1032 = 5032)
     mask = mask_at(4000, range(3, 4000, 4))
     codes = np.where(mask, 1, 0)
-    s = tensor_sizes(4000, mask, TensorCode(codes, 2, zero_code=0))
+    s = tensor_sizes(4000, mask, TensorCode(codes, 2, zero_code=0), coders=HUFFMAN)
     assert s.bits == {"pruned": 35000, "quantized": 5000, "coded": 2096}
     c = s.stages["coded"]
     assert (c["format"], c["gap_bits"]) == ("gaps", 3)
@@ -163,7 +165,7 @@ def test_coded_without_quantization_codes_gaps_only():
     # b=4: 200*36 = 7200 <- cheapest.
     # coded: b=4 gap stream one symbol: 200 + 8*16 = 328 < 800 -> 6400 + 328 = 6728;
     # b=3: gaps {7: 200, 3: 200} -> 400 + 64 = 464 -> 400*32 + 464 = 13264; b=5: 6400 + 200 + 256 = 6856
-    s = tensor_sizes(2000, mask_at(2000, range(9, 2000, 10)), None)
+    s = tensor_sizes(2000, mask_at(2000, range(9, 2000, 10)), None, coders=HUFFMAN)
     assert s.bits == {"pruned": 7200, "quantized": 7200, "coded": 6728}
     assert s.stages["coded"]["values"] == "float" and s.stages["coded"]["index_stream"] is None
 
@@ -172,7 +174,7 @@ def test_fillers_hold_zero_code_in_index_stream():
     # one survivor at 999 with code 3, zero_code 0, b=8: 3 fillers -> index stream counts {0: 3, 3: 1}
     codes = np.zeros(1000, int)
     codes[999] = 3
-    s = tensor_sizes(1000, mask_at(1000, [999]), TensorCode(codes, 2, zero_code=0), gap_bits=(8,))
+    s = tensor_sizes(1000, mask_at(1000, [999]), TensorCode(codes, 2, zero_code=0), gap_bits=(8,), coders=HUFFMAN)
     ix = s.stages["coded"]["index_stream"]
     assert ix.raw == 4 * 2 and ix.huffman == 3 * 1 + 1 * 1
 
@@ -182,15 +184,15 @@ def test_fillers_hold_zero_code_in_index_stream():
 def test_other_params_and_json():
     assert other_param_bits(10) == 320
     codes = np.zeros(20, int)
-    s = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), TensorCode(codes, 2, zero_code=0, side_bits=32))
+    s = tensor_sizes(20, mask_at(20, [0, 3, 12, 19]), TensorCode(codes, 2, zero_code=0, side_bits=32), coders=HUFFMAN)
     d = json.loads(json.dumps(s.to_dict()))
     assert d["bits"] == s.bits and d["dense"] == 640 and d["nnz"] == 4
-    assert set(d["stages"]["coded"]["gap_stream"]) == {"raw", "huffman", "table", "coded", "bits"}
+    assert set(d["stages"]["coded"]["gap_stream"]) == {"raw", "huffman", "table", "coded", "bits", "rans", "coder"}
 
 
 def test_invalid_inputs():
     with pytest.raises(ValueError):
-        tensor_sizes(10, np.ones(9, bool), None)
+        tensor_sizes(10, np.ones(9, bool), None, coders=HUFFMAN)
     with pytest.raises(ValueError):
         tensor_sizes(4, None, TensorCode(np.array([0, 1, 2, 4]), 2))  # code 4 outside 0..3
     with pytest.raises(ValueError):
@@ -198,7 +200,7 @@ def test_invalid_inputs():
     with pytest.raises(ValueError):
         TensorCode(None, 2, zero_code=4)
     # pruned positions may hold anything, even out-of-range codes
-    tensor_sizes(4, np.array([True, False, True, True]), TensorCode(np.array([0, 99, 2, 3]), 2, zero_code=0))
+    tensor_sizes(4, np.array([True, False, True, True]), TensorCode(np.array([0, 99, 2, 3]), 2, zero_code=0), coders=HUFFMAN)
 
 
 # ---------------------------------------------------------------- properties
@@ -243,7 +245,7 @@ def tensors(draw):
 @given(tensors())
 def test_stages_never_grow_and_parts_add_up(t):
     numel, mask, code = t
-    s = tensor_sizes(numel, mask, code)
+    s = tensor_sizes(numel, mask, code, coders=HUFFMAN)
     b = s.bits
     assert b["coded"] <= b["quantized"] <= b["pruned"] <= s.dense == 32 * numel
     assert b["pruned"] == naive_pruned_bits(numel, mask)
@@ -268,3 +270,19 @@ def test_stages_never_grow_and_parts_add_up(t):
                 assert code.zero_code is not None
         if d["format"] == "bitmask":
             assert d["parts"]["mask"] == numel
+
+
+def test_rans_is_chosen_where_one_symbol_dominates():
+    # 100,000 weights, 90% pruned, stored as dense 5-bit codes with the zero code dominating (p = 0.9):
+    # Huffman spends >= 1 bit per symbol (>= 100,000 bits); rANS gets near the entropy (~0.47 + ... bits)
+    rng = np.random.default_rng(0)
+    keep = rng.random(100_000) < 0.1
+    codes = np.where(keep, rng.integers(1, 32, 100_000), 0)
+    both = tensor_sizes(100_000, None, TensorCode(codes, 5, zero_code=0))
+    huff = tensor_sizes(100_000, None, TensorCode(codes, 5, zero_code=0), coders=HUFFMAN)
+    ix = both.stages["coded"]["index_stream"]
+    assert ix.coder == "rans" and ix.bits == ix.rans < ix.huffman + ix.table
+    assert both.bits["coded"] < 0.8 * huff.bits["coded"]
+    from explorer.engine.coding import entropy_bits
+
+    assert ix.rans < 1.01 * entropy_bits(np.bincount(codes)) + 8 * 2 * 32 + 64
