@@ -193,7 +193,7 @@ def _print_evaluation(loaded, plan_path, r) -> None:
     size, ratio = r["size"], r["ratio"]
     print(f"{loaded.source} ({loaded.kind}), plan: {plan_path or '(none: dense)'}")
     labels = {"dense": "dense fp32", "pruned": "pruned (sparse, fp32 values)",
-              "quantized": "quantized (codes + codebooks)", "coded": "Huffman-coded",
+              "quantized": "quantized (codes + codebooks)", "coded": "entropy-coded (Huffman/rANS)",
               "file": "file (.cexp, with manifest)"}
     rows = [[labels[s], f"{size[s]:,}", human_bytes(size[s]), f"{size['dense'] / size[s]:.2f}x"]
             for s in ("dense", "pruned", "quantized", "coded", "file") if size.get(s)]

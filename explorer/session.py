@@ -76,7 +76,13 @@ class Session:
         entry. Validated before anything changes; raises PlanError naming the layer."""
         layers = dict(self.plan.layers)
         for name in names:
-            entry = dict(layers.get(name) or {})
+            if name in layers and self.plan.patterns_for(name)[-1] != name:
+                # a later pattern (e.g. 'fc*') overrides the layer's own entry: start from what the layer
+                # has now and move its entry last, so this edit is not shadowed
+                entry = self.plan.settings_for(name).to_dict()
+                del layers[name]
+            else:
+                entry = dict(layers.get(name) or {})
             for section, fields in patch.items():
                 if fields is None:
                     entry[section] = None
@@ -84,7 +90,10 @@ class Session:
                     entry[section] = {**(entry.get(section) or {}), **fields}
             validate_settings(f"layer '{name}'", entry, self.plan.default)
             layers[name] = entry
-        self.set_plan(Plan(self.plan.default, layers, self.plan.description))
+        plan = Plan(self.plan.default, layers, self.plan.description)
+        for name in names:  # merged with the patterns that also match it, the layer must still resolve
+            plan.settings_for(name)
+        self.set_plan(plan)
 
     def can_undo(self) -> bool:
         return bool(self._undo)

@@ -52,7 +52,7 @@ def evaluate_plan(loaded, plan: Plan, progress: ProgressFn = None, limit: Option
 
 
 def quality(loaded, model, progress: ProgressFn = None, limit: Optional[int] = None,
-            before: Optional[float] = None) -> Optional[dict]:
+            before: Optional[float] = None, batch_size: int = 256) -> Optional[dict]:
     """Accuracy of ``model`` (and of the original, unless ``before`` is given) on the eval data —
     ``{"before", "after", "data", "samples"}`` — or, for data without labels (or only an example input),
     output fidelity against the original: ``{"cosine", "rel_error", "data", "samples"}``. None if there is
@@ -61,12 +61,13 @@ def quality(loaded, model, progress: ProgressFn = None, limit: Optional[int] = N
     if ev is not None and len(ev):
         if ev.labels is not None:
             if before is None:
-                before = accuracy(loaded.model, ev, scaled(progress, 0.0, 0.5), limit=limit)
-            after = accuracy(model, ev, scaled(progress, 0.5, 1.0), limit=limit)
+                before = accuracy(loaded.model, ev, scaled(progress, 0.0, 0.5), limit=limit, batch_size=batch_size)
+            after = accuracy(model, ev, scaled(progress, 0.5, 1.0), limit=limit, batch_size=batch_size)
             n = len(ev) if limit is None else min(limit, len(ev))
             return {"before": before, "after": after, "data": ev.name, "samples": n}
         inputs = ev.inputs if limit is None else ev.inputs[:limit]
-        return dict(fidelity(model, loaded.model, inputs, progress), data=ev.name, samples=int(inputs.shape[0]))
+        return dict(fidelity(model, loaded.model, inputs, progress, batch_size=batch_size), data=ev.name,
+                    samples=int(inputs.shape[0]))
     if isinstance(loaded.example_input, torch.Tensor):
         x = loaded.example_input
         return dict(fidelity(model, loaded.model, x, progress), data="example input", samples=int(x.shape[0]))

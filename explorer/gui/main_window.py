@@ -276,11 +276,11 @@ class MainWindow(QMainWindow):
     def _on_plan(self) -> None:
         self.undo_action.setEnabled(self.session.can_undo())
         self.redo_action.setEnabled(self.session.can_redo())
+        self._schedule_layer()  # start the engine work before anything is redrawn
+        self.schedule_preview()
         self.table.model_.refresh_values()
         if self.session.current:
             self.controls.load(self.session.settings(self.session.current))
-        self.schedule_preview()
-        self._schedule_layer()
 
     def _on_selection(self) -> None:
         if self.session.current:
@@ -335,7 +335,8 @@ class MainWindow(QMainWindow):
         self.preview.set_stale(True, "measuring accuracy…")
 
         def job(progress):
-            return quality(loaded, model, progress, before=before)
+            # small batches: a superseded measurement stops at its next batch, within a fraction of a second
+            return quality(loaded, model, progress, before=before, batch_size=32)
 
         def done(q):
             if q is not None and "before" in q:

@@ -45,7 +45,14 @@ class CentroidView(QWidget):
         if v.size == 0:
             self.title.setText(f"{comp.name}: no surviving weights to cluster")
             return
-        counts, edges = np.histogram(v, bins=100)
+        # v is sorted: count the bins by bisection rather than a pass over millions of weights on the GUI thread
+        lo, hi = float(v[0]), float(v[-1])
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, 101)
+        cuts = np.searchsorted(v, edges, side="left")
+        cuts[-1] = v.size
+        counts = np.diff(cuts)
         self.hist.plot(edges, counts, stepMode="center", fillLevel=0, brush=(150, 150, 150, 120),
                        pen=pg.mkPen((120, 120, 120)))
         top = float(counts.max()) if counts.size else 1.0

@@ -93,9 +93,19 @@ class LayerTable(QTableView):
         self.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.verticalHeader().setVisible(False)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        # Interactive, not ResizeToContents: that re-measures every cell on each change of the plan or the
+        # results (~20 ms of GUI thread per slider release on a 21-layer model); the window sizes them once
+        # per model with resizeColumnsToContents()
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
         self.horizontalHeader().setStretchLastSection(True)
         self.setAlternatingRowColors(True)
+
+    def resizeColumnsToContents(self) -> None:  # noqa: N802 (Qt's name)
+        """Size the columns to their contents, leaving room for the measured values still to come."""
+        super().resizeColumnsToContents()
+        fm = self.fontMetrics()
+        for column, sample in ((5, "prune 95%, 8b kmeans/density"), (6, "999.9 KB → 999.9 KB"), (7, "999.9×")):
+            self.setColumnWidth(column, max(self.columnWidth(column), fm.horizontalAdvance(sample) + 16))
 
     def selected_names(self) -> list:
         rows = sorted({self.proxy.mapToSource(i).row() for i in self.selectionModel().selectedRows()})

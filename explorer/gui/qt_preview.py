@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QVBoxLayout, QW
 
 from explorer.cli import human_bytes
 
-STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), ("coded", "Huffman"),
+STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), ("coded", "entropy-coded"),
           ("file", ".cexp file")]
 
 
@@ -61,8 +61,10 @@ class PreviewPanel(QWidget):
         if fraction is None:
             self.progress.setVisible(False)
         else:
-            self.progress.setVisible(True)
+            # the value first: QProgressBar.setValue repaints synchronously (the whole dirty window) when the
+            # bar is visible
             self.progress.setValue(int(round(fraction * 100)))
+            self.progress.setVisible(True)
 
     def show_results(self, results: dict) -> None:
         size = results["size"]

@@ -9,6 +9,8 @@ thread, through queued signals, only while current.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import traceback
 from typing import Callable, Optional
@@ -22,6 +24,24 @@ class _Signals(QObject):
     done = Signal(str, int, object)  # channel, generation, result
     failed = Signal(str, int, str)  # channel, generation, message
     progress = Signal(str, int, float, str)  # channel, generation, fraction, message
+
+
+INTERACTIVE = frozenset({"preview", "layer", "inits"})
+WORKER_NICE = 10  # engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads)
+_reniced = threading.local()
+
+
+def _lower_priority() -> None:
+    """Renice the current worker thread once (Linux: per thread; threads it starts, e.g. torch's OpenMP
+    pool, inherit it), so redraws are not starved while accuracy and k-means run."""
+    if getattr(_reniced, "done", False) or not sys.platform.startswith("linux"):
+        return
+    _reniced.done = True
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), WORKER_NICE))
+    except OSError:
+        pass
 
 
 class _Job(QRunnable):
@@ -38,6 +58,7 @@ class _Job(QRunnable):
 
     @Slot()
     def run(self) -> None:
+        _lower_priority()
         try:
             result = self.fn(self.progress)
         except Cancelled:
@@ -60,8 +81,12 @@ class Workers(QObject):
 
     def __init__(self, parent: Optional[QObject] = None, threads: int = 2):
         super().__init__(parent)
-        self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(max(1, threads))
+        self.pool = QThreadPool(self)  # long jobs: loading, accuracy, export
+        self.pool.setMaxThreadCount(max(1, threads - 1))
+        # interactive jobs (the preview after a slider release, the layer's histogram and centroids) get a
+        # thread of their own, so they never queue behind a long accuracy batch that is still winding down
+        self.interactive = QThreadPool(self)
+        self.interactive.setMaxThreadCount(1)
         self._signals = _Signals()
         self._signals.done.connect(self._on_done)
         self._signals.failed.connect(self._on_failed)
@@ -79,7 +104,8 @@ class Workers(QObject):
         abort = threading.Event()
         self._abort[channel] = abort
         self._handlers[channel] = (on_done, on_error)
-        self.pool.start(_Job(self._signals, channel, gen, fn, abort))
+        pool = self.interactive if channel in INTERACTIVE else self.pool
+        pool.start(_Job(self._signals, channel, gen, fn, abort))
         return gen
 
     def cancel(self, channel: str) -> None:
@@ -126,3 +152,4 @@ class Workers(QObject):
         for channel in list(self._abort):
             self.cancel(channel)
         self.pool.waitForDone(timeout_ms)
+        self.interactive.waitForDone(timeout_ms)

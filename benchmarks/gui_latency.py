@@ -1,0 +1,367 @@
+"""How responsive the window is on a ResNet-18-sized model (11.7M parameters, random weights).
+
+Opens the model in the explorer window (offscreen unless a display is set) through a factory, with eval
+data of random images, and measures
+
+- the event loop's longest stall: a 5 ms QTimer heartbeat records the longest gap between two ticks while
+  the accuracy and the k-means comparison (centroid tab) run in the background (target <= 50 ms);
+- the latency from a sparsity-slider release to the preview's updated size/MACs, i.e. the session's
+  ``results`` event (target <= 16 ms);
+- the latency from the release to the redrawn layer histogram (target <= 100 ms).
+
+Each latency is split into queueing (release -> the engine job starts on a worker), engine work and
+delivery, by timing the engine calls the window makes. Releases are made both with the window idle and
+while the previous release's accuracy is still being measured (what a user tuning a slider does).
+
+    .venv/bin/python benchmarks/gui_latency.py [--res 224] [--images 256] [--rounds 3]
+
+Prints a table with the measured numbers (not a test: nothing here asserts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import faulthandler
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the factory below is 'gui_latency:resnet18_bundle'
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+TARGETS = {"stall": 50.0, "size": 16.0, "histogram": 100.0}
+
+
+# ----------------------------------------------------------------------------- the model (factory)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016): 7x7 stem, four stages of two basic blocks (64, 128, 256, 512), 1000-way
+    head; 11,689,512 parameters."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths, cin, stages = (64, 128, 256, 512), 64, []
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(cin, width, stride), BasicBlock(width, width)))
+            cin = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet18_bundle():
+    """Factory: ResNet-18 with seeded random weights, a 1x3xRxR example input and N random labelled
+    images (R, N from the environment variables GUI_LATENCY_RES and GUI_LATENCY_IMAGES)."""
+    from explorer.engine.data import EvalData
+
+    res = int(os.environ.get("GUI_LATENCY_RES", "224"))
+    n = int(os.environ.get("GUI_LATENCY_IMAGES", "256"))
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = ResNet18().eval()
+    images = torch.randn(n, 3, res, res, generator=g)
+    labels = torch.randint(0, 1000, (n,), generator=g)
+    return {"model": model, "example_input": images[:1].clone(),
+            "eval_data": EvalData(images, labels, f"{n} random {res}x{res} images")}
+
+
+# ------------------------------------------------------------------------------------ measurement
+
+
+class Heartbeat:
+    """A 5 ms timer on the GUI thread; the longest gap between two ticks is the longest stall."""
+
+    def __init__(self, interval_ms: int = 5, why=None, threshold_s: float = 0.05):
+        from PySide6.QtCore import Qt, QTimer
+
+        self.why, self.threshold_s = why, threshold_s  # a file: every thread's stack when a stall passes 50 ms
+
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.gaps = []  # (gap seconds, phase)
+        self.phase = ""
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append((now - self.last, self.phase))
+        self.last = now
+        if self.why is not None:
+            # faulthandler's watchdog is a C thread: it dumps the stacks even while a worker holds the GIL
+            faulthandler.dump_traceback_later(self.threshold_s, file=self.why)
+
+    def stop(self) -> None:
+        self.timer.stop()
+        if self.why is not None:
+            faulthandler.cancel_dump_traceback_later()
+
+    def longest(self, phase=None):
+        gaps = [g for g, p in self.gaps if phase is None or p == phase]
+        return (max(gaps) * 1000.0, len(gaps)) if gaps else (float("nan"), 0)
+
+
+def wait_until(cond, timeout_s: float = 900.0) -> None:
+    """Run the event loop (sleeping in it, not spinning) until ``cond()`` holds."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    if cond():
+        return
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.setInterval(2)
+    start = time.perf_counter()
+    state = {"timed_out": False}
+
+    def check():
+        if cond():
+            loop.quit()
+        elif time.perf_counter() - start > timeout_s:
+            state["timed_out"] = True
+            loop.quit()
+
+    poll.timeout.connect(check)
+    poll.start()
+    loop.exec()
+    poll.stop()
+    if state["timed_out"]:
+        raise SystemExit(f"timed out after {timeout_s:.0f} s waiting for the window")
+
+
+def instrument(win, clock: dict) -> None:
+    """Time the engine calls the window makes (start and end in the worker) and the GUI-side redraws."""
+    import explorer.gui.main_window as mw
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            clock.setdefault(key + ".start", []).append(time.perf_counter())
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock.setdefault(key + ".end", []).append(time.perf_counter())
+        return wrapper
+
+    mw.preview_plan = timed("preview", mw.preview_plan)
+    mw.layer_preview = timed("layer", mw.layer_preview)
+    mw.quality = timed("accuracy", mw.quality)
+    mw.init_comparison = timed("inits", mw.init_comparison)
+    win.layer_view.show_preview = timed("draw_histogram", win.layer_view.show_preview)
+    win.centroids.show_comparison = timed("draw_centroids", win.centroids.show_comparison)
+    win.preview.show_results = timed("draw_preview", win.preview.show_results)
+
+
+def release(win, percent: int) -> float:
+    """Move the sparsity slider to ``percent`` and release it; returns the release time."""
+    win.controls.sparsity.setValue(percent)
+    t0 = time.perf_counter()
+    win.controls.sparsity._slider.sliderReleased.emit()
+    return t0
+
+
+def after(times, t0):
+    return next((t for t in times if t >= t0), None)
+
+
+def ms(x) -> str:
+    return "–" if x is None else f"{x * 1000:.0f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
+    ap.add_argument("--images", type=int, default=256, help="random eval images (default 256)")
+    ap.add_argument("--rounds", type=int, default=3, help="slider releases per condition (default 3)")
+    ap.add_argument("--why", metavar="FILE", help="write every thread's stack whenever the event loop stalls "
+                    "for more than 50 ms to FILE, and summarise where the stalls were")
+    args = ap.parse_args(argv)
+    os.environ["GUI_LATENCY_RES"] = str(args.res)
+    os.environ["GUI_LATENCY_IMAGES"] = str(args.images)
+    if "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+    from PySide6.QtCore import QSettings, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from explorer.gui.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    win = MainWindow(settings=QSettings(str(Path(os.environ.get("TMPDIR", "/tmp")) / "gui-latency.ini"),
+                                        QSettings.IniFormat))
+    clock: dict = {}
+    instrument(win, clock)
+    win.show()
+    why = open(args.why, "w") if args.why else None
+    beat = Heartbeat(why=why)
+    beat.phase = "load"
+    beat.start()
+
+    def settled():
+        return win.idle() and not win.controls._timer.isActive()
+
+    t = time.perf_counter()
+    win.open_model("gui_latency:resnet18_bundle")
+    wait_until(lambda: win.session.loaded is not None and win.session.results is not None and settled())
+    load_s = time.perf_counter() - t
+    if win.last_error:
+        print("error:", win.last_error)
+        return 1
+    info = win.session.info
+    layer = win.session.current
+    print(f"model: ResNet-18, {info.total_params:,} parameters, {len(info.layers)} layers; input 1x3x{args.res}x"
+          f"{args.res}; eval data {args.images} random images; torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs; opened and measured in {load_s:.1f} s; selected layer {layer} "
+          f"({info.layer(layer).weight_params:,} weights)")
+
+    # 1. accuracy and k-means in the background: the centroid tab, then a release; the heartbeat runs.
+    # The first time in a process pays one-time costs (numba loading its cached kernels holds the GIL);
+    # the second round is the steady state.
+    for phase, pct in (("first use", 40), ("background", 45)):
+        beat.phase = phase
+        win.tabs.setCurrentWidget(win.centroids)  # k-means of the three inits on the selected layer
+        QTimer.singleShot(50, lambda p=pct: release(win, p))  # + size/MACs and accuracy of the new plan
+        wait_until(lambda p=pct: win.controls.sparsity.value() == p and settled())
+    win.tabs.setCurrentWidget(win.layer_view)
+    wait_until(settled)
+
+    # 2. latency of a release: with the window idle, then while the last release's accuracy still runs
+    rows = []
+    values = iter([50, 60, 70, 80, 90, 95, 30, 45, 65, 75, 85, 55, 35, 25, 15])
+    for condition in ("idle", "busy"):
+        beat.phase = condition
+        for _ in range(args.rounds):
+            if condition == "idle":
+                wait_until(settled)
+            else:  # the accuracy of the previous release must still be running
+                wait_until(lambda: win.workers.busy("accuracy") or settled())
+            before = (id(win.session.results), len(clock.get("draw_histogram.end", [])))
+            mark = {}
+            pct = next(values)
+            t0 = release(win, pct)
+            wait_until(lambda: id(win.session.results) != before[0]
+                       and len(clock.get("draw_histogram.end", [])) > before[1])
+            t_size = after(clock["draw_preview.end"], t0)
+            t_hist = after(clock["draw_histogram.end"], t0)
+            p0, p1 = after(clock["preview.start"], t0), after(clock["preview.end"], t0)
+            l0, l1 = after(clock["layer.start"], t0), after(clock["layer.end"], t0)
+            mark.update(pct=pct, condition=condition, size=t_size - t0, hist=t_hist - t0,
+                        size_queue=p0 - t0, size_engine=p1 - p0, size_deliver=t_size - p1,
+                        hist_queue=l0 - t0, hist_engine=l1 - l0, hist_deliver=t_hist - l1)
+            rows.append(mark)
+    beat.phase = "tail"
+    wait_until(settled)
+    beat.stop()
+
+    # ------------------------------------------------------------------------------------ report
+    def eng(key):
+        starts, ends = clock.get(key + ".start", []), clock.get(key + ".end", [])
+        spans = [e - s for s, e in zip(starts, ends)]
+        return statistics.median(spans) if spans else None
+
+    stall_open, n_open = beat.longest("load")
+    stall_first, n_first = beat.longest("first use")
+    stall_bg, n_bg = beat.longest("background")
+    stall_rel = max(beat.longest("idle")[0], beat.longest("busy")[0])
+    print()
+    print("per release (ms):  condition  sparsity  release->size/MACs = queue + engine + deliver   "
+          "release->histogram = queue + engine + deliver")
+    for r in rows:
+        print(f"  {r['condition']:>4} {r['pct']:>3}%   {ms(r['size']):>7} = {ms(r['size_queue'])} + "
+              f"{ms(r['size_engine'])} + {ms(r['size_deliver'])}   {ms(r['hist']):>7} = {ms(r['hist_queue'])} + "
+              f"{ms(r['hist_engine'])} + {ms(r['hist_deliver'])}")
+    print()
+    print("engine calls, median wall time on a worker (ms): "
+          + ", ".join(f"{k} {ms(eng(k))}" for k in ("preview", "accuracy", "layer", "inits")))
+    print("GUI-thread redraws, median (ms): "
+          + ", ".join(f"{k} {eng(k) * 1000:.1f}" for k in ("draw_preview", "draw_histogram", "draw_centroids")
+                      if eng(k) is not None))
+    print()
+    med = {c: (statistics.median(r["size"] for r in rows if r["condition"] == c),
+               statistics.median(r["hist"] for r in rows if r["condition"] == c)) for c in ("idle", "busy")}
+    worst = {c: (max(r["size"] for r in rows if r["condition"] == c) * 1000,
+                 max(r["hist"] for r in rows if r["condition"] == c) * 1000) for c in ("idle", "busy")}
+    table = [
+        ("longest event-loop stall, accuracy + k-means running", f"{stall_bg:.0f} ms ({n_bg} beats)",
+         TARGETS["stall"], stall_bg),
+        ("longest event-loop stall, the same the first time", f"{stall_first:.0f} ms ({n_first} beats)",
+         TARGETS["stall"], stall_first),
+        ("longest event-loop stall, during the releases below", f"{stall_rel:.0f} ms", TARGETS["stall"],
+         stall_rel),
+        ("longest event-loop stall, opening the model", f"{stall_open:.0f} ms ({n_open} beats)",
+         TARGETS["stall"], stall_open),
+        ("release -> size/MACs, idle (median / worst)",
+         f"{med['idle'][0] * 1000:.0f} / {worst['idle'][0]:.0f} ms", TARGETS["size"], med["idle"][0] * 1000),
+        ("release -> size/MACs, accuracy running (median / worst)",
+         f"{med['busy'][0] * 1000:.0f} / {worst['busy'][0]:.0f} ms", TARGETS["size"], med["busy"][0] * 1000),
+        ("release -> histogram, idle (median / worst)",
+         f"{med['idle'][1] * 1000:.0f} / {worst['idle'][1]:.0f} ms", TARGETS["histogram"], med["idle"][1] * 1000),
+        ("release -> histogram, accuracy running (median / worst)",
+         f"{med['busy'][1] * 1000:.0f} / {worst['busy'][1]:.0f} ms", TARGETS["histogram"], med["busy"][1] * 1000),
+    ]
+    width = max(len(t[0]) for t in table)
+    print(f"| {'measure':<{width}} | measured | target | met |")
+    print(f"| {'-' * width} | ---: | ---: | --- |")
+    for label, shown, target, value in table:
+        print(f"| {label:<{width}} | {shown} | <= {target:.0f} ms | {'yes' if value <= target else 'NO'} |")
+    if why is not None:
+        why.close()
+        summarise_stalls(args.why)
+    win.close()
+    return 0
+
+
+def summarise_stalls(path) -> None:
+    """The innermost frame of each thread in each stall dump, most frequent first."""
+    text = Path(path).read_text()
+    dumps = [d for d in text.split("Timeout (") if d.strip()]
+    seen = collections.Counter()
+    for dump in dumps:
+        for block in dump.split("\nThread ")[1:]:
+            lines = [ln.strip() for ln in block.splitlines() if ln.strip().startswith("File ")]
+            if lines:
+                where = " ".join(lines[0].split()[1:]).replace(str(ROOT) + "/", "")
+                seen[where.replace(".venv/lib/python3.11/site-packages/", "")] += 1
+    print(f"\n{len(dumps)} stalls over 50 ms (stacks in {path}); innermost frames seen in them:")
+    for where, count in seen.most_common(8):
+        print(f"  {count:>3}  {where}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

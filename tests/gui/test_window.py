@@ -1,0 +1,448 @@
+"""The explorer window, driven offscreen with pytest-qt: every wait is a ``qtbot.waitUntil`` or
+``waitSignal`` on state the window exposes, never a sleep.
+
+What the issue asks the window to show: a slider release reaches the plan, the table and the preview; a
+dragged threshold line becomes a sparsity; the three k-means initialisations are drawn with their
+errors; stale results are dropped; a bad file leaves the window working; an export can be read back.
+"""
+
+import math
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from explorer.engine import fileformat
+from explorer.engine.compress import compress
+from explorer.engine.errors import Cancelled, PlanError
+from explorer.engine.evaluate import preview_plan
+from explorer.engine.layerview import init_comparison, layer_preview
+from explorer.engine.loading import load_model
+from explorer.engine.plan import Plan
+from explorer.engine.samples import SAMPLES_DIR
+from explorer.gui.qt_layer_table import COLUMNS
+from explorer.gui.workers import Workers
+
+WORK_TIMEOUT_MS = 30_000
+SETTINGS = COLUMNS.index("settings")
+SIZE = COLUMNS.index("size before → after")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def cell(win, name, column):
+    """What the layer table shows for layer ``name`` in ``column``."""
+    model = win.table.model_
+    row = win.session.layer_names.index(name)
+    return model.data(model.index(row, column), Qt.DisplayRole)
+
+
+def module(win, name):
+    return dict(win.session.loaded.model.named_modules())[name]
+
+
+def drawn(item):
+    """The y values a pyqtgraph PlotDataItem draws."""
+    y = item.getData()[1]
+    return np.zeros(0) if y is None else np.asarray(y)
+
+
+def expected_sizes(win, plan=None):
+    """Sizes of ``plan`` (default: the session's) measured directly with the engine."""
+    summary, _ = preview_plan(win.session.loaded, plan or win.session.plan)
+    return summary["size"]
+
+
+def message_boxes(win):
+    return [b for b in win.findChildren(QMessageBox) if b.isVisible()]
+
+
+# ------------------------------------------------------------------------- slider -> plan -> preview
+
+
+def test_slider_release_updates_plan_table_histogram_and_preview(make_window, qtbot, settle):
+    win = make_window("digits-cnn")
+    name = win.session.current
+    assert name == "fc1"  # the window starts on the largest layer
+    before = dict(win.preview.values)
+    assert before["pruned"] == before["dense"]  # nothing compressed yet
+
+    win.controls.sparsity.setValue(70)  # dragging: only a debounced change, no work yet
+    assert win.session.settings(name).prune is None
+    win.controls.sparsity._slider.sliderReleased.emit()  # release: the plan changes at once
+    assert win.session.settings(name).prune.amount == pytest.approx(0.70)
+    assert "stale" in win.preview.status.text()
+
+    qtbot.waitUntil(lambda: win.idle() and win.preview.values != before, timeout=WORK_TIMEOUT_MS)
+    assert win.preview.values == expected_sizes(win)
+    assert win.preview.values["pruned"] < before["pruned"]
+    assert win.session.results["size"] == win.preview.values
+    assert "stale" not in win.preview.status.text()
+    assert "prune 70%" in cell(win, name, SETTINGS)
+    assert "→" in cell(win, name, SIZE)
+
+    # the histogram redrawn for the new settings: the engine's own counts, 70% of fc1 in the pruned colour
+    ref = layer_preview(name, module(win, name), win.session.settings(name))
+    np.testing.assert_array_equal(drawn(win.layer_view.pruned), ref.pruned)
+    np.testing.assert_array_equal(drawn(win.layer_view.kept), ref.kept)
+    assert int(ref.pruned.sum()) == ref.numel - math.ceil(0.3 * ref.numel)
+    assert [line.value() for line in win.layer_view.lines] == pytest.approx([-ref.threshold, ref.threshold])
+    assert all(line.isVisible() for line in win.layer_view.lines)
+
+
+def test_a_typed_value_applies_after_the_debounce(make_window, qtbot):
+    win = make_window("digits-mlp")
+    name = win.session.current
+    win.controls.sparsity.setValue(40)  # no release: the debounce timer applies it
+    qtbot.waitUntil(lambda: win.session.settings(name).prune is not None, timeout=5000)
+    assert win.session.settings(name).prune.amount == pytest.approx(0.40)
+
+
+def test_settings_apply_to_every_selected_layer_and_to_all(make_window, qtbot, settle):
+    win = make_window("digits-cnn")
+    win.table.select_names(["conv2", "fc2"])
+    assert win.session.selection == ["conv2", "fc2"]
+    win.controls.quant_on.setChecked(True)  # toggling applies at once
+    win.controls.set_sparsity(50)
+    for name in ("conv2", "fc2"):
+        s = win.session.settings(name)
+        assert s.prune.amount == pytest.approx(0.5) and s.quantize is not None
+    for name in ("conv1", "fc1"):
+        assert win.session.settings(name).is_empty
+    win.controls.apply_button.click()
+    assert all(win.session.settings(n).prune.amount == pytest.approx(0.5) for n in win.session.layer_names)
+    settle(win)
+    assert win.preview.values == expected_sizes(win)
+
+
+def test_an_invalid_combination_shows_an_error_and_leaves_the_plan(make_window, qtbot):
+    win = make_window("digits-mlp")
+    name = win.session.current
+    win.controls.quant_on.setChecked(True)
+    win.controls.method.setCurrentText("binary")
+    before = win.session.plan.to_dict()
+    win.controls.set_sparsity(50)  # binary weights have no zero level: pruning cannot be represented
+    assert name in win.last_error and "binary" in win.last_error
+    assert win.banner.isVisible()
+    assert win.session.plan.to_dict() == before
+
+
+def test_table_sorts_and_selection_follows_the_sorted_rows(make_window):
+    win = make_window("digits-cnn")
+    win.table.sortByColumn(COLUMNS.index("params"), Qt.DescendingOrder)
+    top = win.table.proxy.index(0, 0).data()
+    assert top == max(win.session.info.layers, key=lambda layer: layer.params).name
+    win.table.selectRow(win.table.proxy.rowCount() - 1)
+    smallest = min(win.session.info.layers, key=lambda layer: layer.params).name
+    assert win.session.selection == [smallest]
+
+
+# ------------------------------------------------------------------------------- threshold line drag
+
+
+def test_dragging_the_threshold_line_sets_the_sparsity(make_window, qtbot, settle):
+    win = make_window("digits-cnn")
+    name = win.session.current
+    qtbot.waitUntil(lambda: name in win._abs_sorted and win.layer_view.lines[1].isVisible(), timeout=5000)
+    magnitudes = np.sort(np.abs(module(win, name).weight.detach().double().numpy().ravel()))
+    n = magnitudes.size
+    k = int(0.37 * n) + 3
+    t = float((magnitudes[k - 1] + magnitudes[k]) / 2)  # between two weights: no tie at the line
+    expected = round(100 * np.count_nonzero(magnitudes < t) / n)
+    assert 30 < expected < 45
+
+    line, mirror = win.layer_view.lines[1], win.layer_view.lines[0]
+    with qtbot.waitSignal(win.layer_view.threshold_dragged) as dragged:
+        line.setValue(t)  # a drag step: cheap, the plan does not change
+    assert dragged.args == [pytest.approx(t)]
+    assert mirror.value() == pytest.approx(-t)
+    assert win.session.settings(name).prune is None
+    with qtbot.waitSignal(win.layer_view.threshold_released):
+        line.sigPositionChangeFinished.emit(line)  # the drag ends
+    assert win.controls.sparsity.value() == expected
+    assert win.session.settings(name).prune.amount == pytest.approx(expected / 100)
+    assert win.session.settings(name).prune.granularity == "element"
+
+    settle(win)
+    assert win.preview.values == expected_sizes(win)
+    assert drawn(win.layer_view.pruned).sum() == n - math.ceil(round((1 - expected / 100) * n, 9))
+
+    # the negative line drives it too
+    k2 = int(0.81 * n)
+    t2 = float((magnitudes[k2 - 1] + magnitudes[k2]) / 2)
+    mirror.setValue(-t2)
+    mirror.sigPositionChangeFinished.emit(mirror)
+    assert win.session.settings(name).prune.amount == pytest.approx(
+        round(100 * np.count_nonzero(magnitudes < t2) / n) / 100)
+    settle(win)
+
+
+# --------------------------------------------------------------------------------- centroid comparison
+
+
+def test_the_three_inits_are_drawn_with_their_errors(make_window, qtbot):
+    win = make_window("digits-cnn")
+    name = win.session.current
+    win.tabs.setCurrentWidget(win.centroids)
+    inits = {"forgy", "density", "linear"}
+    qtbot.waitUntil(lambda: set(win.centroids.errors) == inits and name in win.centroids.title.text(),
+                    timeout=WORK_TIMEOUT_MS)
+    ref = init_comparison(name, module(win, name), win.session.settings(name))
+    for init in inits:
+        before, after = win.centroids.errors[init]
+        assert math.isfinite(before) and math.isfinite(after) and after > 0
+        assert after <= before * (1 + 1e-9)  # k-means never makes its initialisation worse
+        assert (before, after) == pytest.approx((ref.results[init]["mse_initial"], ref.results[init]["mse_final"]))
+        assert init in win.centroids.title.text()
+    # histogram + (initial, final) markers per init; CDF likewise, with a legend entry per init
+    assert len(win.centroids.hist.listDataItems()) >= 1 + 2 * len(inits)
+    assert len(win.centroids.cdf.listDataItems()) >= 1 + 2 * len(inits)
+    legend = [label.text for _, label in win.centroids.cdf.plotItem.legend.items]
+    assert all(any(init in text for text in legend) for init in inits)
+
+    # another layer on the centroid tab: redrawn for it
+    win.table.select_names(["conv2"])
+    qtbot.waitUntil(lambda: "conv2" in win.centroids.title.text() and win.idle(), timeout=WORK_TIMEOUT_MS)
+
+
+# ----------------------------------------------------------------------------------- stale results
+
+
+def test_stale_results_are_dropped_when_settings_change_twice_quickly(make_window, qtbot, settle):
+    win = make_window("digits-cnn")
+    name = win.session.current
+    shown = []
+    win.session.on("results", lambda: shown.append(dict(win.session.results["size"])))
+
+    # a slow job holds the preview channel until released; whatever it returns must never be applied
+    release, late_progress, applied = threading.Event(), [], []
+
+    def slow(progress):
+        release.wait(30)
+        late_progress.append(progress(1.0, "late"))
+        return "slow result"
+
+    slow_gen = win.workers.submit("preview", slow, applied.append)
+    try:
+        win.controls.set_sparsity(30)
+        first = win.session.plan
+        win.controls.set_sparsity(80)  # back to back: supersedes the first measurement
+        second = win.session.plan
+    finally:
+        release.set()
+    assert win.workers._generation["preview"] >= slow_gen + 4  # each submit cancels the one before
+    qtbot.waitUntil(lambda: bool(late_progress), timeout=WORK_TIMEOUT_MS)
+    settle(win)
+
+    assert late_progress == [False]  # the slow job was told to stop ...
+    assert applied == []  # ... and its result never reached the window
+    assert win.session.settings(name).prune.amount == pytest.approx(0.8)
+    want, stale = expected_sizes(win, second), expected_sizes(win, first)
+    assert want != stale
+    assert win.session.results["size"] == want
+    assert win.preview.values == want
+    assert stale not in shown  # the first plan's measurement was never shown, not even briefly
+
+
+def test_workers_drop_a_result_that_arrives_after_a_newer_submit(qtbot):
+    workers = Workers(threads=1)
+    got = []
+    workers.submit("c", lambda progress: "old", got.append)
+    assert workers.pool.waitForDone(5000)  # "old" is done; its result waits in the GUI thread's queue
+    workers.submit("c", lambda progress: "new", got.append)
+    qtbot.waitUntil(lambda: bool(got), timeout=5000)
+    assert got == ["new"]
+    assert workers.dropped == 1
+    assert not workers.busy("c")
+    workers.shutdown()
+
+
+def test_workers_deliver_errors_and_swallow_cancellation(qtbot, capsys):
+    workers = Workers(threads=2)
+    errors, done = [], []
+
+    def bad_plan(progress):
+        raise PlanError("layer 'fc1': prune.amount must be a fraction")
+
+    def engine_bug(progress):
+        raise ValueError("boom")
+
+    def cancelled(progress):
+        raise Cancelled("stop")
+
+    workers.submit("a", bad_plan, done.append, errors.append)
+    workers.submit("b", engine_bug, done.append, errors.append)
+    workers.submit("c", cancelled, done.append, errors.append)
+    qtbot.waitUntil(lambda: len(errors) == 2, timeout=5000)
+    assert workers.pool.waitForDone(5000)
+    qtbot.waitUntil(lambda: not workers.busy("a") and not workers.busy("b"), timeout=5000)
+    assert sorted(errors) == ["ValueError: boom", "layer 'fc1': prune.amount must be a fraction"]
+    assert done == []
+    workers.shutdown()
+
+
+# -------------------------------------------------------------------------------- bad files
+
+
+def _truncated_cexp(tmp_path):
+    loaded = load_model("digits-mlp")
+    res = compress(loaded.model, Plan.load(SAMPLES_DIR / "digits-mlp.plan.json"), loaded.example_input)
+    path = tmp_path / "truncated.cexp"
+    fileformat.save(res, path, loaded)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
+def test_corrupt_or_unsupported_files_show_an_error_and_the_window_still_works(make_window, qtbot, tmp_path,
+                                                                                 settle):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    weights_only = tmp_path / "weights-only.pt"
+    torch.save(torch.nn.Linear(4, 2).state_dict(), weights_only)
+    truncated = _truncated_cexp(tmp_path)
+
+    win = make_window()
+    for path in (garbage, truncated, weights_only):
+        win.open_model(str(path))
+        qtbot.waitUntil(lambda: win.last_error is not None and path.name in win.last_error and win.idle(),
+                        timeout=WORK_TIMEOUT_MS)
+        assert len(win.last_error) > len(f"Could not open {path}: ")  # says what is wrong, not only where
+        assert win.banner.isVisible() and path.name in win.banner.text()
+        assert path.name in win.statusBar().currentMessage()
+        boxes = message_boxes(win)
+        assert boxes and path.name in boxes[-1].text()
+        for box in boxes:
+            box.close()
+        assert win.session.loaded is None
+    assert "factory" in win.last_error  # a state_dict alone: the message says what is missing
+
+    # the window still works: a sample opens, measures and responds to the controls
+    win.open_model("digits-mlp")
+    qtbot.waitUntil(lambda: win.session.loaded is not None and win.session.results is not None and win.idle(),
+                    timeout=WORK_TIMEOUT_MS)
+    assert not win.banner.isVisible()
+    win.controls.set_sparsity(60)
+    settle(win)
+    assert win.preview.values == expected_sizes(win)
+
+    # a bad file while a model is open: an error, and the open model stays usable
+    win.open_model(str(garbage))
+    qtbot.waitUntil(lambda: win.idle() and win.banner.isVisible(), timeout=WORK_TIMEOUT_MS)
+    for box in message_boxes(win):
+        box.close()
+    assert win.session.loaded.source == "digits-mlp"
+    win.controls.set_sparsity(20)
+    settle(win)
+    assert win.preview.values == expected_sizes(win)
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def test_export_writes_a_file_that_load_reads_back(make_window, qtbot, tmp_path, settle):
+    win = make_window("digits-cnn")
+    win.load_plan(str(SAMPLES_DIR / "digits-cnn.plan.json"))
+    settle(win)
+    assert win.preview.values == expected_sizes(win)
+
+    path = tmp_path / "exported.cexp"
+    written = []
+    win.export(str(path), on_done=written.append)
+    qtbot.waitUntil(lambda: bool(written), timeout=WORK_TIMEOUT_MS)
+    assert written[0] == os.path.getsize(path) > 0
+    assert written[0] == win.session.results["size"]["file"]  # the preview predicted the bytes written
+    assert f"{written[0]:,} bytes" in win.statusBar().currentMessage()
+
+    model = fileformat.load(path)
+    x = win.session.loaded.eval_data.inputs[:128]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), win._compressed_model(x), rtol=1e-5, atol=1e-5)
+        direct = compress(win.session.loaded.model, win.session.plan, win.session.loaded.example_input).model
+        torch.testing.assert_close(model(x), direct(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ undo, redo, plans
+
+
+def test_undo_and_redo_through_the_edit_actions(make_window, qtbot, settle):
+    win = make_window("digits-mlp")
+    name = win.session.current
+    undo, redo = win.undo_action, win.redo_action
+    assert not undo.isEnabled() and not redo.isEnabled()
+    win.controls.set_sparsity(50)
+    win.controls.set_sparsity(80)
+    assert undo.isEnabled() and not redo.isEnabled()
+
+    undo.trigger()
+    assert win.session.settings(name).prune.amount == pytest.approx(0.5)
+    assert win.controls.sparsity.value() == 50 and redo.isEnabled()
+    undo.trigger()
+    assert win.session.settings(name).is_empty and not undo.isEnabled()
+    assert win.controls.sparsity.value() == 0
+    settle(win)
+    assert win.preview.values["pruned"] == win.preview.values["dense"]
+
+    redo.trigger()
+    redo.trigger()
+    assert win.session.settings(name).prune.amount == pytest.approx(0.8) and not redo.isEnabled()
+    undo.trigger()
+    win.controls.set_sparsity(10)  # a new change after undo: nothing left to redo
+    assert not redo.isEnabled()
+    settle(win)
+    assert win.preview.values == expected_sizes(win)
+    assert "prune 10%" in cell(win, name, SETTINGS)
+
+
+def test_plan_save_and_load_round_trip(make_window, qtbot, settle, tmp_path, monkeypatch):
+    win = make_window("digits-cnn")
+    win.controls.quant_on.setChecked(True)
+    win.controls.bits.setValue(4)
+    win.controls.bits._slider.sliderReleased.emit()
+    win.controls.set_sparsity(65)
+    saved = win.session.plan.to_dict()
+    path = tmp_path / "plan.json"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path), "")))
+    win.save_plan_dialog()
+    assert Plan.load(path).to_dict() == saved
+
+    win.session.set_plan(Plan())
+    assert win.session.plan.to_dict() != saved
+    win.load_plan(str(path))
+    assert win.session.plan.to_dict() == saved
+    assert win.controls.bits.value() == 4 and win.controls.sparsity.value() == 65
+    settle(win)
+    assert win.preview.values == expected_sizes(win)
+
+    # a plan naming a layer this model does not have: an error, the plan unchanged
+    bad = tmp_path / "other.json"
+    bad.write_text('{"layers": {"features.0": {"prune": {"amount": 0.5}}}}')
+    win.load_plan(str(bad))
+    assert "features.0" in win.last_error
+    assert win.session.plan.to_dict() == saved
+    for box in message_boxes(win):
+        box.close()
+
+
+# ------------------------------------------------------------------------------------- screenshot
+
+
+def test_gui_screenshot_command_writes_a_png(tmp_path):
+    out = tmp_path / "window.png"
+    script = os.path.join(os.path.dirname(sys.executable), "compression-explorer")
+    cmd = [script] if os.path.exists(script) else [sys.executable, "-m", "explorer"]
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run(cmd + ["gui", "digits-cnn", "--screenshot", str(out)], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = QImage(str(out))
+    assert image.width() >= 800 and image.height() >= 500
