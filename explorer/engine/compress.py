@@ -10,6 +10,7 @@ size of each storage stage. Order of operations: see :mod:`explorer.engine.plan`
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -300,55 +301,50 @@ class TensorCache:
     """Results of element pruning + quantization per weight tensor, reused by the next :func:`compress` of the
     same model when a tensor and its settings are unchanged (the window re-measures after every slider
     release; usually one layer changed). Keys hold the identity and version of the original weight, so a
-    tensor that structured pruning or low-rank replaced is never matched. Holds at most ``limit`` entries."""
+    tensor that structured pruning or low-rank replaced is never matched. Holds at most ``limit`` entries
+    and about ``limit_bytes`` of arrays (the oldest go first). Safe to share between threads: each
+    operation is one dict operation under a lock."""
 
-    def __init__(self, limit: int = 512):
-        self.limit = limit
+    def __init__(self, limit: int = 512, limit_bytes: int = 1 << 30):
+        self.limit, self.limit_bytes = limit, limit_bytes
         self._items: dict = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
         self.hits = 0
 
     @staticmethod
     def key(source: torch.Tensor, tname: str, s: LayerSettings):
         return (tname, id(source), source._version, tuple(source.shape), s.prune, s.quantize)
 
+    @staticmethod
+    def _cost(value) -> int:
+        result, new = value
+        n = result.numel
+        return n * (1 + (4 if new is not None else 0) + (8 if result.quant is not None else 0)) + 1024
+
     def get(self, key):
-        item = self._items.get(key)
-        if item is not None:
-            self.hits += 1
-        return item
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self.hits += 1
+            return item
 
     def put(self, key, value) -> None:
-        if len(self._items) >= self.limit:
-            self._items.pop(next(iter(self._items)))
-        self._items[key] = value
+        cost = self._cost(value)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= self._cost(old)
+            while self._items and (len(self._items) >= self.limit or self._bytes + cost > self.limit_bytes):
+                self._bytes -= self._cost(self._items.pop(next(iter(self._items))))
+            self._items[key] = value
+            self._bytes += cost
 
 
-def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: ProgressFn = None,
-             cache: Optional[TensorCache] = None) -> Compressed:
-    """Apply ``plan`` to a copy of ``model``.
-
-    Parameters
-    ----------
-    model : nn.Module
-        The original; never modified.
-    plan : Plan
-        Per-layer settings; entries that match no layer are an error.
-    example_input : optional
-        Needed for structured pruning (the graph is traced on it) and for MACs.
-    progress : callable, optional
-        ``progress(fraction, message)``; returning False cancels (raises ``Cancelled``).
-    cache : TensorCache, optional
-        Reuse the pruning/quantization of tensors whose weight and settings did not change.
-
-    Returns
-    -------
-    Compressed
-    """
-    report(progress, 0.0, "planning")
+def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict) -> None:
+    """Reject settings that cannot be applied to ``model``, naming the layer (tied weights, counts that
+    remove everything, shape changes that the model or a TorchScript graph does not allow)."""
     scripted = isinstance(model, torch.jit.ScriptModule)
-    layers = compressible_layers(model)
-    settings = plan.resolve([n for n, _ in layers])
-    owners = weight_owners(model)
     for name, mod in layers:
         s = settings[name]
         owner = owners[name]
@@ -371,7 +367,41 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
         if s.prune is not None and s.prune.granularity != "element" and s.prune.amount and scripted:
             raise CompressionError(f"layer '{name}': {s.prune.granularity} pruning needs to change layer shapes, "
                                    "which a TorchScript graph does not allow; use element pruning")
-    before_macs, total_before = count_macs(model, example_input) if example_input is not None else ({}, None)
+
+
+def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: ProgressFn = None,
+             cache: Optional[TensorCache] = None, macs_before: Optional[tuple] = None) -> Compressed:
+    """Apply ``plan`` to a copy of ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The original; never modified.
+    plan : Plan
+        Per-layer settings; entries that match no layer are an error.
+    example_input : optional
+        Needed for structured pruning (the graph is traced on it) and for MACs.
+    progress : callable, optional
+        ``progress(fraction, message)``; returning False cancels (raises ``Cancelled``).
+    cache : TensorCache, optional
+        Reuse the pruning/quantization of tensors whose weight and settings did not change.
+    macs_before : tuple, optional
+        ``count_macs(model, example_input)`` when already known (it is the same for every plan).
+
+    Returns
+    -------
+    Compressed
+    """
+    report(progress, 0.0, "planning")
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    layers = compressible_layers(model)
+    settings = plan.resolve([n for n, _ in layers])
+    owners = weight_owners(model)
+    check_settings(model, layers, settings, owners)
+    if macs_before is not None:
+        before_macs, total_before = macs_before
+    else:
+        before_macs, total_before = count_macs(model, example_input) if example_input is not None else ({}, None)
 
     # 1. structured pruning (returns a new model) -----------------------------------------------
     requests = {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
@@ -433,13 +463,14 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
             key = TensorCache.key(orig.weight, tname, s) if (cache is not None and untouched) else None
             hit = cache.get(key) if key is not None else None
             if hit is not None:
-                result, new_weight = hit
-                with torch.no_grad():
-                    mod.weight.copy_(new_weight)
+                result, new = hit
             else:
-                result = _compress_tensor(tname, mod, s)
+                result, new = compress_weight(tname, mod.weight, s)
                 if key is not None:
-                    cache.put(key, (result, mod.weight.detach().clone()))
+                    cache.put(key, (result, new))
+            if new is not None:
+                with torch.no_grad():
+                    mod.weight.copy_(new)
             lr.tensors.append(result)
             done += 1
         results[name] = lr
@@ -449,17 +480,7 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     if example_input is not None:
         report(progress, 0.96, "counting MACs")
         after, total_after = count_macs(work, example_input)
-        for name, lr in results.items():
-            lr.macs_before = before_macs.get(name)
-            if scripted:
-                continue
-            tensors = results[lr.shared_with].tensors if lr.shared_with else lr.tensors
-            if lr.shared_with:  # the tied layer runs its own MACs with the owner's (compressed) weight
-                subs = [(t, after.get(name, 0)) for t in tensors]
-            else:
-                subs = [(t, after.get(t.name[: -len(".weight")], 0)) for t in tensors]
-            lr.macs_after = sum(m for _, m in subs)
-            lr.macs_effective = int(round(sum(m * t.nonzero / max(t.numel, 1) for t, m in subs)))
+        set_layer_macs(results, before_macs, None if scripted else after)
 
     weights_before = sum(m.weight.numel() for n, m in layers if owners[n] == n)
     weights_after = sum(lr.params_after for lr in results.values())
@@ -469,6 +490,23 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
                      macs_before=total_before, macs_after=total_after)
     report(progress, 1.0, "done")
     return out
+
+
+def set_layer_macs(results: dict, before: dict, after: Optional[dict]) -> None:
+    """Fill each LayerResult's MACs before / after / effective from per-module MAC counts (``after`` is
+    None where none could be measured: TorchScript runs no hooks). Effective MACs scale each weight
+    tensor's MACs by its fraction of non-zero weights."""
+    for name, lr in results.items():
+        lr.macs_before = before.get(name)
+        if after is None:
+            continue
+        tensors = results[lr.shared_with].tensors if lr.shared_with else lr.tensors
+        if lr.shared_with:  # the tied layer runs its own MACs with the owner's (compressed) weight
+            subs = [(t, after.get(name, 0)) for t in tensors]
+        else:
+            subs = [(t, after.get(t.name[: -len(".weight")], 0)) for t in tensors]
+        lr.macs_after = sum(m for _, m in subs)
+        lr.macs_effective = int(round(sum(m * t.nonzero / max(t.numel, 1) for t, m in subs)))
 
 
 def _check_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
@@ -489,7 +527,19 @@ def _check_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
 
 
 def _compress_tensor(tname: str, module: nn.Module, s: LayerSettings) -> TensorResult:
-    weight = module.weight
+    result, new = compress_weight(tname, module.weight, s)
+    if new is not None:
+        with torch.no_grad():
+            module.weight.copy_(new)
+    return result
+
+
+def compress_weight(tname: str, weight: torch.Tensor, s: LayerSettings):
+    """Element pruning and quantization of one weight tensor (left unchanged).
+
+    Returns ``(TensorResult, new)`` where ``new`` is the compressed weight (same shape and dtype), or
+    None when the settings leave it as it is. ``tname`` is the module's path (``.weight`` is appended).
+    """
     mask = None
     if s.prune is not None and s.prune.granularity == "element" and s.prune.amount:
         mask = magnitude_mask(weight, s.prune.amount)
@@ -500,13 +550,11 @@ def _compress_tensor(tname: str, module: nn.Module, s: LayerSettings) -> TensorR
                 quant = quantize_tensor(weight, s.quantize, mask)
             except CompressionError as exc:
                 raise CompressionError(f"tensor '{tname}': {exc}") from None
-            new = quant.decoded
+            new = quant.decoded.to(weight.dtype)
         elif mask is not None:
             new = weight * torch.from_numpy(mask.reshape(tuple(weight.shape))).to(weight.device, weight.dtype)
         else:
             new = None
-        if new is not None:
-            weight.copy_(new)
-    nonzero = int(torch.count_nonzero(weight))
+    nonzero = int(torch.count_nonzero(new if new is not None else weight))
     sizes = tensor_sizes(weight.numel(), mask, quant.tensor_code() if quant is not None else None)
-    return TensorResult(f"{tname}.weight", tuple(weight.shape), mask, quant, sizes, nonzero)
+    return TensorResult(f"{tname}.weight", tuple(weight.shape), mask, quant, sizes, nonzero), new

@@ -25,6 +25,13 @@ def preview_plan(loaded, plan: Plan, progress: ProgressFn = None, cache=None):
     :class:`~explorer.engine.compress.Compressed` result (whose model an accuracy job can measure).
     """
     result = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.9), cache=cache)
+    return summarize(result, loaded), result
+
+
+def summarize(result, loaded) -> dict:
+    """The JSON-ready summary of a :class:`~explorer.engine.compress.Compressed` result, with each layer's
+    settings described and the bytes its file would take (``size.file``; None with ``file_error`` when
+    no file can be written)."""
     out = result.summary()
     for layer in out["layers"]:
         layer["settings_summary"] = result.layers[layer["name"]].settings.describe()
@@ -33,7 +40,7 @@ def preview_plan(loaded, plan: Plan, progress: ProgressFn = None, cache=None):
     except ExplorerError as exc:  # e.g. a trusted pickle that cannot be scripted: no file can be written
         out["size"]["file"] = None
         out["file_error"] = str(exc)
-    return out, result
+    return out
 
 
 def evaluate_plan(loaded, plan: Plan, progress: ProgressFn = None, limit: Optional[int] = None) -> dict:

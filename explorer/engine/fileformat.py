@@ -38,6 +38,7 @@ import math
 import os
 import stat
 import struct
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -238,16 +239,24 @@ def _architecture(loaded, compressed, streams: _Streams) -> dict:
             raise ExplorerError("this model has no factory and cannot be scripted "
                                 f"({type(exc).__name__}); load it from a state_dict with --factory so the "
                                 "file can name its architecture") from None
-    import copy as _copy
+    blob = _GRAPH_BLOBS.get(scripted) if scripted is model else None
+    if blob is None:
+        import copy as _copy
 
-    blank = _copy.deepcopy(scripted)
-    with torch.no_grad():
-        for _, tensor in blank.state_dict().items():
-            tensor.zero_()
-    buf = io.BytesIO()
-    torch.jit.save(blank, buf)
-    blob = zlib.compress(_strip_debug(buf.getvalue()), 9)
+        blank = _copy.deepcopy(scripted)
+        with torch.no_grad():
+            for _, tensor in blank.state_dict().items():
+                tensor.zero_()
+        buf = io.BytesIO()
+        torch.jit.save(blank, buf)
+        blob = zlib.compress(_strip_debug(buf.getvalue()), 9)
+        if scripted is model:  # a scripted graph cannot change: the next save of this module reuses it
+            _GRAPH_BLOBS[scripted] = blob
     return {"kind": "torchscript", "stream": streams.add(lambda: blob, len(blob))}
+
+
+# ScriptModule -> its zeroed, compressed archive (the window predicts the file size after every change)
+_GRAPH_BLOBS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _strip_debug(archive: bytes) -> bytes:

@@ -18,12 +18,13 @@ from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, Q
                                QTabWidget, QVBoxLayout, QWidget)
 
 from explorer.engine import fileformat
-from explorer.engine.compress import TensorCache, inspect_model
+from explorer.engine.compress import inspect_model
 from explorer.engine.errors import ExplorerError
-from explorer.engine.evaluate import preview_plan, quality
-from explorer.engine.layerview import init_comparison, layer_preview
+from explorer.engine.evaluate import quality
+from explorer.engine.layerview import init_comparison
 from explorer.engine.loading import load_model
 from explorer.engine.plan import Plan
+from explorer.engine.preview import Previewer
 from explorer.engine.progress import scaled
 from explorer.engine.samples import SAMPLES_DIR, sample_names
 from explorer.gui.qt_centroids import CentroidView
@@ -50,8 +51,8 @@ class MainWindow(QMainWindow):
         self.last_error: Optional[str] = None
         self._abs_sorted: dict = {}  # layer -> sorted |w| (to turn a dragged threshold into a sparsity)
         self._accuracy_before: Optional[float] = None
-        self._compressed_model = None
-        self._cache = TensorCache()  # per model: tensors whose settings did not change are not recomputed
+        self._compressed_model = None  # the runnable model of the plan whose accuracy was measured last
+        self._previewer: Optional[Previewer] = None  # per model: measures plans incrementally
 
         self.table = LayerTable(self.session)
         self.layer_view = LayerView()
@@ -194,7 +195,8 @@ class MainWindow(QMainWindow):
         loaded, info, plan = result
         self.clear_error()
         self._abs_sorted.clear()
-        self._cache = TensorCache()
+        self._previewer = Previewer(loaded)
+        self._compressed_model = None
         self._accuracy_before = None
         self._remember(loaded.source)
         self.setWindowTitle(f"Compression Explorer — {loaded.source}")
@@ -276,8 +278,10 @@ class MainWindow(QMainWindow):
     def _on_plan(self) -> None:
         self.undo_action.setEnabled(self.session.can_undo())
         self.redo_action.setEnabled(self.session.can_redo())
-        self._schedule_layer()  # start the engine work before anything is redrawn
+        # start the engine work before anything is redrawn; the size first: the layer view then finds the
+        # changed layer's result in the previewer's cache
         self.schedule_preview()
+        self._schedule_layer()
         self.table.model_.refresh_values()
         if self.session.current:
             self.controls.load(self.session.settings(self.session.current))
@@ -305,22 +309,20 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------------------------- engine work
     def schedule_preview(self) -> None:
         """Measure the current plan: sizes and MACs first, then accuracy. A newer plan supersedes both."""
-        loaded = self.session.loaded
-        if loaded is None:
+        loaded, previewer = self.session.loaded, self._previewer
+        if loaded is None or previewer is None:
             return
-        plan, cache = self.session.plan, self._cache
+        plan = self.session.plan
         self.workers.cancel("accuracy")
         self.preview.set_stale(True, "measuring size and MACs…")
         self.preview.set_progress(0.0)
 
         def job(progress):
-            return preview_plan(loaded, plan, progress, cache=cache)
+            return previewer.measure(plan, progress)
 
-        def done(result):
-            summary, compressed = result
-            self._compressed_model = compressed.model
+        def done(summary):
             self.session.set_results(summary)
-            self.schedule_accuracy(compressed.model)
+            self.schedule_accuracy(plan)
 
         def failed(message):
             self.preview.set_progress(None)
@@ -329,16 +331,19 @@ class MainWindow(QMainWindow):
 
         self.workers.submit("preview", job, done, failed)
 
-    def schedule_accuracy(self, model) -> None:
-        loaded = self.session.loaded
+    def schedule_accuracy(self, plan: Plan) -> None:
+        loaded, previewer = self.session.loaded, self._previewer
         before = self._accuracy_before
         self.preview.set_stale(True, "measuring accuracy…")
 
         def job(progress):
+            model = previewer.build(plan, scaled(progress, 0.0, 0.2)).model
             # small batches: a superseded measurement stops at its next batch, within a fraction of a second
-            return quality(loaded, model, progress, before=before, batch_size=32)
+            return model, quality(loaded, model, scaled(progress, 0.2, 1.0), before=before, batch_size=32)
 
-        def done(q):
+        def done(result):
+            model, q = result
+            self._compressed_model = model
             if q is not None and "before" in q:
                 self._accuracy_before = q["before"]
             self.session.set_accuracy(q)
@@ -353,10 +358,10 @@ class MainWindow(QMainWindow):
         self.workers.submit("accuracy", job, done, failed)
 
     def _schedule_layer(self) -> None:
-        name, loaded = self.session.current, self.session.loaded
-        if name is None or loaded is None:
+        name, loaded, previewer = self.session.current, self.session.loaded, self._previewer
+        if name is None or loaded is None or previewer is None:
             return
-        module = dict(loaded.model.named_modules())[name]
+        module = previewer.modules[name]
         settings = self.session.settings(name)
         if self.tabs.currentWidget() is self.centroids:
             self.workers.submit("inits", lambda p: init_comparison(name, module, settings, progress=p),
@@ -364,7 +369,7 @@ class MainWindow(QMainWindow):
             return
 
         def job(progress):
-            preview = layer_preview(name, module, settings, progress=progress)
+            preview = previewer.layer(name, settings, progress=progress)
             abs_sorted = None
             if name not in self._abs_sorted:
                 abs_sorted = np.sort(np.abs(module.weight.detach().reshape(-1).double().cpu().numpy()))
@@ -411,13 +416,10 @@ class MainWindow(QMainWindow):
 
     def export(self, path: str, on_done=None) -> None:
         """Compress with the current plan and write the .cexp file in the background; reports the bytes."""
-        from explorer.engine.compress import compress
-
-        loaded, plan, cache = self.session.loaded, self.session.plan, self._cache
+        loaded, plan, previewer = self.session.loaded, self.session.plan, self._previewer
 
         def job(progress):
-            res = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0.0, 0.7),
-                           cache=cache)
+            res = previewer.build(plan, scaled(progress, 0.0, 0.7))
             return fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
 
         def done(written):
@@ -434,14 +436,13 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getSaveFileName(self, "Export", "model" + ext)
         if not path:
             return
-        from explorer.engine.compress import compress
         from explorer.engine.export import export
 
-        loaded, plan = self.session.loaded, self.session.plan
+        loaded, plan, previewer = self.session.loaded, self.session.plan, self._previewer
         fmt = "torchscript" if ext == ".pt" else None
 
         def job(progress):
-            model = compress(loaded.model, plan, loaded.example_input, progress=scaled(progress, 0, 0.6)).model
+            model = previewer.build(plan, scaled(progress, 0, 0.6)).model
             return export(model, loaded.example_input, path, fmt=fmt)
 
         self.workers.submit("export", job,

@@ -1,0 +1,252 @@
+"""Incremental measurement of plans on one model: what the window shows after every slider release.
+
+A :class:`Previewer` belongs to one loaded model. It keeps what does not depend on the plan (the
+model's MACs, each layer's histogram bins) and, per weight tensor and settings, the result of pruning
+and quantizing it, so a new plan costs only the tensors whose settings changed:
+
+- :meth:`Previewer.measure` returns the same summary as :func:`explorer.engine.evaluate.preview_plan`
+  (size by stage, the file's bytes, MACs, per-layer details; a test checks they are equal). When no
+  layer is structurally pruned or factorised, the model's shapes do not change, so nothing is copied or
+  traced: the sizes are summed from the per-tensor results and the MACs follow from the dense counts
+  and each layer's non-zero weights. Otherwise it runs :func:`~explorer.engine.compress.compress`.
+- :meth:`Previewer.build` returns the runnable compressed model (for accuracy and export), reusing the
+  same per-tensor results.
+- :meth:`Previewer.layer` returns a layer's histogram view from the same results.
+
+Methods may be called from several threads at once; none of them modifies the loaded model.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import numpy as np
+import torch
+from numba import njit
+
+from . import fileformat
+from .compress import (FP32_BITS, Compressed, LayerResult, TensorCache, _check_amount, check_settings, compress,
+                       compress_weight, set_layer_macs, stored_numel, weight_owners)
+from .errors import ExplorerError
+from .layerview import LayerPreview
+from .metrics import compressible_layers, count_macs, layer_type
+from .plan import LayerSettings, Plan
+from .progress import ProgressFn, report, scaled
+
+HIST_BINS = 120
+
+
+class Previewer:
+    """Measures plans on ``loaded`` (a :class:`~explorer.engine.loading.LoadedModel`)."""
+
+    def __init__(self, loaded, cache: Optional[TensorCache] = None):
+        self.loaded = loaded
+        model = loaded.model
+        self.layers = compressible_layers(model)
+        self.names = [n for n, _ in self.layers]
+        self.modules = dict(self.layers)
+        self.owners = weight_owners(model)
+        self.cache = cache if cache is not None else TensorCache()
+        self._lock = threading.Lock()
+        self._macs: Optional[tuple] = None
+        self._stored: Optional[int] = None
+        self._bins: dict = {}  # layer -> (edges, bin of every weight)
+
+    # ------------------------------------------------------------------------------ plan-independent
+    def macs_before(self) -> tuple:
+        """``count_macs`` of the original model (per layer, total), measured once."""
+        if self.loaded.example_input is None:
+            return {}, None
+        with self._lock:
+            if self._macs is None:
+                self._macs = count_macs(self.loaded.model, self.loaded.example_input)
+            return self._macs
+
+    def _stored_numel(self) -> int:
+        if self._stored is None:
+            self._stored = stored_numel(self.loaded.model)
+        return self._stored
+
+    # ------------------------------------------------------------------------------ per tensor
+    def tensor(self, name: str, settings: LayerSettings):
+        """``(TensorResult, new weight or None)`` of layer ``name``'s own weight under ``settings``
+        (element pruning and quantization only), from the cache when it was computed before."""
+        weight = self.modules[name].weight
+        key = TensorCache.key(weight, name, settings)
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = compress_weight(name, weight, settings)
+            self.cache.put(key, hit)
+        return hit
+
+    @staticmethod
+    def shapes_change(settings: dict) -> bool:
+        """True when a plan structurally prunes or factorises a layer (the model's shapes change)."""
+        return any(s.lowrank is not None or (s.prune is not None and s.prune.granularity != "element"
+                                             and s.prune.amount) for s in settings.values())
+
+    # ------------------------------------------------------------------------------ whole plan
+    def measure(self, plan: Plan, progress: ProgressFn = None) -> dict:
+        """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy)."""
+        settings = plan.resolve(self.names)
+        if self.shapes_change(settings):
+            from .evaluate import summarize
+
+            return summarize(self.build(plan, progress), self.loaded)
+        model = self.loaded.model
+        check_settings(model, self.layers, settings, self.owners)
+        results = {}
+        todo = [n for n in self.names if self.owners[n] == n]
+        for i, (name, orig) in enumerate(self.layers):
+            s = settings[name]
+            shared = self.owners[name] != name
+            lr = LayerResult(name, layer_type(orig), s, 0 if shared else orig.weight.numel(),
+                             shared_with=self.owners[name] if shared else None)
+            if not shared:
+                report(progress, 0.9 * i / max(len(todo), 1), f"compressing {name}")
+                lr.tensors.append(self.tensor(name, s)[0])
+            results[name] = lr
+        before, total = self.macs_before()
+        # no shape changed: each layer runs the MACs it ran before (TorchScript: none measured per layer)
+        set_layer_macs(results, before, None if isinstance(model, torch.jit.ScriptModule) else before)
+        weights = sum(m.weight.numel() for n, m in self.layers if self.owners[n] == n)
+        other = FP32_BITS * (self._stored_numel() - weights)
+        compressed = Compressed(model, plan, results, other_bits_before=other, other_bits_after=other,
+                                macs_before=total, macs_after=total)
+        report(progress, 0.95, "file size")
+        from .evaluate import summarize
+
+        return summarize(compressed, self.loaded)
+
+    def build(self, plan: Plan, progress: ProgressFn = None) -> Compressed:
+        """The compressed model of ``plan`` (runnable), reusing the per-tensor results."""
+        return compress(self.loaded.model, plan, self.loaded.example_input, progress=progress, cache=self.cache,
+                        macs_before=self.macs_before())
+
+    # ------------------------------------------------------------------------------ one layer
+    def layer(self, name: str, settings: LayerSettings, progress: ProgressFn = None) -> LayerPreview:
+        """The histogram of layer ``name``'s weights split into kept and pruned, the pruning threshold and
+        the levels its quantized weights take, from the same result the size preview uses. Equal to
+        :func:`explorer.engine.layerview.layer_preview` (tested)."""
+        if name not in self.modules:
+            raise ExplorerError(f"no layer '{name}'")
+        module = self.modules[name]
+        report(progress, 0.0, f"{name}: histogram")
+        edges, bins = self._layer_bins(name)
+        p = settings.prune
+        element = p is not None and p.granularity == "element" and p.amount
+        if not element and settings.quantize is None:
+            result, new = None, None
+        else:
+            _check_amount(name, module, settings)
+            only = LayerSettings(prune=p if element else None, quantize=settings.quantize)
+            result, new = self.tensor(name, only)
+        mask = None if result is None else result.mask
+        report(progress, 0.5, f"{name}: counting")
+        flat = self._flat(name)
+        kept, pruned, smallest = _split_counts(bins, mask if mask is not None else np.ones(0, bool), flat,
+                                               edges.size - 1)
+        threshold = None
+        if mask is not None:  # the smallest kept magnitude; 0 when the amount rounds to pruning nothing
+            threshold = float(smallest) if pruned.any() else 0.0
+        levels = mse = None
+        info = {}
+        if result is not None and result.quant is not None:
+            q = result.quant
+            levels = _levels(q, mask, new.detach().reshape(-1).cpu())
+            mse = q.mse
+            info = {"method": q.method, "bits": q.bits, "rel_error": q.rel_error}
+        report(progress, 1.0, f"{name}: done")
+        return LayerPreview(name, int(flat.size), edges, kept, pruned, threshold, levels, mse, info)
+
+    def _flat(self, name: str) -> np.ndarray:
+        return self.modules[name].weight.detach().reshape(-1).to(torch.float64).cpu().numpy()
+
+    def _layer_bins(self, name: str):
+        with self._lock:
+            hit = self._bins.get(name)
+        if hit is not None:
+            return hit
+        flat = self._flat(name)
+        lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, HIST_BINS + 1)
+        bins = _bin_of(flat, edges)
+        with self._lock:
+            self._bins[name] = (edges, bins)
+        return edges, bins
+
+
+def _bin_of(flat: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The histogram bin of every value, exactly as ``np.histogram(flat, edges)`` assigns it (bins are
+    half-open [a, b), the last one closed)."""
+    nb = edges.size - 1
+    idx = np.searchsorted(edges, flat, side="right") - 1
+    idx[flat == edges[-1]] = nb - 1
+    return np.clip(idx, 0, nb - 1).astype(np.uint8 if nb <= 255 else np.int32)
+
+
+@njit(cache=True, nogil=True)
+def _split_counts(bins, mask, flat, nb):
+    """Per-bin counts of kept and pruned values (all kept when ``mask`` is empty) and the smallest kept
+    magnitude (the pruning threshold)."""
+    kept = np.zeros(nb, np.int64)
+    pruned = np.zeros(nb, np.int64)
+    smallest = np.inf
+    if mask.size == 0:
+        for i in range(bins.size):
+            kept[bins[i]] += 1
+        return kept, pruned, smallest
+    for i in range(bins.size):
+        if mask[i]:
+            kept[bins[i]] += 1
+            a = abs(flat[i])
+            if a < smallest:
+                smallest = a
+        else:
+            pruned[bins[i]] += 1
+    return kept, pruned, smallest
+
+
+def _levels(q, mask, decoded: torch.Tensor):
+    """The distinct values the quantized weights take, ascending (None beyond 4096: too many to draw).
+
+    Each kept weight's value is a function of its code (and, for per-channel scales, its channel), so the
+    first weight seen with each (channel, code) pair gives every level without sorting the tensor; pruned
+    weights add 0."""
+    n = decoded.numel()
+    groups = 1 if q.scales is None else max(int(np.asarray(q.scales).size), 1)
+    values = None
+    if decoded.dtype == torch.float32 and n % groups == 0 and groups * int(q.alphabet_size) <= 1 << 24:
+        values = _first_values(q.codes, decoded.numpy(), mask if mask is not None else np.ones(0, bool),
+                               n // groups, groups, int(q.alphabet_size))
+    if values is None:  # other dtypes or unexpected codes: the plain way
+        values = decoded.to(torch.float64).numpy()
+    levels = np.unique(values.astype(np.float64))
+    return None if levels.size > 4096 else levels
+
+
+@njit(cache=True, nogil=True)
+def _first_values(codes, decoded, mask, per_group, groups, alphabet):
+    seen = np.zeros(groups * alphabet, np.bool_)
+    out = np.empty(min(groups * alphabet, codes.size) + 1, np.float32)
+    m = 0
+    any_pruned = False
+    for i in range(codes.size):
+        if mask.size and not mask[i]:
+            any_pruned = True
+            continue
+        c = codes[i]
+        if c < 0 or c >= alphabet:
+            return None
+        slot = (i // per_group) * alphabet + c
+        if not seen[slot]:
+            seen[slot] = True
+            out[m] = decoded[i]
+            m += 1
+    if any_pruned:
+        out[m] = 0.0
+        m += 1
+    return out[:m]
