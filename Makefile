@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean samples screenshots
+.PHONY: demo test bench bench-kernels bench-gui fuzz clean samples screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ samples: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sample_plans.py
+
+bench-kernels: $(STAMP)
+	$(PY) benchmarks/kernels.py
+
+bench-gui: $(STAMP)
+	$(PY) benchmarks/gui_latency.py
+	$(PY) benchmarks/gui_latency.py --layer layer2.1.conv2
+
+fuzz: $(STAMP)
+	$(PY) benchmarks/fuzz_format.py --seconds 120
 
 clean:
 	rm -rf $(VENV) .pytest_cache

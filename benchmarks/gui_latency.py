@@ -13,7 +13,7 @@ Each latency is split into queueing (release -> the engine job starts on a worke
 delivery, by timing the engine calls the window makes. Releases are made both with the window idle and
 while the previous release's accuracy is still being measured (what a user tuning a slider does).
 
-    .venv/bin/python benchmarks/gui_latency.py [--res 224] [--images 256] [--rounds 3]
+    .venv/bin/python benchmarks/gui_latency.py [--res 224] [--images 256] [--rounds 3] [--layer NAME]
 
 Prints a table with the measured numbers (not a test: nothing here asserts).
 """
@@ -179,8 +179,9 @@ def instrument(win, clock: dict) -> None:
                 clock.setdefault(key + ".end", []).append(time.perf_counter())
         return wrapper
 
-    mw.preview_plan = timed("preview", mw.preview_plan)
-    mw.layer_preview = timed("layer", mw.layer_preview)
+    mw.Previewer.measure = timed("preview", mw.Previewer.measure)
+    mw.Previewer.layer = timed("layer", mw.Previewer.layer)
+    mw.Previewer.build = timed("build", mw.Previewer.build)
     mw.quality = timed("accuracy", mw.quality)
     mw.init_comparison = timed("inits", mw.init_comparison)
     win.layer_view.show_preview = timed("draw_histogram", win.layer_view.show_preview)
@@ -209,6 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
     ap.add_argument("--images", type=int, default=256, help="random eval images (default 256)")
     ap.add_argument("--rounds", type=int, default=3, help="slider releases per condition (default 3)")
+    ap.add_argument("--layer", help="the layer whose slider is moved (default: the largest, layer4.1.conv2 "
+                    "with 2,359,296 weights)")
     ap.add_argument("--why", metavar="FILE", help="write every thread's stack whenever the event loop stalls "
                     "for more than 50 ms to FILE, and summarise where the stalls were")
     args = ap.parse_args(argv)
@@ -244,6 +247,12 @@ def main(argv=None) -> int:
         print("error:", win.last_error)
         return 1
     info = win.session.info
+    if args.layer:
+        if args.layer not in win.session.layer_names:
+            print(f"no layer {args.layer!r}; layers: {', '.join(win.session.layer_names)}")
+            return 1
+        win.session.select([args.layer])
+        wait_until(settled)
     layer = win.session.current
     print(f"model: ResNet-18, {info.total_params:,} parameters, {len(info.layers)} layers; input 1x3x{args.res}x"
           f"{args.res}; eval data {args.images} random images; torch threads {torch.get_num_threads()}, "
@@ -308,7 +317,7 @@ def main(argv=None) -> int:
               f"{ms(r['hist_engine'])} + {ms(r['hist_deliver'])}")
     print()
     print("engine calls, median wall time on a worker (ms): "
-          + ", ".join(f"{k} {ms(eng(k))}" for k in ("preview", "accuracy", "layer", "inits")))
+          + ", ".join(f"{k} {ms(eng(k))}" for k in ("preview", "layer", "build", "accuracy", "inits")))
     print("GUI-thread redraws, median (ms): "
           + ", ".join(f"{k} {eng(k) * 1000:.1f}" for k in ("draw_preview", "draw_histogram", "draw_centroids")
                       if eng(k) is not None))

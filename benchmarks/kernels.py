@@ -133,6 +133,19 @@ def _streams_of(tensor_result):
     return out
 
 
+def _gap_streams(keep, q):
+    """Deep Compression's sparse storage of the same tensor, whatever the accounting chose: b-bit relative
+    indices (b minimising the raw bits, fillers included) and the survivors' codes."""
+    pos0 = np.flatnonzero(keep)
+    b = min(range(1, 9), key=lambda bb: gap_stream(pos0, bb)[0].size * bb)
+    gaps, fill = gap_stream(pos0, b)
+    pos = np.cumsum(gaps) - 1
+    codes = q.codes[pos].copy()
+    codes[fill] = q.zero_code
+    return {"gaps": (gaps, 2 ** b, f"{b}-bit gaps (sparse storage)"),
+            "index": (codes, q.alphabet_size, f"{q.bits}-bit indices of the gap-stored entries")}
+
+
 def collect_streams(quick: bool) -> list:
     from explorer.engine import Plan, compress, load_model
     from explorer.engine.prune import magnitude_mask
@@ -146,6 +159,8 @@ def collect_streams(quick: bool) -> list:
     largest = max((t for layer in res.layers.values() for t in layer.tensors), key=lambda t: t.numel)
     for kind, (s, A, what) in _streams_of(largest).items():
         streams.append((f"digits-mlp {largest.name} (90% pruned, 5-bit k-means): {what}", s, A))
+    for kind, (s, A, what) in _gap_streams(largest.mask, largest.quant).items():
+        streams.append((f"digits-mlp {largest.name}: {what}", s, A))
 
     torch.manual_seed(0)
     shape = (1024, 6272) if quick else (4096, 25088)
@@ -158,8 +173,11 @@ def collect_streams(quick: bool) -> list:
     name = "VGG-16 fc6" if not quick else "fc (1024x6272)"
     for kind, (s, A, what) in _streams_of(tr).items():
         streams.append((f"{name}, random, 90% pruned + 5-bit linear k-means: {what}", s, A))
-    # the same layer's codes stored dense: the zero code has p = 0.9 (where Huffman wastes most)
-    streams.append((f"{name}, same codes stored dense (zero code p = 0.9)", q.codes, q.alphabet_size))
+    if tr.sizes.stages["coded"]["format"] != "dense":
+        # the same layer's codes stored dense: the zero code has p = 0.9 (where Huffman wastes most)
+        streams.append((f"{name}, same codes stored dense (zero code p = 0.9)", q.codes, q.alphabet_size))
+    for kind, (s, A, what) in _gap_streams(mask, q).items():
+        streams.append((f"{name}: {what}", s, A))
     return streams
 
 

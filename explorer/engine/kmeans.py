@@ -414,7 +414,7 @@ def _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol):
 @njit(cache=True, nogil=True)
 def _bucket_labels(bounds, lo, scale, nb):
     """Label of every bucket no boundary falls in; -1 for the buckets a boundary splits."""
-    lut = np.empty(nb, np.int64)
+    lut = np.empty(nb, np.int32)  # small enough to stay in cache while x is streamed
     j = 0
     m = bounds.size
     bb = np.empty(m, np.int64)

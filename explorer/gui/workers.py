@@ -27,6 +27,7 @@ class _Signals(QObject):
 
 
 INTERACTIVE = frozenset({"preview", "layer", "inits"})
+GUI_SWITCH_INTERVAL = 0.0005  # seconds (see Workers.__init__)
 WORKER_NICE = 10  # engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads)
 _reniced = threading.local()
 
@@ -81,6 +82,11 @@ class Workers(QObject):
 
     def __init__(self, parent: Optional[QObject] = None, threads: int = 2):
         super().__init__(parent)
+        # Every Python callback Qt makes on the GUI thread (a paint, a model's data(), a timer) must take the
+        # GIL back from a worker running Python code; the interpreter makes a waiting thread wait up to the
+        # switch interval (5 ms by default) each time, and a redraw makes dozens of such callbacks.
+        if sys.getswitchinterval() > GUI_SWITCH_INTERVAL:
+            sys.setswitchinterval(GUI_SWITCH_INTERVAL)
         self.pool = QThreadPool(self)  # long jobs: loading, accuracy, export
         self.pool.setMaxThreadCount(max(1, threads - 1))
         # interactive jobs (the preview after a slider release, the layer's histogram and centroids) get a
