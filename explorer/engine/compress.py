@@ -526,14 +526,6 @@ def _check_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
                         f"give a count below {total} or a fraction")
 
 
-def _compress_tensor(tname: str, module: nn.Module, s: LayerSettings) -> TensorResult:
-    result, new = compress_weight(tname, module.weight, s)
-    if new is not None:
-        with torch.no_grad():
-            module.weight.copy_(new)
-    return result
-
-
 def compress_weight(tname: str, weight: torch.Tensor, s: LayerSettings):
     """Element pruning and quantization of one weight tensor (left unchanged).
 

@@ -50,7 +50,7 @@ class Previewer:
         self.cache = cache if cache is not None else TensorCache()
         self._lock = threading.Lock()
         self._macs: Optional[tuple] = None
-        self._stored: Optional[int] = None
+        self._other: Optional[int] = None
         self._bins: dict = {}  # layer -> (edges, bin of every weight)
 
     # ------------------------------------------------------------------------------ plan-independent
@@ -63,10 +63,13 @@ class Previewer:
                 self._macs = count_macs(self.loaded.model, self.loaded.example_input)
             return self._macs
 
-    def _stored_numel(self) -> int:
-        if self._stored is None:
-            self._stored = stored_numel(self.loaded.model)
-        return self._stored
+    def _other_bits(self) -> int:
+        """Bits of everything but the layers' weights (biases, norms, buffers) in fp32; no plan without
+        shape changes touches them."""
+        if self._other is None:
+            weights = sum(m.weight.numel() for n, m in self.layers if self.owners[n] == n)
+            self._other = FP32_BITS * (stored_numel(self.loaded.model) - weights)
+        return self._other
 
     # ------------------------------------------------------------------------------ per tensor
     def tensor(self, name: str, settings: LayerSettings):
@@ -97,21 +100,19 @@ class Previewer:
         model = self.loaded.model
         check_settings(model, self.layers, settings, self.owners)
         results = {}
-        todo = [n for n in self.names if self.owners[n] == n]
         for i, (name, orig) in enumerate(self.layers):
             s = settings[name]
             shared = self.owners[name] != name
             lr = LayerResult(name, layer_type(orig), s, 0 if shared else orig.weight.numel(),
                              shared_with=self.owners[name] if shared else None)
             if not shared:
-                report(progress, 0.9 * i / max(len(todo), 1), f"compressing {name}")
+                report(progress, 0.9 * i / len(self.layers), f"compressing {name}")
                 lr.tensors.append(self.tensor(name, s)[0])
             results[name] = lr
         before, total = self.macs_before()
         # no shape changed: each layer runs the MACs it ran before (TorchScript: none measured per layer)
         set_layer_macs(results, before, None if isinstance(model, torch.jit.ScriptModule) else before)
-        weights = sum(m.weight.numel() for n, m in self.layers if self.owners[n] == n)
-        other = FP32_BITS * (self._stored_numel() - weights)
+        other = self._other_bits()
         compressed = Compressed(model, plan, results, other_bits_before=other, other_bits_after=other,
                                 macs_before=total, macs_after=total)
         report(progress, 0.95, "file size")
@@ -144,8 +145,8 @@ class Previewer:
             result, new = self.tensor(name, only)
         mask = None if result is None else result.mask
         report(progress, 0.5, f"{name}: counting")
-        flat = self._flat(name)
-        kept, pruned, smallest = _split_counts(bins, mask if mask is not None else np.ones(0, bool), flat,
+        values = self._values(name)
+        kept, pruned, smallest = _split_counts(bins, mask if mask is not None else np.ones(0, bool), values,
                                                edges.size - 1)
         threshold = None
         if mask is not None:  # the smallest kept magnitude; 0 when the amount rounds to pruning nothing
@@ -158,17 +159,21 @@ class Previewer:
             mse = q.mse
             info = {"method": q.method, "bits": q.bits, "rel_error": q.rel_error}
         report(progress, 1.0, f"{name}: done")
-        return LayerPreview(name, int(flat.size), edges, kept, pruned, threshold, levels, mse, info)
+        return LayerPreview(name, int(values.size), edges, kept, pruned, threshold, levels, mse, info)
 
-    def _flat(self, name: str) -> np.ndarray:
-        return self.modules[name].weight.detach().reshape(-1).to(torch.float64).cpu().numpy()
+    def _values(self, name: str) -> np.ndarray:
+        """The layer's weights, flat: a view of the tensor where numpy can hold its dtype (no copy)."""
+        w = self.modules[name].weight.detach().reshape(-1).cpu()
+        if w.dtype not in (torch.float32, torch.float64):
+            w = w.to(torch.float64)
+        return w.numpy()
 
     def _layer_bins(self, name: str):
         with self._lock:
             hit = self._bins.get(name)
         if hit is not None:
             return hit
-        flat = self._flat(name)
+        flat = self._values(name).astype(np.float64)
         lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5

@@ -131,23 +131,21 @@ class Workers(QObject):
 
     @Slot(str, int, object)
     def _on_done(self, channel: str, generation: int, result) -> None:
-        if not self.current(channel, generation):
-            self.dropped += 1
-            return
-        self._finish(channel)
-        on_done, _ = self._handlers.get(channel, (None, None))
-        if on_done is not None:
-            on_done(result)
+        self._deliver(channel, generation, 0, result)
 
     @Slot(str, int, str)
     def _on_failed(self, channel: str, generation: int, message: str) -> None:
+        self._deliver(channel, generation, 1, message)
+
+    def _deliver(self, channel: str, generation: int, which: int, value) -> None:
+        """Hand a job's result (which=0) or error message (which=1) to its handler, if still current."""
         if not self.current(channel, generation):
             self.dropped += 1
             return
         self._finish(channel)
-        _, on_error = self._handlers.get(channel, (None, None))
-        if on_error is not None:
-            on_error(message)
+        handler = self._handlers.get(channel, (None, None))[which]
+        if handler is not None:
+            handler(value)
 
     @Slot(str, int, float, str)
     def _on_progress(self, channel: str, generation: int, fraction: float, message: str) -> None:
