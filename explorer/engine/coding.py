@@ -290,24 +290,38 @@ def _gap_histograms_of_mask(keep: np.ndarray, bs) -> dict:
     return {b: (hist[j, : 1 << b].copy(), int(fillers[j])) for j, b in enumerate(bs)}
 
 
+_SMALL_GAPS = 4096  # gaps below this are counted in an array, larger ones (rare) listed
+
+
 @njit(cache=True, nogil=True)
 def _mask_gap_kernel(keep, Ms):
+    # one pass over the mask counts the gaps; each b's histogram (with its fillers) then follows from the
+    # distinct gaps, not from every kept position again
+    small = np.zeros(_SMALL_GAPS, np.int64)
+    large = []
+    last = -1
+    for i in range(keep.size):  # no branch on the mask (in no order after magnitude pruning)
+        kk = keep[i]
+        d = i - last
+        small[d if d < _SMALL_GAPS else 0] += kk  # gaps are >= 1: slot 0 collects the large ones, unused
+        if d >= _SMALL_GAPS and kk:
+            large.append(d)
+        last = i if kk else last
     nb = Ms.size
     hist = np.zeros((nb, Ms.max() + 1), np.int64)
     fillers = np.zeros(nb, np.int64)
-    last = -1
-    for i in range(keep.size):
-        if keep[i]:
-            d = i - last
-            last = i
-            for j in range(nb):
-                M = Ms[j]
-                if d <= M:
-                    hist[j, d] += 1
-                else:
-                    k = (d - 1) // M
-                    hist[j, d - k * M] += 1
-                    fillers[j] += k
+    for j in range(nb):
+        M = Ms[j]
+        for d in range(1, _SMALL_GAPS):
+            c = small[d]
+            if c:
+                k = (d - 1) // M
+                hist[j, d - k * M] += c
+                fillers[j] += k * c
+        for d in large:
+            k = (d - 1) // M
+            hist[j, d - k * M] += 1
+            fillers[j] += k
     for j in range(nb):
         hist[j, Ms[j]] += fillers[j]
     return hist, fillers
@@ -318,14 +332,19 @@ def _masked_bincount(codes, keep, A):
     """Histogram of ``codes[keep]`` over ``0..A-1``; returns (hist, ok) with ok False if a kept code is
     outside the alphabet."""
     hist = np.zeros(A, np.int64)
-    use_mask = keep.size > 0
+    if keep.size == 0:
+        for i in range(codes.size):
+            c = codes[i]
+            if c < 0 or c >= A:
+                return hist, False
+            hist[c] += 1
+        return hist, True
     for i in range(codes.size):
-        if use_mask and not keep[i]:
-            continue
         c = codes[i]
-        if c < 0 or c >= A:
+        kk = keep[i]
+        if (c < 0 or c >= A) and kk:
             return hist, False
-        hist[c] += 1
+        hist[c if kk else 0] += kk  # no branch on the mask
     return hist, True
 
 

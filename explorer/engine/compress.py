@@ -547,6 +547,9 @@ def compress_weight(tname: str, weight: torch.Tensor, s: LayerSettings):
             new = weight * torch.from_numpy(mask.reshape(tuple(weight.shape))).to(weight.device, weight.dtype)
         else:
             new = None
-    nonzero = int(torch.count_nonzero(new if new is not None else weight))
+    out = (new if new is not None else weight).detach()
+    # numpy counts a float32/float64 array ~10x faster than torch.count_nonzero
+    nonzero = int(np.count_nonzero(out.cpu().numpy()) if out.dtype in (torch.float32, torch.float64)
+                  else torch.count_nonzero(out))
     sizes = tensor_sizes(weight.numel(), mask, quant.tensor_code() if quant is not None else None)
     return TensorResult(f"{tname}.weight", tuple(weight.shape), mask, quant, sizes, nonzero), new

@@ -134,7 +134,7 @@ def _lloyd(data: _Sorted, c: np.ndarray, max_iter: int, tol: float):
 
 
 def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0, weights=None,
-              tol: float = 0.0, method: str = "auto") -> KMeansResult:
+              tol: float = 0.0, method: str = "auto", snap=None) -> KMeansResult:
     """Cluster 1-D values into at most ``k`` centroids with Lloyd's algorithm on sorted data.
 
     Parameters
@@ -160,6 +160,9 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
         O(k * bucket size). Both give the same centroids up to floating-point rounding of the sums.
         Data the buckets cannot spread (most values in a few buckets, e.g. next to one huge outlier)
         falls back to ``sorted``. ``auto``: ``buckets`` above :data:`HIST_MIN_N` values.
+    snap : numpy dtype, optional
+        Round the final centroids to this dtype (merging those that become equal) before the values are
+        assigned, so labels and inertia refer to the centroids as they will be stored (e.g. float32).
 
     Returns
     -------
@@ -179,7 +182,7 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
         empty = np.zeros(0)
         return KMeansResult(empty, np.zeros(0, np.int64), 0.0, empty, 0)
     if method == "buckets" or (method == "auto" and x.size > HIST_MIN_N):
-        res = _kmeans_buckets(x, w, k, init, max_iter, seed, tol)
+        res = _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap)
         if res is not None:
             return res
     data = _Sorted(x, w)
@@ -191,6 +194,7 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
         c = np.unique(_init(data, k, init, seed))  # sorted, duplicates merged
         initial = c.copy()
         c, n_iter = _lloyd(data, c, max_iter, tol)
+    c = _snap(c, snap)
     labels, inertia = _labels(x, w, c)
     return KMeansResult(c, labels, inertia, initial, n_iter)
 
@@ -200,7 +204,11 @@ HIST_MIN_N = 1 << 15
 _BUCKET_SCAN_BUDGET = 16  # beyond this many passes' worth of boundary-bucket scans, sort instead
 
 
-def _kmeans_buckets(x, w, k, init, max_iter, seed, tol):
+def _snap(c: np.ndarray, dtype) -> np.ndarray:
+    return c if dtype is None else np.unique(c.astype(dtype)).astype(np.float64)
+
+
+def _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap=None):
     """Exact Lloyd without a sort: the values are grouped into equal-width buckets (a counting sort by
     bucket, O(n)); a cluster boundary splits at most one bucket, which is scanned."""
     lo, hi = float(x.min()), float(x.max())
@@ -240,6 +248,7 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol):
     c = np.unique(c0)
     initial = c.copy()
     c, n_iter = _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol)
+    c = _snap(c, snap)
     bounds = (c[1:] + c[:-1]) / 2.0
     lut = _bucket_labels(bounds, lo, scale, nb)
     labels = np.empty(x.size, np.int64)
@@ -251,14 +260,6 @@ def _bucket_number(n: int, k: int) -> int:
     """Buckets for n values: few enough that the scatter stays in cache, enough that a boundary
     bucket holds few values."""
     return int(min(HIST_BINS, max(4096, 1 << int(np.ceil(np.log2(max(n, 1) / 128))))))
-
-
-def nearest_labels(x, centroids) -> np.ndarray:
-    """Index of the nearest of the sorted ``centroids`` for every value of ``x`` (a value exactly
-    halfway goes to the lower one): ``np.searchsorted(midpoints, x, side="left")``, compiled."""
-    labels, _ = _labels(np.ascontiguousarray(x, np.float64).ravel(), None,
-                        np.ascontiguousarray(centroids, np.float64))
-    return labels
 
 
 def _labels(x, w, c):

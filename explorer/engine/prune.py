@@ -140,8 +140,7 @@ def _mask_from_key(keys, T, ties, mask):
     taken = 0
     for i in range(keys.size):
         key = keys[i] & np.uint32(0x7FFFFFFF)
-        if key > T:
-            mask[i] = True
-        elif key == T and taken < ties:
+        mask[i] = key > T  # no branch: the magnitudes are in no order
+        if key == T and taken < ties:  # rare
             mask[i] = True
             taken += 1

@@ -21,7 +21,7 @@ import torch
 from numba import njit
 
 from .errors import CompressionError
-from .kmeans import INITS, kmeans_1d, nearest_labels
+from .kmeans import INITS, kmeans_1d
 from .plan import QuantSettings
 from .size import TensorCode
 
@@ -104,11 +104,11 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
         res = None
         labels = np.zeros(0, np.int64)
     else:
-        res = kmeans_1d(survivors, k, init=init, max_iter=max_iter, seed=seed)
-        centroids = np.unique(res.centroids.astype(np.float32)).astype(np.float64)  # stored as float32
-        # re-assign to the float32 centroids so codes and decoded values agree exactly, then drop the
-        # centroids no weight uses: the codebook stores only what decodes something
-        labels = nearest_labels(survivors, centroids)
+        # the centroids are stored as float32: k-means assigns the weights to them as rounded, so codes and
+        # decoded values agree exactly; then the centroids no weight uses are dropped (the codebook stores
+        # only what decodes something)
+        res = kmeans_1d(survivors, k, init=init, max_iter=max_iter, seed=seed, snap=np.float32)
+        centroids, labels = res.centroids, res.labels
         present = np.bincount(labels, minlength=centroids.size) > 0
         if not present.all():
             centroids = centroids[present]
@@ -139,36 +139,36 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
                        side_bits=32 * int(centroids.size), mse=mse, rel_error=rel, info=info)
 
 
+# The loops below run over every weight with a mask that, after magnitude pruning, is in no order: they
+# are written without a branch on it (a mispredicted branch per weight costs more than the work).
+
+
 @njit(cache=True, nogil=True)
 def _gather(flat, keep, count):
     """flat[keep] as float64, and whether every value of flat (kept or not) is finite."""
-    out = np.empty(count)
+    out = np.empty(count + 1)
     j = 0
-    finite = True
+    bad = 0
     for i in range(flat.size):
         v = flat[i]
-        if not np.isfinite(v):
-            finite = False
-        if keep[i]:
-            out[j] = v
-            j += 1
-    return out, finite
+        bad += not np.isfinite(v)
+        out[j] = v  # overwritten unless kept
+        j += keep[i]
+    return out[:count], bad == 0
 
 
 @njit(cache=True, nogil=True)
 def _scatter(keep, labels, codebook, codes, decoded):
     """codes[keep] = labels, 0 elsewhere; decoded = codebook[codes] where kept, 0 elsewhere (one pass)."""
+    nl = labels.size
     j = 0
-    has = labels.size > 0
     for i in range(keep.size):
-        if keep[i] and has:
-            c = labels[j]
-            j += 1
-            codes[i] = c
-            decoded[i] = codebook[c]
-        else:
-            codes[i] = 0
-            decoded[i] = 0.0
+        kk = keep[i] and nl > 0
+        c = labels[j] if j < nl else 0
+        c = c if kk else 0
+        codes[i] = c
+        decoded[i] = codebook[c] if kk else np.float32(0.0)
+        j += kk
 
 
 def _channel_view(w: np.ndarray, shape, per_channel: bool) -> np.ndarray:
