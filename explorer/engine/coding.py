@@ -297,16 +297,19 @@ _SMALL_GAPS = 4096  # gaps below this are counted in an array, larger ones (rare
 def _mask_gap_kernel(keep, Ms):
     # one pass over the mask counts the gaps; each b's histogram (with its fillers) then follows from the
     # distinct gaps, not from every kept position again
-    small = np.zeros(_SMALL_GAPS, np.int64)
+    # no branch on the mask (in no order after magnitude pruning); four interleaved counters, so that
+    # consecutive equal gaps do not wait on each other's increment
+    lanes = np.zeros((4, _SMALL_GAPS), np.int64)
     large = []
     last = -1
-    for i in range(keep.size):  # no branch on the mask (in no order after magnitude pruning)
-        kk = keep[i]
+    for i in range(keep.size):
+        kk = np.int64(keep[i])
         d = i - last
-        small[d if d < _SMALL_GAPS else 0] += kk  # gaps are >= 1: slot 0 collects the large ones, unused
+        lanes[i & 3, d if d < _SMALL_GAPS else 0] += kk  # gaps are >= 1: slot 0 takes the large ones, unused
         if d >= _SMALL_GAPS and kk:
             large.append(d)
-        last = i if kk else last
+        last += d * kk
+    small = lanes[0] + lanes[1] + lanes[2] + lanes[3]
     nb = Ms.size
     hist = np.zeros((nb, Ms.max() + 1), np.int64)
     fillers = np.zeros(nb, np.int64)
