@@ -370,7 +370,8 @@ def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict)
 
 
 def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: ProgressFn = None,
-             cache: Optional[TensorCache] = None, macs_before: Optional[tuple] = None) -> Compressed:
+             cache: Optional[TensorCache] = None, macs_before: Optional[tuple] = None,
+             count: bool = True) -> Compressed:
     """Apply ``plan`` to a copy of ``model``.
 
     Parameters
@@ -387,6 +388,8 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
         Reuse the pruning/quantization of tensors whose weight and settings did not change.
     macs_before : tuple, optional
         ``count_macs(model, example_input)`` when already known (it is the same for every plan).
+    count : bool
+        Count the MACs before and after (False: leave them None, e.g. when only the model is wanted).
 
     Returns
     -------
@@ -400,6 +403,8 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     check_settings(model, layers, settings, owners)
     if macs_before is not None:
         before_macs, total_before = macs_before
+    elif not count:
+        before_macs, total_before = {}, None
     else:
         before_macs, total_before = count_macs(model, example_input) if example_input is not None else ({}, None)
 
@@ -477,7 +482,7 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
 
     # MACs after ---------------------------------------------------------------------------------
     total_after = None
-    if example_input is not None:
+    if example_input is not None and count:
         report(progress, 0.96, "counting MACs")
         after, total_after = count_macs(work, example_input)
         set_layer_macs(results, before_macs, None if scripted else after)

@@ -120,10 +120,11 @@ class Previewer:
 
         return summarize(compressed, self.loaded)
 
-    def build(self, plan: Plan, progress: ProgressFn = None) -> Compressed:
-        """The compressed model of ``plan`` (runnable), reusing the per-tensor results."""
+    def build(self, plan: Plan, progress: ProgressFn = None, count: bool = True) -> Compressed:
+        """The compressed model of ``plan`` (runnable), reusing the per-tensor results; ``count=False``
+        skips tracing its MACs (for a job that only runs the model)."""
         return compress(self.loaded.model, plan, self.loaded.example_input, progress=progress, cache=self.cache,
-                        macs_before=self.macs_before())
+                        macs_before=self.macs_before() if count else None, count=count)
 
     # ------------------------------------------------------------------------------ one layer
     def layer(self, name: str, settings: LayerSettings, progress: ProgressFn = None) -> LayerPreview:
@@ -196,7 +197,7 @@ def _bin_of(flat: np.ndarray, edges: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _split_counts(bins, mask, flat, nb):
     """Per-bin counts of kept and pruned values (all kept when ``mask`` is empty) and the smallest kept
-    magnitude (the pruning threshold)."""
+    magnitude (the pruning threshold). No branch on the mask: after magnitude pruning it is in no order."""
     kept = np.zeros(nb, np.int64)
     pruned = np.zeros(nb, np.int64)
     smallest = np.inf
@@ -205,13 +206,12 @@ def _split_counts(bins, mask, flat, nb):
             kept[bins[i]] += 1
         return kept, pruned, smallest
     for i in range(bins.size):
-        if mask[i]:
-            kept[bins[i]] += 1
-            a = abs(flat[i])
-            if a < smallest:
-                smallest = a
-        else:
-            pruned[bins[i]] += 1
+        kk = np.int64(mask[i])
+        b = bins[i]
+        kept[b] += kk
+        pruned[b] += 1 - kk
+        a = abs(flat[i]) if kk else np.inf
+        smallest = min(smallest, a)
     return kept, pruned, smallest
 
 
@@ -235,23 +235,27 @@ def _levels(q, mask, decoded: torch.Tensor):
 
 @njit(cache=True, nogil=True)
 def _first_values(codes, decoded, mask, per_group, groups, alphabet):
-    seen = np.zeros(groups * alphabet, np.bool_)
-    out = np.empty(min(groups * alphabet, codes.size) + 1, np.float32)
+    # one slot per (group, code), one more for the pruned weights (which decode to 0); the mask is read
+    # without a branch (after magnitude pruning it is in no order)
+    pruned_slot = groups * alphabet
+    seen = np.zeros(pruned_slot + 1, np.bool_)
+    out = np.empty(min(pruned_slot + 1, codes.size + 1), np.float32)
     m = 0
-    any_pruned = False
+    group = 0
+    left = per_group  # weights left in the current group
+    masked = mask.size > 0
     for i in range(codes.size):
-        if mask.size and not mask[i]:
-            any_pruned = True
-            continue
         c = codes[i]
         if c < 0 or c >= alphabet:
             return None
-        slot = (i // per_group) * alphabet + c
+        kk = mask[i] if masked else True
+        slot = group * alphabet + c if kk else pruned_slot
         if not seen[slot]:
             seen[slot] = True
-            out[m] = decoded[i]
+            out[m] = decoded[i] if kk else np.float32(0.0)
             m += 1
-    if any_pruned:
-        out[m] = 0.0
-        m += 1
+        left -= 1
+        if left == 0:
+            group += 1
+            left = per_group
     return out[:m]

@@ -32,7 +32,7 @@ from explorer.gui.qt_controls import Controls
 from explorer.gui.qt_layer_table import LayerTable
 from explorer.gui.qt_layer_view import LayerView
 from explorer.gui.qt_preview import PreviewPanel
-from explorer.gui.workers import Workers
+from explorer.gui.workers import Workers, freeze_heap
 from explorer.session import Session
 
 MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.cexp);;All files (*)"
@@ -181,6 +181,7 @@ class MainWindow(QMainWindow):
             loaded = load_model(source, factory=factory, trust=trust, data=data)
             progress(0.5, "inspecting layers")
             info = inspect_model(loaded.model, loaded.example_input, progress=scaled(progress, 0.5, 1.0))
+            freeze_heap()  # the model's objects stay out of full garbage collections
             plan = None
             if loaded.kind == "compressed":
                 plan = None  # a compressed file is explored as it is
@@ -337,7 +338,8 @@ class MainWindow(QMainWindow):
         self.preview.set_stale(True, "measuring accuracy…")
 
         def job(progress):
-            model = previewer.build(plan, scaled(progress, 0.0, 0.2)).model
+            # the sizes and MACs are known from the preview: only the runnable model is built here
+            model = previewer.build(plan, scaled(progress, 0.0, 0.2), count=False).model
             # small batches: a superseded measurement stops at its next batch, within a fraction of a second
             return model, quality(loaded, model, scaled(progress, 0.2, 1.0), before=before, batch_size=32)
 
@@ -349,6 +351,7 @@ class MainWindow(QMainWindow):
             self.session.set_accuracy(q)
             self.preview.set_progress(None)
             self.preview.set_stale(False)
+            freeze_heap()  # a quiet moment: what the first measurements loaded (kernels, caches) stays put
 
         def failed(message):
             self.preview.set_progress(None)
@@ -442,7 +445,7 @@ class MainWindow(QMainWindow):
         fmt = "torchscript" if ext == ".pt" else None
 
         def job(progress):
-            model = previewer.build(plan, scaled(progress, 0, 0.6)).model
+            model = previewer.build(plan, scaled(progress, 0, 0.6), count=False).model
             return export(model, loaded.example_input, path, fmt=fmt)
 
         self.workers.submit("export", job,

@@ -8,8 +8,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-COLOURS = {"forgy": (200, 60, 60), "density": (60, 140, 60), "linear": (50, 90, 200)}
-OFFSETS = {"forgy": 0.0, "density": 1.0, "linear": 2.0}
+COLOURS = {"forgy": (200, 60, 60), "density": (60, 140, 60), "linear": (50, 90, 200), "kmeans++": (170, 110, 20)}
+OFFSETS = {"forgy": 0.0, "density": 1.0, "linear": 2.0, "kmeans++": 3.0}
 
 
 class CentroidView(QWidget):
@@ -33,14 +33,33 @@ class CentroidView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title)
         layout.addLayout(plots)
-        self.items = []
+        # the plot items are made once and updated (making pyqtgraph scatter items costs several ms each)
+        grey = pg.mkPen((120, 120, 120))
+        self.hist_curve = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, brush=(150, 150, 150, 120),
+                                         pen=grey)
+        self.cdf_curve = self.cdf.plot([], [], pen=pg.mkPen((90, 90, 90), width=2))
+        self.markers = {}  # init -> (hist initial, hist final, cdf initial, cdf final)
+        for init, colour in COLOURS.items():
+            self.markers[init] = (
+                self.hist.plot([], [], pen=None, symbol="t", symbolBrush=colour, symbolPen=None, symbolSize=7),
+                self.hist.plot([], [], pen=None, symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6),
+                self.cdf.plot([], [], pen=None, symbol="t", symbolBrush=None, symbolPen=colour, symbolSize=9),
+                self.cdf.plot([], [], pen=None, symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6))
+
+    def _clear(self) -> None:
+        self.errors = {}
+        self.hist_curve.setData([0, 1], [0])
+        self.cdf_curve.setData([], [])
+        for items in self.markers.values():
+            for item in items:
+                item.setData([], [])
+        legend = self.cdf.plotItem.legend
+        if legend is not None:
+            legend.clear()
 
     def show_comparison(self, comp) -> None:
         """Draw an :class:`explorer.engine.layerview.InitComparison`."""
-        for p in (self.hist, self.cdf):
-            p.clear()
-        if self.cdf.plotItem.legend is not None:
-            self.cdf.plotItem.legend.clear()
+        self._clear()
         v = comp.values
         if v.size == 0:
             self.title.setText(f"{comp.name}: no surviving weights to cluster")
@@ -53,12 +72,13 @@ class CentroidView(QWidget):
         cuts = np.searchsorted(v, edges, side="left")
         cuts[-1] = v.size
         counts = np.diff(cuts)
-        self.hist.plot(edges, counts, stepMode="center", fillLevel=0, brush=(150, 150, 150, 120),
-                       pen=pg.mkPen((120, 120, 120)))
+        self.hist_curve.setData(edges, counts)
         top = float(counts.max()) if counts.size else 1.0
-        cdf_y = np.arange(1, v.size + 1) / v.size
         step = max(1, v.size // 4000)
-        self.cdf.plot(v[::step], cdf_y[::step], pen=pg.mkPen((90, 90, 90), width=2), name="weights CDF")
+        picks = np.arange(0, v.size, step)
+        self.cdf_curve.setData(v[picks], (picks + 1) / v.size)
+        legend = self.cdf.plotItem.legend
+        legend.addItem(self.cdf_curve, "weights CDF")
         parts = []
         for init, r in comp.results.items():
             colour = COLOURS.get(init, (0, 0, 0))
@@ -66,16 +86,12 @@ class CentroidView(QWidget):
             initial = np.asarray(r["initial"])
             band = top * (1.02 + 0.06 * OFFSETS.get(init, 0))
             label = f"{init}: MSE {r['mse_initial']:.3g} → {r['mse_final']:.3g}"
-            self.hist.plot(initial, np.full(initial.size, band + top * 0.03), pen=None, symbol="t",
-                           symbolBrush=colour, symbolPen=None, symbolSize=7)
-            self.hist.plot(final, np.full(final.size, band), pen=None, symbol="o", symbolBrush=colour,
-                           symbolPen=None, symbolSize=6)
-            y_initial = np.searchsorted(v, initial, side="right") / v.size
-            self.cdf.plot(initial, y_initial, pen=None, symbol="t", symbolBrush=None, symbolPen=colour,
-                          symbolSize=9)
-            y_final = np.searchsorted(v, final, side="right") / v.size
-            self.cdf.plot(final, y_final, pen=None, symbol="o", symbolBrush=colour, symbolPen=None,
-                          symbolSize=6, name=f"{init} (MSE {r['mse_final']:.3g})")
+            h_initial, h_final, c_initial, c_final = self.markers[init]
+            h_initial.setData(initial, np.full(initial.size, band + top * 0.03))
+            h_final.setData(final, np.full(final.size, band))
+            c_initial.setData(initial, np.searchsorted(v, initial, side="right") / v.size)
+            c_final.setData(final, np.searchsorted(v, final, side="right") / v.size)
+            legend.addItem(c_final, f"{init} (MSE {r['mse_final']:.3g})")
             parts.append(f"<span style='color: rgb{colour}'>{label}</span>")
             self.errors[init] = (r["mse_initial"], r["mse_final"])
         self.title.setText(f"<b>{comp.name}</b> at {comp.bits} bits ({2 ** comp.bits} codes): "
