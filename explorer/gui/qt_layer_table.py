@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtCore import QSortFilterProxyModel, Qt
+from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
 from explorer.cli import human_bytes, human_count
@@ -10,74 +11,67 @@ from explorer.cli import human_bytes, human_count
 COLUMNS = ["layer", "type", "shape", "params", "MACs", "settings", "size before → after", "ratio"]
 
 
-class LayerTableModel(QAbstractTableModel):
+_RIGHT = int(Qt.AlignRight | Qt.AlignVCenter)
+
+
+class LayerTableModel(QStandardItemModel):
+    """One row per layer, held in Qt's own items: painting and sorting read them without calling into
+    Python (every such call would first have to take the GIL back from a busy worker). The rows are
+    rebuilt for a new model (:meth:`refresh`) and their settings and sizes updated when the plan or the
+    results change (:meth:`refresh_values`). ``Qt.UserRole`` holds each cell's sort key."""
+
     def __init__(self, session, parent=None):
-        super().__init__(parent)
+        super().__init__(0, len(COLUMNS), parent)
         self.session = session
+        self.setHorizontalHeaderLabels(COLUMNS)
 
-    def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() or self.session.info is None else len(self.session.info.layers)
-
-    def columnCount(self, parent=QModelIndex()) -> int:
-        return len(COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.DisplayRole):
-        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
-            return COLUMNS[section]
-        return None
-
-    def _measured(self, name):
-        res = self.session.results
-        if not res:
-            return None
-        for layer in res.get("layers", []):
-            if layer["name"] == name:
-                return layer
-        return None
-
-    def data(self, index, role=Qt.DisplayRole):
-        if not index.isValid():
-            return None
-        layer = self.session.info.layers[index.row()]
-        col = index.column()
-        measured = self._measured(layer.name)
-        if role == Qt.UserRole:  # sort keys
-            bits = measured["bits"] if measured else None
-            return [layer.name, layer.type, layer.weight_params, layer.params, layer.macs or 0,
-                    self.session.settings(layer.name).describe(), bits["coded"] if bits else 0,
-                    (bits["dense"] / max(bits["coded"], 1)) if bits else 0][col]
-        if role == Qt.TextAlignmentRole and col in (3, 4, 6, 7):
-            return int(Qt.AlignRight | Qt.AlignVCenter)
-        if role == Qt.ToolTipRole and col == 0 and not layer.filter_ok and layer.filter_reason:
-            return f"output channels cannot be removed: {layer.filter_reason}"
-        if role != Qt.DisplayRole:
-            return None
-        if col == 0:
-            return layer.name
-        if col == 1:
-            return layer.type
-        if col == 2:
-            return "×".join(map(str, layer.shape))
-        if col == 3:
-            return f"{layer.params:,}"
-        if col == 4:
-            return human_count(layer.macs)
-        if col == 5:
-            return self.session.settings(layer.name).describe()
-        if measured is None:
-            return "…" if col == 6 else ""
-        bits = measured["bits"]
-        if col == 6:
-            return f"{human_bytes(bits['dense'] / 8)} → {human_bytes(bits['coded'] / 8)}"
-        return f"{bits['dense'] / max(bits['coded'], 1):.1f}×"
+    @staticmethod
+    def _item(text: str, key, align: bool = False) -> QStandardItem:
+        item = QStandardItem(text)
+        item.setData(key, Qt.UserRole)
+        item.setEditable(False)
+        if align:
+            item.setData(_RIGHT, Qt.TextAlignmentRole)
+        return item
 
     def refresh(self) -> None:
-        self.beginResetModel()
-        self.endResetModel()
+        self.setRowCount(0)
+        info = self.session.info
+        if info is None:
+            return
+        for layer in info.layers:
+            first = self._item(layer.name, layer.name)
+            if not layer.filter_ok and layer.filter_reason:
+                first.setToolTip(f"output channels cannot be removed: {layer.filter_reason}")
+            self.appendRow([first, self._item(layer.type, layer.type),
+                            self._item("×".join(map(str, layer.shape)), layer.weight_params),
+                            self._item(f"{layer.params:,}", layer.params, True),
+                            self._item(human_count(layer.macs), layer.macs or 0, True),
+                            self._item("", ""), self._item("…", 0, True), self._item("", 0, True)])
+        self.refresh_values()
 
     def refresh_values(self) -> None:
-        if self.rowCount():
-            self.dataChanged.emit(self.index(0, 0), self.index(self.rowCount() - 1, len(COLUMNS) - 1))
+        info, res = self.session.info, self.session.results
+        if info is None:
+            return
+        measured = {layer["name"]: layer for layer in res.get("layers", [])} if res else {}
+        for row, layer in enumerate(info.layers):
+            settings = self.session.settings(layer.name).describe()
+            m = measured.get(layer.name)
+            if m is None:
+                cells = ((settings, settings), ("…", 0), ("", 0))
+            else:
+                bits = m["bits"]
+                ratio = bits["dense"] / max(bits["coded"], 1)
+                cells = ((settings, settings),
+                         (f"{human_bytes(bits['dense'] / 8)} → {human_bytes(bits['coded'] / 8)}", bits["coded"]),
+                         (f"{ratio:.1f}×", ratio))
+            for column, (text, key) in zip((5, 6, 7), cells):
+                item = self.item(row, column)
+                if item.text() != text:
+                    item.setText(text)
+                if item.data(Qt.UserRole) != key:
+                    item.setData(key, Qt.UserRole)
 
 
 class LayerTable(QTableView):
