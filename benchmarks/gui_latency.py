@@ -213,7 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layer", help="the layer whose slider is moved (default: the largest, layer4.1.conv2 "
                     "with 2,359,296 weights)")
     ap.add_argument("--why", metavar="FILE", help="write every thread's stack whenever the event loop stalls "
-                    "for more than 50 ms to FILE, and summarise where the stalls were")
+                    "for more than 50 ms to FILE, and summarise where the stalls were (faulthandler reads the other "
+                    "threads' frames while they run: a rare crash of the benchmark is possible with this option)")
     args = ap.parse_args(argv)
     os.environ["GUI_LATENCY_RES"] = str(args.res)
     os.environ["GUI_LATENCY_IMAGES"] = str(args.images)

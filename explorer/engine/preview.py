@@ -259,3 +259,29 @@ def _first_values(codes, decoded, mask, per_group, groups, alphabet):
             group += 1
             left = per_group
     return out[:m]
+
+
+_warm = threading.Event()
+
+
+def warm_up() -> None:
+    """Run the kernels the window uses once on a small layer, so that numba loads (or compiles) them now
+    rather than in the middle of the first slider release: loading holds the GIL for a few hundred ms.
+    Does the work once per process."""
+    if _warm.is_set():
+        return
+    from torch import nn
+
+    from .layerview import init_comparison
+    from .loading import LoadedModel
+    from .plan import validate_settings
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 64)
+    pv = Previewer(LoadedModel(nn.Sequential(layer)))
+    for raw in ({"prune": {"amount": 0.5}, "quantize": {"bits": 5}},
+                {"quantize": {"bits": 4, "method": "uniform", "per_channel": True, "symmetric": False}},
+                {"prune": {"amount": 0.3}, "quantize": {"method": "ternary"}}):
+        pv.layer("0", validate_settings("warm-up", raw))
+    init_comparison("0", layer, validate_settings("warm-up", {"prune": {"amount": 0.5}}), bits=3)
+    _warm.set()

@@ -24,7 +24,7 @@ from explorer.engine.evaluate import quality
 from explorer.engine.layerview import init_comparison
 from explorer.engine.loading import load_model
 from explorer.engine.plan import Plan
-from explorer.engine.preview import Previewer
+from explorer.engine.preview import Previewer, warm_up
 from explorer.engine.progress import scaled
 from explorer.engine.samples import SAMPLES_DIR, sample_names
 from explorer.gui.qt_centroids import CentroidView
@@ -181,7 +181,8 @@ class MainWindow(QMainWindow):
             loaded = load_model(source, factory=factory, trust=trust, data=data)
             progress(0.5, "inspecting layers")
             info = inspect_model(loaded.model, loaded.example_input, progress=scaled(progress, 0.5, 1.0))
-            freeze_heap()  # the model's objects stay out of full garbage collections
+            warm_up()  # the kernels the first slider release needs are loaded now, not then
+            freeze_heap()  # the model's objects (and the kernels') stay out of full garbage collections
             plan = None
             if loaded.kind == "compressed":
                 plan = None  # a compressed file is explored as it is

@@ -55,10 +55,18 @@ def _tune_process() -> None:
       k-means buffers) to the system, so the next job page-faults them in again (a quarter of a
       re-measurement's time). Keeping up to 1 GiB of freed memory for reuse avoids that.
     - See :func:`freeze_heap`.
+    - torch runs its operations on every core by default; a long accuracy measurement would then leave
+      no core for the GUI thread and the job that answers a slider.
     """
     if sys.getswitchinterval() > GUI_SWITCH_INTERVAL:
         sys.setswitchinterval(GUI_SWITCH_INTERVAL)
     freeze_heap()
+    try:  # torch's own threads (accuracy) leave one core to the GUI thread and the interactive jobs
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    except RuntimeError:  # already running parallel work: keep its setting
+        pass
     if sys.platform.startswith("linux"):
         try:
             import ctypes
