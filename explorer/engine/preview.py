@@ -51,6 +51,7 @@ class Previewer:
         self._lock = threading.Lock()
         self._macs: Optional[tuple] = None
         self._other: Optional[int] = None
+        self._last: Optional[tuple] = None  # (plan JSON, Compressed, MACs counted) of the last build
         self._bins: dict = {}  # layer -> (edges, bin of every weight)
 
     # ------------------------------------------------------------------------------ plan-independent
@@ -122,9 +123,18 @@ class Previewer:
 
     def build(self, plan: Plan, progress: ProgressFn = None, count: bool = True) -> Compressed:
         """The compressed model of ``plan`` (runnable), reusing the per-tensor results; ``count=False``
-        skips tracing its MACs (for a job that only runs the model)."""
-        return compress(self.loaded.model, plan, self.loaded.example_input, progress=progress, cache=self.cache,
-                        macs_before=self.macs_before() if count else None, count=count)
+        skips tracing its MACs (for a job that only runs the model). The last result is kept: a plan that
+        changes shapes is built once for its sizes and reused for its accuracy and export."""
+        key = plan.to_json()
+        with self._lock:
+            last = self._last
+        if last is not None and last[0] == key and (last[2] or not count):
+            return last[1]
+        result = compress(self.loaded.model, plan, self.loaded.example_input, progress=progress, cache=self.cache,
+                          macs_before=self.macs_before() if count else None, count=count)
+        with self._lock:
+            self._last = (key, result, count)
+        return result
 
     # ------------------------------------------------------------------------------ one layer
     def layer(self, name: str, settings: LayerSettings, progress: ProgressFn = None) -> LayerPreview:

@@ -171,3 +171,21 @@ def test_layer_histogram_bins_match_numpy_on_awkward_values():
     edges = np.linspace(flat.min(), flat.max(), 121)
     np.testing.assert_array_equal(np.bincount(preview_mod._bin_of(flat, edges), minlength=120),
                                   np.histogram(flat, edges)[0])
+
+
+def test_a_plan_that_changes_shapes_is_built_once_for_sizes_and_accuracy(samples, monkeypatch):
+    loaded = samples["digits-cnn"]
+    pv = Previewer(loaded)
+    plan = Plan.load(SAMPLES_DIR / "digits-cnn.structured.plan.json")
+    calls = []
+    real = preview_mod.compress
+    monkeypatch.setattr(preview_mod, "compress", lambda *a, **k: calls.append(k.get("count")) or real(*a, **k))
+    summary = pv.measure(plan)
+    model = pv.build(plan, count=False).model
+    assert calls == [True]
+    assert summary == preview_plan(loaded, plan)[0]
+    x = loaded.eval_data.inputs[:32]
+    with torch.no_grad():
+        assert torch.equal(model(x), compress(loaded.model, plan, loaded.example_input).model(x))
+    pv.build(_plan(ELEMENT_PLANS[1]), count=False)  # another plan is built anew
+    assert calls == [True, False]
