@@ -354,7 +354,7 @@ def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict)
                                    "none (null sections)")
         _check_amount(name, mod, s)
         if owners[name] != name or any(owners[o] == name for o in owners if o != name):
-            if s.lowrank is not None or (s.prune is not None and s.prune.granularity != "element" and s.prune.amount):
+            if s.changes_shapes:
                 raise CompressionError(f"layer '{name}': low-rank and structured pruning cannot change a tied "
                                        "weight (it is shared with another layer)")
         parent = _submodule(model, name.rpartition(".")[0]) if "." in name else model
@@ -364,7 +364,7 @@ def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict)
         if s.lowrank is not None and scripted:
             raise CompressionError(f"layer '{name}': low-rank needs to replace layers, which a TorchScript "
                                    "graph does not allow; load the model as a state_dict with its factory")
-        if s.prune is not None and s.prune.granularity != "element" and s.prune.amount and scripted:
+        if s.removes_channels and scripted:
             raise CompressionError(f"layer '{name}': {s.prune.granularity} pruning needs to change layer shapes, "
                                    "which a TorchScript graph does not allow; use element pruning")
 
@@ -410,7 +410,7 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
 
     # 1. structured pruning (returns a new model) -----------------------------------------------
     requests = {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
-                if s.prune is not None and s.prune.granularity != "element" and s.prune.amount}
+                if s.removes_channels}
     structural = {}
     if requests:
         if example_input is None:

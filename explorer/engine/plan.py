@@ -93,6 +93,16 @@ class LayerSettings:
     def is_empty(self) -> bool:
         return self.prune is None and self.quantize is None and self.lowrank is None
 
+    @property
+    def removes_channels(self) -> bool:
+        """Filter or channel pruning of a non-zero amount: the layer (and those coupled to it) shrink."""
+        return self.prune is not None and self.prune.granularity != "element" and bool(self.prune.amount)
+
+    @property
+    def changes_shapes(self) -> bool:
+        """Channels removed or the layer factorised: the model's shapes change."""
+        return self.removes_channels or self.lowrank is not None
+
     def to_dict(self) -> dict:
         return {s: _section_to_dict(getattr(self, s)) for s in SECTIONS}
 

@@ -29,6 +29,7 @@ from . import fileformat
 from .compress import (FP32_BITS, Compressed, LayerResult, TensorCache, _check_amount, check_settings, compress,
                        compress_weight, set_layer_macs, stored_numel, weight_owners)
 from .errors import ExplorerError
+from .evaluate import summarize
 from .layerview import LayerPreview
 from .metrics import compressible_layers, count_macs, layer_type
 from .plan import LayerSettings, Plan
@@ -84,19 +85,11 @@ class Previewer:
             self.cache.put(key, hit)
         return hit
 
-    @staticmethod
-    def shapes_change(settings: dict) -> bool:
-        """True when a plan structurally prunes or factorises a layer (the model's shapes change)."""
-        return any(s.lowrank is not None or (s.prune is not None and s.prune.granularity != "element"
-                                             and s.prune.amount) for s in settings.values())
-
     # ------------------------------------------------------------------------------ whole plan
     def measure(self, plan: Plan, progress: ProgressFn = None) -> dict:
         """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy)."""
         settings = plan.resolve(self.names)
-        if self.shapes_change(settings):
-            from .evaluate import summarize
-
+        if any(s.changes_shapes for s in settings.values()):
             return summarize(self.build(plan, progress), self.loaded)
         model = self.loaded.model
         check_settings(model, self.layers, settings, self.owners)
@@ -117,8 +110,6 @@ class Previewer:
         compressed = Compressed(model, plan, results, other_bits_before=other, other_bits_after=other,
                                 macs_before=total, macs_after=total)
         report(progress, 0.95, "file size")
-        from .evaluate import summarize
-
         return summarize(compressed, self.loaded)
 
     def build(self, plan: Plan, progress: ProgressFn = None, count: bool = True) -> Compressed:
