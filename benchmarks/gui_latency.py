@@ -226,7 +226,7 @@ def main(argv=None) -> int:
 
     from explorer.gui.main_window import MainWindow
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app = QApplication.instance() or QApplication(sys.argv[:1])  # noqa: F841 (kept alive)
     win = MainWindow(settings=QSettings(str(Path(os.environ.get("TMPDIR", "/tmp")) / "gui-latency.ini"),
                                         QSettings.IniFormat))
     clock: dict = {}

@@ -190,7 +190,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _print_evaluation(loaded, plan_path, r) -> None:
-    size, ratio = r["size"], r["ratio"]
+    size = r["size"]
     print(f"{loaded.source} ({loaded.kind}), plan: {plan_path or '(none: dense)'}")
     labels = {"dense": "dense fp32", "pruned": "pruned (sparse, fp32 values)",
               "quantized": "quantized (codes + codebooks)", "coded": "entropy-coded (Huffman/rANS)",

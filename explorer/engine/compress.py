@@ -24,7 +24,7 @@ from .errors import CompressionError, ExplorerError
 from .metrics import LAYER_TYPES, compressible_layers, count_macs, layer_type, run_model
 from .errors import PlanError
 from .plan import LayerSettings, Plan
-from .progress import ProgressFn, report, scaled
+from .progress import ProgressFn, report
 from .prune import magnitude_mask
 from .quantize import QuantResult, quantize_tensor
 from .size import TensorSizes, tensor_sizes

@@ -41,7 +41,7 @@ import struct
 import weakref
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -482,7 +482,6 @@ def parse(raw: bytes) -> ModelFile:
     _need(isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME,
           "the manifest does not describe a compressed model")
     data_start = table_end + mlen
-    data_len = size - data_start
     view = memoryview(raw)
     offsets = []
     pos = data_start

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import os
 import pickle
 import re

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from numba import njit
 
-from . import fileformat
 from .compress import (FP32_BITS, Compressed, LayerResult, TensorCache, _check_amount, check_settings, compress,
                        compress_weight, set_layer_macs, stored_numel, weight_owners)
 from .errors import ExplorerError
@@ -33,7 +32,7 @@ from .evaluate import summarize
 from .layerview import LayerPreview
 from .metrics import compressible_layers, count_macs, layer_type
 from .plan import LayerSettings, Plan
-from .progress import ProgressFn, report, scaled
+from .progress import ProgressFn, report
 
 HIST_BINS = 120
 

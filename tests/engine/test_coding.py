@@ -9,7 +9,7 @@ import pytest
 from explorer.engine.entropy import coded_bytes
 from hypothesis import given, settings, strategies as st
 
-from explorer.engine.coding import (StreamBits, canonical_codes, entropy_bits, gap_entries, gap_histogram,
+from explorer.engine.coding import (canonical_codes, entropy_bits, gap_entries, gap_histogram,
                                     gap_stream, huffman_code_lengths, stream_bits)
 
 SETTINGS = settings(max_examples=60, deadline=None)

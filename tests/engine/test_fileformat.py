@@ -206,7 +206,6 @@ def test_cli_compress_info_evaluate(tmp_path):
 
 def reseal(raw: bytes, edit) -> bytes:
     """Apply ``edit(manifest)`` to a file's manifest and fix the checksums, as an attacker would."""
-    import struct
     import zlib
 
     magic, major, minor, n, tcrc, mlen, mcrc = ff.HEADER.unpack_from(raw, 0)

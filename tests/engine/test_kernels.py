@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.engine import entropy, kmeans
+from explorer.engine import entropy
 from explorer.engine.coding import _gap_histograms_of_mask, entropy_bits, gap_histogram, huffman_code_lengths
 from explorer.engine.errors import CompressionError
 from explorer.engine.kmeans import kmeans_1d, lloyd_reference

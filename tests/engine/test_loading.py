@@ -1,9 +1,3 @@
-import os
-import pickle
-import subprocess
-import sys
-import zipfile
-
 import pytest
 import torch
 from safetensors.torch import save_file
