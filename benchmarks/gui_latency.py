@@ -271,13 +271,19 @@ def main(argv=None) -> int:
     win.tabs.setCurrentWidget(win.layer_view)
     wait_until(settled)
 
-    # 2. latency of a release: with the window idle, then while the last release's accuracy still runs
+    # 2. latency of a release: with the window idle, then while the last release's accuracy still runs;
+    # pruning only, then pruning + 5-bit k-means (Deep Compression's pipeline)
     rows = []
-    values = iter([50, 60, 70, 80, 90, 95, 30, 45, 65, 75, 85, 55, 35, 25, 15])
-    for condition in ("idle", "busy"):
+    values = iter([50, 60, 70, 80, 90, 95, 30, 45, 65, 75, 85, 55, 35, 25, 15, 52, 62, 72, 82, 92, 97, 33, 47, 67])
+    for condition in ("idle", "busy", "idle q", "busy q"):
+        if condition == "idle q":
+            wait_until(settled)
+            win.controls.bits.setValue(5)
+            win.controls.quant_on.setChecked(True)  # applies at once: 5-bit k-means, linear init
+            wait_until(settled)
         beat.phase = condition
         for _ in range(args.rounds):
-            if condition == "idle":
+            if condition.startswith("idle"):
                 wait_until(settled)
             else:  # the accuracy of the previous release must still be running
                 wait_until(lambda: win.workers.busy("accuracy") or settled())
@@ -308,12 +314,12 @@ def main(argv=None) -> int:
     stall_open, n_open = beat.longest("load")
     stall_first, n_first = beat.longest("first use")
     stall_bg, n_bg = beat.longest("background")
-    stall_rel = max(beat.longest("idle")[0], beat.longest("busy")[0])
+    stall_rel = max(beat.longest(c)[0] for c in ("idle", "busy", "idle q", "busy q"))
     print()
     print("per release (ms):  condition  sparsity  release->size/MACs = queue + engine + deliver   "
           "release->histogram = queue + engine + deliver")
     for r in rows:
-        print(f"  {r['condition']:>4} {r['pct']:>3}%   {ms(r['size']):>7} = {ms(r['size_queue'])} + "
+        print(f"  {r['condition']:>6} {r['pct']:>3}%   {ms(r['size']):>7} = {ms(r['size_queue'])} + "
               f"{ms(r['size_engine'])} + {ms(r['size_deliver'])}   {ms(r['hist']):>7} = {ms(r['hist_queue'])} + "
               f"{ms(r['hist_engine'])} + {ms(r['hist_deliver'])}")
     print()
@@ -323,10 +329,13 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {eng(k) * 1000:.1f}" for k in ("draw_preview", "draw_histogram", "draw_centroids")
                       if eng(k) is not None))
     print()
+    conds = ("idle", "busy", "idle q", "busy q")
     med = {c: (statistics.median(r["size"] for r in rows if r["condition"] == c),
-               statistics.median(r["hist"] for r in rows if r["condition"] == c)) for c in ("idle", "busy")}
+               statistics.median(r["hist"] for r in rows if r["condition"] == c)) for c in conds}
     worst = {c: (max(r["size"] for r in rows if r["condition"] == c) * 1000,
-                 max(r["hist"] for r in rows if r["condition"] == c) * 1000) for c in ("idle", "busy")}
+                 max(r["hist"] for r in rows if r["condition"] == c) * 1000) for c in conds}
+    label = {"idle": "pruning, idle", "busy": "pruning, accuracy running", "idle q": "pruning + 5-bit k-means, idle",
+             "busy q": "pruning + 5-bit k-means, accuracy running"}
     table = [
         ("longest event-loop stall, accuracy + k-means running", f"{stall_bg:.0f} ms ({n_bg} beats)",
          TARGETS["stall"], stall_bg),
@@ -336,20 +345,15 @@ def main(argv=None) -> int:
          stall_rel),
         ("longest event-loop stall, opening the model", f"{stall_open:.0f} ms ({n_open} beats)",
          TARGETS["stall"], stall_open),
-        ("release -> size/MACs, idle (median / worst)",
-         f"{med['idle'][0] * 1000:.0f} / {worst['idle'][0]:.0f} ms", TARGETS["size"], med["idle"][0] * 1000),
-        ("release -> size/MACs, accuracy running (median / worst)",
-         f"{med['busy'][0] * 1000:.0f} / {worst['busy'][0]:.0f} ms", TARGETS["size"], med["busy"][0] * 1000),
-        ("release -> histogram, idle (median / worst)",
-         f"{med['idle'][1] * 1000:.0f} / {worst['idle'][1]:.0f} ms", TARGETS["histogram"], med["idle"][1] * 1000),
-        ("release -> histogram, accuracy running (median / worst)",
-         f"{med['busy'][1] * 1000:.0f} / {worst['busy'][1]:.0f} ms", TARGETS["histogram"], med["busy"][1] * 1000),
-    ]
+    ] + [(f"release -> size/MACs, {label[c]} (median / worst)",
+          f"{med[c][0] * 1000:.0f} / {worst[c][0]:.0f} ms", TARGETS["size"], med[c][0] * 1000) for c in conds] + [
+         (f"release -> histogram, {label[c]} (median / worst)",
+          f"{med[c][1] * 1000:.0f} / {worst[c][1]:.0f} ms", TARGETS["histogram"], med[c][1] * 1000) for c in conds]
     width = max(len(t[0]) for t in table)
     print(f"| {'measure':<{width}} | measured | target | met |")
     print(f"| {'-' * width} | ---: | ---: | --- |")
-    for label, shown, target, value in table:
-        print(f"| {label:<{width}} | {shown} | <= {target:.0f} ms | {'yes' if value <= target else 'NO'} |")
+    for name, shown, target, value in table:
+        print(f"| {name:<{width}} | {shown} | <= {target:.0f} ms | {'yes' if value <= target else 'NO'} |")
     if why is not None:
         why.close()
         summarise_stalls(args.why)

@@ -109,33 +109,44 @@ def huffman_code_lengths(counts) -> np.ndarray:
         lengths[present] = 1
         return lengths
     order = present[np.argsort(c[present], kind="stable")]
-    leaf_w = [int(x) for x in c[order]]
-    node_w: list[int] = []  # weights of merged nodes, node id m + j
+    lengths[order] = _huffman_depths(c[order])
+    return lengths
+
+
+@njit(cache=True, nogil=True)
+def _huffman_depths(leaf_w):
+    """Code lengths of leaves sorted by weight (two-queue Huffman, see huffman_code_lengths; m >= 2)."""
+    m = leaf_w.size
+    node_w = np.empty(m - 1, np.int64)  # weights of merged nodes, node id m + j
     parent = np.empty(2 * m - 1, np.int64)
-    i = j = 0  # heads of the leaf queue and the merged queue
-
-    def pop() -> int:
-        nonlocal i, j
-        if i < m and (j >= len(node_w) or leaf_w[i] <= node_w[j]):
-            i += 1
-            return i - 1
-        j += 1
-        return m + j - 1
-
-    def weight(node: int) -> int:
-        return leaf_w[node] if node < m else node_w[node - m]
-
+    i = 0  # head of the leaf queue
+    j = 0  # head of the merged queue
+    made = 0  # merged nodes so far
     for k in range(m - 1):
-        a = pop()
-        b = pop()
-        node_w.append(weight(a) + weight(b))
-        parent[a] = parent[b] = m + k
+        pair = np.empty(2, np.int64)
+        for t in range(2):  # pop the lighter head; a leaf wins a tie
+            if i < m and (j >= made or leaf_w[i] <= node_w[j]):
+                pair[t] = i
+                i += 1
+            else:
+                pair[t] = m + j
+                j += 1
+        a = pair[0]
+        b = pair[1]
+        wa = leaf_w[a] if a < m else node_w[a - m]
+        wb = leaf_w[b] if b < m else node_w[b - m]
+        node_w[made] = wa + wb
+        made += 1
+        parent[a] = m + k
+        parent[b] = m + k
     # a merged node's parent is always created after it: walk merged nodes from the root down
     depth = np.zeros(2 * m - 1, np.int64)
     for node in range(2 * m - 3, m - 1, -1):
         depth[node] = depth[parent[node]] + 1
-    lengths[order] = depth[parent[:m]] + 1
-    return lengths
+    out = np.empty(m, np.int64)
+    for leaf in range(m):
+        out[leaf] = depth[parent[leaf]] + 1
+    return out
 
 
 def canonical_codes(lengths) -> np.ndarray:
@@ -279,6 +290,17 @@ def gap_histogram(positions, b: int) -> tuple[np.ndarray, int]:
 def _gap_histograms_of_mask(keep: np.ndarray, bs) -> dict:
     """``{b: gap_histogram(np.flatnonzero(keep), b)}`` for every ``b`` in ``bs``, in one compiled pass
     over the mask (no positions array). Internal: for the size accounting."""
+    keep = np.ascontiguousarray(keep, dtype=bool).reshape(-1)
+    return _gap_histograms(keep.view(np.uint8), 1, bs)
+
+
+def _gap_histograms_of_keys(keys: np.ndarray, tmin: int, bs) -> dict:
+    """The same for the mask ``(keys & 0x7FFFFFFF) >= tmin`` (magnitude keys: float32 bit patterns, see
+    :mod:`explorer.engine.prune`), which is never materialised."""
+    return _gap_histograms(keys, tmin, bs)
+
+
+def _gap_histograms(src, tmin: int, bs) -> dict:
     bs = tuple(int(b) for b in bs)
     for b in bs:
         if not 1 <= b <= 30:
@@ -286,7 +308,7 @@ def _gap_histograms_of_mask(keep: np.ndarray, bs) -> dict:
     if not bs:
         return {}
     Ms = np.array([(1 << b) - 1 for b in bs], np.int64)
-    hist, fillers = _mask_gap_kernel(np.ascontiguousarray(keep, dtype=bool).reshape(-1), Ms)
+    hist, fillers = _gap_kernel(src, src.dtype.type(min(int(tmin), np.iinfo(src.dtype).max)), Ms)
     return {b: (hist[j, : 1 << b].copy(), int(fillers[j])) for j, b in enumerate(bs)}
 
 
@@ -294,18 +316,20 @@ _SMALL_GAPS = 4096  # gaps below this are counted in an array, larger ones (rare
 
 
 @njit(cache=True, nogil=True)
-def _mask_gap_kernel(keep, Ms):
-    # one pass over the mask counts the gaps; each b's histogram (with its fillers) then follows from the
-    # distinct gaps, not from every kept position again
-    # no branch on the mask (in no order after magnitude pruning); four interleaved counters, so that
-    # consecutive equal gaps do not wait on each other's increment
+def _gap_kernel(src, tmin, Ms):
+    """Gap histograms (with fillers) of the kept positions, kept = ``(src[i] & 0x7FFFFFFF) >= tmin`` (a
+    uint8 mask with tmin 1, or magnitude keys). One pass counts the distinct gaps; each b's histogram
+    then follows from them, not from every kept position again. No branch on the mask (in no order after
+    magnitude pruning); four interleaved counters, so that consecutive equal gaps do not wait on each
+    other's increment. (Splitting the array into four independent chains was measured: no faster.)"""
     lanes = np.zeros((4, _SMALL_GAPS), np.int64)
-    large = []
+    large = []  # gaps >= _SMALL_GAPS (slot 0 of a lane takes them, unused: gaps are >= 1)
     last = -1
-    for i in range(keep.size):
-        kk = np.int64(keep[i])
+    low = np.uint32(0x7FFFFFFF)
+    for i in range(src.size):
+        kk = np.int64((src[i] & low) >= tmin)
         d = i - last
-        lanes[i & 3, d if d < _SMALL_GAPS else 0] += kk  # gaps are >= 1: slot 0 takes the large ones, unused
+        lanes[i & 3, d if d < _SMALL_GAPS else 0] += kk
         if d >= _SMALL_GAPS and kk:
             large.append(d)
         last += d * kk

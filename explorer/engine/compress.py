@@ -10,6 +10,7 @@ size of each storage stage. Order of operations: see :mod:`explorer.engine.plan`
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -177,10 +178,11 @@ class TensorResult:
     quant: Optional[QuantResult]
     sizes: TensorSizes
     nonzero: int
+    sizes_only: bool = False  # measured without mask or codes (explorer.engine.sweep): never written to a file
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
 
 @dataclass
@@ -239,10 +241,11 @@ class Compressed:
 
     @property
     def bits(self) -> dict:
+        layer_bits = [layer.bits for layer in self.layers.values()]
         out = {}
         for stage in STAGES:
             other = self.other_bits_before if stage == "dense" else self.other_bits_after
-            out[stage] = other + sum(layer.bits[stage] for layer in self.layers.values())
+            out[stage] = other + sum(b[stage] for b in layer_bits)
         return out
 
     @property
@@ -259,8 +262,9 @@ class Compressed:
         return max(self.macs_after - saved, 0)
 
     def summary(self) -> dict:
-        b = self.bytes
-        return {"size": b, "size_bits": self.bits,
+        bits = self.bits
+        b = {stage: (v + 7) // 8 for stage, v in bits.items()}
+        return {"size": b, "size_bits": bits,
                 "ratio": {s: (b["dense"] / b[s] if b[s] else None) for s in STAGES},
                 "macs": {"before": self.macs_before, "after": self.macs_after, "effective": self.macs_effective},
                 "flops": {k: (None if v is None else 2 * v) for k, v in

@@ -105,12 +105,18 @@ def quantize_frequencies(counts) -> np.ndarray:
 
 
 def _cost_units(f: np.ndarray) -> np.ndarray:
-    """``floor(2**20 * log2(M / f)) + 1`` for every f >= 1: an upper bound on a symbol's bits in 2**-20."""
-    out = np.zeros(f.size, np.int64)
-    for i, fi in enumerate(f.tolist()):
-        if fi > 0:
-            out[i] = math.floor((1 << _UNIT_BITS) * (PROB_BITS - math.log2(fi))) + 1
-    return out
+    """``floor(2**20 * log2(M / f)) + 1`` for every f >= 1 (0 for f = 0): an upper bound on a symbol's bits
+    in 2**-20, looked up in a table of all M values (computed once, with math.log2)."""
+    global _COSTS
+    if _COSTS is None:
+        table = np.zeros(M + 1, np.int64)
+        for fi in range(1, M + 1):
+            table[fi] = math.floor((1 << _UNIT_BITS) * (PROB_BITS - math.log2(fi))) + 1
+        _COSTS = table
+    return _COSTS[np.asarray(f, np.int64)]
+
+
+_COSTS = None
 
 
 def table_bytes(alphabet_size: int) -> int:
@@ -124,8 +130,11 @@ def payload_bytes(counts) -> int:
     if int(c.sum()) == 0:
         return 0
     f = quantize_frequencies(c)
-    units = int(sum(int(ci) * (int(u) + _SLACK_UNITS) for ci, u in zip(c.tolist(), _cost_units(f).tolist())
-                    if ci))
+    cost = _cost_units(f) + _SLACK_UNITS * (c > 0)
+    if int(c.sum()) < (1 << 62) // (PROB_BITS + 1 << _UNIT_BITS):
+        units = int(np.dot(c, cost))  # exact: the sum stays below 2**62
+    else:  # a stream of hundreds of billions of symbols: Python integers
+        units = sum(int(ci) * int(u) for ci, u in zip(c.tolist(), cost.tolist()))
     return 4 * (units // (32 << _UNIT_BITS) + 2)
 
 

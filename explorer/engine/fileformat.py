@@ -163,14 +163,19 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
     """Encode one compressed weight tensor exactly as the accounting's 'coded' stage chose."""
     st = t.sizes.stages["coded"]
     n = t.numel
-    keep = np.ones(n, bool) if t.mask is None else np.asarray(t.mask, bool).reshape(-1)
+    if t.sizes_only and not streams.dry:
+        raise ExplorerError(f"{t.name}: only its sizes were measured; compress the model to write it")
     entries = int(st["entries"])
     enc: dict = {"storage": st["format"], "values": st["values"], "entries": entries}
     cache: dict = {}
 
+    def mask():
+        return np.ones(n, bool) if t.mask is None else np.asarray(t.mask, bool).reshape(-1)
+
     def layout():
         """(positions of the stored entries, which are fillers, gaps) — computed once, when encoding."""
         if "pos" not in cache:
+            keep = mask()
             if st["format"] == "dense":
                 cache.update(pos=np.arange(n), fill=~keep, gaps=None)
             elif st["format"] == "bitmask":
@@ -184,7 +189,7 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
         return cache
 
     if st["format"] == "bitmask":
-        enc["mask"] = streams.add(lambda: np.packbits(keep).tobytes(), (n + 7) // 8)
+        enc["mask"] = streams.add(lambda: np.packbits(mask()).tobytes(), (n + 7) // 8)
     elif st["format"] == "gaps":
         b = int(st["gap_bits"])
         enc["gap_bits"] = b
@@ -340,10 +345,11 @@ def _build_manifest(loaded, compressed, half: bool, dry: bool = False):
         tensors.append(entry)
     from explorer import __version__
 
+    bits = compressed.bits
     manifest = {"format": FORMAT_NAME, "version": [MAJOR, MINOR], "producer": f"compression-explorer {__version__}",
                 "architecture": arch, "edits": _edits(compressed), "plan": compressed.plan.to_dict(),
                 "tensors": tensors,
-                "accounting": {"dense_bits": compressed.bits["dense"], "coded_bits": compressed.bits["coded"]}}
+                "accounting": {"dense_bits": bits["dense"], "coded_bits": bits["coded"]}}
     return manifest, streams
 
 

@@ -8,7 +8,10 @@ and quantizing it, so a new plan costs only the tensors whose settings changed:
   (size by stage, the file's bytes, MACs, per-layer details; a test checks they are equal). When no
   layer is structurally pruned or factorised, the model's shapes do not change, so nothing is copied or
   traced: the sizes are summed from the per-tensor results and the MACs follow from the dense counts
-  and each layer's non-zero weights. Otherwise it runs :func:`~explorer.engine.compress.compress`.
+  and each layer's non-zero weights. A changed tensor is measured by its
+  :class:`~explorer.engine.sweep.TensorSweep` where that covers the settings (element pruning, k-means):
+  the same sizes without building the pruned and quantized tensor. Otherwise it runs
+  :func:`~explorer.engine.compress.compress`.
 - :meth:`Previewer.build` returns the runnable compressed model (for accuracy and export), reusing the
   same per-tensor results.
 - :meth:`Previewer.layer` returns a layer's histogram view from the same results.
@@ -25,16 +28,19 @@ import numpy as np
 import torch
 from numba import njit
 
-from .compress import (FP32_BITS, Compressed, LayerResult, TensorCache, _check_amount, check_settings, compress,
-                       compress_weight, set_layer_macs, stored_numel, weight_owners)
+from .compress import (FP32_BITS, Compressed, LayerResult, TensorCache, TensorResult, _check_amount, check_settings,
+                       compress, compress_weight, set_layer_macs, stored_numel, weight_owners)
 from .errors import ExplorerError
 from .evaluate import summarize
 from .layerview import LayerPreview
 from .metrics import compressible_layers, count_macs, layer_type
 from .plan import LayerSettings, Plan
 from .progress import ProgressFn, report
+from .sweep import TensorSweep
 
 HIST_BINS = 120
+SWEEPS = 2  # layers whose sweep state is kept (the one being tuned and the one before)
+SWEEP_MAX_NUMEL = 1 << 25  # larger tensors are measured by compress_weight (the state is ~8 bytes/weight/bucket count)
 
 
 class Previewer:
@@ -53,6 +59,8 @@ class Previewer:
         self._other: Optional[int] = None
         self._last: Optional[tuple] = None  # (plan JSON, Compressed, MACs counted) of the last build
         self._bins: dict = {}  # layer -> (edges, bin of every weight)
+        self._sweeps: dict = {}  # layer -> TensorSweep (the few most recently used)
+        self._measured: dict = {}  # TensorCache key -> sizes-only TensorResult (the most recent ones)
 
     # ------------------------------------------------------------------------------ plan-independent
     def macs_before(self) -> tuple:
@@ -84,6 +92,57 @@ class Previewer:
             self.cache.put(key, hit)
         return hit
 
+    def sweep(self, name: str) -> Optional[TensorSweep]:
+        """The :class:`~explorer.engine.sweep.TensorSweep` of layer ``name``'s weight (None for tensors too
+        large to keep its state for). The last :data:`SWEEPS` layers' are kept."""
+        weight = self.modules[name].weight
+        key = (name, id(weight), weight._version)
+        with self._lock:
+            hit = self._sweeps.pop(name, None)
+            if hit is not None and hit[0] == key:
+                self._sweeps[name] = hit  # most recent last
+                return hit[1]
+        if weight.numel() > SWEEP_MAX_NUMEL:
+            return None
+        sweep = TensorSweep(weight)
+        with self._lock:
+            self._sweeps[name] = (key, sweep)
+            while len(self._sweeps) > SWEEPS:
+                self._sweeps.pop(next(iter(self._sweeps)))
+        return sweep
+
+    def prepare(self, name: str, settings: LayerSettings, progress: ProgressFn = None) -> None:
+        """Precompute what re-measuring layer ``name`` at another amount needs (sorted magnitudes, k-means
+        buckets), so that the first slider release on it is as fast as the next ones. Cancellable."""
+        if name in self.modules and self.owners[name] == name:
+            sweep = self.sweep(name)
+            if sweep is not None:
+                sweep.prepare(settings, progress)
+
+    def _measured_tensor(self, name: str, settings: LayerSettings):
+        """The TensorResult the size preview needs: the full one if it was computed, else the sweep's
+        sizes-only one, else the full one computed now."""
+        weight = self.modules[name].weight
+        key = TensorCache.key(weight, name, settings)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit[0]
+        with self._lock:
+            fast = self._measured.get(key)
+        if fast is not None:
+            return fast
+        sweep = self.sweep(name)
+        r = sweep.measure(settings) if sweep is not None else None
+        if r is None:
+            return self.tensor(name, settings)[0]
+        fast = TensorResult(f"{name}.weight", tuple(weight.shape), None, r.quant, r.sizes, r.nonzero,
+                            sizes_only=True)
+        with self._lock:
+            self._measured[key] = fast
+            while len(self._measured) > 256:
+                self._measured.pop(next(iter(self._measured)))
+        return fast
+
     # ------------------------------------------------------------------------------ whole plan
     def measure(self, plan: Plan, progress: ProgressFn = None) -> dict:
         """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy)."""
@@ -100,7 +159,7 @@ class Previewer:
                              shared_with=self.owners[name] if shared else None)
             if not shared:
                 report(progress, 0.9 * i / len(self.layers), f"compressing {name}")
-                lr.tensors.append(self.tensor(name, s)[0])
+                lr.tensors.append(self._measured_tensor(name, s))
             results[name] = lr
         before, total = self.macs_before()
         # no shape changed: each layer runs the MACs it ran before (TorchScript: none measured per layer)
@@ -143,8 +202,10 @@ class Previewer:
         else:
             _check_amount(name, module, settings)
             only = LayerSettings(prune=p if element else None, quantize=settings.quantize)
-            result, new = self.tensor(name, only)
+            result, new = self._layer_tensor(name, only)
         mask = None if result is None else result.mask
+        if result is not None and result.sizes_only:  # the sweep's: its mask from the sorted magnitudes
+            mask = self.sweep(name).mask(p.amount)
         report(progress, 0.5, f"{name}: counting")
         values = self._values(name)
         kept, pruned, smallest = _split_counts(bins, mask if mask is not None else np.ones(0, bool), values,
@@ -156,11 +217,24 @@ class Previewer:
         info = {}
         if result is not None and result.quant is not None:
             q = result.quant
-            levels = _levels(q, mask, new.detach().reshape(-1).cpu())
+            if new is None:  # the sweep's codebook holds exactly the values in use, and the pruned zero
+                levels = np.unique(q.codebook.astype(np.float64))
+            else:
+                levels = _levels(q, mask, new.detach().reshape(-1).cpu())
             mse = q.mse
             info = {"method": q.method, "bits": q.bits, "rel_error": q.rel_error}
         report(progress, 1.0, f"{name}: done")
         return LayerPreview(name, int(values.size), edges, kept, pruned, threshold, levels, mse, info)
+
+    def _layer_tensor(self, name: str, settings: LayerSettings):
+        """``(TensorResult, new weight or None)`` for the layer view: the full result if it was computed,
+        else the size preview's (sizes only: new is None), else the full one computed now."""
+        weight = self.modules[name].weight
+        hit = self.cache.get(TensorCache.key(weight, name, settings))
+        if hit is not None:
+            return hit
+        result = self._measured_tensor(name, settings)
+        return (result, None) if result.sizes_only else self.tensor(name, settings)
 
     def _values(self, name: str) -> np.ndarray:
         """The layer's weights, flat: a view of the tensor where numpy can hold its dtype (no copy)."""
@@ -284,4 +358,11 @@ def warm_up() -> None:
                 {"prune": {"amount": 0.3}, "quantize": {"method": "ternary"}}):
         pv.layer("0", validate_settings("warm-up", raw))
     init_comparison("0", layer, validate_settings("warm-up", {"prune": {"amount": 0.5}}), bits=3)
+    # the sweep's kernels (k-means buckets need more than 32,768 survivors)
+    sweep = TensorSweep(torch.randn(256, 256))
+    for raw in ({"prune": {"amount": 0.3}}, {"prune": {"amount": 0.3}, "quantize": {"bits": 5}},
+                {"prune": {"amount": 0.4}, "quantize": {"bits": 4, "init": "density"}}):
+        s = validate_settings("warm-up", raw)
+        sweep.prepare(s)
+        sweep.measure(s)
     _warm.set()

@@ -46,7 +46,7 @@ import numpy as np
 
 from .coding import MAX_ALPHABET, StreamBits, _gap_histograms_of_mask, _masked_bincount, stream_bits
 
-__all__ = ["GAP_BITS", "STAGES", "TensorCode", "TensorSizes", "tensor_sizes", "other_param_bits"]
+__all__ = ["GAP_BITS", "STAGES", "TensorCode", "TensorSizes", "tensor_sizes", "sizes_from_counts", "other_param_bits"]
 
 GAP_BITS = (3, 4, 5, 6, 7, 8)
 STAGES = ("pruned", "quantized", "coded")
@@ -142,6 +142,45 @@ def _cheapest(candidates: list) -> dict:
     return min(candidates, key=lambda d: d["bits"])
 
 
+def _cheapest_coded(candidates: list) -> dict:
+    """:func:`_cheapest` of ``[(lower bound, build), ...]``: the candidates are built (their streams coded)
+    in order of their bounds, and only while a bound can still reach the cheapest built so far. The same
+    choice as building all of them (a test checks), at a fraction of the cost: a coded stream's size is
+    a Huffman code and an rANS table per candidate, and a tensor has up to 14 candidates."""
+    if _EXHAUSTIVE:
+        return _cheapest([build() for _, build in candidates])
+    best, best_i = None, -1
+    for i in sorted(range(len(candidates)), key=lambda i: candidates[i][0]):
+        bound, build = candidates[i]
+        if best is not None and bound > best["bits"]:
+            break
+        d = build()
+        if best is None or (d["bits"], i) < (best["bits"], best_i):
+            best, best_i = d, i
+    return best
+
+
+_EXHAUSTIVE = False  # tests: build every coded candidate
+
+
+def _stream_bound(counts: np.ndarray, raw_bits: int, coders) -> int:
+    """A lower bound on ``stream_bits(counts, ...).bits``: min(raw, n x entropy) — a Huffman payload is at
+    least the entropy (Shannon) and so is rANS's (its cost per symbol is log2 of a quantised probability,
+    summed: a cross-entropy), tables come on top. Rounded down with room for floating-point error."""
+    counts = np.asarray(counts, np.int64)
+    n = int(counts.sum())
+    raw = n * int(raw_bits)
+    if not coders or n == 0:
+        return raw
+    c = counts[counts > 0].astype(np.float64)
+    nh = float(n * np.log2(n) - np.dot(c, np.log2(c)))
+    return max(0, min(raw, int(nh * (1 - 1e-9)) - 1))
+
+
+def _with_index(storage, ix, fmt, values, value_bits, entries, **kw) -> dict:
+    return storage(fmt, values, value_bits, entries, value_part=ix.bits, index_stream=ix, **kw)
+
+
 def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCode], value_bits: int = 32,
                  *, gap_bits=GAP_BITS, coders=("huffman", "rans")) -> TensorSizes:
     """Bits to store one weight tensor after pruning, quantization and Huffman coding.
@@ -182,77 +221,113 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
         if keep.size != n:
             raise ValueError(f"mask has {keep.size} elements for a tensor of {n}")
     z = n if keep is None else int(np.count_nonzero(keep))
-    pruned_any = z < n
-    dense_bits = n * v
 
     # gap-stream histograms per b (only sparse storage needs them)
     # (equal to {b: gap_histogram(np.flatnonzero(keep), b)}, computed in one pass over the mask)
-    gaps = _gap_histograms_of_mask(keep, bs) if keep is not None else {}
+    gaps = _gap_histograms_of_mask(keep, bs) if keep is not None else None
+
+    hist = None  # counts of the survivors' codes
+    if code is not None and code.codes is not None:
+        A = code.alphabet_size
+        codes = np.asarray(code.codes).reshape(-1)
+        if codes.size != n:
+            raise ValueError(f"codes has {codes.size} elements for a tensor of {n}")
+        if z and not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError("codes must be integers")
+        hist, ok = _masked_bincount(np.ascontiguousarray(codes, dtype=np.int64),
+                                    np.zeros(0, bool) if keep is None else keep, A)
+        if not ok:
+            raise ValueError(f"codes of surviving weights must lie in 0..{A - 1}")
+    return sizes_from_counts(n, z, gaps, code, hist, v, coders=coders)
+
+
+def sizes_from_counts(n: int, z: int, gaps: Optional[dict], code: Optional[TensorCode],
+                      hist: Optional[np.ndarray], value_bits: int = 32, *, coders=("huffman", "rans")) -> TensorSizes:
+    """:func:`tensor_sizes` from what it reads off the mask and the codes: ``z`` survivors of ``n``,
+    ``gaps`` = ``{b: (gap histogram, fillers)}`` of the mask (None when nothing is pruned) and ``hist`` =
+    the survivors' code counts (None: the codes are not known). The same numbers, for a caller that
+    counted these without materialising the mask or the codes (:mod:`explorer.engine.sweep`)."""
+    v = int(value_bits)
+    keep = gaps is not None
+    gaps = gaps or {}
+    pruned_any = z < n
+    dense_bits = n * v
 
     # ---- float values (the pruned stage, and the fallback of the later stages)
+    # Coded candidates are (lower bound, build): a coded stream costs at least min(raw, n * entropy), and
+    # only the candidates whose bound can reach the cheapest found are coded exactly (see _cheapest_coded).
     float_raw = [_storage("dense", "float", v, n)]
-    float_coded = [float_raw[0]]
-    if keep is not None:
-        float_raw.append(_storage("bitmask", "float", v, z, mask=n))
-        float_coded.append(float_raw[-1])
-        for b, (hist, f) in gaps.items():
+    float_coded = [(dense_bits, lambda: float_raw[0])]
+    streams: dict = {}
+
+    def gap_stream(b):
+        if b not in streams:
+            streams[b] = stream_bits(gaps[b][0], 2 ** b, b, counts=True, coders=coders)
+        return streams[b]
+
+    gap_bound = {b: _stream_bound(ghist, b, coders) for b, (ghist, _) in gaps.items()}
+    if keep:
+        bitmask = _storage("bitmask", "float", v, z, mask=n)
+        float_raw.append(bitmask)
+        float_coded.append((bitmask["bits"], lambda: bitmask))
+        for b, (_, f) in gaps.items():
             e = z + f
             float_raw.append(_storage("gaps", "float", v, e, gap_bits=b, fillers=f, gap_part=e * b))
-            gs = stream_bits(hist, 2 ** b, b, counts=True, coders=coders)
-            float_coded.append(_storage("gaps", "float", v, e, gap_bits=b, fillers=f, gap_part=gs.bits,
-                                        gap_stream=gs))
+            float_coded.append((e * v + gap_bound[b], lambda b=b, e=e, f=f: _storage(
+                "gaps", "float", v, e, gap_bits=b, fillers=f, gap_part=gap_stream(b).bits, gap_stream=gap_stream(b))))
     pruned = _cheapest(float_raw)
 
     if code is None:
         quantized = dict(pruned)
-        coded = _cheapest(float_coded)
+        coded = _cheapest_coded(float_coded)
     else:
         c, A, zc, S = code.code_bits, code.alphabet_size, code.zero_code, code.side_bits
-        hist = None  # counts of the survivors' codes
-        if code.codes is not None:
-            codes = np.asarray(code.codes).reshape(-1)
-            if codes.size != n:
-                raise ValueError(f"codes has {codes.size} elements for a tensor of {n}")
-            if z and not np.issubdtype(codes.dtype, np.integer):
-                raise ValueError("codes must be integers")
-            hist, ok = _masked_bincount(np.ascontiguousarray(codes, dtype=np.int64),
-                                        np.zeros(0, bool) if keep is None else keep, A)
-            if not ok:
-                raise ValueError(f"codes of surviving weights must lie in 0..{A - 1}")
 
-        def index_stream(extra_zeros: int):
-            """StreamBits of the index stream: survivors' codes plus ``extra_zeros`` zero codes."""
-            if hist is None:
-                return None
+        def index_counts(extra_zeros: int):
             h = hist.copy()
             if extra_zeros:
                 h[zc] += extra_zeros
-            return stream_bits(h, A, c, counts=True, coders=coders)
+            return h
+
+        def index_stream(extra_zeros: int):
+            """StreamBits of the index stream: survivors' codes plus ``extra_zeros`` zero codes."""
+            return stream_bits(index_counts(extra_zeros), A, c, counts=True, coders=coders)
+
+        def index_bound(extra_zeros: int) -> int:
+            return _stream_bound(index_counts(extra_zeros), c, coders)
 
         code_raw, code_coded = [], []
         if not pruned_any or zc is not None:
             code_raw.append(_storage("dense", "codes", c, n, side=S))
-            ix = index_stream(n - z)
-            code_coded.append(code_raw[-1] if ix is None else
-                              _storage("dense", "codes", c, n, side=S, value_part=ix.bits, index_stream=ix))
-        if keep is not None:
+            if hist is None:
+                code_coded.append((code_raw[-1]["bits"], lambda d=code_raw[-1]: d))
+            else:
+                code_coded.append((S + index_bound(n - z), lambda: _with_index(
+                    _storage, index_stream(n - z), "dense", "codes", c, n, side=S)))
+        if keep:
             code_raw.append(_storage("bitmask", "codes", c, z, mask=n, side=S))
-            ix = index_stream(0)
-            code_coded.append(code_raw[-1] if ix is None else
-                              _storage("bitmask", "codes", c, z, mask=n, side=S, value_part=ix.bits,
-                                       index_stream=ix))
+            if hist is None:
+                code_coded.append((code_raw[-1]["bits"], lambda d=code_raw[-1]: d))
+            else:
+                code_coded.append((n + S + index_bound(0), lambda: _with_index(
+                    _storage, index_stream(0), "bitmask", "codes", c, z, mask=n, side=S)))
             if zc is not None:
-                for b, (ghist, f) in gaps.items():
+                for b, (_, f) in gaps.items():
                     e = z + f
                     code_raw.append(_storage("gaps", "codes", c, e, gap_bits=b, fillers=f, gap_part=e * b,
                                              side=S))
-                    ix = index_stream(f)
-                    gs = stream_bits(ghist, 2 ** b, b, counts=True, coders=coders)
-                    code_coded.append(_storage("gaps", "codes", c, e, gap_bits=b, fillers=f, side=S,
-                                               value_part=e * c if ix is None else ix.bits, index_stream=ix,
-                                               gap_part=gs.bits, gap_stream=gs))
+                    bound = S + (e * c if hist is None else index_bound(f)) + gap_bound[b]
+
+                    def build(b=b, e=e, f=f):
+                        ix = None if hist is None else index_stream(f)
+                        gs = gap_stream(b)
+                        return _storage("gaps", "codes", c, e, gap_bits=b, fillers=f, side=S,
+                                        value_part=e * c if ix is None else ix.bits, index_stream=ix,
+                                        gap_part=gs.bits, gap_stream=gs)
+
+                    code_coded.append((bound, build))
         quantized = _cheapest(code_raw + float_raw)
-        coded = _cheapest(code_coded + float_coded)
+        coded = _cheapest_coded(code_coded + float_coded)
 
     sizes = TensorSizes(numel=n, nnz=z, dense=dense_bits,
                         stages={"pruned": pruned, "quantized": quantized, "coded": coded})

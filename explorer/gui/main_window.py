@@ -315,6 +315,7 @@ class MainWindow(QMainWindow):
             return
         plan = self.session.plan
         self.workers.cancel("accuracy")
+        self.workers.cancel("prepare")  # the measurement computes what it needs of it itself
         self.preview.set_stale(True, "measuring size and MACs…")
         self.preview.set_progress(0.0)
 
@@ -387,6 +388,8 @@ class MainWindow(QMainWindow):
                 # show the lines at the current sparsity 0 position so they can be dragged in
                 sorted_abs = self._abs_sorted[name]
                 self.layer_view.show_threshold_lines(float(sorted_abs[len(sorted_abs) // 10]))
+            # then, while the user looks: what re-measuring this layer at another amount needs
+            self.workers.submit("prepare", lambda p: previewer.prepare(name, settings, p), lambda _: None)
 
         self.workers.submit("layer", job, done, self.show_error)
 
@@ -455,7 +458,8 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------------------------- lifetime
     def idle(self) -> bool:
         """True when no engine work is running (used by --screenshot and tests)."""
-        return not any(self.workers.busy(c) for c in ("load", "preview", "accuracy", "layer", "inits", "export"))
+        return not any(self.workers.busy(c) for c in ("load", "preview", "accuracy", "layer", "inits", "export",
+                                                      "prepare"))
 
     def closeEvent(self, event) -> None:
         self.workers.shutdown()

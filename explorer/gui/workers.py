@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import Callable, Optional
 
@@ -26,9 +27,10 @@ class _Signals(QObject):
     progress = Signal(str, int, float, str)  # channel, generation, fraction, message
 
 
-INTERACTIVE = frozenset({"preview", "layer", "inits"})
+INTERACTIVE = frozenset({"preview", "layer", "inits", "prepare"})
 GUI_SWITCH_INTERVAL = 0.0005  # seconds (see Workers.__init__)
 WORKER_NICE = 10  # engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads)
+PROGRESS_INTERVAL = 0.05  # seconds between two progress reports of a job
 _reniced = threading.local()
 
 
@@ -95,16 +97,25 @@ class _Job(QRunnable):
         super().__init__()
         self.setAutoDelete(True)
         self.signals, self.channel, self.generation, self.fn, self.abort = signals, channel, generation, fn, abort
+        self.last_report = time.monotonic()
 
     def progress(self, fraction: float, message: str = "") -> bool:
+        """The engine's progress callback: False once superseded (the engine then stops). Reported to the
+        GUI at most every :data:`PROGRESS_INTERVAL` and not in a job's first one: each report is a Python
+        slot on the GUI thread, which takes the GIL from this job (a 10 ms re-measurement reported 21
+        times, once per layer, took three times as long in the window)."""
         if self.abort.is_set():
             return False
-        self.signals.progress.emit(self.channel, self.generation, float(fraction), message)
+        now = time.monotonic()
+        if now - self.last_report >= PROGRESS_INTERVAL:
+            self.last_report = now
+            self.signals.progress.emit(self.channel, self.generation, float(fraction), message)
         return True
 
     @Slot()
     def run(self) -> None:
         _lower_priority()
+        self.last_report = time.monotonic()
         try:
             result = self.fn(self.progress)
         except Cancelled:

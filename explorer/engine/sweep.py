@@ -1,0 +1,402 @@
+"""Re-measuring one weight tensor at another pruning amount, fast: what a slider release needs.
+
+:func:`~explorer.engine.compress.compress_weight` prunes and quantizes a tensor from scratch (about 50 ms
+for 2.4 M weights on one core). The window asks for the same tensor again and again with another
+amount. A :class:`TensorSweep` keeps what does not depend on the amount and computes only the numbers
+the size preview shows — the storage sizes, the non-zero count, the codebook and the quantization
+error — in one pass over the tensor plus O(k × bucket) work:
+
+- the magnitudes' float32 bit patterns sorted once: the pruning threshold and its ties are a lookup
+  (the mask is then the one :func:`~explorer.engine.prune.magnitude_mask` builds, never materialised:
+  the gap histograms are counted from the keys directly);
+- for k-means, the weights grouped into the buckets :func:`~explorer.engine.kmeans.kmeans_1d` uses,
+  with per-bucket sums accumulated in position order. Pruning by magnitude removes a band of values
+  around zero, so the survivors' buckets are the tensor's with the buckets inside the band emptied and
+  the two buckets the band's edges fall in re-summed; Lloyd's iterations then run on exactly the
+  numbers ``kmeans_1d`` would compute for the survivors, and give the same centroids to the bit.
+
+Sizes, non-zero count and codebook are identical to ``compress_weight``'s (tests compare them on random
+and adversarial tensors); the quantization error is computed from per-cluster sums instead of per weight
+and agrees to rounding. What it does not cover — another quantization method, a k-means init other than
+linear or density, weights that are not float32, a survivor set whose extremes are not both clear of the
+threshold, data ``kmeans_1d`` would sort rather than bucket — returns None, and the caller runs
+``compress_weight``. Its results hold no mask or codes: they are for display, never for a file.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Optional
+
+import numpy as np
+import torch
+from numba import njit
+
+from .coding import _gap_histograms_of_keys, _gap_histograms_of_mask
+from .kmeans import (HIST_BINS, HIST_MIN_N, _BUCKET_SCAN_BUDGET, _bucket_lloyd, _bucket_number, _bucket_of,
+                     _bucket_select, _snap)
+from .plan import LayerSettings
+from .progress import ProgressFn, report
+from .prune import _mask_from_key, keep_count
+from .quantize import QuantResult
+from .size import GAP_BITS, TensorCode, sizes_from_counts
+
+__all__ = ["TensorSweep", "SweepResult"]
+
+GROUP_BYTES = 96 << 20
+
+
+class SweepResult:
+    """What :meth:`TensorSweep.measure` returns: ``sizes`` (TensorSizes), ``nonzero`` and ``quant`` (a
+    QuantResult without codes or decoded weights, or None)."""
+
+    __slots__ = ("sizes", "nonzero", "quant")
+
+    def __init__(self, sizes, nonzero: int, quant: Optional[QuantResult]):
+        self.sizes, self.nonzero, self.quant = sizes, nonzero, quant
+
+
+class TensorSweep:
+    """Per-tensor state for measuring ``weight`` under many element-pruning amounts (see the module doc).
+    Safe to call from several threads; the weight must not change while it is used."""
+
+    def __init__(self, weight: torch.Tensor):
+        w = weight.detach()
+        self.shape = tuple(w.shape)
+        self.n = int(w.numel())
+        self.usable = w.dtype == torch.float32 and w.device.type == "cpu" and self.n > 0
+        self._lock = threading.Lock()
+        self._sorted: Optional[np.ndarray] = None
+        self._groups: dict = {}  # nb -> (gx, gpos, start, S, SS) of every weight
+        if not self.usable:
+            return
+        self.values = np.ascontiguousarray(w.reshape(-1).numpy())
+        self.keys = self.values.view(np.uint32)
+        self.finite = bool(np.isfinite(self.values).all())
+        self.lo = float(self.values.min())
+        self.hi = float(self.values.max())
+        self._lo_key = int(np.float32(abs(self.lo)).view(np.uint32))
+        self._hi_key = int(np.float32(abs(self.hi)).view(np.uint32))
+
+    # ------------------------------------------------------------------------------------------ pruning
+    def sorted_keys(self) -> np.ndarray:
+        with self._lock:
+            if self._sorted is None:
+                self._sorted = np.sort(self.keys & np.uint32(0x7FFFFFFF))
+            return self._sorted
+
+    def threshold(self, k: int):
+        """(T, ties): the key of the ``k``-th largest magnitude and how many entries equal to it are kept,
+        as :func:`explorer.engine.prune._select_key` finds them (1 <= k < n)."""
+        sk = self.sorted_keys()
+        T = int(sk[self.n - k])
+        above = self.n - int(np.searchsorted(sk, np.uint32(T), side="right"))
+        return T, k - above
+
+    def mask(self, amount) -> np.ndarray:
+        """:func:`~explorer.engine.prune.magnitude_mask` of the tensor at ``amount``, from the sorted keys."""
+        k = keep_count(self.n, amount)
+        mask = np.zeros(self.n, bool)
+        if k >= self.n:
+            mask[:] = True
+        elif k > 0:
+            T, ties = self.threshold(k)
+            _mask_from_key(self.keys, np.uint32(T), ties, mask)
+        return mask
+
+    def _count(self, key: int) -> int:
+        sk = self.sorted_keys()
+        return int(np.searchsorted(sk, np.uint32(key), side="right") - np.searchsorted(sk, np.uint32(key)))
+
+    def prepare(self, settings: LayerSettings, progress: ProgressFn = None) -> None:
+        """Compute now what :meth:`measure` will need for ``settings`` at any amount (a background job
+        calls this when a layer is selected, so that the first release is fast). Reports progress between
+        steps (each a pass over the tensor), so it can be cancelled."""
+        if not self.usable or not self.finite:
+            return
+        report(progress, 0.0, "sorting magnitudes")
+        self.sorted_keys()
+        q = settings.quantize
+        if q is not None and q.method == "kmeans" and self.hi > self.lo:
+            # the bucket counts the slider's amounts (1..99 %) lead to, the current one last (kept longest)
+            k = 2 ** q.bits - 1
+            here = _bucket_number(keep_count(self.n, settings.prune.amount) if settings.prune else self.n, k)
+            nbs = {_bucket_number(keep_count(self.n, pct / 100), k) for pct in range(1, 100)} - {here}
+            room = max(GROUP_BYTES // (8 * self.n) - 1, 0)
+            nearest = sorted(nbs, key=lambda b: abs(np.log2(b / here)))[:room]
+            for i, nb in enumerate([here] + nearest):
+                report(progress, (i + 1) / (len(nearest) + 2), f"k-means buckets ({nb})")
+                self._group(nb)
+
+    # ------------------------------------------------------------------------------------------ measure
+    def measure(self, settings: LayerSettings) -> Optional[SweepResult]:
+        """Sizes, non-zero count and quantization of the tensor under ``settings`` (element pruning and
+        quantization only), or None when this case is not covered (the caller compresses instead)."""
+        p, q = settings.prune, settings.quantize
+        if not self.usable or not self.finite or p is None or p.granularity != "element" or not p.amount:
+            return None
+        if q is not None and (q.method != "kmeans" or q.init not in ("linear", "density")):
+            return None
+        n = self.n
+        k = keep_count(n, p.amount)
+        if k == 0 or k >= n:
+            return None
+        T, ties = self.threshold(k)
+        tied = self._count(T)
+        if ties == tied or ties == 0:  # the mask is a threshold on the key
+            gaps = _gap_histograms_of_keys(self.keys, T if ties else T + 1, GAP_BITS)
+        else:  # some of the entries equal to the threshold are kept, the earliest first (rare)
+            mask = np.zeros(n, bool)
+            _mask_from_key(self.keys, np.uint32(T), ties, mask)
+            gaps = _gap_histograms_of_mask(mask, GAP_BITS)
+        if q is None:
+            # survivors keep their values: zeros among them only when the threshold itself is zero
+            nonzero = k if T > 0 else n - int(np.searchsorted(self.sorted_keys(), np.uint32(0), side="right"))
+            return SweepResult(sizes_from_counts(n, k, gaps, None, None), nonzero, None)
+        return self._kmeans(q, k, T, ties, gaps)
+
+    def _kmeans(self, q, z: int, T: int, ties: int, gaps: dict) -> Optional[SweepResult]:
+        """quantize_kmeans on the survivors (pruned: code 0 is the zero, 2**bits - 1 centroids), as
+        kmeans_1d's bucket path computes it; None where that path would not be taken."""
+        k = 2 ** q.bits - 1
+        if z <= HIST_MIN_N or not (self._lo_key > T and self._hi_key > T):
+            return None  # kmeans_1d sorts small inputs; survivors' extremes differ from the tensor's
+        lo, hi = self.lo, self.hi
+        if not hi > lo:
+            return None
+        t = float(np.array([T], np.uint32).view(np.float32)[0])
+        target = 2 * z + (1 << 20)
+        budget = _BUCKET_SCAN_BUDGET * z + (1 << 20)
+        nb = _bucket_number(z, k)
+        while True:  # kmeans._kmeans_buckets' choice of the bucket count, on the survivors' counts
+            scale = nb / (hi - lo)
+            if not np.isfinite(scale):
+                return None
+            gx, gpos, start, S, SS = self._group(nb)
+            b1, b2 = _bucket_of(-t, lo, scale, nb), _bucket_of(t, lo, scale, nb)
+            tie_cut = _tie_cut(gx, gpos, start, self.keys, np.uint32(T), ties, b1, b2)
+            counts = np.diff(start)
+            edge = _edge_buckets(gx, gpos, start, self.keys, np.uint32(T), tie_cut, b1, b2)
+            kc = counts.copy()
+            kc[b1:b2 + 1] = 0
+            kc[b1], kc[b2] = edge[0][0], edge[1][0]
+            maxbin = int(kc.max())
+            cost = k * maxbin * max(q.max_iter, 1)
+            if cost <= target or nb >= HIST_BINS:
+                break
+            nb = min(HIST_BINS, nb << max(1, int(np.ceil(np.log2(cost / target)))))
+        if cost > budget or int(np.count_nonzero(kc)) <= k:
+            return None
+        gxk, startk, cwk, cwxk, cwxxk = _survivors(gx, gpos, start, S, SS, self.keys, np.uint32(T), tie_cut, b1, b2)
+        if int(startk[-1]) != z:
+            return None  # cannot happen; a guard rather than a wrong number
+        if q.init == "linear":
+            c0 = np.linspace(lo, hi, k)
+        else:  # density: the same order statistics kmeans_1d selects
+            pr = (np.arange(k) + 0.5) / k * z
+            idx = np.clip(np.ceil(pr).astype(np.int64) - 1, 0, z - 1)
+            c0 = _bucket_select(gxk, startk, idx.astype(np.int64))
+        c = np.unique(c0)
+        initial = c.copy()
+        c, n_iter = _bucket_lloyd(gxk, np.zeros(0), startk, cwk, cwxk, lo, scale, c, q.max_iter, 0.0)
+        c = _snap(c, np.float32)
+        bounds = (c[1:] + c[:-1]) / 2.0
+        cnt, sx, sxx = _cluster_sums(gxk, startk, cwxk, cwxxk, bounds, lo, scale, nb)
+        present = cnt > 0
+        centroids = c[present]
+        codebook = np.concatenate([[0.0], centroids]).astype(np.float32)
+        hist = np.zeros(2 ** q.bits, np.int64)
+        hist[1:1 + centroids.size] = cnt[present]
+        nonzero = int(cnt[present][codebook[1:] != 0].sum())
+        # quantization error from the per-cluster sums (compress_weight sums per weight: equal to rounding)
+        cb = codebook[1:].astype(np.float64)
+        sq = float(max(np.sum(sxx[present] - 2.0 * cb * sx[present] + cnt[present] * cb * cb), 0.0))
+        total = float(cwxxk[-1])
+        mse = sq / max(z, 1)
+        rel = math.sqrt(sq) / math.sqrt(total) if total > 0 else 0.0
+        info = {"init": q.init, "k": int(centroids.size), "reserved_zero": True, "initial": initial.tolist(),
+                "iterations": int(n_iter)}
+        quant = QuantResult("kmeans", q.bits, None, None, 0, 2 ** q.bits, codebook=codebook,
+                            side_bits=32 * int(centroids.size), mse=mse, rel_error=rel, info=info)
+        code = TensorCode(codes=None, code_bits=q.bits, alphabet_size=2 ** q.bits, zero_code=0,
+                          side_bits=quant.side_bits)
+        return SweepResult(sizes_from_counts(self.n, z, gaps, code, hist), nonzero, quant)
+
+    def _group(self, nb: int):
+        """Every weight grouped by its k-means bucket over [min, max] (position order kept inside a
+        bucket), with per-bucket sums of x and x² accumulated in that order; 8 bytes per weight, kept for
+        as many bucket counts as fit in :data:`GROUP_BYTES`."""
+        with self._lock:
+            hit = self._groups.pop(nb, None)
+            if hit is not None:
+                self._groups[nb] = hit  # most recently used last
+                return hit
+        scale = nb / (self.hi - self.lo)
+        gpos = np.empty(self.n, np.int32 if self.n < 2 ** 31 else np.int64)
+        hit = _group_kernel(self.values, self.lo, scale, nb, gpos)
+        with self._lock:
+            keep = max(1, GROUP_BYTES // (8 * self.n))
+            while len(self._groups) >= keep:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[nb] = hit
+        return hit
+
+
+# ------------------------------------------------------------------------------------------ kernels
+
+
+@njit(cache=True, nogil=True)
+def _group_kernel(values, lo, scale, nb, gpos):
+    n = values.size
+    bidx = np.empty(n, np.int32)
+    start = np.zeros(nb + 1, np.int64)
+    S = np.zeros(nb)
+    SS = np.zeros(nb)
+    for i in range(n):
+        v = np.float64(values[i])
+        b = _bucket_of(v, lo, scale, nb)
+        bidx[i] = b
+        start[b + 1] += 1
+        S[b] += v
+        SS[b] += v * v
+    for b in range(nb):
+        start[b + 1] += start[b]
+    pos = start[:-1].copy()
+    gx = np.empty(n, np.float32)  # exact: the weights are float32
+    for i in range(n):
+        b = bidx[i]
+        p = pos[b]
+        gx[p] = values[i]
+        gpos[p] = i
+        pos[b] = p + 1
+    return gx, gpos, start, S, SS
+
+
+@njit(cache=True, nogil=True)
+def _tie_cut(gx, gpos, start, keys, T, ties, b1, b2):
+    """The position of the last kept entry with key == T (the first ``ties`` in position order are kept);
+    -1 when none is. Entries with key == T are ±t, in buckets b1 and b2."""
+    if ties <= 0:
+        return -1
+    tied = []
+    for b in range(b1, b2 + 1):
+        if b != b1 and b != b2:
+            continue
+        for p in range(start[b], start[b + 1]):
+            if (keys[gpos[p]] & np.uint32(0x7FFFFFFF)) == T:
+                tied.append(np.int64(gpos[p]))
+    arr = np.array(tied)
+    arr.sort()
+    return arr[min(ties, arr.size) - 1]
+
+
+@njit(cache=True, nogil=True)
+def _kept(keys, pos, T, tie_cut):
+    key = keys[pos] & np.uint32(0x7FFFFFFF)
+    return key > T or (key == T and pos <= tie_cut)
+
+
+@njit(cache=True, nogil=True)
+def _edge_buckets(gx, gpos, start, keys, T, tie_cut, b1, b2):
+    """Survivor count of bucket b1 and of bucket b2."""
+    out = np.zeros((2, 1), np.int64)
+    for j in range(2):
+        b = b1 if j == 0 else b2
+        m = 0
+        for p in range(start[b], start[b + 1]):
+            m += _kept(keys, gpos[p], T, tie_cut)
+        out[j, 0] = m
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _survivors(gx, gpos, start, S, SS, keys, T, tie_cut, b1, b2):
+    """The survivors grouped by bucket (gx without the pruned band) and their prefix arrays, exactly as
+    kmeans._bucket_count computes them for the survivors: per-bucket sums in position order, then a
+    running sum over the buckets."""
+    nb = start.size - 1
+    kept_b1 = 0
+    for p in range(start[b1], start[b1 + 1]):
+        kept_b1 += _kept(keys, gpos[p], T, tie_cut)
+    kept_b2 = 0
+    if b2 != b1:
+        for p in range(start[b2], start[b2 + 1]):
+            kept_b2 += _kept(keys, gpos[p], T, tie_cut)
+    z = start[b1] + kept_b1 + kept_b2 + (start[nb] - start[b2 + 1])
+    gxk = np.empty(z)
+    startk = np.zeros(nb + 1, np.int64)
+    cwk = np.zeros(nb + 1)
+    cwxk = np.zeros(nb + 1)
+    cwxxk = np.zeros(nb + 1)
+    j = 0
+    for b in range(nb):
+        if b < b1 or b > b2:
+            s = 0.0
+            for p in range(start[b], start[b + 1]):
+                gxk[j] = np.float64(gx[p])
+                j += 1
+            cnt = start[b + 1] - start[b]
+            s = S[b]
+            ss = SS[b]
+        elif b == b1 or b == b2:
+            cnt = 0
+            s = 0.0
+            ss = 0.0
+            for p in range(start[b], start[b + 1]):
+                if _kept(keys, gpos[p], T, tie_cut):
+                    v = np.float64(gx[p])
+                    gxk[j] = v
+                    j += 1
+                    cnt += 1
+                    s += v
+                    ss += v * v
+        else:
+            cnt = 0
+            s = 0.0
+            ss = 0.0
+        startk[b + 1] = cnt
+        cwxk[b + 1] = s
+        cwxxk[b + 1] = ss
+    for b in range(nb):
+        startk[b + 1] += startk[b]
+        cwxk[b + 1] += cwxk[b]
+        cwxxk[b + 1] += cwxxk[b]
+        cwk[b + 1] = float(startk[b + 1])
+    return gxk, startk, cwk, cwxk, cwxxk
+
+
+@njit(cache=True, nogil=True)
+def _cluster_sums(gx, start, cwx, cwxx, bounds, lo, scale, nb):
+    """Count, sum and sum of squares of each cluster: values <= bounds[j] (and above bounds[j-1]) belong to
+    cluster j, as kmeans._assign_lut labels them."""
+    k = bounds.size + 1
+    cnt = np.zeros(k, np.int64)
+    sx = np.zeros(k)
+    sxx = np.zeros(k)
+    pc = 0
+    px = 0.0
+    pxx = 0.0
+    for j in range(k):
+        if j < k - 1:
+            t = bounds[j]
+            b = _bucket_of(t, lo, scale, nb)
+            C = start[b]
+            X = cwx[b]
+            XX = cwxx[b]
+            for p in range(start[b], start[b + 1]):
+                if gx[p] <= t:
+                    C += 1
+                    X += gx[p]
+                    XX += gx[p] * gx[p]
+        else:
+            C = start[nb]
+            X = cwx[nb]
+            XX = cwxx[nb]
+        cnt[j] = C - pc
+        sx[j] = X - px
+        sxx[j] = XX - pxx
+        pc = C
+        px = X
+        pxx = XX
+    return cnt, sx, sxx

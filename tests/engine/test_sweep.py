@@ -1,0 +1,182 @@
+"""A tensor's sweep state gives the sizes compress_weight gives, to the bit, at any amount."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explorer.engine.compress import compress_weight
+from explorer.engine.evaluate import preview_plan
+from explorer.engine.loading import LoadedModel
+from explorer.engine.plan import Plan, validate_settings
+from explorer.engine.preview import Previewer
+from explorer.engine.sweep import TensorSweep
+
+
+def _weights():
+    g = torch.Generator().manual_seed(3)
+    normal = torch.randn(256, 128, 3, 3, generator=g) * 0.05
+    heavy = torch.randn(300, 400, generator=g) ** 3
+    # few distinct magnitudes: thresholds fall inside large groups of ties (+t and -t)
+    coarse = torch.randint(-40, 41, (200, 300), generator=g).float() / 8
+    zeros = torch.randn(400, 400, generator=g)
+    zeros[torch.rand(400, 400, generator=g) < 0.4] = 0.0
+    skewed = torch.randn(240, 240, generator=g).abs() + 0.01  # all positive: survivors' min moves
+    skewed[0, 0] = -3.0
+    return {"normal": normal, "heavy": heavy, "coarse": coarse, "zeros": zeros, "skewed": skewed}
+
+
+WEIGHTS = _weights()
+AMOUNTS = [0.05, 0.3, 0.5, 0.77, 0.9, 0.99, 12345]
+
+
+def _same(fast, full):
+    assert fast.sizes.to_dict() == full.sizes.to_dict()
+    assert fast.nonzero == full.nonzero
+    if full.quant is None:
+        assert fast.quant is None
+        return
+    np.testing.assert_array_equal(fast.quant.codebook, full.quant.codebook)
+    assert fast.quant.info == full.quant.info and fast.quant.side_bits == full.quant.side_bits
+    assert fast.quant.mse == pytest.approx(full.quant.mse, rel=1e-9, abs=1e-300)
+    assert fast.quant.rel_error == pytest.approx(full.quant.rel_error, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+def test_pruning_sizes_equal_compress_weight(name):
+    w = WEIGHTS[name]
+    sweep = TensorSweep(w)
+    for amount in AMOUNTS:
+        s = validate_settings("t", {"prune": {"amount": amount}})
+        fast = sweep.measure(s)
+        assert fast is not None, amount
+        _same(fast, compress_weight("t", w, s)[0])
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+@pytest.mark.parametrize("bits,init", [(1, "linear"), (3, "density"), (5, "linear"), (8, "linear"), (8, "density")])
+def test_kmeans_sizes_equal_compress_weight(name, bits, init):
+    w = WEIGHTS[name]
+    sweep = TensorSweep(w)
+    covered = 0
+    for amount in AMOUNTS:
+        s = validate_settings("t", {"prune": {"amount": amount},
+                                    "quantize": {"method": "kmeans", "bits": bits, "init": init}})
+        fast = sweep.measure(s)
+        if fast is None:  # not covered (few survivors, or survivors' extremes moved): compress_weight's job
+            continue
+        covered += 1
+        _same(fast, compress_weight("t", w, s)[0])
+    if name == "normal":
+        assert covered >= 4  # the bucket path is really exercised
+    elif name == "zeros":
+        assert covered >= 2
+
+
+def test_partial_ties_take_the_earliest_positions():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(300, 300, generator=g)
+    flat = w.view(-1)
+    tied = torch.randperm(flat.numel(), generator=g)[:6000]
+    flat[tied] = torch.where(torch.rand(6000, generator=g) < 0.5, -0.5, 0.5)
+    below = int((flat.abs() < 0.5).sum())
+    sweep = TensorSweep(w)
+    covered = 0
+    # counts that cut through the 6,000 weights of magnitude 0.5: some kept, the earliest first
+    for amount in (below, below + 1, below + 2999, below + 5999, below + 6000):
+        for q in (None, {"method": "kmeans", "bits": 4}, {"method": "kmeans", "bits": 6, "init": "density"}):
+            raw = {"prune": {"amount": amount}}
+            if q:
+                raw["quantize"] = q
+            s = validate_settings("t", raw)
+            fast = sweep.measure(s)
+            if fast is not None:
+                covered += 1
+                _same(fast, compress_weight("t", w, s)[0])
+    assert covered >= 10  # k-means too (a heavy tie bucket can make kmeans_1d sort instead: not covered)
+
+
+def test_what_is_not_covered_returns_none():
+    w = WEIGHTS["normal"]
+    sweep = TensorSweep(w)
+    for raw in ({}, {"quantize": {"bits": 4}}, {"prune": {"amount": 0.5, "granularity": "filter"}},
+                {"prune": {"amount": 0.5}, "quantize": {"method": "uniform", "bits": 4}},
+                {"prune": {"amount": 0.5}, "quantize": {"bits": 4, "init": "forgy"}}):
+        assert sweep.measure(validate_settings("t", raw)) is None, raw
+    assert TensorSweep(w.double()).measure(validate_settings("t", {"prune": {"amount": 0.5}})) is None
+    bad = w.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    assert TensorSweep(bad).measure(validate_settings("t", {"prune": {"amount": 0.5}})) is None
+
+
+class Wide(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(256, 400)
+        self.fc2 = nn.Linear(400, 300)
+        self.fc3 = nn.Linear(300, 10)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def _without_errors(summary):
+    out = copy.deepcopy(summary)
+    errors = []
+    for layer in out["layers"]:
+        for t in layer["tensors"]:
+            if t["quant"]:
+                errors.append((t["quant"].pop("mse"), t["quant"].pop("rel_error")))
+    return out, errors
+
+
+def test_previewer_uses_the_sweep_and_equals_the_full_preview(monkeypatch):
+    import explorer.engine.preview as preview_mod
+
+    loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
+    pv = Previewer(loaded)
+    calls = []
+    real = preview_mod.compress_weight
+    monkeypatch.setattr(preview_mod, "compress_weight", lambda name, *a: calls.append(name) or real(name, *a))
+    for amount in (0.4, 0.55, 0.65):  # fc1 keeps > 32768 weights: k-means buckets rather than sorts
+        for bits in (None, 5):
+            layer = {"prune": {"amount": amount}}
+            if bits:
+                layer["quantize"] = {"method": "kmeans", "bits": bits}
+            plan = Plan.from_dict({"version": 1, "layers": {"fc1": layer, "fc2": layer}})
+            got, got_err = _without_errors(pv.measure(plan))
+            want, want_err = _without_errors(preview_plan(loaded, plan)[0])
+            assert got == want
+            np.testing.assert_allclose(got_err, want_err, rtol=1e-9)
+    assert "fc1" not in calls and "fc2" not in calls  # both measured by their sweeps
+    # the runnable model is still built from the full results, and the sizes agree
+    built = pv.build(plan)
+    assert built.bytes == preview_plan(loaded, plan)[1].bytes
+    assert not any(t.sizes_only for layer in built.layers.values() for t in layer.tensors)
+
+
+def test_layer_view_from_the_sweep_equals_the_reference():
+    from explorer.engine.layerview import layer_preview
+
+    loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
+    pv = Previewer(loaded)
+    for raw in ({"prune": {"amount": 0.45}}, {"prune": {"amount": 0.6}, "quantize": {"bits": 5}},
+                {"prune": {"amount": 0.3}, "quantize": {"bits": 3, "init": "density"}}):
+        s = validate_settings("t", raw)
+        pv.measure(Plan.from_dict({"version": 1, "layers": {"fc2": raw}}))  # as the window does: sizes first
+        got, ref = pv.layer("fc2", s), layer_preview("fc2", pv.modules["fc2"], s)
+        assert pv.cache.get(pv.cache.key(pv.modules["fc2"].weight, "fc2", s)) is None  # nothing was compressed
+        assert got.threshold == ref.threshold
+        for field in ("edges", "kept", "pruned", "levels"):
+            if getattr(ref, field) is None:
+                assert getattr(got, field) is None
+            else:
+                np.testing.assert_array_equal(getattr(got, field), getattr(ref, field), err_msg=field)
+        if ref.quant_mse is not None:
+            assert got.quant_mse == pytest.approx(ref.quant_mse, rel=1e-9)
+            assert got.info["rel_error"] == pytest.approx(ref.info["rel_error"], rel=1e-9)
