@@ -22,6 +22,7 @@ Methods may be called from several threads at once; none of them modifies the lo
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -34,12 +35,13 @@ from .errors import ExplorerError
 from .evaluate import summarize
 from .layerview import LayerPreview
 from .metrics import compressible_layers, count_macs, layer_type
-from .plan import LayerSettings, Plan
-from .progress import ProgressFn, report
+from .plan import LayerSettings, Plan, PruneSettings
+from .progress import ProgressFn, report, scaled
 from .sweep import TensorSweep
 
 HIST_BINS = 120
 SWEEPS = 2  # layers whose sweep state is kept (the one being tuned and the one before)
+PREPARED_AMOUNTS = tuple(p / 100.0 for p in range(1, 100))  # what the window's sparsity slider gives
 SWEEP_MAX_NUMEL = 1 << 25  # larger tensors are measured by compress_weight (the state is ~8 bytes/weight/bucket count)
 
 
@@ -111,13 +113,29 @@ class Previewer:
                 self._sweeps.pop(next(iter(self._sweeps)))
         return sweep
 
-    def prepare(self, name: str, settings: LayerSettings, progress: ProgressFn = None) -> None:
-        """Precompute what re-measuring layer ``name`` at another amount needs (sorted magnitudes, k-means
-        buckets), so that the first slider release on it is as fast as the next ones. Cancellable."""
-        if name in self.modules and self.owners[name] == name:
-            sweep = self.sweep(name)
-            if sweep is not None:
-                sweep.prepare(settings, progress)
+    def prepare(self, name: str, settings: LayerSettings, progress: ProgressFn = None,
+                amounts=PREPARED_AMOUNTS) -> None:
+        """Measure layer ``name`` ahead of time at the pruning ``amounts`` a slider gives (1..99 %, the
+        nearest to its current amount first) with its other settings as they are, so that a release on any
+        of them finds its exact result measured. First the sweep state (sorted magnitudes, k-means buckets).
+        Reports progress after each amount: the window cancels it when a measurement of its own starts."""
+        if name not in self.modules or self.owners[name] != name:
+            return
+        p = settings.prune
+        if p is not None and p.granularity != "element":
+            return
+        sweep = self.sweep(name)
+        if sweep is None:
+            return
+        sweep.prepare(settings, scaled(progress, 0.0, 0.2))
+        here = p.amount if p is not None and isinstance(p.amount, float) else 0.0
+        todo = sorted(amounts, key=lambda a: (abs(a - here), a))
+        for i, amount in enumerate(todo):
+            prune = replace(p, amount=amount) if p is not None else PruneSettings(amount=amount)
+            s = replace(settings, prune=prune)
+            if sweep.measure_covers(s):
+                self._swept(name, s, TensorCache.key(self.modules[name].weight, name, s))
+            report(progress, 0.2 + 0.8 * (i + 1) / len(todo), f"{name}: {amount:.0%} measured")
 
     def _measured_tensor(self, name: str, settings: LayerSettings):
         """The TensorResult the size preview needs: the full one if it was computed, else the sweep's
@@ -127,6 +145,12 @@ class Previewer:
         hit = self.cache.get(key)
         if hit is not None:
             return hit[0]
+        fast = self._swept(name, settings, key)
+        return fast if fast is not None else self.tensor(name, settings)[0]
+
+    def _swept(self, name: str, settings: LayerSettings, key) -> Optional[TensorResult]:
+        """The sweep's sizes-only TensorResult of layer ``name`` under ``settings`` (kept), or None where
+        the sweep does not cover them."""
         with self._lock:
             fast = self._measured.get(key)
         if fast is not None:
@@ -134,12 +158,13 @@ class Previewer:
         sweep = self.sweep(name)
         r = sweep.measure(settings) if sweep is not None else None
         if r is None:
-            return self.tensor(name, settings)[0]
+            return None
+        weight = self.modules[name].weight
         fast = TensorResult(f"{name}.weight", tuple(weight.shape), None, r.quant, r.sizes, r.nonzero,
                             sizes_only=True)
         with self._lock:
             self._measured[key] = fast
-            while len(self._measured) > 256:
+            while len(self._measured) > 1024:
                 self._measured.pop(next(iter(self._measured)))
         return fast
 

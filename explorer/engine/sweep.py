@@ -130,14 +130,19 @@ class TensorSweep:
                 self._group(nb)
 
     # ------------------------------------------------------------------------------------------ measure
+    def measure_covers(self, settings: LayerSettings) -> bool:
+        """Whether :meth:`measure` may handle ``settings`` (it can still return None on the data)."""
+        p, q = settings.prune, settings.quantize
+        if not self.usable or not self.finite or p is None or p.granularity != "element" or not p.amount:
+            return False
+        return q is None or (q.method == "kmeans" and q.init in ("linear", "density"))
+
     def measure(self, settings: LayerSettings) -> Optional[SweepResult]:
         """Sizes, non-zero count and quantization of the tensor under ``settings`` (element pruning and
         quantization only), or None when this case is not covered (the caller compresses instead)."""
+        if not self.measure_covers(settings):
+            return None
         p, q = settings.prune, settings.quantize
-        if not self.usable or not self.finite or p is None or p.granularity != "element" or not p.amount:
-            return None
-        if q is not None and (q.method != "kmeans" or q.init not in ("linear", "density")):
-            return None
         n = self.n
         k = keep_count(n, p.amount)
         if k == 0 or k >= n:

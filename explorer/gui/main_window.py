@@ -99,6 +99,11 @@ class MainWindow(QMainWindow):
         self.workers.progress.connect(self._progress)
         self.tabs.currentChanged.connect(lambda *_: self._schedule_layer())
         self.statusBar().showMessage("Open a model (File → Open, drag a file here, or File → Samples)")
+        # paint every view once now, off screen: the first paint of a plot (fonts, axis layouts, symbol
+        # atlases) took ~100 ms on the GUI thread, and would otherwise fall in the first use of a tab
+        for view in (self.layer_view, self.preview):
+            view.grab()
+        self.centroids.warm_up()
 
     # ----------------------------------------------------------------------------------- menus
     def _build_menus(self) -> None:
@@ -295,10 +300,10 @@ class MainWindow(QMainWindow):
         self._schedule_layer()
 
     def _on_results(self) -> None:
-        self.table.model_.refresh_values()
         if self.session.results:
             self.preview.show_results(self.session.results)
         self.preview.show_accuracy(self.session.accuracy)
+        self.table.model_.refresh_values()
 
     def _progress(self, channel: str, fraction: float, message: str) -> None:
         if channel in ("preview", "accuracy"):

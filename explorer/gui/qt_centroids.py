@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from explorer.gui.qt_plot import plot_widget
 
 COLOURS = {"forgy": (200, 60, 60), "density": (60, 140, 60), "linear": (50, 90, 200), "kmeans++": (170, 110, 20)}
 OFFSETS = {"forgy": 0.0, "density": 1.0, "linear": 2.0, "kmeans++": 3.0}
@@ -17,8 +20,8 @@ class CentroidView(QWidget):
         super().__init__(parent)
         self.title = QLabel("k-means initialisations")
         self.title.setWordWrap(True)
-        self.hist = pg.PlotWidget(background="w", title="histogram and centroids")
-        self.cdf = pg.PlotWidget(background="w", title="CDF and centroids")
+        self.hist = plot_widget(title="histogram and centroids")
+        self.cdf = plot_widget(title="CDF and centroids")
         for p in (self.hist, self.cdf):
             p.showGrid(x=True, y=True, alpha=0.2)
         self.cdf.addLegend(offset=(5, 5))
@@ -39,12 +42,30 @@ class CentroidView(QWidget):
                                          pen=grey)
         self.cdf_curve = self.cdf.plot([], [], pen=pg.mkPen((90, 90, 90), width=2))
         self.markers = {}  # init -> (hist initial, hist final, cdf initial, cdf final)
+        self._pending = None  # the comparison whose CDF is still to be drawn
         for init, colour in COLOURS.items():
             self.markers[init] = (
                 self.hist.plot([], [], pen=None, symbol="t", symbolBrush=colour, symbolPen=None, symbolSize=7),
                 self.hist.plot([], [], pen=None, symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6),
                 self.cdf.plot([], [], pen=None, symbol="t", symbolBrush=None, symbolPen=colour, symbolSize=9),
                 self.cdf.plot([], [], pen=None, symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6))
+
+    def warm_up(self) -> None:
+        """Draw and paint a small comparison once, then clear: the first drawing of markers, legend and text
+        (symbol atlases, fonts, layouts) costs ~70 ms on the GUI thread, which must not fall on the first
+        real use."""
+        import torch
+
+        from explorer.engine.layerview import init_comparison
+        from explorer.engine.plan import LayerSettings
+
+        torch.manual_seed(0)
+        comp = init_comparison("warm-up", torch.randn(32, 32), LayerSettings(), bits=3)
+        self.show_comparison(comp)
+        self._draw_pending_cdf()
+        self.grab()
+        self._clear()
+        self.title.setText("k-means initialisations")
 
     def _clear(self) -> None:
         self.errors = {}
@@ -53,17 +74,44 @@ class CentroidView(QWidget):
         for items in self.markers.values():
             for item in items:
                 item.setData([], [])
+        self._legend(self.cdf_curve, None)
+        for items in self.markers.values():
+            self._legend(items[3], None)
+
+    def _legend(self, item, text) -> None:
+        """Show ``item`` in the CDF's legend with ``text`` (None: not at all); an entry is made once and its
+        text updated after (re-making the legend's items on every draw cost several ms)."""
         legend = self.cdf.plotItem.legend
-        if legend is not None:
-            legend.clear()
+        label = legend.getLabel(item)
+        if text is None:
+            if label is not None:
+                legend.removeItem(item)
+        elif label is None:
+            legend.addItem(item, text)
+        elif label.text != text:
+            label.setText(text)
 
     def show_comparison(self, comp) -> None:
-        """Draw an :class:`explorer.engine.layerview.InitComparison`."""
-        self._clear()
+        """Draw an :class:`explorer.engine.layerview.InitComparison`: the histogram now, the CDF in the next
+        turn of the event loop, so that each plot's update and repaint is one short stop of the GUI
+        thread rather than one long one (a newer comparison arriving in between replaces the pending one)."""
         v = comp.values
+        self._pending = comp
         if v.size == 0:
+            self._clear()
             self.title.setText(f"{comp.name}: no surviving weights to cluster")
             return
+        self.errors = {}
+        self._draw_histogram(comp)
+        QTimer.singleShot(0, self._draw_pending_cdf)
+
+    def _draw_pending_cdf(self) -> None:
+        comp, self._pending = self._pending, None
+        if comp is not None and comp.values.size:
+            self._draw_cdf(comp)
+
+    def _draw_histogram(self, comp) -> None:
+        v = comp.values
         # v is sorted: count the bins by bisection rather than a pass over millions of weights on the GUI thread
         lo, hi = float(v[0]), float(v[-1])
         if hi <= lo:
@@ -74,25 +122,37 @@ class CentroidView(QWidget):
         counts = np.diff(cuts)
         self.hist_curve.setData(edges, counts)
         top = float(counts.max()) if counts.size else 1.0
-        step = max(1, v.size // 4000)
-        picks = np.arange(0, v.size, step)
-        self.cdf_curve.setData(v[picks], (picks + 1) / v.size)
-        legend = self.cdf.plotItem.legend
-        legend.addItem(self.cdf_curve, "weights CDF")
         parts = []
-        for init, r in comp.results.items():
+        for init, items in self.markers.items():
+            r = comp.results.get(init)
+            if r is None:
+                for item in items[:2]:
+                    item.setData([], [])
+                continue
             colour = COLOURS.get(init, (0, 0, 0))
-            final = np.asarray(r["final"])
-            initial = np.asarray(r["initial"])
             band = top * (1.02 + 0.06 * OFFSETS.get(init, 0))
+            items[0].setData(np.asarray(r["initial"]), np.full(len(r["initial"]), band + top * 0.03))
+            items[1].setData(np.asarray(r["final"]), np.full(len(r["final"]), band))
             label = f"{init}: MSE {r['mse_initial']:.3g} → {r['mse_final']:.3g}"
-            h_initial, h_final, c_initial, c_final = self.markers[init]
-            h_initial.setData(initial, np.full(initial.size, band + top * 0.03))
-            h_final.setData(final, np.full(final.size, band))
-            c_initial.setData(initial, np.searchsorted(v, initial, side="right") / v.size)
-            c_final.setData(final, np.searchsorted(v, final, side="right") / v.size)
-            legend.addItem(c_final, f"{init} (MSE {r['mse_final']:.3g})")
             parts.append(f"<span style='color: rgb{colour}'>{label}</span>")
             self.errors[init] = (r["mse_initial"], r["mse_final"])
         self.title.setText(f"<b>{comp.name}</b> at {comp.bits} bits ({2 ** comp.bits} codes): "
                            "▲ initial centroids, ● after k-means — " + "; ".join(parts))
+
+    def _draw_cdf(self, comp) -> None:
+        v = comp.values
+        step = max(1, v.size // 4000)
+        picks = np.arange(0, v.size, step)
+        self.cdf_curve.setData(v[picks], (picks + 1) / v.size)
+        self._legend(self.cdf_curve, "weights CDF")
+        for init, items in self.markers.items():
+            r = comp.results.get(init)
+            if r is None:
+                for item in items[2:]:
+                    item.setData([], [])
+                self._legend(items[3], None)
+                continue
+            final, initial = np.asarray(r["final"]), np.asarray(r["initial"])
+            items[2].setData(initial, np.searchsorted(v, initial, side="right") / v.size)
+            items[3].setData(final, np.searchsorted(v, final, side="right") / v.size)
+            self._legend(items[3], f"{init} (MSE {r['mse_final']:.3g})")

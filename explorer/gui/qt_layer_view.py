@@ -8,6 +8,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from explorer.gui.qt_plot import plot_widget
+
 KEPT = (70, 130, 200, 200)
 PRUNED = (220, 120, 60, 170)
 LEVEL = (40, 160, 80, 200)
@@ -24,7 +26,7 @@ class LayerView(QWidget):
         super().__init__(parent)
         self.title = QLabel("no layer")
         self.title.setWordWrap(True)
-        self.plot = pg.PlotWidget(background="w")
+        self.plot = plot_widget()
         self.plot.setLabel("bottom", "weight value")
         self.plot.setLabel("left", "count")
         self.plot.showGrid(x=True, y=True, alpha=0.2)

@@ -9,6 +9,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from explorer.cli import human_bytes
+from explorer.gui.qt_plot import plot_widget
 
 STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), ("coded", "entropy-coded"),
           ("file", ".cexp file")]
@@ -17,7 +18,7 @@ STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), 
 class PreviewPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.plot = pg.PlotWidget(background="w")
+        self.plot = plot_widget()
         self.plot.setMouseEnabled(False, False)
         self.plot.hideButtons()
         self.plot.setLabel("left", "bytes")
@@ -38,6 +39,9 @@ class PreviewPanel(QWidget):
             lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
+        keep = self.progress.sizePolicy()
+        keep.setRetainSizeWhenHidden(True)  # showing it must not re-lay out the plot (a resize of every axis)
+        self.progress.setSizePolicy(keep)
         self.progress.setVisible(False)
         grid = QGridLayout()
         grid.addWidget(self.ratio, 0, 0)

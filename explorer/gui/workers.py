@@ -27,8 +27,9 @@ class _Signals(QObject):
     progress = Signal(str, int, float, str)  # channel, generation, fraction, message
 
 
-INTERACTIVE = frozenset({"preview", "layer", "inits", "prepare"})
-GUI_SWITCH_INTERVAL = 0.0005  # seconds (see Workers.__init__)
+INTERACTIVE = frozenset({"preview", "layer"})  # answer a slider release: a thread at the GUI's priority
+SIDE = frozenset({"inits", "prepare"})  # per-layer extras (centroid comparison, sweep state): their own thread
+GUI_SWITCH_INTERVAL = 0.0001  # seconds (see _tune_process)
 WORKER_NICE = 10  # engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads)
 PROGRESS_INTERVAL = 0.05  # seconds between two progress reports of a job
 _reniced = threading.local()
@@ -114,7 +115,9 @@ class _Job(QRunnable):
 
     @Slot()
     def run(self) -> None:
-        _lower_priority()
+        if self.channel not in INTERACTIVE:
+            _lower_priority()  # the interactive thread keeps the GUI's priority: its jobs take tens of
+            # milliseconds and answer a slider, before an accuracy batch or a k-means comparison goes on
         self.last_report = time.monotonic()
         try:
             result = self.fn(self.progress)
@@ -141,10 +144,13 @@ class Workers(QObject):
         _tune_process()
         self.pool = QThreadPool(self)  # long jobs: loading, accuracy, export
         self.pool.setMaxThreadCount(max(1, threads - 1))
-        # interactive jobs (the preview after a slider release, the layer's histogram and centroids) get a
-        # thread of their own, so they never queue behind a long accuracy batch that is still winding down
+        # interactive jobs (the preview after a slider release, the layer's histogram) get a thread of their
+        # own at the GUI's priority, so they never queue behind a long accuracy batch that is still winding
+        # down, nor behind the centroid comparison or the sweep preparation, which have a (lower) thread
         self.interactive = QThreadPool(self)
         self.interactive.setMaxThreadCount(1)
+        self.side = QThreadPool(self)
+        self.side.setMaxThreadCount(1)
         self._signals = _Signals()
         self._signals.done.connect(self._on_done)
         self._signals.failed.connect(self._on_failed)
@@ -162,7 +168,7 @@ class Workers(QObject):
         abort = threading.Event()
         self._abort[channel] = abort
         self._handlers[channel] = (on_done, on_error)
-        pool = self.interactive if channel in INTERACTIVE else self.pool
+        pool = self.interactive if channel in INTERACTIVE else self.side if channel in SIDE else self.pool
         pool.start(_Job(self._signals, channel, gen, fn, abort))
         return gen
 
@@ -207,5 +213,5 @@ class Workers(QObject):
     def shutdown(self, timeout_ms: int = 5000) -> None:
         for channel in list(self._abort):
             self.cancel(channel)
-        self.pool.waitForDone(timeout_ms)
-        self.interactive.waitForDone(timeout_ms)
+        for pool in (self.pool, self.interactive, self.side):
+            pool.waitForDone(timeout_ms)

@@ -180,3 +180,37 @@ def test_layer_view_from_the_sweep_equals_the_reference():
         if ref.quant_mse is not None:
             assert got.quant_mse == pytest.approx(ref.quant_mse, rel=1e-9)
             assert got.info["rel_error"] == pytest.approx(ref.info["rel_error"], rel=1e-9)
+
+
+def test_prepare_measures_the_slider_amounts_ahead(monkeypatch):
+    import explorer.engine.sweep as sweep_mod
+
+    loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
+    pv = Previewer(loaded)
+    s = validate_settings("t", {"prune": {"amount": 0.5}, "quantize": {"bits": 4}})
+    reports = []
+    pv.prepare("fc2", s, lambda f, m: reports.append(f) or True, amounts=(0.36, 0.37, 0.5))
+    assert reports and reports[-1] == 1.0
+    calls = []
+    real = sweep_mod.TensorSweep.measure
+    monkeypatch.setattr(sweep_mod.TensorSweep, "measure", lambda self, st: calls.append(st) or real(self, st))
+    plan = Plan.from_dict({"version": 1, "layers": {"fc2": {"prune": {"amount": 0.37}, "quantize": {"bits": 4}}}})
+    got, _ = _without_errors(pv.measure(plan))
+    assert [c for c in calls if c.prune is not None] == []  # fc2 was measured ahead (the others: nothing to do)
+    assert got == _without_errors(preview_plan(loaded, plan)[0])[0]
+    # cancelled: stops at its next report
+    from explorer.engine.errors import Cancelled
+
+    pv2 = Previewer(loaded)
+    seen = []
+    with pytest.raises(Cancelled):
+        pv2.prepare("fc2", s, lambda f, m: seen.append(f) or len(seen) < 2)
+    assert len(seen) == 2
+
+
+def test_prepare_skips_what_the_sweep_does_not_cover():
+    loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
+    pv = Previewer(loaded)
+    pv.prepare("fc2", validate_settings("t", {"prune": {"amount": 0.5, "granularity": "filter"}}))
+    pv.prepare("fc2", validate_settings("t", {"quantize": {"bits": 4, "method": "uniform"}}))
+    assert len(pv.cache._items) == 0 and len(pv._measured) == 0  # nothing was compressed

@@ -202,11 +202,17 @@ def test_the_three_inits_are_drawn_with_their_errors(make_window, qtbot):
         assert after <= before * (1 + 1e-9)  # k-means never makes its initialisation worse
         assert (before, after) == pytest.approx((ref.results[init]["mse_initial"], ref.results[init]["mse_final"]))
         assert init in win.centroids.title.text()
-    # histogram + (initial, final) markers per init; CDF likewise, with a legend entry per init
-    assert len(win.centroids.hist.listDataItems()) >= 1 + 2 * len(inits)
-    assert len(win.centroids.cdf.listDataItems()) >= 1 + 2 * len(inits)
-    legend = [label.text for _, label in win.centroids.cdf.plotItem.legend.items]
-    assert all(any(init in text for text in legend) for init in inits)
+    # histogram + (initial, final) markers per init; CDF likewise (drawn a turn later), with a legend
+    # entry per init naming its error
+    def legend():
+        return [label.text for _, label in win.centroids.cdf.plotItem.legend.items]
+
+    qtbot.waitUntil(lambda: all(any(init in t and "MSE" in t for t in legend()) for init in inits))
+    for init in inits:
+        h_initial, h_final, c_initial, c_final = win.centroids.markers[init]
+        for item, key in ((h_initial, "initial"), (h_final, "final"), (c_initial, "initial"), (c_final, "final")):
+            np.testing.assert_allclose(item.getData()[0], ref.results[init][key])
+    assert win.centroids.cdf_curve.getData()[0].size > 100
 
     # another layer on the centroid tab: redrawn for it
     win.table.select_names(["conv2"])
