@@ -60,7 +60,8 @@ class CentroidView(QWidget):
         from explorer.engine.plan import LayerSettings
 
         torch.manual_seed(0)
-        comp = init_comparison("warm-up", torch.randn(32, 32), LayerSettings(), bits=3)
+        # weights of a typical scale, so that the axes draw the kind of tick labels (glyphs) real layers get
+        comp = init_comparison("warm-up", torch.randn(64, 64) * 0.05, LayerSettings(), bits=5)
         self.show_comparison(comp)
         self._draw_pending_cdf()
         self.grab()
