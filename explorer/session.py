@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from explorer.engine.compress import ModelInfo
 from explorer.engine.loading import LoadedModel
-from explorer.engine.plan import LayerSettings, Plan, validate_settings
+from explorer.engine.plan import LayerSettings, Plan
 
 Listener = Callable[..., None]
 
@@ -74,25 +74,7 @@ class Session:
     def update_layers(self, names, patch: dict) -> None:
         """Merge ``patch`` (sections -> fields, ``None`` turns a section off) into each named layer's own
         entry. Validated before anything changes; raises PlanError naming the layer."""
-        layers = dict(self.plan.layers)
-        for name in names:
-            if name in layers and self.plan.patterns_for(name)[-1] != name:
-                # a later pattern (e.g. 'fc*') overrides the layer's own entry: start from what the layer
-                # has now and move its entry last, so this edit is not shadowed
-                entry = self.plan.settings_for(name).to_dict()
-                del layers[name]
-            else:
-                entry = dict(layers.get(name) or {})
-            for section, fields in patch.items():
-                if fields is None:
-                    entry[section] = None
-                else:
-                    entry[section] = {**(entry.get(section) or {}), **fields}
-            validate_settings(f"layer '{name}'", entry, self.plan.default)
-            layers[name] = entry
-        plan = Plan(self.plan.default, layers, self.plan.description)
-        for name in names:  # merged with the patterns that also match it, the layer must still resolve
-            plan.settings_for(name)
+        plan = self.plan.merged(names, patch)
         self.set_plan(plan)
 
     def can_undo(self) -> bool:

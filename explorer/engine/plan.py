@@ -303,6 +303,31 @@ class Plan:
         layers[layer] = settings.to_dict() if isinstance(settings, LayerSettings) else settings
         return Plan(self.default, layers, self.description)
 
+    def merged(self, names, patch: dict) -> "Plan":
+        """This plan with ``patch`` (sections -> fields, ``None`` turns a section off) merged into each named
+        layer's own entry (what the window's controls do to the selected layers). Validated; raises
+        PlanError naming the layer."""
+        layers = dict(self.layers)
+        for name in names:
+            if name in layers and self.patterns_for(name)[-1] != name:
+                # a later pattern (e.g. 'fc*') overrides the layer's own entry: start from what the layer
+                # has now and move its entry last, so this edit is not shadowed
+                entry = self.settings_for(name).to_dict()
+                del layers[name]
+            else:
+                entry = dict(layers.get(name) or {})
+            for section, values in patch.items():
+                if values is None:
+                    entry[section] = None
+                else:
+                    entry[section] = {**(entry.get(section) or {}), **values}
+            validate_settings(f"layer '{name}'", entry, self.default)
+            layers[name] = entry
+        plan = Plan(self.default, layers, self.description)
+        for name in names:  # merged with the patterns that also match it, the layer must still resolve
+            plan.settings_for(name)
+        return plan
+
     # -- JSON
     def to_dict(self) -> dict:
         out = {"format": FORMAT, "version": VERSION}

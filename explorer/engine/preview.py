@@ -21,6 +21,7 @@ Methods may be called from several threads at once; none of them modifies the lo
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 from typing import Optional
@@ -42,7 +43,8 @@ from .sweep import TensorSweep
 HIST_BINS = 120
 SWEEPS = 2  # layers whose sweep state is kept (the one being tuned and the one before)
 PREPARED_AMOUNTS = tuple(p / 100.0 for p in range(1, 100))  # what the window's sparsity slider gives
-SWEEP_MAX_NUMEL = 1 << 25  # larger tensors are measured by compress_weight (the state is ~8 bytes/weight/bucket count)
+SWEEP_MAX_NUMEL = 1 << 25
+SUMMARIES = 64  # whole-plan summaries kept  # larger tensors are measured by compress_weight (the state is ~8 bytes/weight/bucket count)
 
 
 class Previewer:
@@ -63,6 +65,7 @@ class Previewer:
         self._bins: dict = {}  # layer -> (edges, bin of every weight)
         self._sweeps: dict = {}  # layer -> TensorSweep (the few most recently used)
         self._measured: dict = {}  # TensorCache key -> sizes-only TensorResult (the most recent ones)
+        self._summaries: dict = {}  # (plan JSON, weight versions) -> measure()'s summary (the most recent)
 
     # ------------------------------------------------------------------------------ plan-independent
     def macs_before(self) -> tuple:
@@ -118,7 +121,9 @@ class Previewer:
         """Measure layer ``name`` ahead of time at the pruning ``amounts`` a slider gives (1..99 %, the
         nearest to its current amount first) with its other settings as they are, so that a release on any
         of them finds its exact result measured. First the sweep state (sorted magnitudes, k-means buckets).
-        Reports progress after each amount: the window cancels it when a measurement of its own starts."""
+        Reports progress after each step: the window cancels it when a measurement of its own starts.
+        (Measuring the nearest amounts' whole plans ahead too was tried: their summaries are Python work
+        that, on a background thread, slowed the window's own releases more than the lookups saved.)"""
         if name not in self.modules or self.owners[name] != name:
             return
         p = settings.prune
@@ -136,6 +141,7 @@ class Previewer:
             if sweep.measure_covers(s):
                 self._swept(name, s, TensorCache.key(self.modules[name].weight, name, s))
             report(progress, 0.2 + 0.8 * (i + 1) / len(todo), f"{name}: {amount:.0%} measured")
+        report(progress, 1.0, f"{name}: prepared")
 
     def _measured_tensor(self, name: str, settings: LayerSettings):
         """The TensorResult the size preview needs: the full one if it was computed, else the sweep's
@@ -170,7 +176,23 @@ class Previewer:
 
     # ------------------------------------------------------------------------------ whole plan
     def measure(self, plan: Plan, progress: ProgressFn = None) -> dict:
-        """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy)."""
+        """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy). The last
+        :data:`SUMMARIES` summaries are kept (a plan measured ahead by :meth:`prepare` is a lookup); the
+        dict returned is shared: read it, do not change it."""
+        # the plan as the file stores it (keys sorted: a plan that differs only in key order is the same)
+        key = (json.dumps(plan.to_dict(), sort_keys=True), tuple(m.weight._version for _, m in self.layers))
+        with self._lock:
+            hit = self._summaries.get(key)
+        if hit is not None:
+            return hit
+        out = self._measure(plan, progress)
+        with self._lock:
+            self._summaries[key] = out
+            while len(self._summaries) > SUMMARIES:
+                self._summaries.pop(next(iter(self._summaries)))
+        return out
+
+    def _measure(self, plan: Plan, progress: ProgressFn = None) -> dict:
         settings = plan.resolve(self.names)
         if any(s.changes_shapes for s in settings.values()):
             return summarize(self.build(plan, progress), self.loaded)

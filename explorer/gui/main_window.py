@@ -393,10 +393,16 @@ class MainWindow(QMainWindow):
                 # show the lines at the current sparsity 0 position so they can be dragged in
                 sorted_abs = self._abs_sorted[name]
                 self.layer_view.show_threshold_lines(float(sorted_abs[len(sorted_abs) // 10]))
-            # then, while the user looks: what re-measuring this layer at another amount needs
-            self.workers.submit("prepare", lambda p: previewer.prepare(name, settings, p), lambda _: None)
+            self._schedule_prepare(name, settings)
 
         self.workers.submit("layer", job, done, self.show_error)
+
+    def _schedule_prepare(self, name: str, settings) -> None:
+        """While the user looks at a layer: measure it ahead at every amount its sparsity slider gives."""
+        previewer = self._previewer
+        if previewer is not None:
+            self.workers.submit("prepare", lambda p: previewer.prepare(name, settings, p), lambda _: None,
+                                lambda _: None)  # speculative: a release that needs it reports its own errors
 
     def _sparsity_for(self, t: float) -> Optional[int]:
         sorted_abs = self._abs_sorted.get(self.session.current or "")

@@ -4,6 +4,8 @@ not on every intermediate value."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton,
                                QVBoxLayout, QWidget)
@@ -20,8 +22,8 @@ class Controls(QWidget):
     """Emits ``changed(patch)`` where patch is a plan entry for the selected layers, e.g.
     ``{"prune": {"amount": 0.5, "granularity": "element"}, "quantize": None}``."""
 
-    changed = Signal(dict)
-    apply_all = Signal(dict)
+    changed = Signal(object)  # a dict (object: Qt would hand back a copy with its keys sorted)
+    apply_all = Signal(object)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -111,8 +113,9 @@ class Controls(QWidget):
         self.rank_method.setEnabled(r)
 
     # -- view -> model
-    def patch(self) -> dict:
-        amount = self.sparsity.value() / 100.0
+    def patch(self, sparsity: Optional[int] = None) -> dict:
+        """The plan entry the controls stand for (with the sparsity slider at ``sparsity`` % if given)."""
+        amount = (self.sparsity.value() if sparsity is None else sparsity) / 100.0
         out = {"prune": {"amount": amount, "granularity": self.granularity.currentText()} if amount else None}
         if self.quant_on.isChecked():
             bits = self.bits.value()

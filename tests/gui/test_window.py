@@ -98,6 +98,20 @@ def test_slider_release_updates_plan_table_histogram_and_preview(make_window, qt
     assert all(line.isVisible() for line in win.layer_view.lines)
 
 
+def test_a_release_finds_the_layer_measured_ahead(make_window, qtbot, monkeypatch):
+    import explorer.engine.sweep as sweep_mod
+
+    win = make_window("digits-cnn")  # settled: the layer's histogram and its preparation have run
+    swept = []
+    real = sweep_mod.TensorSweep.measure
+    monkeypatch.setattr(sweep_mod.TensorSweep, "measure", lambda self, s: swept.append(s) or real(self, s))
+    win.controls.sparsity.setValue(37)
+    win.controls.sparsity._slider.sliderReleased.emit()
+    qtbot.waitUntil(lambda: win.idle() and win.preview.values == expected_sizes(win), timeout=WORK_TIMEOUT_MS)
+    assert not [s for s in swept if s.prune is not None and s.prune.amount == pytest.approx(0.37)]  # found
+    assert win.session.results == preview_plan(win.session.loaded, win.session.plan)[0]
+
+
 def test_a_typed_value_applies_after_the_debounce(make_window, qtbot):
     win = make_window("digits-mlp")
     name = win.session.current
