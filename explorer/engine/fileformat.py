@@ -313,33 +313,74 @@ def _module_spec(m: nn.Module) -> dict:
     raise ExplorerError(f"a factor of type {type(m).__name__} cannot be described in the file")
 
 
+def _stored(tensor: torch.Tensor, half: bool) -> torch.Tensor:
+    """A state entry that is not a compressed weight, as the file stores it."""
+    stored = tensor.detach().cpu()
+    if half and stored.is_floating_point():
+        return stored.to(torch.float16)
+    if stored.dtype == torch.float64 or not stored.is_floating_point():
+        return stored
+    return stored.to(torch.float32) if stored.dtype != torch.float16 else stored
+
+
+def _state_layout(model: nn.Module, half: bool) -> list:
+    """Per state_dict entry: (name, tensor, shape, dtype name, storage key or None, stored dtype name, stored
+    bytes). A dry run (the window's size preview, on the same model after every release) reuses it while
+    the model's parameters and buffers are the same tensors with the same shapes: building it walks the
+    whole state_dict, which was half of a re-measurement's time."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    fingerprint = (half, tuple((id(t), t.data_ptr(), t.dtype, tuple(t.shape)) for t in tensors))
+    try:
+        hit = _LAYOUTS.get(model)
+    except TypeError:  # not weak-referenceable
+        hit = None
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]
+    layout = []
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride())) \
+            if tensor.numel() else None
+        stored = _stored(tensor, half)
+        layout.append((name, tensor, list(tensor.shape), _dtype_name(tensor.dtype), key, _dtype_name(stored.dtype),
+                       stored.numel() * stored.element_size()))
+    try:
+        _LAYOUTS[model] = (fingerprint, layout)
+    except TypeError:
+        pass
+    return layout
+
+
+_LAYOUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _build_manifest(loaded, compressed, half: bool, dry: bool = False):
     streams = _Streams(dry)
     arch = _architecture(loaded, compressed, streams)
     weights = {t.name: t for layer in compressed.layers.values() for t in layer.tensors}
-    state = compressed.model.state_dict(keep_vars=False)
+    if dry:
+        layout = _state_layout(compressed.model, half)
+    else:  # what is written is read from the model itself, never from a memo
+        layout = [(name, tensor, list(tensor.shape), _dtype_name(tensor.dtype),
+                   (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
+                   if tensor.numel() else None, None, None)
+                  for name, tensor in compressed.model.state_dict(keep_vars=False).items()]
     seen: dict = {}
     tensors = []
-    for name, tensor in state.items():
-        entry: dict = {"name": name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype)}
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride())) \
-            if tensor.numel() else None
+    for name, tensor, shape, dtype, key, stored_dtype, nbytes in layout:
+        entry: dict = {"name": name, "shape": list(shape), "dtype": dtype}
         if key is not None and key in seen:  # tied: the same storage under two names
             entry["alias"] = seen[key]
         elif name in weights:
             entry["encoding"] = _encode_weight(weights[name], tensor, streams)
             seen[key] = name
         else:
-            stored = tensor.detach().cpu()
-            if half and stored.is_floating_point():
-                stored = stored.to(torch.float16)
-            elif stored.dtype == torch.float64 or not stored.is_floating_point():
-                pass
+            if dry:
+                stream = streams.add(None, nbytes)
             else:
-                stored = stored.to(torch.float32) if stored.dtype != torch.float16 else stored
-            entry["encoding"] = {"storage": "raw", "stored_dtype": _dtype_name(stored.dtype),
-                                 "stream": streams.add(lambda t=stored: _tensor_bytes(t),
-                                                       stored.numel() * stored.element_size())}
+                stored = _stored(tensor, half)
+                stored_dtype = _dtype_name(stored.dtype)
+                stream = streams.add(lambda t=stored: _tensor_bytes(t), stored.numel() * stored.element_size())
+            entry["encoding"] = {"storage": "raw", "stored_dtype": stored_dtype, "stream": stream}
             if key is not None:
                 seen[key] = name
         tensors.append(entry)

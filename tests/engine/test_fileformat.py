@@ -254,3 +254,16 @@ def test_cli_export_standard_formats(tmp_path):
     res = compress(loaded.model, Plan.load("sample_models/digits-cnn.structured.plan.json"), loaded.example_input)
     x = loaded.eval_data.inputs[:16]
     torch.testing.assert_close(scripted(x), res.model(x))
+
+
+def test_predicted_bytes_follow_a_model_whose_tensors_change():
+    # a dry run reuses the model's state layout; a replaced tensor (another dtype, another shape) is seen
+    loaded = load_model("digits-mlp")
+    plan = Plan.from_dict({"version": 1, "default": {"prune": {"amount": 0.5}, "quantize": {"bits": 4}}})
+    result = compress(loaded.model, plan, loaded.example_input)
+    assert ff.predicted_bytes(result, loaded) == len(ff.encode(result, loaded))
+    assert ff.predicted_bytes(result, loaded, half=True) == len(ff.encode(result, loaded, half=True))
+    result.model.fc2.bias = torch.nn.Parameter(result.model.fc2.bias.detach().double())
+    assert ff.predicted_bytes(result, loaded) == len(ff.encode(result, loaded))
+    result.model.register_buffer("extra", torch.zeros(123))
+    assert ff.predicted_bytes(result, loaded) == len(ff.encode(result, loaded))
