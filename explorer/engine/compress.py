@@ -345,6 +345,32 @@ class TensorCache:
             self._bytes += cost
 
 
+class Recent:
+    """A thread-safe dict of the ``limit`` most recently used entries (the oldest is dropped first)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._items: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.pop(key, None)
+            if value is not None:
+                self._items[key] = value  # most recent last
+            return value
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+            self._items[key] = value
+            while len(self._items) > self.limit:
+                self._items.pop(next(iter(self._items)))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict) -> None:
     """Reject settings that cannot be applied to ``model``, naming the layer (tied weights, counts that
     remove everything, shape changes that the model or a TorchScript graph does not allow)."""

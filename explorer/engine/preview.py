@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from .compress import (FP32_BITS, Compressed, LayerResult, TensorCache, TensorResult, _check_amount, check_settings,
+from .compress import (FP32_BITS, Compressed, LayerResult, Recent, TensorCache, TensorResult, _check_amount, check_settings,
                        compress, compress_weight, set_layer_macs, stored_numel, weight_owners)
 from .errors import ExplorerError
 from .evaluate import summarize
@@ -43,8 +43,14 @@ from .sweep import TensorSweep
 HIST_BINS = 120
 SWEEPS = 2  # layers whose sweep state is kept (the one being tuned and the one before)
 PREPARED_AMOUNTS = tuple(p / 100.0 for p in range(1, 100))  # what the window's sparsity slider gives
-SWEEP_MAX_NUMEL = 1 << 25
-SUMMARIES = 64  # whole-plan summaries kept  # larger tensors are measured by compress_weight (the state is ~8 bytes/weight/bucket count)
+SWEEP_MAX_NUMEL = 1 << 25  # larger tensors are measured by compress_weight (the state is ~8 bytes/weight/bucket count)
+SUMMARIES = 64  # whole-plan summaries kept
+MEASURED = 1024  # sizes-only tensor results kept (99 slider amounts of a few layers and settings)
+
+
+def plan_key(plan: Plan) -> str:
+    """The plan as the file stores it, keys sorted: plans that differ only in key order are the same."""
+    return json.dumps(plan.to_dict(), sort_keys=True)
 
 
 class Previewer:
@@ -63,9 +69,9 @@ class Previewer:
         self._other: Optional[int] = None
         self._last: Optional[tuple] = None  # (plan JSON, Compressed, MACs counted) of the last build
         self._bins: dict = {}  # layer -> (edges, bin of every weight)
-        self._sweeps: dict = {}  # layer -> TensorSweep (the few most recently used)
-        self._measured: dict = {}  # TensorCache key -> sizes-only TensorResult (the most recent ones)
-        self._summaries: dict = {}  # (plan JSON, weight versions) -> measure()'s summary (the most recent)
+        self._sweeps = Recent(SWEEPS)  # layer -> (weight identity, TensorSweep)
+        self._measured = Recent(MEASURED)  # TensorCache key -> sizes-only TensorResult
+        self._summaries = Recent(SUMMARIES)  # (plan key, weight versions) -> measure()'s summary
 
     # ------------------------------------------------------------------------------ plan-independent
     def macs_before(self) -> tuple:
@@ -102,18 +108,13 @@ class Previewer:
         large to keep its state for). The last :data:`SWEEPS` layers' are kept."""
         weight = self.modules[name].weight
         key = (name, id(weight), weight._version)
-        with self._lock:
-            hit = self._sweeps.pop(name, None)
-            if hit is not None and hit[0] == key:
-                self._sweeps[name] = hit  # most recent last
-                return hit[1]
+        hit = self._sweeps.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
         if weight.numel() > SWEEP_MAX_NUMEL:
             return None
         sweep = TensorSweep(weight)
-        with self._lock:
-            self._sweeps[name] = (key, sweep)
-            while len(self._sweeps) > SWEEPS:
-                self._sweeps.pop(next(iter(self._sweeps)))
+        self._sweeps.put(name, (key, sweep))
         return sweep
 
     def prepare(self, name: str, settings: LayerSettings, progress: ProgressFn = None,
@@ -157,8 +158,7 @@ class Previewer:
     def _swept(self, name: str, settings: LayerSettings, key) -> Optional[TensorResult]:
         """The sweep's sizes-only TensorResult of layer ``name`` under ``settings`` (kept), or None where
         the sweep does not cover them."""
-        with self._lock:
-            fast = self._measured.get(key)
+        fast = self._measured.get(key)
         if fast is not None:
             return fast
         sweep = self.sweep(name)
@@ -168,10 +168,7 @@ class Previewer:
         weight = self.modules[name].weight
         fast = TensorResult(f"{name}.weight", tuple(weight.shape), None, r.quant, r.sizes, r.nonzero,
                             sizes_only=True)
-        with self._lock:
-            self._measured[key] = fast
-            while len(self._measured) > 1024:
-                self._measured.pop(next(iter(self._measured)))
+        self._measured.put(key, fast)
         return fast
 
     # ------------------------------------------------------------------------------ whole plan
@@ -179,18 +176,12 @@ class Previewer:
         """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy). The last
         :data:`SUMMARIES` summaries are kept (a plan measured ahead by :meth:`prepare` is a lookup); the
         dict returned is shared: read it, do not change it."""
-        # the plan as the file stores it (keys sorted: a plan that differs only in key order is the same)
-        key = (json.dumps(plan.to_dict(), sort_keys=True), tuple(m.weight._version for _, m in self.layers))
-        with self._lock:
-            hit = self._summaries.get(key)
-        if hit is not None:
-            return hit
-        out = self._measure(plan, progress)
-        with self._lock:
-            self._summaries[key] = out
-            while len(self._summaries) > SUMMARIES:
-                self._summaries.pop(next(iter(self._summaries)))
-        return out
+        key = (plan_key(plan), tuple(m.weight._version for _, m in self.layers))
+        hit = self._summaries.get(key)
+        if hit is None:
+            hit = self._measure(plan, progress)
+            self._summaries.put(key, hit)
+        return hit
 
     def _measure(self, plan: Plan, progress: ProgressFn = None) -> dict:
         settings = plan.resolve(self.names)
@@ -221,7 +212,7 @@ class Previewer:
         """The compressed model of ``plan`` (runnable), reusing the per-tensor results; ``count=False``
         skips tracing its MACs (for a job that only runs the model). The last result is kept: a plan that
         changes shapes is built once for its sizes and reused for its accuracy and export."""
-        key = plan.to_json()
+        key = plan_key(plan)
         with self._lock:
             last = self._last
         if last is not None and last[0] == key and (last[2] or not count):
@@ -276,12 +267,8 @@ class Previewer:
     def _layer_tensor(self, name: str, settings: LayerSettings):
         """``(TensorResult, new weight or None)`` for the layer view: the full result if it was computed,
         else the size preview's (sizes only: new is None), else the full one computed now."""
-        weight = self.modules[name].weight
-        hit = self.cache.get(TensorCache.key(weight, name, settings))
-        if hit is not None:
-            return hit
         result = self._measured_tensor(name, settings)
-        return (result, None) if result.sizes_only else self.tensor(name, settings)
+        return (result, None) if result.sizes_only else self.tensor(name, settings)  # the latter: cached
 
     def _values(self, name: str) -> np.ndarray:
         """The layer's weights, flat: a view of the tensor where numpy can hold its dtype (no copy)."""

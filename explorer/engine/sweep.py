@@ -34,6 +34,7 @@ import torch
 from numba import njit
 
 from .coding import _gap_histograms_of_keys, _gap_histograms_of_mask
+from .compress import Recent
 from .kmeans import (HIST_BINS, HIST_MIN_N, _BUCKET_SCAN_BUDGET, _bucket_lloyd, _bucket_number, _bucket_of,
                      _bucket_select, _snap)
 from .plan import LayerSettings
@@ -68,7 +69,8 @@ class TensorSweep:
         self.usable = w.dtype == torch.float32 and w.device.type == "cpu" and self.n > 0
         self._lock = threading.Lock()
         self._sorted: Optional[np.ndarray] = None
-        self._groups: dict = {}  # nb -> (gx, gpos, start, S, SS) of every weight
+        # bucket count -> (gx, gpos, start, S, SS) of every weight, for as many counts as fit in GROUP_BYTES
+        self._groups = Recent(max(1, GROUP_BYTES // (8 * max(self.n, 1))))
         if not self.usable:
             return
         self.values = np.ascontiguousarray(w.reshape(-1).numpy())
@@ -123,7 +125,7 @@ class TensorSweep:
             k = 2 ** q.bits - 1
             here = _bucket_number(keep_count(self.n, settings.prune.amount) if settings.prune else self.n, k)
             nbs = {_bucket_number(keep_count(self.n, pct / 100), k) for pct in range(1, 100)} - {here}
-            room = max(GROUP_BYTES // (8 * self.n) - 1, 0)
+            room = self._groups.limit - 1
             nearest = sorted(nbs, key=lambda b: abs(np.log2(b / here)))[:room]
             for i, nb in enumerate([here] + nearest):
                 report(progress, (i + 1) / (len(nearest) + 2), f"k-means buckets ({nb})")
@@ -180,12 +182,12 @@ class TensorSweep:
                 return None
             gx, gpos, start, S, SS = self._group(nb)
             b1, b2 = _bucket_of(-t, lo, scale, nb), _bucket_of(t, lo, scale, nb)
-            tie_cut = _tie_cut(gx, gpos, start, self.keys, np.uint32(T), ties, b1, b2)
+            tie_cut = _tie_cut(gpos, start, self.keys, np.uint32(T), ties, b1, b2)
             counts = np.diff(start)
-            edge = _edge_buckets(gx, gpos, start, self.keys, np.uint32(T), tie_cut, b1, b2)
             kc = counts.copy()
             kc[b1:b2 + 1] = 0
-            kc[b1], kc[b2] = edge[0][0], edge[1][0]
+            kc[b1] = _kept_in(gpos, start, self.keys, np.uint32(T), tie_cut, b1)
+            kc[b2] = _kept_in(gpos, start, self.keys, np.uint32(T), tie_cut, b2)
             maxbin = int(kc.max())
             cost = k * maxbin * max(q.max_iter, 1)
             if cost <= target or nb >= HIST_BINS:
@@ -232,19 +234,12 @@ class TensorSweep:
         """Every weight grouped by its k-means bucket over [min, max] (position order kept inside a
         bucket), with per-bucket sums of x and x² accumulated in that order; 8 bytes per weight, kept for
         as many bucket counts as fit in :data:`GROUP_BYTES`."""
-        with self._lock:
-            hit = self._groups.pop(nb, None)
-            if hit is not None:
-                self._groups[nb] = hit  # most recently used last
-                return hit
-        scale = nb / (self.hi - self.lo)
-        gpos = np.empty(self.n, np.int32 if self.n < 2 ** 31 else np.int64)
-        hit = _group_kernel(self.values, self.lo, scale, nb, gpos)
-        with self._lock:
-            keep = max(1, GROUP_BYTES // (8 * self.n))
-            while len(self._groups) >= keep:
-                self._groups.pop(next(iter(self._groups)))
-            self._groups[nb] = hit
+        hit = self._groups.get(nb)
+        if hit is None:
+            scale = nb / (self.hi - self.lo)
+            gpos = np.empty(self.n, np.int32 if self.n < 2 ** 31 else np.int64)
+            hit = _group_kernel(self.values, self.lo, scale, nb, gpos)
+            self._groups.put(nb, hit)
         return hit
 
 
@@ -279,7 +274,7 @@ def _group_kernel(values, lo, scale, nb, gpos):
 
 
 @njit(cache=True, nogil=True)
-def _tie_cut(gx, gpos, start, keys, T, ties, b1, b2):
+def _tie_cut(gpos, start, keys, T, ties, b1, b2):
     """The position of the last kept entry with key == T (the first ``ties`` in position order are kept);
     -1 when none is. Entries with key == T are ±t, in buckets b1 and b2."""
     if ties <= 0:
@@ -303,16 +298,12 @@ def _kept(keys, pos, T, tie_cut):
 
 
 @njit(cache=True, nogil=True)
-def _edge_buckets(gx, gpos, start, keys, T, tie_cut, b1, b2):
-    """Survivor count of bucket b1 and of bucket b2."""
-    out = np.zeros((2, 1), np.int64)
-    for j in range(2):
-        b = b1 if j == 0 else b2
-        m = 0
-        for p in range(start[b], start[b + 1]):
-            m += _kept(keys, gpos[p], T, tie_cut)
-        out[j, 0] = m
-    return out
+def _kept_in(gpos, start, keys, T, tie_cut, b):
+    """Survivors in bucket b."""
+    m = 0
+    for p in range(start[b], start[b + 1]):
+        m += _kept(keys, gpos[p], T, tie_cut)
+    return m
 
 
 @njit(cache=True, nogil=True)
@@ -321,13 +312,8 @@ def _survivors(gx, gpos, start, S, SS, keys, T, tie_cut, b1, b2):
     kmeans._bucket_count computes them for the survivors: per-bucket sums in position order, then a
     running sum over the buckets."""
     nb = start.size - 1
-    kept_b1 = 0
-    for p in range(start[b1], start[b1 + 1]):
-        kept_b1 += _kept(keys, gpos[p], T, tie_cut)
-    kept_b2 = 0
-    if b2 != b1:
-        for p in range(start[b2], start[b2 + 1]):
-            kept_b2 += _kept(keys, gpos[p], T, tie_cut)
+    kept_b1 = _kept_in(gpos, start, keys, T, tie_cut, b1)
+    kept_b2 = _kept_in(gpos, start, keys, T, tie_cut, b2) if b2 != b1 else 0
     z = start[b1] + kept_b1 + kept_b2 + (start[nb] - start[b2 + 1])
     gxk = np.empty(z)
     startk = np.zeros(nb + 1, np.int64)
@@ -337,7 +323,6 @@ def _survivors(gx, gpos, start, S, SS, keys, T, tie_cut, b1, b2):
     j = 0
     for b in range(nb):
         if b < b1 or b > b2:
-            s = 0.0
             for p in range(start[b], start[b + 1]):
                 gxk[j] = np.float64(gx[p])
                 j += 1

@@ -4,8 +4,6 @@ not on every intermediate value."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton,
                                QVBoxLayout, QWidget)
@@ -113,9 +111,9 @@ class Controls(QWidget):
         self.rank_method.setEnabled(r)
 
     # -- view -> model
-    def patch(self, sparsity: Optional[int] = None) -> dict:
-        """The plan entry the controls stand for (with the sparsity slider at ``sparsity`` % if given)."""
-        amount = (self.sparsity.value() if sparsity is None else sparsity) / 100.0
+    def patch(self) -> dict:
+        """The plan entry the controls stand for."""
+        amount = self.sparsity.value() / 100.0
         out = {"prune": {"amount": amount, "granularity": self.granularity.currentText()} if amount else None}
         if self.quant_on.isChecked():
             bits = self.bits.value()
