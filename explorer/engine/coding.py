@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros  # LLVM's ctlz/cttz
 
 __all__ = [
     "MAX_ALPHABET",
@@ -315,25 +316,63 @@ def _gap_histograms(src, tmin: int, bs) -> dict:
 _SMALL_GAPS = 4096  # gaps below this are counted in an array, larger ones (rare) listed
 
 
+@njit(inline="always")
+def _popcount(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
 @njit(cache=True, nogil=True)
 def _gap_kernel(src, tmin, Ms):
     """Gap histograms (with fillers) of the kept positions, kept = ``(src[i] & 0x7FFFFFFF) >= tmin`` (a
     uint8 mask with tmin 1, or magnitude keys). One pass counts the distinct gaps; each b's histogram
-    then follows from them, not from every kept position again. No branch on the mask (in no order after
-    magnitude pruning); four interleaved counters, so that consecutive equal gaps do not wait on each
-    other's increment. (Splitting the array into four independent chains was measured: no faster.)"""
-    lanes = np.zeros((4, _SMALL_GAPS), np.int64)
-    large = []  # gaps >= _SMALL_GAPS (slot 0 of a lane takes them, unused: gaps are >= 1)
-    last = -1
+    then follows from them, not from every kept position again.
+
+    The pass takes 64 entries at a time as a bit mask and visits only the *runs* of kept positions:
+    every kept position but a run's first has gap 1 (a popcount per block), and a run's first has the
+    gap back to the last kept position before it (the highest set bit below it, or the previous block's
+    last). A scan that carried the last kept position through every entry was one long dependency
+    chain: 2.4 M keys took 5-8 ms at any amount, this 1.5-3.5 ms. Equal by test."""
+    lanes = np.zeros((2, _SMALL_GAPS), np.int64)  # two counters: equal consecutive gaps do not wait
+    large = []  # gaps >= _SMALL_GAPS (rare)
     low = np.uint32(0x7FFFFFFF)
-    for i in range(src.size):
-        kk = np.int64((src[i] & low) >= tmin)
-        d = i - last
-        lanes[i & 3, d if d < _SMALL_GAPS else 0] += kk
-        if d >= _SMALL_GAPS and kk:
-            large.append(d)
-        last += d * kk
-    small = lanes[0] + lanes[1] + lanes[2] + lanes[3]
+    n = src.size
+    one = np.uint64(1)
+    last = -1  # the last kept position before the current block
+    ones = 0
+    carry = np.uint64(0)  # the previous block's last entry kept (1) or not: saves visiting a run that goes on
+    r = 0
+    for blk in range((n + 63) >> 6):
+        base = blk << 6
+        m = np.uint64(0)
+        if base + 64 <= n:
+            for j in range(64):
+                m |= np.uint64((src[base + j] & low) >= tmin) << np.uint64(j)
+        else:
+            for j in range(n - base):
+                m |= np.uint64((src[base + j] & low) >= tmin) << np.uint64(j)
+        if m == 0:
+            carry = np.uint64(0)
+            continue
+        starts = m & ~((m << one) | carry)
+        ones += _popcount(m) - _popcount(starts)
+        s = starts
+        while s:
+            j = trailing_zeros(s)
+            below = m & ((one << np.uint64(j)) - one)
+            d = base + j - (last if below == 0 else base + 63 - leading_zeros(below))
+            if d < _SMALL_GAPS:
+                lanes[r & 1, d] += 1
+            else:
+                large.append(d)
+            r += 1
+            s &= s - one
+        last = base + 63 - leading_zeros(m)
+        carry = m >> np.uint64(63)
+    small = lanes[0] + lanes[1]
+    small[1] += ones
     nb = Ms.size
     hist = np.zeros((nb, Ms.max() + 1), np.int64)
     fillers = np.zeros(nb, np.int64)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from explorer.engine import entropy
-from explorer.engine.coding import _gap_histograms_of_mask, entropy_bits, gap_histogram, huffman_code_lengths
+from explorer.engine.coding import _gap_histograms_of_keys, _gap_histograms_of_mask, entropy_bits, gap_histogram, huffman_code_lengths
 from explorer.engine.errors import CompressionError
 from explorer.engine.kmeans import kmeans_1d, lloyd_reference
 from explorer.engine.prune import keep_count, magnitude_mask, threshold_for
@@ -136,6 +136,29 @@ def test_one_pass_gap_histograms_equal_gap_histogram():
             counts, fillers = gap_histogram(np.flatnonzero(keep), b)
             assert np.array_equal(got[b][0], counts) and got[b][1] == fillers
 
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 127, 128, 129, 4095, 9000])
+def test_gap_histograms_at_block_edges_and_from_keys(n):
+    """The pass reads 64 entries at a time: runs that cross blocks, blocks with nothing kept, gaps of
+    4096 and more (listed, not counted), a last block shorter than 64, and the keys form (magnitude bit
+    patterns, sign ignored) must all give gap_histogram's numbers."""
+    rng = np.random.default_rng(n)
+    masks = [np.zeros(n, bool), np.ones(n, bool), rng.random(n) < 0.5, rng.random(n) < 0.97,
+             rng.random(n) < 0.002, (np.arange(n) % 64) >= 60, (np.arange(n) % 64) < 3]
+    spikes = np.zeros(n, bool)
+    spikes[[0, n - 1]] = True
+    masks.append(spikes)
+    for keep in masks:
+        values = rng.uniform(-0.99, 0.99, n)
+        values = np.where(keep, np.sign(values) + values, values).astype(np.float32)  # kept: |v| >= 1
+        tmin = int(np.float32(1.0).view(np.uint32))
+        by_keys = _gap_histograms_of_keys(values.view(np.uint32), tmin, (1, 3, 12))
+        by_mask = _gap_histograms_of_mask(keep, (1, 3, 12))
+        for b in (1, 3, 12):
+            counts, fillers = gap_histogram(np.flatnonzero(keep), b)
+            for got in (by_keys, by_mask):
+                assert np.array_equal(got[b][0], counts) and got[b][1] == fillers, (n, b)
 
 # ------------------------------------------------------------------------------------------ rANS
 
