@@ -32,6 +32,7 @@ SIDE = frozenset({"inits", "prepare"})  # per-layer extras (centroid comparison,
 GUI_SWITCH_INTERVAL = 0.0001  # seconds (see _tune_process)
 WORKER_NICE = 10  # engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads)
 PROGRESS_INTERVAL = 0.05  # seconds between two progress reports of a job
+YIELD_LIMIT = 1.0  # seconds a background job waits for interactive ones at most, per report
 _reniced = threading.local()
 
 
@@ -93,11 +94,55 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def settle(progress, seconds: float) -> None:
+    """Wait ``seconds`` at the start of a job, reporting every 10 ms: a job superseded meanwhile (raises
+    ``Cancelled``) has cost no work."""
+    from explorer.engine.progress import report
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        report(progress, 0.0, "waiting for the settings to settle")
+        time.sleep(0.01)
+
+
+class _Gate:
+    """Counts the interactive jobs submitted and not yet finished; background jobs wait at their progress
+    reports while there is one (see :meth:`_Job.progress`)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._open = 0
+
+    def enter(self) -> None:
+        with self._cond:
+            self._open += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._open -= 1
+            if self._open <= 0:
+                self._open = 0
+                self._cond.notify_all()
+
+    def wait(self, abort: threading.Event, limit: float) -> None:
+        """Wait while an interactive job is pending, at most ``limit`` seconds, or until ``abort``."""
+        with self._cond:
+            end = time.monotonic() + limit
+            while self._open and not abort.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 0.05))
+
+
 class _Job(QRunnable):
-    def __init__(self, signals: _Signals, channel: str, generation: int, fn: Callable, abort: threading.Event):
+    def __init__(self, signals: _Signals, channel: str, generation: int, fn: Callable, abort: threading.Event,
+                 gate: _Gate):
         super().__init__()
         self.setAutoDelete(True)
         self.signals, self.channel, self.generation, self.fn, self.abort = signals, channel, generation, fn, abort
+        self.gate = gate
+        self.interactive = channel in INTERACTIVE
         self.last_report = time.monotonic()
 
     def progress(self, fraction: float, message: str = "") -> bool:
@@ -105,6 +150,11 @@ class _Job(QRunnable):
         GUI at most every :data:`PROGRESS_INTERVAL` and not in a job's first one: each report is a Python
         slot on the GUI thread, which takes the GIL from this job (a 10 ms re-measurement reported 21
         times, once per layer, took three times as long in the window)."""
+        if not self.interactive:
+            # a slider was released: the preview and the histogram it asked for get the CPU (two cores:
+            # the GUI thread and the interactive job), this job goes on once they are done; accuracy
+            # reports before every layer, so it stops within one layer's work
+            self.gate.wait(self.abort, YIELD_LIMIT)
         if self.abort.is_set():
             return False
         now = time.monotonic()
@@ -115,7 +165,14 @@ class _Job(QRunnable):
 
     @Slot()
     def run(self) -> None:
-        if self.channel not in INTERACTIVE:
+        try:
+            self._run()
+        finally:
+            if self.interactive:
+                self.gate.leave()
+
+    def _run(self) -> None:
+        if not self.interactive:
             _lower_priority()  # the interactive thread keeps the GUI's priority: its jobs take tens of
             # milliseconds and answer a slider, before an accuracy batch or a k-means comparison goes on
         self.last_report = time.monotonic()
@@ -151,6 +208,7 @@ class Workers(QObject):
         self.interactive.setMaxThreadCount(1)
         self.side = QThreadPool(self)
         self.side.setMaxThreadCount(1)
+        self._gate = _Gate()
         self._signals = _Signals()
         self._signals.done.connect(self._on_done)
         self._signals.failed.connect(self._on_failed)
@@ -169,7 +227,9 @@ class Workers(QObject):
         self._abort[channel] = abort
         self._handlers[channel] = (on_done, on_error)
         pool = self.interactive if channel in INTERACTIVE else self.side if channel in SIDE else self.pool
-        pool.start(_Job(self._signals, channel, gen, fn, abort))
+        if channel in INTERACTIVE:
+            self._gate.enter()  # left when the job has run (also when it was superseded meanwhile)
+        pool.start(_Job(self._signals, channel, gen, fn, abort, self._gate))
         return gen
 
     def cancel(self, channel: str) -> None:

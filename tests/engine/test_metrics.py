@@ -65,9 +65,53 @@ def test_accuracy_progress_and_cancel():
     seen = []
     acc = accuracy(loaded.model, loaded.eval_data, progress=lambda f, m: seen.append(f), batch_size=100)
     assert acc == pytest.approx(loaded.meta["baseline_accuracy"])
-    assert seen[-1] == 1.0 and len(seen) == 4
+    n = len(loaded.eval_data)
+    # after each of the 4 batches, and before every module call inside them (at the batch's start)
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    assert set(seen) == {0.0, 100 / n, 200 / n, 300 / n, 1.0} and len(seen) > 4 * 2
     with pytest.raises(Cancelled):
         accuracy(loaded.model, loaded.eval_data, progress=lambda f, m: False)
+
+
+def test_cancel_within_a_batch_and_only_on_the_calling_thread():
+    """A measurement stops at the next module call once its progress says so, not at the end of the batch;
+    other threads running the same model meanwhile, and copies of it, are not touched."""
+    import copy
+    import threading
+
+    loaded = load_model("digits-cnn")
+    calls = []
+
+    def stop_at_third(f, m):
+        calls.append(f)
+        return len(calls) < 3
+
+    ran = {}
+
+    def other_thread():  # the same modules, on another thread, while the hook is live
+        ran["acc"] = accuracy(loaded.model, loaded.eval_data, batch_size=360)
+        ran["copy"] = accuracy(copy.deepcopy(loaded.model), loaded.eval_data, batch_size=360)
+
+    class Gate:
+        def __init__(self):
+            self.started = False
+
+        def __call__(self, f, m):
+            if not self.started:
+                self.started = True
+                t = threading.Thread(target=other_thread)
+                t.start()
+                t.join()
+            return stop_at_third(f, m)
+
+    with pytest.raises(Cancelled):
+        accuracy(loaded.model, loaded.eval_data, progress=Gate(), batch_size=360)  # one batch
+    assert len(calls) == 3 and calls == [0.0, 0.0, 0.0]  # stopped inside the only batch
+    assert ran["acc"] == pytest.approx(loaded.meta["baseline_accuracy"]) == ran["copy"]
+    # after the measurement, nothing is called any more
+    calls.clear()
+    accuracy(loaded.model, loaded.eval_data, batch_size=360)
+    assert calls == []
 
 
 def test_fidelity_of_a_model_with_itself_and_a_perturbed_copy():

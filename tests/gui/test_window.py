@@ -309,6 +309,48 @@ def test_workers_deliver_errors_and_swallow_cancellation(qtbot, capsys):
     workers.shutdown()
 
 
+
+def test_background_jobs_wait_at_their_reports_while_a_release_is_answered(qtbot):
+    """An accuracy (or any background) job stops at its next progress report while a preview or histogram
+    job is pending or running, and goes on once they are done."""
+    import time
+
+    workers = Workers(threads=2)
+    returned = []  # (call started, call returned) of the background job's progress reports
+    stop = threading.Event()
+
+    def background(progress):
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            if progress(0.5, "working") is False:
+                return None
+            returned.append((t0, time.perf_counter()))
+            time.sleep(0.002)
+        return "done"
+
+    span = {}
+
+    def interactive(progress):
+        span["start"] = time.perf_counter()
+        time.sleep(0.3)  # an engine job the GUI is waiting for
+        span["end"] = time.perf_counter()
+        return "measured"
+
+    got = []
+    workers.submit("accuracy", background, got.append)
+    qtbot.waitUntil(lambda: len(returned) > 5, timeout=5000)
+    submitted = time.perf_counter()
+    workers.submit("preview", interactive, got.append)
+    qtbot.waitUntil(lambda: "measured" in got, timeout=5000)
+    count = len(returned)
+    qtbot.waitUntil(lambda: len(returned) > count + 5, timeout=5000)  # it went on afterwards
+    stop.set()
+    qtbot.waitUntil(lambda: "done" in got, timeout=5000)
+    # no report that began after the submit came back before the interactive job had finished
+    assert not [r for r in returned if r[0] > submitted + 0.001 and r[1] < span["end"]]
+    assert span["end"] - span["start"] >= 0.3
+    workers.shutdown()
+
 # -------------------------------------------------------------------------------- bad files
 
 
