@@ -24,6 +24,7 @@ class LayerTableModel(QStandardItemModel):
         super().__init__(0, len(COLUMNS), parent)
         self.session = session
         self.setHorizontalHeaderLabels(COLUMNS)
+        self._described = (None, None, {})  # (plan, model info, layer -> its settings described)
 
     @staticmethod
     def _item(text: str, key, align: bool = False) -> QStandardItem:
@@ -55,8 +56,13 @@ class LayerTableModel(QStandardItemModel):
         if info is None:
             return
         measured = {layer["name"]: layer for layer in res.get("layers", [])} if res else {}
+        plan = self.session.plan
+        if self._described[0] is not plan or self._described[1] is not info:  # plans never change in place
+            self._described = (plan, info, {layer.name: self.session.settings(layer.name).describe()
+                                            for layer in info.layers})
+        described = self._described[2]
         for row, layer in enumerate(info.layers):
-            settings = self.session.settings(layer.name).describe()
+            settings = described[layer.name]
             m = measured.get(layer.name)
             if m is None:
                 cells = ((settings, settings), ("…", 0), ("", 0))
