@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 from explorer.gui.qt_plot import plot_widget
 
 COLOURS = {"forgy": (200, 60, 60), "density": (60, 140, 60), "linear": (50, 90, 200), "kmeans++": (170, 110, 20)}
+CDF_DELAY_MS = 5  # the CDF is drawn this long after the histogram (after its repaint)
 OFFSETS = {"forgy": 0.0, "density": 1.0, "linear": 2.0, "kmeans++": 3.0}
 
 
@@ -20,10 +21,17 @@ class CentroidView(QWidget):
         super().__init__(parent)
         self.title = QLabel("k-means initialisations")
         self.title.setWordWrap(True)
+        # room for three lines from the start: a title that grew when the first comparison arrived moved
+        # both plots, and each was then re-laid out and repainted whole (20 ms apiece)
+        self.title.setMinimumHeight(3 * self.title.fontMetrics().lineSpacing() + 4)
         self.hist = plot_widget(title="histogram and centroids")
         self.cdf = plot_widget(title="CDF and centroids")
         for p in (self.hist, self.cdf):
             p.showGrid(x=True, y=True, alpha=0.2)
+            # the ranges are set from the data on each draw: auto-ranging re-measured every item's bounds
+            # on each paint and, as the range settled, asked for two or three more repaints (35 ms each,
+            # one after another on the GUI thread)
+            p.disableAutoRange()
         self.cdf.addLegend(offset=(5, 5))
         self.hist.setLabel("bottom", "weight value")
         self.cdf.setLabel("bottom", "weight value")
@@ -104,7 +112,8 @@ class CentroidView(QWidget):
             return
         self.errors = {}
         self._draw_histogram(comp)
-        QTimer.singleShot(0, self._draw_pending_cdf)
+        # a timer, not a zero-delay call: that ran before the histogram's repaint, in the same stop
+        QTimer.singleShot(CDF_DELAY_MS, self._draw_pending_cdf)
 
     def _draw_pending_cdf(self) -> None:
         comp, self._pending = self._pending, None
@@ -137,6 +146,9 @@ class CentroidView(QWidget):
             label = f"{init}: MSE {r['mse_initial']:.3g} → {r['mse_final']:.3g}"
             parts.append(f"<span style='color: rgb{colour}'>{label}</span>")
             self.errors[init] = (r["mse_initial"], r["mse_final"])
+        pad = 0.03 * (hi - lo)
+        self.hist.setRange(xRange=(lo - pad, hi + pad), yRange=(0, top * (1.08 + 0.06 * max(OFFSETS.values()))),
+                           padding=0)
         self.title.setText(f"<b>{comp.name}</b> at {comp.bits} bits ({2 ** comp.bits} codes): "
                            "▲ initial centroids, ● after k-means — " + "; ".join(parts))
 
@@ -144,6 +156,9 @@ class CentroidView(QWidget):
         v = comp.values
         step = max(1, v.size // 4000)
         picks = np.arange(0, v.size, step)
+        lo, hi = float(v[0]), float(v[-1])
+        pad = 0.03 * (hi - lo) if hi > lo else 0.5
+        self.cdf.setRange(xRange=(lo - pad, hi + pad), yRange=(0, 1.03), padding=0)
         self.cdf_curve.setData(v[picks], (picks + 1) / v.size)
         self._legend(self.cdf_curve, "weights CDF")
         for init, items in self.markers.items():
