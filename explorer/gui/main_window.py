@@ -45,6 +45,14 @@ ACCURACY_SETTLE = 0.15  # seconds
 ACCURACY_BATCH = 4
 
 
+def _import_now() -> None:
+    """Import what the engine's jobs would otherwise import on a worker while the window runs: torch
+    imports its compiler front end (torch._dynamo, ~1.2 s) the first time a model runs under the MACs
+    counter, and an import holds the GIL in stretches of 50-100 ms (compiling generated code, reading
+    modules), each a frozen window. Once per process, before the window is shown."""
+    import torch._dynamo  # noqa: F401
+
+
 class MainWindow(QMainWindow):
     def __init__(self, settings: Optional[QSettings] = None):
         super().__init__()
@@ -106,6 +114,7 @@ class MainWindow(QMainWindow):
         self.workers.progress.connect(self._progress)
         self.tabs.currentChanged.connect(lambda *_: self._schedule_layer())
         self.statusBar().showMessage("Open a model (File → Open, drag a file here, or File → Samples)")
+        _import_now()
         # paint every view once now, off screen: the first paint of a plot (fonts, axis layouts, symbol
         # atlases) took ~100 ms on the GUI thread, and would otherwise fall in the first use of a tab
         for view in (self.layer_view, self.preview):
@@ -357,7 +366,7 @@ class MainWindow(QMainWindow):
     def schedule_accuracy(self, plan: Plan) -> None:
         loaded, previewer = self.session.loaded, self._previewer
         before = self._accuracy_before
-        self.preview.set_stale(True, "measuring accuracy…")
+        self.preview.set_stale(True, "measuring accuracy…", sizes=False)
 
         def job(progress):
             settle(progress, ACCURACY_SETTLE)

@@ -5,7 +5,7 @@ Every number shown here is one the engine measured (evaluate_plan / accuracy); n
 from __future__ import annotations
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from explorer.cli import human_bytes
@@ -13,6 +13,8 @@ from explorer.gui.qt_plot import plot_widget
 
 STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), ("coded", "entropy-coded"),
           ("file", ".cexp file")]
+BLUE, GREY = (70, 130, 200), (170, 170, 170)
+GREY_AFTER_MS = 40  # see PreviewPanel.set_stale
 
 
 class PreviewPanel(QWidget):
@@ -22,8 +24,9 @@ class PreviewPanel(QWidget):
         self.plot.setMouseEnabled(False, False)
         self.plot.hideButtons()
         self.plot.setLabel("left", "bytes")
-        self.bars = pg.BarGraphItem(x=list(range(len(STAGES))), height=[0] * len(STAGES), width=0.6,
-                                    brush=(70, 130, 200))
+        self.bars = pg.BarGraphItem(x=list(range(len(STAGES))), height=[0] * len(STAGES), width=0.6, brush=BLUE)
+        self._colour = BLUE
+        self._sizes_stale = False
         self.plot.addItem(self.bars)
         self.plot.getAxis("bottom").setTicks([[(i, label) for i, (_, label) in enumerate(STAGES)]])
         self.texts = []
@@ -55,11 +58,30 @@ class PreviewPanel(QWidget):
         layout.addWidget(self.progress)
         self.values = {}
 
-    def set_stale(self, stale: bool, what: str = "measuring…") -> None:
+    def set_stale(self, stale: bool, what: str = "measuring…", sizes: bool = True) -> None:
+        """Mark the panel stale (``what`` is being measured) or measured. ``sizes``: the sizes are stale too
+        (greyed bars); while only the accuracy is measured the bars keep their colour.
+
+        The text says so at once; the bars turn grey only if the sizes are still being measured after
+        :data:`GREY_AFTER_MS`: re-colouring them repaints the plot (5-10 ms of Python on the GUI thread),
+        which ran beside the measurement itself and slowed it, and a grey flash shorter than that is not
+        seen."""
         self.status.setText(f"<span style='color:#c60'>⟳ stale — {what}</span>" if stale else
                             "<span style='color:#080'>✓ measured</span>")
-        self.plot.setEnabled(True)
-        self.bars.setOpts(brush=(170, 170, 170) if stale else (70, 130, 200))
+        self._sizes_stale = stale and sizes
+        if self._sizes_stale:
+            QTimer.singleShot(GREY_AFTER_MS, self._grey_if_stale)
+        else:
+            self._colour_bars(BLUE)
+
+    def _grey_if_stale(self) -> None:
+        if self._sizes_stale:
+            self._colour_bars(GREY)
+
+    def _colour_bars(self, colour) -> None:
+        if colour != self._colour:
+            self._colour = colour
+            self.bars.setOpts(brush=colour)
 
     def set_progress(self, fraction) -> None:
         if fraction is None:

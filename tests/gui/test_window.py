@@ -233,6 +233,22 @@ def test_the_three_inits_are_drawn_with_their_errors(make_window, qtbot):
     qtbot.waitUntil(lambda: "conv2" in win.centroids.title.text() and win.idle(), timeout=WORK_TIMEOUT_MS)
 
 
+
+def test_stale_mark_text_at_once_bars_grey_only_while_sizes_are_measured(qtbot):
+    from explorer.gui.qt_preview import BLUE, GREY, PreviewPanel
+
+    panel = PreviewPanel()
+    qtbot.addWidget(panel)
+    panel.set_stale(True, "measuring size and MACs…")
+    assert "stale" in panel.status.text() and panel._colour == BLUE  # the text at once
+    qtbot.waitUntil(lambda: panel._colour == GREY, timeout=2000)  # the bars once it lasts
+    panel.set_stale(True, "measuring accuracy…", sizes=False)  # new sizes shown, accuracy pending
+    assert "stale" in panel.status.text() and panel._colour == BLUE
+    panel.set_stale(True, "measuring size and MACs…")
+    panel.set_stale(False)  # measured before the bars were greyed: they never are
+    qtbot.wait(150)
+    assert panel._colour == BLUE and "measured" in panel.status.text()
+
 # ----------------------------------------------------------------------------------- stale results
 
 
