@@ -15,11 +15,15 @@ error — in one pass over the tensor plus O(k × bucket) work:
   the two buckets the band's edges fall in re-summed; Lloyd's iterations then run on exactly the
   numbers ``kmeans_1d`` would compute for the survivors, and give the same centroids to the bit.
 
+Where the bucket path does not apply (few survivors, which ``kmeans_1d`` sorts; a survivor set whose
+extremes are not both clear of the threshold), the survivors are gathered and clustered directly, as
+``quantize_kmeans`` does, without building the codes or decoded weights of the whole tensor (up to
+:data:`EXACT_MAX_SURVIVORS`).
+
 Sizes, non-zero count and codebook are identical to ``compress_weight``'s (tests compare them on random
 and adversarial tensors); the quantization error is computed from per-cluster sums instead of per weight
 and agrees to rounding. What it does not cover — another quantization method, a k-means init other than
-linear or density, weights that are not float32, a survivor set whose extremes are not both clear of the
-threshold, data ``kmeans_1d`` would sort rather than bucket — returns None, and the caller runs
+linear or density, weights that are not float32 — returns None, and the caller runs
 ``compress_weight``. Its results hold no mask or codes: they are for display, never for a file.
 """
 
@@ -35,17 +39,18 @@ from numba import njit
 
 from .coding import _gap_histograms_of_keys, _gap_histograms_of_mask
 from .compress import Recent
-from .kmeans import (HIST_BINS, HIST_MIN_N, _BUCKET_SCAN_BUDGET, _bucket_lloyd, _bucket_number, _bucket_of,
+from .kmeans import (HIST_BINS, kmeans_1d, HIST_MIN_N, _BUCKET_SCAN_BUDGET, _bucket_lloyd, _bucket_number, _bucket_of,
                      _bucket_select, _snap)
 from .plan import LayerSettings
 from .progress import ProgressFn, report
 from .prune import _mask_from_key, keep_count
-from .quantize import QuantResult
+from .quantize import QuantResult, _gather
 from .size import GAP_BITS, TensorCode, sizes_from_counts
 
 __all__ = ["TensorSweep", "SweepResult"]
 
 GROUP_BYTES = 96 << 20
+EXACT_MAX_SURVIVORS = 1 << 18  # survivors clustered directly where the bucket path does not apply
 
 
 class SweepResult:
@@ -168,10 +173,11 @@ class TensorSweep:
         kmeans_1d's bucket path computes it; None where that path would not be taken."""
         k = 2 ** q.bits - 1
         if z <= HIST_MIN_N or not (self._lo_key > T and self._hi_key > T):
-            return None  # kmeans_1d sorts small inputs; survivors' extremes differ from the tensor's
+            # kmeans_1d sorts small inputs; survivors' extremes differ from the tensor's
+            return self._kmeans_exact(q, z, T, ties, gaps)
         lo, hi = self.lo, self.hi
         if not hi > lo:
-            return None
+            return self._kmeans_exact(q, z, T, ties, gaps)
         t = float(np.array([T], np.uint32).view(np.float32)[0])
         target = 2 * z + (1 << 20)
         budget = _BUCKET_SCAN_BUDGET * z + (1 << 20)
@@ -194,7 +200,7 @@ class TensorSweep:
                 break
             nb = min(HIST_BINS, nb << max(1, int(np.ceil(np.log2(cost / target)))))
         if cost > budget or int(np.count_nonzero(kc)) <= k:
-            return None
+            return self._kmeans_exact(q, z, T, ties, gaps)
         gxk, startk, cwk, cwxk, cwxxk = _survivors(gx, gpos, start, S, SS, self.keys, np.uint32(T), tie_cut, b1, b2)
         if int(startk[-1]) != z:
             return None  # cannot happen; a guard rather than a wrong number
@@ -224,6 +230,36 @@ class TensorSweep:
         rel = math.sqrt(sq) / math.sqrt(total) if total > 0 else 0.0
         info = {"init": q.init, "k": int(centroids.size), "reserved_zero": True, "initial": initial.tolist(),
                 "iterations": int(n_iter)}
+        quant = QuantResult("kmeans", q.bits, None, None, 0, 2 ** q.bits, codebook=codebook,
+                            side_bits=32 * int(centroids.size), mse=mse, rel_error=rel, info=info)
+        code = TensorCode(codes=None, code_bits=q.bits, alphabet_size=2 ** q.bits, zero_code=0,
+                          side_bits=quant.side_bits)
+        return SweepResult(sizes_from_counts(self.n, z, gaps, code, hist), nonzero, quant)
+
+    def _kmeans_exact(self, q, z: int, T: int, ties: int, gaps: dict) -> Optional[SweepResult]:
+        """quantize_kmeans's own computation on the survivors, where the bucket path does not apply: the
+        survivors gathered in position order (as quantize_kmeans gathers them), kmeans_1d on them, the
+        codebook, counts and error as quantize_kmeans derives them; never the codes or decoded weights of
+        the whole tensor. Only up to :data:`EXACT_MAX_SURVIVORS` survivors (else None: compress_weight)."""
+        if z > EXACT_MAX_SURVIVORS:
+            return None
+        keep = np.zeros(self.n, bool)
+        _mask_from_key(self.keys, np.uint32(T), ties, keep)
+        survivors, _ = _gather(self.values, keep, z)
+        res = kmeans_1d(survivors, 2 ** q.bits - 1, init=q.init, max_iter=q.max_iter, seed=q.seed, snap=np.float32)
+        counts = np.bincount(res.labels, minlength=res.centroids.size)
+        present = counts > 0
+        centroids = res.centroids[present]
+        labels = res.labels if present.all() else (np.cumsum(present) - 1)[res.labels]
+        codebook = np.concatenate([[0.0], centroids]).astype(np.float32)
+        hist = np.zeros(2 ** q.bits, np.int64)
+        hist[1:1 + centroids.size] = counts[present]
+        nonzero = int(counts[present][codebook[1:] != 0].sum())
+        d = survivors - codebook.astype(np.float64)[labels + 1]
+        norm = float(np.linalg.norm(survivors))
+        mse, rel = float(np.dot(d, d) / max(z, 1)), (float(np.linalg.norm(d)) / norm if norm > 0 else 0.0)
+        info = {"init": q.init, "k": int(centroids.size), "reserved_zero": True, "initial": res.initial.tolist(),
+                "iterations": res.n_iter}
         quant = QuantResult("kmeans", q.bits, None, None, 0, 2 ** q.bits, codebook=codebook,
                             side_bits=32 * int(centroids.size), mse=mse, rel_error=rel, info=info)
         code = TensorCode(codes=None, code_bits=q.bits, alphabet_size=2 ** q.bits, zero_code=0,

@@ -62,19 +62,27 @@ def test_pruning_sizes_equal_compress_weight(name):
 def test_kmeans_sizes_equal_compress_weight(name, bits, init):
     w = WEIGHTS[name]
     sweep = TensorSweep(w)
-    covered = 0
-    for amount in AMOUNTS:
+    for amount in AMOUNTS:  # the bucket path, and (few survivors, survivors' extremes moved) the direct one
         s = validate_settings("t", {"prune": {"amount": amount},
                                     "quantize": {"method": "kmeans", "bits": bits, "init": init}})
         fast = sweep.measure(s)
-        if fast is None:  # not covered (few survivors, or survivors' extremes moved): compress_weight's job
-            continue
-        covered += 1
+        assert fast is not None, amount
         _same(fast, compress_weight("t", w, s)[0])
-    if name == "normal":
-        assert covered >= 4  # the bucket path is really exercised
-    elif name == "zeros":
-        assert covered >= 2
+
+
+def test_kmeans_takes_both_paths(monkeypatch):
+    """Many survivors go through the bucket path, few (and a moved extreme) through the direct one."""
+    taken = []
+    real = TensorSweep._kmeans_exact
+    monkeypatch.setattr(TensorSweep, "_kmeans_exact", lambda self, *a: taken.append("direct") or real(self, *a))
+    s = lambda a: validate_settings("t", {"prune": {"amount": a}, "quantize": {"bits": 5}})  # noqa: E731
+    sweep = TensorSweep(WEIGHTS["normal"])
+    assert sweep.measure(s(0.5)) is not None and taken == []
+    assert sweep.measure(s(0.99)) is not None and taken == ["direct"]
+    positive = torch.rand(300, 300, generator=torch.Generator().manual_seed(5)) + 0.01  # the minimum is pruned
+    fast = TensorSweep(positive).measure(s(0.3))  # 63,000 survivors, more than kmeans_1d sorts
+    assert taken == ["direct", "direct"]
+    _same(fast, compress_weight("t", positive, s(0.3))[0])
 
 
 def test_partial_ties_take_the_earliest_positions():
