@@ -50,6 +50,7 @@ from torch import nn
 from . import bitstream
 from .atomic import atomic_open
 from .coding import MAX_CODE_LENGTH, gap_stream, huffman_code_lengths
+from .compress import Recent
 from .errors import ExplorerError, LoadError
 
 MAGIC = b"\x89CEX\r\n\x1a\n"
@@ -237,7 +238,15 @@ def _architecture(loaded, compressed, streams: _Streams) -> dict:
     # almost nothing) — the real values come from our streams.
     model = compressed.model
     scripted = model if isinstance(model, torch.jit.ScriptModule) else None
+    signature = None
     if scripted is None:
+        # Scripting the same class again names it anew (``___torch_mangle_N``, N counting up in the process),
+        # so the archive of the same architecture could differ by a byte between the size predicted and the
+        # file written. One archive per architecture (module types, state names, shapes, dtypes) is kept.
+        signature = _architecture_signature(model)
+        blob = _SCRIPTED_BLOBS.get(signature)
+        if blob is not None:
+            return {"kind": "torchscript", "stream": streams.add(lambda: blob, len(blob))}
         try:
             scripted = torch.jit.script(model)
         except Exception as exc:
@@ -257,11 +266,21 @@ def _architecture(loaded, compressed, streams: _Streams) -> dict:
         blob = zlib.compress(_strip_debug(buf.getvalue()), 9)
         if scripted is model:  # a scripted graph cannot change: the next save of this module reuses it
             _GRAPH_BLOBS[scripted] = blob
+        elif signature is not None:
+            _SCRIPTED_BLOBS.put(signature, blob)
     return {"kind": "torchscript", "stream": streams.add(lambda: blob, len(blob))}
+
+
+def _architecture_signature(model: nn.Module) -> tuple:
+    """What the zeroed TorchScript archive of an eager model depends on: its modules' names and classes,
+    and its state's names, shapes and dtypes (not the values: they are zeroed)."""
+    return (tuple((name, type(m)) for name, m in model.named_modules()),
+            tuple((name, tuple(t.shape), t.dtype) for name, t in model.state_dict(keep_vars=True).items()))
 
 
 # ScriptModule -> its zeroed, compressed archive (the window predicts the file size after every change)
 _GRAPH_BLOBS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SCRIPTED_BLOBS = Recent(16)  # an eager model's architecture signature -> the archive scripted from it
 
 
 def _strip_debug(archive: bytes) -> bytes:

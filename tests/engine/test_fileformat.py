@@ -101,6 +101,39 @@ def test_trusted_pickle_is_stored_as_a_scripted_graph(tmp_path):
     assert torch.equal(ff.load(tmp_path / "w.cexp")(x), res.model(x))
 
 
+
+class _ScriptedNet(torch.nn.Module):  # a class of its own: no other test scripts it
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = torch.nn.Linear(64, 200), torch.nn.Linear(200, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_scripted_architecture_has_one_archive_per_process(tmp_path):
+    """An eager model without a factory is stored as its scripted graph. Scripting the same class again
+    after other shapes of it were scripted names it anew (torch's ___torch_mangle_N), which changed the
+    archive, and the file, by a byte: the size predicted before must still be the size written."""
+    from explorer.engine.loading import LoadedModel
+
+    loaded = LoadedModel(_ScriptedNet().eval(), torch.randn(2, 64), None, source="net")
+    plan = Plan.from_dict({"version": 1, "layers": {"fc1": {"prune": {"amount": 0.6}, "quantize": {"bits": 5}}}})
+    sizes = set()
+    for i in range(4):
+        res = compress(loaded.model, plan, loaded.example_input)
+        predicted = ff.predicted_bytes(res, loaded)
+        # meanwhile the user tries filter pruning: other shapes of the same class are scripted
+        other = Plan.from_dict({"version": 1, "layers": {"fc1": {"prune": {"amount": 0.1 + 0.1 * i,
+                                                                             "granularity": "filter"}}}})
+        ff.predicted_bytes(compress(loaded.model, other, loaded.example_input), loaded)
+        written = ff.save(res, tmp_path / "n.cexp", loaded)
+        assert written == predicted == os.path.getsize(tmp_path / "n.cexp")
+        sizes.add(written)
+        assert torch.equal(ff.load(tmp_path / "n.cexp")(loaded.example_input), res.model(loaded.example_input))
+    assert len(sizes) == 1
+
 def test_user_factory_must_be_confirmed(tmp_path):
     import zoo as _  # noqa: F401  (importable: tests/ is on sys.path)
 
