@@ -117,6 +117,14 @@ class Previewer:
         self._sweeps.put(name, (key, sweep))
         return sweep
 
+    def sorted_magnitudes(self, name: str) -> np.ndarray:
+        """|w| of layer ``name``'s weights, ascending (what turns a threshold into a sparsity): the sweep's
+        sorted magnitude keys read as float32, which it keeps anyway; sorted here for other weights."""
+        sweep = self.sweep(name)
+        if sweep is not None and sweep.usable and sweep.finite:
+            return sweep.sorted_keys().view(np.float32)
+        return np.sort(np.abs(self._values(name).astype(np.float64)))
+
     def prepare(self, name: str, settings: LayerSettings, progress: ProgressFn = None,
                 amounts=PREPARED_AMOUNTS) -> None:
         """Measure layer ``name`` ahead of time at the pruning ``amounts`` a slider gives (1..99 %, the

@@ -405,9 +405,7 @@ class MainWindow(QMainWindow):
 
         def job(progress):
             preview = previewer.layer(name, settings, progress=progress)
-            abs_sorted = None
-            if name not in self._abs_sorted:
-                abs_sorted = np.sort(np.abs(module.weight.detach().reshape(-1).double().cpu().numpy()))
+            abs_sorted = None if name in self._abs_sorted else previewer.sorted_magnitudes(name)
             return preview, abs_sorted
 
         def done(result):
@@ -434,6 +432,9 @@ class MainWindow(QMainWindow):
         sorted_abs = self._abs_sorted.get(self.session.current or "")
         if sorted_abs is None or sorted_abs.size == 0:
             return None
+        if sorted_abs.dtype == np.float32:  # count |w| < t exactly: the smallest float32 >= t is the bound
+            t32 = np.float32(t)
+            t = t32 if float(t32) >= t else np.nextafter(t32, np.float32(np.inf))
         frac = np.searchsorted(sorted_abs, t, side="left") / sorted_abs.size
         return int(min(max(round(frac * 100), 0), 99))
 

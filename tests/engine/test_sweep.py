@@ -222,3 +222,14 @@ def test_prepare_skips_what_the_sweep_does_not_cover():
     pv.prepare("fc2", validate_settings("t", {"prune": {"amount": 0.5, "granularity": "filter"}}))
     pv.prepare("fc2", validate_settings("t", {"quantize": {"bits": 4, "method": "uniform"}}))
     assert len(pv.cache._items) == 0 and len(pv._measured) == 0  # nothing was compressed
+
+
+def test_sorted_magnitudes_are_the_sweeps_keys_as_floats():
+    loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
+    pv = Previewer(loaded)
+    w = pv.modules["fc2"].weight.detach().reshape(-1)
+    got = pv.sorted_magnitudes("fc2")
+    assert got.dtype == np.float32 and got.base is not None  # a view of the sweep's keys, no copy
+    np.testing.assert_array_equal(got.astype(np.float64), np.sort(np.abs(w.double().numpy())))
+    pv64 = Previewer(LoadedModel(Wide().double().eval(), torch.randn(2, 256).double(), None, source="wide"))
+    np.testing.assert_array_equal(pv64.sorted_magnitudes("fc2"), np.sort(np.abs(w.double().numpy())))
