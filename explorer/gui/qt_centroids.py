@@ -48,17 +48,20 @@ class CentroidView(QWidget):
         layout.addLayout(plots)
         # the plot items are made once and updated (making pyqtgraph scatter items costs several ms each)
         grey = pg.mkPen((120, 120, 120))
+        # dynamicRangeLimit=None: pyqtgraph otherwise re-derives every item's points on each change of the
+        # y range (once more per drawing; the values here are counts and weights, never extreme)
         self.hist_curve = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, brush=(150, 150, 150, 120),
-                                         pen=grey)
-        self.cdf_curve = self.cdf.plot([], [], pen=pg.mkPen((90, 90, 90), width=2))
+                                         pen=grey, dynamicRangeLimit=None)
+        self.cdf_curve = self.cdf.plot([], [], pen=pg.mkPen((90, 90, 90), width=2), dynamicRangeLimit=None)
         self.markers = {}  # init -> (hist initial, hist final, cdf initial, cdf final)
         self._pending = None  # the comparison whose CDF is still to be drawn
+        fixed = {"pen": None, "dynamicRangeLimit": None}
         for init, colour in COLOURS.items():
             self.markers[init] = (
-                self.hist.plot([], [], pen=None, symbol="t", symbolBrush=colour, symbolPen=None, symbolSize=7),
-                self.hist.plot([], [], pen=None, symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6),
-                self.cdf.plot([], [], pen=None, symbol="t", symbolBrush=None, symbolPen=colour, symbolSize=9),
-                self.cdf.plot([], [], pen=None, symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6))
+                self.hist.plot([], [], symbol="t", symbolBrush=colour, symbolPen=None, symbolSize=7, **fixed),
+                self.hist.plot([], [], symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6, **fixed),
+                self.cdf.plot([], [], symbol="t", symbolBrush=None, symbolPen=colour, symbolSize=9, **fixed),
+                self.cdf.plot([], [], symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6, **fixed))
 
     def warm_up(self) -> None:
         """Draw and paint a small comparison once, then clear: the first drawing of markers, legend and text
@@ -132,8 +135,13 @@ class CentroidView(QWidget):
         cuts = np.searchsorted(v, edges, side="left")
         cuts[-1] = v.size
         counts = np.diff(cuts)
-        self.hist_curve.setData(edges, counts)
         top = float(counts.max()) if counts.size else 1.0
+        # the range first: a range change makes every plotted item re-derive its points (pyqtgraph's
+        # viewRangeChanged), so set after the data it doubled the drawing's cost
+        pad = 0.03 * (hi - lo)
+        self.hist.setRange(xRange=(lo - pad, hi + pad), yRange=(0, top * (1.08 + 0.06 * max(OFFSETS.values()))),
+                           padding=0)
+        self.hist_curve.setData(edges, counts)
         parts = []
         for init, items in self.markers.items():
             r = comp.results.get(init)
@@ -148,9 +156,6 @@ class CentroidView(QWidget):
             label = f"{init}: MSE {r['mse_initial']:.3g} → {r['mse_final']:.3g}"
             parts.append(f"<span style='color: rgb{colour}'>{label}</span>")
             self.errors[init] = (r["mse_initial"], r["mse_final"])
-        pad = 0.03 * (hi - lo)
-        self.hist.setRange(xRange=(lo - pad, hi + pad), yRange=(0, top * (1.08 + 0.06 * max(OFFSETS.values()))),
-                           padding=0)
         self.title.setText(f"<b>{comp.name}</b> at {comp.bits} bits ({2 ** comp.bits} codes): "
                            "▲ initial centroids, ● after k-means — " + "; ".join(parts))
 
