@@ -98,7 +98,22 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
         survivors = flat.cpu()[torch.from_numpy(keep)].to(torch.float64).numpy()
     if not finite:
         raise CompressionError("cannot quantize: the weights contain NaN or infinite values")
+    codebook, labels, zero_code, mse, rel, info = shared_values(survivors, k, init, max_iter, seed, pruned)
+    # decoded values: codebook entries (float32 numbers, so the cast to the weight's dtype is the same
+    # from float32 as from float64), exact zero where pruned
     codes = np.empty(n, np.int64)
+    decoded = np.empty(n, np.float32)
+    _scatter(keep, labels, codebook if codebook.size else np.zeros(1, np.float32), codes, decoded)
+    q_t = torch.from_numpy(decoded.reshape(tuple(weight.shape))).to(dtype=weight.dtype, device=weight.device)
+    return QuantResult("kmeans", bits, codes, q_t, zero_code, 2 ** bits, codebook=codebook,
+                       side_bits=32 * info["k"], mse=mse, rel_error=rel, info=info)
+
+
+def shared_values(survivors: np.ndarray, k: int, init: str, max_iter: int, seed: int, pruned: bool):
+    """Weight sharing of ``survivors`` (float64, in position order): k-means with ``k`` centroids stored as
+    float32, the centroids no survivor uses dropped. Returns ``(codebook, labels, zero_code, mse,
+    rel_error, info)``: with ``pruned``, code 0 of the codebook is the exact zero and the labels start at 1.
+    What quantize_kmeans stores, and what the sweep measures without building the whole tensor's codes."""
     if k < 1 or survivors.size == 0:
         centroids = np.zeros(0)
         res = None
@@ -122,21 +137,15 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
         codebook = centroids.astype(np.float32)
         exact = np.flatnonzero(codebook == 0)
         zero_code = int(exact[0]) if exact.size else None
-    # decoded values: codebook entries (float32 numbers, so the cast to the weight's dtype is the same
-    # from float32 as from float64), exact zero where pruned
-    decoded = np.empty(n, np.float32)
-    _scatter(keep, labels, codebook if codebook.size else np.zeros(1, np.float32), codes, decoded)
     # errors over the survivors: the same arrays and the same numpy reductions as _errors
     d = survivors - codebook.astype(np.float64)[labels] if labels.size else survivors - 0.0
     nn_ = max(int(survivors.size), 1)
     norm = float(np.linalg.norm(survivors))
     mse, rel = float(np.dot(d, d) / nn_), (float(np.linalg.norm(d)) / norm if norm > 0 else 0.0)
-    q_t = torch.from_numpy(decoded.reshape(tuple(weight.shape))).to(dtype=weight.dtype, device=weight.device)
     info = {"init": init, "k": int(centroids.size), "reserved_zero": pruned,
             "initial": (res.initial.tolist() if res is not None else []),
             "iterations": (res.n_iter if res is not None else 0)}
-    return QuantResult("kmeans", bits, codes, q_t, zero_code, 2 ** bits, codebook=codebook,
-                       side_bits=32 * int(centroids.size), mse=mse, rel_error=rel, info=info)
+    return codebook, labels, zero_code, mse, rel, info
 
 
 # The loops below run over every weight with a mask that, after magnitude pruning, is in no order: they

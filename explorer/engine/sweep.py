@@ -39,12 +39,12 @@ from numba import njit
 
 from .coding import _gap_histograms_of_keys, _gap_histograms_of_mask
 from .compress import Recent
-from .kmeans import (HIST_BINS, kmeans_1d, HIST_MIN_N, _BUCKET_SCAN_BUDGET, _bucket_lloyd, _bucket_number, _bucket_of,
+from .kmeans import (HIST_BINS, HIST_MIN_N, _BUCKET_SCAN_BUDGET, _bucket_lloyd, _bucket_number, _bucket_of,
                      _bucket_select, _snap)
 from .plan import LayerSettings
 from .progress import ProgressFn, report
 from .prune import _mask_from_key, keep_count
-from .quantize import QuantResult, _gather
+from .quantize import QuantResult, _gather, shared_values
 from .size import GAP_BITS, TensorCode, sizes_from_counts
 
 __all__ = ["TensorSweep", "SweepResult"]
@@ -246,22 +246,12 @@ class TensorSweep:
         keep = np.zeros(self.n, bool)
         _mask_from_key(self.keys, np.uint32(T), ties, keep)
         survivors, _ = _gather(self.values, keep, z)
-        res = kmeans_1d(survivors, 2 ** q.bits - 1, init=q.init, max_iter=q.max_iter, seed=q.seed, snap=np.float32)
-        counts = np.bincount(res.labels, minlength=res.centroids.size)
-        present = counts > 0
-        centroids = res.centroids[present]
-        labels = res.labels if present.all() else (np.cumsum(present) - 1)[res.labels]
-        codebook = np.concatenate([[0.0], centroids]).astype(np.float32)
-        hist = np.zeros(2 ** q.bits, np.int64)
-        hist[1:1 + centroids.size] = counts[present]
-        nonzero = int(counts[present][codebook[1:] != 0].sum())
-        d = survivors - codebook.astype(np.float64)[labels + 1]
-        norm = float(np.linalg.norm(survivors))
-        mse, rel = float(np.dot(d, d) / max(z, 1)), (float(np.linalg.norm(d)) / norm if norm > 0 else 0.0)
-        info = {"init": q.init, "k": int(centroids.size), "reserved_zero": True, "initial": res.initial.tolist(),
-                "iterations": res.n_iter}
+        codebook, labels, _, mse, rel, info = shared_values(survivors, 2 ** q.bits - 1, q.init, q.max_iter,
+                                                            q.seed, pruned=True)
+        hist = np.bincount(labels, minlength=2 ** q.bits)  # code 0 (the pruned zero) stores nothing here
+        nonzero = int(hist[1:1 + info["k"]][codebook[1:] != 0].sum())
         quant = QuantResult("kmeans", q.bits, None, None, 0, 2 ** q.bits, codebook=codebook,
-                            side_bits=32 * int(centroids.size), mse=mse, rel_error=rel, info=info)
+                            side_bits=32 * info["k"], mse=mse, rel_error=rel, info=info)
         code = TensorCode(codes=None, code_bits=q.bits, alphabet_size=2 ** q.bits, zero_code=0,
                           side_bits=quant.side_bits)
         return SweepResult(sizes_from_counts(self.n, z, gaps, code, hist), nonzero, quant)
