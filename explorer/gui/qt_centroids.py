@@ -27,12 +27,11 @@ class CentroidView(QWidget):
         self.hist = plot_widget(title="histogram and centroids")
         self.cdf = plot_widget(title="CDF and centroids")
         for p in (self.hist, self.cdf):
-            # no grid: pyqtgraph's axes draw it, into their cached pixmaps, across the whole plot, which
-            # made each axis paint 8-13 ms and each plot's repaint ~26 ms (7 ms without) in software
-            # rendering; the centroid markers and the axes' ticks carry the values
-            # the ranges are set from the data on each draw: auto-ranging re-measured every item's bounds
+            # The ranges are set from the data on each draw: auto-ranging re-measured every item's bounds
             # on each paint and, as the range settled, asked for two or three more repaints (35 ms each,
-            # one after another on the GUI thread)
+            # one after another on the GUI thread). No grid: pyqtgraph's axes draw it, into their cached
+            # pixmaps, across the whole plot (a plot's repaint 26 ms, 7 without, in software rendering);
+            # the centroid markers and the axes' ticks carry the values.
             p.disableAutoRange()
         self.cdf.addLegend(offset=(5, 5))
         self.hist.setLabel("bottom", "weight value")
@@ -136,8 +135,6 @@ class CentroidView(QWidget):
         cuts[-1] = v.size
         counts = np.diff(cuts)
         top = float(counts.max()) if counts.size else 1.0
-        # the range first: a range change makes every plotted item re-derive its points (pyqtgraph's
-        # viewRangeChanged), so set after the data it doubled the drawing's cost
         pad = 0.03 * (hi - lo)
         self.hist.setRange(xRange=(lo - pad, hi + pad), yRange=(0, top * (1.08 + 0.06 * max(OFFSETS.values()))),
                            padding=0)
