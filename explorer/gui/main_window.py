@@ -31,7 +31,7 @@ from explorer.gui.qt_controls import Controls
 from explorer.gui.qt_layer_table import LayerTable
 from explorer.gui.qt_layer_view import LayerView
 from explorer.gui.qt_preview import PreviewPanel
-from explorer.gui.workers import Workers, freeze_heap, settle
+from explorer.gui.workers import Workers, freeze_heap
 from explorer.session import Session
 
 MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.cexp);;All files (*)"
@@ -369,7 +369,6 @@ class MainWindow(QMainWindow):
         self.preview.set_stale(True, "measuring accuracy…", sizes=False)
 
         def job(progress):
-            settle(progress, ACCURACY_SETTLE)
             # the sizes and MACs are known from the preview: only the runnable model is built here
             model = previewer.build(plan, scaled(progress, 0.0, 0.2), count=False).model
             return model, quality(loaded, model, scaled(progress, 0.2, 1.0), before=before,
@@ -390,7 +389,7 @@ class MainWindow(QMainWindow):
             self.preview.set_stale(False)
             self.show_error(f"accuracy: {message}")
 
-        self.workers.submit("accuracy", job, done, failed)
+        self.workers.submit("accuracy", job, done, failed, delay=ACCURACY_SETTLE)
 
     def _schedule_layer(self) -> None:
         name, loaded, previewer = self.session.current, self.session.loaded, self._previewer

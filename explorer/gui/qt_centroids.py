@@ -9,7 +9,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from explorer.gui.qt_plot import plot_widget
+from explorer.gui.qt_plot import curve, plot_widget
 
 COLOURS = {"forgy": (200, 60, 60), "density": (60, 140, 60), "linear": (50, 90, 200), "kmeans++": (170, 110, 20)}
 CDF_DELAY_MS = 5  # the CDF is drawn this long after the histogram (after its repaint)
@@ -47,20 +47,17 @@ class CentroidView(QWidget):
         layout.addLayout(plots)
         # the plot items are made once and updated (making pyqtgraph scatter items costs several ms each)
         grey = pg.mkPen((120, 120, 120))
-        # dynamicRangeLimit=None: pyqtgraph otherwise re-derives every item's points on each change of the
-        # y range (once more per drawing; the values here are counts and weights, never extreme)
-        self.hist_curve = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, brush=(150, 150, 150, 120),
-                                         pen=grey, dynamicRangeLimit=None)
-        self.cdf_curve = self.cdf.plot([], [], pen=pg.mkPen((90, 90, 90), width=2), dynamicRangeLimit=None)
+        self.hist_curve = curve(self.hist, [0, 1], [0], stepMode="center", fillLevel=0, brush=(150, 150, 150, 120),
+                                pen=grey)
+        self.cdf_curve = curve(self.cdf, [], [], pen=pg.mkPen((90, 90, 90), width=2))
         self.markers = {}  # init -> (hist initial, hist final, cdf initial, cdf final)
         self._pending = None  # the comparison whose CDF is still to be drawn
-        fixed = {"pen": None, "dynamicRangeLimit": None}
         for init, colour in COLOURS.items():
             self.markers[init] = (
-                self.hist.plot([], [], symbol="t", symbolBrush=colour, symbolPen=None, symbolSize=7, **fixed),
-                self.hist.plot([], [], symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6, **fixed),
-                self.cdf.plot([], [], symbol="t", symbolBrush=None, symbolPen=colour, symbolSize=9, **fixed),
-                self.cdf.plot([], [], symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6, **fixed))
+                curve(self.hist, [], [], pen=None, symbol="t", symbolBrush=colour, symbolPen=None, symbolSize=7),
+                curve(self.hist, [], [], pen=None, symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6),
+                curve(self.cdf, [], [], pen=None, symbol="t", symbolBrush=None, symbolPen=colour, symbolSize=9),
+                curve(self.cdf, [], [], pen=None, symbol="o", symbolBrush=colour, symbolPen=None, symbolSize=6))
 
     def warm_up(self) -> None:
         """Draw and paint a small comparison once, then clear: the first drawing of markers, legend and text

@@ -8,7 +8,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from explorer.gui.qt_plot import plot_widget
+from explorer.gui.qt_plot import curve, data_item, plot_widget
 
 KEPT = (70, 130, 200, 200)
 PRUNED = (220, 120, 60, 170)
@@ -30,12 +30,11 @@ class LayerView(QWidget):
         self.plot.setLabel("bottom", "weight value")
         self.plot.setLabel("left", "count")
         self.plot.showGrid(x=True, y=True, alpha=0.2)
-        # dynamicRangeLimit=None: no re-derivation of every item's points on each y-range change (counts)
-        self.kept = self.plot.plot([0, 1], [0], stepMode="center", fillLevel=0, brush=KEPT, pen=pg.mkPen(KEPT),
-                                   name="kept", dynamicRangeLimit=None)
-        self.pruned = self.plot.plot([0, 1], [0], stepMode="center", fillLevel=0, brush=PRUNED,
-                                     pen=pg.mkPen(PRUNED), name="pruned", dynamicRangeLimit=None)
-        self.levels = pg.PlotDataItem([], [], connect="pairs", pen=pg.mkPen(LEVEL, width=1), dynamicRangeLimit=None)
+        self.kept = curve(self.plot, [0, 1], [0], stepMode="center", fillLevel=0, brush=KEPT, pen=pg.mkPen(KEPT),
+                          name="kept")
+        self.pruned = curve(self.plot, [0, 1], [0], stepMode="center", fillLevel=0, brush=PRUNED,
+                            pen=pg.mkPen(PRUNED), name="pruned")
+        self.levels = data_item([], [], connect="pairs", pen=pg.mkPen(LEVEL, width=1))
         self.plot.addItem(self.levels)
         self.lines = [pg.InfiniteLine(angle=90, movable=True, pen=pg.mkPen((200, 40, 40), width=2)) for _ in (0, 1)]
         for line in self.lines:

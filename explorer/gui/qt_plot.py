@@ -1,10 +1,12 @@
-"""A pyqtgraph plot as every view here uses it."""
+"""A pyqtgraph plot, and the plot items, as every view here uses them."""
 
 from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QGraphicsItem
+
+LABEL_ROOM = "8888888"  # the left axis has room for seven-digit tick labels from the start
 
 
 def plot_widget(**kwargs) -> pg.PlotWidget:
@@ -20,7 +22,21 @@ def plot_widget(**kwargs) -> pg.PlotWidget:
         # (or narrower) labels moved the plot and it was painted a second time, whole (~20 ms). Room for
         # seven-digit labels from the start, never shrunk: a plot is laid out once
         axis.setStyle(autoReduceTextSpace=False)
+    # pyqtgraph has no public call for the initial text room of an auto-expanding axis: this is the one
+    # it makes itself when a tick label is wider than the room (tests/gui checks the room is there, so a
+    # pyqtgraph release that changes it fails a test rather than the layout)
     left = plot.getAxis("left")
-    left.textWidth = max(left.textWidth, QFontMetrics(left.font()).horizontalAdvance("8888888") + 2)
-    left._updateWidth()
+    left._updateMaxTextSize(QFontMetrics(left.font()).horizontalAdvance(LABEL_ROOM) + 2)
     return plot
+
+
+def curve(plot: pg.PlotWidget, x, y, **kwargs) -> pg.PlotDataItem:
+    """``plot.plot(x, y, **kwargs)`` without pyqtgraph's dynamic range limit, which re-derives every item's
+    points on each change of the view's range (once more per drawing). The values drawn here are counts
+    and weights, never extreme enough to need it."""
+    return plot.plot(x, y, dynamicRangeLimit=None, **kwargs)
+
+
+def data_item(x, y, **kwargs) -> pg.PlotDataItem:
+    """A :class:`pyqtgraph.PlotDataItem` as :func:`curve` makes it, to be added to a plot later."""
+    return pg.PlotDataItem(x, y, dynamicRangeLimit=None, **kwargs)

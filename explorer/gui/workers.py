@@ -94,17 +94,6 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def settle(progress, seconds: float) -> None:
-    """Wait ``seconds`` at the start of a job, reporting every 10 ms: a job superseded meanwhile (raises
-    ``Cancelled``) has cost no work."""
-    from explorer.engine.progress import report
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        report(progress, 0.0, "waiting for the settings to settle")
-        time.sleep(0.01)
-
-
 class _Gate:
     """Counts the interactive jobs submitted and not yet finished; background jobs wait at their progress
     reports while there is one (see :meth:`_Job.progress`)."""
@@ -137,11 +126,11 @@ class _Gate:
 
 class _Job(QRunnable):
     def __init__(self, signals: _Signals, channel: str, generation: int, fn: Callable, abort: threading.Event,
-                 gate: _Gate):
+                 gate: _Gate, delay: float = 0.0):
         super().__init__()
         self.setAutoDelete(True)
         self.signals, self.channel, self.generation, self.fn, self.abort = signals, channel, generation, fn, abort
-        self.gate = gate
+        self.gate, self.delay = gate, delay
         self.interactive = channel in INTERACTIVE
         self.last_report = time.monotonic()
 
@@ -175,6 +164,8 @@ class _Job(QRunnable):
         if not self.interactive:
             _lower_priority()  # the interactive thread keeps the GUI's priority: its jobs take tens of
             # milliseconds and answer a slider, before an accuracy batch or a k-means comparison goes on
+        if self.delay > 0 and self.abort.wait(self.delay):
+            return  # superseded while it waited: it has cost no work
         self.last_report = time.monotonic()
         try:
             result = self.fn(self.progress)
@@ -218,8 +209,11 @@ class Workers(QObject):
         self._handlers: dict = {}
         self.dropped = 0  # results that arrived after being superseded (for tests and the status bar)
 
-    def submit(self, channel: str, fn: Callable, on_done: Callable, on_error: Optional[Callable] = None) -> int:
-        """Start ``fn(progress)`` on ``channel``, superseding the job there. Returns its generation."""
+    def submit(self, channel: str, fn: Callable, on_done: Callable, on_error: Optional[Callable] = None,
+               delay: float = 0.0) -> int:
+        """Start ``fn(progress)`` on ``channel``, superseding the job there. Returns its generation.
+        ``delay``: seconds the job waits before it starts (on a worker, woken at once when superseded), so a
+        request that is replaced quickly costs no work."""
         self.cancel(channel)
         gen = self._generation.get(channel, 0) + 1
         self._generation[channel] = gen
@@ -229,7 +223,7 @@ class Workers(QObject):
         pool = self.interactive if channel in INTERACTIVE else self.side if channel in SIDE else self.pool
         if channel in INTERACTIVE:
             self._gate.enter()  # left when the job has run (also when it was superseded meanwhile)
-        pool.start(_Job(self._signals, channel, gen, fn, abort, self._gate))
+        pool.start(_Job(self._signals, channel, gen, fn, abort, self._gate, delay))
         return gen
 
     def cancel(self, channel: str) -> None:

@@ -301,6 +301,24 @@ def test_workers_drop_a_result_that_arrives_after_a_newer_submit(qtbot):
     workers.shutdown()
 
 
+def test_a_delayed_job_superseded_while_it_waits_never_runs(qtbot):
+    """``submit(..., delay=)``: the job waits on a worker before it starts; a newer submit wakes it at once
+    and it returns without calling its function (the accuracy job's settle time)."""
+    import time
+
+    workers = Workers(threads=2)
+    ran, got = [], []
+    workers.submit("accuracy", lambda progress: ran.append("old") or "old", got.append, delay=30.0)
+    t0 = time.perf_counter()
+    workers.submit("accuracy", lambda progress: ran.append("new") or "new", got.append, delay=0.05)
+    qtbot.waitUntil(lambda: got == ["new"], timeout=5000)
+    assert workers.pool.waitForDone(5000)
+    assert time.perf_counter() - t0 < 10  # the first job did not sit out its 30 s
+    assert time.perf_counter() - t0 >= 0.05
+    assert ran == ["new"]
+    workers.shutdown()
+
+
 def test_workers_deliver_errors_and_swallow_cancellation(qtbot, capsys):
     workers = Workers(threads=2)
     errors, done = [], []
@@ -524,3 +542,20 @@ def test_gui_screenshot_command_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = QImage(str(out))
     assert image.width() >= 800 and image.height() >= 500
+
+
+def test_plots_keep_room_for_seven_digit_labels_and_items_have_no_range_limit(qtbot):
+    """qt_plot sets the left axis' text room through pyqtgraph's own resize call (no public one exists for
+    an auto-expanding axis): a pyqtgraph release that changes it must fail here, not move the plots."""
+    from PySide6.QtGui import QFontMetrics
+
+    from explorer.gui.qt_plot import LABEL_ROOM, curve, data_item, plot_widget
+
+    plot = plot_widget()
+    qtbot.addWidget(plot)
+    left = plot.getAxis("left")
+    room = QFontMetrics(left.font()).horizontalAdvance(LABEL_ROOM)
+    assert left.minimumWidth() >= room
+    assert left.style["autoReduceTextSpace"] is False
+    assert curve(plot, [0, 1], [2, 3]).opts["dynamicRangeLimit"] is None
+    assert data_item([0, 1], [2, 3]).opts["dynamicRangeLimit"] is None
