@@ -41,7 +41,7 @@ import struct
 import weakref
 import zlib
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -342,11 +342,33 @@ def _stored(tensor: torch.Tensor, half: bool) -> torch.Tensor:
     return stored.to(torch.float32) if stored.dtype != torch.float16 else stored
 
 
+class _StateEntry(NamedTuple):
+    """One state_dict entry as the file lays it out."""
+    name: str
+    tensor: torch.Tensor
+    shape: list
+    dtype: str
+    storage: Optional[tuple]  # what identifies its storage (tied tensors share it); None when empty
+    stored_dtype: str  # how it is stored when raw (not a compressed weight)
+    stored_bytes: int
+
+
+def _state_entries(model: nn.Module, half: bool) -> list:
+    """The model's state_dict entries as :class:`_StateEntry` records."""
+    out = []
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        storage = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride())) \
+            if tensor.numel() else None
+        stored = _stored(tensor, half)
+        out.append(_StateEntry(name, tensor, list(tensor.shape), _dtype_name(tensor.dtype), storage,
+                               _dtype_name(stored.dtype), stored.numel() * stored.element_size()))
+    return out
+
+
 def _state_layout(model: nn.Module, half: bool) -> list:
-    """Per state_dict entry: (name, tensor, shape, dtype name, storage key or None, stored dtype name, stored
-    bytes). A dry run (the window's size preview, on the same model after every release) reuses it while
-    the model's parameters and buffers are the same tensors with the same shapes: building it walks the
-    whole state_dict, which was half of a re-measurement's time."""
+    """:func:`_state_entries` for a dry run (the window's size preview, on the same model after every
+    release), reused while the model's parameters and buffers are the same tensors with the same shapes:
+    building it walks the whole state_dict, which was half of a re-measurement's time."""
     tensors = list(model.parameters()) + list(model.buffers())
     fingerprint = (half, tuple((id(t), t.data_ptr(), t.dtype, tuple(t.shape)) for t in tensors))
     try:
@@ -355,13 +377,7 @@ def _state_layout(model: nn.Module, half: bool) -> list:
         hit = None
     if hit is not None and hit[0] == fingerprint:
         return hit[1]
-    layout = []
-    for name, tensor in model.state_dict(keep_vars=False).items():
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride())) \
-            if tensor.numel() else None
-        stored = _stored(tensor, half)
-        layout.append((name, tensor, list(tensor.shape), _dtype_name(tensor.dtype), key, _dtype_name(stored.dtype),
-                       stored.numel() * stored.element_size()))
+    layout = _state_entries(model, half)
     try:
         _LAYOUTS[model] = (fingerprint, layout)
     except TypeError:
@@ -376,32 +392,22 @@ def _build_manifest(loaded, compressed, half: bool, dry: bool = False):
     streams = _Streams(dry)
     arch = _architecture(loaded, compressed, streams)
     weights = {t.name: t for layer in compressed.layers.values() for t in layer.tensors}
-    if dry:
-        layout = _state_layout(compressed.model, half)
-    else:  # what is written is read from the model itself, never from a memo
-        layout = [(name, tensor, list(tensor.shape), _dtype_name(tensor.dtype),
-                   (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
-                   if tensor.numel() else None, None, None)
-                  for name, tensor in compressed.model.state_dict(keep_vars=False).items()]
+    # what is written is read from the model itself, never from a memo
+    layout = _state_layout(compressed.model, half) if dry else _state_entries(compressed.model, half)
     seen: dict = {}
     tensors = []
-    for name, tensor, shape, dtype, key, stored_dtype, nbytes in layout:
-        entry: dict = {"name": name, "shape": list(shape), "dtype": dtype}
-        if key is not None and key in seen:  # tied: the same storage under two names
-            entry["alias"] = seen[key]
-        elif name in weights:
-            entry["encoding"] = _encode_weight(weights[name], tensor, streams)
-            seen[key] = name
+    for e in layout:
+        entry: dict = {"name": e.name, "shape": list(e.shape), "dtype": e.dtype}
+        if e.storage is not None and e.storage in seen:  # tied: the same storage under two names
+            entry["alias"] = seen[e.storage]
+        elif e.name in weights:
+            entry["encoding"] = _encode_weight(weights[e.name], e.tensor, streams)
+            seen[e.storage] = e.name
         else:
-            if dry:
-                stream = streams.add(None, nbytes)
-            else:
-                stored = _stored(tensor, half)
-                stored_dtype = _dtype_name(stored.dtype)
-                stream = streams.add(lambda t=stored: _tensor_bytes(t), stored.numel() * stored.element_size())
-            entry["encoding"] = {"storage": "raw", "stored_dtype": stored_dtype, "stream": stream}
-            if key is not None:
-                seen[key] = name
+            stream = streams.add(lambda t=e.tensor: _tensor_bytes(_stored(t, half)), e.stored_bytes)
+            entry["encoding"] = {"storage": "raw", "stored_dtype": e.stored_dtype, "stream": stream}
+            if e.storage is not None:
+                seen[e.storage] = e.name
         tensors.append(entry)
     from explorer import __version__
 

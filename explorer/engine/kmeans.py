@@ -215,25 +215,15 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap=None):
     if not hi > lo:
         return None  # one distinct value: the sorted path handles it exactly
     ww = np.zeros(0) if w is None else w
-    # values compared in boundary buckets over all iterations: aim at 2 passes' worth, sort beyond 16
-    target = 2 * x.size + (1 << 20)
-    budget = _BUCKET_SCAN_BUDGET * x.size + (1 << 20)
-    nb = _bucket_number(x.size, k)
-    while True:
-        scale = nb / (hi - lo)
-        if not np.isfinite(scale):
-            return None
+
+    def count(nb, scale):
         bidx, start, cw, cwx = _bucket_count(x, ww, lo, scale, nb)
-        maxbin = int(np.max(np.diff(start)))
-        cost = k * maxbin * max(max_iter, 1)
-        if cost <= target or nb >= HIST_BINS:
-            break
-        nb = min(HIST_BINS, nb << max(1, int(np.ceil(np.log2(cost / target)))))  # a peaked distribution
-    if cost > budget:
-        return None  # mass concentrated in a few buckets (e.g. next to one huge outlier): sort instead
-    nonempty = int(np.count_nonzero(np.diff(start)))
-    if nonempty <= k:
-        return None  # maybe no more distinct values than k: the sorted path decides exactly
+        return np.diff(start), (bidx, start, cw, cwx)
+
+    chosen = choose_buckets(x.size, k, max_iter, lo, hi, count)
+    if chosen is None:
+        return None  # the sorted path decides exactly
+    nb, scale, (bidx, start, cw, cwx) = chosen
     gx, gw = _bucket_scatter(x, ww, bidx, start)
     if init == "linear":
         c0 = np.linspace(lo, hi, k)
@@ -254,6 +244,33 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap=None):
     labels = np.empty(x.size, np.int64)
     inertia = _assign_lut(x, ww, c, bounds, bidx, lut, labels)
     return KMeansResult(c, labels, float(max(inertia, 0.0)), initial, n_iter)
+
+
+def choose_buckets(n: int, k: int, max_iter: int, lo: float, hi: float, count):
+    """The bucket count of the bucket path for ``n`` values in [lo, hi] (hi > lo) and ``k`` centroids, and
+    whether the path applies. ``count(nb, scale)`` returns ``(values per bucket, state)`` for ``nb``
+    buckets of width 1/scale. The count starts at :func:`_bucket_number` and is refined while the fullest
+    bucket would make Lloyd compare more than about two passes' worth of values in boundary buckets (a
+    peaked distribution). Returns ``(nb, scale, state)``, or None where the sorted path is taken instead:
+    a scale that is not finite, mass concentrated in a few buckets even at the finest count (e.g. next to
+    one huge outlier), or no more non-empty buckets than centroids (maybe no more distinct values than k).
+    :func:`kmeans_1d` and :class:`explorer.engine.sweep.TensorSweep` (on the survivors' counts) both
+    decide here, so they take the same path with the same buckets."""
+    target = 2 * n + (1 << 20)
+    budget = _BUCKET_SCAN_BUDGET * n + (1 << 20)
+    nb = _bucket_number(n, k)
+    while True:
+        scale = nb / (hi - lo)
+        if not np.isfinite(scale):
+            return None
+        counts, state = count(nb, scale)
+        cost = k * int(counts.max()) * max(max_iter, 1)
+        if cost <= target or nb >= HIST_BINS:
+            break
+        nb = min(HIST_BINS, nb << max(1, int(np.ceil(np.log2(cost / target)))))
+    if cost > budget or int(np.count_nonzero(counts)) <= k:
+        return None
+    return nb, scale, state
 
 
 def _bucket_number(n: int, k: int) -> int:

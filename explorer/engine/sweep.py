@@ -39,8 +39,7 @@ from numba import njit
 
 from .coding import _gap_histograms_of_keys, _gap_histograms_of_mask
 from .compress import Recent
-from .kmeans import (HIST_BINS, HIST_MIN_N, _BUCKET_SCAN_BUDGET, _bucket_lloyd, _bucket_number, _bucket_of,
-                     _bucket_select, _snap)
+from .kmeans import HIST_MIN_N, _bucket_lloyd, _bucket_number, _bucket_of, _bucket_select, _snap, choose_buckets
 from .plan import LayerSettings
 from .progress import ProgressFn, report
 from .prune import _mask_from_key, keep_count
@@ -170,7 +169,8 @@ class TensorSweep:
 
     def _kmeans(self, q, z: int, T: int, ties: int, gaps: dict) -> Optional[SweepResult]:
         """quantize_kmeans on the survivors (pruned: code 0 is the zero, 2**bits - 1 centroids), as
-        kmeans_1d's bucket path computes it; None where that path would not be taken."""
+        kmeans_1d's bucket path computes it; where that path would not be taken, as it computes it otherwise
+        (:meth:`_kmeans_exact`)."""
         k = 2 ** q.bits - 1
         if z <= HIST_MIN_N or not (self._lo_key > T and self._hi_key > T):
             # kmeans_1d sorts small inputs; survivors' extremes differ from the tensor's
@@ -179,28 +179,21 @@ class TensorSweep:
         if not hi > lo:
             return self._kmeans_exact(q, z, T, ties, gaps)
         t = float(np.array([T], np.uint32).view(np.float32)[0])
-        target = 2 * z + (1 << 20)
-        budget = _BUCKET_SCAN_BUDGET * z + (1 << 20)
-        nb = _bucket_number(z, k)
-        while True:  # kmeans._kmeans_buckets' choice of the bucket count, on the survivors' counts
-            scale = nb / (hi - lo)
-            if not np.isfinite(scale):
-                return None
+
+        def count(nb, scale):  # the survivors' per-bucket counts: the band (-t, t) emptied
             gx, gpos, start, S, SS = self._group(nb)
             b1, b2 = _bucket_of(-t, lo, scale, nb), _bucket_of(t, lo, scale, nb)
             tie_cut = _tie_cut(gpos, start, self.keys, np.uint32(T), ties, b1, b2)
-            counts = np.diff(start)
-            kc = counts.copy()
+            kc = np.diff(start)
             kc[b1:b2 + 1] = 0
             kc[b1] = _kept_in(gpos, start, self.keys, np.uint32(T), tie_cut, b1)
             kc[b2] = _kept_in(gpos, start, self.keys, np.uint32(T), tie_cut, b2)
-            maxbin = int(kc.max())
-            cost = k * maxbin * max(q.max_iter, 1)
-            if cost <= target or nb >= HIST_BINS:
-                break
-            nb = min(HIST_BINS, nb << max(1, int(np.ceil(np.log2(cost / target)))))
-        if cost > budget or int(np.count_nonzero(kc)) <= k:
+            return kc, (gx, gpos, start, S, SS, b1, b2, tie_cut)
+
+        chosen = choose_buckets(z, k, q.max_iter, lo, hi, count)
+        if chosen is None:  # kmeans_1d sorts the survivors
             return self._kmeans_exact(q, z, T, ties, gaps)
+        nb, scale, (gx, gpos, start, S, SS, b1, b2, tie_cut) = chosen
         gxk, startk, cwk, cwxk, cwxxk = _survivors(gx, gpos, start, S, SS, self.keys, np.uint32(T), tie_cut, b1, b2)
         if int(startk[-1]) != z:
             return None  # cannot happen; a guard rather than a wrong number
