@@ -132,3 +132,46 @@ def example_inputs():
         "depthwise": (DepthwiseNet(), torch.randn(2, 3, 4, 4)),
         "transformer": (TinyTransformer(), torch.randint(0, 50, (2, 12))),
     }
+
+
+# ---------------------------------------------------------------------- eval data factories (tests)
+
+
+def digits_eval_tuple():
+    """The digits test split as (inputs array, labels array): the first 100 images."""
+    from explorer.engine.data import digits_split
+
+    test = digits_split()[1]
+    return test.inputs[:100].numpy(), test.labels[:100].numpy()
+
+
+def digits_eval_dict():
+    x, y = digits_eval_tuple()
+    return {"x": torch.from_numpy(x[:50]), "y": torch.from_numpy(y[:50])}
+
+
+def digits_eval_data():
+    from explorer.engine.data import EvalData
+
+    x, y = digits_eval_tuple()
+    return EvalData(torch.from_numpy(x[:20]), torch.from_numpy(y[:20]), "twenty digits")
+
+
+def eval_inputs_only():
+    return (torch.randn(7, 1, 8, 8),)
+
+
+def eval_wrong_type():
+    return "not data"
+
+
+def eval_mismatched():
+    return torch.randn(5, 1, 8, 8), torch.zeros(4, dtype=torch.int64)
+
+
+def eval_float_labels():
+    return torch.randn(5, 1, 8, 8), torch.zeros(5)
+
+
+def eval_raises():
+    raise RuntimeError("no data here")

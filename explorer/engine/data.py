@@ -18,6 +18,7 @@ import functools
 import gzip
 import math
 import os
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -355,6 +356,55 @@ def load_npy(path: PathLike) -> EvalData:
 # -------------------------------------------------------------------------------------------- dispatch
 
 
+_FACTORY_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def is_factory_ref(source) -> bool:
+    """Whether ``source`` reads as ``package.module:callable`` (and not as a path)."""
+    return isinstance(source, str) and bool(_FACTORY_REF.fullmatch(source))
+
+
+def eval_data_from_factory(ref: str) -> EvalData:
+    """Call the factory ``package.module:callable`` (no arguments) for eval data. It may return an
+    :class:`EvalData`, ``(inputs[, labels])``, or a dict with inputs under ``x``/``inputs`` and labels
+    under ``y``/``labels``; arrays or tensors, converted as the file readers convert them. Only code the
+    user named is imported and run."""
+    from .loading import resolve_factory
+
+    fn = resolve_factory(ref)
+    try:
+        out = fn()
+    except Exception as exc:
+        raise LoadError(f"eval data factory {ref!r} failed: {type(exc).__name__}: {exc}") from None
+    if isinstance(out, EvalData):
+        return out
+    if isinstance(out, dict):
+        xkey = next((k for k in _INPUT_KEYS if k in out), None)
+        if xkey is None:
+            raise LoadError(f"eval data factory {ref!r} returned a dict without inputs; expected a key 'x' or "
+                            f"'inputs', found {sorted(map(str, out)) or 'no keys'}")
+        ykey = next((k for k in _LABEL_KEYS if k in out), None)
+        x, y = out[xkey], (out[ykey] if ykey is not None else None)
+    elif isinstance(out, (tuple, list)) and 1 <= len(out) <= 2:
+        x, y = out[0], (out[1] if len(out) > 1 else None)
+    else:
+        raise LoadError(f"eval data factory {ref!r} returned {type(out).__name__}; expected EvalData, "
+                        "(inputs[, labels]) or a dict with 'x'[, 'y']")
+
+    def array(v, what):
+        if isinstance(v, torch.Tensor):
+            return v.detach().cpu().numpy()
+        if isinstance(v, np.ndarray):
+            return v
+        raise LoadError(f"eval data factory {ref!r}: {what} must be an array or a tensor, got {type(v).__name__}")
+
+    inputs = _inputs_to_tensor(array(x, "inputs"), f"{ref} inputs")
+    labels = None if y is None else _labels_to_tensor(array(y, "labels"), f"{ref} labels")
+    if labels is not None and labels.shape[0] != inputs.shape[0]:
+        raise LoadError(f"eval data factory {ref!r}: {inputs.shape[0]} inputs but {labels.shape[0]} labels")
+    return EvalData(inputs, labels, f"{ref} ({inputs.shape[0]})")
+
+
 def load_eval_data(path: PathLike) -> EvalData:
     """Load evaluation data from ``path``, choosing the reader by content (and name as a fallback).
 
@@ -362,7 +412,10 @@ def load_eval_data(path: PathLike) -> EvalData:
     - ``.npy``: :func:`load_npy` (inputs only)
     - IDX, plain or gzipped: :func:`load_idx_pair` (labels found next to the images if named the MNIST way);
       a lone IDX labels file is refused.
+    - ``package.module:callable`` that is not an existing path: :func:`eval_data_from_factory`.
     """
+    if is_factory_ref(path) and not Path(path).exists():
+        return eval_data_from_factory(path)
     path = Path(path)
     if not path.exists():
         raise LoadError(f"{path}: no such file")

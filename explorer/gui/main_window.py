@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QSplitter,
+from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QSplitter,
                                QTabWidget, QVBoxLayout, QWidget)
 
 from explorer.engine import fileformat
@@ -126,6 +126,7 @@ class MainWindow(QMainWindow):
         m = self.menuBar().addMenu("&File")
         self._action(m, "&Open model…", self.open_dialog, QKeySequence.Open)
         self._action(m, "Open &eval data…", self.open_data_dialog)
+        self._action(m, "Eval data from a &factory…", self.open_data_factory_dialog)
         self.recent_menu = m.addMenu("Open &recent")
         samples = m.addMenu("&Samples")
         for name in sample_names():
@@ -233,7 +234,17 @@ class MainWindow(QMainWindow):
         if path:
             self.open_data(path)
 
+    def open_data_factory_dialog(self) -> None:
+        if self.session.loaded is None:
+            return self.show_error("Open a model first")
+        ref, ok = QInputDialog.getText(self, "Eval data from a factory",
+                                       "package.module:callable (returns EvalData, (x[, y]) or {'x', 'y'}):")
+        if ok and ref.strip():
+            self.open_data(ref.strip())
+
     def open_data(self, path: str) -> None:
+        """Load eval data (a file, or a ``package.module:callable`` factory) in the background; the accuracy
+        is then measured on it."""
         from explorer.engine.data import load_eval_data
 
         def job(progress):

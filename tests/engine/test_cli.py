@@ -82,3 +82,13 @@ def test_state_dict_with_factory(tmp_path):
               "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["total"]["macs"] > 0
+
+
+def test_evaluate_on_eval_data_from_a_factory():
+    out = run("evaluate", "digits-mlp", "--plan", "sample_models/digits-mlp.plan.json", "--data",
+              "zoo:digits_eval_tuple", "--json")
+    assert out.returncode == 0, out.stderr
+    acc = json.loads(out.stdout)["accuracy"]
+    assert acc["data"] == "zoo:digits_eval_tuple (100)" and acc["samples"] == 100
+    out = run("evaluate", "digits-mlp", "--plan", "sample_models/digits-mlp.plan.json", "--data", "zoo:eval_raises")
+    assert out.returncode == 2 and "no data here" in out.stderr and "Traceback" not in out.stderr

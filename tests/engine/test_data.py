@@ -321,3 +321,46 @@ def test_real_mnist_t10k():
     assert sorted(set(data.labels.tolist())) == list(range(10))
     assert data.labels[:5].tolist() == [7, 2, 1, 0, 4]
     assert read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz").dtype == np.uint8
+
+
+# ------------------------------------------------------------------------------- eval data from a factory
+
+
+def test_eval_data_from_a_factory_in_every_form():
+    from explorer.engine.data import is_factory_ref, load_eval_data
+
+    tup = load_eval_data("zoo:digits_eval_tuple")
+    assert len(tup) == 100 and tup.labels is not None and tup.inputs.dtype == torch.float32
+    assert tup.name == "zoo:digits_eval_tuple (100)"
+    d = load_eval_data("zoo:digits_eval_dict")
+    assert len(d) == 50 and torch.equal(d.labels, tup.labels[:50]) and torch.equal(d.inputs, tup.inputs[:50])
+    ev = load_eval_data("zoo:digits_eval_data")
+    assert ev.name == "twenty digits" and len(ev) == 20
+    unlabelled = load_eval_data("zoo:eval_inputs_only")
+    assert unlabelled.labels is None and len(unlabelled) == 7
+    assert is_factory_ref("pkg.mod:fn") and is_factory_ref("m:Cls.build")
+    assert not is_factory_ref("data/x.npz") and not is_factory_ref("C:\\data\\x.npz") and not is_factory_ref("a:b:c")
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("zoo:eval_wrong_type", "returned str; expected EvalData"),
+    ("zoo:eval_mismatched", "5 inputs but 4 labels"),
+    ("zoo:eval_float_labels", "labels must be integers"),
+    ("zoo:eval_raises", "failed: RuntimeError: no data here"),
+    ("zoo:no_such_function", "has no attribute"),
+    ("no_such_module_xyz:fn", "cannot import module"),
+])
+def test_eval_data_factory_errors_name_the_problem(ref, message):
+    from explorer.engine.data import load_eval_data
+
+    with pytest.raises(LoadError, match=message):
+        load_eval_data(ref)
+
+
+def test_an_existing_path_that_looks_like_a_factory_is_read_as_a_file(tmp_path, monkeypatch):
+    from explorer.engine.data import load_eval_data
+
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "zoo:digits_eval_tuple", x=np.zeros((3, 4), np.float32))
+    (tmp_path / "zoo:digits_eval_tuple.npz").rename(tmp_path / "zoo:digits_eval_tuple")
+    assert len(load_eval_data("zoo:digits_eval_tuple")) == 3  # the file, not the factory's 100

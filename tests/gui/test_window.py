@@ -559,3 +559,33 @@ def test_plots_keep_room_for_seven_digit_labels_and_items_have_no_range_limit(qt
     assert left.style["autoReduceTextSpace"] is False
     assert curve(plot, [0, 1], [2, 3]).opts["dynamicRangeLimit"] is None
     assert data_item([0, 1], [2, 3]).opts["dynamicRangeLimit"] is None
+
+
+def test_eval_data_from_a_factory_is_what_the_accuracy_is_measured_on(make_window, qtbot, settle, monkeypatch):
+    """File -> Eval data from a factory: the data the factory returns replaces the sample's, and the
+    accuracy shown is measured on it (the same number the engine gives on those 100 images)."""
+    from explorer.engine.evaluate import quality
+
+    win = make_window("digits-mlp")
+    assert "360" in win.session.accuracy["data"]  # the sample's own test split
+    monkeypatch.setattr("explorer.gui.main_window.QInputDialog.getText",
+                        lambda *a, **k: ("zoo:digits_eval_tuple", True))
+    win.open_data_factory_dialog()
+    qtbot.waitUntil(lambda: win.session.accuracy is not None
+                    and win.session.accuracy["data"] == "zoo:digits_eval_tuple (100)" and win.idle(),
+                    timeout=WORK_TIMEOUT_MS)
+    settle(win)
+    want = quality(win.session.loaded, win._compressed_model)
+    assert win.session.accuracy["samples"] == 100
+    assert win.session.accuracy["before"] == pytest.approx(want["before"])
+    assert "zoo:digits_eval_tuple (100)" in win.preview.acc.text()
+
+    # a factory that fails: one message naming it, the data already loaded stays
+    monkeypatch.setattr("explorer.gui.main_window.QInputDialog.getText", lambda *a, **k: ("zoo:eval_raises", True))
+    win.open_data_factory_dialog()
+    qtbot.waitUntil(lambda: win.last_error is not None and "zoo:eval_raises" in win.last_error and win.idle(),
+                    timeout=WORK_TIMEOUT_MS)
+    assert "no data here" in win.last_error
+    for box in message_boxes(win):
+        box.close()
+    assert win.session.loaded.eval_data.name == "zoo:digits_eval_tuple (100)"
