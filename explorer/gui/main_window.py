@@ -93,6 +93,7 @@ class MainWindow(QMainWindow):
         main.addWidget(left)
         main.addWidget(right)
         main.setSizes([640, 760])
+        self._split = main
         central = QWidget()
         lay = QVBoxLayout(central)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -305,8 +306,18 @@ class MainWindow(QMainWindow):
     def _on_model(self) -> None:
         self.table.model_.refresh()
         self.table.resizeColumnsToContents()
+        self._fit_table()
         if self.session.selection:
             self.table.select_names(self.session.selection)
+
+    def _fit_table(self) -> None:
+        """Give the layer table the width its columns need (every column, the sizes and ratio included, in
+        view without scrolling), up to 55% of the window; the plots get the rest."""
+        total = sum(self._split.sizes())
+        need = self.table.needed_width() + 12  # the left pane's margins
+        left = min(max(need, 480), int(0.55 * total))
+        if total > 0:
+            self._split.setSizes([left, total - left])
 
     def _on_plan(self) -> None:
         self.undo_action.setEnabled(self.session.can_undo())

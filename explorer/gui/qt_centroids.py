@@ -25,7 +25,7 @@ class CentroidView(QWidget):
         # both plots, and each was then re-laid out and repainted whole (20 ms apiece)
         self.title.setMinimumHeight(3 * self.title.fontMetrics().lineSpacing() + 4)
         self.hist = plot_widget(title="histogram and centroids")
-        self.cdf = plot_widget(title="CDF and centroids")
+        self.cdf = plot_widget(label_room="0.00", title="CDF and centroids")  # a fraction: short labels
         for p in (self.hist, self.cdf):
             # The ranges are set from the data on each draw: auto-ranging re-measured every item's bounds
             # on each paint and, as the range settled, asked for two or three more repaints (35 ms each,
@@ -33,6 +33,8 @@ class CentroidView(QWidget):
             # pixmaps, across the whole plot (a plot's repaint 26 ms, 7 without, in software rendering);
             # the centroid markers and the axes' ticks carry the values.
             p.disableAutoRange()
+        # top left, where a CDF is near 0; short entries (the title has the errors in full), so the legend
+        # stays clear of the curve on a narrow plot
         self.cdf.addLegend(offset=(5, 5))
         self.hist.setLabel("bottom", "weight value")
         self.cdf.setLabel("bottom", "weight value")
@@ -161,7 +163,7 @@ class CentroidView(QWidget):
         pad = 0.03 * (hi - lo) if hi > lo else 0.5
         self.cdf.setRange(xRange=(lo - pad, hi + pad), yRange=(0, 1.03), padding=0)
         self.cdf_curve.setData(v[picks], (picks + 1) / v.size)
-        self._legend(self.cdf_curve, "weights CDF")
+        self._legend(self.cdf_curve, "CDF")
         for init, items in self.markers.items():
             r = comp.results.get(init)
             if r is None:
@@ -172,4 +174,4 @@ class CentroidView(QWidget):
             final, initial = np.asarray(r["final"]), np.asarray(r["initial"])
             items[2].setData(initial, np.searchsorted(v, initial, side="right") / v.size)
             items[3].setData(final, np.searchsorted(v, final, side="right") / v.size)
-            self._legend(items[3], f"{init} (MSE {r['mse_final']:.3g})")
+            self._legend(items[3], f"{init} MSE {r['mse_final']:.3g}")

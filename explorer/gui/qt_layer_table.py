@@ -107,6 +107,11 @@ class LayerTable(QTableView):
         for column, sample in ((5, "prune 95%, 8b kmeans/density"), (6, "999.9 KB → 999.9 KB"), (7, "999.9×")):
             self.setColumnWidth(column, max(self.columnWidth(column), fm.horizontalAdvance(sample) + 16))
 
+    def needed_width(self) -> int:
+        """Pixels the table needs to show every column without a horizontal scroll bar."""
+        columns = sum(self.columnWidth(c) for c in range(self.model().columnCount()))
+        return columns + 2 * self.frameWidth() + self.verticalScrollBar().sizeHint().width()
+
     def selected_names(self) -> list:
         rows = sorted({self.proxy.mapToSource(i).row() for i in self.selectionModel().selectedRows()})
         layers = self.model_.session.info.layers if self.model_.session.info else []

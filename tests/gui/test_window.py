@@ -589,3 +589,14 @@ def test_eval_data_from_a_factory_is_what_the_accuracy_is_measured_on(make_windo
     for box in message_boxes(win):
         box.close()
     assert win.session.loaded.eval_data.name == "zoo:digits_eval_tuple (100)"
+
+
+def test_the_layer_table_shows_every_column_without_scrolling(make_window, qtbot):
+    """The window gives the table the width its columns need (sizes and ratio in view at the default size)."""
+    win = make_window("digits-cnn")
+    qtbot.waitUntil(lambda: win.table.viewport().width() > 0)
+    table = win.table
+    columns = sum(table.columnWidth(c) for c in range(table.model().columnCount()))
+    assert columns <= table.viewport().width()
+    assert table.horizontalScrollBar().maximum() == 0
+    assert win._split.sizes()[1] >= 0.45 * sum(win._split.sizes())  # the plots keep most of their room
