@@ -8,11 +8,62 @@ import time
 from typing import Optional
 
 
+# what Qt's X11 plugin links against that a desktop may lack (Qt's "X11 requirements"), by Debian name
+X11_PACKAGES = ("libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 "
+                "libxcb-randr0 libxcb-xkb1 libxkbcommon-x11-0")
+
+
+def _xcb_plugin_loads() -> Optional[str]:
+    """None if Qt's X11 platform plugin can be loaded here, else the loader's message (it names the first
+    shared library missing). Loading it is what Qt does next anyway."""
+    import ctypes
+    from pathlib import Path
+
+    import PySide6
+
+    plugin = Path(PySide6.__file__).parent / "Qt" / "plugins" / "platforms" / "libqxcb.so"
+    if not plugin.exists():
+        return None  # another layout: let Qt speak for itself
+    try:
+        ctypes.CDLL(str(plugin))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def display_problem(env=None, platform: str = sys.platform, probe=_xcb_plugin_loads) -> Optional[str]:
+    """Why Qt could not open a window here, or None. Qt aborts the whole process (no exception) when its
+    platform plugin cannot start, with a message about plugins; this names the actual cause first: no
+    display to connect to, or a system library Qt's X11 plugin needs (since Qt 6.5 libxcb-cursor0, which
+    many systems lack). ``probe()``: None when the X11 plugin loads, else the loader's message."""
+    env = os.environ if env is None else env
+    if not platform.startswith("linux"):
+        return None
+    chosen = env.get("QT_QPA_PLATFORM", "")
+    if chosen and not chosen.startswith("xcb"):
+        return None  # offscreen, wayland, vnc...: nothing of X11's is needed
+    if not chosen and env.get("WAYLAND_DISPLAY"):
+        return None  # Qt picks Wayland
+    if not env.get("DISPLAY"):
+        return ("no display to open the window on (DISPLAY is not set): run it in a desktop session, or "
+                "render it headless with --screenshot PNG (or QT_QPA_PLATFORM=offscreen)")
+    failed = probe()
+    if failed is not None:
+        missing = failed.split(":")[0].strip()
+        return (f"Qt's X11 platform plugin cannot load: {missing} is missing. Install the libraries it needs "
+                f"(Debian/Ubuntu: apt install {X11_PACKAGES})")
+    return None
+
+
 def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Optional[str] = None,
         trust: bool = False, data: Optional[str] = None, screenshot: Optional[str] = None,
         tab: str = "histogram", timeout: float = 120.0) -> int:
     if screenshot and "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    problem = display_problem()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from PySide6.QtCore import QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
