@@ -322,7 +322,7 @@ def _add_model_args(p) -> None:
     p.add_argument("--factory", help="'module:callable' that builds the architecture for a state_dict")
     p.add_argument("--trust", action="store_true",
                    help="allow unpickling a full pickled nn.Module (runs code from the file!)")
-    p.add_argument("--data", help="eval data: IDX images file (labels beside it), .npz with x[, y], or a factory "
+    p.add_argument("--data", help="eval data: IDX images file (labels beside it), .npz with x[, y], .npy, or a factory "
                    "package.module:callable returning EvalData, (x[, y]) or {'x', 'y'}")
     p.add_argument("--input-shape", help="example input shape for MACs when the model has none, e.g. 1,3,32,32")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")

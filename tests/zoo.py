@@ -175,3 +175,16 @@ def eval_float_labels():
 
 def eval_raises():
     raise RuntimeError("no data here")
+
+
+def eval_no_inputs():
+    return {"z": torch.zeros(3)}
+
+
+def eval_not_arrays():
+    return [[1.0, 2.0]], None
+
+
+def eval_bfloat16():
+    x, y = digits_eval_tuple()
+    return torch.from_numpy(x[:10]).to(torch.bfloat16), torch.from_numpy(y[:10])

@@ -18,7 +18,6 @@ import functools
 import gzip
 import math
 import os
-import re
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -331,13 +330,7 @@ def load_npz(path: PathLike) -> EvalData:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise _np_load_error(path, exc) from exc
-    inputs = _inputs_to_tensor(x, f"{path} ['{xkey}']")
-    labels = None
-    if y is not None:
-        labels = _labels_to_tensor(y, f"{path} ['{ykey}']")
-        if labels.shape[0] != inputs.shape[0]:
-            raise LoadError(f"{path}: {inputs.shape[0]} inputs ('{xkey}') but {labels.shape[0]} labels ('{ykey}')")
-    return EvalData(inputs, labels, f"{path.name} ({inputs.shape[0]})")
+    return _eval_data(x, y, str(path), xkey, ykey, path.name)
 
 
 def load_npy(path: PathLike) -> EvalData:
@@ -356,53 +349,55 @@ def load_npy(path: PathLike) -> EvalData:
 # -------------------------------------------------------------------------------------------- dispatch
 
 
-_FACTORY_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-
-
-def is_factory_ref(source) -> bool:
-    """Whether ``source`` reads as ``package.module:callable`` (and not as a path)."""
-    return isinstance(source, str) and bool(_FACTORY_REF.fullmatch(source))
-
-
 def eval_data_from_factory(ref: str) -> EvalData:
     """Call the factory ``package.module:callable`` (no arguments) for eval data. It may return an
-    :class:`EvalData`, ``(inputs[, labels])``, or a dict with inputs under ``x``/``inputs`` and labels
-    under ``y``/``labels``; arrays or tensors, converted as the file readers convert them. Only code the
-    user named is imported and run."""
+    :class:`EvalData` (used as it is), ``(inputs[, labels])``, or a dict with inputs under ``x``/``inputs``
+    and labels under ``y``/``labels``: arrays or tensors, converted as the file readers convert them. Only
+    code the user named is imported and run."""
     from .loading import resolve_factory
 
     fn = resolve_factory(ref)
     try:
         out = fn()
     except Exception as exc:
-        raise LoadError(f"eval data factory {ref!r} failed: {type(exc).__name__}: {exc}") from None
+        raise LoadError(f"factory failed: {type(exc).__name__}: {exc}") from None
     if isinstance(out, EvalData):
         return out
     if isinstance(out, dict):
         xkey = next((k for k in _INPUT_KEYS if k in out), None)
         if xkey is None:
-            raise LoadError(f"eval data factory {ref!r} returned a dict without inputs; expected a key 'x' or "
-                            f"'inputs', found {sorted(map(str, out)) or 'no keys'}")
+            raise LoadError(f"the factory returned a dict without inputs; expected a key 'x' or 'inputs', found "
+                            f"{sorted(map(str, out)) or 'no keys'}")
         ykey = next((k for k in _LABEL_KEYS if k in out), None)
         x, y = out[xkey], (out[ykey] if ykey is not None else None)
     elif isinstance(out, (tuple, list)) and 1 <= len(out) <= 2:
         x, y = out[0], (out[1] if len(out) > 1 else None)
     else:
-        raise LoadError(f"eval data factory {ref!r} returned {type(out).__name__}; expected EvalData, "
-                        "(inputs[, labels]) or a dict with 'x'[, 'y']")
+        raise LoadError(f"the factory returned {type(out).__name__}; expected EvalData, (inputs[, labels]) or a "
+                        "dict with 'x'[, 'y']")
 
     def array(v, what):
         if isinstance(v, torch.Tensor):
-            return v.detach().cpu().numpy()
+            v = v.detach().cpu()
+            return (v.float() if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64)
+                    else v).numpy()
         if isinstance(v, np.ndarray):
             return v
-        raise LoadError(f"eval data factory {ref!r}: {what} must be an array or a tensor, got {type(v).__name__}")
+        raise LoadError(f"{what} must be an array or a tensor, got {type(v).__name__}")
 
-    inputs = _inputs_to_tensor(array(x, "inputs"), f"{ref} inputs")
-    labels = None if y is None else _labels_to_tensor(array(y, "labels"), f"{ref} labels")
-    if labels is not None and labels.shape[0] != inputs.shape[0]:
-        raise LoadError(f"eval data factory {ref!r}: {inputs.shape[0]} inputs but {labels.shape[0]} labels")
-    return EvalData(inputs, labels, f"{ref} ({inputs.shape[0]})")
+    return _eval_data(array(x, "inputs"), None if y is None else array(y, "labels"), ref, "inputs", "labels", ref)
+
+
+def _eval_data(x: np.ndarray, y: Optional[np.ndarray], where: str, xname: str, yname: str, label: str) -> EvalData:
+    """Inputs and optional labels as an :class:`EvalData` named ``label (count)``, with the conversions
+    and checks every reader applies."""
+    inputs = _inputs_to_tensor(x, f"{where} [{xname!r}]")
+    labels = None
+    if y is not None:
+        labels = _labels_to_tensor(y, f"{where} [{yname!r}]")
+        if labels.shape[0] != inputs.shape[0]:
+            raise LoadError(f"{where}: {inputs.shape[0]} inputs ({xname!r}) but {labels.shape[0]} labels ({yname!r})")
+    return EvalData(inputs, labels, f"{label} ({inputs.shape[0]})")
 
 
 def load_eval_data(path: PathLike) -> EvalData:
@@ -414,8 +409,13 @@ def load_eval_data(path: PathLike) -> EvalData:
       a lone IDX labels file is refused.
     - ``package.module:callable`` that is not an existing path: :func:`eval_data_from_factory`.
     """
-    if is_factory_ref(path) and not Path(path).exists():
-        return eval_data_from_factory(path)
+    from .loading import is_factory_ref
+
+    if is_factory_ref(path):
+        try:
+            return eval_data_from_factory(path)
+        except LoadError as exc:
+            raise LoadError(f"eval data {path!r}: {exc}") from None
     path = Path(path)
     if not path.exists():
         raise LoadError(f"{path}: no such file")

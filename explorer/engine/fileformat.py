@@ -332,14 +332,20 @@ def _module_spec(m: nn.Module) -> dict:
     raise ExplorerError(f"a factor of type {type(m).__name__} cannot be described in the file")
 
 
+def _stored_dtype(dtype: torch.dtype, half: bool) -> torch.dtype:
+    """The dtype the file stores a state entry in when it is not a compressed weight: float16 for
+    floating entries under ``half``, else float64 and float16 as they are, other floats as float32, and
+    integers and booleans as they are."""
+    if not dtype.is_floating_point:
+        return dtype
+    if half:
+        return torch.float16
+    return dtype if dtype in (torch.float64, torch.float16) else torch.float32
+
+
 def _stored(tensor: torch.Tensor, half: bool) -> torch.Tensor:
     """A state entry that is not a compressed weight, as the file stores it."""
-    stored = tensor.detach().cpu()
-    if half and stored.is_floating_point():
-        return stored.to(torch.float16)
-    if stored.dtype == torch.float64 or not stored.is_floating_point():
-        return stored
-    return stored.to(torch.float32) if stored.dtype != torch.float16 else stored
+    return tensor.detach().cpu().to(_stored_dtype(tensor.dtype, half))
 
 
 class _StateEntry(NamedTuple):
@@ -359,9 +365,9 @@ def _state_entries(model: nn.Module, half: bool) -> list:
     for name, tensor in model.state_dict(keep_vars=False).items():
         storage = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride())) \
             if tensor.numel() else None
-        stored = _stored(tensor, half)
+        stored = _stored_dtype(tensor.dtype, half)
         out.append(_StateEntry(name, tensor, list(tensor.shape), _dtype_name(tensor.dtype), storage,
-                               _dtype_name(stored.dtype), stored.numel() * stored.element_size()))
+                               _dtype_name(stored), tensor.numel() * stored.itemsize))
     return out
 
 

@@ -186,8 +186,12 @@ def apply_state_dict(model: nn.Module, state: dict, path: str) -> None:
 # ----------------------------------------------------------------------------------------- entry point
 
 
-def _looks_like_factory(s: str) -> bool:
-    return ":" in s and not os.path.exists(s) and "/" not in s and "\\" not in s
+def is_factory_ref(s) -> bool:
+    """Whether ``s`` names a factory (``package.module:callable``) rather than a file: one colon, no path
+    separator, not an existing path, and on Windows not a drive letter (``C:model.pt``)."""
+    if not isinstance(s, str) or s.count(":") != 1 or "/" in s or "\\" in s or os.path.exists(s):
+        return False
+    return not (os.name == "nt" and len(s.split(":")[0]) == 1)
 
 
 def load_model(source: Optional[str] = None, factory: Optional[str] = None, trust: bool = False,
@@ -216,7 +220,7 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
     loaded: LoadedModel
     if source is None and factory is None:
         raise LoadError("nothing to load: give a model file, a sample name or a factory")
-    if source is None or (_looks_like_factory(source) and factory is None):
+    if source is None or (is_factory_ref(source) and factory is None):
         ref = factory or source
         model, example, ev = call_factory(ref, factory_kwargs)
         loaded = LoadedModel(model, example, ev, source=ref, kind="factory", factory=ref,

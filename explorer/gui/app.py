@@ -10,22 +10,29 @@ from typing import Optional
 
 # what Qt's X11 plugin links against that a desktop may lack (Qt's "X11 requirements"), by Debian name
 X11_PACKAGES = ("libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 "
-                "libxcb-randr0 libxcb-xkb1 libxkbcommon-x11-0")
+                "libxcb-randr0 libxcb-xkb1 libxkbcommon-x11-0 libx11-xcb1")
+
+
+def xcb_plugin() -> Optional[str]:
+    """Where PySide6 keeps Qt's X11 platform plugin (None if not there)."""
+    from pathlib import Path
+
+    import PySide6
+
+    plugin = Path(PySide6.__file__).parent / "Qt" / "plugins" / "platforms" / "libqxcb.so"
+    return str(plugin) if plugin.exists() else None
 
 
 def _xcb_plugin_loads() -> Optional[str]:
     """None if Qt's X11 platform plugin can be loaded here, else the loader's message (it names the first
     shared library missing). Loading it is what Qt does next anyway."""
     import ctypes
-    from pathlib import Path
 
-    import PySide6
-
-    plugin = Path(PySide6.__file__).parent / "Qt" / "plugins" / "platforms" / "libqxcb.so"
-    if not plugin.exists():
+    plugin = xcb_plugin()
+    if plugin is None:
         return None  # another layout: let Qt speak for itself
     try:
-        ctypes.CDLL(str(plugin))
+        ctypes.CDLL(plugin)
     except OSError as exc:
         return str(exc)
     return None
@@ -48,10 +55,13 @@ def display_problem(env=None, platform: str = sys.platform, probe=_xcb_plugin_lo
         return ("no display to open the window on (DISPLAY is not set): run it in a desktop session, or "
                 "render it headless with --screenshot PNG (or QT_QPA_PLATFORM=offscreen)")
     failed = probe()
-    if failed is not None:
+    if failed is not None and "cannot open shared object file" in failed:  # else: let Qt report it
         missing = failed.split(":")[0].strip()
-        return (f"Qt's X11 platform plugin cannot load: {missing} is missing. Install the libraries it needs "
-                f"(Debian/Ubuntu: apt install {X11_PACKAGES})")
+        if missing.startswith(("libxcb", "libxkbcommon", "libX11-xcb")):
+            hint = f"Debian/Ubuntu: apt install {X11_PACKAGES}"
+        else:
+            hint = "install the package that provides it"
+        return f"Qt's X11 platform plugin cannot load: {missing} is missing ({hint})"
     return None
 
 

@@ -42,6 +42,7 @@ DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All fi
 # 32) that a slider release has to share the CPU with before the job stops at its next layer (see
 # workers._Job.progress). Small batches were no slower per image on one core (61 vs 73 ms).
 ACCURACY_SETTLE = 0.15  # seconds
+TABLE_SLACK = 8  # pixels beside the table's columns: the splitter pane's frame
 ACCURACY_BATCH = 4
 
 
@@ -94,6 +95,8 @@ class MainWindow(QMainWindow):
         main.addWidget(right)
         main.setSizes([640, 760])
         self._split = main
+        self._split_moved = False  # by the user: then the width they chose stays
+        main.splitterMoved.connect(lambda *_: setattr(self, "_split_moved", True))
         central = QWidget()
         lay = QVBoxLayout(central)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -257,7 +260,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"eval data: {data.name}")
             self.schedule_preview()
 
-        self.workers.submit("data", job, done, lambda m: self.show_error(f"Could not open {path}: {m}", True))
+        self.workers.submit("data", job, done, lambda m: self.show_error(f"Eval data: {m}", True))  # m names the source
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
@@ -312,12 +315,14 @@ class MainWindow(QMainWindow):
 
     def _fit_table(self) -> None:
         """Give the layer table the width its columns need (every column, the sizes and ratio included, in
-        view without scrolling), up to 55% of the window; the plots get the rest."""
+        view without scrolling), up to 55% of the window; the plots get the rest. Not once the user has
+        moved the divider, nor before the window is laid out (its sizes are placeholders then)."""
         total = sum(self._split.sizes())
-        need = self.table.needed_width() + 12  # the left pane's margins
+        if self._split_moved or not self.isVisible() or total <= 0:
+            return
+        need = self.table.needed_width() + 2 * self._split.handleWidth() + TABLE_SLACK
         left = min(max(need, 480), int(0.55 * total))
-        if total > 0:
-            self._split.setSizes([left, total - left])
+        self._split.setSizes([left, total - left])
 
     def _on_plan(self) -> None:
         self.undo_action.setEnabled(self.session.can_undo())
@@ -517,8 +522,8 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------------------------- lifetime
     def idle(self) -> bool:
         """True when no engine work is running (used by --screenshot and tests)."""
-        return not any(self.workers.busy(c) for c in ("load", "preview", "accuracy", "layer", "inits", "export",
-                                                      "prepare"))
+        return not any(self.workers.busy(c) for c in ("load", "data", "preview", "accuracy", "layer", "inits",
+                                                      "export", "prepare"))
 
     def closeEvent(self, event) -> None:
         self.workers.shutdown()

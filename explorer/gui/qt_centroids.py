@@ -33,8 +33,8 @@ class CentroidView(QWidget):
             # pixmaps, across the whole plot (a plot's repaint 26 ms, 7 without, in software rendering);
             # the centroid markers and the axes' ticks carry the values.
             p.disableAutoRange()
-        # top left, where a CDF is near 0; short entries (the title has the errors in full), so the legend
-        # stays clear of the curve on a narrow plot
+        # top left: a CDF is near 0 on the left, so that corner is clear of the curve; short entries (the
+        # title has the errors in full), so the legend stays clear of it on a narrow plot
         self.cdf.addLegend(offset=(5, 5))
         self.hist.setLabel("bottom", "weight value")
         self.cdf.setLabel("bottom", "weight value")

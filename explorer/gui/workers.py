@@ -213,7 +213,10 @@ class Workers(QObject):
                delay: float = 0.0) -> int:
         """Start ``fn(progress)`` on ``channel``, superseding the job there. Returns its generation.
         ``delay``: seconds the job waits before it starts (on a worker, woken at once when superseded), so a
-        request that is replaced quickly costs no work."""
+        request that is replaced quickly costs no work. Not for interactive channels: their pending jobs
+        hold background jobs back (see :class:`_Gate`) for as long as they wait."""
+        if delay and channel in INTERACTIVE:
+            raise ValueError(f"channel {channel!r} answers a release at once: it takes no delay")
         self.cancel(channel)
         gen = self._generation.get(channel, 0) + 1
         self._generation[channel] = gen

@@ -327,7 +327,8 @@ def test_real_mnist_t10k():
 
 
 def test_eval_data_from_a_factory_in_every_form():
-    from explorer.engine.data import is_factory_ref, load_eval_data
+    from explorer.engine.data import load_eval_data
+    from explorer.engine.loading import is_factory_ref
 
     tup = load_eval_data("zoo:digits_eval_tuple")
     assert len(tup) == 100 and tup.labels is not None and tup.inputs.dtype == torch.float32
@@ -336,6 +337,8 @@ def test_eval_data_from_a_factory_in_every_form():
     assert len(d) == 50 and torch.equal(d.labels, tup.labels[:50]) and torch.equal(d.inputs, tup.inputs[:50])
     ev = load_eval_data("zoo:digits_eval_data")
     assert ev.name == "twenty digits" and len(ev) == 20
+    bf16 = load_eval_data("zoo:eval_bfloat16")  # numpy has no bfloat16: converted to float32
+    assert bf16.inputs.dtype == torch.float32 and torch.allclose(bf16.inputs, tup.inputs[:10], atol=1e-2)
     unlabelled = load_eval_data("zoo:eval_inputs_only")
     assert unlabelled.labels is None and len(unlabelled) == 7
     assert is_factory_ref("pkg.mod:fn") and is_factory_ref("m:Cls.build")
@@ -344,7 +347,9 @@ def test_eval_data_from_a_factory_in_every_form():
 
 @pytest.mark.parametrize("ref, message", [
     ("zoo:eval_wrong_type", "returned str; expected EvalData"),
-    ("zoo:eval_mismatched", "5 inputs but 4 labels"),
+    ("zoo:eval_mismatched", "5 inputs .* but 4 labels"),
+    ("zoo:eval_no_inputs", "without inputs; expected a key 'x' or 'inputs', found \\['z'\\]"),
+    ("zoo:eval_not_arrays", "inputs must be an array or a tensor, got list"),
     ("zoo:eval_float_labels", "labels must be integers"),
     ("zoo:eval_raises", "failed: RuntimeError: no data here"),
     ("zoo:no_such_function", "has no attribute"),
@@ -353,8 +358,9 @@ def test_eval_data_from_a_factory_in_every_form():
 def test_eval_data_factory_errors_name_the_problem(ref, message):
     from explorer.engine.data import load_eval_data
 
-    with pytest.raises(LoadError, match=message):
+    with pytest.raises(LoadError, match=message) as err:
         load_eval_data(ref)
+    assert str(err.value).startswith(f"eval data {ref!r}: ")  # names the factory once
 
 
 def test_an_existing_path_that_looks_like_a_factory_is_read_as_a_file(tmp_path, monkeypatch):

@@ -316,6 +316,8 @@ def test_a_delayed_job_superseded_while_it_waits_never_runs(qtbot):
     assert time.perf_counter() - t0 < 10  # the first job did not sit out its 30 s
     assert time.perf_counter() - t0 >= 0.05
     assert ran == ["new"]
+    with pytest.raises(ValueError, match="no delay"):  # a release's jobs would hold background work back
+        workers.submit("preview", lambda progress: None, got.append, delay=0.1)
     workers.shutdown()
 
 
@@ -578,6 +580,7 @@ def test_eval_data_from_a_factory_is_what_the_accuracy_is_measured_on(make_windo
     want = quality(win.session.loaded, win._compressed_model)
     assert win.session.accuracy["samples"] == 100
     assert win.session.accuracy["before"] == pytest.approx(want["before"])
+    assert win.session.accuracy["after"] == pytest.approx(want["after"])
     assert "zoo:digits_eval_tuple (100)" in win.preview.acc.text()
 
     # a factory that fails: one message naming it, the data already loaded stays
@@ -595,8 +598,9 @@ def test_the_layer_table_shows_every_column_without_scrolling(make_window, qtbot
     """The window gives the table the width its columns need (sizes and ratio in view at the default size)."""
     win = make_window("digits-cnn")
     qtbot.waitUntil(lambda: win.table.viewport().width() > 0)
-    table = win.table
-    columns = sum(table.columnWidth(c) for c in range(table.model().columnCount()))
-    assert columns <= table.viewport().width()
+    table, header = win.table, win.table.horizontalHeader()
+    # what each column's contents need (the last one stretches to the viewport, so its width says nothing)
+    need = sum(max(table.sizeHintForColumn(c), header.sectionSizeHint(c)) for c in range(table.model().columnCount()))
+    assert need <= table.viewport().width()
     assert table.horizontalScrollBar().maximum() == 0
     assert win._split.sizes()[1] >= 0.45 * sum(win._split.sizes())  # the plots keep most of their room
