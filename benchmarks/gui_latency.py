@@ -14,7 +14,11 @@ delivery, by timing the engine calls the window makes. Releases are made both wi
 while the previous release's accuracy is being measured (what a user tuning a slider does): 20, 80 or
 140 ms after its images started going through the model.
 
-    .venv/bin/python benchmarks/gui_latency.py [--res 224] [--images 256] [--rounds 3] [--layer NAME]
+    .venv/bin/python benchmarks/gui_latency.py [--res 224] [--images 256] [--rounds 3] [--layer NAME] [--load N]
+
+``--load N`` runs N busy processes beside the window for the whole run (at the window's priority), so a
+loaded host is a condition of the run rather than of the moment: with N = 1 on this 2-core kind the
+window and its workers share one core.
 
 Prints a table with the measured numbers (not a test: nothing here asserts).
 """
@@ -219,6 +223,23 @@ def host_reference(loaded, layer: str) -> dict:
     return out
 
 
+def _spin(seconds: float) -> None:
+    """A busy loop (another process's load on the host); ends by itself."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def start_load(n: int, seconds: float = 1800.0) -> list:
+    import multiprocessing
+
+    procs = [multiprocessing.get_context("spawn").Process(target=_spin, args=(seconds,), daemon=True)
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
 def release(win, percent: int) -> float:
     """Move the sparsity slider to ``percent`` and release it; returns the release time."""
     win.controls.sparsity.setValue(percent)
@@ -242,6 +263,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="slider releases per condition (default 3)")
     ap.add_argument("--layer", help="the layer whose slider is moved (default: the largest, layer4.1.conv2 "
                     "with 2,359,296 weights)")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="run N busy processes beside the window (a loaded host; default 0)")
     ap.add_argument("--why", metavar="FILE", help="write every thread's stack whenever the event loop stalls "
                     "for more than 50 ms to FILE, and summarise where the stalls were (faulthandler reads the other "
                     "threads' frames while they run: a rare crash of the benchmark is possible with this option)")
@@ -256,6 +279,7 @@ def main(argv=None) -> int:
 
     from explorer.gui.main_window import MainWindow
 
+    load = start_load(args.load)
     app = QApplication.instance() or QApplication(sys.argv[:1])  # noqa: F841 (kept alive)
     win = MainWindow(settings=QSettings(str(Path(os.environ.get("TMPDIR", "/tmp")) / "gui-latency.ini"),
                                         QSettings.IniFormat))
@@ -291,10 +315,10 @@ def main(argv=None) -> int:
     print(f"model: ResNet-18, {info.total_params:,} parameters, {len(info.layers)} layers; input 1x3x{args.res}x"
           f"{args.res}; eval data {args.images} random images; torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; opened and measured in {load_s:.1f} s; selected layer {layer} "
-          f"({info.layer(layer).weight_params:,} weights)")
+          f"({info.layer(layer).weight_params:,} weights); {args.load} busy processes beside it")
     print(f"host reference (engine alone, this thread, nothing else running): re-measuring the layer at a new "
           f"amount takes {host['prune']:.1f} ms pruned, {host['kmeans']:.1f} ms pruned + 5-bit k-means (median of 5); "
-          "on a quiet host of this kind 7.5 and 8.5 ms — the window's numbers below scale with these")
+          "on a quiet host of this kind 4-6 and 7-10 ms — the window's numbers below scale with these")
 
     # 1. accuracy and k-means in the background: the centroid tab, then a release; the heartbeat runs.
     # The first time in a process pays one-time costs (numba loading its cached kernels holds the GIL);
@@ -402,6 +426,8 @@ def main(argv=None) -> int:
         why.close()
         summarise_stalls(args.why)
     win.close()
+    for p in load:
+        p.terminate()
     return 0
 
 

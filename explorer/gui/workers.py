@@ -30,7 +30,11 @@ class _Signals(QObject):
 INTERACTIVE = frozenset({"preview", "layer"})  # answer a slider release: a thread at the GUI's priority
 SIDE = frozenset({"inits", "prepare"})  # per-layer extras (centroid comparison, sweep state): their own thread
 GUI_SWITCH_INTERVAL = 0.0001  # seconds (see _tune_process)
-WORKER_NICE = 10  # engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads)
+# Background engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads), but only a little:
+# a thread preempted while it holds the GIL keeps every other thread out of Python until the scheduler runs
+# it again, and at nice 10 on a loaded host that took 50-90 ms (the window frozen: a priority inversion the
+# GIL cannot resolve); at nice 4 the longest stall with another process loading a core was 20-34 ms.
+WORKER_NICE = 4
 PROGRESS_INTERVAL = 0.05  # seconds between two progress reports of a job
 YIELD_LIMIT = 1.0  # seconds a background job waits for interactive ones at most, per report
 _reniced = threading.local()
