@@ -13,9 +13,10 @@ from typing import Optional
 import numpy as np
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QSplitter,
-                               QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QProgressDialog,
+                               QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+from explorer.cli import human_bytes
 from explorer.engine import fileformat
 from explorer.engine.compress import inspect_model
 from explorer.engine.errors import ExplorerError
@@ -24,7 +25,7 @@ from explorer.engine.layerview import init_comparison
 from explorer.engine.loading import load_model
 from explorer.engine.plan import Plan
 from explorer.engine.preview import Previewer, warm_up
-from explorer.engine.progress import scaled
+from explorer.engine.progress import report, scaled
 from explorer.engine.samples import SAMPLES_DIR, sample_names
 from explorer.gui.qt_centroids import CentroidView
 from explorer.gui.qt_controls import Controls
@@ -68,6 +69,7 @@ class MainWindow(QMainWindow):
         self._accuracy_before: Optional[float] = None
         self._compressed_model = None  # the runnable model of the plan whose accuracy was measured last
         self._previewer: Optional[Previewer] = None  # per model: measures plans incrementally
+        self._export_dialog: Optional[QProgressDialog] = None  # the last export's
 
         self.table = LayerTable(self.session)
         self.layer_view = LayerView()
@@ -354,6 +356,8 @@ class MainWindow(QMainWindow):
             self.preview.set_progress(base + 0.5 * fraction)
         if channel in ("export", "load"):
             self.statusBar().showMessage(f"{channel}: {message} ({fraction:.0%})")
+        if channel == "export" and self._export_dialog is not None:
+            self._export_dialog.setValue(int(round(100 * fraction)))
 
     # ----------------------------------------------------------------------------------- engine work
     def schedule_preview(self, then_layer: bool = False) -> None:
@@ -485,39 +489,88 @@ class MainWindow(QMainWindow):
             self.export(path)
 
     def export(self, path: str, on_done=None) -> None:
-        """Compress with the current plan and write the .cexp file in the background; reports the bytes."""
+        """Compress with the current plan and write the .cexp file in the background, with a progress
+        dialog that ends with the bytes written (or cancels the export)."""
         loaded, plan, previewer = self.session.loaded, self.session.plan, self._previewer
+        dense = (self.session.results or {}).get("size", {}).get("dense")
 
         def job(progress):
             res = previewer.build(plan, scaled(progress, 0.0, 0.7))
             return fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
 
+        def said(written):
+            smaller = f", {dense / written:.1f}× smaller than the dense model" if dense and written else ""
+            return f"Wrote {path}\n{written:,} bytes ({human_bytes(written)}){smaller}"
+
         def done(written):
-            self.statusBar().showMessage(f"wrote {path}: {written:,} bytes")
             self.last_export = (path, written)
             if on_done:
                 on_done(written)
 
-        self.workers.submit("export", job, done, lambda m: self.show_error(f"Export failed: {m}", True))
+        self._export("Export compressed file", path, job, said, done)
 
     def export_standard_dialog(self, ext: str) -> None:
         if self.session.loaded is None:
             return self.show_error("Open a model first")
         path, _ = QFileDialog.getSaveFileName(self, "Export", "model" + ext)
-        if not path:
-            return
+        if path:
+            self.export_standard(path)
+
+    def export_standard(self, path: str, on_done=None) -> None:
+        """Write the compressed model in a standard format (by the file's extension: a dense state_dict as
+        .safetensors, TorchScript .pt, ONNX .onnx) in the background, with a progress dialog."""
         from explorer.engine.export import export
 
         loaded, plan, previewer = self.session.loaded, self.session.plan, self._previewer
-        fmt = "torchscript" if ext == ".pt" else None
+        fmt = "torchscript" if path.endswith(".pt") else None
 
         def job(progress):
             model = previewer.build(plan, scaled(progress, 0, 0.6), count=False).model
+            report(progress, 0.6, "writing")
             return export(model, loaded.example_input, path, fmt=fmt)
 
-        self.workers.submit("export", job,
-                            lambda out: self.statusBar().showMessage(f"wrote {out['path']}: {out['bytes']:,} bytes"),
-                            lambda m: self.show_error(f"Export failed: {m}", True))
+        self._export("Export", path, job, lambda out: f"Wrote {out['path']}\n{out['bytes']:,} bytes "
+                     f"({human_bytes(out['bytes'])})", on_done)
+
+    def _export(self, title: str, path: str, job, said, on_done=None) -> None:
+        """Run an export ``job`` on the "export" channel with a (non-modal) progress dialog: its Cancel stops
+        the job (the file is written atomically, so nothing is left behind); at the end the dialog says what
+        ``said(result)`` says, the status bar too, and its button closes it."""
+        if self._export_dialog is not None:
+            self._export_dialog.close()
+        dialog = QProgressDialog(f"Writing {os.path.basename(path)}…", "Cancel", 0, 100, self)
+        dialog.setWindowTitle(title)
+        dialog.setWindowModality(Qt.NonModal)  # the window keeps working while it writes
+        dialog.setAutoClose(False)
+        dialog.setAutoReset(False)
+        dialog.setMinimumDuration(0)
+        dialog.setValue(0)
+        state = {"finished": False}
+
+        def cancelled():
+            if not state["finished"]:
+                self.workers.cancel("export")
+                self.statusBar().showMessage(f"export of {path} cancelled; nothing was written")
+
+        def done(result):
+            state["finished"] = True
+            text = said(result)
+            dialog.setLabelText(text)
+            dialog.setValue(100)
+            dialog.setCancelButtonText("Close")
+            self.statusBar().showMessage(text.replace("\n", ": ", 1))
+            if on_done:
+                on_done(result)
+
+        def failed(message):
+            state["finished"] = True
+            dialog.close()
+            self.show_error(f"Export failed: {message}", True)
+
+        dialog.canceled.connect(cancelled)
+        self._export_dialog = dialog
+        dialog.show()
+        self.workers.submit("export", job, done, failed)
 
     # ----------------------------------------------------------------------------------- lifetime
     def idle(self) -> bool:

@@ -61,6 +61,13 @@ def expected_sizes(win, plan=None):
     return summary["size"]
 
 
+def button(dialog):
+    """The push button of a QProgressDialog (Cancel, or Close once it is done)."""
+    from PySide6.QtWidgets import QPushButton
+
+    return dialog.findChild(QPushButton)
+
+
 def message_boxes(win):
     return [b for b in win.findChildren(QMessageBox) if b.isVisible()]
 
@@ -459,6 +466,13 @@ def test_export_writes_a_file_that_load_reads_back(make_window, qtbot, tmp_path,
     assert written[0] == os.path.getsize(path) > 0
     assert written[0] == win.session.results["size"]["file"]  # the preview predicted the bytes written
     assert f"{written[0]:,} bytes" in win.statusBar().currentMessage()
+    dialog = win._export_dialog  # the progress dialog ends with the size written, and its button closes it
+    assert f"{written[0]:,} bytes" in dialog.labelText() and dialog.value() == 100 and dialog.isVisible()
+    dense = win.session.results["size"]["dense"]
+    assert f"{dense / written[0]:.1f}× smaller" in dialog.labelText()
+    assert button(dialog).text() == "Close"
+    button(dialog).click()
+    assert not dialog.isVisible() and os.path.getsize(path) == written[0]
 
     model = fileformat.load(path)
     x = win.session.loaded.eval_data.inputs[:128]
@@ -604,3 +618,53 @@ def test_the_layer_table_shows_every_column_without_scrolling(make_window, qtbot
     assert need <= table.viewport().width()
     assert table.horizontalScrollBar().maximum() == 0
     assert win._split.sizes()[1] >= 0.45 * sum(win._split.sizes())  # the plots keep most of their room
+
+
+
+def test_cancelling_an_export_writes_nothing_and_the_window_goes_on(make_window, qtbot, tmp_path, settle,
+                                                                     monkeypatch):
+    from explorer.engine.progress import report
+
+    win = make_window("digits-mlp")
+    started = threading.Event()
+    real_save = fileformat.save
+
+    def slow_save(res, path, loaded=None, half=False, progress=None):
+        started.set()
+        for _ in range(500):  # reports until cancelled (at most 5 s), then writes as usual
+            report(progress, 0.0, "encoding")
+            threading.Event().wait(0.01)
+        return real_save(res, path, loaded, half=half, progress=progress)
+
+    monkeypatch.setattr(fileformat, "save", slow_save)
+    path = tmp_path / "cancelled.cexp"
+    done = []
+    win.export(str(path), on_done=done.append)
+    qtbot.waitUntil(started.is_set, timeout=WORK_TIMEOUT_MS)
+    assert button(win._export_dialog).text() == "Cancel"
+    button(win._export_dialog).click()
+    qtbot.waitUntil(lambda: win.idle(), timeout=WORK_TIMEOUT_MS)
+    assert not path.exists() and done == []
+    assert "cancelled" in win.statusBar().currentMessage()
+    assert not win._export_dialog.isVisible()
+    # the window goes on: a slider release is measured, and a new export writes its file
+    monkeypatch.setattr(fileformat, "save", real_save)
+    win.controls.set_sparsity(40)
+    settle(win)
+    assert win.preview.values == expected_sizes(win)
+    win.export(str(path), on_done=done.append)
+    qtbot.waitUntil(lambda: bool(done), timeout=WORK_TIMEOUT_MS)
+    assert done[0] == os.path.getsize(path)
+
+
+def test_a_standard_export_goes_through_the_progress_dialog(make_window, qtbot, tmp_path):
+    from safetensors.torch import load_file
+
+    win = make_window("digits-mlp")
+    path = tmp_path / "dense.safetensors"
+    out = []
+    win.export_standard(str(path), on_done=out.append)
+    qtbot.waitUntil(lambda: bool(out), timeout=WORK_TIMEOUT_MS)
+    assert out[0]["bytes"] == os.path.getsize(path)
+    assert f"{out[0]['bytes']:,} bytes" in win._export_dialog.labelText()
+    assert set(load_file(str(path))) == set(win.session.loaded.model.state_dict())
