@@ -25,6 +25,7 @@ from explorer.engine.layerview import init_comparison
 from explorer.engine.loading import load_model
 from explorer.engine.plan import Plan
 from explorer.engine.preview import Previewer, warm_up
+from explorer.engine.prune import keep_count
 from explorer.engine.progress import report, scaled
 from explorer.engine.samples import SAMPLES_DIR, sample_names
 from explorer.gui.qt_centroids import CentroidView
@@ -115,6 +116,7 @@ class MainWindow(QMainWindow):
         self.table.selectionModel().selectionChanged.connect(lambda *_: s.select(self.table.selected_names()))
         self.controls.changed.connect(self._apply_patch)
         self.controls.apply_all.connect(lambda patch: self._apply_patch(patch, self.session.layer_names))
+        self.controls.sparsity_moved.connect(self._sparsity_moving)
         self.layer_view.threshold_dragged.connect(self._threshold_dragged)
         self.layer_view.threshold_released.connect(self._threshold_released)
         self.workers.progress.connect(self._progress)
@@ -467,6 +469,25 @@ class MainWindow(QMainWindow):
             t = t32 if float(t32) >= t else np.nextafter(t32, np.float32(np.inf))
         frac = np.searchsorted(sorted_abs, t, side="left") / sorted_abs.size
         return int(min(max(round(frac * 100), 0), 99))
+
+    def _threshold_for(self, percent: int) -> Optional[float]:
+        """The pruning threshold (smallest kept |w|) of the current layer at ``percent`` element sparsity, from
+        its sorted magnitudes: what the layer view will show once the release is measured."""
+        sorted_abs = self._abs_sorted.get(self.session.current or "")
+        if sorted_abs is None or sorted_abs.size == 0 or percent <= 0:
+            return None
+        pruned = sorted_abs.size - keep_count(sorted_abs.size, percent / 100.0)
+        return float(sorted_abs[min(pruned, sorted_abs.size - 1)])
+
+    def _sparsity_moving(self, percent: int) -> None:
+        """While the sparsity slider moves, the threshold lines follow it (a lookup; the histogram and sizes
+        are measured when it is released)."""
+        if self.controls.granularity.currentText() != "element":
+            return
+        t = self._threshold_for(percent)
+        if t is not None:
+            self.layer_view.set_threshold(t)
+            self.statusBar().showMessage(f"{percent}% of {self.session.current} below |w| < {t:.4g}")
 
     def _threshold_dragged(self, t: float) -> None:
         pct = self._sparsity_for(t)

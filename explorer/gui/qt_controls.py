@@ -22,6 +22,7 @@ class Controls(QWidget):
 
     changed = Signal(object)  # a dict (object: Qt would hand back a copy with its keys sorted)
     apply_all = Signal(object)
+    sparsity_moved = Signal(int)  # the sparsity slider's value while it moves (cheap redraws only)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -71,6 +72,7 @@ class Controls(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.apply_button)
 
+        self.sparsity.valueChanged.connect(lambda v: None if self._loading else self.sparsity_moved.emit(int(v)))
         for s in (self.sparsity, self.bits, self.rank):
             s.valueChanged.connect(self._soon)
             s._slider.sliderReleased.connect(self._now)

@@ -206,6 +206,33 @@ def test_dragging_the_threshold_line_sets_the_sparsity(make_window, qtbot, settl
     settle(win)
 
 
+def test_the_threshold_lines_follow_the_sparsity_slider_while_it_moves(make_window, qtbot, settle):
+    """Moving the slider (not released yet) moves the ±t lines at once, to the threshold the release will
+    then measure and draw; the plan changes only when the slider is released."""
+    win = make_window("digits-cnn")
+    name = win.session.current
+    settle(win)
+    qtbot.waitUntil(lambda: name in win._abs_sorted, timeout=5000)
+    magnitudes = np.sort(np.abs(module(win, name).weight.detach().double().numpy().ravel()))
+    n = magnitudes.size
+    line, mirror = win.layer_view.lines[1], win.layer_view.lines[0]
+    for pct in (62, 88):
+        win.controls.sparsity._slider.setSliderDown(True)  # a drag in progress
+        win.controls.sparsity.setValue(pct)
+        t = magnitudes[n - math.ceil(round((1 - pct / 100) * n, 9))]  # the smallest kept magnitude
+        assert line.value() == pytest.approx(t, rel=1e-6) and mirror.value() == pytest.approx(-t, rel=1e-6)
+        assert line.isVisible() and f"{pct}%" in win.statusBar().currentMessage()
+        assert win.session.settings(name).prune is None  # nothing measured yet
+        win.controls.sparsity._slider.setSliderDown(False)
+        win.controls.sparsity._slider.sliderReleased.emit()
+        assert win.session.settings(name).prune.amount == pytest.approx(pct / 100)
+        settle(win)
+        assert line.value() == pytest.approx(t, rel=1e-6)  # the measured view agrees with the moving one
+        win.controls.sparsity.setValue(0)
+        win.controls.sparsity._slider.sliderReleased.emit()
+        settle(win)
+
+
 # --------------------------------------------------------------------------------- centroid comparison
 
 
