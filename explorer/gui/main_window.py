@@ -487,7 +487,8 @@ class MainWindow(QMainWindow):
         t = self._threshold_for(percent)
         if t is not None:
             self.layer_view.set_threshold(t)
-            self.statusBar().showMessage(f"{percent}% of {self.session.current} below |w| < {t:.4g}")
+            self.statusBar().showMessage(f"sparsity {percent}%: {self.session.current} weights with |w| < {t:.4g} "
+                                         "are pruned when the slider is released")
 
     def _threshold_dragged(self, t: float) -> None:
         pct = self._sparsity_for(t)
