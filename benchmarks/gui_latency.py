@@ -223,17 +223,19 @@ def host_reference(loaded, layer: str) -> dict:
     return out
 
 
-def _spin(seconds: float) -> None:
-    """A busy loop (another process's load on the host); ends by itself."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        pass
+def _spin(parent: int) -> None:
+    """A busy loop (another program's load on the host); ends when the benchmark's process is gone, however
+    it ended (checked every ~0.1 s)."""
+    while os.getppid() == parent:
+        end = time.monotonic() + 0.1
+        while time.monotonic() < end:
+            pass
 
 
-def start_load(n: int, seconds: float = 1800.0) -> list:
+def start_load(n: int) -> list:
     import multiprocessing
 
-    procs = [multiprocessing.get_context("spawn").Process(target=_spin, args=(seconds,), daemon=True)
+    procs = [multiprocessing.get_context("spawn").Process(target=_spin, args=(os.getpid(),), daemon=True)
              for _ in range(n)]
     for p in procs:
         p.start()
@@ -273,13 +275,20 @@ def main(argv=None) -> int:
     os.environ["GUI_LATENCY_IMAGES"] = str(args.images)
     if "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    load = start_load(args.load)
+    try:
+        return run(args, load)
+    finally:
+        for p in load:
+            p.terminate()
 
+
+def run(args, load) -> int:
     from PySide6.QtCore import QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
     from explorer.gui.main_window import MainWindow
 
-    load = start_load(args.load)
     app = QApplication.instance() or QApplication(sys.argv[:1])  # noqa: F841 (kept alive)
     win = MainWindow(settings=QSettings(str(Path(os.environ.get("TMPDIR", "/tmp")) / "gui-latency.ini"),
                                         QSettings.IniFormat))
@@ -316,7 +325,7 @@ def main(argv=None) -> int:
           f"{args.res}; eval data {args.images} random images; torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; opened and measured in {load_s:.1f} s; selected layer {layer} "
           f"({info.layer(layer).weight_params:,} weights); {args.load} busy processes beside it")
-    print(f"host reference (engine alone, this thread, nothing else running): re-measuring the layer at a new "
+    print(f"host reference (engine alone, this thread, nothing else of ours running): re-measuring the layer at a new "
           f"amount takes {host['prune']:.1f} ms pruned, {host['kmeans']:.1f} ms pruned + 5-bit k-means (median of 5); "
           "on a quiet host of this kind 4-6 and 7-10 ms — the window's numbers below scale with these")
 
@@ -426,8 +435,6 @@ def main(argv=None) -> int:
         why.close()
         summarise_stalls(args.why)
     win.close()
-    for p in load:
-        p.terminate()
     return 0
 
 

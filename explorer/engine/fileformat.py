@@ -474,10 +474,11 @@ def save(compressed, path, loaded=None, half: bool = False, progress=None) -> in
 
     report(progress, 0.0, "encoding")
     data = encode(compressed, loaded, half)
-    report(progress, 0.8, "writing")
+    report(progress, 0.8, "writing")  # the last point where a cancel leaves ``path`` as it was
     with atomic_open(path, "wb") as fh:
         fh.write(data)
-    report(progress, 1.0, "written")
+    if progress is not None:
+        progress(1.0, "written")  # too late to cancel: the file is there
     return len(data)
 
 

@@ -8,6 +8,7 @@ window marks what is stale and submits engine work on a channel -> the result ar
 from __future__ import annotations
 
 import os
+import threading
 from typing import Optional
 
 import numpy as np
@@ -19,7 +20,7 @@ from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, Q
 from explorer.cli import human_bytes
 from explorer.engine import fileformat
 from explorer.engine.compress import inspect_model
-from explorer.engine.errors import ExplorerError
+from explorer.engine.errors import Cancelled, ExplorerError
 from explorer.engine.evaluate import quality
 from explorer.engine.layerview import init_comparison
 from explorer.engine.loading import load_model
@@ -46,6 +47,10 @@ DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All fi
 ACCURACY_SETTLE = 0.15  # seconds
 TABLE_SLACK = 8  # pixels beside the table's columns: the splitter pane's frame
 ACCURACY_BATCH = 4
+
+
+def _wrote(path: str, nbytes: int) -> str:
+    return f"Wrote {path}\n{nbytes:,} bytes ({human_bytes(nbytes)})"
 
 
 def _import_now() -> None:
@@ -445,10 +450,11 @@ class MainWindow(QMainWindow):
             if abs_sorted is not None:
                 self._abs_sorted[name] = abs_sorted
             self.layer_view.show_preview(preview)
-            if preview.threshold is None and name in self._abs_sorted:
-                # show the lines at the current sparsity 0 position so they can be dragged in
-                sorted_abs = self._abs_sorted[name]
-                self.layer_view.show_threshold_lines(float(sorted_abs[len(sorted_abs) // 10]))
+            if self.controls.sparsity.isSliderDown():  # a drag goes on: the lines stay with the slider
+                self._sparsity_moving(self.controls.sparsity.value())
+            elif not preview.threshold and self._idle_threshold() is not None:
+                # nothing element-pruned: lines at a starting position, so they can be dragged in
+                self.layer_view.show_threshold_lines(self._idle_threshold())
             self._schedule_prepare(name, settings)
 
         self.workers.submit("layer", job, done, self.show_error)
@@ -460,9 +466,19 @@ class MainWindow(QMainWindow):
             self.workers.submit("prepare", lambda p: previewer.prepare(name, settings, p), lambda _: None,
                                 lambda _: None)  # speculative: a release that needs it reports its own errors
 
-    def _sparsity_for(self, t: float) -> Optional[int]:
+    def _sorted_abs(self) -> Optional[np.ndarray]:
+        """The current layer's sorted |w| (None until its first histogram job has brought them)."""
         sorted_abs = self._abs_sorted.get(self.session.current or "")
-        if sorted_abs is None or sorted_abs.size == 0:
+        return sorted_abs if sorted_abs is not None and sorted_abs.size else None
+
+    def _idle_threshold(self) -> Optional[float]:
+        """Where the ±t lines wait on a layer with no element pruning: at its 10 % quantile of |w|."""
+        sorted_abs = self._sorted_abs()
+        return None if sorted_abs is None else float(sorted_abs[sorted_abs.size // 10])
+
+    def _sparsity_for(self, t: float) -> Optional[int]:
+        sorted_abs = self._sorted_abs()
+        if sorted_abs is None:
             return None
         if sorted_abs.dtype == np.float32:  # count |w| < t exactly: the smallest float32 >= t is the bound
             t32 = np.float32(t)
@@ -471,23 +487,36 @@ class MainWindow(QMainWindow):
         return int(min(max(round(frac * 100), 0), 99))
 
     def _threshold_for(self, percent: int) -> Optional[float]:
-        """The pruning threshold (smallest kept |w|) of the current layer at ``percent`` element sparsity, from
-        its sorted magnitudes: what the layer view will show once the release is measured."""
-        sorted_abs = self._abs_sorted.get(self.session.current or "")
-        if sorted_abs is None or sorted_abs.size == 0 or percent <= 0:
+        """The pruning threshold (smallest kept |w|; 0 when nothing is pruned) of the current layer at
+        ``percent`` element sparsity, from its sorted magnitudes: what the layer view shows once the
+        release is measured."""
+        sorted_abs = self._sorted_abs()
+        if sorted_abs is None:
             return None
-        pruned = sorted_abs.size - keep_count(sorted_abs.size, percent / 100.0)
-        return float(sorted_abs[min(pruned, sorted_abs.size - 1)])
+        pruned = sorted_abs.size - keep_count(sorted_abs.size, percent / 100.0)  # keep_count >= 1
+        return float(sorted_abs[pruned]) if pruned else 0.0
 
     def _sparsity_moving(self, percent: int) -> None:
-        """While the sparsity slider moves, the threshold lines follow it (a lookup; the histogram and sizes
-        are measured when it is released)."""
-        if self.controls.granularity.currentText() != "element":
+        """While the sparsity slider is dragged, the threshold lines follow it (a lookup; the histogram and
+        sizes are measured when it is released). Not for channel pruning, nor for a layer whose weight is
+        another's (its settings follow that layer's)."""
+        name, previewer = self.session.current, self._previewer
+        if not self.controls.sparsity.isSliderDown():
+            # a value typed or set (the threshold line's own release): no drag to follow, and a repaint of
+            # the plot now would only share the GUI thread with the measurement the change starts
+            return
+        if (self.controls.granularity.currentText() != "element" or previewer is None
+                or previewer.owners.get(name, name) != name):
             return
         t = self._threshold_for(percent)
-        if t is not None:
+        if t is None:
+            return
+        if t == 0:  # 0 %, or too few weights for one to go
+            self.layer_view.show_threshold_lines(self._idle_threshold())
+            self.statusBar().showMessage(f"sparsity {percent}%: nothing of {name} is pruned")
+        else:
             self.layer_view.set_threshold(t)
-            self.statusBar().showMessage(f"sparsity {percent}%: {self.session.current} weights with |w| < {t:.4g} "
+            self.statusBar().showMessage(f"sparsity {percent}%: {name} weights with |w| < {t:.4g} "
                                          "are pruned when the slider is released")
 
     def _threshold_dragged(self, t: float) -> None:
@@ -518,16 +547,18 @@ class MainWindow(QMainWindow):
 
         def job(progress):
             res = previewer.build(plan, scaled(progress, 0.0, 0.7))
-            return fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
+            written = fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
+            return path, written
 
-        def said(written):
+        def said(result):
+            _, written = result
             smaller = f", {dense / written:.1f}× smaller than the dense model" if dense and written else ""
-            return f"Wrote {path}\n{written:,} bytes ({human_bytes(written)}){smaller}"
+            return _wrote(path, written) + smaller
 
-        def done(written):
-            self.last_export = (path, written)
+        def done(result):
+            self.last_export = result
             if on_done:
-                on_done(written)
+                on_done(result[1])
 
         self._export("Export compressed file", path, job, said, done)
 
@@ -536,50 +567,68 @@ class MainWindow(QMainWindow):
             return self.show_error("Open a model first")
         path, _ = QFileDialog.getSaveFileName(self, "Export", "model" + ext)
         if path:
-            self.export_standard(path)
+            self.export_standard(path, fmt="torchscript" if ext == ".pt" else None)
 
-    def export_standard(self, path: str, on_done=None) -> None:
-        """Write the compressed model in a standard format (by the file's extension: a dense state_dict as
-        .safetensors, TorchScript .pt, ONNX .onnx) in the background, with a progress dialog."""
+    def export_standard(self, path: str, fmt: Optional[str] = None, on_done=None) -> None:
+        """Write the compressed model in a standard format in the background, with a progress dialog:
+        ``fmt`` as :func:`explorer.engine.export.export` takes it (None: by the file's extension, a dense
+        state_dict as .safetensors, ONNX as .onnx)."""
         from explorer.engine.export import export
 
         loaded, plan, previewer = self.session.loaded, self.session.plan, self._previewer
-        fmt = "torchscript" if path.endswith(".pt") else None
 
         def job(progress):
             model = previewer.build(plan, scaled(progress, 0, 0.6), count=False).model
-            report(progress, 0.6, "writing")
+            report(progress, 0.6, "writing")  # the last point where a cancel writes nothing
             return export(model, loaded.example_input, path, fmt=fmt)
 
-        self._export("Export", path, job, lambda out: f"Wrote {out['path']}\n{out['bytes']:,} bytes "
-                     f"({human_bytes(out['bytes'])})", on_done)
+        self._export("Export", path, job, lambda out: _wrote(out["path"], out["bytes"]), on_done)
 
     def _export(self, title: str, path: str, job, said, on_done=None) -> None:
-        """Run an export ``job`` on the "export" channel with a (non-modal) progress dialog: its Cancel stops
-        the job (the file is written atomically, so nothing is left behind); at the end the dialog says what
-        ``said(result)`` says, the status bar too, and its button closes it."""
+        """Run an export ``job(progress)`` on the "export" channel with a non-modal progress dialog (the
+        window keeps working). Its Cancel asks the job to stop at its next report; a job that has passed
+        its last report (the file is being renamed into place) finishes, and the dialog then says what was
+        written after all. At the end the dialog and the status bar say ``said(result)``, and the button
+        closes the dialog. One export at a time."""
+        if self.workers.busy("export"):
+            return self.show_error("An export is running: wait for it, or cancel it in its dialog")
         if self._export_dialog is not None:
-            self._export_dialog.close()
+            old, self._export_dialog = self._export_dialog, None
+            old.close()
+            old.deleteLater()
         dialog = QProgressDialog(f"Writing {os.path.basename(path)}…", "Cancel", 0, 100, self)
         dialog.setWindowTitle(title)
-        dialog.setWindowModality(Qt.NonModal)  # the window keeps working while it writes
+        dialog.setWindowModality(Qt.NonModal)
         dialog.setAutoClose(False)
         dialog.setAutoReset(False)
-        dialog.setMinimumDuration(0)
-        dialog.setValue(0)
+        stop = threading.Event()  # Cancel: the job stops at its next report and says so
         state = {"finished": False}
+
+        def run(progress):
+            def checked(fraction, message=""):
+                return False if stop.is_set() else progress(fraction, message)
+
+            try:
+                return job(checked)
+            except Cancelled:
+                return None
 
         def cancelled():
             if not state["finished"]:
-                self.workers.cancel("export")
-                self.statusBar().showMessage(f"export of {path} cancelled; nothing was written")
+                stop.set()
+                self.statusBar().showMessage(f"cancelling the export of {path}…")
 
         def done(result):
             state["finished"] = True
+            if result is None:
+                dialog.close()
+                self.statusBar().showMessage(f"export of {path} cancelled; nothing was written")
+                return
             text = said(result)
             dialog.setLabelText(text)
             dialog.setValue(100)
             dialog.setCancelButtonText("Close")
+            dialog.show()  # again, if Cancel came too late to stop it
             self.statusBar().showMessage(text.replace("\n", ": ", 1))
             if on_done:
                 on_done(result)
@@ -592,7 +641,7 @@ class MainWindow(QMainWindow):
         dialog.canceled.connect(cancelled)
         self._export_dialog = dialog
         dialog.show()
-        self.workers.submit("export", job, done, failed)
+        self.workers.submit("export", run, done, failed)
 
     # ----------------------------------------------------------------------------------- lifetime
     def idle(self) -> bool:

@@ -72,7 +72,7 @@ class Controls(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.apply_button)
 
-        self.sparsity.valueChanged.connect(lambda v: None if self._loading else self.sparsity_moved.emit(int(v)))
+        self.sparsity.valueChanged.connect(self._sparsity_moved)
         for s in (self.sparsity, self.bits, self.rank):
             s.valueChanged.connect(self._soon)
             s._slider.sliderReleased.connect(self._now)
@@ -130,6 +130,10 @@ class Controls(QWidget):
         else:
             out["lowrank"] = None
         return out
+
+    def _sparsity_moved(self, value) -> None:
+        if not self._loading:
+            self.sparsity_moved.emit(int(value))
 
     def _soon(self, *_):
         if not self._loading:

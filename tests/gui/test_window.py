@@ -207,8 +207,8 @@ def test_dragging_the_threshold_line_sets_the_sparsity(make_window, qtbot, settl
 
 
 def test_the_threshold_lines_follow_the_sparsity_slider_while_it_moves(make_window, qtbot, settle):
-    """Moving the slider (not released yet) moves the ±t lines at once, to the threshold the release will
-    then measure and draw; the plan changes only when the slider is released."""
+    """Moving the slider (held down) moves the ±t lines at once, to the threshold the release will then
+    measure and draw; the plan changes on the release (or once the slider has stood still for 250 ms)."""
     win = make_window("digits-cnn")
     name = win.session.current
     settle(win)
@@ -223,8 +223,7 @@ def test_the_threshold_lines_follow_the_sparsity_slider_while_it_moves(make_wind
         assert line.value() == pytest.approx(t, rel=1e-6) and mirror.value() == pytest.approx(-t, rel=1e-6)
         assert line.isVisible() and f"{pct}%" in win.statusBar().currentMessage()
         assert win.session.settings(name).prune is None  # nothing measured yet
-        win.controls.sparsity._slider.setSliderDown(False)
-        win.controls.sparsity._slider.sliderReleased.emit()
+        win.controls.sparsity._slider.setSliderDown(False)  # the release (emits sliderReleased)
         assert win.session.settings(name).prune.amount == pytest.approx(pct / 100)
         settle(win)
         assert line.value() == pytest.approx(t, rel=1e-6)  # the measured view agrees with the moving one
@@ -650,17 +649,22 @@ def test_the_layer_table_shows_every_column_without_scrolling(make_window, qtbot
 
 def test_cancelling_an_export_writes_nothing_and_the_window_goes_on(make_window, qtbot, tmp_path, settle,
                                                                      monkeypatch):
+    from explorer.engine.errors import Cancelled
     from explorer.engine.progress import report
 
     win = make_window("digits-mlp")
-    started = threading.Event()
+    started, stopped = threading.Event(), []
     real_save = fileformat.save
 
     def slow_save(res, path, loaded=None, half=False, progress=None):
         started.set()
-        for _ in range(500):  # reports until cancelled (at most 5 s), then writes as usual
-            report(progress, 0.0, "encoding")
-            threading.Event().wait(0.01)
+        try:
+            for _ in range(500):  # reports until cancelled (at most 5 s), then writes as usual
+                report(progress, 0.0, "encoding")
+                threading.Event().wait(0.01)
+        except Cancelled:
+            stopped.append(True)
+            raise
         return real_save(res, path, loaded, half=half, progress=progress)
 
     monkeypatch.setattr(fileformat, "save", slow_save)
@@ -668,11 +672,14 @@ def test_cancelling_an_export_writes_nothing_and_the_window_goes_on(make_window,
     done = []
     win.export(str(path), on_done=done.append)
     qtbot.waitUntil(started.is_set, timeout=WORK_TIMEOUT_MS)
+    win.export(str(tmp_path / "second.cexp"))  # one export at a time
+    assert "An export is running" in win.last_error
     assert button(win._export_dialog).text() == "Cancel"
     button(win._export_dialog).click()
-    qtbot.waitUntil(lambda: win.idle(), timeout=WORK_TIMEOUT_MS)
-    assert not path.exists() and done == []
-    assert "cancelled" in win.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: bool(stopped) and win.idle(), timeout=WORK_TIMEOUT_MS)
+    assert win.workers.pool.waitForDone(WORK_TIMEOUT_MS)
+    assert not path.exists() and done == [] and not (tmp_path / "second.cexp").exists()
+    assert "cancelled; nothing was written" in win.statusBar().currentMessage()
     assert not win._export_dialog.isVisible()
     # the window goes on: a slider release is measured, and a new export writes its file
     monkeypatch.setattr(fileformat, "save", real_save)
@@ -682,6 +689,31 @@ def test_cancelling_an_export_writes_nothing_and_the_window_goes_on(make_window,
     win.export(str(path), on_done=done.append)
     qtbot.waitUntil(lambda: bool(done), timeout=WORK_TIMEOUT_MS)
     assert done[0] == os.path.getsize(path)
+
+
+def test_a_cancel_too_late_to_stop_the_export_says_what_was_written(make_window, qtbot, tmp_path, monkeypatch):
+    """Past its last report the job writes the file anyway: the dialog then says so, not "cancelled"."""
+    win = make_window("digits-mlp")
+    writing, clicked, real_save = threading.Event(), threading.Event(), fileformat.save
+
+    def late_save(res, path, loaded=None, half=False, progress=None):
+        writing.set()
+        clicked.wait(10)  # the user clicks Cancel now ...
+        return real_save(res, path, loaded, half=half)  # ... but there is no report left to stop at
+
+    monkeypatch.setattr(fileformat, "save", late_save)
+    path = tmp_path / "late.cexp"
+    done = []
+    win.export(str(path), on_done=done.append)
+    qtbot.waitUntil(writing.is_set, timeout=WORK_TIMEOUT_MS)
+    button(win._export_dialog).click()
+    assert "cancelling" in win.statusBar().currentMessage()
+    clicked.set()
+    qtbot.waitUntil(lambda: bool(done), timeout=WORK_TIMEOUT_MS)
+    assert done[0] == os.path.getsize(path)
+    dialog = win._export_dialog
+    assert dialog.isVisible() and f"{done[0]:,} bytes" in dialog.labelText()
+    assert "Wrote" in win.statusBar().currentMessage()
 
 
 def test_a_standard_export_goes_through_the_progress_dialog(make_window, qtbot, tmp_path):
@@ -695,3 +727,9 @@ def test_a_standard_export_goes_through_the_progress_dialog(make_window, qtbot, 
     assert out[0]["bytes"] == os.path.getsize(path)
     assert f"{out[0]['bytes']:,} bytes" in win._export_dialog.labelText()
     assert set(load_file(str(path))) == set(win.session.loaded.model.state_dict())
+
+    # the menu's format, whatever the file is called
+    scripted = tmp_path / "scripted.pth"
+    win.export_standard(str(scripted), fmt="torchscript", on_done=out.append)
+    qtbot.waitUntil(lambda: len(out) == 2, timeout=WORK_TIMEOUT_MS)
+    assert isinstance(torch.jit.load(str(scripted)), torch.jit.ScriptModule)
