@@ -8,7 +8,6 @@ window marks what is stale and submits engine work on a channel -> the result ar
 from __future__ import annotations
 
 import os
-import threading
 from typing import Optional
 
 import numpy as np
@@ -20,7 +19,7 @@ from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, Q
 from explorer.cli import human_bytes
 from explorer.engine import fileformat
 from explorer.engine.compress import inspect_model
-from explorer.engine.errors import Cancelled, ExplorerError
+from explorer.engine.errors import ExplorerError
 from explorer.engine.evaluate import quality
 from explorer.engine.layerview import init_comparison
 from explorer.engine.loading import load_model
@@ -501,10 +500,6 @@ class MainWindow(QMainWindow):
         sizes are measured when it is released). Not for channel pruning, nor for a layer whose weight is
         another's (its settings follow that layer's)."""
         name, previewer = self.session.current, self._previewer
-        if not self.controls.sparsity.isSliderDown():
-            # a value typed or set (the threshold line's own release): no drag to follow, and a repaint of
-            # the plot now would only share the GUI thread with the measurement the change starts
-            return
         if (self.controls.granularity.currentText() != "element" or previewer is None
                 or previewer.owners.get(name, name) != name):
             return
@@ -547,18 +542,16 @@ class MainWindow(QMainWindow):
 
         def job(progress):
             res = previewer.build(plan, scaled(progress, 0.0, 0.7))
-            written = fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
-            return path, written
+            return fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
 
-        def said(result):
-            _, written = result
+        def said(written):
             smaller = f", {dense / written:.1f}× smaller than the dense model" if dense and written else ""
             return _wrote(path, written) + smaller
 
-        def done(result):
-            self.last_export = result
+        def done(written):
+            self.last_export = (path, written)
             if on_done:
-                on_done(result[1])
+                on_done(written)
 
         self._export("Export compressed file", path, job, said, done)
 
@@ -586,7 +579,7 @@ class MainWindow(QMainWindow):
 
     def _export(self, title: str, path: str, job, said, on_done=None) -> None:
         """Run an export ``job(progress)`` on the "export" channel with a non-modal progress dialog (the
-        window keeps working). Its Cancel asks the job to stop at its next report; a job that has passed
+        window keeps working). Its Cancel stops the job at its next report (Workers.stop); a job that has passed
         its last report (the file is being renamed into place) finishes, and the dialog then says what was
         written after all. At the end the dialog and the status bar say ``said(result)``, and the button
         closes the dialog. One export at a time."""
@@ -601,21 +594,11 @@ class MainWindow(QMainWindow):
         dialog.setWindowModality(Qt.NonModal)
         dialog.setAutoClose(False)
         dialog.setAutoReset(False)
-        stop = threading.Event()  # Cancel: the job stops at its next report and says so
         state = {"finished": False}
-
-        def run(progress):
-            def checked(fraction, message=""):
-                return False if stop.is_set() else progress(fraction, message)
-
-            try:
-                return job(checked)
-            except Cancelled:
-                return None
 
         def cancelled():
             if not state["finished"]:
-                stop.set()
+                self.workers.stop("export")
                 self.statusBar().showMessage(f"cancelling the export of {path}…")
 
         def done(result):
@@ -641,7 +624,7 @@ class MainWindow(QMainWindow):
         dialog.canceled.connect(cancelled)
         self._export_dialog = dialog
         dialog.show()
-        self.workers.submit("export", run, done, failed)
+        self.workers.submit("export", job, done, failed)
 
     # ----------------------------------------------------------------------------------- lifetime
     def idle(self) -> bool:

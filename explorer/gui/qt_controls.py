@@ -22,7 +22,7 @@ class Controls(QWidget):
 
     changed = Signal(object)  # a dict (object: Qt would hand back a copy with its keys sorted)
     apply_all = Signal(object)
-    sparsity_moved = Signal(int)  # the sparsity slider's value while it moves (cheap redraws only)
+    sparsity_moved = Signal(int)  # the sparsity slider's value while it is dragged (cheap redraws only)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -132,7 +132,9 @@ class Controls(QWidget):
         return out
 
     def _sparsity_moved(self, value) -> None:
-        if not self._loading:
+        # only while dragged: a value typed or set (e.g. by the threshold line's release) has no drag to
+        # follow, and a repaint of the plot then would share the GUI thread with the measurement it starts
+        if not self._loading and self.sparsity.isSliderDown():
             self.sparsity_moved.emit(int(value))
 
     def _soon(self, *_):

@@ -130,11 +130,12 @@ class _Gate:
 
 class _Job(QRunnable):
     def __init__(self, signals: _Signals, channel: str, generation: int, fn: Callable, abort: threading.Event,
-                 gate: _Gate, delay: float = 0.0):
+                 gate: _Gate, delay: float = 0.0, stop: Optional[threading.Event] = None):
         super().__init__()
         self.setAutoDelete(True)
         self.signals, self.channel, self.generation, self.fn, self.abort = signals, channel, generation, fn, abort
         self.gate, self.delay = gate, delay
+        self.stop = stop or threading.Event()  # Workers.stop: end at the next report, and say so (deliver None)
         self.interactive = channel in INTERACTIVE
         self.last_report = time.monotonic()
 
@@ -148,7 +149,7 @@ class _Job(QRunnable):
             # the GUI thread and the interactive job), this job goes on once they are done; accuracy
             # reports before every layer, so it stops within one layer's work
             self.gate.wait(self.abort, YIELD_LIMIT)
-        if self.abort.is_set():
+        if self.abort.is_set() or self.stop.is_set():
             return False
         now = time.monotonic()
         if now - self.last_report >= PROGRESS_INTERVAL:
@@ -174,6 +175,8 @@ class _Job(QRunnable):
         try:
             result = self.fn(self.progress)
         except Cancelled:
+            if self.stop.is_set() and not self.abort.is_set():
+                self.signals.done.emit(self.channel, self.generation, None)  # stopped: still current
             return
         except ExplorerError as exc:
             self.signals.failed.emit(self.channel, self.generation, str(exc))
@@ -211,6 +214,7 @@ class Workers(QObject):
         self._generation: dict = {}
         self._abort: dict = {}
         self._handlers: dict = {}
+        self._stops: dict = {}  # channel -> its latest job's stop event
         self.dropped = 0  # results that arrived after being superseded (for tests and the status bar)
 
     def submit(self, channel: str, fn: Callable, on_done: Callable, on_error: Optional[Callable] = None,
@@ -230,8 +234,16 @@ class Workers(QObject):
         pool = self.interactive if channel in INTERACTIVE else self.side if channel in SIDE else self.pool
         if channel in INTERACTIVE:
             self._gate.enter()  # left when the job has run (also when it was superseded meanwhile)
-        pool.start(_Job(self._signals, channel, gen, fn, abort, self._gate, delay))
+        stop = self._stops[channel] = threading.Event()
+        pool.start(_Job(self._signals, channel, gen, fn, abort, self._gate, delay, stop))
         return gen
+
+    def stop(self, channel: str) -> None:
+        """Ask the job on ``channel`` to end at its next progress report, as a user's Stop or Cancel does.
+        Unlike :meth:`cancel` the job stays current: its ``on_done`` gets None when it stopped, or its result
+        when it had passed its last report (e.g. a file already being renamed into place)."""
+        if channel in self._abort:
+            self._stops[channel].set()
 
     def cancel(self, channel: str) -> None:
         abort = self._abort.pop(channel, None)

@@ -733,3 +733,33 @@ def test_a_standard_export_goes_through_the_progress_dialog(make_window, qtbot, 
     win.export_standard(str(scripted), fmt="torchscript", on_done=out.append)
     qtbot.waitUntil(lambda: len(out) == 2, timeout=WORK_TIMEOUT_MS)
     assert isinstance(torch.jit.load(str(scripted)), torch.jit.ScriptModule)
+
+
+def test_a_stopped_job_stays_current_and_says_it_stopped(qtbot):
+    """Workers.stop (a user's Stop or Cancel): the job ends at its next report and its handler gets None;
+    one past its last report delivers its result; cancel() still drops everything."""
+    import time
+
+    workers = Workers(threads=2)
+    got = []
+
+    def reporting(progress):
+        for _ in range(1000):
+            if progress(0.1, "working") is False:
+                from explorer.engine.errors import Cancelled
+
+                raise Cancelled("stopped")
+            time.sleep(0.005)
+        return "ran out"
+
+    workers.submit("export", reporting, got.append)
+    workers.stop("export")
+    qtbot.waitUntil(lambda: got == [None], timeout=5000)
+    assert not workers.busy("export")
+
+    finishing = threading.Event()
+    workers.submit("export", lambda progress: finishing.wait(5) and "written", got.append)
+    workers.stop("export")  # no report left to stop at
+    finishing.set()
+    qtbot.waitUntil(lambda: got == [None, "written"], timeout=5000)
+    workers.shutdown()
