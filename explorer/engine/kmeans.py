@@ -276,7 +276,8 @@ def choose_buckets(n: int, k: int, max_iter: int, lo: float, hi: float, count):
 def _bucket_number(n: int, k: int) -> int:
     """Buckets for n values: few enough that the scatter stays in cache, enough that a boundary
     bucket holds few values."""
-    return int(min(HIST_BINS, max(4096, 1 << int(np.ceil(np.log2(max(n, 1) / 128))))))
+    shift = int(np.ceil(np.log2(max(n, 1) / 128)))  # negative below 65 values: the floor of 4096 holds
+    return int(min(HIST_BINS, max(4096, 1 << max(shift, 0))))
 
 
 def _labels(x, w, c):

@@ -119,3 +119,46 @@ def test_unused_centroids_are_not_stored():
     assert q.codebook.size == len(np.unique(q.codes)) < 16
     assert q.side_bits == 32 * q.codebook.size
     assert np.array_equal(q.codebook[q.codes], q.decoded.numpy())
+
+
+# every k the plan's bit-widths give: 2**b centroids, or 2**b - 1 beside the reserved zero of a pruned layer
+ALL_K = sorted({2 ** b for b in range(1, 9)} | {2 ** b - 1 for b in range(1, 9)})
+
+
+def test_kmeans_every_small_size_and_every_k():
+    """Issue 12, item 6: the bucket path's bucket count took a negative shift for n <= 64 ("negative shift
+    count"), which failed the window's preparation of digits-cnn's conv1 on every load. Every n from 1 to 300
+    and every k, both paths, against the sorted path and plain Lloyd."""
+    rng = np.random.default_rng(12)
+    for n in range(1, 301):
+        x = rng.laplace(0, 0.05, n)
+        for k in ALL_K:
+            buckets = kmeans_1d(x, k, method="buckets", max_iter=20)
+            exact = kmeans_1d(x, k, method="sorted", max_iter=20)
+            np.testing.assert_allclose(buckets.centroids, exact.centroids, rtol=0, atol=1e-12, err_msg=f"{n=} {k=}")
+            assert np.array_equal(buckets.labels, exact.labels), (n, k)
+            assert buckets.centroids.size == min(k, n)
+            ref, labels = lloyd_reference(x, exact.initial, max_iter=20)
+            np.testing.assert_allclose(exact.centroids, ref, atol=1e-12)
+
+
+def test_sweep_prepares_and_measures_small_layers():
+    """The window's background preparation (TensorSweep.prepare over the slider's amounts) and a release
+    (measure) on layers of 1..300 weights: sizes equal compress_weight's."""
+    from explorer.engine.compress import compress_weight
+    from explorer.engine.plan import validate_settings
+    from explorer.engine.sweep import TensorSweep
+
+    g = torch.Generator().manual_seed(5)
+    for n in range(1, 301):
+        w = torch.randn(n, generator=g) * 0.1
+        sweep = TensorSweep(w)
+        for bits in (1, 2, 3, 5, 8):  # (every k is in the test above; the sweep's own paths depend on n)
+            quantize = {"bits": bits, "method": "kmeans", "max_iter": 10}
+            sweep.prepare(validate_settings("t", {"prune": {"amount": 0.5}, "quantize": quantize}))
+            for amount in (0.3, 0.9):
+                s = validate_settings("t", {"prune": {"amount": amount}, "quantize": quantize})
+                fast = sweep.measure(s)
+                if fast is not None:
+                    full = compress_weight("t", w, s)[0]
+                    assert fast.sizes.to_dict() == full.sizes.to_dict(), (n, bits, amount)
