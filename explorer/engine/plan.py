@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Optional, Union
 
+from . import jsonio
 from .errors import PlanError
 
 FORMAT = "compression-explorer-plan"
@@ -37,6 +38,10 @@ QUANT_METHODS = ("uniform", "kmeans", "binary", "ternary")
 KMEANS_INITS = ("forgy", "density", "linear", "kmeans++")
 LOWRANK_METHODS = ("auto", "svd", "tucker2", "cp")
 MAX_FRACTION = 0.99
+MAX_COUNT = 1 << 40  # a count of weights or channels no layer reaches
+MAX_SEED = 2 ** 32 - 1  # what numpy's seeded generators take
+MAX_PLAN_BYTES = 4 << 20  # a plan naming each of 10,000 layers is about 1 MB
+MAX_PLAN_ENTRIES = 10_000
 
 Rank = Union[int, float, tuple]
 
@@ -167,8 +172,8 @@ def _validate_section(where: str, name: str, raw: Any):
         if "amount" in values:
             a = values["amount"]
             if _is_int(a):
-                if a < 0:
-                    raise bad("amount", "must be a count >= 0 or a fraction in [0, 0.99]")
+                if not 0 <= a <= MAX_COUNT:
+                    raise bad("amount", f"must be a count in 0..{MAX_COUNT} or a fraction in [0, 0.99]")
             elif _is_number(a):
                 if not 0.0 <= a <= MAX_FRACTION:
                     raise bad("amount", "must be a fraction in [0, 0.99] or a count >= 0")
@@ -190,8 +195,8 @@ def _validate_section(where: str, name: str, raw: Any):
                 raise bad(flag, "must be true or false")
         if "max_iter" in values and (not _is_int(values["max_iter"]) or not 0 <= values["max_iter"] <= 10000):
             raise bad("max_iter", "must be an integer from 0 to 10000")
-        if "seed" in values and not _is_int(values["seed"]):
-            raise bad("seed", "must be an integer")
+        if "seed" in values and (not _is_int(values["seed"]) or not 0 <= values["seed"] <= MAX_SEED):
+            raise bad("seed", f"must be an integer from 0 to {MAX_SEED}")
     elif name == "lowrank":
         if "rank" in values:
             r = values["rank"]
@@ -199,10 +204,10 @@ def _validate_section(where: str, name: str, raw: Any):
                 r = tuple(r)
                 values["rank"] = r
             if isinstance(r, tuple):
-                if len(r) != 2 or not all(_is_int(x) and x >= 1 for x in r):
+                if len(r) != 2 or not all(_is_int(x) and 1 <= x <= MAX_COUNT for x in r):
                     raise bad("rank", "as a pair must be two integers >= 1 (Tucker-2 ranks)")
             elif _is_int(r):
-                if r < 1:
+                if not 1 <= r <= MAX_COUNT:
                     raise bad("rank", "must be an integer >= 1 or a fraction in (0, 1]")
             elif _is_number(r):
                 if not 0.0 < r <= 1.0:
@@ -354,6 +359,8 @@ class Plan:
         layers = data.get("layers", {}) or {}
         if not isinstance(layers, Mapping):
             raise PlanError("plan: 'layers' must be an object mapping layer names or patterns to settings")
+        if len(layers) > MAX_PLAN_ENTRIES:
+            raise PlanError(f"plan: {len(layers):,} layer entries (at most {MAX_PLAN_ENTRIES:,})")
         description = data.get("description", "")
         if not isinstance(description, str):
             raise PlanError("plan: 'description' must be a string")
@@ -361,23 +368,24 @@ class Plan:
                    description=description)
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text) -> "Plan":
+        """A plan from JSON text (str or UTF-8 bytes), read under :mod:`~explorer.engine.jsonio`'s limits."""
+        if len(text) > MAX_PLAN_BYTES:
+            raise PlanError(f"plan of {len(text):,} bytes is too large (at most {MAX_PLAN_BYTES:,})")
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = jsonio.loads(text)
+        except jsonio.JSONLimit as exc:
             raise PlanError(f"plan is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path) -> "Plan":
+        """Read a plan file: a regular file of at most :data:`MAX_PLAN_BYTES`, never more than that read."""
         path = os.fspath(path)
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except FileNotFoundError:
-            raise PlanError(f"{path}: no such plan file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PlanError(f"{path}: cannot read plan: {exc}") from None
+            text = jsonio.read_bounded(path, MAX_PLAN_BYTES, "plan")
+        except jsonio.JSONLimit as exc:
+            raise PlanError(f"{path}: {exc}") from None
         try:
             return cls.from_json(text)
         except PlanError as exc:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -88,3 +89,78 @@ def test_counts_and_fractions_are_distinct():
     assert validate_settings("x", {"prune": {"amount": 0.3}}).prune.amount == 0.3
     with pytest.raises(PlanError):
         validate_settings("x", {"prune": {"amount": True}})
+
+
+# ----------------------------------------------------------------- issue 12, item 4: unbounded plan readers
+
+
+def _plan_text(default: str) -> str:
+    return '{"format": "compression-explorer-plan", "version": 1, "default": ' + default + '}'
+
+
+HOSTILE_PLANS = {  # name -> (file content or a special path, what the one error line says)
+    "dev-zero": ("/dev/zero", "not a regular file"),
+    "directory": ("<dir>", "is a directory"),
+    "fifo": ("<fifo>", "not a regular file"),
+    "missing": ("<missing>", "no such plan file"),
+    "nested-10000": ('{"layers": {"fc1": ' + "[" * 10000 + "]" * 10000 + "}}", "nested 10,00"),
+    "nested-in-a-string-is-fine": (None, None),
+    "int-5000-digits": (_plan_text('{"prune": {"amount": ' + "9" * 5000 + "}}"), "5,000 digits"),
+    "seed-negative": (_plan_text('{"quantize": {"seed": -1}}'), "seed must be an integer from 0 to 4294967295"),
+    "seed-2**32": (_plan_text('{"quantize": {"seed": 4294967296}}'), "seed must be an integer from 0"),
+    "count-2**41": (_plan_text('{"prune": {"amount": 2199023255552}}'), "must be a count in 0.."),
+    "rank-2**41": (_plan_text('{"lowrank": {"rank": 2199023255552}}'), "rank must be an integer >= 1"),
+    "nan": (_plan_text('{"prune": {"amount": NaN}}'), "NaN is not a JSON number"),
+    "infinity": (_plan_text('{"prune": {"amount": -Infinity}}'), "-Infinity is not a JSON number"),
+    "float-overflow": (_plan_text('{"prune": {"amount": 1e400}}'), "must be a number"),
+    "not-utf8": (b'{"description": "\xff\xfe"}', "not UTF-8"),
+    "too-large": ('{"description": "' + "x" * (5 << 20) + '"}', "too large for a plan"),
+    "too-many-entries": ('{"layers": {' + ",".join(f'"l{i}": {{}}' for i in range(10_001)) + "}}",
+                         "10,001 layer entries"),
+    "truncated": (_plan_text('{"prune": {"amount": 0.5}'), "not valid JSON"),
+    "empty": ("", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_PLANS))
+def test_plan_readers_are_bounded(case, tmp_path, capsys):
+    """Issue 12, item 4: ``--plan /dev/zero`` read until 7 GB and a MemoryError; a plan nested 10,000 deep
+    ended in RecursionError; a 5,000-digit integer and a seed of -1 in ValueError tracebacks (exit 1).
+    Plans are regular files under a size cap, parsed with depth and number limits, and every refusal is
+    one ``error:`` line with exit status 2."""
+    import threading
+
+    from explorer.cli import main
+
+    content, said = HOSTILE_PLANS[case]
+    if content is None:  # brackets inside strings are not nesting
+        path = tmp_path / "plan.json"
+        path.write_text('{"description": "' + "[" * 10000 + '"}')
+        assert Plan.load(path).description.startswith("[[[")
+        return
+    if content == "/dev/zero":
+        path = "/dev/zero"
+    elif content == "<dir>":
+        path = tmp_path
+    elif content == "<fifo>":
+        path = tmp_path / "pipe.json"
+        os.mkfifo(path)
+    elif content == "<missing>":
+        path = tmp_path / "missing.json"
+    else:
+        path = tmp_path / "plan.json"
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(main(["evaluate", "digits-mlp", "--plan", str(path)])),
+                              daemon=True)
+    worker.start()
+    worker.join(120)
+    if worker.is_alive() and content == "<fifo>":
+        os.close(os.open(path, os.O_WRONLY))  # release the blocked reader before failing
+    assert not worker.is_alive(), "reading the plan blocked"
+    err = capsys.readouterr().err
+    assert result == [2], err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and said in lines[0], err
+    with pytest.raises(PlanError, match=said.replace("(", r"\(")):
+        Plan.load(path)
