@@ -1,10 +1,84 @@
-"""Atomic file writes: the target path holds either its old content or the complete new one, never a part."""
+"""Atomic file writes: the target path holds either its old content or the complete new one, never a part.
+
+The new content goes to a temporary file beside the target (same directory, so the final rename cannot
+cross file systems), named ``.tmp-<target name>.<pid>.<random>``; it is flushed, fsynced and renamed over
+the target, and the directory is fsynced so the rename itself survives a power cut. A process killed
+mid-write (``kill -9``) cannot remove its temporary file; the next save to the same target removes the
+temporary files of that target whose writer is no longer running. The file gets the permissions any new
+file gets (``0o666`` less the umask), or keeps the target's if it is being replaced.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
+import stat
+import time
 from contextlib import contextmanager
+
+_PREFIX = ".tmp-"
+#: temporary files of the releases before the writer's pid was in the name: removed once this old
+LEGACY_AGE = 3600.0
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or no way to tell: leave its file alone
+        return True
+    return True
+
+
+def remove_stale(path) -> list:
+    """Remove the temporary files an interrupted write to ``path`` left beside it (their writer is gone);
+    return the names removed. Only names of this module's own pattern for this very target are touched."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    base = re.escape(os.path.basename(path))
+    ours = re.compile(rf"{re.escape(_PREFIX)}{base}\.(\d+)\.[0-9a-f]{{16}}")
+    legacy = re.compile(rf"{re.escape(_PREFIX)}{base}\.[a-z0-9_]{{8}}")  # tempfile.mkstemp's names
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not name.startswith(_PREFIX):
+            continue
+        m = ours.fullmatch(name)
+        full = os.path.join(directory, name)
+        try:
+            if m is not None:
+                stale = not _alive(int(m.group(1)))
+            elif legacy.fullmatch(name):
+                stale = now - os.lstat(full).st_mtime > LEGACY_AGE
+            else:
+                continue
+            if stale and stat.S_ISREG(os.lstat(full).st_mode):
+                os.unlink(full)
+                removed.append(name)
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -15,13 +89,28 @@ def atomic_open(path, mode: str = "wb"):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+    remove_stale(path)
+    try:
+        keep_mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        keep_mode = None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, f"{_PREFIX}{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(8)}")
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask, as for any new file
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, mode) as fh:
+            if keep_mode is not None:
+                os.chmod(tmp, keep_mode)
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)
