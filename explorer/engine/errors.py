@@ -9,6 +9,10 @@ class LoadError(ExplorerError):
     """A model or data file could not be loaded (missing, wrong format, corrupt, mismatched keys)."""
 
 
+class FormatError(LoadError):
+    """The file is not a valid compressed model file; the message says what is wrong."""
+
+
 class TrustRequired(LoadError):
     """The file is a full pickle: loading it would run code from it, so it needs explicit trust."""
 

@@ -47,17 +47,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import bitstream
+from . import bitstream, jsonio
 from .atomic import atomic_open
 from .coding import MAX_CODE_LENGTH, gap_stream, huffman_code_lengths
 from .compress import Recent
-from .errors import ExplorerError, LoadError
+from .errors import ExplorerError, FormatError, LoadError
+from .manifest import DTYPES as _DTYPES, FLOAT_DTYPES, FORMAT_NAME, RESIZE_ATTRS as _RESIZE_ATTRS
+from .manifest import check as check_manifest
 
 MAGIC = b"\x89CEX\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
 HEADER = struct.Struct("<8sHHIIII")
 TABLE_ENTRY = struct.Struct("<QI")
-FORMAT_NAME = "compression-explorer-model"
 MAX_MANIFEST = 64 << 20
 #: a manifest inflates at most this many times, plus 1 MB (the samples' inflate 3x, 4,200 near-identical
 #: tensor entries 26x): a zlib bomb of ``{},{},...`` would otherwise build millions of Python objects
@@ -67,18 +68,8 @@ MANIFEST_EXPANSION = 64
 #: no real model compresses that far, and a lying header cannot make the reader allocate without bound.
 MAX_EXPANSION = 4096
 EXPANSION_ALLOWANCE = 64 << 20
-_RESIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
-                 "num_embeddings", "embedding_dim")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
-           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
-           "bool": torch.bool}
-
-
-_FACTORY_REF = __import__("re").compile(r"[A-Za-z]\w*(\.[A-Za-z]\w*)*:[A-Za-z]\w*(\.[A-Za-z]\w*)*")
-
-
-class FormatError(LoadError):
-    """The file is not a valid compressed model file; the message says what is wrong."""
+#: the largest file the reader takes in: it is read whole, and decoded it may take many times more
+MAX_FILE = 4 << 30
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -487,16 +478,15 @@ def save(compressed, path, loaded=None, half: bool = False, progress=None) -> in
 
 @dataclass
 class ModelFile:
+    """A file whose header, stream table, checksums and manifest schema (:mod:`.manifest`) were checked."""
     manifest: dict
     size: int
     data: memoryview = field(repr=False, default=None)
     data_start: int = 0
     offsets: list = field(default_factory=list)  # (start, length) of each stream, absolute
 
-    def stream(self, index) -> bytes:
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.offsets):
-            raise FormatError(f"a tensor names stream {index!r}, which the file does not have")
-        start, length = self.offsets[index]
+    def stream(self, index: int) -> bytes:
+        start, length = self.offsets[index]  # the schema checked every index the manifest names
         return bytes(self.data[start:start + length])
 
 
@@ -505,29 +495,27 @@ def _need(cond, msg):
         raise FormatError(msg)
 
 
-def _int(v, what, lo=0, hi=1 << 62):
-    _need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
-          f"{what} must be an integer in {lo}..{hi}, got {v!r}")
-    return v
-
-
 def read(path) -> ModelFile:
-    """Read and validate a file's header, manifest and stream table (not the tensors)."""
+    """Read and validate a file's header, manifest and stream table (not the tensors): a regular file of at
+    most :data:`MAX_FILE` bytes."""
     path = os.fspath(path)
     try:
-        st_mode = os.stat(path).st_mode
-        if stat.S_ISDIR(st_mode):
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(path)
-        if not stat.S_ISREG(st_mode):  # a FIFO would block, /dev/zero would never end
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero would never end
             raise LoadError(f"{path}: not a regular file")
+        if st.st_size > MAX_FILE:
+            raise LoadError(f"{path}: {st.st_size:,} bytes is larger than this reader accepts ({MAX_FILE:,})")
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_FILE + 1)
     except FileNotFoundError:
         raise LoadError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise LoadError(f"{path}: is a directory, not a model file") from None
     except OSError as exc:
         raise LoadError(f"{path}: cannot read: {exc}") from None
+    _need(len(raw) <= MAX_FILE, f"{path}: grew past {MAX_FILE:,} bytes while being read")
     try:
         return parse(raw)
     except FormatError as exc:
@@ -535,7 +523,9 @@ def read(path) -> ModelFile:
 
 
 def parse(raw: bytes) -> ModelFile:
-    """Validate a whole file held in memory; every length is checked against the file before use."""
+    """Validate a whole file held in memory; every length is checked against the file before use, and the
+    manifest against its schema (:func:`explorer.engine.manifest.check`), so that everything after this
+    (``info``, decoding, loading) sees only a checked manifest."""
     size = len(raw)
     _need(size >= HEADER.size, f"not a compressed model file (only {size} bytes)")
     magic, major, minor, nstreams, table_crc, mlen, mcrc = HEADER.unpack_from(raw, 0)
@@ -554,12 +544,14 @@ def parse(raw: bytes) -> ModelFile:
     try:
         inflater = zlib.decompressobj()
         text = inflater.decompress(body, min(MAX_MANIFEST, MANIFEST_EXPANSION * mlen + (1 << 20)))
-        _need(not inflater.unconsumed_tail and inflater.eof, "the manifest is larger than allowed or cut short")
-        manifest = json.loads(text.decode("utf-8"))
-    except (zlib.error, ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, long ints
+    except zlib.error as exc:
         raise FormatError(f"the manifest cannot be read ({exc})") from None
-    _need(isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME,
-          "the manifest does not describe a compressed model")
+    _need(not inflater.unconsumed_tail and inflater.eof, "the manifest is larger than allowed or cut short")
+    try:
+        manifest = jsonio.loads(text)
+    except jsonio.JSONLimit as exc:
+        raise FormatError(f"the manifest cannot be read: {exc}") from None
+    manifest = check_manifest(manifest, nstreams, size, MAX_EXPANSION * size + EXPANSION_ALLOWANCE)
     data_start = table_end + mlen
     view = memoryview(raw)
     offsets = []
@@ -572,50 +564,19 @@ def parse(raw: bytes) -> ModelFile:
         offsets.append((pos, length))
         pos += length
     _need(pos == size, f"the file has {size - pos:,} bytes after its last stream")
-    mf = ModelFile(manifest, size, view, data_start, offsets)
-    _check_tensors(mf)
-    return mf
+    return ModelFile(manifest, size, view, data_start, offsets)
 
 
 def _shape(entry) -> tuple:
-    shape = entry.get("shape")
-    _need(isinstance(shape, list) and len(shape) <= 8, f"tensor {entry.get('name')!r}: bad shape {shape!r}")
-    for d in shape:
-        _int(d, f"tensor {entry.get('name')!r} dimension", 0, 1 << 40)
-    return tuple(shape)
-
-
-def _check_tensors(mf: ModelFile) -> None:
-    tensors = mf.manifest.get("tensors")
-    _need(isinstance(tensors, list), "the manifest has no tensor list")
-    total = 0
-    names = set()
-    for e in tensors:
-        _need(isinstance(e, dict) and isinstance(e.get("name"), str), "a tensor entry has no name")
-        _need(e["name"] not in names, f"tensor {e['name']!r} is listed twice")
-        names.add(e["name"])
-        shape = _shape(e)
-        _need(isinstance(e.get("dtype"), str) and e["dtype"] in _DTYPES,
-              f"tensor {e['name']!r}: unknown dtype {e.get('dtype')!r}")
-        _need("alias" not in e or isinstance(e["alias"], str),
-              f"tensor {e['name']!r}: bad alias {e.get('alias')!r}")
-        total += math.prod(shape) * 8
-    limit = MAX_EXPANSION * mf.size + EXPANSION_ALLOWANCE
-    _need(total <= limit, f"the tensors declare {total:,} bytes once decoded, more than a file of "
-                          f"{mf.size:,} bytes can hold (limit {limit:,})")
-
-
-def _obj(v, what) -> dict:
-    _need(isinstance(v, dict), f"{what} must be an object, got {type(v).__name__}")
-    return v
+    return tuple(entry["shape"])
 
 
 def _decode_stream(mf: ModelFile, info: dict, count: int, what: str) -> np.ndarray:
-    _need(isinstance(info, dict), f"{what}: bad stream description")
-    data = mf.stream(info.get("stream"))
+    """``count`` symbols of a gap or index stream (its description checked by the schema)."""
+    data = mf.stream(info["stream"])
     try:
-        if info.get("coding") == "huffman":
-            alphabet = _int(info.get("alphabet"), f"{what} alphabet", 1, 65536)
+        if info["coding"] == "huffman":
+            alphabet = info["alphabet"]
             _need(len(data) >= alphabet, f"{what}: the stream is shorter than its code table")
             lengths = np.frombuffer(data[:alphabet], np.uint8).astype(np.int64)
             _need(lengths.max(initial=0) > 0, f"{what}: the code table is empty")
@@ -627,17 +588,13 @@ def _decode_stream(mf: ModelFile, info: dict, count: int, what: str) -> np.ndarr
             _need(count <= 8 * (len(data) - alphabet) or count == 0,
                   f"{what}: {count} symbols cannot fit in {len(data) - alphabet} bytes")
             return bitstream.huffman_decode(data[alphabet:], lengths, count)
-        if info.get("coding") == "raw":
-            width = _int(info.get("width"), f"{what} width", 0, 32)
-            return bitstream.unpack_fixed(data, width, count)
-        if info.get("coding") == "rans":
-            from .entropy import rans_decode
+        if info["coding"] == "raw":
+            return bitstream.unpack_fixed(data, info["width"], count)
+        from .entropy import rans_decode
 
-            alphabet = _int(info.get("alphabet"), f"{what} alphabet", 1, 65536)
-            return rans_decode(data, alphabet, count)
+        return rans_decode(data, info["alphabet"], count)
     except (bitstream.BitstreamError, ValueError) as exc:  # EntropyError is a ValueError
         raise FormatError(f"{what}: {exc}") from None
-    raise FormatError(f"{what}: unknown coding {info.get('coding')!r}")
 
 
 def _floats(mf, index, count, what) -> np.ndarray:
@@ -650,36 +607,27 @@ def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
     name = e["name"]
     enc = e["encoding"]
     n = math.prod(_shape(e))
-    storage = enc.get("storage")
-    # every entry, fillers included, advances the position by at least one: never more entries than weights
-    entries = _int(enc.get("entries"), f"{name} entries", 0, n)
+    storage = enc["storage"]
+    entries = enc["entries"]
     if storage == "dense":
-        _need(entries == n, f"{name}: dense storage with {entries} entries for {n} weights")
         positions = None
     elif storage == "bitmask":
-        raw = mf.stream(enc.get("mask"))
+        raw = mf.stream(enc["mask"])
         _need(len(raw) == (n + 7) // 8, f"{name}: bitmask of {len(raw)} bytes for {n} weights")
         keep = np.unpackbits(np.frombuffer(raw, np.uint8), count=n).astype(bool)
         positions = np.flatnonzero(keep)
         _need(positions.size == entries, f"{name}: bitmask has {positions.size} survivors, manifest says {entries}")
-    elif storage == "gaps":
-        b = _int(enc.get("gap_bits"), f"{name} gap bits", 1, 16)
-        gaps_info = dict(_obj(enc.get("gaps"), f"{name} gaps"))
-        if gaps_info.get("coding") == "raw":
-            gaps_info["width"] = b
-        gaps = _decode_stream(mf, gaps_info, entries, f"{name} gaps")
+    else:
+        b = enc["gap_bits"]
+        gaps = _decode_stream(mf, enc["gaps"], entries, f"{name} gaps")
         _need(gaps.size == 0 or (gaps.min() >= 1 and gaps.max() <= 2 ** b - 1),
               f"{name}: a gap is outside 1..{2 ** b - 1}")
         positions = np.cumsum(gaps) - 1
         _need(positions.size == 0 or positions[-1] < n, f"{name}: gaps run past the tensor's {n} weights")
+    if enc["values"] == "float":
+        vals = _floats(mf, enc["floats"], entries, name)
     else:
-        raise FormatError(f"{name}: unknown storage {storage!r}")
-    if enc.get("values") == "float":
-        vals = _floats(mf, enc.get("floats"), entries, name)
-    elif enc.get("values") == "codes":
         vals = _dequantize(mf, enc, positions, n, entries, name)
-    else:
-        raise FormatError(f"{name}: unknown values {enc.get('values')!r}")
     out = np.zeros(n, np.float64)
     if positions is None:
         out[:] = vals
@@ -689,38 +637,30 @@ def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
 
 
 def _dequantize(mf, enc, positions, n, entries, name) -> np.ndarray:
-    q = enc.get("quant")
-    _need(isinstance(q, dict), f"{name}: codes without a quantization table")
-    bits = _int(q.get("bits"), f"{name} bits", 1, 8)
-    index = _obj(enc.get("index"), f"{name} index")
-    _need(index.get("coding") != "raw" or index.get("width") == bits,
-          f"{name}: raw codes of {index.get('width')!r} bits for a {bits}-bit quantizer")
-    codes = _decode_stream(mf, index, entries, f"{name} codes")
-    method = q.get("method")
+    q = enc["quant"]
+    bits = q["bits"]
+    codes = _decode_stream(mf, enc["index"], entries, f"{name} codes")
+    method = q["method"]
     if method == "kmeans":
-        k = _int(q.get("k"), f"{name} codebook size", 0, 256)
-        book = _floats(mf, q.get("codebook"), k, f"{name} codebook")
-        if q.get("reserved_zero"):
+        book = _floats(mf, q["codebook"], q["k"], f"{name} codebook")
+        if q["reserved_zero"]:
             book = np.concatenate([[0.0], book])
     elif method in ("binary", "ternary"):
-        (alpha,) = _floats(mf, q.get("alpha"), 1, f"{name} alpha")
+        (alpha,) = _floats(mf, q["alpha"], 1, f"{name} alpha")
         book = np.array([-alpha, alpha]) if method == "binary" else np.array([-alpha, 0.0, alpha])
-    elif method == "uniform":
-        rows = _int(q.get("rows"), f"{name} scale count", 1, max(n, 1))
-        _need(n % rows == 0, f"{name}: {rows} scales do not divide {n} weights")
-        scales = _floats(mf, q.get("scales"), rows, f"{name} scales")
+    else:  # uniform
+        rows = q["rows"]
+        scales = _floats(mf, q["scales"], rows, f"{name} scales")
         pos = np.arange(n) if positions is None else positions
         row = pos // (n // rows) if n else pos
-        if q.get("symmetric"):
+        if q["symmetric"]:
             qmax = 2 ** (bits - 1) - 1
             _need(codes.size == 0 or codes.max() <= 2 * qmax, f"{name}: a code is outside the levels")
             return (codes - qmax) * scales[row]
-        raw = mf.stream(q.get("zero_points"))
+        raw = mf.stream(q["zero_points"])
         _need(len(raw) == bitstream.packed_bytes(rows, bits), f"{name}: zero points stream has wrong size")
         zp = bitstream.unpack_fixed(raw, bits, rows)
         return (codes - zp[row]) * scales[row]
-    else:
-        raise FormatError(f"{name}: unknown quantization method {method!r}")
     _need(codes.size == 0 or codes.max() < book.size, f"{name}: a code has no codebook entry")
     return book[codes]
 
@@ -728,9 +668,8 @@ def _dequantize(mf, enc, positions, n, entries, name) -> np.ndarray:
 def _raw_tensor(mf: ModelFile, e: dict) -> torch.Tensor:
     enc = e["encoding"]
     shape = _shape(e)
-    sd = enc.get("stored_dtype")
-    _need(isinstance(sd, str) and sd in _DTYPES, f"{e['name']}: unknown stored dtype {sd!r}")
-    data = mf.stream(enc.get("stream"))
+    sd = enc["stored_dtype"]
+    data = mf.stream(enc["stream"])
     itemsize = torch.empty(0, dtype=_DTYPES[sd]).element_size()
     _need(len(data) == math.prod(shape) * itemsize,
           f"{e['name']}: {len(data)} bytes for {math.prod(shape)} values of {sd}")
@@ -746,19 +685,15 @@ def decode_tensors(mf: ModelFile) -> dict:
     """Every tensor of the file, decoded (name -> torch.Tensor, tied names share one tensor)."""
     out: dict = {}
     for e in mf.manifest["tensors"]:
-        name = e["name"]
         if "alias" in e:
             continue
-        enc = e.get("encoding")
-        _need(isinstance(enc, dict), f"{name}: no encoding")
-        if enc.get("storage") == "raw":
-            out[name] = _raw_tensor(mf, e)
+        if e["encoding"]["storage"] == "raw":
+            out[e["name"]] = _raw_tensor(mf, e)
         else:
             vals = _decode_weight(mf, e)
-            out[name] = torch.from_numpy(vals.reshape(_shape(e))).to(_DTYPES[e["dtype"]])
+            out[e["name"]] = torch.from_numpy(vals.reshape(_shape(e))).to(_DTYPES[e["dtype"]])
     for e in mf.manifest["tensors"]:
-        if "alias" in e:
-            _need(e["alias"] in out, f"{e['name']}: alias of unknown tensor {e['alias']!r}")
+        if "alias" in e:  # the schema checked that it names a stored tensor
             out[e["name"]] = out[e["alias"]]
     return out
 
@@ -767,49 +702,66 @@ def decode_tensors(mf: ModelFile) -> dict:
 
 
 def _build_module(spec: dict) -> nn.Module:
-    _need(isinstance(spec, dict), "a module spec is not an object")
-    kind = spec.get("type")
-    try:
-        if kind == "Linear":
-            return nn.Linear(_int(spec["in_features"], "in_features", 1), _int(spec["out_features"], "out", 1),
-                             bias=bool(spec["bias"]), device="meta")
-        if kind in ("Conv1d", "Conv2d"):
-            cls = nn.Conv1d if kind == "Conv1d" else nn.Conv2d
-            padding = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
-            return cls(_int(spec["in_channels"], "in_channels", 1), _int(spec["out_channels"], "out", 1),
-                       tuple(spec["kernel_size"]), stride=tuple(spec["stride"]), padding=padding,
-                       dilation=tuple(spec["dilation"]), groups=_int(spec["groups"], "groups", 1),
-                       bias=bool(spec["bias"]), padding_mode=spec["padding_mode"], device="meta")
-        if kind == "Embedding":
-            return nn.Embedding(_int(spec["num_embeddings"], "num_embeddings", 1),
-                                _int(spec["embedding_dim"], "embedding_dim", 1), padding_idx=spec["padding_idx"],
-                                device="meta")
-    except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FormatError(f"bad {kind} module spec: {first_line}") from None
-    raise FormatError(f"module type {kind!r} is not one the file may create")
+    """A factor of a low-rank chain, on the meta device, from a spec :func:`manifest.module_spec` checked."""
+    kind = spec["type"]
+    if kind == "Linear":
+        return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"], device="meta")
+    if kind in ("Conv1d", "Conv2d"):
+        cls = nn.Conv1d if kind == "Conv1d" else nn.Conv2d
+        padding = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
+        return cls(spec["in_channels"], spec["out_channels"], tuple(spec["kernel_size"]),
+                   stride=tuple(spec["stride"]), padding=padding, dilation=tuple(spec["dilation"]),
+                   groups=spec["groups"], bias=spec["bias"], padding_mode=spec["padding_mode"], device="meta")
+    return nn.Embedding(spec["num_embeddings"], spec["embedding_dim"], padding_idx=spec["padding_idx"],
+                        device="meta")
 
 
-def _set_path(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_name, _, attr = path.rpartition(".")
-    parent = model
-    for part in parent_name.split(".") if parent_name else []:
-        _need(hasattr(parent, part), f"the architecture has no module {parent_name!r}")
-        parent = getattr(parent, part)
-    _need(hasattr(parent, attr), f"the architecture has no module {path!r}")
-    setattr(parent, attr, new)
+#: the attributes ``edits.resize`` may set, per module type, and the shapes of its state they imply
+_RESIZABLE = (
+    (nn.Linear, ("in_features", "out_features"),
+     lambda m: {"weight": (m.out_features, m.in_features), "bias": (m.out_features,)}),
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), ("in_channels", "out_channels", "groups"),
+     lambda m: {"weight": (m.out_channels, m.in_channels // m.groups, *m.kernel_size), "bias": (m.out_channels,)}),
+    (nn.modules.batchnorm._BatchNorm, ("num_features",),
+     lambda m: {k: (m.num_features,) for k in ("weight", "bias", "running_mean", "running_var")}),
+    (nn.LayerNorm, ("normalized_shape",),
+     lambda m: {"weight": tuple(m.normalized_shape), "bias": tuple(m.normalized_shape)}),
+    (nn.Embedding, ("num_embeddings", "embedding_dim"),
+     lambda m: {"weight": (m.num_embeddings, m.embedding_dim)}),
+)
 
 
-def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]) -> nn.Module:
+def _resize(mod: nn.Module, path: str, attrs: dict) -> None:
+    """Set the attributes structured pruning changed on ``mod`` and give its parameters and buffers the
+    shapes they now imply (on the meta device: the file's tensors fill them)."""
+    for types, allowed, shapes in _RESIZABLE:
+        if isinstance(mod, types):
+            break
+    else:
+        raise FormatError(f"edits.resize {path!r}: a {type(mod).__name__} cannot be resized")
+    for a, v in attrs.items():
+        _need(a in allowed, f"edits.resize {path!r}: a {type(mod).__name__} has no attribute {a!r} to resize")
+        setattr(mod, a, tuple(v) if a == "normalized_shape" else v)
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        _need(mod.in_channels % mod.groups == 0 and mod.out_channels % mod.groups == 0,
+              f"edits.resize {path!r}: {mod.groups} groups do not divide the channels")
+    for leaf, shape in shapes(mod).items():
+        for store in (mod._parameters, mod._buffers):
+            old = store.get(leaf)
+            if old is not None:
+                new = torch.empty(shape, dtype=old.dtype, device="meta")
+                store[leaf] = nn.Parameter(new, requires_grad=old.requires_grad) if store is mod._parameters else new
+
+
+def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]):
+    """The factory's model with the file's edits applied: factor chains in place of the layers named, and
+    the resized modules with their new widths. An edit may name only a submodule of the model the factory
+    builds (a key of its ``named_modules()``): never an attribute, a parameter or a class."""
     from .loading import call_factory
-
-    ref = arch.get("factory")
-    _need(isinstance(ref, str) and len(ref) <= 200 and _FACTORY_REF.fullmatch(ref) is not None,
-          f"the architecture names an invalid factory reference {str(ref)[:80]!r}")
-    kwargs = arch.get("kwargs") or {}
-    _need(isinstance(kwargs, dict), "factory arguments must be an object")
     from .samples import SAMPLE_FACTORIES
 
+    ref = arch["factory"]
+    kwargs = arch.get("kwargs") or {}
     if ref in SAMPLE_FACTORIES:
         _need(not kwargs, "a sample factory takes no arguments")
     else:
@@ -819,44 +771,51 @@ def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]) -> nn.M
         if factory != ref:
             raise LoadError(f"this file's architecture is built by '{ref}', not '{factory}'")
     model, example, data = call_factory(ref, kwargs)
-    edits = _obj(manifest.get("edits") or {}, "edits")
-    for path, specs in _obj(edits.get("replace") or {}, "edits.replace").items():
-        _need(isinstance(specs, list) and specs, f"bad factor chain for {path!r}")
-        _set_path(model, path, nn.Sequential(*[_build_module(s) for s in specs]))
+    edits = manifest.get("edits") or {}
     modules = dict(model.named_modules())
-    for path, attrs in _obj(edits.get("resize") or {}, "edits.resize").items():
-        _need(path in modules and isinstance(attrs, dict), f"cannot resize module {path!r}")
-        for a, v in attrs.items():
-            _need(a in _RESIZE_ATTRS + ("normalized_shape",), f"{path}: attribute {a!r} may not be set")
-            if a == "normalized_shape":
-                _need(isinstance(v, list), f"{path}.normalized_shape must be a list")
-                v = tuple(_int(x, f"{path}.normalized_shape", 1) for x in v)
-            else:
-                v = _int(v, f"{path}.{a}", 1)
-            setattr(modules[path], a, v)
+    for path, specs in (edits.get("replace") or {}).items():
+        _need(path in modules and path, f"edits.replace {path!r}: the architecture has no such submodule")
+        parent_name, _, attr = path.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        _need(attr in parent._modules, f"edits.replace {path!r}: the architecture has no such submodule")
+        parent._modules[attr] = nn.Sequential(*[_build_module(s) for s in specs])
+    modules = dict(model.named_modules())
+    for path, attrs in (edits.get("resize") or {}).items():
+        _need(path in modules and path, f"edits.resize {path!r}: the architecture has no such submodule")
+        _resize(modules[path], path, attrs)
     return model, example, data
 
 
-def _assign_state(model: nn.Module, tensors: dict) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
+def _check_fit(own: dict, manifest: dict, what: str) -> None:
+    """Every tensor of the file has the name and shape the rebuilt model (``own``: its state_dict) has:
+    checked before a stream is decoded."""
+    listed = {e["name"]: e for e in manifest["tensors"]}
+    missing = [k for k in own if k not in listed]
+    unexpected = [k for k in listed if k not in own]
     if missing or unexpected:
-        raise FormatError(f"the file's tensors do not fit the rebuilt architecture (missing: "
-                          f"{', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})")
+        raise FormatError(f"the file's tensors do not fit {what} (missing: {', '.join(missing[:5]) or '-'}; "
+                          f"unexpected: {', '.join(unexpected[:5]) or '-'})")
+    for k, t in own.items():
+        e = listed[k]
+        _need(tuple(e["shape"]) == tuple(t.shape),
+              f"{k}: the file declares shape {list(e['shape'])}, {what} has {list(t.shape)}")
+        _need(not isinstance(t, nn.Parameter) or e["dtype"] in FLOAT_DTYPES,
+              f"{k}: a parameter must be floating point, the file declares {e['dtype']}")
+
+
+def _assign_state(model: nn.Module, tensors: dict) -> None:
+    """Put the decoded tensors into ``model`` (names and shapes checked by :func:`_check_fit`)."""
     modules = dict(model.named_modules())
     for key, value in tensors.items():
         mod_name, _, leaf = key.rpartition(".")
         mod = modules[mod_name] if mod_name else model
         if leaf in mod._parameters and mod._parameters[leaf] is not None:
             current = mod._parameters[leaf]
-            _need(value.is_floating_point() or value.is_complex(),
-                  f"{key}: a parameter must be floating point, the file declares {value.dtype}")
-            if tuple(current.shape) != tuple(value.shape) or current.dtype != value.dtype or current.is_meta:
+            if current.dtype != value.dtype or current.is_meta:
                 mod._parameters[leaf] = nn.Parameter(torch.empty_like(value), requires_grad=current.requires_grad)
         elif leaf in mod._buffers and mod._buffers[leaf] is not None:
             current = mod._buffers[leaf]
-            if tuple(current.shape) != tuple(value.shape) or current.dtype != value.dtype or current.is_meta:
+            if current.dtype != value.dtype or current.is_meta:
                 mod._buffers[leaf] = torch.empty_like(value)
     # re-tie: names that alias one tensor in the file keep sharing after assignment
     model.load_state_dict(tensors, strict=True)
@@ -884,42 +843,53 @@ def load_full(path, factory: Optional[str] = None, progress=None):
     return model, example, data, mf.manifest
 
 
-def _materialize(mf: ModelFile, factory, progress=None) -> nn.Module:
+def _torchscript_graph(mf: ModelFile) -> nn.Module:
+    blob = mf.stream(mf.manifest["architecture"]["stream"])
+    # the archive holds the graph's code and zeroed tensors: at most the declared tensors plus 16 MiB
+    limit = sum(math.prod(_shape(e)) * 8 for e in mf.manifest["tensors"]) + (16 << 20)
+    inflater = zlib.decompressobj()
+    try:
+        archive = inflater.decompress(blob, limit)
+    except zlib.error as exc:
+        raise FormatError(f"the embedded TorchScript graph is corrupt ({exc})") from None
+    _need(inflater.eof and not inflater.unconsumed_tail,
+          "the embedded TorchScript graph is larger than its tensors allow, or cut short")
+    try:
+        return torch.jit.load(io.BytesIO(archive), map_location="cpu")
+    except Exception as exc:
+        raise FormatError(f"the embedded TorchScript graph cannot be loaded ({type(exc).__name__})") from None
+
+
+def _materialize(mf: ModelFile, factory, progress=None):
+    """Rebuild the architecture, check that the file's tensors fit it, then decode them into it; a model
+    with an example input must run on it."""
+    from .metrics import run_model
     from .progress import report
 
-    arch = mf.manifest.get("architecture")
-    _need(isinstance(arch, dict), "the manifest names no architecture")
-    report(progress, 0.2, "decoding tensors")
-    tensors = decode_tensors(mf)
-    report(progress, 0.8, "building the model")
+    arch = mf.manifest["architecture"]
+    report(progress, 0.1, "building the model")
     example = data = None
-    if arch.get("kind") == "factory":
+    if arch["kind"] == "factory":
         model, example, data = _rebuild_factory(arch, mf.manifest, factory)
-        _assign_state(model, tensors)
-    elif arch.get("kind") == "torchscript":
-        blob = mf.stream(arch.get("stream"))
-        # the archive holds the graph's code and zeroed tensors: at most the declared tensors plus 16 MiB
-        limit = sum(math.prod(_shape(e)) * 8 for e in mf.manifest["tensors"]) + (16 << 20)
-        inflater = zlib.decompressobj()
-        try:
-            archive = inflater.decompress(blob, limit)
-        except zlib.error as exc:
-            raise FormatError(f"the embedded TorchScript graph is corrupt ({exc})") from None
-        _need(inflater.eof and not inflater.unconsumed_tail,
-              "the embedded TorchScript graph is larger than its tensors allow, or cut short")
-        try:
-            model = torch.jit.load(io.BytesIO(archive), map_location="cpu")
-        except Exception as exc:
-            raise FormatError(f"the embedded TorchScript graph cannot be loaded ({type(exc).__name__})") from None
+        _check_fit(model.state_dict(keep_vars=True), mf.manifest, "the rebuilt architecture")
+        report(progress, 0.2, "decoding tensors")
+        _assign_state(model, decode_tensors(mf))
+    else:
+        model = _torchscript_graph(mf)
         own = model.state_dict()
-        _need(set(own) == set(tensors), "the file's tensors do not fit its TorchScript graph")
+        _check_fit(own, mf.manifest, "its TorchScript graph")
+        report(progress, 0.2, "decoding tensors")
+        tensors = decode_tensors(mf)
         with torch.no_grad():
             for k, v in own.items():
-                _need(tuple(v.shape) == tuple(tensors[k].shape), f"{k}: shape does not fit the graph")
                 v.copy_(tensors[k])
-    else:
-        raise FormatError(f"unknown architecture kind {arch.get('kind')!r}")
     model.eval()
+    if example is not None:
+        report(progress, 0.9, "running the model once")
+        try:
+            run_model(model, example)
+        except ExplorerError as exc:
+            raise FormatError(f"the rebuilt model does not run: {exc}") from None
     report(progress, 1.0, "loaded")
     return model, example, data
 
@@ -932,34 +902,33 @@ def is_model_file(path) -> bool:
         return False
 
 
+_STREAM_KEYS = ("stream", "mask", "floats", "codebook", "alpha", "scales", "zero_points")
+
+
 def summary(mf: ModelFile) -> dict:
-    """What `compression-explorer info` prints: architecture, plan and per-tensor encodings and bytes."""
+    """What `compression-explorer info` prints: architecture, plan and per-tensor encodings and bytes
+    (from a manifest the parser checked: nothing here can fail)."""
     def nbytes(obj) -> int:
-        total = 0
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if k in ("stream", "mask", "floats", "codebook", "alpha", "scales", "zero_points") and \
-                        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(mf.offsets):
-                    total += mf.offsets[v][1]
-                else:
-                    total += nbytes(v)
-        return total
+        if not isinstance(obj, dict):
+            return 0
+        return sum(mf.offsets[v][1] if k in _STREAM_KEYS else nbytes(v) for k, v in obj.items())
 
     rows = []
     for e in mf.manifest["tensors"]:
-        enc = e.get("encoding") or {}
-        desc = "alias of " + e["alias"] if "alias" in e else enc.get("storage", "?")
-        if enc.get("storage") not in (None, "raw"):
-            desc = f"{enc['storage']}, {enc.get('values')}"
-            if enc.get("values") == "codes":
-                q = enc.get("quant", {})
-                desc += f" ({q.get('method')} {q.get('bits')}b, {enc.get('index', {}).get('coding')})"
-            if enc.get("storage") == "gaps":
-                desc += f", {enc.get('gap_bits')}-bit gaps ({enc.get('gaps', {}).get('coding')})"
-        elif enc.get("storage") == "raw":
-            desc = f"raw {enc.get('stored_dtype')}"
-        rows.append({"name": e["name"], "shape": e.get("shape"), "encoding": desc, "bytes": nbytes(enc)})
+        enc = e.get("encoding")
+        if enc is None:
+            desc = "alias of " + e["alias"]
+        elif enc["storage"] == "raw":
+            desc = f"raw {enc['stored_dtype']}"
+        else:
+            desc = f"{enc['storage']}, {enc['values']}"
+            if enc["values"] == "codes":
+                q = enc["quant"]
+                desc += f" ({q['method']} {q['bits']}b, {enc['index']['coding']})"
+            if enc["storage"] == "gaps":
+                desc += f", {enc['gap_bits']}-bit gaps ({enc['gaps']['coding']})"
+        rows.append({"name": e["name"], "shape": e["shape"], "encoding": desc, "bytes": nbytes(enc)})
     return {"file_bytes": mf.size, "header_and_manifest_bytes": mf.data_start,
             "architecture": {k: v for k, v in mf.manifest["architecture"].items() if k != "stream"},
-            "producer": mf.manifest.get("producer"), "plan": mf.manifest.get("plan"),
-            "accounting": mf.manifest.get("accounting"), "tensors": rows}
+            "producer": mf.manifest["producer"], "plan": mf.manifest["plan"],
+            "accounting": mf.manifest["accounting"], "tensors": rows}

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from explorer.engine import Plan, compress, load_model
@@ -90,6 +91,7 @@ def _build(name: str) -> bytes:
 
 
 NAMES = ("mlp-kmeans-gaps", "cnn-structured", "cnn-half-float", "mlp-uniform-bitmask", "script-cnn")
+EXAMPLES = {"script-cnn": torch.zeros(1, 1, 8, 8)}  # files without a factory: their example input
 
 
 @functools.lru_cache(maxsize=None)
@@ -351,13 +353,72 @@ def _get(root, path):
     return root
 
 
+#: module paths an ``edits`` entry may try to reach beyond the submodules (issue 12: a path such as
+#: ``__class__.__base__.__call__`` replaced ``nn.Module.__call__`` for the whole process)
+HOSTILE_PATHS = ["__class__.__base__.__call__", "conv1.__class__.forward", "fc1.__class__", "fc1.weight",
+                 "conv1.bias", "_modules.keys", "_modules", "_parameters", "__dict__", "training", "forward",
+                 "__init__", "T_destination", "", ".", "fc1..0", "fc1.", ".fc1", "fc1.0.weight", "fc2.__call__",
+                 "conv1.__class__.__init__", "fc1.0.__class__.forward", "nope", "fc1.9", "a" * 2000]
+
+
+def _edit_attack(m: dict, d: Draws) -> None:
+    """An ``edits`` entry at a hostile path, with a spec or attributes taken from the file or made up."""
+    edits = m.setdefault("edits", {}) if isinstance(m.get("edits", {}), dict) else {}
+    modules = sorted({e["name"].rpartition(".")[0] for e in m.get("tensors", []) if isinstance(e, dict)
+                      and isinstance(e.get("name"), str)} - {""})
+    path = d.pick(HOSTILE_PATHS + [d.pick(modules) + "." + d.pick(["__class__", "weight", "forward", "_modules"])]
+                  if modules else HOSTILE_PATHS)
+    section = d.pick(["replace", "resize"])
+    if not isinstance(edits.get(section), dict):
+        edits[section] = {}
+    if section == "replace":
+        edits[section][path] = d.pick([[{"type": "Linear", "in_features": 4, "out_features": 4, "bias": True}],
+                                       [{"type": "Embedding", "num_embeddings": 3, "embedding_dim": 2,
+                                         "padding_idx": None}], "x", []])
+    else:
+        edits[section][path] = d.pick([{"in_features": 7}, {"out_channels": 3}, {"num_features": 2},
+                                       {"forward": 1}, {"__class__": 1}, {}])
+
+
+def _shape_lie(m: dict, d: Draws) -> None:
+    """A tensor's shape that the architecture does not build: transposed, reordered, a huge dimension,
+    one more or fewer dimension, or another tensor's shape (a consistent-looking lie)."""
+    entries = [e for e in m.get("tensors", []) if isinstance(e, dict) and isinstance(e.get("shape"), list)]
+    if not entries:
+        return
+    e = d.pick(entries)
+    shape = list(e["shape"])
+    op = d.int(0, 5)
+    if op == 0 and len(shape) > 1:
+        e["shape"] = shape[::-1]
+    elif op == 1:
+        e["shape"] = [1 << 20, 16] if len(shape) != 2 else [shape[0] * shape[1] // 16 or 1, 16]
+    elif op == 2:
+        e["shape"] = shape + [1]
+    elif op == 3 and shape:
+        e["shape"] = shape[:-1] if len(shape) > 1 else [shape[0] + 1]
+    elif op == 4:
+        other = d.pick(entries)
+        e["shape"], other["shape"] = other["shape"], shape
+    else:
+        e["shape"] = [x + d.pick([-1, 1]) if x > 1 else x + 1 for x in shape]
+
+
 def mutate_manifest(raw: bytes, d: Draws) -> bytes:
     """A re-sealed edit of one manifest value: a boundary number, another type, a value taken from
-    elsewhere in the manifest (a consistent-looking lie), a deleted, added or duplicated entry."""
+    elsewhere in the manifest (a consistent-looking lie), a deleted, added or duplicated entry; an
+    ``edits`` entry at a hostile path; a lying tensor shape. Every part is mutated, the plan and the
+    accounting too (``info`` reads them)."""
     parts = split(raw)
     m = parts.manifest
-    read_parts = {k: v for k, v in m.items() if k not in ("plan", "accounting")}  # what loading reads
-    nodes = [()] + [p for p in _nodes(read_parts) if p]
+    op = d.int(0, 9)
+    if op == 8:
+        _edit_attack(m, d)
+        return seal(parts)
+    if op == 9:
+        _shape_lie(m, d)
+        return seal(parts)
+    nodes = [()] + [p for p in _nodes(m) if p]
     for _ in range(d.int(1, 2)):
         path = d.pick(nodes)
         try:
@@ -414,16 +475,47 @@ class Unexpected(AssertionError):
     """The reader did something other than succeed or raise one clear FormatError/LoadError."""
 
 
-def attempt(raw: bytes, *, full: bool = False, expect: dict | None = None) -> str:
+_GUARDED_CLASSES = (nn.Module, nn.Linear, nn.Conv1d, nn.Conv2d, nn.Sequential, nn.BatchNorm2d, nn.Embedding,
+                    nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.LayerNorm)
+
+
+def _class_state() -> dict:
+    """What no file may change: every attribute of the module classes a model is built from (less the
+    ``__annotations__`` that TorchScript's compiler fills in on first use)."""
+    return {cls: {k: v for k, v in cls.__dict__.items() if k != "__annotations__"} for cls in _GUARDED_CLASSES}
+
+
+CLASSES = _class_state()
+
+
+def _check_classes() -> None:
+    now = _class_state()
+    if now == CLASSES:
+        return
+    changed = [f"{cls.__name__}.{k}" for cls in CLASSES for k in set(CLASSES[cls]) | set(now[cls])
+               if CLASSES[cls].get(k) is not now[cls].get(k)]
+    for cls, attrs in CLASSES.items():  # put them back, so that the other cases run on real classes
+        for k in set(now[cls]) - set(attrs):
+            delattr(cls, k)
+        for k, v in attrs.items():
+            if now[cls].get(k) is not v:
+                setattr(cls, k, v)
+    raise Unexpected(f"reading a file changed {', '.join(sorted(changed))} for the whole process")
+
+
+def attempt(raw: bytes, *, full: bool = False, expect: dict | None = None, example=None) -> str:
     """Read ``raw`` as the reader would; return ``"ok"`` or the name of the error it raised.
 
-    Parses and decodes every tensor (and loads the model through a path when ``full``). An exception
-    that is not a LoadError propagates. A LoadError must carry one non-empty line and no chained cause.
-    With ``expect`` (the intact file's tensors) a success must reproduce them bit for bit: a raw mutation
-    the checksums let through may not change a weight.
+    Parses, summarises (what ``info`` prints) and decodes every tensor; when ``full``, loads the model
+    through a path and runs it on its example input (the factory's, else ``example``): a file that loads
+    must run. An exception that is not a LoadError propagates. A LoadError must carry one non-empty line
+    and no chained cause. With ``expect`` (the intact file's tensors) a success must reproduce them bit for
+    bit: a raw mutation the checksums let through may not change a weight. No case may change a class
+    of the process (``nn.Module.__call__``, ``Conv2d.forward``...).
     """
     try:
         mf = ff.parse(raw)
+        ff.summary(mf)
         tensors = ff.decode_tensors(mf)
         for e in mf.manifest["tensors"]:
             t = tensors[e["name"]]
@@ -434,14 +526,23 @@ def attempt(raw: bytes, *, full: bool = False, expect: dict | None = None) -> st
             path = os.path.join(scratch(), "fuzz.cexp")
             with open(path, "wb") as fh:
                 fh.write(raw)
-            ff.load(path)
+            model, own_example, _, _ = ff.load_full(path)
+            x = own_example if own_example is not None else example
+            if x is not None:
+                with torch.no_grad():
+                    model(x)
     except LoadError as exc:
+        _check_classes()
         message = str(exc)
         if not message.strip() or "\n" in message.strip():
             raise Unexpected(f"{type(exc).__name__} without a one-line message: {message!r}") from exc
         if exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
             raise Unexpected(f"{type(exc).__name__} chained to {exc.__context__!r}") from exc
         return type(exc).__name__
+    except BaseException:
+        _check_classes()
+        raise
+    _check_classes()
     if expect is not None:
         if set(tensors) != set(expect) or any(
                 tensors[k].dtype != expect[k].dtype or not torch.equal(tensors[k], expect[k]) for k in expect):
@@ -463,10 +564,11 @@ def fuzz_case(d: Draws, kind: str | None = None, *, full_every: int = 4, info: d
         raw = MUTATORS[kind](raw, d)
     info["raw"] = raw
     full = full_every > 0 and d.int(0, full_every - 1) == 0
+    x = EXAMPLES.get(name)
     if kind == "bytes":  # no checksum was fixed: a success must change nothing
         outcome = attempt(raw, expect=reference(name))
-        return attempt(raw, full=True) if outcome == "ok" else outcome
-    return attempt(raw, full=full)
+        return attempt(raw, full=True, example=x) if outcome == "ok" else outcome
+    return attempt(raw, full=full, example=x)
 
 
 # ================================================================================== deterministic cases
@@ -534,7 +636,7 @@ def _both(*edits):
 DEEP_LIES = {  # re-sealed files whose checksums are right but whose content lies: (file, edit, message)
     "shape-smaller-than-gaps": ("mlp-kmeans-gaps", _edit_entry("fc1.weight", shape=[30, 64]),
                                 "gaps run past|entries must be"),
-    "raw-shape-lies": ("mlp-kmeans-gaps", _edit_entry("fc1.bias", shape=[301]), "bytes for 301 values"),
+    "raw-shape-lies": ("mlp-kmeans-gaps", _edit_entry("fc1.bias", shape=[301]), r"declares shape \[301\]"),
     "codebook-too-small": ("mlp-kmeans-gaps", _both(_edit_entry("fc3.weight", "encoding", "quant", k=2),
                                                     _edit_stream("fc3.weight", "quant", "codebook", data=bytes(8))),
                            "no codebook entry"),
@@ -549,7 +651,7 @@ DEEP_LIES = {  # re-sealed files whose checksums are right but whose content lie
     "stream-index-out-of-range": ("script-cnn", _edit_entry("fc1.bias", "encoding", stream=10 ** 9), "does not have"),
     "streams-reversed": ("cnn-half-float", lambda p: p.streams.reverse(), ""),
     "unknown-storage": ("mlp-uniform-bitmask", _edit_entry("fc1.weight", "encoding", storage="csr"),
-                        "unknown storage"),
+                        "storage must be one of"),
     "uniform-scales-do-not-divide": ("mlp-uniform-bitmask", _edit_entry("fc1.weight", "encoding", "quant", rows=7),
                                      "do not divide"),
     "duplicate-tensor": ("script-cnn", lambda p: p.manifest["tensors"].append(p.manifest["tensors"][0]),
@@ -940,3 +1042,154 @@ def test_fuzz_resealed_mutations(data):
     code tables, codes out of range, gaps past the end and lying shapes: success or a clean error."""
     d = HypothesisDraws(data)
     fuzz_case(d, d.pick(["streams", "manifest"]))
+
+
+# ================================================================ issue 12: edits, shapes, schema (classes)
+
+
+def _load_error(raw: bytes, name: str = "probe") -> str:
+    """The one-line error of loading ``raw`` through a path (and ``attempt``'s verdict: clean, no class
+    of the process changed)."""
+    path = os.path.join(scratch(), f"{name}.cexp")
+    with open(path, "wb") as fh:
+        fh.write(raw)
+    with pytest.raises(FormatError) as info:
+        ff.load(path)
+    assert attempt(raw, full=True) == "FormatError"
+    return str(info.value)
+
+
+@pytest.mark.parametrize("section", ["replace", "resize"])
+@pytest.mark.parametrize("path", HOSTILE_PATHS, ids=lambda p: p[:40] or "empty")
+def test_an_edit_names_submodules_only(section, path):
+    """Issue 12, item 1: ``edits`` paths were followed attribute by attribute, so ``__class__.__base__.__call__``
+    replaced ``nn.Module.__call__`` for the whole process (every model then failed with RecursionError) and
+    ``conv1.__class__.forward`` replaced ``Conv2d.forward``, while the load reported success; ``fc1.weight``
+    and ``_modules.keys`` escaped as TypeError/AttributeError. A path must be a key of the rebuilt model's
+    ``named_modules()``: anything else is a FormatError, and no class changes."""
+    spec = [{"type": "Linear", "in_features": 100, "out_features": 16, "bias": False}]
+
+    def edit(m):
+        m["edits"].setdefault(section, {})[path] = spec if section == "replace" else {"in_features": 7}
+
+    message = _load_error(_manifest_edit("cnn-structured", edit))
+    assert f"edits.{section}" in message
+    assert any(why in message for why in ("no such submodule", "not a module path", "lies inside")), message
+    assert nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(18, 2))(torch.randn(2, 1, 5, 5)).shape == (2, 2)
+    assert nn.Module.__call__ is CLASSES[nn.Module]["__call__"] and nn.Conv2d.forward is CLASSES[nn.Conv2d]["forward"]
+
+
+def test_resize_sets_only_what_the_module_type_has():
+    """``edits.resize`` may set a width the module type has (a Linear's in_features, not its groups or
+    forward), on a module of a resizable type; the shapes it implies are what the file's tensors must have."""
+    bad = {
+        "linear-groups": lambda m: m["edits"]["resize"]["fc2"].update(groups=2),
+        "conv-features": lambda m: m["edits"]["resize"]["conv2"].update(in_features=3),
+        "relu": lambda m: m["edits"]["resize"].update({"fc1.0": {"padding_idx": 1}}),
+        "groups-do-not-divide": lambda m: m["edits"]["resize"]["conv2"].update(groups=3),
+    }
+    for case, edit in bad.items():
+        message = _load_error(_manifest_edit("cnn-structured", edit), case)
+        assert "edits.resize" in message, (case, message)
+    # a consistent lie: fc1's first factor declared 16 -> 100 instead of 100 -> 16, its weight [100, 16]:
+    # every tensor fits the architecture the edits describe, but that model fails in forward; the load
+    # runs the example input and says so
+    def inverted(m):
+        m["edits"]["replace"]["fc1"][0].update(in_features=16, out_features=100)
+        _tensor(m, "fc1.0.weight")["shape"] = [100, 16]
+    assert "does not run" in _load_error(_manifest_edit("cnn-structured", inverted), "inverted")
+
+
+SHAPE_LIES = {  # (corpus file, tensor, the shape declared)
+    "transposed": ("cnn-half-float", "fc2.weight", [500, 10]),
+    "a-million-rows": ("cnn-half-float", "fc2.weight", [1048576, 16]),
+    "same-numel-other-order": ("mlp-kmeans-gaps", "fc1.weight", [64, 300]),
+    "one-more-dim": ("mlp-uniform-bitmask", "fc3.bias", [10, 1]),
+    "bias-longer": ("cnn-structured", "fc1.1.bias", [201]),
+    "factor-transposed": ("cnn-structured", "fc1.0.weight", [100, 16]),
+    "torchscript-transposed": ("script-cnn", "conv1.weight", [1, 8, 3, 3]),
+    "torchscript-buffer": ("script-cnn", "bn1.running_mean", [9]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHAPE_LIES))
+def test_every_shape_must_be_the_rebuilt_models_before_decoding(case, monkeypatch):
+    """Issue 12, item 2: a manifest whose tensor shape differs from what the architecture builds (a
+    transposed ``fc2.weight``, ``[1048576, 16]`` for a 10x500 layer) loaded as valid and failed later in
+    ``forward``. Every shape is compared with the rebuilt model's before a stream is decoded."""
+    name, tensor, shape = SHAPE_LIES[case]
+    raw = _manifest_edit(name, lambda m: _tensor(m, tensor).update(shape=shape))
+    decoded = []
+    monkeypatch.setattr(ff, "decode_tensors", lambda mf: decoded.append(1) or {})
+    path = os.path.join(scratch(), f"{case}.cexp")
+    with open(path, "wb") as fh:
+        fh.write(raw)
+    with pytest.raises(FormatError, match="declares shape|once decoded") as info:
+        ff.load(path)
+    # (a shape as large as a million rows is refused even earlier: more than the file can hold)
+    assert f"{tensor}: the file declares shape {shape}" in str(info.value) or case == "a-million-rows"
+    assert not decoded, "a stream was decoded before the shapes were checked"
+
+
+def _drop(*keys):
+    def edit(m):
+        node = m
+        for k in keys[:-1]:
+            node = node[k]
+        del node[keys[-1]]
+    return edit
+
+
+SCHEMA_BREAKS = {  # what the probe's CRC-valid mutations made summary() raise, and their kin
+    "index-is-an-int": lambda m: _tensor(m, "fc1.weight")["encoding"].update(index=7),
+    "quant-is-a-list": lambda m: _tensor(m, "fc1.weight")["encoding"].update(quant=[1]),
+    "gaps-is-a-string": lambda m: _tensor(m, "fc1.weight")["encoding"].update(gaps="raw"),
+    "no-architecture": _drop("architecture"),
+    "no-dense-bits": _drop("accounting", "dense_bits"),
+    "accounting-a-number": lambda m: m.update(accounting=5),
+    "no-tensors": _drop("tensors"),
+    "no-producer": _drop("producer"),
+    "no-plan": _drop("plan"),
+    "plan-invalid": lambda m: m["plan"]["default"].update(prune={"amount": 7.5}),
+    "encoding-missing": _drop("tensors", 0, "encoding"),
+    "shape-null": lambda m: m["tensors"][1].update(shape=None),
+    "architecture-kind-unknown": lambda m: m["architecture"].update(kind="pickle"),
+    "entries-a-string": lambda m: _tensor(m, "fc2.weight")["encoding"].update(entries="12"),
+    "stream-negative": lambda m: _tensor(m, "fc1.bias")["encoding"].update(stream=-1),
+    "alpha-missing-kmeans-k": lambda m: _tensor(m, "fc1.weight")["encoding"]["quant"].pop("k"),
+    "huffman-alphabet-lies": lambda m: _tensor(m, "fc1.weight")["encoding"]["gaps"].update(alphabet=3),
+    "alias-to-nothing": lambda m: m["tensors"].append({"name": "x", "shape": [1], "dtype": "float32",
+                                                       "alias": "nothing"}),
+    "version-a-string": lambda m: m.update(version="1.0"),
+    "edits-a-list": lambda m: m.update(edits=[]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_BREAKS))
+def test_a_manifest_that_passes_the_crc_is_checked_once_completely(case, tmp_path, capsys):
+    """Issue 12, item 3: ~5% of the probe's CRC-valid mutations made ``summary()`` (``info``) raise
+    AttributeError (``encoding.index`` an int) or KeyError (``architecture``, ``dense_bits``). The parser
+    validates the schema, so ``info``, ``evaluate`` and ``load`` see only a checked manifest: each of these
+    is one FormatError from ``read``, and ``info`` says it in one line with exit status 2."""
+    raw = _manifest_edit("mlp-kmeans-gaps", SCHEMA_BREAKS[case])
+    path = tmp_path / "broken.cexp"
+    path.write_bytes(raw)
+    with pytest.raises(FormatError):
+        ff.read(path)
+    assert attempt(raw, full=True) == "FormatError"
+    from explorer.cli import main
+
+    for verb in ("info", "evaluate"):
+        assert main([verb, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {path}: "), err
+
+
+@settings(FUZZ, max_examples=400)
+@given(st.data())
+def test_fuzz_manifest_schema_edits_and_shapes(data):
+    """CRC-valid manifest mutations only (schema breakage, hostile edit paths, lying shapes), every one
+    loaded and run: success or one clean FormatError; ``info`` never fails on a file the parser took; no
+    class of the process changes."""
+    d = HypothesisDraws(data)
+    fuzz_case(d, "manifest", full_every=1)
