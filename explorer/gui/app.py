@@ -65,6 +65,13 @@ def display_problem(env=None, platform: str = sys.platform, probe=_xcb_plugin_lo
     return None
 
 
+def _quiet_offscreen(mode, context, message: str) -> None:
+    """Qt's messages, less the offscreen platform's notice that it cannot resize windows to their hints
+    (printed on every layout change; nothing is wrong)."""
+    if "does not support propagateSizeHints" not in message:
+        print(message, file=sys.stderr)
+
+
 def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Optional[str] = None,
         trust: bool = False, data: Optional[str] = None, screenshot: Optional[str] = None,
         tab: str = "histogram", timeout: float = 120.0) -> int:
@@ -74,8 +81,11 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from PySide6.QtCore import QSettings, QTimer
+    from PySide6.QtCore import QSettings, QTimer, qInstallMessageHandler
     from PySide6.QtWidgets import QApplication
+
+    if os.environ.get("QT_QPA_PLATFORM", "").startswith("offscreen"):
+        qInstallMessageHandler(_quiet_offscreen)
 
     from explorer.gui.main_window import MainWindow
 
@@ -89,17 +99,31 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
         win.open_model(model, factory=factory, trust=trust, data=data)
     state = {"plan_loaded": plan is None, "start": time.monotonic(), "rc": 0}
 
+    def fail(message: str) -> None:
+        """A model or plan named on the command line did not load: with --screenshot there is no one to
+        read the banner, so say why as every verb does, and exit 2."""
+        timer.stop()
+        print(f"error: {message.splitlines()[0]}", file=sys.stderr)
+        state["rc"] = 2
+        win.close()
+        app.quit()
+
     def poll():
         if not win.idle():
             return
         if not state["plan_loaded"] and win.session.loaded is not None:
             state["plan_loaded"] = True
+            win.last_error = None
             win.load_plan(plan)
+            if screenshot is not None and win.last_error is not None:
+                fail(win.last_error)
             return
         if screenshot is None:
             timer.stop()
             return
-        if win.session.loaded is None and model and win.last_error is None:
+        if win.session.loaded is None and model:
+            if win.last_error is not None:
+                fail(win.last_error)
             return
         if tab == "centroids" and win.tabs.currentWidget() is not win.centroids:
             win.tabs.setCurrentWidget(win.centroids)

@@ -222,7 +222,9 @@ class MainWindow(QMainWindow):
             return loaded, info, plan
 
         def failed(message):
-            self.show_error(f"Could not open {source}: {message}", dialog=True)
+            # the engine's messages name the file already; a factory or sample name may need saying
+            said = message if str(source) in message else f"{source}: {message}"
+            self.show_error(f"Could not open {said}", dialog=True)
 
         self.workers.submit("load", job, self._loaded, failed)
 

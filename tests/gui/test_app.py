@@ -46,3 +46,32 @@ def test_gui_without_a_display_exits_with_one_line():
 def test_the_x11_plugin_is_where_the_check_looks():
     """Else the check would quietly say nothing (a PySide6 layout change must fail here)."""
     assert xcb_plugin() is not None
+
+
+@pytest.mark.parametrize("case", ["missing-model", "corrupt-model", "bad-plan"])
+def test_screenshot_of_a_failed_load_exits_2_with_the_message(case, tmp_path):
+    """Issue 12, item 7: ``gui --screenshot`` rendered the error banner and exited 0 when the model or the
+    plan named on the command line did not load. No one reads that banner: it fails as every verb does."""
+    import os
+
+    png = tmp_path / "shot.png"
+    args = [sys.executable, "-m", "explorer", "gui"]
+    if case == "missing-model":
+        args += [str(tmp_path / "nothing.pt")]
+        expect = "no such file"
+    elif case == "corrupt-model":
+        bad = tmp_path / "bad.cexp"
+        bad.write_bytes(b"\x89CEX\r\n\x1a\n" + b"\0" * 40)
+        args += [str(bad)]
+        expect = "bad.cexp"
+    else:
+        plan = tmp_path / "plan.json"
+        plan.write_text('{"layers": {"nope": {"prune": {"amount": 0.5}}}}')
+        args += ["digits-mlp", "--plan", str(plan)]
+        expect = "matches no compressible layer"
+    out = subprocess.run(args + ["--screenshot", str(png)], capture_output=True, text=True, timeout=180,
+                         env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], out.stderr
+    assert not png.exists()
