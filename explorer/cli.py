@@ -87,7 +87,8 @@ def table(rows: list, headers: list, align: str) -> str:
 def _load(args):
     from explorer.engine.loading import load_model, parse_input_shape
 
-    loaded = load_model(args.model, factory=args.factory, trust=args.trust, data=args.data)
+    loaded = load_model(args.model, factory=args.factory, trust=args.trust, data=args.data,
+                        limit=getattr(args, "limit", None))
     if args.input_shape:
         loaded.example_input = parse_input_shape(args.input_shape)
     return loaded

@@ -2,7 +2,8 @@
 
 Readers for the formats a user is likely to hold (IDX as MNIST ships it, plain or gzipped; NumPy ``.npz``
 and ``.npy``) and the bundled digits split the sample models were trained on. Every reader returns an
-:class:`EvalData`. Nothing here unpickles: NumPy files are always opened with ``allow_pickle=False``.
+:class:`EvalData`. Nothing here unpickles: NumPy headers are parsed with :mod:`numpy.lib.format` and arrays
+of Python objects are refused before anything else is read.
 
 Conventions
 -----------
@@ -10,16 +11,35 @@ Conventions
   as int64 (token ids); floating inputs become float32.
 - Labels are 1-D integer class indices, stored as int64. Without labels the explorer measures fidelity
   (agreement with the original model) instead of accuracy.
+- ``limit=N`` (every reader, ``None`` = all) keeps the first ``N`` samples. Samples are the leading
+  dimension, stored in C order, so only the bytes of those samples are read, or inflated, and the rest of
+  the file is not touched (so it is not verified either). A limit above the number of samples reads them all.
+
+Files are not trusted
+---------------------
+Every size a header declares is checked against what the file can hold before any array is allocated:
+exactly for plain files (IDX, ``.npy``, stored ``.npz`` members: header + declared data == file or entry
+size), and for compressed data against the most its compressed size can inflate to (:data:`MAX_INFLATE_RATIO`)
+and, for ``.npz`` members, against the zip entry's declared size. Compressed data is streamed in bounded
+chunks straight into one preallocated array of the final dtype (no chunk lists, joins or ``astype`` copies;
+``uint8`` becomes float32 once, chunk by chunk). No more than the declared size plus one byte, which detects
+excess, is asked of a compressed stream (gzip's and zipfile's own read-ahead add a few KiB at most).
+Decoded eval data larger than :data:`MAX_EVAL_BYTES` is refused with a hint to use ``--limit``. Every
+refusal is a :class:`~explorer.engine.errors.LoadError` naming the file and the problem.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import io
 import math
+import numbers
 import os
+import struct
 import zipfile
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Tuple, Union
@@ -29,17 +49,42 @@ import torch
 
 from .errors import LoadError
 
+try:  # optional in CPython builds; zipfile needs it only for ZIP_LZMA members
+    import lzma
+
+    _LZMA_ERRORS: tuple = (lzma.LZMAError,)
+except ImportError:  # pragma: no cover
+    _LZMA_ERRORS = ()
+
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "EvalData",
+    "MAX_EVAL_BYTES",
+    "MAX_INFLATE_RATIO",
     "read_idx",
     "load_idx_pair",
     "load_npz",
     "load_npy",
     "load_eval_data",
+    "eval_data_from_factory",
     "digits_split",
 ]
+
+MAX_EVAL_BYTES = 8 * 2**30
+"""Largest decoded array (bytes, in the dtype it is returned in: float32 inputs, int64 labels) that eval data
+may take: 8 GiB, i.e. 2^31 float32 values, about 2.7 million 28x28 images. On a 24 GiB machine this leaves
+room for the model, its compressed copy and a batch's activations. Larger data is refused with a hint to
+evaluate on fewer samples with ``--limit``. Module-level so that a caller (or a test) can change it."""
+
+MAX_INFLATE_RATIO = 1100
+"""The most one compressed byte is believed to inflate to. Deflate's ceiling is 1032:1 (a 258-byte match
+coded in 2 bits); 1100 gives it a ~7 % margin. bzip2 and lzma can go further on constant data, but no real
+eval data does: the same cap is applied to them, conservatively."""
+
+_INFLATE_SLACK = 1 << 16  # bytes allowed on top of the ratio, for tiny files whose headers dominate
+_NPY_MAX_HEADER = 10000  # numpy.load's max_header_size without allow_pickle; real headers are ~128 bytes
+_CHUNK = 1 << 20  # bytes read (or inflated) at a time
 
 # IDX element types: code -> big-endian NumPy dtype (LeCun's format description).
 _IDX_DTYPES = {
@@ -50,7 +95,8 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-_CHUNK = 1 << 20  # bytes read at a time from a compressed stream
+_F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
 
 
 @dataclass
@@ -108,6 +154,176 @@ class EvalData:
         return EvalData(inputs, labels, f"{self.name} [{inputs.shape[0]} of {len(self)}]")
 
 
+# --------------------------------------------------------------------------------- limits and checks
+
+
+def _check_limit(limit, where=None) -> Optional[int]:
+    """``limit`` as a positive int (``None`` stays ``None``); LoadError naming ``where`` (if given) otherwise."""
+    if limit is None:
+        return None
+    said = "" if where is None else f"{where}: "
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral):
+        raise LoadError(f"{said}limit must be a whole number of samples, got {limit!r}")
+    if int(limit) < 1:
+        raise LoadError(f"{said}limit must be at least 1 sample, got {int(limit)}")
+    return int(limit)
+
+
+def _shape_txt(shape) -> str:
+    return " x ".join(str(d) for d in shape) if len(shape) else "a scalar"
+
+
+def _max_inflated(compressed: int) -> int:
+    """The most ``compressed`` bytes of deflate (or bzip2/lzma, see MAX_INFLATE_RATIO) can inflate to."""
+    return compressed * MAX_INFLATE_RATIO + _INFLATE_SLACK
+
+
+def _check_cap(where: str, shape: tuple, n: int, dtype: np.dtype) -> None:
+    """Refuse decoding ``n`` records of ``shape[1:]`` as ``dtype`` if that exceeds MAX_EVAL_BYTES."""
+    nbytes = n * math.prod(shape[1:]) * dtype.itemsize
+    if nbytes > MAX_EVAL_BYTES:
+        what = f"{n} samples of {_shape_txt(shape[1:])}" if len(shape) > 1 else f"{n} values"
+        raise LoadError(
+            f"{where}: {what} as {dtype.name} would take {nbytes / 2**30:.1f} GiB, more than the "
+            f"{MAX_EVAL_BYTES / 2**30:g} GiB allowed for eval data (MAX_EVAL_BYTES); "
+            "evaluate on fewer samples with --limit N"
+        )
+
+
+def _pickle_refusal(where) -> LoadError:
+    return LoadError(
+        f"{where}: contains Python objects (a pickled array); refusing to unpickle it. "
+        "Save plain numeric arrays instead"
+    )
+
+
+def _input_dtype(dtype: np.dtype, where: str) -> np.dtype:
+    """The dtype NumPy inputs of ``dtype`` are returned in (see Conventions); LoadError if not numbers."""
+    if dtype.hasobject:
+        raise _pickle_refusal(where)
+    if dtype == np.uint8 or dtype.kind in "bf":
+        return _F32
+    if dtype.kind in "iu":
+        return _I64
+    raise LoadError(f"{where}: inputs must be numbers, got {dtype}")
+
+
+def _check_label_dtype(dtype: np.dtype, where: str) -> None:
+    if dtype.hasobject:
+        raise _pickle_refusal(where)
+    if dtype.kind not in "iu":
+        raise LoadError(f"{where}: labels must be integers (class indices), got {dtype}")
+
+
+def _sized_name(label: str, n: int, total: int) -> str:
+    return f"{label} ({n})" if n == total else f"{label} ({n} of {total})"
+
+
+# ------------------------------------------------------------------------------------ streamed arrays
+
+_READ_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile) + _LZMA_ERRORS  # BadGzipFile is an OSError
+
+
+def _readinto(stream, view: memoryview) -> int:
+    """Fill ``view`` from ``stream`` in chunks of at most _CHUNK bytes; the number of bytes filled."""
+    got = 0
+    while got < len(view):
+        k = stream.readinto(view[got: got + _CHUNK])
+        if not k:
+            break
+        got += k
+    return got
+
+
+class _Declared:
+    """An array a header has declared (checked against the file's size), its stream at the first data byte.
+
+    ``read`` allocates the result once, in its final dtype, and streams the data into it.
+    """
+
+    def __init__(self, where: str, kind: str, stream, shape: tuple, dtype: np.dtype, *, fortran: bool = False,
+                 compressed: bool = False, container: str = "file"):
+        self.where, self.kind, self.stream = where, kind, stream
+        self.shape, self.dtype = tuple(shape), dtype
+        self.fortran = bool(fortran) and len(self.shape) > 1  # 0-D and 1-D arrays are the same in both orders
+        self.compressed, self.container = compressed, container
+
+    def __enter__(self) -> "_Declared":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.close()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def count(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def declares(self) -> str:
+        return f"{self.kind} header declares {_shape_txt(self.shape)} {self.dtype.name} ({self.nbytes} bytes of data)"
+
+    def read(self, n: int, out_dtype: np.dtype, scale: bool = False) -> np.ndarray:
+        """The first ``n`` records (``n <= count``) as a new C-contiguous ``out_dtype`` array.
+
+        ``scale`` divides by 255 (uint8 images to [0, 1]) while converting. All ``count`` records read means
+        the whole payload: a compressed stream must then end exactly there. Fortran-order data has the first
+        records spread through the file, so it is read whole (the cap applies to the whole array) and the
+        first ``n`` records are copied out in C order: peak memory is the whole array plus that copy.
+        """
+        n = min(int(n), self.count)
+        whole = self.fortran or n == self.count
+        _check_cap(self.where, self.shape, self.count if self.fortran else n, out_dtype)
+        try:
+            if self.fortran:
+                full = np.empty(self.shape[::-1], out_dtype)  # the file's element order, in C order
+                self._fill(full, scale, whole, n)
+                return np.ascontiguousarray(full.T[:n])
+            out = np.empty((n,) + self.shape[1:], out_dtype)
+            self._fill(out, scale, whole, n)
+            return out
+        except _READ_ERRORS as exc:
+            raise LoadError(f"{self.where}: cannot read {self.kind} data ({exc})") from exc
+
+    def _fill(self, out: np.ndarray, scale: bool, whole: bool, n: int) -> None:
+        src = self.dtype
+        flat = out.reshape(-1)  # a view: out is C-contiguous
+        want = flat.size * src.itemsize
+        if out.dtype == src and not scale:  # same bytes: read straight into the result
+            got = _readinto(self.stream, memoryview(flat.view(np.uint8)))
+        else:  # convert chunk by chunk from a small scratch buffer
+            per = max(1, _CHUNK // src.itemsize)
+            scratch = np.empty(min(per, flat.size), src)
+            raw = memoryview(scratch.view(np.uint8))
+            got = pos = 0
+            while pos < flat.size:
+                k = min(per, flat.size - pos)
+                g = _readinto(self.stream, raw[: k * src.itemsize])
+                got += g
+                if g < k * src.itemsize:
+                    break
+                if scale:
+                    np.divide(scratch[:k], np.float32(255.0), out=flat[pos: pos + k])
+                else:
+                    flat[pos: pos + k] = scratch[:k]  # casts, and swaps byte order where needed
+                pos += k
+        if got < want:
+            if whole:
+                raise LoadError(f"{self.where}: {self.declares()} but the {self.container} holds {got}")
+            raise LoadError(
+                f"{self.where}: {self.declares()} but the {self.container} ends after {got} bytes of data "
+                f"({want} needed for the first {n} samples)"
+            )
+        if whole and self.compressed and self.stream.read(1):  # inflate one byte past the end, no more
+            raise LoadError(f"{self.where}: {self.declares()} but the {self.container} holds more than {self.nbytes}")
+
+
 # --------------------------------------------------------------------------------------------------- IDX
 
 
@@ -122,96 +338,81 @@ def _open_binary(path: Path):
     return (gzip.open(path, "rb") if gz else open(path, "rb")), gz
 
 
-def _read_exactly(stream, n: int) -> bytes:
-    """Read up to ``n`` bytes in bounded chunks (never asks the stream for ``n`` at once)."""
-    parts = []
-    got = 0
-    while got < n:
-        part = stream.read(min(_CHUNK, n - got))
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
+def _open_idx(path: Path) -> _Declared:
+    """Parse an IDX header and check its declared size against the file; the array, ready to read."""
+    stream, gz = _open_binary(path)
+    kind = "gzipped IDX" if gz else "IDX"
+    try:
+        head = stream.read(4)
+        if len(head) < 4:
+            raise LoadError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+        if head[0] != 0 or head[1] != 0:
+            magic = int.from_bytes(head, "big")
+            raise LoadError(
+                f"{path}: not an IDX file (magic number {magic} / 0x{magic:08x}; "
+                "expected 0x0000TTNN, e.g. 2051 for images, 2049 for labels)"
+            )
+        code, ndim = head[2], head[3]
+        if code not in _IDX_DTYPES:
+            raise LoadError(f"{path}: unknown IDX element type 0x{code:02x}")
+        if ndim == 0:
+            raise LoadError(f"{path}: IDX header declares 0 dimensions")
+        raw_dims = stream.read(4 * ndim)
+        if len(raw_dims) < 4 * ndim:
+            raise LoadError(f"{path}: IDX header truncated (expected {ndim} dimension sizes)")
+        dims = struct.unpack(f">{ndim}I", raw_dims)
+        arr = _Declared(str(path), kind, stream, dims, _IDX_DTYPES[code], compressed=gz)
+        header_len = 4 + 4 * ndim
+        size = path.stat().st_size
+        if not gz:
+            if size - header_len != arr.nbytes:
+                raise LoadError(f"{path}: {arr.declares()} but the file holds {size - header_len}")
+        elif header_len + arr.nbytes > _max_inflated(size):
+            raise LoadError(
+                f"{path}: {arr.declares()}, more than a {size}-byte gzip file can inflate to "
+                "(deflate gives at most ~1032 bytes per byte)"
+            )
+        return arr
+    except BaseException as exc:
+        stream.close()
+        if isinstance(exc, _READ_ERRORS):
+            raise LoadError(f"{path}: cannot read {kind} data ({exc})") from exc
+        raise
 
 
-def read_idx(path: PathLike) -> np.ndarray:
+def read_idx(path: PathLike, limit: Optional[int] = None) -> np.ndarray:
     """Read an IDX file (the MNIST format), plain or gzip-compressed.
 
     The header is four bytes ``0, 0, type code, ndim`` followed by ``ndim`` big-endian uint32 sizes;
     MNIST's magic numbers 2051 (images) and 2049 (labels) are this header for uint8 data with 3 and 1
-    dimensions. The header, the sizes and the payload length are all checked before the payload is read,
-    so a corrupt header claiming a huge array fails at once instead of allocating it.
+    dimensions. Before anything is allocated, the declared payload is checked against the file: exactly
+    for a plain file, and for a gzipped one against the most its size can inflate to. A gzipped payload is
+    then inflated in bounded chunks straight into the result; read whole, it must end exactly where the
+    header says (one byte more is inflated to tell).
 
     Parameters
     ----------
     path : str or path-like
         An IDX file, optionally gzipped (detected from its first bytes, not its name).
+    limit : int, optional
+        Read only the first ``limit`` records (along the first dimension); the rest is not read.
 
     Returns
     -------
     numpy.ndarray
-        The array in native byte order, of shape given by the header.
+        The array in native byte order, of shape given by the header (first dimension at most ``limit``).
 
     Raises
     ------
     LoadError
-        If the file is missing, is not IDX, or its payload does not match its header.
+        If the file is missing, is not IDX, its payload does not match its header, or it is too large
+        (:data:`MAX_EVAL_BYTES`).
     """
     path = Path(path)
-    stream, gz = _open_binary(path)
-    kind = "gzipped IDX" if gz else "IDX"
-    try:
-        with stream:
-            head = stream.read(4)
-            if len(head) < 4:
-                raise LoadError(f"{path}: too short for an IDX header ({len(head)} bytes)")
-            if head[0] != 0 or head[1] != 0:
-                magic = int.from_bytes(head, "big")
-                raise LoadError(
-                    f"{path}: not an IDX file (magic number {magic} / 0x{magic:08x}; "
-                    "expected 0x0000TTNN, e.g. 2051 for images, 2049 for labels)"
-                )
-            code, ndim = head[2], head[3]
-            if code not in _IDX_DTYPES:
-                raise LoadError(f"{path}: unknown IDX element type 0x{code:02x}")
-            if ndim == 0:
-                raise LoadError(f"{path}: IDX header declares 0 dimensions")
-            raw_dims = stream.read(4 * ndim)
-            if len(raw_dims) < 4 * ndim:
-                raise LoadError(f"{path}: IDX header truncated (expected {ndim} dimension sizes)")
-            dims = tuple(int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
-            dtype = _IDX_DTYPES[code]
-            expected = math.prod(dims) * dtype.itemsize
-            header_len = 4 + 4 * ndim
-            shape_txt = " x ".join(str(d) for d in dims)
-
-            if not gz:
-                actual = path.stat().st_size - header_len
-                if actual != expected:
-                    raise LoadError(
-                        f"{path}: {kind} header declares {shape_txt} {dtype.name} "
-                        f"({expected} bytes of data) but the file holds {actual}"
-                    )
-                payload = _read_exactly(stream, expected)
-            else:
-                # The decompressed size is unknown up front: read in bounded chunks, so a header that
-                # lies about the size costs only as much memory as the data really there.
-                payload = _read_exactly(stream, expected)
-                extra = stream.read(1)
-                if len(payload) != expected or extra:
-                    found = f"{len(payload)}" if not extra else f"more than {expected}"
-                    raise LoadError(
-                        f"{path}: {kind} header declares {shape_txt} {dtype.name} "
-                        f"({expected} bytes of data) but the file holds {found}"
-                    )
-            if len(payload) != expected:  # file changed under us
-                raise LoadError(f"{path}: {kind} payload truncated ({len(payload)} of {expected} bytes)")
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise LoadError(f"{path}: cannot read {kind} data ({exc})") from exc
-
-    arr = np.frombuffer(payload, dtype=dtype).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="))  # native order, writable copy
+    limit = _check_limit(limit, path)
+    with _open_idx(path) as arr:
+        n = arr.count if limit is None else min(limit, arr.count)
+        return arr.read(n, arr.dtype.newbyteorder("="))
 
 
 def _infer_labels_path(images_path: Path) -> Optional[Path]:
@@ -224,17 +425,10 @@ def _infer_labels_path(images_path: Path) -> Optional[Path]:
     return None
 
 
-def _images_to_tensor(arr: np.ndarray, where: str) -> torch.Tensor:
-    if arr.ndim == 3:  # (N, H, W) -> (N, 1, H, W); (N, D) features and (N, C, H, W) stay as they are
-        arr = arr[:, None, :, :]
-    elif arr.ndim not in (2, 4):
-        raise LoadError(f"{where}: images must have 3 dimensions (N, H, W), got shape {arr.shape}")
-    return torch.from_numpy(_as_float_inputs(arr))
-
-
 def _as_float_inputs(arr: np.ndarray) -> np.ndarray:
+    """float32 inputs from an in-memory array, in one allocation (uint8 scaled to [0, 1])."""
     if arr.dtype == np.uint8:
-        return (arr.astype(np.float32) / np.float32(255.0))
+        return np.divide(arr, np.float32(255.0), out=np.empty(arr.shape, np.float32))
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -248,7 +442,8 @@ def _labels_to_tensor(arr: np.ndarray, where: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
 
 
-def load_idx_pair(images_path: PathLike, labels_path: Optional[PathLike] = None) -> EvalData:
+def load_idx_pair(images_path: PathLike, labels_path: Optional[PathLike] = None,
+                  limit: Optional[int] = None) -> EvalData:
     """Load IDX images and their labels as :class:`EvalData`.
 
     Parameters
@@ -258,6 +453,9 @@ def load_idx_pair(images_path: PathLike, labels_path: Optional[PathLike] = None)
     labels_path : str or path-like, optional
         IDX labels, shape (N,). If omitted it is inferred by renaming ``images-idx3`` to ``labels-idx1``;
         if that file does not exist the data has no labels (fidelity is measured instead).
+    limit : int, optional
+        Only the first ``limit`` images and labels (both headers are still checked in full, and their
+        counts must agree).
 
     Returns
     -------
@@ -265,104 +463,231 @@ def load_idx_pair(images_path: PathLike, labels_path: Optional[PathLike] = None)
         ``inputs`` float32 of shape (N, 1, H, W), ``labels`` int64 of shape (N,) or None.
     """
     images_path = Path(images_path)
-    images = read_idx(images_path)
-    inputs = _images_to_tensor(images, str(images_path))
+    limit = _check_limit(limit, images_path)
     if labels_path is None:
         guess = _infer_labels_path(images_path)
         labels_path = guess if guess is not None and guess.exists() else None
-    labels = None
-    if labels_path is not None:
-        labels_path = Path(labels_path)
-        labels = _labels_to_tensor(read_idx(labels_path), str(labels_path))
-        if labels.shape[0] != inputs.shape[0]:
-            raise LoadError(
-                f"{labels_path}: {labels.shape[0]} labels, but {images_path.name} has {inputs.shape[0]} images"
-            )
-    return EvalData(inputs, labels, f"{images_path.name} ({inputs.shape[0]})")
+    with ExitStack() as stack:
+        img = stack.enter_context(_open_idx(images_path))
+        if img.ndim not in (2, 3, 4):
+            raise LoadError(f"{images_path}: images must have 3 dimensions (N, H, W), got shape {img.shape}")
+        lab = None
+        if labels_path is not None:
+            labels_path = Path(labels_path)
+            lab = stack.enter_context(_open_idx(labels_path))
+            if lab.ndim != 1:
+                raise LoadError(f"{labels_path}: labels must be 1-D class indices, got shape {lab.shape}")
+            _check_label_dtype(lab.dtype, str(labels_path))
+            if lab.count != img.count:
+                raise LoadError(
+                    f"{labels_path}: {lab.count} labels, but {images_path.name} has {img.count} images"
+                )
+        n = img.count if limit is None else min(limit, img.count)
+        x = img.read(n, _F32, scale=img.dtype == np.uint8)
+        labels = None if lab is None else _labels_to_tensor(lab.read(n, _I64), str(labels_path))
+    if x.ndim == 3:  # (N, H, W) -> (N, 1, H, W); (N, D) features and (N, C, H, W) stay as they are
+        x = x.reshape(x.shape[0], 1, *x.shape[1:])
+    return EvalData(torch.from_numpy(x), labels, _sized_name(images_path.name, n, img.count))
 
 
 # ------------------------------------------------------------------------------------------------- NumPy
 
 _INPUT_KEYS = ("x", "inputs", "x_test")
 _LABEL_KEYS = ("y", "labels", "y_test")
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+                zipfile.ZIP_LZMA: "lzma"}
 
 
 def _inputs_to_tensor(arr: np.ndarray, where: str) -> torch.Tensor:
     if arr.ndim < 1:
         raise LoadError(f"{where}: inputs must have a sample dimension, got a scalar")
-    if arr.dtype == np.uint8 or arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.floating):
+    if _input_dtype(arr.dtype, where) == _F32:
         return torch.from_numpy(_as_float_inputs(arr))
-    if np.issubdtype(arr.dtype, np.integer):
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
-    raise LoadError(f"{where}: inputs must be numbers, got {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
 
 
-def _np_load_error(path: Path, exc: Exception) -> LoadError:
-    if isinstance(exc, ValueError) and "pickle" in str(exc).lower():
-        return LoadError(
-            f"{path}: contains Python objects (a pickled array); refusing to unpickle it. "
-            "Save plain numeric arrays instead"
-        )
-    return LoadError(f"{path}: cannot read NumPy data ({exc})")
+def _read_exactly(stream, n: int, what: str, where: str) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise LoadError(f"{where}: .npy {what} truncated ({len(data)} of {n} bytes)")
+    return data
 
 
-def load_npz(path: PathLike) -> EvalData:
-    """Load a NumPy ``.npz`` archive with inputs under ``x`` (or ``inputs``) and labels under ``y`` (or ``labels``).
+def _read_npy_header(stream, where: str) -> Tuple[tuple, bool, np.dtype, int]:
+    """Parse a ``.npy`` header from ``stream`` (left at the first data byte), reading at most
+    _NPY_MAX_HEADER + 12 bytes; ``(shape, fortran_order, dtype, header length)``. Object dtypes are refused.
 
-    Keras' ``mnist.npz`` layout (``x_test``, ``y_test``) is accepted too. Labels are optional. The file is
-    opened with ``allow_pickle=False``: an archive holding object arrays is refused.
+    Format 3.0 differs from 2.0 only in its header's encoding (UTF-8 instead of latin-1), which matters only
+    for the field names of structured dtypes, refused anyway: it is parsed as 2.0.
     """
-    path = Path(path)
+    fmt = np.lib.format
+    try:
+        major, minor = fmt.read_magic(stream)
+    except ValueError as exc:
+        raise LoadError(f"{where}: not a .npy array ({exc})") from None
+    if (major, minor) not in ((1, 0), (2, 0), (3, 0)):
+        raise LoadError(f"{where}: unsupported .npy format version {major}.{minor}")
+    length_fmt = "<H" if major == 1 else "<I"
+    length_raw = _read_exactly(stream, struct.calcsize(length_fmt), "header length", where)
+    (header_len,) = struct.unpack(length_fmt, length_raw)
+    if header_len > _NPY_MAX_HEADER:
+        raise LoadError(f"{where}: .npy header of {header_len} bytes, more than the {_NPY_MAX_HEADER} allowed")
+    header = _read_exactly(stream, header_len, "header", where)
+    parse = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+    try:
+        shape, fortran, dtype = parse(io.BytesIO(length_raw + header), max_header_size=_NPY_MAX_HEADER)
+    except (ValueError, TypeError, SyntaxError, RecursionError) as exc:
+        raise LoadError(f"{where}: bad .npy header ({exc})") from None
+    if any(d < 0 for d in shape):
+        raise LoadError(f"{where}: bad .npy header (negative size in shape {shape})")
+    if dtype.hasobject:
+        raise _pickle_refusal(where)
+    return tuple(int(d) for d in shape), fortran, dtype, fmt.MAGIC_LEN + len(length_raw) + header_len
+
+
+def _open_npy(path: Path) -> _Declared:
     if not path.exists():
         raise LoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise LoadError(f"{path}: is a folder, not a data file")
+    stream = open(path, "rb")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            xkey = next((k for k in _INPUT_KEYS if k in keys), None)
+        shape, fortran, dtype, header_len = _read_npy_header(stream, str(path))
+        arr = _Declared(str(path), ".npy", stream, shape, dtype, fortran=fortran)
+        held = path.stat().st_size - header_len
+        if held != arr.nbytes:
+            raise LoadError(f"{path}: {arr.declares()} but the file holds {held}")
+        return arr
+    except BaseException as exc:
+        stream.close()
+        if isinstance(exc, _READ_ERRORS):
+            raise LoadError(f"{path}: cannot read .npy data ({exc})") from exc
+        raise
+
+
+def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, archive_size: int) -> _Declared:
+    """A ``.npy`` member of an ``.npz``, its header parsed from the member's stream and its declared size
+    checked against the zip entry's sizes (which are checked against each other and the archive)."""
+    method = _ZIP_METHODS.get(info.compress_type)
+    if method is None:
+        raise LoadError(f"{where}: compressed with zip method {info.compress_type}, which is not supported "
+                        "(stored, deflate, bzip2 and lzma are)")
+    if info.flag_bits & 0x1:
+        raise LoadError(f"{where}: the zip entry is encrypted")
+    if info.header_offset + info.compress_size > archive_size:
+        raise LoadError(f"{where}: the zip entry claims {info.compress_size} compressed bytes at offset "
+                        f"{info.header_offset}, past the end of the {archive_size}-byte archive")
+    if method == "stored" and info.compress_size != info.file_size:
+        raise LoadError(f"{where}: stored zip entry of {info.compress_size} bytes claims {info.file_size} "
+                        "uncompressed")
+    if method != "stored" and info.file_size > _max_inflated(info.compress_size):
+        raise LoadError(f"{where}: the zip entry claims {info.file_size} bytes from {info.compress_size} "
+                        f"compressed ({method}), more than compression can give (~1032:1 at most for deflate)")
+    stream = zf.open(info)
+    try:
+        shape, fortran, dtype, header_len = _read_npy_header(stream, where)
+        arr = _Declared(where, ".npy", stream, shape, dtype, fortran=fortran, compressed=method != "stored",
+                        container="zip entry")
+        if header_len + arr.nbytes != info.file_size:
+            raise LoadError(f"{where}: {arr.declares()} but the zip entry holds {info.file_size - header_len}")
+        return arr
+    except BaseException as exc:
+        stream.close()
+        if isinstance(exc, _READ_ERRORS):
+            raise LoadError(f"{where}: cannot read .npy data ({exc})") from exc
+        raise
+
+
+def load_npz(path: PathLike, limit: Optional[int] = None) -> EvalData:
+    """Load a NumPy ``.npz`` archive with inputs under ``x`` (or ``inputs``) and labels under ``y`` (or ``labels``).
+
+    Keras' ``mnist.npz`` layout (``x_test``, ``y_test``) is accepted too. Labels are optional. The archive is
+    read with :mod:`zipfile`, not ``np.load`` (which reads whole members): each member's ``.npy`` header is
+    parsed from its stream and checked against the zip entry (declared size, and what its compressed size
+    can inflate to) before anything is allocated; then only the first ``limit`` samples are inflated, into
+    the result. Arrays of Python objects and non-numeric arrays are refused, as are compression methods
+    other than stored, deflate, bzip2 and lzma. Read whole, a member is checked to its CRC.
+    """
+    path = Path(path)
+    limit = _check_limit(limit, path)
+    if not path.exists():
+        raise LoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise LoadError(f"{path}: is a folder, not a data file")
+    try:
+        with zipfile.ZipFile(path) as zf, ExitStack() as stack:
+            infos = {info.filename: info for info in zf.infolist()}
+            keys = [name[:-4] if name.endswith(".npy") else name for name in infos]
+            xkey = next((k for k in _INPUT_KEYS if f"{k}.npy" in infos), None)
             if xkey is None:
                 raise LoadError(
                     f"{path}: no inputs array; expected a key 'x' or 'inputs', found {keys or 'no arrays'}"
                 )
-            ykey = next((k for k in _LABEL_KEYS if k in keys), None)
-            x = archive[xkey]
-            y = archive[ykey] if ykey is not None else None
+            ykey = next((k for k in _LABEL_KEYS if f"{k}.npy" in infos), None)
+            size = path.stat().st_size
+            xwhere = f"{path} [{xkey!r}]"
+            x = stack.enter_context(_open_member(zf, infos[f"{xkey}.npy"], xwhere, size))
+            if x.ndim < 1:
+                raise LoadError(f"{xwhere}: inputs must have a sample dimension, got a scalar")
+            xdtype = _input_dtype(x.dtype, xwhere)
+            y = None
+            if ykey is not None:
+                ywhere = f"{path} [{ykey!r}]"
+                y = stack.enter_context(_open_member(zf, infos[f"{ykey}.npy"], ywhere, size))
+                if y.ndim != 1:
+                    raise LoadError(f"{ywhere}: labels must be 1-D class indices, got shape {y.shape}")
+                _check_label_dtype(y.dtype, ywhere)
+                if y.count != x.count:
+                    raise LoadError(f"{path}: {x.count} inputs ({xkey!r}) but {y.count} labels ({ykey!r})")
+            n = x.count if limit is None else min(limit, x.count)
+            inputs = torch.from_numpy(x.read(n, xdtype, scale=x.dtype == np.uint8))
+            labels = None if y is None else _labels_to_tensor(y.read(n, _I64), ywhere)
     except LoadError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise _np_load_error(path, exc) from exc
-    return _eval_data(x, y, str(path), xkey, ykey, path.name)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) + _LZMA_ERRORS \
+            as exc:
+        raise LoadError(f"{path}: cannot read the .npz archive ({exc})") from exc
+    return EvalData(inputs, labels, _sized_name(path.name, n, x.count))
 
 
-def load_npy(path: PathLike) -> EvalData:
-    """Load a single ``.npy`` array as unlabelled inputs (``allow_pickle=False``)."""
+def load_npy(path: PathLike, limit: Optional[int] = None) -> EvalData:
+    """Load a single ``.npy`` array as unlabelled inputs.
+
+    The header is parsed with :mod:`numpy.lib.format` (object dtypes refused: nothing is unpickled) and
+    header + declared data must be the file's size exactly before anything is allocated; then only the
+    first ``limit`` samples are read. A Fortran-order array is read whole (its first samples are spread
+    through the file) and the first ``limit`` copied out; :data:`MAX_EVAL_BYTES` applies to the whole array.
+    """
     path = Path(path)
-    if not path.exists():
-        raise LoadError(f"{path}: no such file")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise _np_load_error(path, exc) from exc
-    inputs = _inputs_to_tensor(x, str(path))
-    return EvalData(inputs, None, f"{path.name} ({inputs.shape[0]})")
+    limit = _check_limit(limit, path)
+    with _open_npy(path) as x:
+        if x.ndim < 1:
+            raise LoadError(f"{path}: inputs must have a sample dimension, got a scalar")
+        xdtype = _input_dtype(x.dtype, str(path))
+        n = x.count if limit is None else min(limit, x.count)
+        inputs = torch.from_numpy(x.read(n, xdtype, scale=x.dtype == np.uint8))
+    return EvalData(inputs, None, _sized_name(path.name, n, x.count))
 
 
 # -------------------------------------------------------------------------------------------- dispatch
 
 
-def eval_data_from_factory(ref: str) -> EvalData:
+def eval_data_from_factory(ref: str, limit: Optional[int] = None) -> EvalData:
     """Call the factory ``package.module:callable`` (no arguments) for eval data. It may return an
-    :class:`EvalData` (used as it is), ``(inputs[, labels])``, or a dict with inputs under ``x``/``inputs``
-    and labels under ``y``/``labels``: arrays or tensors, converted as the file readers convert them. Only
-    code the user named is imported and run."""
+    :class:`EvalData` (used as it is, or its :meth:`~EvalData.subset` with a limit), ``(inputs[, labels])``,
+    or a dict with inputs under ``x``/``inputs`` and labels under ``y``/``labels``: arrays or tensors,
+    converted as the file readers convert them (only the first ``limit`` samples). Only code the user
+    named is imported and run."""
     from .loading import resolve_factory
 
+    limit = _check_limit(limit)  # named by load_eval_data, as the other factory errors are
     fn = resolve_factory(ref)
     try:
         out = fn()
     except Exception as exc:
         raise LoadError(f"factory failed: {type(exc).__name__}: {exc}") from None
     if isinstance(out, EvalData):
-        return out
+        return out if limit is None or limit >= len(out) else out.subset(limit)
     if isinstance(out, dict):
         xkey = next((k for k in _INPUT_KEYS if k in out), None)
         if xkey is None:
@@ -385,22 +710,30 @@ def eval_data_from_factory(ref: str) -> EvalData:
             return v
         raise LoadError(f"{what} must be an array or a tensor, got {type(v).__name__}")
 
-    return _eval_data(array(x, "inputs"), None if y is None else array(y, "labels"), ref, "inputs", "labels", ref)
+    return _eval_data(array(x, "inputs"), None if y is None else array(y, "labels"), ref, "inputs", "labels", ref,
+                      limit)
 
 
-def _eval_data(x: np.ndarray, y: Optional[np.ndarray], where: str, xname: str, yname: str, label: str) -> EvalData:
-    """Inputs and optional labels as an :class:`EvalData` named ``label (count)``, with the conversions
-    and checks every reader applies."""
-    inputs = _inputs_to_tensor(x, f"{where} [{xname!r}]")
+def _eval_data(x: np.ndarray, y: Optional[np.ndarray], where: str, xname: str, yname: str, label: str,
+               limit: Optional[int] = None) -> EvalData:
+    """In-memory inputs and optional labels as an :class:`EvalData` named ``label (count)``, with the
+    conversions and checks every reader applies; only the first ``limit`` samples are converted."""
+    xwhere = f"{where} [{xname!r}]"
+    if x.ndim < 1:
+        raise LoadError(f"{xwhere}: inputs must have a sample dimension, got a scalar")
+    total = x.shape[0]
+    if y is not None and y.ndim == 1 and y.shape[0] != total:
+        raise LoadError(f"{where}: {total} inputs ({xname!r}) but {y.shape[0]} labels ({yname!r})")
+    n = total if limit is None else min(limit, total)
+    _check_cap(xwhere, x.shape, n, _input_dtype(x.dtype, xwhere))
+    inputs = _inputs_to_tensor(x[:n], xwhere)
     labels = None
     if y is not None:
-        labels = _labels_to_tensor(y, f"{where} [{yname!r}]")
-        if labels.shape[0] != inputs.shape[0]:
-            raise LoadError(f"{where}: {inputs.shape[0]} inputs ({xname!r}) but {labels.shape[0]} labels ({yname!r})")
-    return EvalData(inputs, labels, f"{label} ({inputs.shape[0]})")
+        labels = _labels_to_tensor(y[:n] if y.ndim == 1 else y, f"{where} [{yname!r}]")
+    return EvalData(inputs, labels, _sized_name(label, n, total))
 
 
-def load_eval_data(path: PathLike) -> EvalData:
+def load_eval_data(path: PathLike, limit: Optional[int] = None) -> EvalData:
     """Load evaluation data from ``path``, choosing the reader by content (and name as a fallback).
 
     - ``.npz`` (zip archive): :func:`load_npz`
@@ -408,15 +741,18 @@ def load_eval_data(path: PathLike) -> EvalData:
     - IDX, plain or gzipped: :func:`load_idx_pair` (labels found next to the images if named the MNIST way);
       a lone IDX labels file is refused.
     - ``package.module:callable`` that is not an existing path: :func:`eval_data_from_factory`.
+
+    ``limit`` keeps the first ``limit`` samples (``None``: all), reading only the bytes they need.
     """
     from .loading import is_factory_ref
 
     if is_factory_ref(path):
         try:
-            return eval_data_from_factory(path)
+            return eval_data_from_factory(path, limit)
         except LoadError as exc:
             raise LoadError(f"eval data {path!r}: {exc}") from None
     path = Path(path)
+    limit = _check_limit(limit, path)
     if not path.exists():
         raise LoadError(f"{path}: no such file")
     if path.is_dir():
@@ -424,9 +760,9 @@ def load_eval_data(path: PathLike) -> EvalData:
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic[:4] == b"PK\x03\x04" or path.suffix.lower() == ".npz":
-        return load_npz(path)
+        return load_npz(path, limit)
     if magic == b"\x93NUMPY":
-        return load_npy(path)
+        return load_npy(path, limit)
     if magic[:2] == b"\x1f\x8b":
         try:
             with gzip.open(path, "rb") as g:
@@ -436,7 +772,7 @@ def load_eval_data(path: PathLike) -> EvalData:
     if len(magic) >= 4 and magic[0] == 0 and magic[1] == 0:
         if magic[3] == 1 and magic[2] in _IDX_DTYPES:
             raise LoadError(f"{path}: this is an IDX labels file; choose the matching images file instead")
-        return load_idx_pair(path)
+        return load_idx_pair(path, limit=limit)
     raise LoadError(f"{path}: unknown data format (expected .npz, .npy or IDX such as MNIST's *-idx3-ubyte[.gz])")
 
 

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -132,7 +133,11 @@ def _extract_state_dict(obj, path: str) -> dict:
 
 def _torch_load(path: str, trust: bool):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's restricted unpickler warns (two lines on stderr) about pickle protocols it was not
+            # written for before it refuses or reads the file; what it decides is reported below, once
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise LoadError(f"{path}: corrupt or not a PyTorch file ({_first_line(exc)})") from None
@@ -195,7 +200,8 @@ def is_factory_ref(s) -> bool:
 
 
 def load_model(source: Optional[str] = None, factory: Optional[str] = None, trust: bool = False,
-               data: Optional[str] = None, factory_kwargs: Optional[dict] = None) -> LoadedModel:
+               data: Optional[str] = None, factory_kwargs: Optional[dict] = None,
+               limit: Optional[int] = None) -> LoadedModel:
     """Load a model for exploration.
 
     Parameters
@@ -209,6 +215,8 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
         Allow unpickling a full Python pickle. Never needed for weights, samples or TorchScript.
     data : str, optional
         Eval data file (IDX or npz) that overrides the factory's.
+    limit : int, optional
+        Keep the first ``limit`` eval samples only; from a file, only those are read.
 
     Raises
     ------
@@ -234,7 +242,9 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
     if data is not None:
         from .data import load_eval_data
 
-        loaded.eval_data = load_eval_data(data)
+        loaded.eval_data = load_eval_data(data, limit=limit)
+    elif limit is not None and loaded.eval_data is not None and len(loaded.eval_data) > limit:
+        loaded.eval_data = loaded.eval_data.subset(limit)
     if loaded.example_input is None and loaded.eval_data is not None and len(loaded.eval_data) > 0:
         loaded.example_input = loaded.eval_data.inputs[:1]
     loaded.model.eval()

@@ -130,3 +130,20 @@ def test_bad_files_get_one_clear_message(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(LoadError, match="not a model"):
         load_model(str(tmp_path / "list.pt"), factory=FACTORY)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_pickle_of_any_protocol_is_refused_in_one_line(tmp_path, protocol):
+    """Issue 12, item 7: a protocol-4 pickle made torch's restricted unpickler print a two-line UserWarning
+    before our message. The refusal is the one line, whatever the protocol."""
+    import pickle
+    import subprocess
+    import sys
+
+    path = tmp_path / "whole.pt"
+    with open(path, "wb") as fh:
+        pickle.dump(torch.nn.Linear(3, 2), fh, protocol=protocol)
+    out = subprocess.run([sys.executable, "-m", "explorer", "inspect", str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and "--trust" in out.stderr, out.stderr
