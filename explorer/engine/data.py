@@ -757,6 +757,8 @@ def load_eval_data(path: PathLike, limit: Optional[int] = None) -> EvalData:
         raise LoadError(f"{path}: no such file")
     if path.is_dir():
         raise LoadError(f"{path}: is a folder; choose the images file inside it")
+    if not path.is_file():  # a FIFO would block the reader, a device (/dev/zero) never end
+        raise LoadError(f"{path}: not a regular file")
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic[:4] == b"PK\x03\x04" or path.suffix.lower() == ".npz":

@@ -484,6 +484,7 @@ class ModelFile:
     data: memoryview = field(repr=False, default=None)
     data_start: int = 0
     offsets: list = field(default_factory=list)  # (start, length) of each stream, absolute
+    tensor_streams: dict = field(default_factory=dict)  # stored tensor -> the streams its encoding uses
 
     def stream(self, index: int) -> bytes:
         start, length = self.offsets[index]  # the schema checked every index the manifest names
@@ -508,14 +509,14 @@ def read(path) -> ModelFile:
         if st.st_size > MAX_FILE:
             raise LoadError(f"{path}: {st.st_size:,} bytes is larger than this reader accepts ({MAX_FILE:,})")
         with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE + 1)
+            raw = fh.read(st.st_size + 1)  # (read(n) reserves n bytes at once: never the cap itself)
     except FileNotFoundError:
         raise LoadError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise LoadError(f"{path}: is a directory, not a model file") from None
     except OSError as exc:
         raise LoadError(f"{path}: cannot read: {exc}") from None
-    _need(len(raw) <= MAX_FILE, f"{path}: grew past {MAX_FILE:,} bytes while being read")
+    _need(len(raw) == st.st_size, f"{path}: changed size while being read ({st.st_size:,} -> {len(raw):,} bytes)")
     try:
         return parse(raw)
     except FormatError as exc:
@@ -551,7 +552,7 @@ def parse(raw: bytes) -> ModelFile:
         manifest = jsonio.loads(text)
     except jsonio.JSONLimit as exc:
         raise FormatError(f"the manifest cannot be read: {exc}") from None
-    manifest = check_manifest(manifest, nstreams, size, MAX_EXPANSION * size + EXPANSION_ALLOWANCE)
+    used = check_manifest(manifest, nstreams, size, MAX_EXPANSION * size + EXPANSION_ALLOWANCE)
     data_start = table_end + mlen
     view = memoryview(raw)
     offsets = []
@@ -564,7 +565,7 @@ def parse(raw: bytes) -> ModelFile:
         offsets.append((pos, length))
         pos += length
     _need(pos == size, f"the file has {size - pos:,} bytes after its last stream")
-    return ModelFile(manifest, size, view, data_start, offsets)
+    return ModelFile(manifest, size, view, data_start, offsets, used)
 
 
 def _shape(entry) -> tuple:
@@ -902,17 +903,9 @@ def is_model_file(path) -> bool:
         return False
 
 
-_STREAM_KEYS = ("stream", "mask", "floats", "codebook", "alpha", "scales", "zero_points")
-
-
 def summary(mf: ModelFile) -> dict:
     """What `compression-explorer info` prints: architecture, plan and per-tensor encodings and bytes
     (from a manifest the parser checked: nothing here can fail)."""
-    def nbytes(obj) -> int:
-        if not isinstance(obj, dict):
-            return 0
-        return sum(mf.offsets[v][1] if k in _STREAM_KEYS else nbytes(v) for k, v in obj.items())
-
     rows = []
     for e in mf.manifest["tensors"]:
         enc = e.get("encoding")
@@ -927,7 +920,9 @@ def summary(mf: ModelFile) -> dict:
                 desc += f" ({q['method']} {q['bits']}b, {enc['index']['coding']})"
             if enc["storage"] == "gaps":
                 desc += f", {enc['gap_bits']}-bit gaps ({enc['gaps']['coding']})"
-        rows.append({"name": e["name"], "shape": e["shape"], "encoding": desc, "bytes": nbytes(enc)})
+        used = mf.tensor_streams.get(e["name"], ())
+        rows.append({"name": e["name"], "shape": e["shape"], "encoding": desc,
+                     "bytes": sum(mf.offsets[i][1] for i in used)})
     return {"file_bytes": mf.size, "header_and_manifest_bytes": mf.data_start,
             "architecture": {k: v for k, v in mf.manifest["architecture"].items() if k != "stream"},
             "producer": mf.manifest["producer"], "plan": mf.manifest["plan"],

@@ -88,7 +88,7 @@ def read_bounded(path, max_bytes: int, what: str) -> bytes:
         raise JSONLimit(f"{st.st_size:,} bytes is too large for a {what} (at most {max_bytes:,})")
     try:
         with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            data = fh.read(st.st_size + 1)  # (read(n) reserves n bytes at once: never the cap itself)
     except OSError as exc:
         raise JSONLimit(f"cannot read {what}: {exc.strerror or exc}") from None
     if len(data) > max_bytes:  # it grew since stat()

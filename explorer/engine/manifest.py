@@ -46,11 +46,13 @@ MAX_NAME = 1000
 def check(manifest: Any, nstreams: int, file_bytes: int, max_decoded: int) -> dict:
     """Validate ``manifest`` (parsed JSON) for a file of ``file_bytes`` bytes and ``nstreams`` streams whose
     tensors may declare at most ``max_decoded`` bytes once decoded (8 per value: a lying shape cannot make
-    the reader allocate without bound); return it unchanged."""
+    the reader allocate without bound). Returns, per stored tensor, the streams its encoding uses (what
+    ``info`` counts as its bytes: only streams the schema read, never a key it ignores)."""
     m = _obj(manifest, "the manifest")
     _need(m.get("format") == FORMAT_NAME, "the manifest does not describe a compressed model")
-    _Check(nstreams, file_bytes, max_decoded).manifest(m)
-    return m
+    checker = _Check(nstreams, file_bytes, max_decoded)
+    checker.manifest(m)
+    return checker.used
 
 
 def tensor_numel(entry: dict) -> int:
@@ -115,10 +117,13 @@ def _has(d: dict, key: str, where: str):
 class _Check:
     def __init__(self, nstreams: int, file_bytes: int, max_decoded: int):
         self.nstreams, self.file_bytes, self.max_decoded = nstreams, file_bytes, max_decoded
+        self.used: dict = {}  # tensor name -> the streams its encoding names
+        self._streams: list = []  # where stream() records, while one tensor is checked
 
     def stream(self, v, where: str) -> int:
         _need(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < self.nstreams,
               f"{where} names stream {v!r}, which the file does not have (it has {self.nstreams})")
+        self._streams.append(v)
         return v
 
     # ------------------------------------------------------------------------------ top level
@@ -206,7 +211,9 @@ class _Check:
                 _str(e["alias"], f"{where}: alias")
                 _need("encoding" not in e, f"{where} is an alias and has an encoding")
             else:
+                self._streams = []
                 self.encoding(_obj(_has(e, "encoding", where), f"{where}: encoding"), e, where)
+                self.used[name] = tuple(self._streams)
         for name, e in names.items():
             if "alias" in e:
                 target = names.get(e["alias"])
@@ -244,10 +251,11 @@ class _Check:
     def coded(self, s: dict, where: str, width: int, alphabet_size: int) -> None:
         coding = _str(_has(s, "coding", where), f"{where}.coding", ("raw", "huffman", "rans"))
         if coding == "raw":
-            _need(s.get("width") == width, f"{where}: raw codes of {s.get('width')!r} bits where {width} are stored")
+            got = _int(_has(s, "width", where), f"{where}.width", 0, 32)
+            _need(got == width, f"{where}: raw codes of {got} bits where {width} are stored")
         else:
-            _need(s.get("alphabet") == alphabet_size,
-                  f"{where}: a {coding} alphabet of {s.get('alphabet')!r} symbols where there are {alphabet_size}")
+            got = _int(_has(s, "alphabet", where), f"{where}.alphabet", 1, 65536)
+            _need(got == alphabet_size, f"{where}: a {coding} alphabet of {got} symbols where there are {alphabet_size}")
         self.stream(_has(s, "stream", where), f"{where}.stream")
 
     def quant(self, q: dict, where: str, n: int) -> dict:

@@ -2,6 +2,7 @@
 
 import gzip
 import math
+import os
 import struct
 import tracemalloc
 from pathlib import Path
@@ -264,6 +265,12 @@ def test_load_eval_data_dispatch(tmp_path):
         load_eval_data(tmp_path / "notes.txt")
     with pytest.raises(LoadError, match="is a folder"):
         load_eval_data(tmp_path)
+    with pytest.raises(LoadError, match="dev/zero: not a regular file"):
+        load_eval_data("/dev/zero")
+    if hasattr(os, "mkfifo"):  # refused, not waited on
+        os.mkfifo(tmp_path / "pipe.npy")
+        with pytest.raises(LoadError, match="not a regular file"):
+            load_eval_data(tmp_path / "pipe.npy")
 
 
 # ---------------------------------------------------------------------------------------------- EvalData

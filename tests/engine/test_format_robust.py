@@ -1193,3 +1193,46 @@ def test_fuzz_manifest_schema_edits_and_shapes(data):
     class of the process changes."""
     d = HypothesisDraws(data)
     fuzz_case(d, "manifest", full_every=1)
+
+
+IGNORED_KEYS = {  # keys the schema does not read: the file still loads and info counts only real streams
+    "alpha-on-kmeans": lambda m: _tensor(m, "fc1.weight")["encoding"]["quant"].update(alpha=[]),
+    "stream-on-a-weight": lambda m: _tensor(m, "fc1.weight")["encoding"].update(stream=-2 ** 63),
+    "mask-on-gaps": lambda m: _tensor(m, "fc2.weight")["encoding"].update(mask="x"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IGNORED_KEYS))
+def test_info_counts_only_the_streams_the_schema_read(case):
+    """Found by benchmarks/fuzz_probe.py: ``info`` summed every stream-like key of an encoding, so an unknown
+    ``quant.alpha = []`` or an unused ``stream = -2**63`` made it raise TypeError/IndexError."""
+    raw = _manifest_edit("mlp-kmeans-gaps", IGNORED_KEYS[case])
+    assert attempt(raw, full=True) == "ok"
+    got = {t["name"]: t["bytes"] for t in ff.summary(ff.parse(raw))["tensors"]}
+    assert got == {t["name"]: t["bytes"] for t in ff.summary(ff.parse(corpus("mlp-kmeans-gaps")))["tensors"]}
+
+
+@pytest.mark.parametrize("key,value", [("alphabet", 16.0), ("alphabet", True), ("width", 5.0), ("width", True)])
+def test_numbers_of_the_wrong_type_do_not_pass_for_equal(key, value):
+    """``16.0 == 16`` and ``True == 1`` in Python: the schema checks the type first (a float alphabet passed
+    and failed as TypeError in the Huffman decoder)."""
+    def edit(m):
+        index = _tensor(m, "fc3.weight")["encoding"]["index"]
+        if key == "width":
+            index.clear()
+            index.update(coding="raw", stream=0)
+        index[key] = value
+    raises_format_error(_manifest_edit("mlp-kmeans-gaps", edit), match=f"{key} must be an integer")
+
+
+def test_reading_a_small_file_allocates_little(tmp_path):
+    """``read(n)`` reserves n bytes at once: reading with the 4 GiB cap as n took 4 GiB per file read."""
+    path = tmp_path / "small.cexp"
+    path.write_bytes(corpus("mlp-kmeans-gaps"))
+    tracemalloc.start()
+    try:
+        ff.read(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < SMALL_PEAK, f"{peak / 1e6:.0f} MB to read a file of {path.stat().st_size:,} bytes"
