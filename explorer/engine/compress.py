@@ -464,7 +464,7 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
             method = "svd" if isinstance(module, (nn.Linear, nn.Embedding)) else "tucker2"
         report(progress, 0.05, f"factorising {name}")
         try:
-            replacement, info = _lowrank.factorize(module, method, lr.rank, name=name)
+            replacement, info = _lowrank.factorize(module, method, lr.rank, name=name, grow=False)
         except (CompressionError, PlanError) as exc:
             msg = str(exc) if name in str(exc) else f"layer '{name}': {exc}"
             raise type(exc)(msg) from None

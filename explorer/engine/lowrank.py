@@ -46,6 +46,7 @@ __all__ = [
     "METHODS",
     "factorize",
     "choose_rank",
+    "break_even_rank",
     "lowrank_params",
     "svd_linear",
     "svd_embedding",
@@ -67,7 +68,8 @@ _CONVS = (nn.Conv1d, nn.Conv2d)
 
 
 def factorize(
-    module: nn.Module, method: str, rank: Rank, *, name: Optional[str] = None, progress: ProgressFn = None
+    module: nn.Module, method: str, rank: Rank, *, name: Optional[str] = None, progress: ProgressFn = None,
+    grow: bool = True,
 ) -> tuple[nn.Sequential, dict]:
     """Factorise one layer into a chain of smaller layers.
 
@@ -88,6 +90,10 @@ def factorize(
     progress : callable, optional
         ``progress(fraction, message)``; returning ``False`` cancels (see :mod:`explorer.engine.progress`).
         CP reports after every ALS iteration, the other methods at start and end.
+    grow : bool
+        Whether the factors may hold more weights than the layer (full-rank factors reproduce it exactly,
+        which teaching and tests use). ``False`` (what a plan gets) refuses such a rank, naming the
+        break-even rank (:func:`break_even_rank`).
 
     Returns
     -------
@@ -105,7 +111,8 @@ def factorize(
     Cancelled
         ``progress`` asked to stop.
     PlanError
-        Unknown method, or a rank that is not an int >= 1, a float in (0, 1] or a valid pair.
+        Unknown method, or a rank that is not an int >= 1, a float in (0, 1] or a valid pair; with
+        ``grow=False``, a rank whose factors hold more weights than the layer.
     CompressionError
         The method does not apply to this layer (wrong type, grouped convolution, non-finite weights...).
 
@@ -117,6 +124,14 @@ def factorize(
     """
     ranks, clamped = _resolve(module, method, rank, name)
     weight = module.weight
+    if not grow and _count(module, method, ranks) > weight.numel():
+        even = break_even_rank(module, method)
+        raise PlanError(
+            f"{_label(module, name)}: rank {_rank_text(rank)} gives {method} factors of "
+            f"{_count(module, method, ranks):,} weights, more than the layer's {weight.numel():,}; the break-even "
+            + (f"rank is {even} (at most {even} keeps it smaller)" if even else "is below rank 1: factorising "
+               "this layer cannot make it smaller")
+            + (" for equal ranks R3 = R4" if method == "tucker2" and even else ""))
     report(progress, 0.0, f"{method} of {_label(module, name)}")
     with torch.no_grad():
         if method == "svd":
@@ -174,6 +189,27 @@ def choose_rank(module: nn.Module, method: str, rank: Rank, *, name: Optional[st
     ``R3 / S ~ R4 / T`` and walks up that path while the count fits the budget.
     """
     return list(_resolve(module, method, rank, name)[0])
+
+
+def break_even_rank(module: nn.Module, method: str) -> int:
+    """The largest rank whose factors hold no more weights than ``module`` (0 if even rank 1 holds more):
+    ``floor(m n / (m + n))`` for svd, ``floor(S T k / (S + T + sum k))`` for cp, and for tucker2 the largest
+    ``R3 = R4 = r`` (each capped at its mode's size) with ``S r + k r^2 + T r <= S T k``."""
+    _check(module, method, None)
+    numel = module.weight.numel()
+    if method == "tucker2":
+        top = _max_ranks(module, method)
+        best = 0
+        for r in range(1, max(top) + 1):
+            if _count(module, method, [min(r, top[0]), min(r, top[1])]) > numel:
+                break
+            best = r
+        return best
+    return numel // _count(module, method, [1])  # svd and cp counts are linear in the rank
+
+
+def _rank_text(rank) -> str:
+    return str(list(rank)) if isinstance(rank, (tuple, list)) else f"{rank:g}" if isinstance(rank, float) else str(rank)
 
 
 def lowrank_params(module: nn.Module, method: str, ranks: Rank, *, name: Optional[str] = None) -> int:

@@ -4,7 +4,7 @@ import torch
 
 import zoo
 from explorer.engine.compress import compress
-from explorer.engine.errors import Cancelled, CompressionError
+from explorer.engine.errors import Cancelled, CompressionError, PlanError
 from explorer.engine.loading import load_model
 from explorer.engine.plan import Plan, uniform_plan
 from explorer.engine.samples import SAMPLES_DIR
@@ -63,13 +63,37 @@ def test_lowrank_then_prune_and_quantize_every_factor():
     assert res.model(x).shape == (2, 10)
 
 
-def test_full_rank_and_zero_pruning_keep_outputs():
+def test_exact_ranks_and_zero_pruning_keep_outputs():
+    """Factors wired in place of the layers reproduce them where the weights have exactly that rank."""
     model, x = zoo.SmallCNN().eval(), torch.randn(4, 1, 8, 8)
-    plan = Plan(layers={"fc1": {"lowrank": {"rank": 32}}, "conv2": {"lowrank": {"rank": [16, 16],
-                                                                                "method": "tucker2"}},
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # fc1 of rank 8; conv2 of Tucker-2 ranks (4, 4)
+        model.fc1.weight.copy_(torch.randn(32, 8, generator=g) @ torch.randn(8, 64, generator=g) / 8)
+        u, v, core = torch.randn(16, 4, generator=g), torch.randn(8, 4, generator=g), torch.randn(4, 4, 3, 3, generator=g)
+        model.conv2.weight.copy_(torch.einsum("oa,ib,abhw->oihw", u, v, core) / 4)
+    plan = Plan(layers={"fc1": {"lowrank": {"rank": 8}}, "conv2": {"lowrank": {"rank": [4, 4], "method": "tucker2"}},
                         "conv1": {"prune": {"amount": 0, "granularity": "filter"}}})
     res = compress(model, plan, x)
-    torch.testing.assert_close(res.model(x), model(x), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(res.model(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer,rank,even", [("fc1", 32, 21), ("fc1", 10 ** 9, 21), ("conv2", [16, 16], 12),
+                                             ("conv2", 100, 12)])
+def test_a_rank_whose_factors_outgrow_the_layer_is_refused(layer, rank, even):
+    """Issue 12, item 7: a plan rank of 1e9 was clamped to full rank and made the layer bigger than dense.
+    A plan's rank must keep the factors no larger than the layer; the refusal names the break-even rank
+    (fc1 32x64: floor(2048 / 96) = 21; conv2 16x8x3x3, Tucker-2 R3 = min(r, 8), R4 = r: 8 R3 + 9 R3 R4 + 16 R4
+    <= 1152 up to r = 12)."""
+    from explorer.engine.lowrank import break_even_rank
+
+    model, x = zoo.SmallCNN().eval(), torch.randn(2, 1, 8, 8)
+    method = "svd" if layer == "fc1" else "tucker2"
+    assert break_even_rank(getattr(model, layer), method) == even
+    with pytest.raises(PlanError, match=f"layer '{layer}'.*break-even rank is {even}"):
+        compress(model, Plan(layers={layer: {"lowrank": {"rank": rank, "method": method}}}), x)
+    res = compress(model, Plan(layers={layer: {"lowrank": {"rank": even if layer == "fc1" else [even, even],
+                                                           "method": method}}}), x)
+    assert res.layers[layer].lowrank["params_after"] <= getattr(model, layer).weight.numel()
 
 
 def test_structured_pruning_shrinks_the_model_and_its_size():
