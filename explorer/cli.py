@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 import time
-from typing import Optional
+
+from explorer.units import human_bytes, human_count, table
 
 EXIT_USAGE = 2
 
@@ -45,40 +46,6 @@ class TextProgress:
             self.stream.write("\r" + " " * 100 + "\r")
             self.stream.flush()
             self.shown = False
-
-
-# ---------------------------------------------------------------------------------------- formatting
-
-
-def human_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return str(n)
-
-
-def human_count(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{int(n)}"
-
-
-def table(rows: list, headers: list, align: str) -> str:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for k, r in enumerate(cells):
-        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)]
-        lines.append("  ".join(parts).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------- verbs

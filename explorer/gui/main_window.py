@@ -16,7 +16,7 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QProgressDialog,
                                QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
-from explorer.cli import human_bytes
+from explorer.units import human_bytes
 from explorer.engine import fileformat
 from explorer.engine.compress import inspect_model
 from explorer.engine.errors import ExplorerError

@@ -6,7 +6,7 @@ from PySide6.QtCore import QSortFilterProxyModel, Qt
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
-from explorer.cli import human_bytes, human_count
+from explorer.units import human_bytes, human_count
 
 COLUMNS = ["layer", "type", "shape", "params", "MACs", "settings", "size before → after", "ratio"]
 

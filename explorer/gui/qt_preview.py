@@ -8,7 +8,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
-from explorer.cli import human_bytes
+from explorer.units import human_bytes
 from explorer.gui.qt_plot import plot_widget
 
 STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), ("coded", "entropy-coded"),
