@@ -113,11 +113,11 @@ def cmd_inspect(args) -> int:
 
 
 def _init_errors(model, bits: int) -> dict:
+    from explorer.engine.kmeans import INITS
     from explorer.engine.metrics import compressible_layers
     from explorer.engine.quantize import compare_inits
 
-    return {name: compare_inits(mod.weight, None, bits, inits=("forgy", "density", "linear", "kmeans++"))
-            for name, mod in compressible_layers(model)}
+    return {name: compare_inits(mod.weight, None, bits, inits=tuple(INITS)) for name, mod in compressible_layers(model)}
 
 
 def cmd_evaluate(args) -> int:
@@ -297,6 +297,25 @@ def _add_model_args(p) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def plan_vocabulary() -> str:
+    """What a plan may name, read from the registries (a method registered before the parser is built is
+    listed too): the epilog of the verbs that take a plan."""
+    from explorer.engine.coders import CODERS
+    from explorer.engine.kmeans import INITS
+    from explorer.engine.lowrank import METHODS
+    from explorer.engine.plan import GRANULARITIES
+    from explorer.engine.quantize import QUANTIZERS
+
+    lines = ["plan methods (see README, The plan):",
+             f"  prune.granularity: {', '.join(GRANULARITIES)}",
+             "  quantize.method:"]
+    lines += [f"    {q.name:<10} {q.summary}" for q in QUANTIZERS.values()]
+    lines += [f"  quantize.init (kmeans): {', '.join(INITS)}",
+              f"  lowrank.method: auto, {', '.join(METHODS)}",
+              "streams in the .cexp file: raw, or the cheapest coder of " + ", ".join(CODERS)]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from explorer import __version__
 
@@ -308,14 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--quiet", action="store_true", help="omit the reasons channels cannot be removed")
     p.add_argument("--inits", type=_bits, metavar="BITS",
-                   help="also compare the k-means initialisations (forgy, density, linear, kmeans++) at BITS bits")
+                   help="also compare every k-means initialisation at BITS bits")
     p.set_defaults(func=cmd_inspect)
-    p = sub.add_parser("evaluate", help="apply a plan: size by stage, MACs, accuracy before/after")
+    vocabulary = dict(epilog=plan_vocabulary(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("evaluate", help="apply a plan: size by stage, MACs, accuracy before/after", **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON (default: no compression)")
     p.add_argument("--limit", type=_positive, help="evaluate on the first N samples only")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("compress", help="apply a plan and write the compressed file (.cexp)")
+    p = sub.add_parser("compress", help="apply a plan and write the compressed file (.cexp)", **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", required=True, help="plan JSON")
     p.add_argument("-o", "--output", required=True, help="file to write (written atomically)")
@@ -326,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=cmd_info, model="-")
-    p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)")
+    p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)", **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON to start with")
     p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")

@@ -23,7 +23,7 @@ Huffman coding. A stream of ``n`` symbols from an alphabet of ``A`` symbols with
 symbol ``s`` costs, Huffman-coded, ``sum_s c_s * len_s`` payload bits plus a table of one byte (8 bits) of
 code length per alphabet symbol, ``8*A`` bits; the decoder rebuilds the canonical code from the lengths.
 A stream is coded only where that is cheaper than storing it raw (``n * raw_bits``); see
-:func:`stream_bits`. Every length fits in a byte: a Huffman code of length ``L`` needs a stream of at
+:func:`explorer.engine.coders.stream_bits`. Every length fits in a byte: a Huffman code of length ``L`` needs a stream of at
 least ``Fib(L+2)`` symbols (1, 1, 2, 3, 5, ...), so a length above 64 would need more than 10**13.
 
 References
@@ -35,8 +35,6 @@ and Huffman Coding", ICLR 2016. Huffman, "A Method for the Construction of Minim
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros  # LLVM's ctlz/cttz
@@ -44,14 +42,12 @@ from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros  # LLVM's
 __all__ = [
     "MAX_ALPHABET",
     "TABLE_BITS_PER_SYMBOL",
-    "StreamBits",
     "huffman_code_lengths",
     "canonical_codes",
     "entropy_bits",
     "gap_entries",
     "gap_histogram",
     "gap_stream",
-    "stream_bits",
 ]
 
 MAX_ALPHABET = 65536
@@ -414,85 +410,3 @@ def _masked_bincount(codes, keep, A):
     return hist, True
 
 
-@dataclass(frozen=True)
-class StreamBits:
-    """Cost of one stream: raw, Huffman-coded and rANS-coded; the cheapest is what is stored.
-
-    raw = n * raw_bits; huffman = sum_s c_s * len_s (payload only); table = 8 * alphabet_size (one byte of
-    code length per symbol); rans = 8 * entropy.coded_bytes(counts) (its frequency table included);
-    bits = min(raw, huffman + table, rans), ties going to the earlier; coder names the winner ("raw",
-    "huffman", "rans"); coded = coder != "raw". rANS wins where one symbol dominates (p > 0.5), where
-    Huffman cannot spend less than one bit per symbol.
-    """
-
-    raw: int
-    huffman: int
-    table: int
-    coded: bool
-    bits: int
-    rans: int = 0
-    coder: str = ""
-
-    def __post_init__(self):
-        if not self.coder:  # built by hand (raw/Huffman only)
-            object.__setattr__(self, "coder", "huffman" if self.coded else "raw")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts: bool = False,
-                coders=("huffman", "rans")) -> StreamBits:
-    """Bits to store a stream, Huffman-coded where that pays.
-
-    Parameters
-    ----------
-    symbols_or_counts : array_like of int
-        The stream's symbols (each in ``0 .. alphabet_size-1``), or with ``counts=True`` its histogram
-        (length ``<= alphabet_size``; missing tail entries count 0).
-    alphabet_size : int
-        Symbols the stream's alphabet allows; the stored table holds one byte per symbol.
-    raw_bits : int
-        Bits per symbol when stored raw.
-    counts : bool
-        Whether the first argument is a histogram rather than the symbols.
-
-    Returns
-    -------
-    StreamBits
-        ``raw = n*raw_bits``, ``huffman = sum c_s*len_s`` with :func:`huffman_code_lengths`,
-        ``table = 8*alphabet_size``, ``bits = min(raw, huffman + table)``,
-        ``coded = huffman + table < raw`` (a tie is stored raw). An empty stream costs 0 bits.
-    """
-    if not (1 <= int(alphabet_size) <= MAX_ALPHABET):
-        raise ValueError(f"alphabet_size must be in 1..{MAX_ALPHABET}, got {alphabet_size}")
-    if int(raw_bits) < 0:
-        raise ValueError(f"raw_bits must be >= 0, got {raw_bits}")
-    A = int(alphabet_size)
-    x = np.asarray(symbols_or_counts)
-    if counts:
-        c = _counts_array(x)
-        if c.size > A:
-            if np.any(c[A:] > 0):
-                raise ValueError(f"counts name symbols beyond the alphabet of {A}")
-            c = c[:A]
-    else:
-        x = x.reshape(-1)
-        if x.size and not np.issubdtype(x.dtype, np.integer):
-            raise ValueError("symbols must be integers")
-        x = x.astype(np.int64)
-        if x.size and (x.min() < 0 or x.max() >= A):
-            raise ValueError(f"symbols must lie in 0..{A - 1}")
-        c = np.bincount(x, minlength=A)
-    n = int(c.sum())
-    raw = n * int(raw_bits)
-    huffman = int((c * huffman_code_lengths(c)).sum())
-    table = TABLE_BITS_PER_SYMBOL * A
-    from .entropy import coded_bytes  # late: entropy builds on this module
-
-    rans = 8 * coded_bytes(c, A) if n else 0
-    options = [("raw", raw)] + [(k, v) for k, v in (("huffman", huffman + table), ("rans", rans))
-                                 if k in coders and n]
-    coder, bits = min(options, key=lambda o: o[1])  # min keeps the first of equals: raw, then Huffman
-    return StreamBits(raw=raw, huffman=huffman, table=table, coded=coder != "raw", bits=bits, rans=rans,
-                      coder=coder)

@@ -49,11 +49,13 @@ from torch import nn
 
 from . import bitstream, jsonio
 from .atomic import atomic_open
-from .coding import MAX_CODE_LENGTH, gap_stream, huffman_code_lengths
+from .coders import CODERS, CoderError, raw_bits
+from .coding import gap_stream
 from .compress import Recent
 from .errors import ExplorerError, FormatError, LoadError
 from .manifest import DTYPES as _DTYPES, FLOAT_DTYPES, FORMAT_NAME, RESIZE_ATTRS as _RESIZE_ATTRS
 from .manifest import check as check_manifest
+from .quantize import QUANTIZERS
 
 MAGIC = b"\x89CEX\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
@@ -106,24 +108,19 @@ class _Streams:
 
 
 def _coded_stream(streams: _Streams, symbols, alphabet: int, width: int, sb) -> dict:
-    """A gap or index stream, raw, Huffman- or rANS-coded as the accounting (``sb``: StreamBits) chose."""
-    if sb.coder == "rans":
-        from .entropy import rans_encode
-
-        return {"coding": "rans", "alphabet": alphabet,
-                "stream": streams.add(lambda: rans_encode(symbols(), alphabet), sb.rans // 8)}
+    """A gap or index stream, raw or by the coder the accounting (``sb``: StreamBits) chose."""
     if sb.coded:
-        def make():
-            s = symbols()
-            lengths = huffman_code_lengths(np.bincount(s, minlength=alphabet))
-            if lengths.max(initial=0) > MAX_CODE_LENGTH:
-                raise ExplorerError(f"a Huffman code longer than {MAX_CODE_LENGTH} bits cannot be stored")
-            return lengths.astype(np.uint8).tobytes() + bitstream.huffman_encode(s, lengths)
+        coder = CODERS[sb.coder]
 
-        return {"coding": "huffman", "alphabet": alphabet,
-                "stream": streams.add(make, sb.table // 8 + (sb.huffman + 7) // 8)}
+        def make():
+            try:
+                return coder.encode(symbols(), alphabet)
+            except CoderError as exc:
+                raise ExplorerError(str(exc)) from None
+
+        return {"coding": sb.coder, "alphabet": alphabet, "stream": streams.add(make, sb.stored_bytes())}
     return {"coding": "raw", "width": width,
-            "stream": streams.add(lambda: bitstream.pack_fixed(symbols(), width), (sb.raw + 7) // 8)}
+            "stream": streams.add(lambda: bitstream.pack_fixed(symbols(), width), sb.stored_bytes())}
 
 
 def _f32(values) -> bytes:
@@ -131,24 +128,11 @@ def _f32(values) -> bytes:
 
 
 def _side(quant, streams: _Streams) -> dict:
-    q = {"method": quant.method, "bits": quant.bits}
-    if quant.method == "kmeans":
-        reserved = bool(quant.info.get("reserved_zero"))
-        centroids = quant.codebook[1:] if reserved else quant.codebook
-        q.update(reserved_zero=reserved, k=int(centroids.size),
-                 codebook=streams.add(lambda: _f32(centroids), 4 * centroids.size))
-    elif quant.method in ("binary", "ternary"):
-        q.update(alpha=streams.add(lambda: _f32([quant.codebook[-1]]), 4))
-    elif quant.method == "uniform":
-        sym = bool(quant.info["symmetric"])
-        rows = int(quant.scales.size)
-        q.update(symmetric=sym, rows=rows, scales=streams.add(lambda: _f32(quant.scales), 4 * rows))
-        if not sym:
-            q["zero_points"] = streams.add(lambda: bitstream.pack_fixed(quant.zero_points, quant.bits),
-                                           bitstream.packed_bytes(rows, quant.bits))
-    else:
+    """The quantizer's decoding table, as its :class:`~explorer.engine.quantize.Quantizer` stores it."""
+    method = QUANTIZERS.get(quant.method)
+    if method is None:
         raise ExplorerError(f"unknown quantization method {quant.method!r}")
-    return q
+    return {"method": quant.method, "bits": quant.bits, **method.write_table(quant, streams.add)}
 
 
 def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
@@ -186,7 +170,7 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
         b = int(st["gap_bits"])
         enc["gap_bits"] = b
         enc["gaps"] = _coded_stream(streams, lambda: layout()["gaps"], 2 ** b, b,
-                                    st["gap_stream"] or _raw_bits(entries, b))
+                                    st["gap_stream"] or raw_bits(entries, b))
     if st["values"] == "float":
         enc["floats"] = streams.add(
             lambda: _f32(weight.detach().reshape(-1).to(torch.float32).cpu().numpy()[layout()["pos"]]),
@@ -201,15 +185,9 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
             return c
 
         enc["index"] = _coded_stream(streams, codes, quant.alphabet_size, quant.bits,
-                                     st["index_stream"] or _raw_bits(entries, quant.bits))
+                                     st["index_stream"] or raw_bits(entries, quant.bits))
         enc["quant"] = _side(quant, streams)
     return enc
-
-
-def _raw_bits(count: int, width: int):
-    from .coding import StreamBits
-
-    return StreamBits(raw=count * width, huffman=0, table=0, coded=False, bits=count * width)
 
 
 def _architecture(loaded, compressed, streams: _Streams) -> dict:
@@ -576,25 +554,10 @@ def _decode_stream(mf: ModelFile, info: dict, count: int, what: str) -> np.ndarr
     """``count`` symbols of a gap or index stream (its description checked by the schema)."""
     data = mf.stream(info["stream"])
     try:
-        if info["coding"] == "huffman":
-            alphabet = info["alphabet"]
-            _need(len(data) >= alphabet, f"{what}: the stream is shorter than its code table")
-            lengths = np.frombuffer(data[:alphabet], np.uint8).astype(np.int64)
-            _need(lengths.max(initial=0) > 0, f"{what}: the code table is empty")
-            _need(lengths.max() <= MAX_CODE_LENGTH, f"{what}: a code is longer than {MAX_CODE_LENGTH} bits")
-            # Kraft's inequality, exactly (a float tolerance lets 1 + 2**-60 through)
-            kraft = sum(int(c) << (MAX_CODE_LENGTH - ln) for ln, c in enumerate(np.bincount(lengths)) if ln)
-            _need(kraft <= 1 << MAX_CODE_LENGTH, f"{what}: the code table is not a prefix code")
-            # each symbol costs at least one bit: a count beyond the payload's bits is a lie
-            _need(count <= 8 * (len(data) - alphabet) or count == 0,
-                  f"{what}: {count} symbols cannot fit in {len(data) - alphabet} bytes")
-            return bitstream.huffman_decode(data[alphabet:], lengths, count)
         if info["coding"] == "raw":
             return bitstream.unpack_fixed(data, info["width"], count)
-        from .entropy import rans_decode
-
-        return rans_decode(data, info["alphabet"], count)
-    except (bitstream.BitstreamError, ValueError) as exc:  # EntropyError is a ValueError
+        return CODERS[info["coding"]].decode(data, info["alphabet"], count)
+    except (bitstream.BitstreamError, ValueError) as exc:  # CoderError, EntropyError are ValueErrors
         raise FormatError(f"{what}: {exc}") from None
 
 
@@ -637,33 +600,19 @@ def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
     return out
 
 
+class _TableRead:
+    """What a quantizer's ``read_table`` may read of the file (streams the schema checked)."""
+
+    def __init__(self, mf: "ModelFile"):
+        self.raw = mf.stream
+        self.need = _need
+        self.floats = lambda index, count, what: _floats(mf, index, count, what)
+
+
 def _dequantize(mf, enc, positions, n, entries, name) -> np.ndarray:
     q = enc["quant"]
-    bits = q["bits"]
     codes = _decode_stream(mf, enc["index"], entries, f"{name} codes")
-    method = q["method"]
-    if method == "kmeans":
-        book = _floats(mf, q["codebook"], q["k"], f"{name} codebook")
-        if q["reserved_zero"]:
-            book = np.concatenate([[0.0], book])
-    elif method in ("binary", "ternary"):
-        (alpha,) = _floats(mf, q["alpha"], 1, f"{name} alpha")
-        book = np.array([-alpha, alpha]) if method == "binary" else np.array([-alpha, 0.0, alpha])
-    else:  # uniform
-        rows = q["rows"]
-        scales = _floats(mf, q["scales"], rows, f"{name} scales")
-        pos = np.arange(n) if positions is None else positions
-        row = pos // (n // rows) if n else pos
-        if q["symmetric"]:
-            qmax = 2 ** (bits - 1) - 1
-            _need(codes.size == 0 or codes.max() <= 2 * qmax, f"{name}: a code is outside the levels")
-            return (codes - qmax) * scales[row]
-        raw = mf.stream(q["zero_points"])
-        _need(len(raw) == bitstream.packed_bytes(rows, bits), f"{name}: zero points stream has wrong size")
-        zp = bitstream.unpack_fixed(raw, bits, rows)
-        return (codes - zp[row]) * scales[row]
-    _need(codes.size == 0 or codes.max() < book.size, f"{name}: a code has no codebook entry")
-    return book[codes]
+    return QUANTIZERS[q["method"]].read_table(q, _TableRead(mf), codes, positions, n, name)
 
 
 def _raw_tensor(mf: ModelFile, e: dict) -> torch.Tensor:

@@ -20,7 +20,6 @@ from numba import njit
 
 from .errors import CompressionError
 
-INITS = ("forgy", "density", "linear", "kmeans++")
 _KMEANSPP_SAMPLE = 20000
 
 
@@ -94,30 +93,59 @@ def init_centroids(x, k: int, init: str = "linear", seed: int = 0, weights=None)
 
 
 def _init(data: _Sorted, k: int, init: str, seed: int) -> np.ndarray:
+    fn = INITS.get(init)
+    if fn is None:
+        raise CompressionError(f"unknown k-means init {init!r} (known: {', '.join(INITS)})")
+    return fn(data, k, np.random.default_rng(seed))
+
+
+# ----------------------------------------------------------------------------------- initialisations
+# The registry of k-means initialisations: name -> fn(data, k, rng) -> initial centroids (any order,
+# duplicates allowed; at most k). ``data`` is the sorted survivors (``data.xs``, their weights' prefix sums
+# ``data.cw``, ``data.unique()``), ``rng`` a seeded numpy Generator. The plan's validation, the window's
+# controls, ``inspect --inits`` and the CLI's help read it: :func:`register_init` adds one everywhere.
+
+
+def _linear(data: _Sorted, k: int, rng) -> np.ndarray:
+    """Evenly spaced on [min, max] (Deep Compression's best: it keeps centroids among the large weights)."""
+    return np.linspace(data.xs[0], data.xs[-1], k)
+
+
+def _density(data: _Sorted, k: int, rng) -> np.ndarray:
+    """The empirical CDF inverted at evenly spaced probabilities (i + 1/2)/k."""
+    p = (np.arange(k) + 0.5) / k * data.cw[-1]
+    idx = np.clip(np.searchsorted(data.cw[1:], p, side="left"), 0, data.xs.size - 1)
+    return data.xs[idx].astype(np.float64)
+
+
+def _forgy(data: _Sorted, k: int, rng) -> np.ndarray:
+    """k distinct values drawn at random (seeded)."""
+    uniq = data.unique()
+    return np.sort(rng.choice(uniq, size=min(k, uniq.size), replace=False))
+
+
+def _kmeans_pp(data: _Sorted, k: int, rng) -> np.ndarray:
+    """D² sampling (Arthur & Vassilvitskii) on at most 20,000 values drawn from the data."""
     xs = data.xs
-    rng = np.random.default_rng(seed)
-    if init == "linear":
-        return np.linspace(xs[0], xs[-1], k)
-    if init == "density":
-        p = (np.arange(k) + 0.5) / k * data.cw[-1]
-        idx = np.clip(np.searchsorted(data.cw[1:], p, side="left"), 0, xs.size - 1)
-        return xs[idx].astype(np.float64)
-    if init == "forgy":
-        uniq = data.unique()
-        return np.sort(rng.choice(uniq, size=min(k, uniq.size), replace=False))
-    if init == "kmeans++":
-        pts = xs if xs.size <= _KMEANSPP_SAMPLE else xs[rng.choice(xs.size, _KMEANSPP_SAMPLE, replace=False)]
-        centers = [pts[rng.integers(pts.size)]]
-        d2 = (pts - centers[0]) ** 2
-        for _ in range(1, k):
-            total = d2.sum()
-            if total <= 0:
-                break
-            c = pts[min(np.searchsorted(np.cumsum(d2), rng.random() * total), pts.size - 1)]
-            centers.append(c)
-            d2 = np.minimum(d2, (pts - c) ** 2)
-        return np.sort(np.asarray(centers, dtype=np.float64))
-    raise CompressionError(f"unknown k-means init {init!r} (known: {', '.join(INITS)})")
+    pts = xs if xs.size <= _KMEANSPP_SAMPLE else xs[rng.choice(xs.size, _KMEANSPP_SAMPLE, replace=False)]
+    centers = [pts[rng.integers(pts.size)]]
+    d2 = (pts - centers[0]) ** 2
+    for _ in range(1, k):
+        total = d2.sum()
+        if total <= 0:
+            break
+        c = pts[min(np.searchsorted(np.cumsum(d2), rng.random() * total), pts.size - 1)]
+        centers.append(c)
+        d2 = np.minimum(d2, (pts - c) ** 2)
+    return np.sort(np.asarray(centers, dtype=np.float64))
+
+
+INITS: dict = {"linear": _linear, "density": _density, "forgy": _forgy, "kmeans++": _kmeans_pp}
+
+
+def register_init(name: str, fn) -> None:
+    """Add (or replace) a k-means initialisation everywhere at once: ``fn(data, k, rng) -> centroids``."""
+    INITS[name] = fn
 
 
 def _lloyd(data: _Sorted, c: np.ndarray, max_iter: int, tol: float):

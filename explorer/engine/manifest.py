@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from .coders import CODERS
 from .errors import FormatError, PlanError
+from .quantize import QUANTIZERS
 
 FORMAT_NAME = "compression-explorer-model"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
@@ -57,11 +59,6 @@ def check(manifest: Any, nstreams: int, file_bytes: int, max_decoded: int) -> di
 
 def tensor_numel(entry: dict) -> int:
     return math.prod(entry["shape"])
-
-
-def alphabet(quant: dict) -> int:
-    """The number of codes a quantizer of the manifest allows (2**bits; 3 for ternary)."""
-    return 3 if quant["method"] == "ternary" else 2 ** quant["bits"]
 
 
 # ============================================================================================ primitives
@@ -246,10 +243,11 @@ class _Check:
             self.stream(_has(enc, "floats", w), f"{w}.floats")
             return
         q = self.quant(_obj(_has(enc, "quant", w), f"{w}.quant"), f"{w}.quant", n)
-        self.coded(_obj(_has(enc, "index", w), f"{w}.index"), f"{w}.index", q["bits"], alphabet(q))
+        self.coded(_obj(_has(enc, "index", w), f"{w}.index"), f"{w}.index", q["bits"],
+                   QUANTIZERS[q["method"]].alphabet(q["bits"]))
 
     def coded(self, s: dict, where: str, width: int, alphabet_size: int) -> None:
-        coding = _str(_has(s, "coding", where), f"{where}.coding", ("raw", "huffman", "rans"))
+        coding = _str(_has(s, "coding", where), f"{where}.coding", ("raw", *CODERS))
         if coding == "raw":
             got = _int(_has(s, "width", where), f"{where}.width", 0, 32)
             _need(got == width, f"{where}: raw codes of {got} bits where {width} are stored")
@@ -259,25 +257,32 @@ class _Check:
         self.stream(_has(s, "stream", where), f"{where}.stream")
 
     def quant(self, q: dict, where: str, n: int) -> dict:
-        method = _str(_has(q, "method", where), f"{where}.method", ("kmeans", "uniform", "binary", "ternary"))
+        method = _str(_has(q, "method", where), f"{where}.method", tuple(QUANTIZERS))
+        quantizer = QUANTIZERS[method]
+        fixed = quantizer.code_bits
         bits = _int(_has(q, "bits", where), f"{where}.bits", 1, 8)
-        if method == "kmeans":
-            reserved = _bool(_has(q, "reserved_zero", where), f"{where}.reserved_zero")
-            _int(_has(q, "k", where), f"{where}.k", 0, 2 ** bits - int(reserved))
-            self.stream(_has(q, "codebook", where), f"{where}.codebook")
-        elif method in ("binary", "ternary"):
-            _need(bits == (1 if method == "binary" else 2), f"{where}: {method} codes have "
-                                                            f"{1 if method == 'binary' else 2} bits, not {bits}")
-            self.stream(_has(q, "alpha", where), f"{where}.alpha")
-        else:
-            symmetric = _bool(_has(q, "symmetric", where), f"{where}.symmetric")
-            _need(bits >= 2 or not symmetric, f"{where}: symmetric uniform codes need 2 bits or more")
-            rows = _int(_has(q, "rows", where), f"{where}.rows", 1, max(n, 1))
-            _need(n % rows == 0, f"{where}: {rows} scales do not divide {n} weights")
-            self.stream(_has(q, "scales", where), f"{where}.scales")
-            if not symmetric:
-                self.stream(_has(q, "zero_points", where), f"{where}.zero_points")
+        _need(fixed is None or bits == fixed, f"{where}: {method} codes have {fixed} bits, not {bits}")
+        quantizer.check_table(q, _TableCheck(self, where), n)
         return q
+
+
+class _TableCheck:
+    """The validators a quantizer's ``check_table`` gets for its fields of ``q`` (messages name the place)."""
+
+    def __init__(self, checker: _Check, where: str):
+        self._checker, self._where = checker, where
+
+    def int(self, q: dict, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
+        return _int(_has(q, key, self._where), f"{self._where}.{key}", lo, hi)
+
+    def bool(self, q: dict, key: str) -> bool:
+        return _bool(_has(q, key, self._where), f"{self._where}.{key}")
+
+    def stream(self, q: dict, key: str) -> int:
+        return self._checker.stream(_has(q, key, self._where), f"{self._where}.{key}")
+
+    def need(self, cond, message: str) -> None:
+        _need(cond, f"{self._where}: {message}")
 
 
 def module_spec(spec: dict, where: str) -> dict:
@@ -316,4 +321,4 @@ def module_spec(spec: dict, where: str) -> dict:
     return spec
 
 
-__all__ = ["FORMAT_NAME", "DTYPES", "RESIZE_ATTRS", "check", "module_spec", "alphabet", "tensor_numel"]
+__all__ = ["FORMAT_NAME", "DTYPES", "RESIZE_ATTRS", "check", "module_spec", "tensor_numel"]

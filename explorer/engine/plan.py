@@ -28,14 +28,14 @@ from typing import Any, Mapping, Optional, Union
 
 from . import jsonio
 from .errors import PlanError
+from .kmeans import INITS as KMEANS_INITS
+from .quantize import QUANTIZERS
 
 FORMAT = "compression-explorer-plan"
 VERSION = 1
 
 GRANULARITIES = ("element", "filter", "channel")
 CRITERIA = ("l1", "l2")
-QUANT_METHODS = ("uniform", "kmeans", "binary", "ternary")
-KMEANS_INITS = ("forgy", "density", "linear", "kmeans++")
 LOWRANK_METHODS = ("auto", "svd", "tucker2", "cp")
 MAX_FRACTION = 0.99
 MAX_COUNT = 1 << 40  # a count of weights or channels no layer reaches
@@ -122,10 +122,7 @@ class LayerSettings:
             parts.append(f"prune {amount}" + ("" if p.granularity == "element" else f" {p.granularity}s"))
         q = self.quantize
         if q is not None:
-            if q.method in ("binary", "ternary"):
-                parts.append(q.method)
-            else:
-                parts.append(f"{q.bits}b {q.method}" + (f"/{q.init}" if q.method == "kmeans" else ""))
+            parts.append(QUANTIZERS[q.method].describe(q))
         return ", ".join(parts) or "-"
 
 
@@ -186,8 +183,8 @@ def _validate_section(where: str, name: str, raw: Any):
     elif name == "quantize":
         if "bits" in values and (not _is_int(values["bits"]) or not 1 <= values["bits"] <= 8):
             raise bad("bits", "must be an integer from 1 to 8")
-        if "method" in values and values["method"] not in QUANT_METHODS:
-            raise bad("method", f"must be one of {', '.join(QUANT_METHODS)}")
+        if "method" in values and values["method"] not in QUANTIZERS:
+            raise bad("method", f"must be one of {', '.join(QUANTIZERS)}")
         if "init" in values and values["init"] not in KMEANS_INITS:
             raise bad("init", f"must be one of {', '.join(KMEANS_INITS)}")
         for flag in ("symmetric", "per_channel"):
@@ -250,13 +247,11 @@ def validate_settings(where: str, raw: Any, base: Optional[LayerSettings] = None
             out[name] = _validate_section(where, name, merged)
     settings = LayerSettings(**out)
     q = settings.quantize
-    if q is not None and q.method == "uniform" and q.symmetric and q.bits < 2:
-        raise PlanError(f"{where}: quantize.bits must be >= 2 for symmetric uniform quantization "
-                        "(1 bit has no symmetric levels); use binary, or symmetric=false")
-    if q is not None and q.method == "binary" and settings.prune is not None and settings.prune.granularity == "element" \
-            and settings.prune.amount:
-        raise PlanError(f"{where}: quantize.method binary cannot represent pruned weights (no zero level); "
-                        "use ternary, or kmeans/uniform")
+    if q is not None:
+        p = settings.prune
+        why = QUANTIZERS[q.method].check(q, p is not None and p.granularity == "element" and bool(p.amount))
+        if why:
+            raise PlanError(f"{where}: quantize.{why}")
     return settings
 
 

@@ -29,7 +29,7 @@ Stage formulas (``min`` over the candidates that are allowed):
   side bits do not pay for themselves, e.g. a 256-entry codebook on a 100-weight tensor.
   Without quantization, quantized = pruned.
 * coded = the same candidates with the index stream and the gap stream each replaced by
-  ``stream_bits(...).bits = min(raw, Huffman payload + 8*alphabet, rANS table + payload)``; the index stream has alphabet
+  ``stream_bits(...).bits`` = min(raw, each registered coder's payload + table: :mod:`~explorer.engine.coders`); the index stream has alphabet
   ``A`` (fillers and, for dense, pruned positions count as ``zero_code``), the gap stream ``2**b``.
   The bitmask, float values and side bits stay raw. Without quantization only the gap stream is coded.
 
@@ -44,7 +44,8 @@ from typing import Optional
 
 import numpy as np
 
-from .coding import MAX_ALPHABET, StreamBits, _gap_histograms_of_mask, _masked_bincount, stream_bits
+from .coders import StreamBits, stream_bits
+from .coding import MAX_ALPHABET, _gap_histograms_of_mask, _masked_bincount
 
 __all__ = ["GAP_BITS", "STAGES", "TensorCode", "TensorSizes", "tensor_sizes", "sizes_from_counts", "other_param_bits"]
 
@@ -170,7 +171,7 @@ def _stream_bound(counts: np.ndarray, raw_bits: int, coders) -> int:
     counts = np.asarray(counts, np.int64)
     n = int(counts.sum())
     raw = n * int(raw_bits)
-    if not coders or n == 0:
+    if (coders is not None and not coders) or n == 0:
         return raw
     c = counts[counts > 0].astype(np.float64)
     nh = float(n * np.log2(n) - np.dot(c, np.log2(c)))
@@ -182,7 +183,7 @@ def _with_index(storage, ix, fmt, values, value_bits, entries, **kw) -> dict:
 
 
 def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCode], value_bits: int = 32,
-                 *, gap_bits=GAP_BITS, coders=("huffman", "rans")) -> TensorSizes:
+                 *, gap_bits=GAP_BITS, coders=None) -> TensorSizes:
     """Bits to store one weight tensor after pruning, quantization and Huffman coding.
 
     Parameters
@@ -242,7 +243,7 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
 
 
 def sizes_from_counts(n: int, z: int, gaps: Optional[dict], code: Optional[TensorCode],
-                      hist: Optional[np.ndarray], value_bits: int = 32, *, coders=("huffman", "rans")) -> TensorSizes:
+                      hist: Optional[np.ndarray], value_bits: int = 32, *, coders=None) -> TensorSizes:
     """:func:`tensor_sizes` from what it reads off the mask and the codes: ``z`` survivors of ``n``,
     ``gaps`` = ``{b: (gap histogram, fillers)}`` of the mask (None when nothing is pruned) and ``hist`` =
     the survivors' code counts (None: the codes are not known). The same numbers, for a caller that

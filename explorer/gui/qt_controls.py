@@ -9,6 +9,11 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHB
                                QVBoxLayout, QWidget)
 from superqt import QLabeledSlider
 
+from explorer.engine.kmeans import INITS
+from explorer.engine.lowrank import METHODS as LOWRANK_METHODS
+from explorer.engine.plan import GRANULARITIES
+from explorer.engine.quantize import QUANTIZERS
+
 
 def _slider(lo, hi, suffix=""):
     s = QLabeledSlider(Qt.Horizontal)
@@ -32,7 +37,7 @@ class Controls(QWidget):
 
         self.sparsity = _slider(0, 99)
         self.granularity = QComboBox()
-        self.granularity.addItems(["element", "filter", "channel"])
+        self.granularity.addItems(list(GRANULARITIES))
         prune = QGroupBox("Pruning")
         f = QFormLayout(prune)
         f.addRow("sparsity %", self.sparsity)
@@ -41,9 +46,11 @@ class Controls(QWidget):
         self.quant_on = QCheckBox("quantize")
         self.bits = _slider(1, 8)
         self.method = QComboBox()
-        self.method.addItems(["kmeans", "uniform", "binary", "ternary"])
+        self.method.addItems(list(QUANTIZERS))  # the registry: a method registered before the window is built
+        for i, q in enumerate(QUANTIZERS.values()):
+            self.method.setItemData(i, q.summary, Qt.ToolTipRole)
         self.init = QComboBox()
-        self.init.addItems(["linear", "density", "forgy", "kmeans++"])
+        self.init.addItems(list(INITS))
         quant = QGroupBox("Quantization")
         f = QFormLayout(quant)
         f.addRow(self.quant_on)
@@ -54,7 +61,7 @@ class Controls(QWidget):
         self.rank_on = QCheckBox("factorise")
         self.rank = _slider(1, 100)
         self.rank_method = QComboBox()
-        self.rank_method.addItems(["auto", "svd", "tucker2", "cp"])
+        self.rank_method.addItems(["auto", *LOWRANK_METHODS])
         lowrank = QGroupBox("Low rank")
         f = QFormLayout(lowrank)
         f.addRow(self.rank_on)
@@ -104,10 +111,10 @@ class Controls(QWidget):
 
     def _enable(self) -> None:
         q = self.quant_on.isChecked()
-        for w in (self.bits, self.method, self.init):
-            w.setEnabled(q)
-        self.init.setEnabled(q and self.method.currentText() == "kmeans")
-        self.bits.setEnabled(q and self.method.currentText() in ("kmeans", "uniform"))
+        self.method.setEnabled(q)
+        fields = QUANTIZERS[self.method.currentText()].fields  # what the method reads of its settings
+        self.init.setEnabled(q and "init" in fields)
+        self.bits.setEnabled(q and "bits" in fields)
         r = self.rank_on.isChecked()
         self.rank.setEnabled(r)
         self.rank_method.setEnabled(r)

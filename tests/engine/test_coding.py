@@ -9,8 +9,9 @@ import pytest
 from explorer.engine.entropy import coded_bytes
 from hypothesis import given, settings, strategies as st
 
-from explorer.engine.coding import (canonical_codes, entropy_bits, gap_entries, gap_histogram,
-                                    gap_stream, huffman_code_lengths, stream_bits)
+from explorer.engine.coders import stream_bits
+from explorer.engine.coding import (canonical_codes, entropy_bits, gap_entries, gap_histogram, gap_stream,
+                                    huffman_code_lengths)
 
 SETTINGS = settings(max_examples=60, deadline=None)
 count_lists = st.lists(st.integers(0, 1000), min_size=1, max_size=40)
