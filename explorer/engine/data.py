@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from .errors import LoadError
+from .factories import is_factory_ref, resolve_factory
 
 try:  # optional in CPython builds; zipfile needs it only for ZIP_LZMA members
     import lzma
@@ -678,8 +679,6 @@ def eval_data_from_factory(ref: str, limit: Optional[int] = None) -> EvalData:
     or a dict with inputs under ``x``/``inputs`` and labels under ``y``/``labels``: arrays or tensors,
     converted as the file readers convert them (only the first ``limit`` samples). Only code the user
     named is imported and run."""
-    from .loading import resolve_factory
-
     limit = _check_limit(limit)  # named by load_eval_data, as the other factory errors are
     fn = resolve_factory(ref)
     try:
@@ -744,8 +743,6 @@ def load_eval_data(path: PathLike, limit: Optional[int] = None) -> EvalData:
 
     ``limit`` keeps the first ``limit`` samples (``None``: all), reading only the bytes they need.
     """
-    from .loading import is_factory_ref
-
     if is_factory_ref(path):
         try:
             return eval_data_from_factory(path, limit)

@@ -53,9 +53,11 @@ from .coders import CODERS, CoderError, raw_bits
 from .coding import gap_stream
 from .compress import Recent
 from .errors import ExplorerError, FormatError, LoadError
+from .factories import call_factory
 from .manifest import DTYPES as _DTYPES, FLOAT_DTYPES, FORMAT_NAME, RESIZE_ATTRS as _RESIZE_ATTRS
 from .manifest import check as check_manifest
 from .quantize import QUANTIZERS
+from .samples import SAMPLE_FACTORIES
 
 MAGIC = b"\x89CEX\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
@@ -707,9 +709,6 @@ def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]):
     """The factory's model with the file's edits applied: factor chains in place of the layers named, and
     the resized modules with their new widths. An edit may name only a submodule of the model the factory
     builds (a key of its ``named_modules()``): never an attribute, a parameter or a class."""
-    from .loading import call_factory
-    from .samples import SAMPLE_FACTORIES
-
     ref = arch["factory"]
     kwargs = arch.get("kwargs") or {}
     if ref in SAMPLE_FACTORIES:

@@ -10,8 +10,6 @@ count MACs; its eval data lets it measure accuracy.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 import pickle
 import re
@@ -24,7 +22,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from . import data as _data
+from . import fileformat, samples
 from .errors import LoadError, TrustRequired
+from .factories import call_factory, is_factory_ref
 
 
 @dataclass
@@ -37,57 +38,6 @@ class LoadedModel:
     factory: Optional[str] = None  # "module:callable" that rebuilds the architecture, when known
     factory_kwargs: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # e.g. a sample's metadata
-
-
-# ----------------------------------------------------------------------------------------- factories
-
-
-def resolve_factory(ref: str):
-    """Import ``package.module:callable`` (the callable may be dotted: ``mod:Class.build``)."""
-    if not isinstance(ref, str) or ref.count(":") != 1:
-        raise LoadError(f"factory {ref!r}: expected 'package.module:callable'")
-    mod_name, attr = ref.split(":")
-    if not mod_name or not attr:
-        raise LoadError(f"factory {ref!r}: expected 'package.module:callable'")
-    try:
-        obj = importlib.import_module(mod_name)
-    except Exception as exc:  # ImportError and anything the module raises on import
-        raise LoadError(f"factory {ref!r}: cannot import module '{mod_name}': {type(exc).__name__}: {exc}") from None
-    for part in attr.split("."):
-        if not part.isidentifier() or part.startswith("_"):
-            raise LoadError(f"factory {ref!r}: '{part}' is not a public name")
-        if not hasattr(obj, part):
-            raise LoadError(f"factory {ref!r}: module '{mod_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
-        if inspect.ismodule(obj):  # 'pkg.mod:other_module.fn' would reach code the reference does not name
-            raise LoadError(f"factory {ref!r}: '{part}' is a module; name the module before the ':'")
-    if not callable(obj):
-        raise LoadError(f"factory {ref!r}: '{attr}' is not callable")
-    return obj
-
-
-def call_factory(ref: str, kwargs: Optional[dict] = None):
-    """Call a factory and normalise what it returns to (model, example_input, eval_data)."""
-    fn = resolve_factory(ref)
-    try:
-        out = fn(**(kwargs or {}))
-    except Exception as exc:
-        raise LoadError(f"factory {ref!r} failed: {type(exc).__name__}: {exc}") from None
-    example, data = None, None
-    if isinstance(out, dict):
-        model, example, data = out.get("model"), out.get("example_input"), out.get("eval_data")
-    elif isinstance(out, (tuple, list)):
-        if not 1 <= len(out) <= 3:
-            raise LoadError(f"factory {ref!r} returned a tuple of {len(out)}; expected (model[, example_input"
-                            "[, eval_data]])")
-        model = out[0]
-        example = out[1] if len(out) > 1 else None
-        data = out[2] if len(out) > 2 else None
-    else:
-        model = out
-    if not isinstance(model, nn.Module):
-        raise LoadError(f"factory {ref!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return model, example, data
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -191,14 +141,6 @@ def apply_state_dict(model: nn.Module, state: dict, path: str) -> None:
 # ----------------------------------------------------------------------------------------- entry point
 
 
-def is_factory_ref(s) -> bool:
-    """Whether ``s`` names a factory (``package.module:callable``) rather than a file: one colon, no path
-    separator, not an existing path, and on Windows not a drive letter (``C:model.pt``)."""
-    if not isinstance(s, str) or s.count(":") != 1 or "/" in s or "\\" in s or os.path.exists(s):
-        return False
-    return not (os.name == "nt" and len(s.split(":")[0]) == 1)
-
-
 def load_model(source: Optional[str] = None, factory: Optional[str] = None, trust: bool = False,
                data: Optional[str] = None, factory_kwargs: Optional[dict] = None,
                limit: Optional[int] = None) -> LoadedModel:
@@ -223,8 +165,6 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
     LoadError, TrustRequired
         With a message naming the file and the problem.
     """
-    from . import samples
-
     loaded: LoadedModel
     if source is None and factory is None:
         raise LoadError("nothing to load: give a model file, a sample name or a factory")
@@ -240,9 +180,7 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
     else:
         loaded = _load_file(source, factory, trust, factory_kwargs)
     if data is not None:
-        from .data import load_eval_data
-
-        loaded.eval_data = load_eval_data(data, limit=limit)
+        loaded.eval_data = _data.load_eval_data(data, limit=limit)
     elif limit is not None and loaded.eval_data is not None and len(loaded.eval_data) > limit:
         loaded.eval_data = loaded.eval_data.subset(limit)
     if loaded.example_input is None and loaded.eval_data is not None and len(loaded.eval_data) > 0:
@@ -252,15 +190,11 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
 
 
 def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -> LoadedModel:
-    from . import samples
-
     if not os.path.exists(path):
         known = ", ".join(samples.sample_names())
         raise LoadError(f"{path}: no such file (nor a bundled sample: {known})")
     if os.path.isdir(path):
         raise LoadError(f"{path}: is a directory, not a model file")
-    from . import fileformat
-
     if fileformat.is_model_file(path):
         model, example, ev, manifest = fileformat.load_full(path, factory=factory)
         arch = manifest.get("architecture", {})
@@ -303,5 +237,5 @@ def parse_input_shape(text: str) -> torch.Tensor:
     return torch.randn(dims, generator=torch.Generator().manual_seed(0))
 
 
-__all__ = ["LoadedModel", "load_model", "call_factory", "resolve_factory", "apply_state_dict",
+__all__ = ["LoadedModel", "load_model", "apply_state_dict",
            "parse_input_shape"]

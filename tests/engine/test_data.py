@@ -336,7 +336,7 @@ def test_real_mnist_t10k():
 
 def test_eval_data_from_a_factory_in_every_form():
     from explorer.engine.data import load_eval_data
-    from explorer.engine.loading import is_factory_ref
+    from explorer.engine.factories import is_factory_ref
 
     tup = load_eval_data("zoo:digits_eval_tuple")
     assert len(tup) == 100 and tup.labels is not None and tup.inputs.dtype == torch.float32
