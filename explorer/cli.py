@@ -8,9 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
+from explorer import __version__
+from explorer.engine import fileformat
+from explorer.engine.coders import CODERS
+from explorer.engine.compress import compress, inspect_model
+from explorer.engine.errors import ExplorerError
+from explorer.engine.evaluate import evaluate_loaded, evaluate_plan
+from explorer.engine.export import export
+from explorer.engine.kmeans import INITS
+from explorer.engine.loading import load_model, parse_input_shape
+from explorer.engine.lowrank import METHODS
+from explorer.engine.metrics import compressible_layers, describe_input
+from explorer.engine.plan import GRANULARITIES, Plan
+from explorer.engine.quantize import QUANTIZERS, compare_inits
 from explorer.units import human_bytes, human_count, table
 
 EXIT_USAGE = 2
@@ -52,8 +66,6 @@ class TextProgress:
 
 
 def _load(args):
-    from explorer.engine.loading import load_model, parse_input_shape
-
     loaded = load_model(args.model, factory=args.factory, trust=args.trust, data=args.data,
                         limit=getattr(args, "limit", None))
     if args.input_shape:
@@ -62,10 +74,6 @@ def _load(args):
 
 
 def cmd_inspect(args) -> int:
-    from explorer.engine.compress import inspect_model
-
-    from explorer.engine.metrics import describe_input
-
     loaded = _load(args)
     bar = TextProgress("inspecting")
     try:
@@ -113,17 +121,10 @@ def cmd_inspect(args) -> int:
 
 
 def _init_errors(model, bits: int) -> dict:
-    from explorer.engine.kmeans import INITS
-    from explorer.engine.metrics import compressible_layers
-    from explorer.engine.quantize import compare_inits
-
     return {name: compare_inits(mod.weight, None, bits, inits=tuple(INITS)) for name, mod in compressible_layers(model)}
 
 
 def cmd_evaluate(args) -> int:
-    from explorer.engine.evaluate import evaluate_loaded, evaluate_plan
-    from explorer.engine.plan import Plan
-
     loaded = _load(args)
     if loaded.kind == "compressed" and not args.plan:
         bar = TextProgress("evaluating")
@@ -189,10 +190,6 @@ def _print_evaluation(loaded, plan_path, r) -> None:
 
 
 def cmd_compress(args) -> int:
-    from explorer.engine import fileformat
-    from explorer.engine.compress import compress
-    from explorer.engine.plan import Plan
-
     loaded = _load(args)
     plan = Plan.load(args.plan)
     bar = TextProgress("compressing")
@@ -216,8 +213,6 @@ def cmd_compress(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from explorer.engine import fileformat
-
     mf = fileformat.read(args.file)
     info = fileformat.summary(mf)
     if args.json:
@@ -240,20 +235,16 @@ def cmd_info(args) -> int:
 
 
 def cmd_gui(args) -> int:
-    from explorer.gui.app import run
+    from explorer.gui.app import run  # Qt only for this verb, and only after gui.app has checked for a display
 
     return run(args.model, plan=args.plan, factory=args.factory, trust=args.trust, data=args.data,
                screenshot=args.screenshot, tab=args.tab)
 
 
 def cmd_export(args) -> int:
-    from explorer.engine.export import export
-
     loaded = _load(args)
     model = loaded.model
     if args.plan:
-        from explorer.engine.compress import compress
-        from explorer.engine.plan import Plan
 
         model = compress(model, Plan.load(args.plan), loaded.example_input).model
     out = export(model, loaded.example_input, args.output, fmt=args.format)
@@ -300,12 +291,6 @@ def _add_model_args(p) -> None:
 def plan_vocabulary() -> str:
     """What a plan may name, read from the registries (a method registered before the parser is built is
     listed too): the epilog of the verbs that take a plan."""
-    from explorer.engine.coders import CODERS
-    from explorer.engine.kmeans import INITS
-    from explorer.engine.lowrank import METHODS
-    from explorer.engine.plan import GRANULARITIES
-    from explorer.engine.quantize import QUANTIZERS
-
     lines = ["plan methods (see README, The plan):",
              f"  prune.granularity: {', '.join(GRANULARITIES)}",
              "  quantize.method:"]
@@ -317,8 +302,6 @@ def plan_vocabulary() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from explorer import __version__
-
     parser = argparse.ArgumentParser(prog="compression-explorer",
                                      description="Compress neural networks layer by layer and measure the result.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -370,7 +353,6 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     if args.verb != "gui" and getattr(args, "model", None) is None and getattr(args, "factory", None) is None:
         parser.error(f"{args.verb}: give a MODEL (file, sample name or module:callable)")
-    from explorer.engine.errors import ExplorerError
 
     try:
         return args.func(args)
@@ -380,8 +362,6 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # e.g. `... --json | head`: the reader left; not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ numbers as measured here, never recomputed elsewhere.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from . import fileformat
 from .compress import compress
 from .errors import ExplorerError
-from .metrics import accuracy, fidelity
+from .metrics import accuracy, fidelity, model_macs
 from .plan import Plan
 from .progress import ProgressFn, scaled
 
@@ -84,10 +85,6 @@ def quality(loaded, model, progress: ProgressFn = None, limit: Optional[int] = N
 def evaluate_loaded(loaded, progress: ProgressFn = None, limit: Optional[int] = None) -> dict:
     """Measure a model as it is (e.g. one loaded from a compressed file): its file size if it came from one,
     MACs, and accuracy (or nothing to compare fidelity with)."""
-    import os
-
-    from .metrics import model_macs
-
     out: dict = {"file_bytes": os.path.getsize(loaded.source) if loaded.kind == "compressed" else None}
     manifest = loaded.meta.get("manifest") or {}
     if manifest.get("accounting"):

@@ -31,6 +31,7 @@ import re
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import save as st_save
 from torch import nn
 
 from .atomic import atomic_open
@@ -233,8 +234,6 @@ def _write_state_dict(module: nn.Module, path: str, container: str) -> tuple:
     label = _LABELS[container]
     tensors, tied = _plain_state_dict(module, path, label, clone_ties=(container == "safetensors"))
     if container == "safetensors":
-        from safetensors.torch import save as st_save
-
         metadata = {"format": "pt"}
         if tied:
             metadata["tied"] = json.dumps(tied, sort_keys=True)

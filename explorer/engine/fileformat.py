@@ -32,6 +32,7 @@ inconsistency into one :class:`FormatError`.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -39,6 +40,7 @@ import os
 import stat
 import struct
 import weakref
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
@@ -47,6 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from explorer import __version__
+
 from . import bitstream, jsonio
 from .atomic import atomic_open
 from .coders import CODERS, CoderError, raw_bits
@@ -54,8 +58,12 @@ from .coding import gap_stream
 from .compress import Recent
 from .errors import ExplorerError, FormatError, LoadError
 from .factories import call_factory
-from .manifest import DTYPES as _DTYPES, FLOAT_DTYPES, FORMAT_NAME, RESIZE_ATTRS as _RESIZE_ATTRS
+from .manifest import DTYPES as _DTYPES
+from .manifest import FLOAT_DTYPES, FORMAT_NAME
+from .manifest import RESIZE_ATTRS as _RESIZE_ATTRS
 from .manifest import check as check_manifest
+from .metrics import run_model
+from .progress import report
 from .quantize import QUANTIZERS
 from .samples import SAMPLE_FACTORIES
 
@@ -226,9 +234,7 @@ def _architecture(loaded, compressed, streams: _Streams) -> dict:
                                 "file can name its architecture") from None
     blob = _GRAPH_BLOBS.get(scripted) if scripted is model else None
     if blob is None:
-        import copy as _copy
-
-        blank = _copy.deepcopy(scripted)
+        blank = copy.deepcopy(scripted)
         with torch.no_grad():
             for _, tensor in blank.state_dict().items():
                 tensor.zero_()
@@ -257,8 +263,6 @@ _SCRIPTED_BLOBS = Recent(16)  # an eager model's architecture signature -> the a
 def _strip_debug(archive: bytes) -> bytes:
     """The TorchScript archive without its ``*.debug_pkl`` source maps (error messages only), stored
     uncompressed so that the zlib pass over the whole sees the zeroed tensors and the code directly."""
-    import zipfile
-
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
         for item in src.infolist():
@@ -386,8 +390,6 @@ def _build_manifest(loaded, compressed, half: bool, dry: bool = False):
             if e.storage is not None:
                 seen[e.storage] = e.name
         tensors.append(entry)
-    from explorer import __version__
-
     bits = compressed.bits
     manifest = {"format": FORMAT_NAME, "version": [MAJOR, MINOR], "producer": f"compression-explorer {__version__}",
                 "architecture": arch, "edits": _edits(compressed), "plan": compressed.plan.to_dict(),
@@ -441,8 +443,6 @@ def save(compressed, path, loaded=None, half: bool = False, progress=None) -> in
     is rebuilt: a factory reference, or the scripted graph itself. ``half`` stores the uncompressed
     tensors (biases, norms) as float16.
     """
-    from .progress import report
-
     report(progress, 0.0, "encoding")
     data = encode(compressed, loaded, half)
     report(progress, 0.8, "writing")  # the last point where a cancel leaves ``path`` as it was
@@ -781,8 +781,6 @@ def load(path, factory: Optional[str] = None, progress=None) -> nn.Module:
 
 def load_full(path, factory: Optional[str] = None, progress=None):
     """(model, example_input, eval_data, manifest): :func:`load` plus what the factory supplies."""
-    from .progress import report
-
     report(progress, 0.0, "reading")
     mf = read(path)
     try:
@@ -812,9 +810,6 @@ def _torchscript_graph(mf: ModelFile) -> nn.Module:
 def _materialize(mf: ModelFile, factory, progress=None):
     """Rebuild the architecture, check that the file's tensors fit it, then decode them into it; a model
     with an example input must run on it."""
-    from .metrics import run_model
-    from .progress import report
-
     arch = mf.manifest["architecture"]
     report(progress, 0.1, "building the model")
     example = data = None

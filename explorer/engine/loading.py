@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from . import data as _data
@@ -112,8 +113,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_safetensors(path: str) -> dict:
-    from safetensors.torch import load_file
-
     try:
         return load_file(path, device="cpu")
     except Exception as exc:

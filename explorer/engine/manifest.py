@@ -22,6 +22,7 @@ import torch
 
 from .coders import CODERS
 from .errors import FormatError, PlanError
+from .plan import Plan
 from .quantize import QUANTIZERS
 
 FORMAT_NAME = "compression-explorer-model"
@@ -133,8 +134,6 @@ class _Check:
         self.edits(_obj(m.get("edits", {}), "edits"))
         plan = _has(m, "plan", "the manifest")
         if plan is not None:
-            from .plan import Plan
-
             try:
                 Plan.from_dict(_obj(plan, "plan"))
             except PlanError as exc:

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
+from torch.utils.flop_counter import sdpa_flop_count
 
 from .errors import Cancelled, ExplorerError
 from .progress import ProgressFn, report
@@ -91,8 +93,6 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 
 def _count(model: nn.Module, example, hooks: bool) -> tuple:
-    from torch.utils import flop_counter
-
     counts: dict = {}
     handles = []
 
@@ -187,8 +187,6 @@ def run_model(model, example, what: str = "its example input"):
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Optional, Union
 
 from . import jsonio
+from .atomic import atomic_write_bytes
 from .errors import PlanError
 from .kmeans import INITS as KMEANS_INITS
 from .quantize import QUANTIZERS
@@ -387,8 +388,6 @@ class Plan:
             raise PlanError(f"{path}: {exc}") from None
 
     def save(self, path) -> None:
-        from .atomic import atomic_write_bytes
-
         atomic_write_bytes(path, (self.to_json() + "\n").encode())
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -150,8 +151,6 @@ def load_sample(name: str) -> Dict[str, Any]:
         ``model`` (in eval mode, weights loaded), ``example_input``, ``eval_data``, ``info`` (the metadata)
         and ``plan_path`` (the example plan's path, or None).
     """
-    from safetensors.torch import load_file
-
     info = sample_info(name)
     module_name, _, attr = str(info.get("factory", "")).partition(":")
     if str(info.get("factory", "")) not in SAMPLE_FACTORIES:  # samples only name our own factories

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
+import PySide6
+from PySide6.QtCore import QSettings, QTimer, qInstallMessageHandler
+from PySide6.QtWidgets import QApplication
+
+from explorer.gui.main_window import MainWindow
 
 # what Qt's X11 plugin links against that a desktop may lack (Qt's "X11 requirements"), by Debian name
 X11_PACKAGES = ("libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 "
@@ -15,10 +22,6 @@ X11_PACKAGES = ("libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libx
 
 def xcb_plugin() -> Optional[str]:
     """Where PySide6 keeps Qt's X11 platform plugin (None if not there)."""
-    from pathlib import Path
-
-    import PySide6
-
     plugin = Path(PySide6.__file__).parent / "Qt" / "plugins" / "platforms" / "libqxcb.so"
     return str(plugin) if plugin.exists() else None
 
@@ -26,8 +29,6 @@ def xcb_plugin() -> Optional[str]:
 def _xcb_plugin_loads() -> Optional[str]:
     """None if Qt's X11 platform plugin can be loaded here, else the loader's message (it names the first
     shared library missing). Loading it is what Qt does next anyway."""
-    import ctypes
-
     plugin = xcb_plugin()
     if plugin is None:
         return None  # another layout: let Qt speak for itself
@@ -81,13 +82,8 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from PySide6.QtCore import QSettings, QTimer, qInstallMessageHandler
-    from PySide6.QtWidgets import QApplication
-
     if os.environ.get("QT_QPA_PLATFORM", "").startswith("offscreen"):
         qInstallMessageHandler(_quiet_offscreen)
-
-    from explorer.gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Compression Explorer")

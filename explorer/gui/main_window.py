@@ -13,20 +13,21 @@ from typing import Optional
 import numpy as np
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QProgressDialog,
-                               QSplitter, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QProgressDialog, QSplitter,
+                               QTabWidget, QVBoxLayout, QWidget)
 
-from explorer.units import human_bytes
 from explorer.engine import fileformat
 from explorer.engine.compress import inspect_model
+from explorer.engine.data import load_eval_data
 from explorer.engine.errors import ExplorerError
 from explorer.engine.evaluate import quality
+from explorer.engine.export import export
 from explorer.engine.layerview import init_comparison
 from explorer.engine.loading import load_model
 from explorer.engine.plan import Plan
 from explorer.engine.preview import Previewer, warm_up
-from explorer.engine.prune import keep_count
 from explorer.engine.progress import report, scaled
+from explorer.engine.prune import keep_count
 from explorer.engine.samples import SAMPLES_DIR, sample_names
 from explorer.gui.qt_centroids import CentroidView
 from explorer.gui.qt_controls import Controls
@@ -35,6 +36,7 @@ from explorer.gui.qt_layer_view import LayerView
 from explorer.gui.qt_preview import PreviewPanel
 from explorer.gui.workers import Workers, freeze_heap
 from explorer.session import Session
+from explorer.units import human_bytes
 
 MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.cexp);;All files (*)"
 DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
@@ -259,8 +261,6 @@ class MainWindow(QMainWindow):
     def open_data(self, path: str) -> None:
         """Load eval data (a file, or a ``package.module:callable`` factory) in the background; the accuracy
         is then measured on it."""
-        from explorer.engine.data import load_eval_data
-
         def job(progress):
             return load_eval_data(path)
 
@@ -568,8 +568,6 @@ class MainWindow(QMainWindow):
         """Write the compressed model in a standard format in the background, with a progress dialog:
         ``fmt`` as :func:`explorer.engine.export.export` takes it (None: by the file's extension, a dense
         state_dict as .safetensors, ONNX as .onnx)."""
-        from explorer.engine.export import export
-
         loaded, plan, previewer = self.session.loaded, self.session.plan, self._previewer
 
         def job(progress):

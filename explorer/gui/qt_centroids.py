@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
+import torch
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from explorer.engine.layerview import init_comparison
+from explorer.engine.plan import LayerSettings
 from explorer.gui.qt_plot import curve, plot_widget
 
 COLOURS = {"forgy": (200, 60, 60), "density": (60, 140, 60), "linear": (50, 90, 200), "kmeans++": (170, 110, 20)}
@@ -65,11 +68,6 @@ class CentroidView(QWidget):
         """Draw and paint a small comparison once, then clear: the first drawing of markers, legend and text
         (symbol atlases, fonts, layouts) costs ~70 ms on the GUI thread, which must not fall on the first
         real use."""
-        import torch
-
-        from explorer.engine.layerview import init_comparison
-        from explorer.engine.plan import LayerSettings
-
         torch.manual_seed(0)
         # weights of a typical scale, so that the axes draw the kind of tick labels (glyphs) real layers get
         comp = init_comparison("warm-up", torch.randn(64, 64) * 0.05, LayerSettings(), bits=5)

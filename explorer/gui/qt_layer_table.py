@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt
+from PySide6.QtCore import QItemSelectionModel, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
@@ -121,8 +121,6 @@ class LayerTable(QTableView):
         sel = self.selectionModel()
         sel.clearSelection()
         layers = self.model_.session.info.layers if self.model_.session.info else []
-        from PySide6.QtCore import QItemSelectionModel
-
         for r, layer in enumerate(layers):
             if layer.name in names:
                 idx = self.proxy.mapFromSource(self.model_.index(r, 0))

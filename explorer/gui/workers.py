@@ -9,6 +9,8 @@ thread, through queued signals, only while current.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import sys
 import threading
@@ -16,6 +18,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
+import torch
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 from explorer.engine.errors import Cancelled, ExplorerError
@@ -70,15 +73,11 @@ def _tune_process() -> None:
         sys.setswitchinterval(GUI_SWITCH_INTERVAL)
     freeze_heap()
     try:  # torch's own threads (accuracy) leave one core to the GUI thread and the interactive jobs
-        import torch
-
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     except RuntimeError:  # already running parallel work: keep its setting
         pass
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             libc = ctypes.CDLL("libc.so.6")
             libc.mallopt(-3, 1 << 29)  # M_MMAP_THRESHOLD: blocks up to 512 MiB come from the heap
             libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed memory
@@ -93,8 +92,6 @@ def freeze_heap() -> None:
     as usual. Called at start, after a model is loaded and after each accuracy measurement (the end of a
     round of work, when the kernels and caches it needed are loaded). Cyclic garbage alive at that moment
     is kept; anything freed by reference counting is still freed."""
-    import gc
-
     gc.freeze()
 
 
