@@ -30,6 +30,7 @@ from . import jsonio
 from .atomic import atomic_write_bytes
 from .errors import PlanError
 from .kmeans import INITS as KMEANS_INITS
+from .prune import MAX_COUNT, check_amount
 from .quantize import QUANTIZERS
 
 FORMAT = "compression-explorer-plan"
@@ -38,8 +39,6 @@ VERSION = 1
 GRANULARITIES = ("element", "filter", "channel")
 CRITERIA = ("l1", "l2")
 LOWRANK_METHODS = ("auto", "svd", "tucker2", "cp")
-MAX_FRACTION = 0.99
-MAX_COUNT = 1 << 40  # a count of weights or channels no layer reaches
 MAX_SEED = 2 ** 32 - 1  # what numpy's seeded generators take
 MAX_PLAN_BYTES = 4 << 20  # a plan naming each of 10,000 layers is about 1 MB
 MAX_PLAN_ENTRIES = 10_000
@@ -168,15 +167,7 @@ def _validate_section(where: str, name: str, raw: Any):
 
     if name == "prune":
         if "amount" in values:
-            a = values["amount"]
-            if _is_int(a):
-                if not 0 <= a <= MAX_COUNT:
-                    raise bad("amount", f"must be a count in 0..{MAX_COUNT} or a fraction in [0, 0.99]")
-            elif _is_number(a):
-                if not 0.0 <= a <= MAX_FRACTION:
-                    raise bad("amount", "must be a fraction in [0, 0.99] or a count >= 0")
-            else:
-                raise bad("amount", "must be a number")
+            check_amount(values["amount"], where)
         if "granularity" in values and values["granularity"] not in GRANULARITIES:
             raise bad("granularity", f"must be one of {', '.join(GRANULARITIES)}")
         if "criterion" in values and values["criterion"] not in CRITERIA:

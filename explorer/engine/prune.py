@@ -16,22 +16,47 @@ from numba import njit
 from .errors import PlanError
 
 
-def keep_count(numel: int, amount: Union[int, float]) -> int:
-    """How many of ``numel`` weights survive pruning by ``amount``.
+MAX_FRACTION = 0.99
+MAX_COUNT = 1 << 40  # a count of weights or channels no layer reaches
 
-    A float ``s`` in [0, 0.99] is the fraction removed: ceil((1 - s) * n) survive. An int is the number
-    removed (clamped to ``numel``). This is the single place where an amount is turned into a count.
-    """
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-        raise PlanError(f"pruning amount must be a number, got {amount!r}")
+
+def check_amount(amount, where: str = "pruning") -> Union[int, float]:
+    """The one validation of a pruning amount (the plan, element and structured pruning all use it): an int
+    is the count removed, 0..2**40; a float (not a bool) the fraction removed, in [0, 0.99]. Raises
+    PlanError naming ``where`` (e.g. ``layer 'fc1'``)."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or (
+            isinstance(amount, float) and not math.isfinite(amount)):
+        raise PlanError(f"{where}: prune.amount must be a number, got {amount!r}")
+    if isinstance(amount, int) and not 0 <= amount <= MAX_COUNT:
+        raise PlanError(f"{where}: prune.amount must be a count in 0..{MAX_COUNT} or a fraction in [0, 0.99], "
+                        f"got {amount!r}")
+    if isinstance(amount, float) and not 0.0 <= amount <= MAX_FRACTION:
+        raise PlanError(f"{where}: prune.amount must be a fraction in [0, 0.99] or a count >= 0, got {amount!r}")
+    return amount
+
+
+def _kept(total: int, amount: Union[int, float]) -> int:
     if isinstance(amount, int):
-        if amount < 0:
-            raise PlanError(f"pruning count must be >= 0, got {amount}")
-        return max(numel - amount, 0)
-    if not 0.0 <= amount <= 0.99:
-        raise PlanError(f"pruning fraction must be in [0, 0.99], got {amount}")
+        return max(total - amount, 0)
     # round (1 - s) * n first so that 0.9 * 100 is not taken as 90.00000000000001
-    return min(numel, math.ceil(round((1.0 - amount) * numel, 9)))
+    return min(total, math.ceil(round((1.0 - amount) * total, 9)))
+
+
+def removed_count(amount, total: int, where: str = "pruning", unit: str = "weights") -> int:
+    """How many of ``total`` units (weights, or channels) ``amount`` removes: a fraction ``s`` keeps
+    ``ceil((1 - s) * total)`` (so never all are removed), a count removes that many and must leave one."""
+    check_amount(amount, where)
+    if isinstance(amount, int) and amount and amount >= total:
+        raise PlanError(f"{where}: prune.amount {amount} removes all of its {total} {unit}; give a count below "
+                        f"{total} or a fraction")
+    return total - _kept(total, amount)
+
+
+def keep_count(numel: int, amount: Union[int, float]) -> int:
+    """How many of ``numel`` weights survive pruning by ``amount`` (checked by :func:`check_amount`): a
+    fraction ``s`` keeps ``ceil((1 - s) * n)``; a count removes that many, clamped to ``numel`` (a plan's
+    counts are refused before that by :func:`removed_count`, which names the layer)."""
+    return _kept(numel, check_amount(amount))
 
 
 def magnitude_mask(weight: torch.Tensor, amount: Union[int, float]) -> np.ndarray:

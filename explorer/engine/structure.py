@@ -25,7 +25,6 @@ import contextlib
 import copy
 import io
 import math
-import numbers
 import operator
 import re
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_flatten
 
 from .errors import CompressionError, PlanError
+from .prune import removed_count
 
 __all__ = ["StructInfo", "analyze", "prune_structured"]
 
@@ -231,7 +231,7 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
             )
         taken[group.producer] = layer
         n = group.channels
-        removed = _removed_count(layer, amount, n)
+        removed = removed_count(amount, n, f"layer '{layer}'", "channels")
         if granularity == "filter":
             scores = _filter_scores(modules[layer].weight, criterion)
         else:
@@ -266,21 +266,6 @@ def _parse_request(layer, request):
     if criterion not in ("l1", "l2"):
         raise PlanError(f"{layer}: criterion must be 'l1' or 'l2', got {criterion!r}")
     return granularity, amount, criterion
-
-
-def _removed_count(layer, amount, n):
-    """How many of ``n`` channels ``amount`` removes; always leaves at least one."""
-    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise PlanError(f"{layer}: amount must be a fraction in [0, 0.99] or a count, got {amount!r}")
-    if isinstance(amount, numbers.Integral):
-        if amount < 0:
-            raise PlanError(f"{layer}: amount must be a non-negative count, got {amount}")
-        count = int(amount)
-    else:
-        if not 0.0 <= amount <= 0.99:
-            raise PlanError(f"{layer}: amount must be a fraction in [0, 0.99], got {amount}")
-        count = math.floor(float(amount) * n + 1e-9)
-    return min(count, n - 1)
 
 
 def _filter_scores(weight, criterion):

@@ -290,10 +290,13 @@ def test_smaller_model_and_original_untouched():
 
 def test_amount_rounds_down_and_keeps_one():
     model, x = fresh("mlp")  # net.0 has 30 output channels
-    for amount, removed in [(0.1, 3), (0.5, 15), (0.99, 29), (0.29, 8), (7, 7), (100, 29)]:
+    for amount, removed in [(0.1, 3), (0.5, 15), (0.99, 29), (0.29, 8), (7, 7), (29, 29)]:
         _, report = prune_structured(model, x, {"net.0": ("filter", amount, "l1")})
         assert report["net.0"]["removed"] == removed, amount
         assert len(report["net.0"]["kept"]) == 30 - removed
+    # a count that would remove them all is refused, as the plan refuses it (one validation of amounts)
+    with pytest.raises(PlanError, match=r"net\.0.*prune.amount 100 removes all of its 30 channels"):
+        prune_structured(model, x, {"net.0": ("filter", 100, "l1")})
 
 
 def test_l1_and_l2_rank_differently_and_keep_order():
@@ -337,9 +340,9 @@ def test_refuses_bad_requests():
     model, x = fresh("mlp")
     with pytest.raises(CompressionError, match="nope"):
         prune_structured(model, x, {"nope": ("filter", 1, "l1")})
-    with pytest.raises(PlanError, match=r"net\.0: amount"):
+    with pytest.raises(PlanError, match=r"net\.0': prune.amount"):
         prune_structured(model, x, {"net.0": ("filter", 1.0, "l1")})
-    with pytest.raises(PlanError, match=r"net\.0: amount"):
+    with pytest.raises(PlanError, match=r"net\.0': prune.amount"):
         prune_structured(model, x, {"net.0": ("filter", -1, "l1")})
     with pytest.raises(PlanError, match="granularity"):
         prune_structured(model, x, {"net.0": ("element", 1, "l1")})
