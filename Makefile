@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-kernels bench-gui fuzz clean samples screenshots
+.PHONY: demo test bench bench-kernels bench-gui fuzz probe soak clean samples screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench-gui: $(STAMP)
 
 fuzz: $(STAMP)
 	$(PY) benchmarks/fuzz_format.py --seconds 120
+
+probe: $(STAMP)
+	$(PY) benchmarks/fuzz_probe.py
+
+soak: $(STAMP)
+	$(PY) benchmarks/soak_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
