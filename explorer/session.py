@@ -5,6 +5,7 @@ starts threads or imports Qt.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Optional
 
 from explorer.engine.compress import ModelInfo
@@ -12,6 +13,7 @@ from explorer.engine.loading import LoadedModel
 from explorer.engine.plan import LayerSettings, Plan
 
 Listener = Callable[..., None]
+UNDO_LIMIT = 1000  # undo steps kept; beyond it the oldest is dropped
 
 
 class Session:
@@ -19,6 +21,9 @@ class Session:
 
     Events (subscribe with :meth:`on`): ``model`` (a new model was loaded), ``plan`` (the plan changed),
     ``selection`` (the selected layers changed), ``results`` (a measurement arrived).
+
+    Undo keeps the last :data:`UNDO_LIMIT` plans (older ones are dropped); redo keeps what was undone
+    until the next edit.
     """
 
     def __init__(self):
@@ -28,7 +33,7 @@ class Session:
         self.selection: list = []
         self.results: Optional[dict] = None  # latest whole-model measurement (evaluate_plan's dict)
         self.accuracy: Optional[dict] = None
-        self._undo: list = []
+        self._undo: deque = deque(maxlen=UNDO_LIMIT)  # appending beyond the limit drops the oldest
         self._redo: list = []
         self._listeners: dict = {}
 

@@ -176,3 +176,52 @@ def test_an_empty_session_has_no_layers():
     assert s.layer_names == [] and s.current is None
     s.select(["fc1"])
     assert s.selection == []
+
+
+def test_undo_history_is_capped_at_the_limit_dropping_the_oldest(session):
+    from explorer.session import UNDO_LIMIT
+
+    assert UNDO_LIMIT == 1000
+    plans = [session.plan.to_dict()]
+    for i in range(UNDO_LIMIT + 25):  # 1,025 edits: the first 25 steps fall off the end
+        session.update_layers(["fc1"], {"prune": {"amount": round(0.01 + (i % 90) / 100, 2)},
+                                        "quantize": {"bits": 1 + i // 90 % 8}})
+        plans.append(session.plan.to_dict())
+    assert len(session._undo) == UNDO_LIMIT
+    session.undo()  # undo still works, one step at a time
+    assert session.plan.to_dict() == plans[-2] and session.can_redo()
+    session.redo()
+    assert session.plan.to_dict() == plans[-1] and len(session._undo) == UNDO_LIMIT
+    undone = 0
+    while session.can_undo():
+        session.undo()
+        undone += 1
+    assert undone == UNDO_LIMIT
+    # the oldest plan still reachable is the one after the 25 dropped steps, not the empty plan
+    assert session.plan.to_dict() == plans[-1 - UNDO_LIMIT] == plans[25]
+    assert session.plan.to_dict() != plans[0]
+    session.undo()  # nothing left: no change
+    assert session.plan.to_dict() == plans[25]
+    # redo is unchanged: every undone step comes back, in order
+    for expected in plans[26:]:
+        session.redo()
+        assert session.plan.to_dict() == expected
+    assert not session.can_redo() and len(session._undo) == UNDO_LIMIT
+
+
+def test_redo_beyond_the_limit_keeps_undo_at_the_limit(session):
+    from explorer.session import UNDO_LIMIT
+
+    for i in range(UNDO_LIMIT):
+        session.update_layers(["fc2"], {"prune": {"amount": round(0.01 + (i % 95) / 100, 2)},
+                                        "quantize": {"bits": 1 + i // 95 % 8}})
+    session.undo()
+    session.undo()
+    assert len(session._undo) == UNDO_LIMIT - 2
+    session.redo()
+    session.redo()
+    assert len(session._undo) == UNDO_LIMIT
+    session.update_layers(["fc2"], {"prune": {"amount": 0.97}})  # one more edit: still at the limit
+    assert len(session._undo) == UNDO_LIMIT and not session.can_redo()
+    session.undo()
+    assert session.settings("fc2").prune.amount != 0.97
