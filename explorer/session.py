@@ -1,6 +1,7 @@
-"""The Qt-free state of one exploration: the loaded model, its layer table, the plan with undo/redo,
-the selection and the latest measured results. Views listen through plain callbacks; nothing here
-starts threads or imports Qt.
+"""The Qt-free state of one exploration: the loaded model and its previewer, its layer table, the plan
+with undo/redo, the selection, the latest measured results (sizes, accuracy, the runnable compressed
+model) and each looked-at layer's sorted magnitudes (what turns a threshold into a sparsity). Views
+listen through plain callbacks; nothing here starts threads or imports Qt.
 """
 
 from __future__ import annotations
@@ -8,9 +9,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Optional
 
+import numpy as np
+
 from explorer.engine.compress import ModelInfo
 from explorer.engine.loading import LoadedModel
 from explorer.engine.plan import LayerSettings, Plan
+from explorer.engine.preview import Previewer
+from explorer.engine.prune import sparsity_at, threshold_at
 
 Listener = Callable[..., None]
 UNDO_LIMIT = 1000  # undo steps kept; beyond it the oldest is dropped
@@ -33,6 +38,10 @@ class Session:
         self.selection: list = []
         self.results: Optional[dict] = None  # latest whole-model measurement (evaluate_plan's dict)
         self.accuracy: Optional[dict] = None
+        self.previewer: Optional[Previewer] = None  # per model: measures plans incrementally
+        self.accuracy_before: Optional[float] = None  # the uncompressed model's, once measured
+        self.compressed_model = None  # the runnable model of the plan whose accuracy was measured last
+        self.magnitudes: dict = {}  # layer -> its |w| sorted (to turn a dragged threshold into a sparsity)
         self._undo: deque = deque(maxlen=UNDO_LIMIT)  # appending beyond the limit drops the oldest
         self._redo: list = []
         self._listeners: dict = {}
@@ -48,10 +57,12 @@ class Session:
     # -- model
     def set_model(self, loaded: LoadedModel, info: ModelInfo, plan: Optional[Plan] = None) -> None:
         self.loaded, self.info = loaded, info
+        self.previewer = Previewer(loaded)
         self.plan = plan or Plan()
         self._undo.clear()
         self._redo.clear()
-        self.results = self.accuracy = None
+        self.results = self.accuracy = self.accuracy_before = self.compressed_model = None
+        self.magnitudes = {}
         # start on the largest layer: the one whose histogram and centroids say the most
         largest = max(info.layers, key=lambda layer: layer.weight_params, default=None)
         self.selection = [largest.name] if largest is not None else []
@@ -115,6 +126,37 @@ class Session:
         self.results = results
         self.emit("results")
 
-    def set_accuracy(self, accuracy: Optional[dict]) -> None:
+    def set_accuracy(self, accuracy: Optional[dict], model=None) -> None:
+        """The accuracy (or fidelity) ``model`` measured (the uncompressed model's is kept for the next)."""
         self.accuracy = accuracy
+        if model is not None:
+            self.compressed_model = model
+        if accuracy is not None and "before" in accuracy:
+            self.accuracy_before = accuracy["before"]
         self.emit("results")
+
+    def set_eval_data(self, data) -> None:
+        """New eval data for the loaded model: accuracy is measured on it from now on (before included)."""
+        self.loaded.eval_data = data
+        self.accuracy_before = None
+
+    # -- thresholds and sparsities of the current layer (element pruning)
+    def sorted_magnitudes(self, name: Optional[str] = None) -> Optional[np.ndarray]:
+        """Layer ``name``'s (default: the current one's) sorted |w|, once a histogram job has brought them."""
+        values = self.magnitudes.get(name or self.current or "")
+        return values if values is not None and values.size else None
+
+    def threshold_at(self, percent: int) -> Optional[float]:
+        """The current layer's pruning threshold at ``percent`` % sparsity (None until its magnitudes are in)."""
+        values = self.sorted_magnitudes()
+        return None if values is None else threshold_at(values, percent)
+
+    def sparsity_at(self, t: float) -> Optional[int]:
+        """The current layer's sparsity (%) whose threshold is ``t``."""
+        values = self.sorted_magnitudes()
+        return None if values is None else sparsity_at(values, t)
+
+    def idle_threshold(self) -> Optional[float]:
+        """Where the ±t lines wait on a layer with no element pruning: at its 10 % quantile of |w|."""
+        values = self.sorted_magnitudes()
+        return None if values is None else float(values[values.size // 10])

@@ -59,6 +59,25 @@ def keep_count(numel: int, amount: Union[int, float]) -> int:
     return _kept(numel, check_amount(amount))
 
 
+def threshold_at(sorted_abs: np.ndarray, percent: int) -> float:
+    """The pruning threshold at ``percent`` % element sparsity of a layer whose magnitudes, ascending, are
+    ``sorted_abs``: the smallest kept |w| (0 when nothing is pruned). What the window's threshold lines
+    show while the sparsity slider moves, and what :func:`magnitude_mask` then keeps."""
+    pruned = sorted_abs.size - keep_count(sorted_abs.size, percent / 100.0)  # keep_count >= 1
+    return float(sorted_abs[pruned]) if pruned else 0.0
+
+
+def sparsity_at(sorted_abs: np.ndarray, t: float) -> int:
+    """The element sparsity (whole percent, 0..99) that prunes every |w| < ``t`` of a layer whose
+    magnitudes, ascending, are ``sorted_abs`` (float32 magnitudes are counted against the smallest float32
+    >= t, so the count is exact)."""
+    if sorted_abs.dtype == np.float32:
+        t32 = np.float32(t)
+        t = t32 if float(t32) >= t else np.nextafter(t32, np.float32(np.inf))
+    frac = np.searchsorted(sorted_abs, t, side="left") / sorted_abs.size
+    return int(min(max(round(frac * 100), 0), 99))
+
+
 def magnitude_mask(weight: torch.Tensor, amount: Union[int, float]) -> np.ndarray:
     """Boolean mask (flat, row-major) keeping the ``keep_count`` weights of largest |w|.
 

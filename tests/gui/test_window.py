@@ -172,7 +172,7 @@ def test_table_sorts_and_selection_follows_the_sorted_rows(make_window):
 def test_dragging_the_threshold_line_sets_the_sparsity(make_window, qtbot, settle):
     win = make_window("digits-cnn")
     name = win.session.current
-    qtbot.waitUntil(lambda: name in win._abs_sorted and win.layer_view.lines[1].isVisible(), timeout=5000)
+    qtbot.waitUntil(lambda: name in win.session.magnitudes and win.layer_view.lines[1].isVisible(), timeout=5000)
     magnitudes = np.sort(np.abs(module(win, name).weight.detach().double().numpy().ravel()))
     n = magnitudes.size
     k = int(0.37 * n) + 3
@@ -212,7 +212,7 @@ def test_the_threshold_lines_follow_the_sparsity_slider_while_it_moves(make_wind
     win = make_window("digits-cnn")
     name = win.session.current
     settle(win)
-    qtbot.waitUntil(lambda: name in win._abs_sorted, timeout=5000)
+    qtbot.waitUntil(lambda: name in win.session.magnitudes, timeout=5000)
     magnitudes = np.sort(np.abs(module(win, name).weight.detach().double().numpy().ravel()))
     n = magnitudes.size
     line, mirror = win.layer_view.lines[1], win.layer_view.lines[0]
@@ -487,12 +487,12 @@ def test_export_writes_a_file_that_load_reads_back(make_window, qtbot, tmp_path,
 
     path = tmp_path / "exported.cexp"
     written = []
-    win.export(str(path), on_done=written.append)
+    win.exports.export(str(path), on_done=written.append)
     qtbot.waitUntil(lambda: bool(written), timeout=WORK_TIMEOUT_MS)
     assert written[0] == os.path.getsize(path) > 0
     assert written[0] == win.session.results["size"]["file"]  # the preview predicted the bytes written
     assert f"{written[0]:,} bytes" in win.statusBar().currentMessage()
-    dialog = win._export_dialog  # the progress dialog ends with the size written, and its button closes it
+    dialog = win.exports.dialog  # the progress dialog ends with the size written, and its button closes it
     assert f"{written[0]:,} bytes" in dialog.labelText() and dialog.value() == 100 and dialog.isVisible()
     dense = win.session.results["size"]["dense"]
     assert f"{dense / written[0]:.1f}× smaller" in dialog.labelText()
@@ -503,7 +503,7 @@ def test_export_writes_a_file_that_load_reads_back(make_window, qtbot, tmp_path,
     model = fileformat.load(path)
     x = win.session.loaded.eval_data.inputs[:128]
     with torch.no_grad():
-        torch.testing.assert_close(model(x), win._compressed_model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x), win.session.compressed_model(x), rtol=1e-5, atol=1e-5)
         direct = compress(win.session.loaded.model, win.session.plan, win.session.loaded.example_input).model
         torch.testing.assert_close(model(x), direct(x), rtol=1e-5, atol=1e-5)
 
@@ -514,7 +514,7 @@ def test_export_writes_a_file_that_load_reads_back(make_window, qtbot, tmp_path,
 def test_undo_and_redo_through_the_edit_actions(make_window, qtbot, settle):
     win = make_window("digits-mlp")
     name = win.session.current
-    undo, redo = win.undo_action, win.redo_action
+    undo, redo = win.menus.undo_action, win.menus.redo_action
     assert not undo.isEnabled() and not redo.isEnabled()
     win.controls.set_sparsity(50)
     win.controls.set_sparsity(80)
@@ -617,7 +617,7 @@ def test_eval_data_from_a_factory_is_what_the_accuracy_is_measured_on(make_windo
                     and win.session.accuracy["data"] == "zoo:digits_eval_tuple (100)" and win.idle(),
                     timeout=WORK_TIMEOUT_MS)
     settle(win)
-    want = quality(win.session.loaded, win._compressed_model)
+    want = quality(win.session.loaded, win.session.compressed_model)
     assert win.session.accuracy["samples"] == 100
     assert win.session.accuracy["before"] == pytest.approx(want["before"])
     assert win.session.accuracy["after"] == pytest.approx(want["after"])
@@ -670,23 +670,23 @@ def test_cancelling_an_export_writes_nothing_and_the_window_goes_on(make_window,
     monkeypatch.setattr(fileformat, "save", slow_save)
     path = tmp_path / "cancelled.cexp"
     done = []
-    win.export(str(path), on_done=done.append)
+    win.exports.export(str(path), on_done=done.append)
     qtbot.waitUntil(started.is_set, timeout=WORK_TIMEOUT_MS)
-    win.export(str(tmp_path / "second.cexp"))  # one export at a time
+    win.exports.export(str(tmp_path / "second.cexp"))  # one export at a time
     assert "An export is running" in win.last_error
-    assert button(win._export_dialog).text() == "Cancel"
-    button(win._export_dialog).click()
+    assert button(win.exports.dialog).text() == "Cancel"
+    button(win.exports.dialog).click()
     qtbot.waitUntil(lambda: bool(stopped) and win.idle(), timeout=WORK_TIMEOUT_MS)
     assert win.workers.pool.waitForDone(WORK_TIMEOUT_MS)
     assert not path.exists() and done == [] and not (tmp_path / "second.cexp").exists()
     assert "cancelled; nothing was written" in win.statusBar().currentMessage()
-    assert not win._export_dialog.isVisible()
+    assert not win.exports.dialog.isVisible()
     # the window goes on: a slider release is measured, and a new export writes its file
     monkeypatch.setattr(fileformat, "save", real_save)
     win.controls.set_sparsity(40)
     settle(win)
     assert win.preview.values == expected_sizes(win)
-    win.export(str(path), on_done=done.append)
+    win.exports.export(str(path), on_done=done.append)
     qtbot.waitUntil(lambda: bool(done), timeout=WORK_TIMEOUT_MS)
     assert done[0] == os.path.getsize(path)
 
@@ -704,14 +704,14 @@ def test_a_cancel_too_late_to_stop_the_export_says_what_was_written(make_window,
     monkeypatch.setattr(fileformat, "save", late_save)
     path = tmp_path / "late.cexp"
     done = []
-    win.export(str(path), on_done=done.append)
+    win.exports.export(str(path), on_done=done.append)
     qtbot.waitUntil(writing.is_set, timeout=WORK_TIMEOUT_MS)
-    button(win._export_dialog).click()
+    button(win.exports.dialog).click()
     assert "cancelling" in win.statusBar().currentMessage()
     clicked.set()
     qtbot.waitUntil(lambda: bool(done), timeout=WORK_TIMEOUT_MS)
     assert done[0] == os.path.getsize(path)
-    dialog = win._export_dialog
+    dialog = win.exports.dialog
     assert dialog.isVisible() and f"{done[0]:,} bytes" in dialog.labelText()
     assert "Wrote" in win.statusBar().currentMessage()
 
@@ -722,15 +722,15 @@ def test_a_standard_export_goes_through_the_progress_dialog(make_window, qtbot, 
     win = make_window("digits-mlp")
     path = tmp_path / "dense.safetensors"
     out = []
-    win.export_standard(str(path), on_done=out.append)
+    win.exports.export_standard(str(path), on_done=out.append)
     qtbot.waitUntil(lambda: bool(out), timeout=WORK_TIMEOUT_MS)
     assert out[0]["bytes"] == os.path.getsize(path)
-    assert f"{out[0]['bytes']:,} bytes" in win._export_dialog.labelText()
+    assert f"{out[0]['bytes']:,} bytes" in win.exports.dialog.labelText()
     assert set(load_file(str(path))) == set(win.session.loaded.model.state_dict())
 
     # the menu's format, whatever the file is called
     scripted = tmp_path / "scripted.pth"
-    win.export_standard(str(scripted), fmt="torchscript", on_done=out.append)
+    win.exports.export_standard(str(scripted), fmt="torchscript", on_done=out.append)
     qtbot.waitUntil(lambda: len(out) == 2, timeout=WORK_TIMEOUT_MS)
     assert isinstance(torch.jit.load(str(scripted)), torch.jit.ScriptModule)
 

@@ -1,0 +1,131 @@
+"""The window's engine work: what is measured after a change, on which worker channel, and where each
+result goes. A newer plan supersedes older work (Workers drops stale results); sizes and MACs come first,
+then the layer view and, once the plan has stood for ACCURACY_SETTLE, the accuracy."""
+
+from __future__ import annotations
+
+from explorer.engine.evaluate import quality
+from explorer.engine.layerview import init_comparison
+from explorer.engine.plan import Plan
+from explorer.engine.progress import scaled
+from explorer.gui.workers import freeze_heap
+
+# Accuracy, the expensive part of a preview, starts once a plan has stood this long (a user stepping
+# through values does not start a model build for each), and runs in batches this small: a batch's
+# largest layer is then one short stretch of work (ResNet-18 at 224x224: 35 ms at 4 images, 270 ms at
+# 32) that a slider release has to share the CPU with before the job stops at its next layer (see
+# workers._Job.progress). Small batches were no slower per image on one core (61 vs 73 ms).
+ACCURACY_SETTLE = 0.15  # seconds
+ACCURACY_BATCH = 4
+CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "export", "prepare")
+
+
+class Jobs:
+    """Submits the window's measurements to its workers and hands the results to the session and views."""
+
+    def __init__(self, window):
+        self.window = window
+
+    def schedule_preview(self, then_layer: bool = False) -> None:
+        """Measure the current plan: sizes and MACs first, then accuracy. A newer plan supersedes both.
+        ``then_layer``: redraw the layer view once the sizes are shown (or failed) — its job would otherwise
+        run beside the delivery of the sizes on the GUI thread, and delay it."""
+        win = self.window
+        session, workers = win.session, win.workers
+        previewer = session.previewer
+        if session.loaded is None or previewer is None:
+            return
+        plan = session.plan
+        workers.cancel("accuracy")
+        workers.cancel("prepare")  # the measurement computes what it needs of it itself
+        if then_layer:
+            workers.cancel("layer")  # the view of the plan before: it would queue before this measurement
+        win.preview.set_stale(True, "measuring size and MACs…")
+        win.preview.set_progress(0.0)
+
+        def done(summary):
+            session.set_results(summary)
+            if then_layer:
+                self.schedule_layer()
+            self.schedule_accuracy(plan)
+
+        def failed(message):
+            win.preview.set_progress(None)
+            win.preview.set_stale(True, "this plan cannot be applied")
+            win.table.model_.refresh_values()
+            win.show_error(message)
+            if then_layer:
+                self.schedule_layer()
+
+        workers.submit("preview", lambda progress: previewer.measure(plan, progress), done, failed)
+
+    def schedule_accuracy(self, plan: Plan) -> None:
+        win = self.window
+        session = win.session
+        loaded, previewer, before = session.loaded, session.previewer, session.accuracy_before
+        win.preview.set_stale(True, "measuring accuracy…", sizes=False)
+
+        def job(progress):
+            # the sizes and MACs are known from the preview: only the runnable model is built here
+            model = previewer.build(plan, scaled(progress, 0.0, 0.2), count=False).model
+            return model, quality(loaded, model, scaled(progress, 0.2, 1.0), before=before,
+                                  batch_size=ACCURACY_BATCH)
+
+        def done(result):
+            model, q = result
+            session.set_accuracy(q, model)
+            win.preview.set_progress(None)
+            win.preview.set_stale(False)
+            freeze_heap()  # a quiet moment: what the first measurements loaded (kernels, caches) stays put
+
+        def failed(message):
+            win.preview.set_progress(None)
+            win.preview.set_stale(False)
+            win.show_error(f"accuracy: {message}")
+
+        win.workers.submit("accuracy", job, done, failed, delay=ACCURACY_SETTLE)
+
+    def schedule_layer(self) -> None:
+        """The current layer's view: its histogram (or the centroid comparison, on that tab), then its sizes
+        at every slider position measured ahead."""
+        win = self.window
+        session = win.session
+        name, previewer = session.current, session.previewer
+        if name is None or session.loaded is None or previewer is None:
+            return
+        settings = session.settings(name)
+        if win.tabs.currentWidget() is win.centroids:
+            module = previewer.modules[name]
+            win.workers.submit("inits", lambda p: init_comparison(name, module, settings, progress=p),
+                               win.centroids.show_comparison, win.show_error)
+            return
+
+        def job(progress):
+            preview = previewer.layer(name, settings, progress=progress)
+            magnitudes = None if name in session.magnitudes else previewer.sorted_magnitudes(name)
+            return preview, magnitudes
+
+        def done(result):
+            preview, magnitudes = result
+            if magnitudes is not None:
+                session.magnitudes[name] = magnitudes
+            win.layer_view.show_preview(preview)
+            if win.controls.sparsity.isSliderDown():  # a drag goes on: the lines stay with the slider
+                win.sparsity_moving(win.controls.sparsity.value())
+            elif not preview.threshold and session.idle_threshold() is not None:
+                # nothing element-pruned: lines at a starting position, so they can be dragged in
+                win.layer_view.show_threshold_lines(session.idle_threshold())
+            self.schedule_prepare(name, settings)
+
+        win.workers.submit("layer", job, done, win.show_error)
+
+    def schedule_prepare(self, name: str, settings) -> None:
+        """While the user looks at a layer: measure it ahead at every amount its sparsity slider gives."""
+        previewer = self.window.session.previewer
+        if previewer is not None:
+            self.window.workers.submit("prepare", lambda p: previewer.prepare(name, settings, p), lambda _: None,
+                                       lambda _: None)  # speculative: a release that needs it reports its own errors
+
+    def idle(self) -> bool:
+        """True when no engine work is running (used by --screenshot and tests)."""
+        return not any(self.window.workers.busy(c) for c in CHANNELS)
