@@ -22,6 +22,7 @@ Methods may be called from several threads at once; none of them modifies the lo
 from __future__ import annotations
 
 import json
+import marshal
 import threading
 from dataclasses import replace
 from typing import Optional
@@ -29,23 +30,41 @@ from typing import Optional
 import numpy as np
 import torch
 from numba import njit
+from torch import nn
 
-from .compress import (FP32_BITS, Compressed, LayerResult, Recent, TensorCache, TensorResult, _check_amount, check_settings,
-                       compress, compress_weight, set_layer_macs, stored_numel, weight_owners)
+from .compress import (FP32_BITS, TENSOR_CACHE_BYTES, Compressed, LayerResult, Recent, TensorCache, TensorResult,
+                       _check_amount, check_settings, compress, compress_weight, set_layer_macs, stored_numel,
+                       weight_owners)
 from .errors import ExplorerError
 from .evaluate import summarize
-from .layerview import LayerPreview
+from .layerview import LayerPreview, init_comparison
+from .loading import LoadedModel
 from .metrics import compressible_layers, count_macs, layer_type
-from .plan import LayerSettings, Plan, PruneSettings
+from .plan import LayerSettings, Plan, PruneSettings, validate_settings
 from .progress import ProgressFn, report, scaled
 from .sweep import TensorSweep
 
 HIST_BINS = 120
-SWEEPS = 2  # layers whose sweep state is kept (the one being tuned and the one before)
 PREPARED_AMOUNTS = tuple(p / 100.0 for p in range(1, 100))  # what the window's sparsity slider gives
 SWEEP_MAX_NUMEL = 1 << 25  # larger tensors are measured by compress_weight (the state is ~8 bytes/weight/bucket count)
-SUMMARIES = 64  # whole-plan summaries kept
-MEASURED = 1024  # sizes-only tensor results kept (99 slider amounts of a few layers and settings)
+# What a Previewer keeps, each a byte budget (a Recent: the least recently used entries go first; the one
+# put last is always kept, however large):
+# - sweep state (sorted magnitudes, 4 bytes per weight, and k-means bucket groups, up to sweep.GROUP_BYTES
+#   per layer): two layers' of ResNet-18's largest (2.4 M weights: ~105 MB each), the one being tuned and
+#   the one before; more of smaller layers
+SWEEP_BYTES = 256 << 20
+# - sizes-only results of the sweeps (~9 KB each): the 99 slider amounts of a dozen layers and settings
+MEASURED_BYTES = 12 << 20
+# - whole-plan summaries, kept marshalled (~5 KB each on digits-cnn, ~22 KB on ResNet-18)
+SUMMARY_BYTES = 2 << 20
+# - histogram bins of the layers looked at (a byte per weight): every layer of ResNet-18 (11.7 MB)
+BINS_BYTES = 64 << 20
+# - full per-tensor results (TensorCache: mask, codes and decoded weight, ~13 bytes per weight when
+#   quantized): TENSOR_PLANS whole plans' worth of the model, at least compress.TENSOR_CACHE_BYTES and
+#   at most TENSOR_MAX_BYTES
+TENSOR_PLANS = 3
+TENSOR_BYTES_PER_WEIGHT = 13
+TENSOR_MAX_BYTES = 1 << 30
 
 
 def plan_key(plan: Plan) -> str:
@@ -63,15 +82,16 @@ class Previewer:
         self.names = [n for n, _ in self.layers]
         self.modules = dict(self.layers)
         self.owners = weight_owners(model)
-        self.cache = cache if cache is not None else TensorCache()
+        self.cache = cache if cache is not None else TensorCache(limit_bytes=tensor_cache_bytes(self.layers))
         self._lock = threading.Lock()
         self._macs: Optional[tuple] = None
         self._other: Optional[int] = None
         self._last: Optional[tuple] = None  # (plan JSON, Compressed, MACs counted) of the last build
-        self._bins: dict = {}  # layer -> (edges, bin of every weight)
-        self._sweeps = Recent(SWEEPS)  # layer -> (weight identity, TensorSweep)
-        self._measured = Recent(MEASURED)  # TensorCache key -> sizes-only TensorResult
-        self._summaries = Recent(SUMMARIES)  # (plan key, weight versions) -> measure()'s summary
+        self._bins = Recent(limit_bytes=BINS_BYTES)  # layer -> (edges, bin of every weight)
+        self._sweeps = Recent(limit_bytes=SWEEP_BYTES, cost=_sweep_cost)  # layer -> (weight identity, TensorSweep)
+        self._measured = Recent(limit_bytes=MEASURED_BYTES)  # TensorCache key -> sizes-only TensorResult
+        # (plan key, weight versions) -> measure()'s summary, marshalled (see _pack)
+        self._summaries = Recent(limit_bytes=SUMMARY_BYTES)
 
     # ------------------------------------------------------------------------------ plan-independent
     def macs_before(self) -> tuple:
@@ -105,11 +125,12 @@ class Previewer:
 
     def sweep(self, name: str) -> Optional[TensorSweep]:
         """The :class:`~explorer.engine.sweep.TensorSweep` of layer ``name``'s weight (None for tensors too
-        large to keep its state for). The last :data:`SWEEPS` layers' are kept."""
+        large to keep its state for). The most recently used layers' are kept, up to :data:`SWEEP_BYTES`."""
         weight = self.modules[name].weight
         key = (name, id(weight), weight._version)
         hit = self._sweeps.get(name)
         if hit is not None and hit[0] == key:
+            self._sweeps.refresh(name)  # its state fills in as it is used: what it holds now
             return hit[1]
         if weight.numel() > SWEEP_MAX_NUMEL:
             return None
@@ -142,6 +163,7 @@ class Previewer:
         if sweep is None:
             return
         sweep.prepare(settings, scaled(progress, 0.0, 0.2))
+        self._sweeps.refresh(name)
         here = p.amount if p is not None and isinstance(p.amount, float) else 0.0
         todo = sorted(amounts, key=lambda a: (abs(a - here), a))
         for i, amount in enumerate(todo):
@@ -181,15 +203,16 @@ class Previewer:
 
     # ------------------------------------------------------------------------------ whole plan
     def measure(self, plan: Plan, progress: ProgressFn = None) -> dict:
-        """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy). The last
-        :data:`SUMMARIES` summaries are kept (a plan measured ahead by :meth:`prepare` is a lookup); the
-        dict returned is shared: read it, do not change it."""
+        """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy). The most
+        recently measured summaries are kept, up to :data:`SUMMARY_BYTES` (a plan measured again, e.g.
+        after an undo, is a lookup); read the dict returned, do not change it."""
         key = (plan_key(plan), tuple(m.weight._version for _, m in self.layers))
         hit = self._summaries.get(key)
-        if hit is None:
-            hit = self._measure(plan, progress)
-            self._summaries.put(key, hit)
-        return hit
+        if hit is not None:
+            return _unpack(hit)
+        summary = self._measure(plan, progress)
+        self._summaries.put(key, _pack(summary))
+        return summary
 
     def _measure(self, plan: Plan, progress: ProgressFn = None) -> dict:
         settings = plan.resolve(self.names)
@@ -286,8 +309,7 @@ class Previewer:
         return w.numpy()
 
     def _layer_bins(self, name: str):
-        with self._lock:
-            hit = self._bins.get(name)
+        hit = self._bins.get(name)
         if hit is not None:
             return hit
         flat = self._values(name).astype(np.float64)
@@ -296,9 +318,36 @@ class Previewer:
             lo, hi = lo - 0.5, hi + 0.5
         edges = np.linspace(lo, hi, HIST_BINS + 1)
         bins = _bin_of(flat, edges)
-        with self._lock:
-            self._bins[name] = (edges, bins)
+        self._bins.put(name, (edges, bins))
         return edges, bins
+
+
+def tensor_cache_bytes(layers) -> int:
+    """The byte budget of a Previewer's :class:`~explorer.engine.compress.TensorCache` for a model's
+    compressible ``layers`` (name, module): :data:`TENSOR_PLANS` whole plans' worth of their full
+    per-tensor results (a build for accuracy reuses every unchanged layer's; undo and redo the ones
+    before), within [TENSOR_CACHE_BYTES, TENSOR_MAX_BYTES]."""
+    weights = sum({id(m.weight): m.weight.numel() for _, m in layers}.values())  # a tied weight once
+    return int(min(max(TENSOR_PLANS * TENSOR_BYTES_PER_WEIGHT * weights, TENSOR_CACHE_BYTES), TENSOR_MAX_BYTES))
+
+
+def _sweep_cost(value) -> int:
+    """What a ``_sweeps`` entry ``(weight identity, TensorSweep)`` holds: the sweep's own state."""
+    return value[1].held_bytes() + 256
+
+
+def _pack(summary: dict):
+    """A summary as the Previewer keeps it: marshalled (plain data: dicts, lists, strings and numbers), a
+    tenth of the memory of the dicts themselves and its cost a length, not a walk over a thousand
+    objects on the release's path; as it is if it holds anything else."""
+    try:
+        return marshal.dumps(summary)
+    except ValueError:
+        return summary
+
+
+def _unpack(kept):
+    return marshal.loads(kept) if isinstance(kept, bytes) else kept
 
 
 def _bin_of(flat: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -386,12 +435,6 @@ def warm_up() -> None:
     Does the work once per process."""
     if _warm.is_set():
         return
-    from torch import nn
-
-    from .layerview import init_comparison
-    from .loading import LoadedModel
-    from .plan import validate_settings
-
     torch.manual_seed(0)
     layer = nn.Linear(64, 64)
     pv = Previewer(LoadedModel(nn.Sequential(layer)))

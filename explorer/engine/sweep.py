@@ -48,7 +48,7 @@ from .size import GAP_BITS, TensorCode, sizes_from_counts
 
 __all__ = ["TensorSweep", "SweepResult"]
 
-GROUP_BYTES = 96 << 20
+GROUP_BYTES = 96 << 20  # k-means bucket groups kept per tensor (each: 8 bytes per weight, 24 per bucket)
 EXACT_MAX_SURVIVORS = 1 << 18  # survivors clustered directly where the bucket path does not apply
 
 
@@ -73,8 +73,8 @@ class TensorSweep:
         self.usable = w.dtype == torch.float32 and w.device.type == "cpu" and self.n > 0
         self._lock = threading.Lock()
         self._sorted: Optional[np.ndarray] = None
-        # bucket count -> (gx, gpos, start, S, SS) of every weight, for as many counts as fit in GROUP_BYTES
-        self._groups = Recent(max(1, GROUP_BYTES // (8 * max(self.n, 1))))
+        # bucket count -> (gx, gpos, start, S, SS) of every weight, the most recently used up to GROUP_BYTES
+        self._groups = Recent(limit_bytes=GROUP_BYTES)
         if not self.usable:
             return
         self.values = np.ascontiguousarray(w.reshape(-1).numpy())
@@ -129,8 +129,12 @@ class TensorSweep:
             k = 2 ** q.bits - 1
             here = _bucket_number(keep_count(self.n, settings.prune.amount) if settings.prune else self.n, k)
             nbs = {_bucket_number(keep_count(self.n, pct / 100), k) for pct in range(1, 100)} - {here}
-            room = self._groups.limit - 1
-            nearest = sorted(nbs, key=lambda b: abs(np.log2(b / here)))[:room]
+            nearest, room = [], self._groups.limit_bytes - self._group_bytes(here)
+            for nb in sorted(nbs, key=lambda b: abs(np.log2(b / here))):  # as many as fit beside the current one
+                room -= self._group_bytes(nb)
+                if room < 0:
+                    break
+                nearest.append(nb)
             for i, nb in enumerate([here] + nearest):
                 report(progress, (i + 1) / (len(nearest) + 2), f"k-means buckets ({nb})")
                 self._group(nb)
@@ -248,6 +252,16 @@ class TensorSweep:
         code = TensorCode(codes=None, code_bits=q.bits, alphabet_size=2 ** q.bits, zero_code=0,
                           side_bits=quant.side_bits)
         return SweepResult(sizes_from_counts(self.n, z, gaps, code, hist), nonzero, quant)
+
+    def held_bytes(self) -> int:
+        """The memory this state holds beyond the weight itself (which it views): the sorted magnitude
+        keys and the bucket groups (for :func:`~explorer.engine.compress.held_bytes`)."""
+        s = self._sorted
+        return 512 + (0 if s is None else s.nbytes) + self._groups.nbytes
+
+    def _group_bytes(self, nb: int) -> int:
+        """What :meth:`_group` keeps for ``nb`` buckets: 8 bytes per weight and 24 per bucket."""
+        return 8 * self.n + 24 * (nb + 1) + 512
 
     def _group(self, nb: int):
         """Every weight grouped by its k-means bucket over [min, max] (position order kept inside a
