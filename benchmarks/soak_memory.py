@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explorer.engine.compress import inspect_model  # noqa: E402
+from explorer.engine.inspect import inspect_model  # noqa: E402
 from explorer.engine.errors import ExplorerError  # noqa: E402
 from explorer.engine.evaluate import quality  # noqa: E402
 from explorer.engine.layerview import init_comparison  # noqa: E402

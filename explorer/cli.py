@@ -15,15 +15,17 @@ import time
 from explorer import __version__
 from explorer.engine import fileformat
 from explorer.engine.coders import CODERS
-from explorer.engine.compress import compress, inspect_model
+from explorer.engine.compress import compress
 from explorer.engine.errors import ExplorerError
 from explorer.engine.evaluate import evaluate_loaded, evaluate_plan
 from explorer.engine.export import export
+from explorer.engine.inspect import inspect_model
 from explorer.engine.kmeans import INITS
 from explorer.engine.loading import load_model, parse_input_shape
 from explorer.engine.lowrank import METHODS
 from explorer.engine.metrics import compressible_layers, describe_input
-from explorer.engine.plan import GRANULARITIES, Plan
+from explorer.engine.plan import Plan
+from explorer.engine.prune import GRANULARITIES
 from explorer.engine.quantize import QUANTIZERS, compare_inits
 from explorer.units import human_bytes, human_count, table
 

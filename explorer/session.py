@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from explorer.engine.compress import ModelInfo
+from explorer.engine.inspect import ModelInfo
 from explorer.engine.loading import LoadedModel
 from explorer.engine.plan import LayerSettings, Plan
 from explorer.engine.preview import Previewer

@@ -8,10 +8,11 @@ import tensorly as _tl
 
 _tl.set_backend("pytorch")  # once, for all threads (tensorly's default is a global backend)
 
-from .compress import Compressed, LayerInfo, ModelInfo, compress, inspect_model  # noqa: E402
+from .compress import Compressed, compress  # noqa: E402
 from .errors import (Cancelled, CompressionError, ExplorerError, LoadError, PlanError,  # noqa: E402
                      TrustRequired)
 from .evaluate import evaluate_plan  # noqa: E402
+from .inspect import LayerInfo, ModelInfo, inspect_model  # noqa: E402
 from .loading import LoadedModel, load_model  # noqa: E402
 from .metrics import accuracy, fidelity, layer_macs, model_macs  # noqa: E402
 from .plan import LayerSettings, LowRankSettings, Plan, PruneSettings, QuantSettings  # noqa: E402

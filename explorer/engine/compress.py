@@ -1,7 +1,6 @@
-"""Inspecting a model and applying a plan to it.
+"""Applying a plan to a model.
 
-``inspect_model`` lists the compressible layers with their shapes, parameters, MACs and whether their
-channels can really be removed. ``compress`` applies a :class:`~explorer.engine.plan.Plan` and returns a
+``compress`` applies a :class:`~explorer.engine.plan.Plan` and returns a
 :class:`Compressed`: a new runnable model (the original is untouched) plus, per layer, everything a
 compressed file stores (masks, codes, codebooks or scales, low-rank factors, kept channels) and the
 size of each storage stage. Order of operations: see :mod:`explorer.engine.plan`.
@@ -10,13 +9,9 @@ size of each storage stage. Order of operations: see :mod:`explorer.engine.plan`
 from __future__ import annotations
 
 import copy
-import functools
 import math
-import sys
-import threading
-import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -24,150 +19,18 @@ from torch import nn
 
 from . import lowrank as _lowrank
 from . import structure as _structure
-from .errors import CompressionError, ExplorerError
+from .cache import TensorCache
+from .errors import CompressionError, ExplorerError, PlanError
+from .inspect import stored_numel, weight_owners
 from .metrics import LAYER_TYPES, compressible_layers, count_macs, layer_type, run_model
-from .errors import PlanError
 from .plan import LayerSettings, Plan
 from .progress import ProgressFn, report
-from .prune import magnitude_mask
+from .prune import GRANULARITIES, magnitude_mask, removed_count
 from .quantize import QuantResult, quantize_tensor
 from .size import TensorSizes, tensor_sizes
 
 STAGES = ("dense", "pruned", "quantized", "coded")
 FP32_BITS = 32
-
-
-# ------------------------------------------------------------------------------------------ inspect
-
-
-@dataclass
-class LayerInfo:
-    name: str
-    type: str
-    shape: tuple  # weight shape
-    weight_params: int
-    bias_params: int
-    macs: Optional[int]  # for the example input; None when it could not be measured
-    filter_ok: bool = False
-    filter_reason: Optional[str] = None
-    channel_ok: bool = False
-    channel_reason: Optional[str] = None
-    coupled: list = field(default_factory=list)
-    shared_with: Optional[str] = None  # the earlier layer whose weight tensor this one reuses (tied weights)
-
-    @property
-    def params(self) -> int:
-        return self.weight_params + self.bias_params
-
-    @property
-    def bytes(self) -> int:
-        return 4 * self.params
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "type": self.type, "shape": list(self.shape), "params": self.params,
-                "weight_params": self.weight_params, "bias_params": self.bias_params, "macs": self.macs,
-                "bytes": self.bytes, "shared_with": self.shared_with,
-                "structured": {"filter": self.filter_ok, "filter_reason": self.filter_reason,
-                               "channel": self.channel_ok, "channel_reason": self.channel_reason,
-                               "coupled": list(self.coupled)}}
-
-
-@dataclass
-class ModelInfo:
-    layers: list
-    total_params: int  # every parameter and floating-point buffer (BatchNorm statistics included)
-    macs: Optional[int]  # whole model, FlopCounterMode / 2
-    input_shape: Optional[tuple]
-
-    @property
-    def layer_params(self) -> int:
-        """Parameters of the layers, a tied weight counted once."""
-        return sum(layer.params - (layer.weight_params if layer.shared_with else 0) for layer in self.layers)
-
-    @property
-    def other_params(self) -> int:
-        return self.total_params - self.layer_params
-
-    @property
-    def bytes(self) -> int:
-        return 4 * self.total_params
-
-    def layer(self, name: str) -> LayerInfo:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
-
-    def to_dict(self) -> dict:
-        layer_macs_sum = sum(l.macs or 0 for l in self.layers)
-        return {"layers": [l.to_dict() for l in self.layers],
-                "input_shape": list(self.input_shape) if self.input_shape else None,
-                "total": {"params": self.total_params, "layer_params": self.layer_params,
-                          "other_params": self.other_params, "bytes": self.bytes,
-                          "macs": self.macs, "flops": None if self.macs is None else 2 * self.macs,
-                          "layer_macs": layer_macs_sum}}
-
-
-def stored_numel(model: nn.Module) -> int:
-    """Floating-point elements a model stores: its state_dict (parameters and persistent buffers such as
-    BatchNorm running statistics), a tensor shared under two names counted once."""
-    seen, n = set(), 0
-    for t in model.state_dict().values():
-        if not t.is_floating_point():
-            continue
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride())) if t.numel() else id(t)
-        if key not in seen:
-            seen.add(key)
-            n += t.numel()
-    return n
-
-
-def _bias_numel(module) -> int:
-    b = getattr(module, "bias", None)
-    return b.numel() if isinstance(b, torch.Tensor) else 0
-
-
-def weight_owners(model: nn.Module) -> dict:
-    """For every compressible layer, the first layer holding the same weight tensor (itself unless tied)."""
-    first, owners = {}, {}
-    for name, mod in compressible_layers(model):
-        owners[name] = first.setdefault(id(mod.weight), name)
-    return owners
-
-
-def _input_shape(example) -> Optional[tuple]:
-    return tuple(example.shape) if isinstance(example, torch.Tensor) else None
-
-
-def inspect_model(model: nn.Module, example_input: Any = None, progress: ProgressFn = None) -> ModelInfo:
-    """Describe the compressible layers of ``model`` (MACs need ``example_input``)."""
-    macs, total = {}, None
-    struct = {}
-    scripted = isinstance(model, torch.jit.ScriptModule)
-    report(progress, 0.0, "counting MACs")
-    if example_input is not None:
-        macs, total = count_macs(model, example_input)
-        report(progress, 0.3, "tracing channel couplings")
-        if not scripted:
-            struct = _structure.analyze(model, example_input)
-    report(progress, 1.0, "done")
-    layers = []
-    owners = weight_owners(model)
-    for name, mod in compressible_layers(model):
-        info = LayerInfo(name, layer_type(mod), tuple(mod.weight.shape), mod.weight.numel(), _bias_numel(mod),
-                         macs.get(name) if macs else None)
-        if owners[name] != name:
-            info.shared_with = owners[name]
-        s = struct.get(name)
-        if s is not None:
-            info.filter_ok, info.filter_reason = s.filter_ok, s.filter_reason
-            info.channel_ok, info.channel_reason = s.channel_ok, s.channel_reason
-            info.coupled = list(s.coupled)
-        else:
-            why = ("TorchScript graph cannot be rewritten" if scripted else "no example input to trace the model")
-            info.filter_reason = info.channel_reason = why
-        layers.append(info)
-    return ModelInfo(layers, stored_numel(model), total, _input_shape(example_input))
 
 
 # ------------------------------------------------------------------------------------------ compress
@@ -304,215 +167,6 @@ def _copy_model(model: nn.Module) -> nn.Module:
         raise CompressionError(f"cannot copy the model to compress it: {type(exc).__name__}: {exc}") from None
 
 
-# ------------------------------------------------------------------------------------------ caches
-
-DEFAULT_CACHE_BYTES = 64 << 20  # a Recent given no byte budget of its own
-TENSOR_CACHE_BYTES = 64 << 20  # TensorCache(): full per-tensor results (mask, codes, decoded weight)
-_OBJECT_BYTES = 56  # an ndarray's or tensor's own header, beyond its buffer (a rough figure)
-
-
-def held_bytes(value) -> int:
-    """The memory ``value`` holds, in bytes: what a cache entry costs.
-
-    Counts the buffers of numpy arrays and torch tensors (a tensor's storage; each buffer once, a view as
-    the array or tensor it views), and the Python objects around them (``sys.getsizeof``), walking
-    containers, dataclasses, ``__slots__`` and attributes. An object whose type has a ``held_bytes()``
-    method says its own (e.g. a :class:`Recent` inside a value: what it holds now). Functions, classes
-    and modules are not walked. A container or object reached twice is counted once; strings and numbers
-    are counted where they occur (a small overestimate for shared ones, e.g. dict keys)."""
-    getsizeof = sys.getsizeof
-    seen: set = set()
-    buffers: set = set()
-    total = 0
-    stack = [value]
-    pop, push, extend = stack.pop, stack.append, stack.extend
-    while stack:
-        obj = pop()
-        t = type(obj)
-        if t in _ATOMS:
-            total += getsizeof(obj)
-            continue
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if t is dict:
-            total += getsizeof(obj)
-            extend(obj.keys())
-            extend(obj.values())
-        elif t is list or t is tuple:
-            total += getsizeof(obj)
-            extend(obj)
-        elif isinstance(obj, np.ndarray):
-            base = obj
-            while isinstance(base.base, np.ndarray):
-                base = base.base
-            total += _OBJECT_BYTES
-            if base.base is not None and isinstance(base.base, (torch.Tensor, bytes, bytearray)):
-                push(base.base)  # a view of a tensor's (or a bytes object's) memory
-                continue
-            key = (base.__array_interface__["data"][0], base.nbytes)
-            if key not in buffers:
-                buffers.add(key)
-                total += base.nbytes
-        elif isinstance(obj, torch.Tensor):
-            total += _OBJECT_BYTES
-            try:
-                storage = obj.untyped_storage()
-                key = (storage.data_ptr(), storage.nbytes())
-            except (RuntimeError, NotImplementedError, TypeError):  # sparse, meta, ...: its elements
-                key = (id(obj), obj.numel() * obj.element_size())
-            if key not in buffers:
-                buffers.add(key)
-                total += key[1]
-        elif isinstance(obj, (str, bytes, bytearray, int, float, complex, np.generic)):
-            total += getsizeof(obj)
-        elif isinstance(obj, memoryview):
-            total += getsizeof(obj) + obj.nbytes
-        elif isinstance(obj, _OPAQUE):
-            continue
-        else:
-            own = getattr(t, "held_bytes", None)
-            if callable(own):
-                total += int(own(obj))
-                continue
-            total += getsizeof(obj)
-            if isinstance(obj, dict):
-                extend(obj.keys())
-                extend(obj.values())
-            elif isinstance(obj, (list, tuple, set, frozenset)):
-                extend(obj)
-            else:
-                d = getattr(obj, "__dict__", None)
-                if isinstance(d, dict):
-                    total += getsizeof(d)
-                    extend(d.values())
-                for slot in _slots(t):
-                    push(getattr(obj, slot, None))
-    return total
-
-
-_ATOMS = frozenset({str, int, float, bool, type(None), bytes, complex})
-_OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
-
-
-@functools.lru_cache(maxsize=None)  # one entry per class: bounded by the program's classes
-def _slots(cls) -> tuple:
-    out = []
-    for klass in cls.__mro__:
-        slots = getattr(klass, "__slots__", ())
-        for slot in (slots,) if isinstance(slots, str) else slots:
-            if slot not in ("__dict__", "__weakref__"):
-                out.append(slot)
-    return tuple(out)
-
-
-class Recent:
-    """A thread-safe LRU dict bounded by the bytes its entries hold: the least recently used entries are
-    dropped first once their costs add up to more than ``limit_bytes`` (and, if ``limit`` is given, once
-    there are more than ``limit`` entries). The entry put last is always kept, even when it alone is over
-    the budget (the caller is about to use it). An entry costs ``cost(value)`` (:func:`held_bytes` by
-    default) plus ``held_bytes(key)``, measured when it is put; a value that grows after that (e.g. a
-    sweep state filling in) is measured again by :meth:`refresh`. ``Recent(16)`` (an entry count alone)
-    keeps the default byte budget too. Every operation is one dict operation under a lock, the cost
-    measured outside it."""
-
-    def __init__(self, limit: Optional[int] = None, limit_bytes: Optional[int] = DEFAULT_CACHE_BYTES,
-                 cost: Callable[[Any], int] = held_bytes):
-        if limit is None and limit_bytes is None:
-            raise ValueError("Recent needs a byte budget (limit_bytes) or an entry count (limit)")
-        self.limit, self.limit_bytes, self.cost = limit, limit_bytes, cost
-        self._items: dict = {}  # key -> value, least recently used first
-        self._costs: dict = {}  # key -> bytes
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = self.evicted = 0
-
-    def get(self, key, default=None):
-        """The value under ``key`` (now the most recently used), or ``default``."""
-        with self._lock:
-            value = self._items.pop(key, _MISSING)
-            if value is _MISSING:
-                self.misses += 1
-                return default
-            self._items[key] = value  # most recent last
-            self.hits += 1
-            return value
-
-    def put(self, key, value) -> None:
-        cost = int(self.cost(value)) + held_bytes(key)
-        with self._lock:
-            if key in self._items:
-                del self._items[key]
-                self._bytes -= self._costs.pop(key)
-            self._items[key] = value
-            self._costs[key] = cost
-            self._bytes += cost
-            self._evict()
-
-    def refresh(self, key) -> None:
-        """Measure the value under ``key`` again (it has grown or shrunk since it was put) and drop the
-        least recently used others if it no longer fits."""
-        with self._lock:
-            value = self._items.get(key, _MISSING)
-        if value is _MISSING:
-            return
-        cost = int(self.cost(value)) + held_bytes(key)
-        with self._lock:
-            if self._items.get(key, _MISSING) is value:
-                self._bytes += cost - self._costs[key]
-                self._costs[key] = cost
-                self._evict()
-
-    def _evict(self) -> None:
-        while len(self._items) > 1 and ((self.limit_bytes is not None and self._bytes > self.limit_bytes)
-                                        or (self.limit is not None and len(self._items) > self.limit)):
-            oldest = next(iter(self._items))
-            del self._items[oldest]
-            self._bytes -= self._costs.pop(oldest)
-            self.evicted += 1
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._costs.clear()
-            self._bytes = 0
-
-    def __contains__(self, key) -> bool:
-        with self._lock:
-            return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        """What the entries hold, in bytes (as their costs were measured)."""
-        return self._bytes
-
-    def held_bytes(self) -> int:
-        """For :func:`held_bytes` of a value that holds this cache: what its entries hold."""
-        return self._bytes
-
-
-_MISSING = object()
-
-
-class TensorCache(Recent):
-    """Results of element pruning + quantization per weight tensor — ``(TensorResult, new weight or
-    None)`` — reused by the next :func:`compress` of the same model when a tensor and its settings are
-    unchanged (the window re-measures after every slider release; usually one layer changed). Keys hold
-    the identity and version of the original weight, so a tensor that structured pruning or low-rank
-    replaced is never matched. A :class:`Recent`: the least recently used results go first once their
-    masks, codes and decoded weights add up to more than ``limit_bytes``. Safe to share between threads."""
-
-    def __init__(self, limit: Optional[int] = None, limit_bytes: int = TENSOR_CACHE_BYTES):
-        super().__init__(limit=limit, limit_bytes=limit_bytes)
-
-    @staticmethod
-    def key(source: torch.Tensor, tname: str, s: LayerSettings):
-        return (tname, id(source), source._version, tuple(source.shape), s.prune, s.quantize)
-
-
 def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict) -> None:
     """Reject settings that cannot be applied to ``model``, naming the layer (tied weights, counts that
     remove everything, shape changes that the model or a TorchScript graph does not allow)."""
@@ -524,7 +178,7 @@ def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict)
             raise CompressionError(f"layer '{name}': its weight is the same tensor as layer '{owner}' (tied "
                                    f"weights), which it follows; give it the same settings as '{owner}' or "
                                    "none (null sections)")
-        _check_amount(name, mod, s)
+        check_layer_amount(name, mod, s)
         if owners[name] != name or any(owners[o] == name for o in owners if o != name):
             if s.changes_shapes:
                 raise CompressionError(f"layer '{name}': low-rank and structured pruning cannot change a tied "
@@ -568,19 +222,37 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     Compressed
     """
     report(progress, 0.0, "planning")
-    scripted = isinstance(model, torch.jit.ScriptModule)
     layers = compressible_layers(model)
     settings = plan.resolve([n for n, _ in layers])
     owners = weight_owners(model)
     check_settings(model, layers, settings, owners)
     if macs_before is not None:
         before_macs, total_before = macs_before
-    elif not count:
-        before_macs, total_before = {}, None
+    elif count and example_input is not None:
+        before_macs, total_before = count_macs(model, example_input)
     else:
-        before_macs, total_before = count_macs(model, example_input) if example_input is not None else ({}, None)
+        before_macs, total_before = {}, None
+    work, structural = _remove_channels(model, settings, example_input, progress)  # 1.
+    lowrank_info = _factorize_layers(work, layers, settings, example_input, progress)  # 2.
+    results = _compress_tensors(work, layers, settings, owners, structural, lowrank_info, cache, progress)  # 3+4.
+    total_after = None
+    if example_input is not None and count:
+        report(progress, 0.96, "counting MACs")
+        after, total_after = count_macs(work, example_input)
+        set_layer_macs(results, before_macs, None if isinstance(model, torch.jit.ScriptModule) else after)
+    weights_before = sum(m.weight.numel() for n, m in layers if owners[n] == n)
+    weights_after = sum(lr.params_after for lr in results.values())
+    out = Compressed(work, plan, results,
+                     other_bits_before=FP32_BITS * (stored_numel(model) - weights_before),
+                     other_bits_after=FP32_BITS * (stored_numel(work) - weights_after),
+                     macs_before=total_before, macs_after=total_after)
+    report(progress, 1.0, "done")
+    return out
 
-    # 1. structured pruning (returns a new model) -----------------------------------------------
+
+def _remove_channels(model: nn.Module, settings: dict, example_input: Any, progress: ProgressFn) -> tuple:
+    """Stage 1, structured pruning: ``(work, structural)``, the copy of ``model`` the next stages change
+    (a new, smaller model when channels are removed) and, per layer, what was kept and removed."""
     requests = {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
                 if s.removes_channels}
     structural = {}
@@ -593,8 +265,13 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     else:
         work = _copy_model(model)
     work.eval() if not model.training else work.train()
+    return work, structural
 
-    # 2. low-rank factorisation --------------------------------------------------------------------
+
+def _factorize_layers(work: nn.Module, layers: list, settings: dict, example_input: Any,
+                      progress: ProgressFn) -> dict:
+    """Stage 2, low-rank factorization: replaces layers of ``work`` by their factors, checks the model
+    still runs, and returns each factorized layer's ``factorize()`` info."""
     lowrank_info = {}
     for name, _ in layers:
         lr = settings[name].lowrank
@@ -618,8 +295,13 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
         except ExplorerError as exc:
             raise CompressionError(f"after low-rank replacement of {', '.join(lowrank_info)} the model no longer "
                                    f"runs ({exc}); its forward probably reads the layer's weight directly") from None
+    return lowrank_info
 
-    # 3 + 4. element pruning and quantization of every weight tensor --------------------------------
+
+def _compress_tensors(work: nn.Module, layers: list, settings: dict, owners: dict, structural: dict,
+                      lowrank_info: dict, cache: Optional[TensorCache], progress: ProgressFn) -> dict:
+    """Stages 3 and 4, element pruning and quantization of every weight tensor of ``work`` (in place):
+    a :class:`LayerResult` per layer, in model order."""
     results = {}
     total_tensors = sum(len(_weight_modules(n, _submodule(work, n))) for n, _ in layers)
     done = 0
@@ -629,8 +311,8 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
         lr = LayerResult(name, layer_type(orig), s, 0 if shared else orig.weight.numel(),
                          structural=structural.get(name), lowrank=lowrank_info.get(name),
                          shared_with=owners[name] if shared else None)
+        results[name] = lr
         if shared:  # stored once, with its owner
-            results[name] = lr
             continue
         for tname, mod in _weight_modules(name, _submodule(work, name)):
             report(progress, 0.1 + 0.85 * done / max(total_tensors, 1), f"compressing {tname}")
@@ -650,23 +332,7 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
                     mod.weight.copy_(new)
             lr.tensors.append(result)
             done += 1
-        results[name] = lr
-
-    # MACs after ---------------------------------------------------------------------------------
-    total_after = None
-    if example_input is not None and count:
-        report(progress, 0.96, "counting MACs")
-        after, total_after = count_macs(work, example_input)
-        set_layer_macs(results, before_macs, None if scripted else after)
-
-    weights_before = sum(m.weight.numel() for n, m in layers if owners[n] == n)
-    weights_after = sum(lr.params_after for lr in results.values())
-    out = Compressed(work, plan, results,
-                     other_bits_before=FP32_BITS * (stored_numel(model) - weights_before),
-                     other_bits_after=FP32_BITS * (stored_numel(work) - weights_after),
-                     macs_before=total_before, macs_after=total_after)
-    report(progress, 1.0, "done")
-    return out
+    return results
 
 
 def set_layer_macs(results: dict, before: dict, after: Optional[dict]) -> None:
@@ -686,21 +352,14 @@ def set_layer_macs(results: dict, before: dict, after: Optional[dict]) -> None:
         lr.macs_effective = int(round(sum(m * t.nonzero / max(t.numel, 1) for t, m in subs)))
 
 
-def _check_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
-    """A pruning count must leave something: at least one weight, at least one channel."""
+def check_layer_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
+    """A pruning count must leave something of layer ``name``: a weight, an output or an input channel
+    (:func:`~explorer.engine.prune.removed_count`, the one check of an amount)."""
     p = s.prune
-    if p is None or isinstance(p.amount, float) or not p.amount:
+    if p is None or not p.amount:
         return
-    w = module.weight
-    if p.granularity == "element":
-        total, unit = w.numel(), "weights"
-    else:
-        dim = 0 if p.granularity == "filter" else 1
-        total = w.shape[dim] if w.dim() > dim else 0
-        unit = "output channels" if dim == 0 else "input channels"
-    if p.amount >= total:
-        raise PlanError(f"layer '{name}': prune.amount {p.amount} removes all of its {total} {unit}; "
-                        f"give a count below {total} or a fraction")
+    g = GRANULARITIES[p.granularity]
+    removed_count(p.amount, g.total(module.weight), f"layer '{name}'", g.unit)
 
 
 def compress_weight(tname: str, weight: torch.Tensor, s: LayerSettings):

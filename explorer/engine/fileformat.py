@@ -55,7 +55,7 @@ from . import bitstream, jsonio
 from .atomic import atomic_open
 from .coders import CODERS, CoderError, raw_bits
 from .coding import gap_stream
-from .compress import Recent
+from .cache import Recent
 from .errors import ExplorerError, FormatError, LoadError
 from .factories import call_factory
 from .manifest import DTYPES as _DTYPES

@@ -30,13 +30,12 @@ from . import jsonio
 from .atomic import atomic_write_bytes
 from .errors import PlanError
 from .kmeans import INITS as KMEANS_INITS
-from .prune import MAX_COUNT, check_amount
+from .prune import GRANULARITIES, MAX_COUNT, check_amount
 from .quantize import QUANTIZERS
 
 FORMAT = "compression-explorer-plan"
 VERSION = 1
 
-GRANULARITIES = ("element", "filter", "channel")
 CRITERIA = ("l1", "l2")
 LOWRANK_METHODS = ("auto", "svd", "tucker2", "cp")
 MAX_SEED = 2 ** 32 - 1  # what numpy's seeded generators take

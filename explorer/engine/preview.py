@@ -32,11 +32,12 @@ import torch
 from numba import njit
 from torch import nn
 
-from .compress import (FP32_BITS, TENSOR_CACHE_BYTES, Compressed, LayerResult, Recent, TensorCache, TensorResult,
-                       _check_amount, check_settings, compress, compress_weight, set_layer_macs, stored_numel,
-                       weight_owners)
+from .cache import TENSOR_CACHE_BYTES, Recent, TensorCache
+from .compress import (FP32_BITS, Compressed, LayerResult, TensorResult, check_layer_amount, check_settings, compress,
+                       compress_weight, set_layer_macs)
 from .errors import ExplorerError
 from .evaluate import summarize
+from .inspect import stored_numel, weight_owners
 from .layerview import LayerPreview, init_comparison
 from .loading import LoadedModel
 from .metrics import compressible_layers, count_macs, layer_type
@@ -60,7 +61,7 @@ SUMMARY_BYTES = 2 << 20
 # - histogram bins of the layers looked at (a byte per weight): every layer of ResNet-18 (11.7 MB)
 BINS_BYTES = 64 << 20
 # - full per-tensor results (TensorCache: mask, codes and decoded weight, ~13 bytes per weight when
-#   quantized): TENSOR_PLANS whole plans' worth of the model, at least compress.TENSOR_CACHE_BYTES and
+#   quantized): TENSOR_PLANS whole plans' worth of the model, at least cache.TENSOR_CACHE_BYTES and
 #   at most TENSOR_MAX_BYTES
 TENSOR_PLANS = 3
 TENSOR_BYTES_PER_WEIGHT = 13
@@ -269,7 +270,7 @@ class Previewer:
         if not element and settings.quantize is None:
             result, new = None, None
         else:
-            _check_amount(name, module, settings)
+            check_layer_amount(name, module, settings)
             only = LayerSettings(prune=p if element else None, quantize=settings.quantize)
             result, new = self._layer_tensor(name, only)
         mask = None if result is None else result.mask
@@ -323,7 +324,7 @@ class Previewer:
 
 
 def tensor_cache_bytes(layers) -> int:
-    """The byte budget of a Previewer's :class:`~explorer.engine.compress.TensorCache` for a model's
+    """The byte budget of a Previewer's :class:`~explorer.engine.cache.TensorCache` for a model's
     compressible ``layers`` (name, module): :data:`TENSOR_PLANS` whole plans' worth of their full
     per-tensor results (a build for accuracy reuses every unchanged layer's; undo and redo the ones
     before), within [TENSOR_CACHE_BYTES, TENSOR_MAX_BYTES]."""

@@ -7,7 +7,8 @@ it changes layer shapes and must follow the model's graph.
 from __future__ import annotations
 
 import math
-from typing import Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -15,9 +16,39 @@ from numba import njit
 
 from .errors import PlanError
 
-
 MAX_FRACTION = 0.99
 MAX_COUNT = 1 << 40  # a count of weights or channels no layer reaches
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """What one pruning granularity removes: single weights (``dim`` None: a mask, the layer keeps its
+    shape) or whole slices of the weight along ``dim`` (0: output channels, i.e. filters; 1: input
+    channels), which :mod:`explorer.engine.structure` removes from the model's graph."""
+
+    name: str
+    dim: Optional[int]
+    unit: str  # what a count of it counts
+    description: str
+
+    @property
+    def structured(self) -> bool:
+        return self.dim is not None
+
+    def total(self, weight: torch.Tensor) -> int:
+        """How many units of ``weight`` there are to remove."""
+        if self.dim is None:
+            return weight.numel()
+        return weight.shape[self.dim] if weight.dim() > self.dim else 0
+
+
+# The pruning granularities, declared once: the plan's validation, the CLI's help, the window's
+# granularity box and the amount checks read them.
+GRANULARITIES = {g.name: g for g in (
+    Granularity("element", None, "weights", "the smallest-magnitude weights are zeroed (a mask)"),
+    Granularity("filter", 0, "output channels", "whole output channels (filters) are removed"),
+    Granularity("channel", 1, "input channels", "whole input channels are removed"),
+)}
 
 
 def check_amount(amount, where: str = "pruning") -> Union[int, float]:

@@ -36,7 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_flatten
 
 from .errors import CompressionError, PlanError
-from .prune import removed_count
+from .prune import GRANULARITIES, removed_count
 
 __all__ = ["StructInfo", "analyze", "prune_structured"]
 
@@ -261,8 +261,9 @@ def _parse_request(layer, request):
     if not isinstance(request, (tuple, list)) or len(request) != 3:
         raise PlanError(f"{layer}: a structured request is (granularity, amount, criterion), got {request!r}")
     granularity, amount, criterion = request
-    if granularity not in ("filter", "channel"):
-        raise PlanError(f"{layer}: granularity must be 'filter' or 'channel', got {granularity!r}")
+    if granularity not in GRANULARITIES or not GRANULARITIES[granularity].structured:
+        names = " or ".join(repr(g.name) for g in GRANULARITIES.values() if g.structured)
+        raise PlanError(f"{layer}: granularity must be {names}, got {granularity!r}")
     if criterion not in ("l1", "l2"):
         raise PlanError(f"{layer}: criterion must be 'l1' or 'l2', got {criterion!r}")
     return granularity, amount, criterion

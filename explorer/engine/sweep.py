@@ -38,7 +38,7 @@ import torch
 from numba import njit
 
 from .coding import _gap_histograms_of_keys, _gap_histograms_of_mask
-from .compress import Recent
+from .cache import Recent
 from .kmeans import HIST_MIN_N, _bucket_lloyd, _bucket_number, _bucket_of, _bucket_select, _snap, choose_buckets
 from .plan import LayerSettings
 from .progress import ProgressFn, report
@@ -255,7 +255,7 @@ class TensorSweep:
 
     def held_bytes(self) -> int:
         """The memory this state holds beyond the weight itself (which it views): the sorted magnitude
-        keys and the bucket groups (for :func:`~explorer.engine.compress.held_bytes`)."""
+        keys and the bucket groups (for :func:`~explorer.engine.cache.held_bytes`)."""
         s = self._sorted
         return 512 + (0 if s is None else s.nbytes) + self._groups.nbytes
 

@@ -16,7 +16,7 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QSplitter, QTabWidget,
                                QVBoxLayout, QWidget)
 
-from explorer.engine.compress import inspect_model
+from explorer.engine.inspect import inspect_model
 from explorer.engine.data import load_eval_data
 from explorer.engine.errors import ExplorerError
 from explorer.engine.loading import load_model

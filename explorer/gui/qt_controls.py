@@ -11,7 +11,7 @@ from superqt import QLabeledSlider
 
 from explorer.engine.kmeans import INITS
 from explorer.engine.lowrank import METHODS as LOWRANK_METHODS
-from explorer.engine.plan import GRANULARITIES
+from explorer.engine.prune import GRANULARITIES
 from explorer.engine.quantize import QUANTIZERS
 
 

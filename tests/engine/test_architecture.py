@@ -128,3 +128,19 @@ def test_the_cli_imports_the_window_only_in_its_gui_verb():
     named = [n.module if isinstance(n, ast.ImportFrom) else a.name for n in top_level
              for a in (n.names if isinstance(n, ast.Import) else [None])]
     assert not [m for m in named if m and (m.startswith("explorer.gui") or m.split(".")[0] in QT)]
+
+
+MAX_FUNCTION_LINES = 100
+MAX_CLASS_LINES = 300
+
+
+def test_no_function_over_100_lines_and_no_class_over_300_in_explorer():
+    too_long = []
+    for name, path in sorted(_modules().items()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                lines = node.end_lineno - node.lineno + 1
+                limit = MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+                if lines > limit:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines (> {limit})")
+    assert not too_long, "split these:\n  " + "\n  ".join(too_long)

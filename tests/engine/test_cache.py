@@ -14,7 +14,8 @@ import torch
 
 from explorer.engine import preview as preview_mod
 from explorer.engine import sweep as sweep_mod
-from explorer.engine.compress import Recent, TensorCache, compress_weight, held_bytes
+from explorer.engine.cache import Recent, TensorCache, held_bytes
+from explorer.engine.compress import compress_weight
 from explorer.engine.loading import load_model
 from explorer.engine.plan import Plan, validate_settings
 from explorer.engine.preview import PREPARED_AMOUNTS, Previewer

@@ -167,7 +167,7 @@ class Tied(torch.nn.Module):
 
 def test_tied_weights_are_stored_once_and_cannot_be_set_twice():
     model, x = Tied().eval(), torch.randint(0, 20, (2, 5))
-    info = __import__("explorer.engine.compress", fromlist=["x"]).inspect_model(model, x)
+    info = __import__("explorer.engine.inspect", fromlist=["x"]).inspect_model(model, x)
     assert info.layer("head").shared_with == "emb"
     assert info.other_params == 0 and info.total_params == 20 * 8 + 8 * 8 + 8
     res = compress(model, Plan(layers={"emb": {"prune": {"amount": 0.5}, "quantize": {"bits": 3}}}), x)
@@ -216,7 +216,7 @@ def test_lowrank_on_a_weight_read_directly_is_explained():
 
 
 def test_cache_reuses_unchanged_tensors_and_gives_identical_results():
-    from explorer.engine.compress import TensorCache
+    from explorer.engine.cache import TensorCache
 
     model, x = zoo.SmallCNN().eval(), torch.randn(2, 1, 8, 8)
     plan = uniform_plan(prune={"amount": 0.6}, quantize={"bits": 4})

@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
-from explorer.engine.compress import inspect_model
+from explorer.engine.inspect import inspect_model
 from explorer.engine.data import EvalData
 from explorer.engine.errors import Cancelled
 from explorer.engine.loading import load_model

@@ -48,3 +48,23 @@ def test_the_cli_help_lists_registered_methods(registered_methods):
         text = verbs[verb].format_help()
         for name in ("sign", "median", "kmeans", "ternary", "huffman", "rans", "filter"):
             assert name in text, (verb, name)
+
+
+def test_granularities_are_declared_once_and_read_by_the_plan_and_the_amount_check(monkeypatch):
+    from explorer.engine import prune
+    from explorer.engine.compress import check_layer_amount
+
+    assert [g for g in prune.GRANULARITIES] == ["element", "filter", "channel"]
+    assert [g.name for g in prune.GRANULARITIES.values() if g.structured] == ["filter", "channel"]
+    layer = torch.nn.Conv2d(3, 8, 3)
+    for name, total in (("element", 8 * 3 * 9), ("filter", 8), ("channel", 3)):
+        assert prune.GRANULARITIES[name].total(layer.weight) == total
+        s = Plan(layers={"c": {"prune": {"amount": total, "granularity": name}}}).settings_for("c")
+        with pytest.raises(PlanError, match=f"removes all of its {total} {prune.GRANULARITIES[name].unit}"):
+            check_layer_amount("c", layer, s)
+    # a granularity the registry does not hold is refused by the plan, which lists the registry's
+    with pytest.raises(PlanError, match="must be one of element, filter, channel"):
+        Plan(layers={"c": {"prune": {"amount": 0.5, "granularity": "row"}}}).settings_for("c")
+    monkeypatch.setitem(prune.GRANULARITIES, "row", prune.Granularity("row", 0, "rows", "test only"))
+    assert Plan(layers={"c": {"prune": {"amount": 0.5, "granularity": "row"}}}).settings_for("c").prune.granularity \
+        == "row"

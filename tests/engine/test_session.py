@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import zoo
-from explorer.engine.compress import inspect_model
+from explorer.engine.inspect import inspect_model
 from explorer.engine.errors import PlanError
 from explorer.engine.loading import LoadedModel
 from explorer.engine.plan import Plan

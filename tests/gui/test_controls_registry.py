@@ -17,3 +17,12 @@ def test_the_controls_list_registered_methods(registered_methods, qtbot):
     controls.method.setCurrentText("kmeans")
     controls._enable()
     assert controls.bits.isEnabled() and controls.init.isEnabled()
+
+
+def test_the_granularity_box_lists_the_registry(qtbot):
+    from explorer.engine.prune import GRANULARITIES
+    from explorer.gui.qt_controls import Controls
+
+    controls = Controls()
+    qtbot.addWidget(controls)
+    assert [controls.granularity.itemText(i) for i in range(controls.granularity.count())] == list(GRANULARITIES)

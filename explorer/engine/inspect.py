@@ -1,0 +1,146 @@
+"""What a model has: its compressible layers with their shapes, parameters and MACs, whether their
+channels can really be removed (traced on an example input), which weights are tied, and the
+floating-point values it stores. ``explorer inspect`` prints :func:`inspect_model`'s :class:`ModelInfo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from . import structure as _structure
+from .metrics import compressible_layers, count_macs, layer_type
+from .progress import ProgressFn, report
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    type: str
+    shape: tuple  # weight shape
+    weight_params: int
+    bias_params: int
+    macs: Optional[int]  # for the example input; None when it could not be measured
+    filter_ok: bool = False
+    filter_reason: Optional[str] = None
+    channel_ok: bool = False
+    channel_reason: Optional[str] = None
+    coupled: list = field(default_factory=list)
+    shared_with: Optional[str] = None  # the earlier layer whose weight tensor this one reuses (tied weights)
+
+    @property
+    def params(self) -> int:
+        return self.weight_params + self.bias_params
+
+    @property
+    def bytes(self) -> int:
+        return 4 * self.params
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "type": self.type, "shape": list(self.shape), "params": self.params,
+                "weight_params": self.weight_params, "bias_params": self.bias_params, "macs": self.macs,
+                "bytes": self.bytes, "shared_with": self.shared_with,
+                "structured": {"filter": self.filter_ok, "filter_reason": self.filter_reason,
+                               "channel": self.channel_ok, "channel_reason": self.channel_reason,
+                               "coupled": list(self.coupled)}}
+
+
+@dataclass
+class ModelInfo:
+    layers: list
+    total_params: int  # every parameter and floating-point buffer (BatchNorm statistics included)
+    macs: Optional[int]  # whole model, FlopCounterMode / 2
+    input_shape: Optional[tuple]
+
+    @property
+    def layer_params(self) -> int:
+        """Parameters of the layers, a tied weight counted once."""
+        return sum(layer.params - (layer.weight_params if layer.shared_with else 0) for layer in self.layers)
+
+    @property
+    def other_params(self) -> int:
+        return self.total_params - self.layer_params
+
+    @property
+    def bytes(self) -> int:
+        return 4 * self.total_params
+
+    def layer(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        layer_macs_sum = sum(l.macs or 0 for l in self.layers)
+        return {"layers": [l.to_dict() for l in self.layers],
+                "input_shape": list(self.input_shape) if self.input_shape else None,
+                "total": {"params": self.total_params, "layer_params": self.layer_params,
+                          "other_params": self.other_params, "bytes": self.bytes,
+                          "macs": self.macs, "flops": None if self.macs is None else 2 * self.macs,
+                          "layer_macs": layer_macs_sum}}
+
+
+def stored_numel(model: nn.Module) -> int:
+    """Floating-point elements a model stores: its state_dict (parameters and persistent buffers such as
+    BatchNorm running statistics), a tensor shared under two names counted once."""
+    seen, n = set(), 0
+    for t in model.state_dict().values():
+        if not t.is_floating_point():
+            continue
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride())) if t.numel() else id(t)
+        if key not in seen:
+            seen.add(key)
+            n += t.numel()
+    return n
+
+
+def _bias_numel(module) -> int:
+    b = getattr(module, "bias", None)
+    return b.numel() if isinstance(b, torch.Tensor) else 0
+
+
+def weight_owners(model: nn.Module) -> dict:
+    """For every compressible layer, the first layer holding the same weight tensor (itself unless tied)."""
+    first, owners = {}, {}
+    for name, mod in compressible_layers(model):
+        owners[name] = first.setdefault(id(mod.weight), name)
+    return owners
+
+
+def _input_shape(example) -> Optional[tuple]:
+    return tuple(example.shape) if isinstance(example, torch.Tensor) else None
+
+
+def inspect_model(model: nn.Module, example_input: Any = None, progress: ProgressFn = None) -> ModelInfo:
+    """Describe the compressible layers of ``model`` (MACs need ``example_input``)."""
+    macs, total = {}, None
+    struct = {}
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    report(progress, 0.0, "counting MACs")
+    if example_input is not None:
+        macs, total = count_macs(model, example_input)
+        report(progress, 0.3, "tracing channel couplings")
+        if not scripted:
+            struct = _structure.analyze(model, example_input)
+    report(progress, 1.0, "done")
+    layers = []
+    owners = weight_owners(model)
+    for name, mod in compressible_layers(model):
+        info = LayerInfo(name, layer_type(mod), tuple(mod.weight.shape), mod.weight.numel(), _bias_numel(mod),
+                         macs.get(name) if macs else None)
+        if owners[name] != name:
+            info.shared_with = owners[name]
+        s = struct.get(name)
+        if s is not None:
+            info.filter_ok, info.filter_reason = s.filter_ok, s.filter_reason
+            info.channel_ok, info.channel_reason = s.channel_ok, s.channel_reason
+            info.coupled = list(s.coupled)
+        else:
+            why = ("TorchScript graph cannot be rewritten" if scripted else "no example input to trace the model")
+            info.filter_reason = info.channel_reason = why
+        layers.append(info)
+    return ModelInfo(layers, stored_numel(model), total, _input_shape(example_input))
