@@ -21,8 +21,8 @@ import faulthandler
 import importlib.util
 import sys
 import time
-import tracemalloc
 import traceback
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -42,7 +42,7 @@ def _declared(cases, raw: bytes) -> int:
                     if all(isinstance(d, int) and d >= 0 for d in e["shape"]))
     except Exception:  # noqa: BLE001 - any mutation the harness cannot take apart declares nothing
         return 0
-    from explorer.engine import fileformat as ff
+    from explorer.engine.storage import fileformat as ff
 
     return min(total, ff.MAX_EXPANSION * len(raw) + ff.EXPANSION_ALLOWANCE)
 SLOW = 5.0  # seconds

@@ -76,8 +76,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 import traceback
+import tracemalloc
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -217,8 +217,8 @@ def build_corpus(scratch: Path) -> list:
     import torch
 
     from explorer.engine import Plan, compress, load_model
-    from explorer.engine import fileformat as ff
-    from explorer.engine.loading import LoadedModel
+    from explorer.engine.model.loading import LoadedModel
+    from explorer.engine.storage import fileformat as ff
 
     models = __import__(MODELS_MODULE)
     samples = ROOT / "sample_models"
@@ -1269,8 +1269,8 @@ def oracle(raw: bytes, seed: Seed, family: str, load: bool, scratch: Path, info_
     """Read ``raw`` every way a user can. ``trace`` (with tracemalloc running) receives each stage's peak."""
     import torch
 
-    from explorer.engine import fileformat as ff
     from explorer.engine.errors import LoadError
+    from explorer.engine.storage import fileformat as ff
 
     stage = "parse"
 
@@ -1296,7 +1296,7 @@ def oracle(raw: bytes, seed: Seed, family: str, load: bool, scratch: Path, info_
         tensors = ff.decode_tensors(mf)
         for e in mf.manifest["tensors"]:
             t = tensors[e["name"]]
-            if list(t.shape) != list(e["shape"]) or t.dtype != ff._DTYPES[e["dtype"]]:
+            if list(t.shape) != list(e["shape"]) or t.dtype != ff.DTYPES[e["dtype"]]:
                 raise Finding(f"{e['name']}: decoded {tuple(t.shape)} {t.dtype}, the manifest says "
                               f"{e['shape']} {e['dtype']}")
         if family == "bytes":  # no CRC was fixed: passing means nothing changed

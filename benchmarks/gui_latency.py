@@ -90,7 +90,7 @@ class ResNet18(nn.Module):
 def resnet18_bundle():
     """Factory: ResNet-18 with seeded random weights, a 1x3xRxR example input and N random labelled
     images (R, N from the environment variables GUI_LATENCY_RES and GUI_LATENCY_IMAGES)."""
-    from explorer.engine.data import EvalData
+    from explorer.engine.model.data import EvalData
 
     res = int(os.environ.get("GUI_LATENCY_RES", "224"))
     n = int(os.environ.get("GUI_LATENCY_IMAGES", "256"))
@@ -201,8 +201,8 @@ def instrument(win, clock: dict) -> None:
 def host_reference(loaded, layer: str) -> dict:
     """How fast this host is right now: the engine's re-measurement of ``layer`` at new amounts, on this
     thread with nothing else running (a fresh Previewer; its sweep state built first, not timed)."""
+    from explorer.engine.measure.preview import Previewer
     from explorer.engine.plan import Plan
-    from explorer.engine.preview import Previewer
 
     pv = Previewer(loaded)
     out = {}

@@ -5,7 +5,7 @@
 
 Prints markdown tables and the machine they were measured on:
 
-1. 1-D k-means (``explorer.engine.kmeans.kmeans_1d``) against scikit-learn ``KMeans`` with the same
+1. 1-D k-means (``explorer.engine.methods.kmeans.kmeans_1d``) against scikit-learn ``KMeans`` with the same
    initial centroids (density init: quantiles, so no cluster starts empty; scikit-learn moves empty
    clusters, ours keeps them, as Deep Compression does), ``n_init=1``, the same
    ``max_iter`` (50), ``algorithm="lloyd"`` and ``tol=0`` (both stop when no centroid moves), on
@@ -13,7 +13,7 @@ Prints markdown tables and the machine they were measured on:
    best of 3 runs for ours, one run for scikit-learn.
 2. Entropy coding of real index and gap streams (a sample model with Deep Compression's plan, and a
    VGG-16 fc6-sized random layer pruned 90% with 5-bit linear k-means): our canonical Huffman and
-   rANS (``explorer.engine.entropy``) against the Shannon entropy, ``dahuffman`` (pure Python, timed
+   rANS (``explorer.engine.storage.entropy``) against the Shannon entropy, ``dahuffman`` (pure Python, timed
    on a subsample), zlib and lzma (on one byte per symbol).
 3. Compressing a VGG-16-shaped model (random weights, 138 M weights) with 90% pruning and 5-bit
    linear k-means through ``explorer.engine.compress``, then encoding every stream to bytes.
@@ -37,9 +37,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from explorer.engine import bitstream, entropy  # noqa: E402
-from explorer.engine.coding import entropy_bits, gap_stream, huffman_code_lengths  # noqa: E402
-from explorer.engine.kmeans import kmeans_1d  # noqa: E402
+from explorer.engine.storage import bitstream, entropy  # noqa: E402
+from explorer.engine.methods.kmeans import kmeans_1d  # noqa: E402
+from explorer.engine.storage.coding import entropy_bits, gap_stream, huffman_code_lengths  # noqa: E402
 
 MAX_ITER = 50
 SKLEARN_LIMIT_S = 60.0
@@ -148,8 +148,8 @@ def _gap_streams(keep, q):
 
 def collect_streams(quick: bool) -> list:
     from explorer.engine import Plan, compress, load_model
-    from explorer.engine.prune import magnitude_mask
-    from explorer.engine.quantize import quantize_kmeans
+    from explorer.engine.methods.prune import magnitude_mask
+    from explorer.engine.methods.quantize import quantize_kmeans
     from explorer.engine.samples import SAMPLES_DIR
 
     streams = []
@@ -168,7 +168,7 @@ def collect_streams(quick: bool) -> list:
     mask = magnitude_mask(w, 0.9)
     q = quantize_kmeans(w, mask, bits=5, init="linear")
     from explorer.engine.compress import TensorResult
-    from explorer.engine.size import tensor_sizes
+    from explorer.engine.storage.size import tensor_sizes
     tr = TensorResult("fc6.weight", shape, mask, q, tensor_sizes(w.numel(), mask, q.tensor_code()), 0)
     name = "VGG-16 fc6" if not quick else "fc (1024x6272)"
     for kind, (s, A, what) in _streams_of(tr).items():
@@ -254,7 +254,7 @@ def vgg16() -> nn.Module:
 def bench_vgg(quick: bool) -> None:
     from explorer.engine import compress
     from explorer.engine.plan import uniform_plan
-    from explorer.engine import fileformat
+    from explorer.engine.storage import fileformat
 
     torch.manual_seed(0)
     model = vgg16()

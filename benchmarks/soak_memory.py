@@ -1,7 +1,7 @@
 """Memory under long use: N setting changes made the way the window makes them, headless.
 
 Loads ``digits-cnn``, builds a :class:`~explorer.session.Session` and a
-:class:`~explorer.engine.preview.Previewer`, then makes N random (seeded) setting changes. Each is what a
+:class:`~explorer.engine.measure.preview.Previewer`, then makes N random (seeded) setting changes. Each is what a
 release of one of the window's controls does: the controls' whole state for the selected layers (sparsity
 0-95 % and granularity, quantize on/off with bits 1-8, kmeans/uniform and the k-means init, low-rank
 on/off) as a patch through ``Session.update_layers``, or an undo/redo, or another layer selected. After
@@ -40,12 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explorer.engine.inspect import inspect_model  # noqa: E402
 from explorer.engine.errors import ExplorerError  # noqa: E402
-from explorer.engine.evaluate import quality  # noqa: E402
-from explorer.engine.layerview import init_comparison  # noqa: E402
-from explorer.engine.loading import load_model  # noqa: E402
-from explorer.engine.preview import Previewer, warm_up  # noqa: E402
+from explorer.engine.inspect import inspect_model  # noqa: E402
+from explorer.engine.measure.evaluate import quality  # noqa: E402
+from explorer.engine.measure.layerview import init_comparison  # noqa: E402
+from explorer.engine.measure.preview import Previewer, warm_up  # noqa: E402
+from explorer.engine.model.loading import load_model  # noqa: E402
 from explorer.session import UNDO_LIMIT, Session  # noqa: E402
 
 ACCURACY_BATCH = 4  # as the window measures it (main_window.ACCURACY_BATCH; not imported: that is Qt)

@@ -13,20 +13,20 @@ import sys
 import time
 
 from explorer import __version__
-from explorer.engine import fileformat
-from explorer.engine.coders import CODERS
 from explorer.engine.compress import compress
 from explorer.engine.errors import ExplorerError
-from explorer.engine.evaluate import evaluate_loaded, evaluate_plan
-from explorer.engine.export import export
 from explorer.engine.inspect import inspect_model
-from explorer.engine.kmeans import INITS
-from explorer.engine.loading import load_model, parse_input_shape
-from explorer.engine.lowrank import METHODS
-from explorer.engine.metrics import compressible_layers, describe_input
+from explorer.engine.measure.evaluate import evaluate_loaded, evaluate_plan
+from explorer.engine.measure.metrics import compressible_layers, describe_input
+from explorer.engine.methods.kmeans import INITS
+from explorer.engine.methods.lowrank import METHODS
+from explorer.engine.methods.prune import GRANULARITIES
+from explorer.engine.methods.quantize import QUANTIZERS, compare_inits
+from explorer.engine.model.export import export
+from explorer.engine.model.loading import load_model, parse_input_shape
 from explorer.engine.plan import Plan
-from explorer.engine.prune import GRANULARITIES
-from explorer.engine.quantize import QUANTIZERS, compare_inits
+from explorer.engine.storage import fileformat
+from explorer.engine.storage.coders import CODERS
 from explorer.units import human_bytes, human_count, table
 
 EXIT_USAGE = 2

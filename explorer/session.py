@@ -12,10 +12,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from explorer.engine.inspect import ModelInfo
-from explorer.engine.loading import LoadedModel
+from explorer.engine.measure.preview import Previewer
+from explorer.engine.methods.prune import sparsity_at, threshold_at
+from explorer.engine.model.loading import LoadedModel
 from explorer.engine.plan import LayerSettings, Plan
-from explorer.engine.preview import Previewer
-from explorer.engine.prune import sparsity_at, threshold_at
 
 Listener = Callable[..., None]
 UNDO_LIMIT = 1000  # undo steps kept; beyond it the oldest is dropped

@@ -23,7 +23,7 @@ from safetensors.torch import save_file  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from explorer.engine import samples  # noqa: E402
-from explorer.engine.data import EvalData, digits_split  # noqa: E402
+from explorer.engine.model.data import EvalData, digits_split  # noqa: E402
 
 SEED = 0
 SPLIT_SEED = 0
@@ -99,7 +99,7 @@ def build(name: str) -> dict:
             "source": "sklearn.datasets.load_digits",
             "split": (
                 f"pixels / 16; numpy RandomState({SPLIT_SEED}).permutation; first {len(test_data)} test, "
-                f"rest train (explorer.engine.data.digits_split(seed={SPLIT_SEED}, "
+                f"rest train (explorer.engine.model.data.digits_split(seed={SPLIT_SEED}, "
                 f"test_fraction={TEST_FRACTION}))"
             ),
             "seed": SPLIT_SEED,

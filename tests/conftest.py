@@ -15,7 +15,7 @@ def _sign_quantize(weight, mask, settings):
     import numpy as np
     import torch
 
-    from explorer.engine import quantize
+    from explorer.engine.methods import quantize
 
     w = weight.detach().to(torch.float64).reshape(-1).numpy()
     keep = np.ones(w.size, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
@@ -33,7 +33,7 @@ def registered_methods():
     "median", registered for one test and removed after it: nothing else is told about them."""
     import numpy as np
 
-    from explorer.engine import kmeans, quantize
+    from explorer.engine.methods import kmeans, quantize
 
     q = quantize.register(quantize.Quantizer(
         "sign", "test only: {-a, 0, +a} with a = mean |w|", _sign_quantize, ("seed",),

@@ -139,7 +139,7 @@ def example_inputs():
 
 def digits_eval_tuple():
     """The digits test split as (inputs array, labels array): the first 100 images."""
-    from explorer.engine.data import digits_split
+    from explorer.engine.model.data import digits_split
 
     test = digits_split()[1]
     return test.inputs[:100].numpy(), test.labels[:100].numpy()
@@ -151,7 +151,7 @@ def digits_eval_dict():
 
 
 def digits_eval_data():
-    from explorer.engine.data import EvalData
+    from explorer.engine.model.data import EvalData
 
     x, y = digits_eval_tuple()
     return EvalData(torch.from_numpy(x[:20]), torch.from_numpy(y[:20]), "twenty digits")

@@ -8,14 +8,14 @@ import tensorly as _tl
 
 _tl.set_backend("pytorch")  # once, for all threads (tensorly's default is a global backend)
 
-from .compress import Compressed, compress  # noqa: E402
-from .errors import (Cancelled, CompressionError, ExplorerError, LoadError, PlanError,  # noqa: E402
-                     TrustRequired)
-from .evaluate import evaluate_plan  # noqa: E402
-from .inspect import LayerInfo, ModelInfo, inspect_model  # noqa: E402
-from .loading import LoadedModel, load_model  # noqa: E402
-from .metrics import accuracy, fidelity, layer_macs, model_macs  # noqa: E402
-from .plan import LayerSettings, LowRankSettings, Plan, PruneSettings, QuantSettings  # noqa: E402
+from explorer.engine.compress import Compressed, compress  # noqa: E402
+from explorer.engine.errors import (Cancelled, CompressionError, ExplorerError, LoadError, PlanError,  # noqa: E402
+                                    TrustRequired)
+from explorer.engine.inspect import LayerInfo, ModelInfo, inspect_model  # noqa: E402
+from explorer.engine.measure.evaluate import evaluate_plan  # noqa: E402
+from explorer.engine.measure.metrics import accuracy, fidelity, layer_macs, model_macs  # noqa: E402
+from explorer.engine.model.loading import LoadedModel, load_model  # noqa: E402
+from explorer.engine.plan import LayerSettings, LowRankSettings, Plan, PruneSettings, QuantSettings  # noqa: E402
 
 __all__ = ["Compressed", "LayerInfo", "ModelInfo", "compress", "inspect_model", "Cancelled", "CompressionError",
            "ExplorerError", "LoadError", "PlanError", "TrustRequired", "evaluate_plan", "LoadedModel", "load_model",

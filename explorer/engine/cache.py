@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .plan import LayerSettings
+from explorer.engine.plan import LayerSettings
 
 DEFAULT_CACHE_BYTES = 64 << 20  # a Recent given no byte budget of its own
 TENSOR_CACHE_BYTES = 64 << 20  # TensorCache(): full per-tensor results (mask, codes, decoded weight)

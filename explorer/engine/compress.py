@@ -17,17 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import lowrank as _lowrank
-from . import structure as _structure
-from .cache import TensorCache
-from .errors import CompressionError, ExplorerError, PlanError
-from .inspect import stored_numel, weight_owners
-from .metrics import LAYER_TYPES, compressible_layers, count_macs, layer_type, run_model
-from .plan import LayerSettings, Plan
-from .progress import ProgressFn, report
-from .prune import GRANULARITIES, magnitude_mask, removed_count
-from .quantize import QuantResult, quantize_tensor
-from .size import TensorSizes, tensor_sizes
+from explorer.engine.cache import TensorCache
+from explorer.engine.errors import CompressionError, ExplorerError, PlanError
+from explorer.engine.inspect import stored_numel, weight_owners
+from explorer.engine.measure.metrics import LAYER_TYPES, compressible_layers, count_macs, layer_type, run_model
+from explorer.engine.methods import channels as _structure
+from explorer.engine.methods import lowrank as _lowrank
+from explorer.engine.methods.prune import GRANULARITIES, magnitude_mask, removed_count
+from explorer.engine.methods.quantize import QuantResult, quantize_tensor
+from explorer.engine.plan import LayerSettings, Plan
+from explorer.engine.progress import ProgressFn, report
+from explorer.engine.storage.size import TensorSizes, tensor_sizes
 
 STAGES = ("dense", "pruned", "quantized", "coded")
 FP32_BITS = 32
@@ -44,7 +44,7 @@ class TensorResult:
     quant: Optional[QuantResult]
     sizes: TensorSizes
     nonzero: int
-    sizes_only: bool = False  # measured without mask or codes (explorer.engine.sweep): never written to a file
+    sizes_only: bool = False  # measured without mask or codes (explorer.engine.measure.sweep): never written to a file
 
     @property
     def numel(self) -> int:
@@ -354,7 +354,7 @@ def set_layer_macs(results: dict, before: dict, after: Optional[dict]) -> None:
 
 def check_layer_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
     """A pruning count must leave something of layer ``name``: a weight, an output or an input channel
-    (:func:`~explorer.engine.prune.removed_count`, the one check of an amount)."""
+    (:func:`~explorer.engine.methods.prune.removed_count`, the one check of an amount)."""
     p = s.prune
     if p is None or not p.amount:
         return

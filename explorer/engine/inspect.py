@@ -11,9 +11,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import structure as _structure
-from .metrics import compressible_layers, count_macs, layer_type
-from .progress import ProgressFn, report
+from explorer.engine.measure.metrics import compressible_layers, count_macs, layer_type
+from explorer.engine.methods import channels as _structure
+from explorer.engine.progress import ProgressFn, report
 
 
 @dataclass

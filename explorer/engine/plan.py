@@ -26,12 +26,12 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Optional, Union
 
-from . import jsonio
-from .atomic import atomic_write_bytes
-from .errors import PlanError
-from .kmeans import INITS as KMEANS_INITS
-from .prune import GRANULARITIES, MAX_COUNT, check_amount
-from .quantize import QUANTIZERS
+from explorer.engine.errors import PlanError
+from explorer.engine.methods.kmeans import INITS as KMEANS_INITS
+from explorer.engine.methods.prune import GRANULARITIES, MAX_COUNT, check_amount
+from explorer.engine.methods.quantize import QUANTIZERS
+from explorer.engine.storage import jsonio
+from explorer.engine.storage.atomic import atomic_write_bytes
 
 FORMAT = "compression-explorer-plan"
 VERSION = 1
@@ -355,7 +355,7 @@ class Plan:
 
     @classmethod
     def from_json(cls, text) -> "Plan":
-        """A plan from JSON text (str or UTF-8 bytes), read under :mod:`~explorer.engine.jsonio`'s limits."""
+        """A plan from JSON text (str or UTF-8 bytes), read under :mod:`~explorer.engine.storage.jsonio`'s limits."""
         if len(text) > MAX_PLAN_BYTES:
             raise PlanError(f"plan of {len(text):,} bytes is too large (at most {MAX_PLAN_BYTES:,})")
         try:

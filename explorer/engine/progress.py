@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .errors import Cancelled
+from explorer.engine.errors import Cancelled
 
 ProgressFn = Optional[Callable[[float, str], object]]
 

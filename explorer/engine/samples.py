@@ -32,8 +32,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from .data import digits_split
-from .errors import LoadError
+from explorer.engine.errors import LoadError
+from explorer.engine.model.data import digits_split
 
 __all__ = [
     "DigitsMLP",

@@ -16,12 +16,12 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QMessageBox, QSplitter, QTabWidget,
                                QVBoxLayout, QWidget)
 
-from explorer.engine.inspect import inspect_model
-from explorer.engine.data import load_eval_data
 from explorer.engine.errors import ExplorerError
-from explorer.engine.loading import load_model
+from explorer.engine.inspect import inspect_model
+from explorer.engine.measure.preview import warm_up
+from explorer.engine.model.data import load_eval_data
+from explorer.engine.model.loading import load_model
 from explorer.engine.plan import Plan
-from explorer.engine.preview import warm_up
 from explorer.engine.progress import scaled
 from explorer.engine.samples import SAMPLES_DIR
 from explorer.gui.qt_centroids import CentroidView

@@ -10,7 +10,7 @@ import torch
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from explorer.engine.layerview import init_comparison
+from explorer.engine.measure.layerview import init_comparison
 from explorer.engine.plan import LayerSettings
 from explorer.gui.qt_plot import curve, plot_widget
 
@@ -102,7 +102,7 @@ class CentroidView(QWidget):
             label.setText(text)
 
     def show_comparison(self, comp) -> None:
-        """Draw an :class:`explorer.engine.layerview.InitComparison`: the histogram now, the CDF in the next
+        """Draw an :class:`explorer.engine.measure.layerview.InitComparison`: the histogram now, the CDF in the next
         turn of the event loop, so that each plot's update and repaint is one short stop of the GUI
         thread rather than one long one (a newer comparison arriving in between replaces the pending one)."""
         v = comp.values

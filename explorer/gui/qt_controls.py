@@ -5,14 +5,14 @@ not on every intermediate value."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout,
+                               QWidget)
 from superqt import QLabeledSlider
 
-from explorer.engine.kmeans import INITS
-from explorer.engine.lowrank import METHODS as LOWRANK_METHODS
-from explorer.engine.prune import GRANULARITIES
-from explorer.engine.quantize import QUANTIZERS
+from explorer.engine.methods.kmeans import INITS
+from explorer.engine.methods.lowrank import METHODS as LOWRANK_METHODS
+from explorer.engine.methods.prune import GRANULARITIES
+from explorer.engine.methods.quantize import QUANTIZERS
 
 
 def _slider(lo, hi, suffix=""):

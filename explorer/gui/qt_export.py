@@ -9,9 +9,9 @@ from typing import Optional
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFileDialog, QProgressDialog
 
-from explorer.engine import fileformat
-from explorer.engine.export import export
+from explorer.engine.model.export import export
 from explorer.engine.progress import report, scaled
+from explorer.engine.storage import fileformat
 from explorer.units import human_bytes
 
 STANDARD = (("Dense state_dict (.safetensors)…", ".safetensors"), ("TorchScript (.pt)…", ".pt"),
@@ -69,7 +69,7 @@ class Exports:
             self.export_standard(path, fmt="torchscript" if ext == ".pt" else None)
 
     def export_standard(self, path: str, fmt: Optional[str] = None, on_done=None) -> None:
-        """Write the compressed model in a standard format: ``fmt`` as :func:`explorer.engine.export.export`
+        """Write the compressed model in a standard format: ``fmt`` as :func:`explorer.engine.model.export.export`
         takes it (None: by the file's extension, a dense state_dict as .safetensors, ONNX as .onnx)."""
         session = self.window.session
         loaded, plan, previewer = session.loaded, session.plan, session.previewer

@@ -4,8 +4,8 @@ then the layer view and, once the plan has stood for ACCURACY_SETTLE, the accura
 
 from __future__ import annotations
 
-from explorer.engine.evaluate import quality
-from explorer.engine.layerview import init_comparison
+from explorer.engine.measure.evaluate import quality
+from explorer.engine.measure.layerview import init_comparison
 from explorer.engine.plan import Plan
 from explorer.engine.progress import scaled
 from explorer.gui.workers import freeze_heap

@@ -49,7 +49,7 @@ class LayerView(QWidget):
         layout.addWidget(self.plot)
 
     def show_preview(self, preview) -> None:
-        """Draw a :class:`explorer.engine.layerview.LayerPreview` (no engine work here)."""
+        """Draw a :class:`explorer.engine.measure.layerview.LayerPreview` (no engine work here)."""
         self.kept.setData(preview.edges, preview.kept)
         self.pruned.setData(preview.edges, preview.pruned)
         n_pruned = int(preview.pruned.sum())

@@ -8,8 +8,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
-from explorer.units import human_bytes
 from explorer.gui.qt_plot import plot_widget
+from explorer.units import human_bytes
 
 STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), ("coded", "entropy-coded"),
           ("file", ".cexp file")]

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from explorer.engine import atomic
-from explorer.engine.atomic import atomic_open, atomic_write_bytes, remove_stale
+from explorer.engine.storage import atomic
+from explorer.engine.storage.atomic import atomic_open, atomic_write_bytes, remove_stale
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX processes and permissions")
 
@@ -70,7 +70,7 @@ def test_kill_9_during_a_save_leaves_the_old_file_and_the_next_save_cleans_up(tm
     ready = tmp_path / "ready"
     code = textwrap.dedent(f"""
         import time
-        from explorer.engine.atomic import atomic_open
+        from explorer.engine.storage.atomic import atomic_open
         with atomic_open({str(target)!r}) as fh:
             fh.write(b"x" * 100000)
             fh.flush()

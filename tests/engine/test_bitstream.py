@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorer.engine.bitstream import (BitstreamError, huffman_decode, huffman_encode, pack_fixed, packed_bytes,
-                                       unpack_fixed)
-from explorer.engine.coding import canonical_codes, huffman_code_lengths
+from explorer.engine.storage.bitstream import (BitstreamError, huffman_decode, huffman_encode, pack_fixed, packed_bytes,
+                                               unpack_fixed)
+from explorer.engine.storage.coding import canonical_codes, huffman_code_lengths
 
 
 def test_pack_known_bits():

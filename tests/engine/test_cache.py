@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.engine import preview as preview_mod
-from explorer.engine import sweep as sweep_mod
 from explorer.engine.cache import Recent, TensorCache, held_bytes
 from explorer.engine.compress import compress_weight
-from explorer.engine.loading import load_model
+from explorer.engine.measure import preview as preview_mod
+from explorer.engine.measure import sweep as sweep_mod
+from explorer.engine.measure.preview import PREPARED_AMOUNTS, Previewer
+from explorer.engine.measure.sweep import TensorSweep
+from explorer.engine.model.loading import load_model
 from explorer.engine.plan import Plan, validate_settings
-from explorer.engine.preview import PREPARED_AMOUNTS, Previewer
-from explorer.engine.sweep import TensorSweep
 
 
 def _entry(key, n: int) -> int:

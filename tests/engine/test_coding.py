@@ -5,13 +5,13 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from explorer.engine.entropy import coded_bytes
-from hypothesis import given, settings, strategies as st
-
-from explorer.engine.coders import stream_bits
-from explorer.engine.coding import (canonical_codes, entropy_bits, gap_entries, gap_histogram, gap_stream,
-                                    huffman_code_lengths)
+from explorer.engine.storage.coders import stream_bits
+from explorer.engine.storage.coding import (canonical_codes, entropy_bits, gap_entries, gap_histogram, gap_stream,
+                                            huffman_code_lengths)
+from explorer.engine.storage.entropy import coded_bytes
 
 SETTINGS = settings(max_examples=60, deadline=None)
 count_lists = st.lists(st.integers(0, 1000), min_size=1, max_size=40)

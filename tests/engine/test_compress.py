@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-
 import zoo
+
 from explorer.engine.compress import compress
 from explorer.engine.errors import Cancelled, CompressionError, PlanError
-from explorer.engine.loading import load_model
+from explorer.engine.model.loading import load_model
 from explorer.engine.plan import Plan, uniform_plan
 from explorer.engine.samples import SAMPLES_DIR
 
@@ -84,7 +84,7 @@ def test_a_rank_whose_factors_outgrow_the_layer_is_refused(layer, rank, even):
     A plan's rank must keep the factors no larger than the layer; the refusal names the break-even rank
     (fc1 32x64: floor(2048 / 96) = 21; conv2 16x8x3x3, Tucker-2 R3 = min(r, 8), R4 = r: 8 R3 + 9 R3 R4 + 16 R4
     <= 1152 up to r = 12)."""
-    from explorer.engine.lowrank import break_even_rank
+    from explorer.engine.methods.lowrank import break_even_rank
 
     model, x = zoo.SmallCNN().eval(), torch.randn(2, 1, 8, 8)
     method = "svd" if layer == "fc1" else "tucker2"

@@ -13,16 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorer.engine.data import (
-    EvalData,
-    digits_split,
-    load_eval_data,
-    load_idx_pair,
-    load_npy,
-    load_npz,
-    read_idx,
-)
 from explorer.engine.errors import LoadError
+from explorer.engine.model.data import (EvalData, digits_split, load_eval_data, load_idx_pair, load_npy, load_npz,
+                                        read_idx)
 
 MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist-t10k"
 
@@ -335,8 +328,8 @@ def test_real_mnist_t10k():
 
 
 def test_eval_data_from_a_factory_in_every_form():
-    from explorer.engine.data import load_eval_data
-    from explorer.engine.factories import is_factory_ref
+    from explorer.engine.model.data import load_eval_data
+    from explorer.engine.model.factories import is_factory_ref
 
     tup = load_eval_data("zoo:digits_eval_tuple")
     assert len(tup) == 100 and tup.labels is not None and tup.inputs.dtype == torch.float32
@@ -364,7 +357,7 @@ def test_eval_data_from_a_factory_in_every_form():
     ("no_such_module_xyz:fn", "cannot import module"),
 ])
 def test_eval_data_factory_errors_name_the_problem(ref, message):
-    from explorer.engine.data import load_eval_data
+    from explorer.engine.model.data import load_eval_data
 
     with pytest.raises(LoadError, match=message) as err:
         load_eval_data(ref)
@@ -372,7 +365,7 @@ def test_eval_data_factory_errors_name_the_problem(ref, message):
 
 
 def test_an_existing_path_that_looks_like_a_factory_is_read_as_a_file(tmp_path, monkeypatch):
-    from explorer.engine.data import load_eval_data
+    from explorer.engine.model.data import load_eval_data
 
     monkeypatch.chdir(tmp_path)
     np.savez(tmp_path / "zoo:digits_eval_tuple", x=np.zeros((3, 4), np.float32))
@@ -386,7 +379,7 @@ import io  # noqa: E402
 import zipfile  # noqa: E402
 import zlib  # noqa: E402
 
-import explorer.engine.data as data_mod  # noqa: E402
+import explorer.engine.model.data as data_mod  # noqa: E402
 
 _MB = 2**20
 

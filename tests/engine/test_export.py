@@ -2,12 +2,12 @@ import os
 
 import pytest
 import torch
+import zoo
 from torch import nn
 
-import zoo
 from explorer.engine import ExplorerError, Plan, compress, load_model
-from explorer.engine import export as export_mod
-from explorer.engine.export import export, export_onnx, export_state_dict, export_torchscript
+from explorer.engine.model import export as export_mod
+from explorer.engine.model.export import export, export_onnx, export_state_dict, export_torchscript
 from explorer.engine.samples import SAMPLES_DIR
 
 # torch deprecates torch.jit.trace and the TorchScript-based ONNX exporter; the fallbacks under test use them

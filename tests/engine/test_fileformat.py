@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
-
 import zoo
+
 from explorer.engine import compress, load_model
-from explorer.engine import fileformat as ff
 from explorer.engine.errors import LoadError
 from explorer.engine.plan import Plan
+from explorer.engine.storage import fileformat as ff
 
 P = {"amount": 0.7}
 METHODS = {
@@ -116,7 +116,7 @@ def test_a_scripted_architecture_has_one_archive_per_process(tmp_path):
     """An eager model without a factory is stored as its scripted graph. Scripting the same class again
     after other shapes of it were scripted names it anew (torch's ___torch_mangle_N), which changed the
     archive, and the file, by a byte: the size predicted before must still be the size written."""
-    from explorer.engine.loading import LoadedModel
+    from explorer.engine.model.loading import LoadedModel
 
     loaded = LoadedModel(_ScriptedNet().eval(), torch.randn(2, 64), None, source="net")
     plan = Plan.from_dict({"version": 1, "layers": {"fc1": {"prune": {"amount": 0.6}, "quantize": {"bits": 5}}}})
@@ -176,7 +176,7 @@ def test_interrupted_save_leaves_the_old_file(tmp_path, monkeypatch):
     class Boom(Exception):
         pass
 
-    import explorer.engine.atomic as atomic
+    import explorer.engine.storage.atomic as atomic
 
     real_fdopen = os.fdopen
 

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
-from hypothesis import HealthCheck, given, settings, strategies as st
 
 from explorer.engine import Plan, compress, load_model
-from explorer.engine import fileformat as ff
 from explorer.engine.errors import LoadError
+from explorer.engine.storage import fileformat as ff
 
 FormatError = ff.FormatError
 HEAD = ff.HEADER.size  # 28
@@ -519,7 +520,7 @@ def attempt(raw: bytes, *, full: bool = False, expect: dict | None = None, examp
         tensors = ff.decode_tensors(mf)
         for e in mf.manifest["tensors"]:
             t = tensors[e["name"]]
-            if list(t.shape) != e["shape"] or t.dtype != ff._DTYPES[e["dtype"]]:
+            if list(t.shape) != e["shape"] or t.dtype != ff.DTYPES[e["dtype"]]:
                 raise Unexpected(f"{e['name']}: decoded {tuple(t.shape)} {t.dtype}, manifest says "
                                  f"{e['shape']} {e['dtype']}")
         if full:
@@ -1120,7 +1121,7 @@ def test_every_shape_must_be_the_rebuilt_models_before_decoding(case, monkeypatc
     name, tensor, shape = SHAPE_LIES[case]
     raw = _manifest_edit(name, lambda m: _tensor(m, tensor).update(shape=shape))
     decoded = []
-    monkeypatch.setattr(ff, "decode_tensors", lambda mf: decoded.append(1) or {})
+    monkeypatch.setattr(ff.loader, "decode_tensors", lambda mf: decoded.append(1) or {})
     path = os.path.join(scratch(), f"{case}.cexp")
     with open(path, "wb") as fh:
         fh.write(raw)

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.engine import entropy
-from explorer.engine.coding import _gap_histograms_of_keys, _gap_histograms_of_mask, entropy_bits, gap_histogram, huffman_code_lengths
 from explorer.engine.errors import CompressionError
-from explorer.engine.kmeans import kmeans_1d, lloyd_reference
-from explorer.engine.prune import keep_count, magnitude_mask, threshold_for
+from explorer.engine.methods.kmeans import kmeans_1d, lloyd_reference
+from explorer.engine.methods.prune import keep_count, magnitude_mask, threshold_for
+from explorer.engine.storage import entropy
+from explorer.engine.storage.coding import (_gap_histograms_of_keys, _gap_histograms_of_mask, entropy_bits,
+                                            gap_histogram, huffman_code_lengths)
 
 
 def _stable_sort_mask(w: torch.Tensor, amount) -> np.ndarray:

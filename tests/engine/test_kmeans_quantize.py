@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from explorer.engine.errors import CompressionError
-from explorer.engine.kmeans import init_centroids, kmeans_1d, lloyd_reference
+from explorer.engine.methods.kmeans import init_centroids, kmeans_1d, lloyd_reference
+from explorer.engine.methods.prune import keep_count, magnitude_mask, threshold_for
+from explorer.engine.methods.quantize import (compare_inits, quantize_binary, quantize_kmeans, quantize_tensor,
+                                              quantize_ternary, quantize_uniform)
 from explorer.engine.plan import QuantSettings
-from explorer.engine.prune import keep_count, magnitude_mask, threshold_for
-from explorer.engine.quantize import (compare_inits, quantize_binary, quantize_kmeans, quantize_ternary,
-                                      quantize_tensor, quantize_uniform)
 
 
 @pytest.mark.parametrize("init", ["forgy", "density", "linear", "kmeans++"])
@@ -146,8 +146,8 @@ def test_sweep_prepares_and_measures_small_layers():
     """The window's background preparation (TensorSweep.prepare over the slider's amounts) and a release
     (measure) on layers of 1..300 weights: sizes equal compress_weight's."""
     from explorer.engine.compress import compress_weight
+    from explorer.engine.measure.sweep import TensorSweep
     from explorer.engine.plan import validate_settings
-    from explorer.engine.sweep import TensorSweep
 
     g = torch.Generator().manual_seed(5)
     for n in range(1, 301):

@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import save_file
 
 from explorer.engine.errors import LoadError, TrustRequired
-from explorer.engine.loading import load_model
+from explorer.engine.model.loading import load_model
 
 FACTORY = "zoo:SmallCNN"
 

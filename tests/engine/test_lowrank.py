@@ -4,21 +4,13 @@ import math
 
 import pytest
 import torch
+import zoo
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import zoo
 from explorer.engine.errors import Cancelled, CompressionError, PlanError
-from explorer.engine.lowrank import (
-    _tucker2_path,
-    choose_rank,
-    cp_conv,
-    factorize,
-    lowrank_params,
-    svd_embedding,
-    svd_linear,
-    tucker2_conv,
-)
+from explorer.engine.methods.lowrank import (_tucker2_path, choose_rank, cp_conv, factorize, lowrank_params,
+                                             svd_embedding, svd_linear, tucker2_conv)
 
 
 def macs(module, x):

@@ -1,13 +1,13 @@
 import pytest
 import torch
+import zoo
 from torch.utils.flop_counter import FlopCounterMode
 
-import zoo
-from explorer.engine.inspect import inspect_model
-from explorer.engine.data import EvalData
 from explorer.engine.errors import Cancelled
-from explorer.engine.loading import load_model
-from explorer.engine.metrics import accuracy, fidelity, layer_macs, model_macs
+from explorer.engine.inspect import inspect_model
+from explorer.engine.measure.metrics import accuracy, fidelity, layer_macs, model_macs
+from explorer.engine.model.data import EvalData
+from explorer.engine.model.loading import load_model
 
 
 def flop_counter_macs(model, x):

@@ -7,16 +7,16 @@ import threading
 import numpy as np
 import pytest
 import torch
-
-import explorer.engine.preview as preview_mod
 import zoo
+
+import explorer.engine.measure.preview as preview_mod
 from explorer.engine.compress import compress
 from explorer.engine.errors import PlanError
-from explorer.engine.evaluate import preview_plan
-from explorer.engine.layerview import layer_preview
-from explorer.engine.loading import LoadedModel, load_model
+from explorer.engine.measure.evaluate import preview_plan
+from explorer.engine.measure.layerview import layer_preview
+from explorer.engine.measure.preview import Previewer
+from explorer.engine.model.loading import LoadedModel, load_model
 from explorer.engine.plan import LayerSettings, Plan, validate_settings
-from explorer.engine.preview import Previewer
 from explorer.engine.samples import SAMPLES_DIR
 
 ELEMENT_PLANS = [

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.engine import fileformat as ff
 from explorer.engine.compress import compress
 from explorer.engine.errors import PlanError
-from explorer.engine.loading import load_model
+from explorer.engine.model.loading import load_model
 from explorer.engine.plan import Plan, uniform_plan
+from explorer.engine.storage import fileformat as ff
 
 
 def test_a_registered_method_is_everywhere(registered_methods, tmp_path):
@@ -51,8 +51,8 @@ def test_the_cli_help_lists_registered_methods(registered_methods):
 
 
 def test_granularities_are_declared_once_and_read_by_the_plan_and_the_amount_check(monkeypatch):
-    from explorer.engine import prune
     from explorer.engine.compress import check_layer_amount
+    from explorer.engine.methods import prune
 
     assert [g for g in prune.GRANULARITIES] == ["element", "filter", "channel"]
     assert [g.name for g in prune.GRANULARITIES.values() if g.structured] == ["filter", "channel"]

@@ -8,18 +8,10 @@ import torch.fx
 from safetensors.torch import load_file
 
 from explorer.engine import samples
-from explorer.engine.data import EvalData, digits_split
 from explorer.engine.errors import LoadError
-from explorer.engine.samples import (
-    SAMPLES_DIR,
-    DigitsCNN,
-    DigitsMLP,
-    digits_cnn,
-    digits_mlp,
-    load_sample,
-    sample_info,
-    sample_names,
-)
+from explorer.engine.model.data import EvalData, digits_split
+from explorer.engine.samples import (SAMPLES_DIR, DigitsCNN, DigitsMLP, digits_cnn, digits_mlp, load_sample,
+                                     sample_info, sample_names)
 
 EXPECTED = {"digits-mlp": (digits_mlp, DigitsMLP, 50_610), "digits-cnn": (digits_cnn, DigitsCNN, 114_760)}
 
@@ -107,7 +99,7 @@ def test_load_sample_rejects_foreign_factory(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example_plans(name):
     from explorer.engine import load_model
-    from explorer.engine.evaluate import evaluate_plan
+    from explorer.engine.measure.evaluate import evaluate_plan
     from explorer.engine.plan import Plan
 
     loaded = load_model(name)

@@ -3,11 +3,11 @@ changes, undo/redo, selection and the events views listen to."""
 
 import pytest
 import torch
-
 import zoo
-from explorer.engine.inspect import inspect_model
+
 from explorer.engine.errors import PlanError
-from explorer.engine.loading import LoadedModel
+from explorer.engine.inspect import inspect_model
+from explorer.engine.model.loading import LoadedModel
 from explorer.engine.plan import Plan
 from explorer.session import Session
 

@@ -6,12 +6,13 @@ import numpy as np
 
 HUFFMAN = ("huffman",)  # the hand-computed cases below count Huffman only; rANS is tested on its own
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from explorer.engine.coders import stream_bits
-from explorer.engine.coding import gap_entries, gap_stream
-import explorer.engine.size as size_mod
-from explorer.engine.size import GAP_BITS, TensorCode, other_param_bits, tensor_sizes
+import explorer.engine.storage.size as size_mod
+from explorer.engine.storage.coders import stream_bits
+from explorer.engine.storage.coding import gap_entries, gap_stream
+from explorer.engine.storage.size import GAP_BITS, TensorCode, other_param_bits, tensor_sizes
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -286,7 +287,7 @@ def test_rans_is_chosen_where_one_symbol_dominates():
     ix = both.stages["coded"]["index_stream"]
     assert ix.coder == "rans" and ix.bits == ix.rans < ix.huffman + ix.table
     assert both.bits["coded"] < 0.8 * huff.bits["coded"]
-    from explorer.engine.coding import entropy_bits
+    from explorer.engine.storage.coding import entropy_bits
 
     assert ix.rans < 1.01 * entropy_bits(np.bincount(codes)) + 8 * 2 * 32 + 64
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import zoo
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import zoo
 from explorer.engine.errors import CompressionError, PlanError
-from explorer.engine.structure import analyze, prune_structured
+from explorer.engine.methods.channels import analyze, prune_structured
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from explorer.engine.compress import compress_weight
-from explorer.engine.evaluate import preview_plan
-from explorer.engine.loading import LoadedModel
+from explorer.engine.measure.evaluate import preview_plan
+from explorer.engine.measure.preview import Previewer
+from explorer.engine.measure.sweep import TensorSweep
+from explorer.engine.model.loading import LoadedModel
 from explorer.engine.plan import Plan, validate_settings
-from explorer.engine.preview import Previewer
-from explorer.engine.sweep import TensorSweep
 
 
 def _weights():
@@ -144,7 +144,7 @@ def _without_errors(summary):
 
 
 def test_previewer_uses_the_sweep_and_equals_the_full_preview(monkeypatch):
-    import explorer.engine.preview as preview_mod
+    import explorer.engine.measure.preview as preview_mod
 
     loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
     pv = Previewer(loaded)
@@ -169,7 +169,7 @@ def test_previewer_uses_the_sweep_and_equals_the_full_preview(monkeypatch):
 
 
 def test_layer_view_from_the_sweep_equals_the_reference():
-    from explorer.engine.layerview import layer_preview
+    from explorer.engine.measure.layerview import layer_preview
 
     loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
     pv = Previewer(loaded)
@@ -191,7 +191,7 @@ def test_layer_view_from_the_sweep_equals_the_reference():
 
 
 def test_prepare_measures_the_slider_amounts_ahead(monkeypatch):
-    import explorer.engine.sweep as sweep_mod
+    import explorer.engine.measure.sweep as sweep_mod
 
     loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
     pv = Previewer(loaded)

@@ -20,7 +20,7 @@ def test_the_controls_list_registered_methods(registered_methods, qtbot):
 
 
 def test_the_granularity_box_lists_the_registry(qtbot):
-    from explorer.engine.prune import GRANULARITIES
+    from explorer.engine.methods.prune import GRANULARITIES
     from explorer.gui.qt_controls import Controls
 
     controls = Controls()

@@ -19,14 +19,14 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from explorer.engine import fileformat
 from explorer.engine.compress import compress
 from explorer.engine.errors import Cancelled, PlanError
-from explorer.engine.evaluate import preview_plan
-from explorer.engine.layerview import init_comparison, layer_preview
-from explorer.engine.loading import load_model
+from explorer.engine.measure.evaluate import preview_plan
+from explorer.engine.measure.layerview import init_comparison, layer_preview
+from explorer.engine.model.loading import load_model
 from explorer.engine.plan import Plan
 from explorer.engine.samples import SAMPLES_DIR
+from explorer.engine.storage import fileformat
 from explorer.gui.qt_layer_table import COLUMNS
 from explorer.gui.workers import Workers
 
@@ -106,7 +106,7 @@ def test_slider_release_updates_plan_table_histogram_and_preview(make_window, qt
 
 
 def test_a_release_finds_the_layer_measured_ahead(make_window, qtbot, monkeypatch):
-    import explorer.engine.sweep as sweep_mod
+    import explorer.engine.measure.sweep as sweep_mod
 
     win = make_window("digits-cnn")  # settled: the layer's histogram and its preparation have run
     swept = []
@@ -606,7 +606,7 @@ def test_plots_keep_room_for_seven_digit_labels_and_items_have_no_range_limit(qt
 def test_eval_data_from_a_factory_is_what_the_accuracy_is_measured_on(make_window, qtbot, settle, monkeypatch):
     """File -> Eval data from a factory: the data the factory returns replaces the sample's, and the
     accuracy shown is measured on it (the same number the engine gives on those 100 images)."""
-    from explorer.engine.evaluate import quality
+    from explorer.engine.measure.evaluate import quality
 
     win = make_window("digits-mlp")
     assert "360" in win.session.accuracy["data"]  # the sample's own test split

@@ -2,12 +2,12 @@
 
 Every gap or index stream is stored the cheapest way: raw (``n * raw_bits``, fixed width, packed) or by one
 of the registered coders, each of which says exactly what it costs (payload and table, to the bit) before
-anything is encoded. The size accounting (:func:`stream_bits`, used by :mod:`explorer.engine.size`), the
+anything is encoded. The size accounting (:func:`stream_bits`, used by :mod:`explorer.engine.storage.size`), the
 file format (encode on write, decode and check on read), the manifest's schema (the coder names it may
 name) and the CLI's help read this table; :func:`register` adds a coder everywhere at once.
 
 Built in: ``huffman`` (a canonical Huffman code: one byte of code length per alphabet symbol, then the
-payload, padded to a byte) and ``rans`` (static rANS, :mod:`explorer.engine.entropy`: A uint16
+payload, padded to a byte) and ``rans`` (static rANS, :mod:`explorer.engine.storage.entropy`: A uint16
 frequencies, then the payload). A coder's cost may never fall below ``n`` times the stream's order-0
 entropy (true of any code that codes symbol by symbol): the accounting skips candidates on that bound.
 """
@@ -19,8 +19,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import bitstream, entropy
-from .coding import MAX_ALPHABET, MAX_CODE_LENGTH, TABLE_BITS_PER_SYMBOL, _counts_array, huffman_code_lengths
+from explorer.engine.storage import bitstream, entropy
+from explorer.engine.storage.coding import (MAX_ALPHABET, MAX_CODE_LENGTH, TABLE_BITS_PER_SYMBOL, _counts_array,
+                                            huffman_code_lengths)
 
 __all__ = ["Coder", "CODERS", "register", "StreamBits", "stream_bits", "CoderError"]
 

@@ -23,10 +23,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from . import data as _data
-from . import fileformat, samples
-from .errors import LoadError, TrustRequired
-from .factories import call_factory, is_factory_ref
+from explorer.engine import samples
+from explorer.engine.errors import LoadError, TrustRequired
+from explorer.engine.model import data as _data
+from explorer.engine.model.factories import call_factory, is_factory_ref
+from explorer.engine.storage import fileformat
 
 
 @dataclass

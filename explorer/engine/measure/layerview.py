@@ -11,10 +11,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .plan import LayerSettings
-from .progress import ProgressFn, report
-from .prune import magnitude_mask, threshold_for
-from .quantize import compare_inits, quantize_tensor
+from explorer.engine.methods.prune import magnitude_mask, threshold_for
+from explorer.engine.methods.quantize import compare_inits, quantize_tensor
+from explorer.engine.plan import LayerSettings
+from explorer.engine.progress import ProgressFn, report
 
 
 @dataclass

@@ -35,8 +35,8 @@ from torch.fx import Node, symbolic_trace
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_flatten
 
-from .errors import CompressionError, PlanError
-from .prune import GRANULARITIES, removed_count
+from explorer.engine.errors import CompressionError, PlanError
+from explorer.engine.methods.prune import GRANULARITIES, removed_count
 
 __all__ = ["StructInfo", "analyze", "prune_structured"]
 

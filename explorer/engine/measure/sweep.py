@@ -7,9 +7,9 @@ the size preview shows — the storage sizes, the non-zero count, the codebook a
 error — in one pass over the tensor plus O(k × bucket) work:
 
 - the magnitudes' float32 bit patterns sorted once: the pruning threshold and its ties are a lookup
-  (the mask is then the one :func:`~explorer.engine.prune.magnitude_mask` builds, never materialised:
+  (the mask is then the one :func:`~explorer.engine.methods.prune.magnitude_mask` builds, never materialised:
   the gap histograms are counted from the keys directly);
-- for k-means, the weights grouped into the buckets :func:`~explorer.engine.kmeans.kmeans_1d` uses,
+- for k-means, the weights grouped into the buckets :func:`~explorer.engine.methods.kmeans.kmeans_1d` uses,
   with per-bucket sums accumulated in position order. Pruning by magnitude removes a band of values
   around zero, so the survivors' buckets are the tensor's with the buckets inside the band emptied and
   the two buckets the band's edges fall in re-summed; Lloyd's iterations then run on exactly the
@@ -37,14 +37,15 @@ import numpy as np
 import torch
 from numba import njit
 
-from .coding import _gap_histograms_of_keys, _gap_histograms_of_mask
-from .cache import Recent
-from .kmeans import HIST_MIN_N, _bucket_lloyd, _bucket_number, _bucket_of, _bucket_select, _snap, choose_buckets
-from .plan import LayerSettings
-from .progress import ProgressFn, report
-from .prune import _mask_from_key, keep_count
-from .quantize import QuantResult, _gather, shared_values
-from .size import GAP_BITS, TensorCode, sizes_from_counts
+from explorer.engine.cache import Recent
+from explorer.engine.methods.kmeans import (HIST_MIN_N, _bucket_lloyd, _bucket_number, _bucket_of, _bucket_select,
+                                            _snap, choose_buckets)
+from explorer.engine.methods.prune import _mask_from_key, keep_count
+from explorer.engine.methods.quantize import QuantResult, _gather, shared_values
+from explorer.engine.plan import LayerSettings
+from explorer.engine.progress import ProgressFn, report
+from explorer.engine.storage.coding import _gap_histograms_of_keys, _gap_histograms_of_mask
+from explorer.engine.storage.size import GAP_BITS, TensorCode, sizes_from_counts
 
 __all__ = ["TensorSweep", "SweepResult"]
 
@@ -94,14 +95,14 @@ class TensorSweep:
 
     def threshold(self, k: int):
         """(T, ties): the key of the ``k``-th largest magnitude and how many entries equal to it are kept,
-        as :func:`explorer.engine.prune._select_key` finds them (1 <= k < n)."""
+        as :func:`explorer.engine.methods.prune._select_key` finds them (1 <= k < n)."""
         sk = self.sorted_keys()
         T = int(sk[self.n - k])
         above = self.n - int(np.searchsorted(sk, np.uint32(T), side="right"))
         return T, k - above
 
     def mask(self, amount) -> np.ndarray:
-        """:func:`~explorer.engine.prune.magnitude_mask` of the tensor at ``amount``, from the sorted keys."""
+        """:func:`~explorer.engine.methods.prune.magnitude_mask` of the tensor at ``amount``, from the sorted keys."""
         k = keep_count(self.n, amount)
         mask = np.zeros(self.n, bool)
         if k >= self.n:

@@ -6,7 +6,7 @@ can use, so each stage's number is what you would pay if you stopped after that 
 
 Notation: ``n`` = numel, ``z`` = surviving (unpruned) weights, ``v`` = bits per float value (32),
 ``c`` = bits per code, ``A`` = code alphabet size, ``S`` = side bits (codebook, scales, zero points),
-``E(b)`` = entries with ``b``-bit gaps = survivors + fillers (:func:`~explorer.engine.coding.gap_entries`),
+``E(b)`` = entries with ``b``-bit gaps = survivors + fillers (:func:`~explorer.engine.storage.coding.gap_entries`),
 ``F(b) = E(b) - z`` fillers, ``b`` in ``GAP_BITS`` = 3..8.
 
 Storage formats (positions are flat, row-major):
@@ -14,7 +14,7 @@ Storage formats (positions are flat, row-major):
 * ``dense``: one value per position, pruned positions hold the zero value.
 * ``bitmask``: ``n`` bits (1 = survivor, in position order), then one value per survivor.
 * ``gaps``: one (gap, value) entry per survivor and per filler; fillers hold the zero value
-  (see :mod:`explorer.engine.coding` for gaps and fillers).
+  (see :mod:`explorer.engine.storage.coding` for gaps and fillers).
 
 Values are either ``float`` (``v`` bits each, the tensor's values as float32) or ``codes`` (``c`` bits
 each, plus ``S`` side bits once per tensor).
@@ -29,7 +29,7 @@ Stage formulas (``min`` over the candidates that are allowed):
   side bits do not pay for themselves, e.g. a 256-entry codebook on a 100-weight tensor.
   Without quantization, quantized = pruned.
 * coded = the same candidates with the index stream and the gap stream each replaced by
-  ``stream_bits(...).bits`` = min(raw, each registered coder's payload + table: :mod:`~explorer.engine.coders`); the index stream has alphabet
+  ``stream_bits(...).bits`` = min(raw, each registered coder's payload + table: :mod:`~explorer.engine.storage.coders`); the index stream has alphabet
   ``A`` (fillers and, for dense, pruned positions count as ``zero_code``), the gap stream ``2**b``.
   The bitmask, float values and side bits stay raw. Without quantization only the gap stream is coded.
 
@@ -44,8 +44,8 @@ from typing import Optional
 
 import numpy as np
 
-from .coders import StreamBits, stream_bits
-from .coding import MAX_ALPHABET, _gap_histograms_of_mask, _masked_bincount
+from explorer.engine.storage.coders import StreamBits, stream_bits
+from explorer.engine.storage.coding import MAX_ALPHABET, _gap_histograms_of_mask, _masked_bincount
 
 __all__ = ["GAP_BITS", "STAGES", "TensorCode", "TensorSizes", "tensor_sizes", "sizes_from_counts", "other_param_bits"]
 
@@ -247,7 +247,7 @@ def sizes_from_counts(n: int, z: int, gaps: Optional[dict], code: Optional[Tenso
     """:func:`tensor_sizes` from what it reads off the mask and the codes: ``z`` survivors of ``n``,
     ``gaps`` = ``{b: (gap histogram, fillers)}`` of the mask (None when nothing is pruned) and ``hist`` =
     the survivors' code counts (None: the codes are not known). The same numbers, for a caller that
-    counted these without materialising the mask or the codes (:mod:`explorer.engine.sweep`)."""
+    counted these without materialising the mask or the codes (:mod:`explorer.engine.measure.sweep`)."""
     v = int(value_bits)
     keep = gaps is not None
     gaps = gaps or {}

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from numba import njit
 
-from . import bitstream
-from .errors import CompressionError
-from .kmeans import INITS, kmeans_1d
-from .size import TensorCode
+from explorer.engine.errors import CompressionError
+from explorer.engine.methods.kmeans import INITS, kmeans_1d
+from explorer.engine.storage import bitstream
+from explorer.engine.storage.size import TensorCode
 
 
 @dataclass

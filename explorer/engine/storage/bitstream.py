@@ -1,7 +1,7 @@
 """Bit-level kernels: fixed-width packing and canonical Huffman encode/decode (numba-compiled).
 
 Bits are written most significant first within each byte, and a stream is padded with zero bits to a
-whole byte. Canonical Huffman codes follow :func:`explorer.engine.coding.canonical_codes`: the table a
+whole byte. Canonical Huffman codes follow :func:`explorer.engine.storage.coding.canonical_codes`: the table a
 file stores is just the code length of each symbol.
 
 Decoders never trust their input: they stop at the end of the buffer and at codes the table does not
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .coding import canonical_codes
+from explorer.engine.storage.coding import canonical_codes
 
 _FAST_BITS = 13  # decode table of 2**13 entries: nearly all codes of real streams are shorter
 

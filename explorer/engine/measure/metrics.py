@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import sdpa_flop_count
 
-from .errors import Cancelled, ExplorerError
-from .progress import ProgressFn, report
+from explorer.engine.errors import Cancelled, ExplorerError
+from explorer.engine.progress import ProgressFn, report
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 _SCRIPT_NAMES = {"Linear", "Conv1d", "Conv2d", "Embedding"}

@@ -1,6 +1,6 @@
 """Element (connection) pruning: zero the weights of smallest magnitude (Han et al. 2015).
 
-Structured pruning (whole filters or input channels) lives in :mod:`explorer.engine.structure`, since
+Structured pruning (whole filters or input channels) lives in :mod:`explorer.engine.methods.channels`, since
 it changes layer shapes and must follow the model's graph.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from .errors import PlanError
+from explorer.engine.errors import PlanError
 
 MAX_FRACTION = 0.99
 MAX_COUNT = 1 << 40  # a count of weights or channels no layer reaches
@@ -24,7 +24,7 @@ MAX_COUNT = 1 << 40  # a count of weights or channels no layer reaches
 class Granularity:
     """What one pruning granularity removes: single weights (``dim`` None: a mask, the layer keeps its
     shape) or whole slices of the weight along ``dim`` (0: output channels, i.e. filters; 1: input
-    channels), which :mod:`explorer.engine.structure` removes from the model's graph."""
+    channels), which :mod:`explorer.engine.methods.channels` removes from the model's graph."""
 
     name: str
     dim: Optional[int]

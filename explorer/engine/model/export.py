@@ -1,6 +1,6 @@
 """Standard exports of a (compressed) model: dense weights, TorchScript and ONNX.
 
-The explorer's own file (:mod:`explorer.engine.fileformat`) is the small one; these are the formats other tools
+The explorer's own file (:mod:`explorer.engine.storage.fileformat`) is the small one; these are the formats other tools
 read. Every weight is written dense and decoded (pruned entries as zeros, quantized entries as their codebook
 values in fp32), so any PyTorch or ONNX runtime can use the file without the explorer.
 
@@ -34,8 +34,8 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .atomic import atomic_open
-from .errors import ExplorerError
+from explorer.engine.errors import ExplorerError
+from explorer.engine.storage.atomic import atomic_open
 
 __all__ = ["FORMATS", "export", "export_state_dict", "export_torchscript", "export_onnx"]
 

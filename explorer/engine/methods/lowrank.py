@@ -31,14 +31,13 @@ import numbers
 import warnings
 from typing import Optional, Sequence, Union
 
+import tensorly as tl
 import torch
+from tensorly.decomposition import parafac, partial_tucker
 from torch import nn
 
-import tensorly as tl
-from tensorly.decomposition import parafac, partial_tucker
-
-from .errors import CompressionError, PlanError
-from .progress import ProgressFn, report
+from explorer.engine.errors import CompressionError, PlanError
+from explorer.engine.progress import ProgressFn, report
 
 tl.set_backend("pytorch")
 

@@ -11,12 +11,12 @@ from typing import Optional
 
 import torch
 
-from . import fileformat
-from .compress import compress
-from .errors import ExplorerError
-from .metrics import accuracy, fidelity, model_macs
-from .plan import Plan
-from .progress import ProgressFn, scaled
+from explorer.engine.compress import compress
+from explorer.engine.errors import ExplorerError
+from explorer.engine.measure.metrics import accuracy, fidelity, model_macs
+from explorer.engine.plan import Plan
+from explorer.engine.progress import ProgressFn, scaled
+from explorer.engine.storage import fileformat
 
 
 def preview_plan(loaded, plan: Plan, progress: ProgressFn = None, cache=None):

@@ -23,7 +23,7 @@ Huffman coding. A stream of ``n`` symbols from an alphabet of ``A`` symbols with
 symbol ``s`` costs, Huffman-coded, ``sum_s c_s * len_s`` payload bits plus a table of one byte (8 bits) of
 code length per alphabet symbol, ``8*A`` bits; the decoder rebuilds the canonical code from the lengths.
 A stream is coded only where that is cheaper than storing it raw (``n * raw_bits``); see
-:func:`explorer.engine.coders.stream_bits`. Every length fits in a byte: a Huffman code of length ``L`` needs a stream of at
+:func:`explorer.engine.storage.coders.stream_bits`. Every length fits in a byte: a Huffman code of length ``L`` needs a stream of at
 least ``Fib(L+2)`` symbols (1, 1, 2, 3, 5, ...), so a length above 64 would need more than 10**13.
 
 References
@@ -293,7 +293,7 @@ def _gap_histograms_of_mask(keep: np.ndarray, bs) -> dict:
 
 def _gap_histograms_of_keys(keys: np.ndarray, tmin: int, bs) -> dict:
     """The same for the mask ``(keys & 0x7FFFFFFF) >= tmin`` (magnitude keys: float32 bit patterns, see
-    :mod:`explorer.engine.prune`), which is never materialised."""
+    :mod:`explorer.engine.methods.prune`), which is never materialised."""
     return _gap_histograms(keys, tmin, bs)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .errors import CompressionError
+from explorer.engine.errors import CompressionError
 
 _KMEANSPP_SAMPLE = 20000
 
@@ -282,7 +282,7 @@ def choose_buckets(n: int, k: int, max_iter: int, lo: float, hi: float, count):
     peaked distribution). Returns ``(nb, scale, state)``, or None where the sorted path is taken instead:
     a scale that is not finite, mass concentrated in a few buckets even at the finest count (e.g. next to
     one huge outlier), or no more non-empty buckets than centroids (maybe no more distinct values than k).
-    :func:`kmeans_1d` and :class:`explorer.engine.sweep.TensorSweep` (on the survivors' counts) both
+    :func:`kmeans_1d` and :class:`explorer.engine.measure.sweep.TensorSweep` (on the survivors' counts) both
     decide here, so they take the same path with the same buckets."""
     target = 2 * n + (1 << 20)
     budget = _BUCKET_SCAN_BUDGET * n + (1 << 20)

@@ -47,8 +47,8 @@ from typing import Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import LoadError
-from .factories import is_factory_ref, resolve_factory
+from explorer.engine.errors import LoadError
+from explorer.engine.model.factories import is_factory_ref, resolve_factory
 
 try:  # optional in CPython builds; zipfile needs it only for ZIP_LZMA members
     import lzma

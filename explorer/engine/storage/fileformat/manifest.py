@@ -3,7 +3,7 @@
 :func:`check` is the reader's only gate between the file's JSON and everything that uses it (``info``,
 ``evaluate``, ``load``): every key that is read is there, of its type and in its range; every stream it
 names exists; every module path in ``edits`` is a plain dotted name (whether it names a submodule of the
-rebuilt architecture is checked when the architecture is rebuilt, by :mod:`explorer.engine.fileformat`);
+rebuilt architecture is checked when the architecture is rebuilt, by :mod:`explorer.engine.storage.fileformat`);
 every module spec can be built without torch refusing it. Unknown keys are ignored (a newer minor
 version may add some). Any violation is one :class:`~explorer.engine.errors.FormatError` naming the place,
 e.g. ``tensors[3] 'fc1.weight': encoding.index must be an object, got int``.
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from .coders import CODERS
-from .errors import FormatError, PlanError
-from .plan import Plan
-from .quantize import QUANTIZERS
+from explorer.engine.errors import FormatError, PlanError
+from explorer.engine.methods.quantize import QUANTIZERS
+from explorer.engine.plan import Plan
+from explorer.engine.storage.coders import CODERS
 
 FORMAT_NAME = "compression-explorer-model"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,

@@ -4,12 +4,12 @@ A :class:`Previewer` belongs to one loaded model. It keeps what does not depend 
 model's MACs, each layer's histogram bins) and, per weight tensor and settings, the result of pruning
 and quantizing it, so a new plan costs only the tensors whose settings changed:
 
-- :meth:`Previewer.measure` returns the same summary as :func:`explorer.engine.evaluate.preview_plan`
+- :meth:`Previewer.measure` returns the same summary as :func:`explorer.engine.measure.evaluate.preview_plan`
   (size by stage, the file's bytes, MACs, per-layer details; a test checks they are equal). When no
   layer is structurally pruned or factorised, the model's shapes do not change, so nothing is copied or
   traced: the sizes are summed from the per-tensor results and the MACs follow from the dense counts
   and each layer's non-zero weights. A changed tensor is measured by its
-  :class:`~explorer.engine.sweep.TensorSweep` where that covers the settings (element pruning, k-means):
+  :class:`~explorer.engine.measure.sweep.TensorSweep` where that covers the settings (element pruning, k-means):
   the same sizes without building the pruned and quantized tensor. Otherwise it runs
   :func:`~explorer.engine.compress.compress`.
 - :meth:`Previewer.build` returns the runnable compressed model (for accuracy and export), reusing the
@@ -32,18 +32,18 @@ import torch
 from numba import njit
 from torch import nn
 
-from .cache import TENSOR_CACHE_BYTES, Recent, TensorCache
-from .compress import (FP32_BITS, Compressed, LayerResult, TensorResult, check_layer_amount, check_settings, compress,
-                       compress_weight, set_layer_macs)
-from .errors import ExplorerError
-from .evaluate import summarize
-from .inspect import stored_numel, weight_owners
-from .layerview import LayerPreview, init_comparison
-from .loading import LoadedModel
-from .metrics import compressible_layers, count_macs, layer_type
-from .plan import LayerSettings, Plan, PruneSettings, validate_settings
-from .progress import ProgressFn, report, scaled
-from .sweep import TensorSweep
+from explorer.engine.cache import TENSOR_CACHE_BYTES, Recent, TensorCache
+from explorer.engine.compress import (FP32_BITS, Compressed, LayerResult, TensorResult, check_layer_amount,
+                                      check_settings, compress, compress_weight, set_layer_macs)
+from explorer.engine.errors import ExplorerError
+from explorer.engine.inspect import stored_numel, weight_owners
+from explorer.engine.measure.evaluate import summarize
+from explorer.engine.measure.layerview import LayerPreview, init_comparison
+from explorer.engine.measure.metrics import compressible_layers, count_macs, layer_type
+from explorer.engine.measure.sweep import TensorSweep
+from explorer.engine.model.loading import LoadedModel
+from explorer.engine.plan import LayerSettings, Plan, PruneSettings, validate_settings
+from explorer.engine.progress import ProgressFn, report, scaled
 
 HIST_BINS = 120
 PREPARED_AMOUNTS = tuple(p / 100.0 for p in range(1, 100))  # what the window's sparsity slider gives
@@ -74,7 +74,7 @@ def plan_key(plan: Plan) -> str:
 
 
 class Previewer:
-    """Measures plans on ``loaded`` (a :class:`~explorer.engine.loading.LoadedModel`)."""
+    """Measures plans on ``loaded`` (a :class:`~explorer.engine.model.loading.LoadedModel`)."""
 
     def __init__(self, loaded, cache: Optional[TensorCache] = None):
         self.loaded = loaded
@@ -125,7 +125,7 @@ class Previewer:
         return hit
 
     def sweep(self, name: str) -> Optional[TensorSweep]:
-        """The :class:`~explorer.engine.sweep.TensorSweep` of layer ``name``'s weight (None for tensors too
+        """The :class:`~explorer.engine.measure.sweep.TensorSweep` of layer ``name``'s weight (None for tensors too
         large to keep its state for). The most recently used layers' are kept, up to :data:`SWEEP_BYTES`."""
         weight = self.modules[name].weight
         key = (name, id(weight), weight._version)
@@ -259,7 +259,7 @@ class Previewer:
     def layer(self, name: str, settings: LayerSettings, progress: ProgressFn = None) -> LayerPreview:
         """The histogram of layer ``name``'s weights split into kept and pruned, the pruning threshold and
         the levels its quantized weights take, from the same result the size preview uses. Equal to
-        :func:`explorer.engine.layerview.layer_preview` (tested)."""
+        :func:`explorer.engine.measure.layerview.layer_preview` (tested)."""
         if name not in self.modules:
             raise ExplorerError(f"no layer '{name}'")
         module = self.modules[name]

@@ -14,7 +14,7 @@ from typing import Optional
 
 from torch import nn
 
-from .errors import LoadError
+from explorer.engine.errors import LoadError
 
 
 def resolve_factory(ref: str):

@@ -1,0 +1,3 @@
+"""The compression methods: pruning (weights and channels), quantization and k-means, low-rank.
+
+No imports here: each module is imported by its own path."""
