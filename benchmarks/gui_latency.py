@@ -177,7 +177,8 @@ def wait_until(cond, timeout_s: float = 900.0) -> None:
 
 def instrument(win, clock: dict) -> None:
     """Time the engine calls the window makes (start and end in the worker) and the GUI-side redraws."""
-    import explorer.gui.main_window as mw
+    import explorer.gui.qt_jobs as jobs
+    from explorer.engine.measure.preview import Previewer
 
     def timed(key, fn):
         def wrapper(*args, **kwargs):
@@ -188,11 +189,11 @@ def instrument(win, clock: dict) -> None:
                 clock.setdefault(key + ".end", []).append(time.perf_counter())
         return wrapper
 
-    mw.Previewer.measure = timed("preview", mw.Previewer.measure)
-    mw.Previewer.layer = timed("layer", mw.Previewer.layer)
-    mw.Previewer.build = timed("build", mw.Previewer.build)
-    mw.quality = timed("accuracy", mw.quality)
-    mw.init_comparison = timed("inits", mw.init_comparison)
+    Previewer.measure = timed("preview", Previewer.measure)
+    Previewer.layer = timed("layer", Previewer.layer)
+    Previewer.build = timed("build", Previewer.build)
+    jobs.quality = timed("accuracy", jobs.quality)  # the window's jobs call them (gui/qt_jobs.py)
+    jobs.init_comparison = timed("inits", jobs.init_comparison)
     win.layer_view.show_preview = timed("draw_histogram", win.layer_view.show_preview)
     win.centroids.show_comparison = timed("draw_centroids", win.centroids.show_comparison)
     win.preview.show_results = timed("draw_preview", win.preview.show_results)
