@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from explorer.engine.storage import bitstream, entropy  # noqa: E402
 from explorer.engine.methods.kmeans import kmeans_1d  # noqa: E402
+from explorer.engine.storage import bitstream, entropy  # noqa: E402
 from explorer.engine.storage.coding import entropy_bits, gap_stream, huffman_code_lengths  # noqa: E402
 
 MAX_ITER = 50

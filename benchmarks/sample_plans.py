@@ -17,10 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explorer.engine.storage import fileformat  # noqa: E402
 from explorer.engine import Plan, compress, load_model  # noqa: E402
 from explorer.engine.measure.metrics import accuracy, model_macs  # noqa: E402
 from explorer.engine.samples import SAMPLES_DIR, sample_names  # noqa: E402
+from explorer.engine.storage import fileformat  # noqa: E402
 
 
 def main() -> int:

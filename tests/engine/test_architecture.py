@@ -144,3 +144,14 @@ def test_no_function_over_100_lines_and_no_class_over_300_in_explorer():
                 if lines > limit:
                     too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines (> {limit})")
     assert not too_long, "split these:\n  " + "\n  ".join(too_long)
+
+
+def test_no_module_imports_another_modules_private_names():
+    """What modules share is public: a name imported from another explorer module never starts with _."""
+    private = []
+    for name, path in sorted(_modules().items()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("explorer"):
+                private += [f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{a.name}"
+                            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, "\n  ".join(["private names imported:"] + private)

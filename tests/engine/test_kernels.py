@@ -9,8 +9,8 @@ from explorer.engine.errors import CompressionError
 from explorer.engine.methods.kmeans import kmeans_1d, lloyd_reference
 from explorer.engine.methods.prune import keep_count, magnitude_mask, threshold_for
 from explorer.engine.storage import entropy
-from explorer.engine.storage.coding import (_gap_histograms_of_keys, _gap_histograms_of_mask, entropy_bits,
-                                            gap_histogram, huffman_code_lengths)
+from explorer.engine.storage.coding import (entropy_bits, gap_histogram, gap_histograms_of_keys, gap_histograms_of_mask,
+                                            huffman_code_lengths)
 
 
 def _stable_sort_mask(w: torch.Tensor, amount) -> np.ndarray:
@@ -132,7 +132,7 @@ def test_one_pass_gap_histograms_equal_gap_histogram():
     rng = np.random.default_rng(8)
     for dens in (0.0, 0.001, 0.05, 0.5, 1.0):
         keep = rng.random(5000) < dens
-        got = _gap_histograms_of_mask(keep, (1, 3, 8))
+        got = gap_histograms_of_mask(keep, (1, 3, 8))
         for b in (1, 3, 8):
             counts, fillers = gap_histogram(np.flatnonzero(keep), b)
             assert np.array_equal(got[b][0], counts) and got[b][1] == fillers
@@ -154,8 +154,8 @@ def test_gap_histograms_at_block_edges_and_from_keys(n):
         values = rng.uniform(-0.99, 0.99, n)
         values = np.where(keep, np.sign(values) + values, values).astype(np.float32)  # kept: |v| >= 1
         tmin = int(np.float32(1.0).view(np.uint32))
-        by_keys = _gap_histograms_of_keys(values.view(np.uint32), tmin, (1, 3, 12))
-        by_mask = _gap_histograms_of_mask(keep, (1, 3, 12))
+        by_keys = gap_histograms_of_keys(values.view(np.uint32), tmin, (1, 3, 12))
+        by_mask = gap_histograms_of_mask(keep, (1, 3, 12))
         for b in (1, 3, 12):
             counts, fillers = gap_histogram(np.flatnonzero(keep), b)
             for got in (by_keys, by_mask):

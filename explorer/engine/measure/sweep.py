@@ -38,13 +38,13 @@ import torch
 from numba import njit
 
 from explorer.engine.cache import Recent
-from explorer.engine.methods.kmeans import (HIST_MIN_N, _bucket_lloyd, _bucket_number, _bucket_of, _bucket_select,
-                                            _snap, choose_buckets)
-from explorer.engine.methods.prune import _mask_from_key, keep_count
-from explorer.engine.methods.quantize import QuantResult, _gather, shared_values
+from explorer.engine.methods.kmeans import (HIST_MIN_N, bucket_lloyd, bucket_number, bucket_of, bucket_select,
+                                            choose_buckets, snap_centroids)
+from explorer.engine.methods.prune import keep_count, mask_from_key
+from explorer.engine.methods.quantize import QuantResult, gather, shared_values
 from explorer.engine.plan import LayerSettings
 from explorer.engine.progress import ProgressFn, report
-from explorer.engine.storage.coding import _gap_histograms_of_keys, _gap_histograms_of_mask
+from explorer.engine.storage.coding import gap_histograms_of_keys, gap_histograms_of_mask
 from explorer.engine.storage.size import GAP_BITS, TensorCode, sizes_from_counts
 
 __all__ = ["TensorSweep", "SweepResult"]
@@ -109,7 +109,7 @@ class TensorSweep:
             mask[:] = True
         elif k > 0:
             T, ties = self.threshold(k)
-            _mask_from_key(self.keys, np.uint32(T), ties, mask)
+            mask_from_key(self.keys, np.uint32(T), ties, mask)
         return mask
 
     def _count(self, key: int) -> int:
@@ -128,8 +128,8 @@ class TensorSweep:
         if q is not None and q.method == "kmeans" and self.hi > self.lo:
             # the bucket counts the slider's amounts (1..99 %) lead to, the current one last (kept longest)
             k = 2 ** q.bits - 1
-            here = _bucket_number(keep_count(self.n, settings.prune.amount) if settings.prune else self.n, k)
-            nbs = {_bucket_number(keep_count(self.n, pct / 100), k) for pct in range(1, 100)} - {here}
+            here = bucket_number(keep_count(self.n, settings.prune.amount) if settings.prune else self.n, k)
+            nbs = {bucket_number(keep_count(self.n, pct / 100), k) for pct in range(1, 100)} - {here}
             nearest, room = [], self._groups.limit_bytes - self._group_bytes(here)
             for nb in sorted(nbs, key=lambda b: abs(np.log2(b / here))):  # as many as fit beside the current one
                 room -= self._group_bytes(nb)
@@ -161,11 +161,11 @@ class TensorSweep:
         T, ties = self.threshold(k)
         tied = self._count(T)
         if ties == tied or ties == 0:  # the mask is a threshold on the key
-            gaps = _gap_histograms_of_keys(self.keys, T if ties else T + 1, GAP_BITS)
+            gaps = gap_histograms_of_keys(self.keys, T if ties else T + 1, GAP_BITS)
         else:  # some of the entries equal to the threshold are kept, the earliest first (rare)
             mask = np.zeros(n, bool)
-            _mask_from_key(self.keys, np.uint32(T), ties, mask)
-            gaps = _gap_histograms_of_mask(mask, GAP_BITS)
+            mask_from_key(self.keys, np.uint32(T), ties, mask)
+            gaps = gap_histograms_of_mask(mask, GAP_BITS)
         if q is None:
             # survivors keep their values: zeros among them only when the threshold itself is zero
             nonzero = k if T > 0 else n - int(np.searchsorted(self.sorted_keys(), np.uint32(0), side="right"))
@@ -187,7 +187,7 @@ class TensorSweep:
 
         def count(nb, scale):  # the survivors' per-bucket counts: the band (-t, t) emptied
             gx, gpos, start, S, SS = self._group(nb)
-            b1, b2 = _bucket_of(-t, lo, scale, nb), _bucket_of(t, lo, scale, nb)
+            b1, b2 = bucket_of(-t, lo, scale, nb), bucket_of(t, lo, scale, nb)
             tie_cut = _tie_cut(gpos, start, self.keys, np.uint32(T), ties, b1, b2)
             kc = np.diff(start)
             kc[b1:b2 + 1] = 0
@@ -207,11 +207,11 @@ class TensorSweep:
         else:  # density: the same order statistics kmeans_1d selects
             pr = (np.arange(k) + 0.5) / k * z
             idx = np.clip(np.ceil(pr).astype(np.int64) - 1, 0, z - 1)
-            c0 = _bucket_select(gxk, startk, idx.astype(np.int64))
+            c0 = bucket_select(gxk, startk, idx.astype(np.int64))
         c = np.unique(c0)
         initial = c.copy()
-        c, n_iter = _bucket_lloyd(gxk, np.zeros(0), startk, cwk, cwxk, lo, scale, c, q.max_iter, 0.0)
-        c = _snap(c, np.float32)
+        c, n_iter = bucket_lloyd(gxk, np.zeros(0), startk, cwk, cwxk, lo, scale, c, q.max_iter, 0.0)
+        c = snap_centroids(c, np.float32)
         bounds = (c[1:] + c[:-1]) / 2.0
         cnt, sx, sxx = _cluster_sums(gxk, startk, cwxk, cwxxk, bounds, lo, scale, nb)
         present = cnt > 0
@@ -242,8 +242,8 @@ class TensorSweep:
         if z > EXACT_MAX_SURVIVORS:
             return None
         keep = np.zeros(self.n, bool)
-        _mask_from_key(self.keys, np.uint32(T), ties, keep)
-        survivors, _ = _gather(self.values, keep, z)
+        mask_from_key(self.keys, np.uint32(T), ties, keep)
+        survivors, _ = gather(self.values, keep, z)
         codebook, labels, _, mse, rel, info = shared_values(survivors, 2 ** q.bits - 1, q.init, q.max_iter,
                                                             q.seed, pruned=True)
         hist = np.bincount(labels, minlength=2 ** q.bits)  # code 0 (the pruned zero) stores nothing here
@@ -289,7 +289,7 @@ def _group_kernel(values, lo, scale, nb, gpos):
     SS = np.zeros(nb)
     for i in range(n):
         v = np.float64(values[i])
-        b = _bucket_of(v, lo, scale, nb)
+        b = bucket_of(v, lo, scale, nb)
         bidx[i] = b
         start[b + 1] += 1
         S[b] += v
@@ -404,7 +404,7 @@ def _cluster_sums(gx, start, cwx, cwxx, bounds, lo, scale, nb):
     for j in range(k):
         if j < k - 1:
             t = bounds[j]
-            b = _bucket_of(t, lo, scale, nb)
+            b = bucket_of(t, lo, scale, nb)
             C = start[b]
             X = cwx[b]
             XX = cwxx[b]

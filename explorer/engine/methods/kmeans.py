@@ -222,7 +222,7 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
         c = np.unique(_init(data, k, init, seed))  # sorted, duplicates merged
         initial = c.copy()
         c, n_iter = _lloyd(data, c, max_iter, tol)
-    c = _snap(c, snap)
+    c = snap_centroids(c, snap)
     labels, inertia = _labels(x, w, c)
     return KMeansResult(c, labels, inertia, initial, n_iter)
 
@@ -232,7 +232,7 @@ HIST_MIN_N = 1 << 15
 _BUCKET_SCAN_BUDGET = 16  # beyond this many passes' worth of boundary-bucket scans, sort instead
 
 
-def _snap(c: np.ndarray, dtype) -> np.ndarray:
+def snap_centroids(c: np.ndarray, dtype) -> np.ndarray:
     return c if dtype is None else np.unique(c.astype(dtype)).astype(np.float64)
 
 
@@ -260,13 +260,13 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap=None):
         p = (np.arange(k) + 0.5) / k * x.size
         # (searchsorted of p in the prefix counts 1, 2, ..., n is ceil(p) - 1)
         idx = np.clip(np.ceil(p).astype(np.int64) - 1, 0, x.size - 1)
-        c0 = _bucket_select(gx, start, idx.astype(np.int64))
+        c0 = bucket_select(gx, start, idx.astype(np.int64))
     else:
         c0 = _init(_Sorted(x, w), k, init, seed)
     c = np.unique(c0)
     initial = c.copy()
-    c, n_iter = _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol)
-    c = _snap(c, snap)
+    c, n_iter = bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol)
+    c = snap_centroids(c, snap)
     bounds = (c[1:] + c[:-1]) / 2.0
     lut = _bucket_labels(bounds, lo, scale, nb)
     labels = np.empty(x.size, np.int64)
@@ -277,7 +277,7 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap=None):
 def choose_buckets(n: int, k: int, max_iter: int, lo: float, hi: float, count):
     """The bucket count of the bucket path for ``n`` values in [lo, hi] (hi > lo) and ``k`` centroids, and
     whether the path applies. ``count(nb, scale)`` returns ``(values per bucket, state)`` for ``nb``
-    buckets of width 1/scale. The count starts at :func:`_bucket_number` and is refined while the fullest
+    buckets of width 1/scale. The count starts at :func:`bucket_number` and is refined while the fullest
     bucket would make Lloyd compare more than about two passes' worth of values in boundary buckets (a
     peaked distribution). Returns ``(nb, scale, state)``, or None where the sorted path is taken instead:
     a scale that is not finite, mass concentrated in a few buckets even at the finest count (e.g. next to
@@ -286,7 +286,7 @@ def choose_buckets(n: int, k: int, max_iter: int, lo: float, hi: float, count):
     decide here, so they take the same path with the same buckets."""
     target = 2 * n + (1 << 20)
     budget = _BUCKET_SCAN_BUDGET * n + (1 << 20)
-    nb = _bucket_number(n, k)
+    nb = bucket_number(n, k)
     while True:
         scale = nb / (hi - lo)
         if not np.isfinite(scale):
@@ -301,7 +301,7 @@ def choose_buckets(n: int, k: int, max_iter: int, lo: float, hi: float, count):
     return nb, scale, state
 
 
-def _bucket_number(n: int, k: int) -> int:
+def bucket_number(n: int, k: int) -> int:
     """Buckets for n values: few enough that the scatter stays in cache, enough that a boundary
     bucket holds few values."""
     shift = int(np.ceil(np.log2(max(n, 1) / 128)))  # negative below 65 values: the floor of 4096 holds
@@ -343,7 +343,7 @@ def _assign(x, w, c, bounds, labels):
 
 
 @njit(cache=True, nogil=True)
-def _bucket_of(v, lo, scale, nb):
+def bucket_of(v, lo, scale, nb):
     b = int((v - lo) * scale)
     if b >= nb:
         b = nb - 1
@@ -363,7 +363,7 @@ def _bucket_count(x, w, lo, scale, nb):
     cwx = np.zeros(nb + 1)
     for i in range(n):
         v = x[i]
-        b = _bucket_of(v, lo, scale, nb)
+        b = bucket_of(v, lo, scale, nb)
         bidx[i] = b
         start[b + 1] += 1
         if weighted:
@@ -397,7 +397,7 @@ def _bucket_scatter(x, w, bidx, start):
 
 
 @njit(cache=True, nogil=True)
-def _bucket_select(gx, start, ranks):
+def bucket_select(gx, start, ranks):
     """The values of the given ranks (0-based, in sorted order) of the bucket-grouped data."""
     out = np.empty(ranks.size)
     for i in range(ranks.size):
@@ -408,7 +408,7 @@ def _bucket_select(gx, start, ranks):
 
 
 @njit(cache=True, nogil=True)
-def _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol):
+def bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol):
     """Lloyd iterations; a value equal to a boundary joins the lower cluster (as on sorted data)."""
     nb = start.size - 1
     weighted = gw.size > 0
@@ -424,7 +424,7 @@ def _bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol):
         for j in range(k):
             if j < k - 1:
                 t = (c[j] + c[j + 1]) / 2.0
-                b = _bucket_of(t, lo, scale, nb)
+                b = bucket_of(t, lo, scale, nb)
                 W = cw[b]
                 X = cwx[b]
                 if weighted:
@@ -466,7 +466,7 @@ def _bucket_labels(bounds, lo, scale, nb):
     m = bounds.size
     bb = np.empty(m, np.int64)
     for i in range(m):
-        bb[i] = _bucket_of(bounds[i], lo, scale, nb)
+        bb[i] = bucket_of(bounds[i], lo, scale, nb)
     for b in range(nb):
         while j < m and bb[j] < b:
             j += 1

@@ -134,7 +134,7 @@ def magnitude_mask(weight: torch.Tensor, amount: Union[int, float]) -> np.ndarra
     if keys is not None:
         T, ties = _select_key(keys, k)
         if T >= 0:
-            _mask_from_key(keys, np.uint32(T), ties, mask)
+            mask_from_key(keys, np.uint32(T), ties, mask)
             return mask
     flat = _magnitudes64(weight)
     if not np.isnan(flat).any():
@@ -211,7 +211,7 @@ def _select_key(keys, k):
 
 
 @njit(cache=True, nogil=True)
-def _mask_from_key(keys, T, ties, mask):
+def mask_from_key(keys, T, ties, mask):
     taken = 0
     for i in range(keys.size):
         key = keys[i] & np.uint32(0x7FFFFFFF)

@@ -92,7 +92,7 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
         survivors = flat.to(device="cpu", dtype=torch.float64).numpy()
         finite = bool(np.isfinite(survivors).all())
     elif flat.dtype == torch.float32:
-        survivors, finite = _gather(np.ascontiguousarray(flat.cpu().numpy()), keep, nkeep)
+        survivors, finite = gather(np.ascontiguousarray(flat.cpu().numpy()), keep, nkeep)
     else:
         finite = bool(torch.isfinite(flat).all())
         survivors = flat.cpu()[torch.from_numpy(keep)].to(torch.float64).numpy()
@@ -153,7 +153,7 @@ def shared_values(survivors: np.ndarray, k: int, init: str, max_iter: int, seed:
 
 
 @njit(cache=True, nogil=True)
-def _gather(flat, keep, count):
+def gather(flat, keep, count):
     """flat[keep] as float64, and whether every value of flat (kept or not) is finite."""
     out = np.empty(count + 1)
     j = 0

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from explorer.engine.storage import bitstream, entropy
-from explorer.engine.storage.coding import (MAX_ALPHABET, MAX_CODE_LENGTH, TABLE_BITS_PER_SYMBOL, _counts_array,
+from explorer.engine.storage.coding import (MAX_ALPHABET, MAX_CODE_LENGTH, TABLE_BITS_PER_SYMBOL, counts_array,
                                             huffman_code_lengths)
 
 __all__ = ["Coder", "CODERS", "register", "StreamBits", "stream_bits", "CoderError"]
@@ -183,7 +183,7 @@ def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts:
     A = int(alphabet_size)
     x = np.asarray(symbols_or_counts)
     if counts:
-        c = _counts_array(x)
+        c = counts_array(x)
         if c.size > A:
             if np.any(c[A:] > 0):
                 raise ValueError(f"counts name symbols beyond the alphabet of {A}")

@@ -55,7 +55,7 @@ TABLE_BITS_PER_SYMBOL = 8  # one byte of code length per alphabet symbol
 MAX_CODE_LENGTH = 64  # canonical codewords are returned as uint64
 
 
-def _counts_array(counts, name: str = "counts") -> np.ndarray:
+def counts_array(counts, name: str = "counts") -> np.ndarray:
     """Validate a histogram: 1-D, integer-valued, non-negative; returned as int64."""
     c = np.asarray(counts)
     if c.ndim != 1:
@@ -96,7 +96,7 @@ def huffman_code_lengths(counts) -> np.ndarray:
     heads (a leaf wins a tie). Deterministic. Cost O(m log m) for ``m`` present symbols; the loop runs
     over symbols, never over stream elements.
     """
-    c = _counts_array(counts)
+    c = counts_array(counts)
     lengths = np.zeros(c.size, np.int64)
     present = np.flatnonzero(c > 0)
     m = present.size
@@ -201,7 +201,7 @@ def entropy_bits(counts) -> float:
     A lower bound on any symbol-by-symbol prefix code: ``H_total <= sum c_s*len_s < H_total + N``
     for Huffman lengths when at least two symbols occur.
     """
-    c = _counts_array(counts)
+    c = counts_array(counts)
     c = c[c > 0].astype(np.float64)
     if c.size <= 1:
         return 0.0
@@ -284,14 +284,14 @@ def gap_histogram(positions, b: int) -> tuple[np.ndarray, int]:
     return counts, fillers
 
 
-def _gap_histograms_of_mask(keep: np.ndarray, bs) -> dict:
+def gap_histograms_of_mask(keep: np.ndarray, bs) -> dict:
     """``{b: gap_histogram(np.flatnonzero(keep), b)}`` for every ``b`` in ``bs``, in one compiled pass
     over the mask (no positions array). Internal: for the size accounting."""
     keep = np.ascontiguousarray(keep, dtype=bool).reshape(-1)
     return _gap_histograms(keep.view(np.uint8), 1, bs)
 
 
-def _gap_histograms_of_keys(keys: np.ndarray, tmin: int, bs) -> dict:
+def gap_histograms_of_keys(keys: np.ndarray, tmin: int, bs) -> dict:
     """The same for the mask ``(keys & 0x7FFFFFFF) >= tmin`` (magnitude keys: float32 bit patterns, see
     :mod:`explorer.engine.methods.prune`), which is never materialised."""
     return _gap_histograms(keys, tmin, bs)
@@ -390,7 +390,7 @@ def _gap_kernel(src, tmin, Ms):
 
 
 @njit(cache=True, nogil=True)
-def _masked_bincount(codes, keep, A):
+def masked_bincount(codes, keep, A):
     """Histogram of ``codes[keep]`` over ``0..A-1``; returns (hist, ok) with ok False if a kept code is
     outside the alphabet."""
     hist = np.zeros(A, np.int64)

@@ -45,7 +45,7 @@ from typing import Optional
 import numpy as np
 
 from explorer.engine.storage.coders import StreamBits, stream_bits
-from explorer.engine.storage.coding import MAX_ALPHABET, _gap_histograms_of_mask, _masked_bincount
+from explorer.engine.storage.coding import MAX_ALPHABET, gap_histograms_of_mask, masked_bincount
 
 __all__ = ["GAP_BITS", "STAGES", "TensorCode", "TensorSizes", "tensor_sizes", "sizes_from_counts", "other_param_bits"]
 
@@ -225,7 +225,7 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
 
     # gap-stream histograms per b (only sparse storage needs them)
     # (equal to {b: gap_histogram(np.flatnonzero(keep), b)}, computed in one pass over the mask)
-    gaps = _gap_histograms_of_mask(keep, bs) if keep is not None else None
+    gaps = gap_histograms_of_mask(keep, bs) if keep is not None else None
 
     hist = None  # counts of the survivors' codes
     if code is not None and code.codes is not None:
@@ -235,7 +235,7 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
             raise ValueError(f"codes has {codes.size} elements for a tensor of {n}")
         if z and not np.issubdtype(codes.dtype, np.integer):
             raise ValueError("codes must be integers")
-        hist, ok = _masked_bincount(np.ascontiguousarray(codes, dtype=np.int64),
+        hist, ok = masked_bincount(np.ascontiguousarray(codes, dtype=np.int64),
                                     np.zeros(0, bool) if keep is None else keep, A)
         if not ok:
             raise ValueError(f"codes of surviving weights must lie in 0..{A - 1}")
