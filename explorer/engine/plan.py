@@ -45,6 +45,12 @@ MAX_PLAN_ENTRIES = 10_000
 Rank = Union[int, float, tuple]
 
 
+def _not_one_of(value, names) -> bool:
+    """True unless ``value`` is one of the registry's ``names`` (a string: a list or a dict in a file is
+    not a name, and not hashable either)."""
+    return not isinstance(value, str) or value not in names
+
+
 @dataclass(frozen=True)
 class PruneSettings:
     """Pruning of one layer.
@@ -167,16 +173,16 @@ def _validate_section(where: str, name: str, raw: Any):
     if name == "prune":
         if "amount" in values:
             check_amount(values["amount"], where)
-        if "granularity" in values and values["granularity"] not in GRANULARITIES:
+        if "granularity" in values and _not_one_of(values["granularity"], GRANULARITIES):
             raise bad("granularity", f"must be one of {', '.join(GRANULARITIES)}")
         if "criterion" in values and values["criterion"] not in CRITERIA:
             raise bad("criterion", f"must be one of {', '.join(CRITERIA)}")
     elif name == "quantize":
         if "bits" in values and (not _is_int(values["bits"]) or not 1 <= values["bits"] <= 8):
             raise bad("bits", "must be an integer from 1 to 8")
-        if "method" in values and values["method"] not in QUANTIZERS:
+        if "method" in values and _not_one_of(values["method"], QUANTIZERS):
             raise bad("method", f"must be one of {', '.join(QUANTIZERS)}")
-        if "init" in values and values["init"] not in KMEANS_INITS:
+        if "init" in values and _not_one_of(values["init"], KMEANS_INITS):
             raise bad("init", f"must be one of {', '.join(KMEANS_INITS)}")
         for flag in ("symmetric", "per_channel"):
             if flag in values and not isinstance(values[flag], bool):
@@ -202,7 +208,7 @@ def _validate_section(where: str, name: str, raw: Any):
                     raise bad("rank", "as a fraction of parameters kept must be in (0, 1]")
             else:
                 raise bad("rank", "must be an integer, a fraction or a pair")
-        if "method" in values and values["method"] not in LOWRANK_METHODS:
+        if "method" in values and _not_one_of(values["method"], LOWRANK_METHODS):
             raise bad("method", f"must be one of {', '.join(LOWRANK_METHODS)}")
     return cls(**values)
 

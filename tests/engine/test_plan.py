@@ -164,3 +164,15 @@ def test_plan_readers_are_bounded(case, tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and said in lines[0], err
     with pytest.raises(PlanError, match=said.replace("(", r"\(")):
         Plan.load(path)
+
+
+@pytest.mark.parametrize("section,key", [("prune", "granularity"), ("quantize", "method"), ("quantize", "init"),
+                                         ("lowrank", "method")])
+@pytest.mark.parametrize("value", [["element"], {"a": 1}, 3, None])
+def test_a_registry_name_that_is_not_a_string_is_refused_in_one_line(section, key, value):
+    """Found by the extended probe after the registries became dicts: a list where a name goes raised
+    TypeError (unhashable) in the membership test instead of the plan's error."""
+    entry = {"prune": {"amount": 0.5}, "quantize": {"bits": 4}, "lowrank": {"rank": 0.5}}[section]
+    entry = dict(entry, **{key: value})
+    with pytest.raises(PlanError, match=key):
+        Plan.from_dict({"layers": {"fc1": {section: entry}}}).settings_for("fc1")

@@ -261,7 +261,7 @@ def _parse_request(layer, request):
     if not isinstance(request, (tuple, list)) or len(request) != 3:
         raise PlanError(f"{layer}: a structured request is (granularity, amount, criterion), got {request!r}")
     granularity, amount, criterion = request
-    if granularity not in GRANULARITIES or not GRANULARITIES[granularity].structured:
+    if not isinstance(granularity, str) or granularity not in GRANULARITIES or not GRANULARITIES[granularity].structured:
         names = " or ".join(repr(g.name) for g in GRANULARITIES.values() if g.structured)
         raise PlanError(f"{layer}: granularity must be {names}, got {granularity!r}")
     if criterion not in ("l1", "l2"):

@@ -201,7 +201,7 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
         raise CompressionError(f"k-means needs k >= 1, got {k}")
     if method not in ("auto", "sorted", "buckets"):
         raise CompressionError(f"unknown k-means method {method!r} (known: auto, sorted, buckets)")
-    if init not in INITS:
+    if not isinstance(init, str) or init not in INITS:
         raise CompressionError(f"unknown k-means init {init!r} (known: {', '.join(INITS)})")
     w = None if weights is None else np.asarray(weights, np.float64).ravel()
     if w is not None and (w.size != x.size or not np.all(np.isfinite(w)) or (w.size and w.min() < 0)):

@@ -371,7 +371,7 @@ def _label(module: nn.Module, name: Optional[str]) -> str:
 def _check(module: nn.Module, method: str, name: Optional[str]) -> None:
     """Raise if ``method`` cannot factorise ``module``."""
     label = _label(module, name)
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise PlanError(f"{label}: unknown low-rank method {method!r}; choose one of {', '.join(METHODS)}")
     if isinstance(module, (nn.Linear, nn.Embedding)):
         if method != "svd":

@@ -76,7 +76,7 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
     the survivors get 2**bits - 1 centroids, so pruned positions (and the filler entries of sparse
     storage) decode to 0 with the same b-bit codes. The codebook is stored as float32.
     """
-    if init not in INITS:
+    if not isinstance(init, str) or init not in INITS:
         raise CompressionError(f"unknown k-means init {init!r} (known: {', '.join(INITS)})")
     # Only the survivors are converted to float64 and touched one by one; the result is the same as
     # quantizing the whole float64 tensor (see _prepare / _errors), at a fraction of the memory traffic.
