@@ -15,8 +15,11 @@ import time
 from explorer import __version__
 from explorer.engine.compress import compress
 from explorer.engine.errors import ExplorerError
+from explorer.engine.finetune.data import load_train_data
+from explorer.engine.finetune.recipe import check_recipe, parse_distill, parse_schedule
+from explorer.engine.finetune.trainer import finetune
 from explorer.engine.inspect import inspect_model
-from explorer.engine.measure.evaluate import evaluate_loaded, evaluate_plan
+from explorer.engine.measure.evaluate import evaluate_loaded, evaluate_plan, quality
 from explorer.engine.measure.metrics import compressible_layers, describe_input
 from explorer.engine.methods.kmeans import INITS
 from explorer.engine.methods.lowrank import METHODS
@@ -26,6 +29,7 @@ from explorer.engine.model.export import export
 from explorer.engine.model.loading import load_model, parse_input_shape
 from explorer.engine.plan import Plan
 from explorer.engine.storage import fileformat
+from explorer.engine.storage.atomic import atomic_write_bytes
 from explorer.engine.storage.coders import CODERS
 from explorer.units import human_bytes, human_count, table
 
@@ -214,6 +218,65 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def _recipe(args, plan: Plan):
+    """The plan's fine-tuning recipe with the command line's flags over it."""
+    changes = {k: getattr(args, k) for k in ("epochs", "lr", "optimizer", "batch_size", "seed", "weight_decay")
+               if getattr(args, k) is not None}
+    if args.distill is not None:
+        changes["distill"] = parse_distill(args.distill)
+    if args.schedule is not None:
+        changes["schedule"] = None if args.schedule == "none" else parse_schedule(args.schedule)
+    return check_recipe(plan.finetune or {}).with_changes(**changes)
+
+
+def _epoch_line(metric: str):
+    def show(rec) -> None:
+        val = "" if rec.val is None else f", validation {metric} {rec.val:.2%}"
+        print(f"epoch {rec.epoch} ({rec.phase}): loss {rec.loss:.4f}{val} [{rec.seconds:.1f} s]", file=sys.stderr,
+              flush=True)
+    return show
+
+
+def cmd_finetune(args) -> int:
+    loaded = _load(args)
+    plan = Plan.load(args.plan)
+    recipe = _recipe(args, plan)
+    train = load_train_data(args.train, limit=args.limit)
+    val = load_train_data(args.val) if args.val else None
+    bar = TextProgress("fine-tuning", delay=0.0)
+    metric = "accuracy" if (val.labelled if val is not None else train.labelled) else "agreement"
+    try:
+        result = finetune(loaded, plan, train, val, recipe, progress=bar,
+                          on_epoch=None if args.json else lambda rec: (bar.close(), _epoch_line(metric)(rec)))
+    finally:
+        bar.close()
+    comp = result.compressed
+    predicted = fileformat.predicted_bytes(comp, loaded, half=args.half)
+    written = fileformat.save(comp, args.output, loaded, half=args.half)
+    q = quality(loaded, comp.model)
+    record = dict(result.record, model=loaded.source, output=args.output, file_bytes=written,
+                  predicted_bytes=predicted, dense_bytes=comp.bytes["dense"], quality=q)
+    atomic_write_bytes(args.output + ".finetune.json", (json.dumps(record, indent=2) + "\n").encode())
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    dense = comp.bytes["dense"]
+    best = "the plan's model before retraining" if result.best_epoch == 0 else f"epoch {result.best_epoch}"
+    if result.cancelled:
+        print(f"interrupted: kept the best model so far ({best}, validation {result.metric} "
+              f"{result.best:.2%})" if result.best is not None else "interrupted: kept the model so far")
+    print(f"trained on {result.record['train']}; validated on {result.record['validation']}; best: {best}"
+          + (f" (validation {result.metric} {result.best:.2%}, {result.before:.2%} before retraining)"
+             if result.best is not None and result.before is not None else ""))
+    print(f"wrote {args.output}: {written:,} bytes ({human_bytes(written)}); predicted {predicted:,}; dense {dense:,} "
+          f"bytes -> {dense / written:.1f}x smaller; the run's record in {args.output}.finetune.json")
+    if q and "after" in q:
+        print(f"accuracy ({q['data']}): {q['before']:.2%} -> {q['after']:.2%}")
+    elif q:
+        print(f"output fidelity vs original ({q['data']}): cosine {q['cosine']:.4f}, relative error {q['rel_error']:.4f}")
+    return 0
+
+
 def cmd_info(args) -> int:
     mf = fileformat.read(args.file)
     info = fileformat.summary(mf)
@@ -326,6 +389,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="file to write (written atomically)")
     p.add_argument("--half", action="store_true", help="store uncompressed tensors (biases, norms) as float16")
     p.set_defaults(func=cmd_compress)
+    p = sub.add_parser("finetune", help="compress with a plan, retrain (masks kept, centroids trained), write .cexp",
+                       **vocabulary)
+    _add_model_args(p)
+    p.add_argument("--plan", required=True, help="plan JSON (its \"finetune\" section is the recipe; flags override)")
+    p.add_argument("--train", required=True, help="training data: digits (the samples' training split), a file as "
+                   "--data takes, or module:callable returning a DataLoader/Dataset/arrays; FILE@START:STOP slices")
+    p.add_argument("--val", help="validation data (default: the last tenth of --train, held out)")
+    p.add_argument("--epochs", type=int, help="epochs of retraining after the plan is applied")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, help="fixes the run: the same command twice writes the same bytes")
+    p.add_argument("--distill", metavar="T,ALPHA", help="distil from the uncompressed model: temperature, soft weight")
+    p.add_argument("--schedule", metavar="KIND[:STEPS[:EPOCHS]]",
+                   help="gradual pruning first: iterative or polynomial (Zhu & Gupta), e.g. polynomial:4:2; none")
+    p.add_argument("--limit", type=_positive, help="train on the first N samples only")
+    p.add_argument("-o", "--output", required=True, help="file to write (written atomically)")
+    p.add_argument("--half", action="store_true", help="store uncompressed tensors (biases, norms) as float16")
+    p.set_defaults(func=cmd_finetune)
     p = sub.add_parser("info", help="summarise a compressed file: architecture, per-tensor encodings and bytes")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Optional, Union
 
 from explorer.engine.errors import PlanError
+from explorer.engine.finetune.recipe import check_recipe
 from explorer.engine.methods.kmeans import INITS as KMEANS_INITS
 from explorer.engine.methods.prune import GRANULARITIES, MAX_COUNT, check_amount
 from explorer.engine.methods.quantize import QUANTIZERS
@@ -262,9 +263,12 @@ class Plan:
     default: LayerSettings = field(default_factory=LayerSettings)
     layers: dict = field(default_factory=dict)  # pattern -> raw partial dict (validated)
     description: str = ""
+    finetune: Optional[dict] = None  # how to retrain the result (explorer.engine.finetune.recipe), validated
 
     def __post_init__(self):
         self.default = validate_settings("plan default", self.default)
+        if self.finetune is not None:
+            self.finetune = check_recipe(self.finetune).to_dict()
         checked = {}
         for pattern, raw in dict(self.layers).items():
             if not isinstance(pattern, str) or not pattern:
@@ -298,7 +302,7 @@ class Plan:
     def with_layer(self, layer: str, settings: Any) -> "Plan":
         layers = dict(self.layers)
         layers[layer] = settings.to_dict() if isinstance(settings, LayerSettings) else settings
-        return Plan(self.default, layers, self.description)
+        return Plan(self.default, layers, self.description, self.finetune)
 
     def merged(self, names, patch: dict) -> "Plan":
         """This plan with ``patch`` (sections -> fields, ``None`` turns a section off) merged into each named
@@ -320,7 +324,7 @@ class Plan:
                     entry[section] = {**(entry.get(section) or {}), **values}
             validate_settings(f"layer '{name}'", entry, self.default)
             layers[name] = entry
-        plan = Plan(self.default, layers, self.description)
+        plan = Plan(self.default, layers, self.description, self.finetune)
         for name in names:  # merged with the patterns that also match it, the layer must still resolve
             plan.settings_for(name)
         return plan
@@ -331,6 +335,8 @@ class Plan:
         if self.description:
             out["description"] = self.description
         out.update(default=self.default.to_dict(), layers=copy.deepcopy(self.layers))
+        if self.finetune is not None:
+            out["finetune"] = copy.deepcopy(self.finetune)
         return out
 
     def to_json(self) -> str:
@@ -345,7 +351,7 @@ class Plan:
         version = data.get("version", VERSION)
         if version != VERSION:
             raise PlanError(f"plan version {version!r} is not supported (this program reads version {VERSION})")
-        unknown = sorted(set(data) - {"format", "version", "default", "layers", "description"})
+        unknown = sorted(set(data) - {"format", "version", "default", "layers", "description", "finetune"})
         if unknown:
             raise PlanError(f"plan: unknown key '{unknown[0]}'")
         layers = data.get("layers", {}) or {}
@@ -357,7 +363,7 @@ class Plan:
         if not isinstance(description, str):
             raise PlanError("plan: 'description' must be a string")
         return cls(default=validate_settings("plan default", data.get("default", {}) or {}), layers=dict(layers),
-                   description=description)
+                   description=description, finetune=data.get("finetune"))
 
     @classmethod
     def from_json(cls, text) -> "Plan":

@@ -1,0 +1,163 @@
+"""How a compressed model is retrained: the recipe, a plan-level option (``"finetune"`` in a plan file) that
+the CLI's flags and the window's dialog fill in or override.
+
+    "finetune": {"epochs": 8, "lr": 0.001, "optimizer": "adam", "batch_size": 64,
+                 "distill": {"temperature": 4.0, "alpha": 0.7},
+                 "schedule": {"kind": "polynomial", "steps": 4, "epochs_per_step": 2},
+                 "seed": 0, "val_fraction": 0.1}
+
+- ``epochs``: epochs of retraining after the last pruning step (masked weights, shared centroids).
+- ``distill``: knowledge distillation from the uncompressed model: the loss is ``(1 - alpha) * CE(labels) +
+  alpha * T^2 * KL(teacher_T || student_T)``; data without labels uses the teacher's outputs alone.
+- ``schedule``: gradual pruning before quantization: ``iterative`` (Han et al. 2015: equal steps of sparsity)
+  or ``polynomial`` (Zhu & Gupta 2017: ``s_t = s_f (1 - (1 - t/n)^3)``), ``steps`` pruning steps each followed by
+  ``epochs_per_step`` epochs of masked retraining; then the plan's quantization, then ``epochs`` of retraining.
+  Without a schedule the plan is applied at once and retrained.
+- ``val_fraction``: the share of the training data held out for validation (the last samples) when no
+  validation data is given; the split is recorded with the result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping, Optional
+
+from explorer.engine.errors import PlanError
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("iterative", "polynomial")
+MAX_EPOCHS = 10_000
+MAX_STEPS = 1_000
+
+
+@dataclass(frozen=True)
+class Distill:
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the soft (teacher) loss; the hard loss gets 1 - alpha
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str = "polynomial"
+    steps: int = 4
+    epochs_per_step: int = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 4
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    distill: Optional[Distill] = None
+    schedule: Optional[Schedule] = None
+    seed: int = 0
+    val_fraction: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_changes(self, **changes) -> "Recipe":
+        """A copy with ``changes`` (flag values from the CLI or the dialog), validated like a plan's."""
+        raw = self.to_dict()
+        raw.update({k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in changes.items()})
+        return check_recipe(raw)
+
+    def total_epochs(self) -> int:
+        s = self.schedule
+        return self.epochs + (s.steps * s.epochs_per_step if s is not None else 0)
+
+
+def _number(raw: Mapping, key: str, where: str, lo: float, hi: float, integer: bool = False):
+    v = raw[key]
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or (isinstance(v, float) and not math.isfinite(v)) or not lo <= v <= hi:
+        kind = "an integer" if integer else "a number"
+        raise PlanError(f"{where}.{key} must be {kind} in [{lo:g}, {hi:g}], got {v!r}")
+    return int(v) if integer else float(v)
+
+
+def _section(raw: Any, where: str, keys: tuple) -> dict:
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{where} must be an object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise PlanError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(keys)})")
+    return dict(raw)
+
+
+def check_recipe(raw: Any, where: str = "plan finetune") -> Recipe:
+    """Validate a recipe (a plan's ``"finetune"`` object); every refusal is one :class:`PlanError` naming the
+    key."""
+    if isinstance(raw, Recipe):
+        return raw
+    keys = tuple(Recipe.__dataclass_fields__)
+    raw = _section(raw, where, keys)
+    base = Recipe()
+    out: dict = {}
+    limits = {"epochs": (0, MAX_EPOCHS, True), "lr": (1e-12, 10.0, False), "momentum": (0.0, 0.999, False),
+              "weight_decay": (0.0, 1.0, False), "batch_size": (1, 1 << 16, True), "seed": (0, 2 ** 32 - 1, True),
+              "val_fraction": (0.0, 0.5, False)}
+    for key, (lo, hi, integer) in limits.items():
+        if key in raw:
+            out[key] = _number(raw, key, where, lo, hi, integer)
+    if "optimizer" in raw:
+        if not isinstance(raw["optimizer"], str) or raw["optimizer"] not in OPTIMIZERS:
+            raise PlanError(f"{where}.optimizer must be one of {', '.join(OPTIMIZERS)}, got {raw['optimizer']!r}")
+        out["optimizer"] = raw["optimizer"]
+    if raw.get("distill") is not None:
+        d = _section(raw["distill"], f"{where}.distill", ("temperature", "alpha"))
+        dd = {}
+        if "temperature" in d:
+            dd["temperature"] = _number(d, "temperature", f"{where}.distill", 0.1, 100.0)
+        if "alpha" in d:
+            dd["alpha"] = _number(d, "alpha", f"{where}.distill", 0.0, 1.0)
+        out["distill"] = Distill(**dd)
+    elif "distill" in raw:
+        out["distill"] = None
+    if raw.get("schedule") is not None:
+        s = _section(raw["schedule"], f"{where}.schedule", ("kind", "steps", "epochs_per_step"))
+        ss = {}
+        if "kind" in s:
+            if not isinstance(s["kind"], str) or s["kind"] not in SCHEDULES:
+                raise PlanError(f"{where}.schedule.kind must be one of {', '.join(SCHEDULES)}, got {s['kind']!r}")
+            ss["kind"] = s["kind"]
+        if "steps" in s:
+            ss["steps"] = _number(s, "steps", f"{where}.schedule", 1, MAX_STEPS, True)
+        if "epochs_per_step" in s:
+            ss["epochs_per_step"] = _number(s, "epochs_per_step", f"{where}.schedule", 0, MAX_EPOCHS, True)
+        out["schedule"] = Schedule(**ss)
+    elif "schedule" in raw:
+        out["schedule"] = None
+    return replace(base, **out)
+
+
+def parse_distill(text: str) -> Distill:
+    """``"T,alpha"`` (the CLI's ``--distill``), e.g. ``4,0.7``."""
+    parts = str(text).split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        raw = {"temperature": float(parts[0]), "alpha": float(parts[1])}
+    except ValueError:
+        raise PlanError(f"--distill takes T,alpha (e.g. 4,0.7), got {text!r}") from None
+    return check_recipe({"distill": raw}, "--distill").distill
+
+
+def parse_schedule(text: str) -> Schedule:
+    """``"kind[:steps[:epochs_per_step]]"`` (the CLI's ``--schedule``), e.g. ``polynomial:4:2``."""
+    parts = str(text).split(":")
+    raw: dict = {"kind": parts[0]}
+    try:
+        if len(parts) > 1:
+            raw["steps"] = int(parts[1])
+        if len(parts) > 2:
+            raw["epochs_per_step"] = int(parts[2])
+        if len(parts) > 3:
+            raise ValueError
+    except ValueError:
+        raise PlanError(f"--schedule takes kind[:steps[:epochs_per_step]] (e.g. polynomial:4:2), got {text!r}") from None
+    return check_recipe({"schedule": raw}, "--schedule").schedule

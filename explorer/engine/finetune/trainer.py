@@ -1,0 +1,270 @@
+"""Fine-tuning a plan's compressed model: gradual pruning (optional), the plan applied, then retraining under
+the constraints of :mod:`explorer.engine.finetune.constraints`, the best epoch on the validation data kept.
+
+:func:`finetune` returns a :class:`FinetuneResult` whose ``compressed`` is an ordinary
+:class:`~explorer.engine.compress.Compressed`: its model is the trained one and its per-tensor results are
+what the file stores for it (the same masks, the same codes for k-means with the trained centroids), so
+:func:`~explorer.engine.storage.fileformat.save` writes it, the size predicted is the size written, and the
+file loads back into exactly the trained weights.
+
+Long work reports ``progress(fraction, message)`` after every batch; a callback that returns ``False`` (or a
+``KeyboardInterrupt``) stops it at that point and the best model so far is returned, marked ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.engine.compress import Compressed, compress
+from explorer.engine.errors import Cancelled, CompressionError, PlanError
+from explorer.engine.finetune.constraints import constraints_of
+from explorer.engine.finetune.data import TrainData, check_train_data
+from explorer.engine.finetune.recipe import Distill, Recipe, check_recipe
+from explorer.engine.measure.metrics import compressible_layers
+from explorer.engine.plan import LayerSettings, Plan
+from explorer.engine.progress import ProgressFn, report
+
+EVAL_BATCH = 256
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # counted over the whole run, from 1
+    phase: str  # e.g. "prune 2/4 (52% of the target)" or "retrain"
+    loss: float  # mean training loss of the epoch
+    val: Optional[float]  # validation accuracy (agreement with the original where there are no labels)
+    seconds: float
+
+
+@dataclass
+class FinetuneResult:
+    compressed: Compressed
+    history: list  # EpochRecord per epoch
+    metric: str  # "accuracy" or "agreement" (top-1 agreement with the uncompressed model)
+    before: Optional[float]  # the validation metric of the plan's model before retraining
+    best: Optional[float]  # the validation metric of the model returned
+    best_epoch: int  # 0: the model before retraining was the best
+    cancelled: bool
+    record: dict = field(default_factory=dict)  # data, split, recipe, plan, history: what reproduces the run
+
+
+def _scales(recipe: Recipe) -> list:
+    """The fraction of each layer's target sparsity reached at each pruning step."""
+    s = recipe.schedule
+    n = s.steps
+    if s.kind == "iterative":
+        return [(i + 1) / n for i in range(n)]
+    return [1.0 - (1.0 - (i + 1) / n) ** 3 for i in range(n)]  # Zhu & Gupta 2017, from 0 to the target
+
+
+def _step_plan(settings: dict, scale: float) -> Plan:
+    """Element pruning only, each layer at ``scale`` of its target (no quantization yet)."""
+    layers = {}
+    for name, s in settings.items():
+        p = s.prune
+        if p is None or not p.amount:
+            layers[name] = {"prune": None, "quantize": None, "lowrank": None}
+            continue
+        amount = p.amount * scale if isinstance(p.amount, float) else int(round(p.amount * scale))
+        layers[name] = {"prune": {"amount": amount, "granularity": "element"}, "quantize": None, "lowrank": None}
+    return Plan(LayerSettings(), layers)
+
+
+def _check_schedule(settings: dict) -> None:
+    for name, s in settings.items():
+        if s.changes_shapes:
+            raise PlanError(f"layer '{name}': a pruning schedule prunes weights gradually; structured pruning and "
+                            "low-rank change shapes and are applied at once (run without a schedule)")
+
+
+def _loss(out, y, teacher_out, distill: Optional[Distill]):
+    hard = F.cross_entropy(out, y) if y is not None else None
+    if distill is None:
+        return hard
+    t = distill.temperature
+    soft = F.kl_div(F.log_softmax(out / t, dim=1), F.log_softmax(teacher_out / t, dim=1), reduction="batchmean",
+                    log_target=True) * (t * t)
+    return soft if hard is None else (1.0 - distill.alpha) * hard + distill.alpha * soft
+
+
+class _Run:
+    """One fine-tuning run's state: the teacher, the data, the recipe, the epoch counter, the progress."""
+
+    def __init__(self, loaded, recipe: Recipe, train: TrainData, val: TrainData, progress: ProgressFn,
+                 on_epoch: Optional[Callable]):
+        self.teacher = loaded.model
+        self.recipe, self.train, self.val = recipe, train, val
+        self.progress, self.on_epoch = progress, on_epoch
+        self.labels = train.labelled
+        self.distill = recipe.distill if self.labels or recipe.distill else Distill(alpha=1.0)
+        self.metric = "accuracy" if val.labelled else "agreement"
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+        self.total = max(recipe.total_epochs(), 1)
+        self.epoch = 0
+        self.history: list = []
+        per_epoch = len(train) or 1
+        self.batches = max(1, -(-per_epoch // recipe.batch_size))
+
+    def optimizer(self, model: nn.Module, constraints: list):
+        managed = {id(c.param) for c in constraints}
+        params, seen = [], set()
+        for p in [p for p in model.parameters() if id(p) not in managed] + \
+                [t for c in constraints for t in c.trainable()]:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+        r = self.recipe
+        if r.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+
+    def train_epoch(self, model: nn.Module, constraints: list, opt, phase: str) -> EpochRecord:
+        t0 = time.perf_counter()
+        self.epoch += 1
+        model.train()
+        total, n = 0.0, 0
+        for i, (x, y) in enumerate(self.train.epoch(self.recipe.batch_size, self.generator)):
+            for c in constraints:
+                c.forward_values()
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            teacher_out = None
+            if self.distill is not None:
+                with torch.no_grad():
+                    teacher_out = self.teacher(x)
+            loss = _loss(out, y if self.labels else None, teacher_out, self.distill)
+            loss.backward()
+            for c in constraints:
+                c.after_backward()
+            opt.step()
+            for c in constraints:
+                c.after_step()
+            total += float(loss.detach()) * int(x.shape[0])
+            n += int(x.shape[0])
+            done = (self.epoch - 1 + min((i + 1) / self.batches, 1.0)) / self.total
+            report(self.progress, min(done, 1.0), f"epoch {self.epoch}/{self.total} ({phase}): loss {total / n:.4f}")
+        val = self.score(model, constraints)
+        record = EpochRecord(self.epoch, phase, total / max(n, 1), val, time.perf_counter() - t0)
+        self.history.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+        return record
+
+    def score(self, model: nn.Module, constraints: list) -> Optional[float]:
+        """The validation metric of ``model`` as it would be stored (uniform weights on their grid)."""
+        for c in constraints:
+            c.forward_values()
+        was = model.training
+        model.eval()
+        right = seen = 0
+        try:
+            with torch.no_grad():
+                for x, y in self._val_batches():
+                    pred = model(x).argmax(dim=1)
+                    ref = y if self.metric == "accuracy" else self.teacher(x).argmax(dim=1)
+                    right += int((pred == ref).sum())
+                    seen += int(x.shape[0])
+        finally:
+            model.train(was)
+            for c in constraints:
+                c.trained_values()
+        return right / seen if seen else None
+
+    def _val_batches(self):
+        if self.val.data is not None:
+            yield from self.val.data.batches(EVAL_BATCH)
+        else:
+            yield from self.val.epoch(EVAL_BATCH, torch.Generator().manual_seed(0))
+
+
+def _snapshot(model: nn.Module, constraints: list) -> tuple:
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, [c.snapshot() for c in constraints])
+
+
+def _restore(model: nn.Module, constraints: list, snap: tuple) -> None:
+    model.load_state_dict(snap[0])
+    for c, state in zip(constraints, snap[1]):
+        c.restore(state)
+
+
+def _stored(compressed: Compressed, constraints: list) -> Compressed:
+    """``compressed`` with every tensor's stored form taken from its trained weight."""
+    results = iter([c.result() for c in constraints])
+    layers = {name: replace(lr, tensors=[next(results) for _ in lr.tensors]) for name, lr in compressed.layers.items()}
+    compressed.model.eval()
+    return replace(compressed, layers=layers)
+
+
+def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = None, recipe: Optional[Recipe] = None,
+             progress: ProgressFn = None, on_epoch: Optional[Callable] = None) -> FinetuneResult:
+    """Compress ``loaded`` by ``plan`` and retrain it on ``train`` (see the module's docstring).
+
+    ``recipe`` defaults to the plan's ``"finetune"`` section (or the defaults of
+    :class:`~explorer.engine.finetune.recipe.Recipe`). Without ``val`` the last ``recipe.val_fraction`` of
+    ``train`` is held out. ``on_epoch(EpochRecord)`` is called after every epoch (from the calling thread).
+    """
+    model = loaded.model
+    if isinstance(model, torch.jit.ScriptModule):
+        raise CompressionError("fine-tuning needs an eager model (a factory, a sample or a trusted pickle), "
+                               "not a TorchScript graph")
+    recipe = check_recipe(recipe if recipe is not None else (plan.finetune or {}))
+    check_train_data(model, train)
+    if val is None:
+        train, val = train.split(recipe.val_fraction)
+    else:
+        check_train_data(model, val, "validation data")
+    settings = plan.resolve([n for n, _ in compressible_layers(model)])
+    if recipe.schedule is not None:
+        _check_schedule(settings)
+    torch.manual_seed(recipe.seed)
+    run = _Run(loaded, recipe, train, val, progress, on_epoch)
+    t0 = time.perf_counter()
+    cancelled = False
+    current = model
+    try:
+        report(progress, 0.0, "compressing")
+        if recipe.schedule is not None:
+            for step, scale in enumerate(_scales(recipe)):
+                comp = compress(current, _step_plan(settings, scale), loaded.example_input, count=False)
+                constraints = constraints_of(comp)
+                opt = run.optimizer(comp.model, constraints)
+                phase = f"prune {step + 1}/{recipe.schedule.steps} ({scale:.0%} of the target)"
+                for _ in range(recipe.schedule.epochs_per_step):
+                    run.train_epoch(comp.model, constraints, opt, phase)
+                current = comp.model
+    except (Cancelled, KeyboardInterrupt):  # the plan is still applied, to the model of the last whole step
+        cancelled = True
+    comp = compress(current, plan, loaded.example_input)
+    constraints = constraints_of(comp)
+    before = run.score(comp.model, constraints)
+    best, best_epoch, snap = before, 0, _snapshot(comp.model, constraints)
+    if not cancelled:
+        try:
+            opt = run.optimizer(comp.model, constraints)
+            for _ in range(recipe.epochs):
+                rec = run.train_epoch(comp.model, constraints, opt, "retrain")
+                if rec.val is not None and (best is None or rec.val > best):
+                    best, best_epoch, snap = rec.val, rec.epoch, _snapshot(comp.model, constraints)
+        except (Cancelled, KeyboardInterrupt):
+            cancelled = True
+    _restore(comp.model, constraints, snap)  # the best epoch (the first of equals), or before retraining
+    out = _stored(comp, constraints)
+    record = {"train": train.name, "validation": val.name, "metric": run.metric,
+              "eval": loaded.eval_data.name if loaded.eval_data is not None else None,
+              "recipe": recipe.to_dict(), "distill_used": asdict(run.distill) if run.distill else None,
+              "plan": plan.to_dict(), "history": [asdict(h) for h in run.history], "before": before,
+              "best": best, "best_epoch": best_epoch, "cancelled": cancelled,
+              "seconds": round(time.perf_counter() - t0, 2), "torch_threads": torch.get_num_threads()}
+    if not cancelled:
+        try:
+            report(progress, 1.0, "done")
+        except Cancelled:  # too late to stop anything: the run is complete
+            pass
+    return FinetuneResult(out, run.history, run.metric, before, best, best_epoch, cancelled, record)
+
