@@ -40,9 +40,9 @@ def test_a_readme_example_prints_what_it_shows(command, printed, tmp_path):
     args = command.split()
     os.symlink(os.path.join(ROOT, "sample_models"), tmp_path / "sample_models")  # the README's relative paths
     env = dict(os.environ, PYTHONPATH=ROOT)
-    if args[0] == "info":  # reads the file the compress example before it wrote
-        subprocess.run([sys.executable, "-m", "explorer", "compress", "digits-cnn", "--plan",
-                        "sample_models/digits-cnn.plan.json", "-o", args[1]],
+    writers = {c.split()[c.split().index("-o") + 1]: c.split() for c, _ in examples() if "-o" in c.split()}
+    if args[0] in ("info", "evaluate") and args[1] in writers:  # reads the file an example before it wrote
+        subprocess.run([sys.executable, "-m", "explorer", *writers[args[1]]],
                        cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
     out = subprocess.run([sys.executable, "-m", "explorer", *args], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
