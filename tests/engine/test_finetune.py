@@ -280,3 +280,30 @@ def test_the_cli_fine_tunes_the_sample_and_evaluate_reads_the_accuracy_it_report
     assert record["train"].startswith("digits train split") and "held out" in record["validation"]
     assert cli_main(["evaluate", str(out)]) == 0
     assert reported in capsys.readouterr().out
+
+
+def test_ctrl_c_writes_the_best_model_so_far_and_says_so(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    plan = tmp_path / "p.json"
+    plan.write_text(json.dumps(DC))
+    out = tmp_path / "ft.cexp"
+    proc = subprocess.Popen([sys.executable, "-m", "explorer", "finetune", "digits-cnn", "--plan", str(plan),
+                             "--train", "digits", "--epochs", "2000", "--lr", "0.003", "-o", str(out)],
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "epoch 3 " not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stdout.startswith("interrupted: kept the best model so far (epoch "), stdout
+    record = json.loads((tmp_path / "ft.cexp.finetune.json").read_text())
+    assert record["cancelled"] and record["file_bytes"] == os.path.getsize(out)
+    assert cli_main(["evaluate", str(out)]) == 0
