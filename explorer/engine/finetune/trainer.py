@@ -13,6 +13,7 @@ Long work reports ``progress(fraction, message)`` after every batch; a callback 
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional
@@ -98,12 +99,17 @@ class _Run:
 
     def __init__(self, loaded, recipe: Recipe, train: TrainData, val: TrainData, progress: ProgressFn,
                  on_epoch: Optional[Callable]):
-        self.teacher = loaded.model
         self.recipe, self.train, self.val = recipe, train, val
         self.progress, self.on_epoch = progress, on_epoch
         self.labels = train.labelled
         self.distill = recipe.distill if self.labels or recipe.distill else Distill(alpha=1.0)
         self.metric = "accuracy" if val.labelled else "agreement"
+        # the uncompressed model, when its outputs are needed: a copy in eval mode (the caller's model may be
+        # in use by other threads, and a model in training mode would update its norms' statistics)
+        self.teacher = None
+        if self.distill is not None or self.metric == "agreement":
+            self.teacher = copy.deepcopy(loaded.model).eval()
+            self.teacher.requires_grad_(False)
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.total = max(recipe.total_epochs(), 1)
         self.epoch = 0
