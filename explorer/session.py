@@ -1,12 +1,14 @@
 """The Qt-free state of one exploration: the loaded model and its previewer, its layer table, the plan
 with undo/redo, the selection, the latest measured results (sizes, accuracy, the runnable compressed
-model) and each looked-at layer's sorted magnitudes (what turns a threshold into a sparsity). Views
-listen through plain callbacks; nothing here starts threads or imports Qt.
+model), a fine-tuned model standing for the plan, and each looked-at layer's sorted magnitudes (what turns
+a threshold into a sparsity). Views listen through plain callbacks; nothing here starts threads or imports
+Qt.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -21,14 +23,46 @@ Listener = Callable[..., None]
 UNDO_LIMIT = 1000  # undo steps kept; beyond it the oldest is dropped
 
 
+@dataclass(frozen=True)
+class Finetuned:
+    """A fine-tuned model that stands for its plan: while it is current the preview shows its sizes and
+    measured accuracy and Export writes it. A new plan sets it aside (the trained weights belong to the plan
+    they were trained under); undo brings it back.
+
+    ``result`` is the engine's :class:`~explorer.engine.finetune.trainer.FinetuneResult` (its ``compressed``
+    is what the file stores); ``summary`` is :func:`~explorer.engine.measure.evaluate.summarize` of it and
+    ``quality`` the accuracy (or fidelity) measured on the eval data, both by the engine."""
+
+    result: object
+    plan: Plan
+    summary: dict
+    quality: Optional[dict]
+
+    @property
+    def compressed(self):
+        return self.result.compressed
+
+    def describe(self) -> str:
+        """One line for the preview and the status bar, e.g. ``fine-tuned model (3 epochs; best: epoch 3,
+        validation accuracy 86.11%)``."""
+        r = self.result
+        n = len(r.history)
+        best = "the model before retraining" if r.best_epoch == 0 else f"epoch {r.best_epoch}"
+        val = f", validation {r.metric} {r.best:.2%}" if r.best is not None else ""
+        stopped = ", cancelled" if r.cancelled else ""
+        return f"fine-tuned model ({n} epoch{'s' if n != 1 else ''}{stopped}; best: {best}{val})"
+
+
 class Session:
     """One model being explored.
 
-    Events (subscribe with :meth:`on`): ``model`` (a new model was loaded), ``plan`` (the plan changed),
-    ``selection`` (the selected layers changed), ``results`` (a measurement arrived).
+    Events (subscribe with :meth:`on`): ``model`` (a new model was loaded), ``plan`` (the plan changed, or
+    the fine-tuned model standing for it came or went), ``selection`` (the selected layers changed),
+    ``results`` (a measurement arrived), ``finetuned`` (a fine-tuned model became current, or was set aside:
+    :attr:`finetuned` says which).
 
-    Undo keeps the last :data:`UNDO_LIMIT` plans (older ones are dropped); redo keeps what was undone
-    until the next edit.
+    Undo keeps the last :data:`UNDO_LIMIT` states (a plan, with the fine-tuned model that stood for it, if
+    any; older ones are dropped); redo keeps what was undone until the next edit.
     """
 
     def __init__(self):
@@ -41,6 +75,7 @@ class Session:
         self.previewer: Optional[Previewer] = None  # per model: measures plans incrementally
         self.accuracy_before: Optional[float] = None  # the uncompressed model's, once measured
         self.compressed_model = None  # the runnable model of the plan whose accuracy was measured last
+        self.finetuned: Optional[Finetuned] = None  # the fine-tuned model standing for the plan, if any
         self.magnitudes: dict = {}  # layer -> its |w| sorted (to turn a dragged threshold into a sparsity)
         self._undo: deque = deque(maxlen=UNDO_LIMIT)  # appending beyond the limit drops the oldest
         self._redo: list = []
@@ -62,6 +97,7 @@ class Session:
         self._undo.clear()
         self._redo.clear()
         self.results = self.accuracy = self.accuracy_before = self.compressed_model = None
+        self.finetuned = None
         self.magnitudes = {}
         # start on the largest layer: the one whose histogram and centroids say the most
         largest = max(info.layers, key=lambda layer: layer.weight_params, default=None)
@@ -79,13 +115,41 @@ class Session:
         return self.plan.settings_for(name)
 
     def set_plan(self, plan: Plan, record: bool = True) -> None:
+        """Make ``plan`` current. A fine-tuned model standing for the old plan is set aside (an undo step
+        brings it back); the same plan again changes nothing, and keeps it."""
         if plan.to_dict() == self.plan.to_dict():
             return
         if record:
-            self._undo.append(self.plan)
+            self._undo.append(self._state())
             self._redo.clear()
-        self.plan = plan
+        self._restore((plan, None))
+
+    def set_finetuned(self, finetuned: Finetuned) -> None:
+        """Make a fine-tuned model the current one, standing for its plan (one undo step: undo goes back to
+        the state before, the plan measured on the original weights)."""
+        self._undo.append(self._state())
+        self._redo.clear()
+        self._restore((finetuned.plan, finetuned))
+
+    def _state(self) -> tuple:
+        return self.plan, self.finetuned
+
+    def _restore(self, state: tuple) -> None:
+        """Enter ``state`` (plan, fine-tuned model or None). A fine-tuned model brings its own results (they
+        were measured when it was made); a plan's are measured again by whoever listens to ``plan``."""
+        plan, finetuned = state
+        changed = finetuned is not self.finetuned
+        self.plan, self.finetuned = plan, finetuned
+        if finetuned is not None:
+            self.results, self.accuracy = finetuned.summary, finetuned.quality
+            self.compressed_model = finetuned.compressed.model
+        elif changed:
+            self.compressed_model = None  # the fine-tuned model's: the plan's own is measured next
+        if changed:
+            self.emit("finetuned")
         self.emit("plan")
+        if finetuned is not None:
+            self.emit("results")
 
     def update_layers(self, names, patch: dict) -> None:
         """Merge ``patch`` (sections -> fields, ``None`` turns a section off) into each named layer's own
@@ -101,15 +165,13 @@ class Session:
 
     def undo(self) -> None:
         if self._undo:
-            self._redo.append(self.plan)
-            self.plan = self._undo.pop()
-            self.emit("plan")
+            self._redo.append(self._state())
+            self._restore(self._undo.pop())
 
     def redo(self) -> None:
         if self._redo:
-            self._undo.append(self.plan)
-            self.plan = self._redo.pop()
-            self.emit("plan")
+            self._undo.append(self._state())
+            self._restore(self._redo.pop())
 
     # -- selection and results
     def select(self, names) -> None:

@@ -27,6 +27,7 @@ from explorer.engine.samples import SAMPLES_DIR
 from explorer.gui.qt_centroids import CentroidView
 from explorer.gui.qt_controls import Controls
 from explorer.gui.qt_export import Exports
+from explorer.gui.qt_finetune import Finetuning
 from explorer.gui.qt_jobs import Jobs
 from explorer.gui.qt_layer_table import LayerTable
 from explorer.gui.qt_layer_view import LayerView
@@ -59,6 +60,7 @@ class MainWindow(QMainWindow):
         self.workers = Workers(self, threads=2)
         self.jobs = Jobs(self)
         self.exports = Exports(self)
+        self.finetuning = Finetuning(self)  # Compress -> Fine-tune…: its dialog and runs
         self.last_error: Optional[str] = None
 
         self.table = LayerTable(self.session)
@@ -277,7 +279,7 @@ class MainWindow(QMainWindow):
     def _on_results(self) -> None:
         if self.session.results:
             self.preview.show_results(self.session.results)
-        self.preview.show_accuracy(self.session.accuracy)
+        self.preview.show_accuracy(self.session.accuracy, "fine-tuned" if self.session.finetuned else "")
         self.table.model_.refresh_values()
 
     def _progress(self, channel: str, fraction: float, message: str) -> None:

@@ -23,8 +23,9 @@ def _wrote(path: str, nbytes: int) -> str:
 
 
 class Exports:
-    """Exports of ``window``'s session (its plan, built by the session's previewer) on the "export"
-    channel of its workers; :attr:`dialog` is the last export's progress dialog."""
+    """Exports of ``window``'s session (its fine-tuned model where one stands for the plan, else its plan
+    built by the session's previewer) on the "export" channel of its workers; :attr:`dialog` is the last
+    export's progress dialog."""
 
     def __init__(self, window):
         self.window = window
@@ -41,13 +42,13 @@ class Exports:
             self.export(path)
 
     def export(self, path: str, on_done=None) -> None:
-        """Compress with the current plan and write the .cexp file."""
+        """Write the .cexp file of the current model: the fine-tuned one, or the current plan compressed."""
         session = self.window.session
-        loaded, plan, previewer = session.loaded, session.plan, session.previewer
+        loaded, plan, previewer, finetuned = session.loaded, session.plan, session.previewer, session.finetuned
         dense = (session.results or {}).get("size", {}).get("dense")
 
         def job(progress):
-            res = previewer.build(plan, scaled(progress, 0.0, 0.7))
+            res = finetuned.compressed if finetuned else previewer.build(plan, scaled(progress, 0.0, 0.7))
             return fileformat.save(res, path, loaded, progress=scaled(progress, 0.7, 1.0))
 
         def said(written):
@@ -72,10 +73,13 @@ class Exports:
         """Write the compressed model in a standard format: ``fmt`` as :func:`explorer.engine.model.export.export`
         takes it (None: by the file's extension, a dense state_dict as .safetensors, ONNX as .onnx)."""
         session = self.window.session
-        loaded, plan, previewer = session.loaded, session.plan, session.previewer
+        loaded, plan, previewer, finetuned = session.loaded, session.plan, session.previewer, session.finetuned
 
         def job(progress):
-            model = previewer.build(plan, scaled(progress, 0, 0.6), count=False).model
+            if finetuned is not None:
+                model = finetuned.compressed.model
+            else:
+                model = previewer.build(plan, scaled(progress, 0, 0.6), count=False).model
             report(progress, 0.6, "writing")  # the last point where a cancel writes nothing
             return export(model, loaded.example_input, path, fmt=fmt)
 

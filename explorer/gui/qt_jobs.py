@@ -17,7 +17,7 @@ from explorer.gui.workers import freeze_heap
 # workers._Job.progress). Small batches were no slower per image on one core (61 vs 73 ms).
 ACCURACY_SETTLE = 0.15  # seconds
 ACCURACY_BATCH = 4
-CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "export", "prepare")
+CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "export", "prepare", "finetune")
 
 
 class Jobs:
@@ -40,6 +40,13 @@ class Jobs:
         workers.cancel("prepare")  # the measurement computes what it needs of it itself
         if then_layer:
             workers.cancel("layer")  # the view of the plan before: it would queue before this measurement
+        if session.finetuned is not None:  # it stands for the plan: measured when it was made (its results)
+            workers.cancel("preview")
+            win.preview.set_progress(None)
+            win.preview.set_stale(False, measured=session.finetuned.describe())
+            if then_layer:
+                self.schedule_layer()
+            return
         win.preview.set_stale(True, "measuring size and MACs…")
         win.preview.set_progress(0.0)
 

@@ -4,6 +4,8 @@ Every number shown here is one the engine measured (evaluate_plan / accuracy); n
 
 from __future__ import annotations
 
+import html
+
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
@@ -58,16 +60,18 @@ class PreviewPanel(QWidget):
         layout.addWidget(self.progress)
         self.values = {}
 
-    def set_stale(self, stale: bool, what: str = "measuring…", sizes: bool = True) -> None:
-        """Mark the panel stale (``what`` is being measured) or measured. ``sizes``: the sizes are stale too
-        (greyed bars); while only the accuracy is measured the bars keep their colour.
+    def set_stale(self, stale: bool, what: str = "measuring…", sizes: bool = True,
+                  measured: str = "measured") -> None:
+        """Mark the panel stale (``what`` is being measured) or ``measured`` (what was: the plan, or a
+        fine-tuned model). ``sizes``: the sizes are stale too (greyed bars); while only the accuracy is
+        measured the bars keep their colour.
 
         The text says so at once; the bars turn grey only if the sizes are still being measured after
         :data:`GREY_AFTER_MS`: re-colouring them repaints the plot (5-10 ms of Python on the GUI thread),
         which ran beside the measurement itself and slowed it, and a grey flash shorter than that is not
         seen."""
         self.status.setText(f"<span style='color:#c60'>⟳ stale — {what}</span>" if stale else
-                            "<span style='color:#080'>✓ measured</span>")
+                            f"<span style='color:#080'>✓ {html.escape(measured)}</span>")
         self._sizes_stale = stale and sizes
         if self._sizes_stale:
             QTimer.singleShot(GREY_AFTER_MS, self._grey_if_stale)
@@ -110,11 +114,14 @@ class PreviewPanel(QWidget):
             eff = f", effective {m['effective']:,}" if m.get("effective") is not None else ""
             self.macs.setText(f"<b>MACs</b>: {m['before']:,} → {m['after']:,}{eff}")
 
-    def show_accuracy(self, acc) -> None:
+    def show_accuracy(self, acc, model: str = "") -> None:
+        """``acc`` as the engine measured it; ``model``: what was measured, when it is not the plan's own
+        compressed model (e.g. "fine-tuned")."""
+        of = f" — {model}" if model else ""
         if acc is None:
             self.acc.setText("accuracy: – (no eval data)")
         elif "cosine" in acc:
             self.acc.setText(f"<b>fidelity</b> vs original: cosine {acc['cosine']:.4f}, "
-                             f"rel. error {acc['rel_error']:.4f}")
+                             f"rel. error {acc['rel_error']:.4f}{of}")
         else:
-            self.acc.setText(f"<b>accuracy</b> ({acc['data']}): {acc['before']:.2%} → {acc['after']:.2%}")
+            self.acc.setText(f"<b>accuracy</b> ({acc['data']}): {acc['before']:.2%} → {acc['after']:.2%}{of}")

@@ -225,3 +225,73 @@ def test_redo_beyond_the_limit_keeps_undo_at_the_limit(session):
     assert len(session._undo) == UNDO_LIMIT and not session.can_redo()
     session.undo()
     assert session.settings("fc2").prune.amount != 0.97
+
+
+# ------------------------------------------------------------------------------ a fine-tuned model
+
+
+def fake_finetuned(session, plan=None, after=0.9):
+    """A Finetuned as the window makes it (the engine's result, its summary and measured quality), without
+    training: the session only holds it."""
+    from types import SimpleNamespace
+
+    from explorer.session import Finetuned
+
+    history = [SimpleNamespace(epoch=1, phase="retrain", loss=0.5, val=after, seconds=0.1)]
+    result = SimpleNamespace(compressed=SimpleNamespace(model=torch.nn.Identity()), history=history,
+                             metric="accuracy", before=0.1, best=after, best_epoch=1, cancelled=False)
+    return Finetuned(result, plan or session.plan, {"size": {"dense": 10, "file": 2}},
+                     {"before": 0.95, "after": after, "data": "d", "samples": 3})
+
+
+def test_a_fine_tuned_model_is_current_until_undone(session):
+    session.on("finetuned", lambda: session.events.append("finetuned"))
+    session.update_layers(["fc1"], {"prune": {"amount": 0.9}})
+    plan = session.plan.to_dict()
+    session.set_results({"size": {"dense": 10, "file": 5}})
+    session.set_accuracy({"before": 0.95, "after": 0.2}, model="plan's model")
+    session.events.clear()
+    ft = fake_finetuned(session)
+    session.set_finetuned(ft)
+    assert session.events == ["finetuned", "plan", "results"]
+    assert session.finetuned is ft and session.plan.to_dict() == plan
+    assert session.results is ft.summary and session.accuracy["after"] == 0.9
+    assert session.compressed_model is ft.compressed.model
+    assert ft.describe() == "fine-tuned model (1 epoch; best: epoch 1, validation accuracy 90.00%)"
+
+    session.events.clear()
+    session.undo()  # back to before fine-tuning: the same plan, on the original weights, measured again
+    assert session.events == ["finetuned", "plan"]
+    assert session.finetuned is None and session.plan.to_dict() == plan and session.compressed_model is None
+    session.redo()
+    assert session.finetuned is ft and session.accuracy["after"] == 0.9 and not session.can_redo()
+    session.undo()
+    session.undo()  # and the edit before it
+    assert session.settings("fc1").is_empty and session.finetuned is None
+
+
+def test_a_new_plan_sets_the_fine_tuned_model_aside_and_undo_brings_it_back(session):
+    session.on("finetuned", lambda: session.events.append("finetuned"))
+    ft = fake_finetuned(session)
+    session.set_finetuned(ft)
+    session.set_plan(Plan.from_dict(session.plan.to_dict()))  # the same plan: it stays
+    assert session.finetuned is ft
+    session.events.clear()
+    session.update_layers(["fc2"], {"prune": {"amount": 0.5}})
+    assert session.events == ["finetuned", "plan"] and session.finetuned is None
+    session.undo()
+    assert session.finetuned is ft and session.settings("fc2").is_empty and session.accuracy["after"] == 0.9
+    session.redo()
+    assert session.finetuned is None and session.settings("fc2").prune.amount == 0.5
+
+
+def test_a_fine_tuned_model_brings_its_own_plan_and_a_new_model_forgets_it(session):
+    trained = Plan.from_dict({"default": {"prune": {"amount": 0.3}}})
+    ft = fake_finetuned(session, plan=trained)
+    session.set_finetuned(ft)  # e.g. "Use this model" after the plan changed during training
+    assert session.plan is trained and session.finetuned is ft
+    session.undo()
+    assert session.plan.to_dict() == Plan().to_dict() and session.finetuned is None
+    session.redo()
+    session.set_model(session.loaded, session.info)
+    assert session.finetuned is None and not session.can_undo() and session.results is None
