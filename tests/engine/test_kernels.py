@@ -44,7 +44,8 @@ def test_bucket_path_equals_sorted_path_on_large_inputs():
     for k in (16, 255):
         a = kmeans_1d(x, k, method="sorted")
         b = kmeans_1d(x, k, method="buckets")
-        np.testing.assert_allclose(b.centroids, a.centroids, rtol=1e-12, atol=1e-15)
+        # (to rounding of the sums: centroids near zero are differences of large prefix sums)
+        np.testing.assert_allclose(b.centroids, a.centroids, rtol=1e-12, atol=1e-14)
         assert np.array_equal(a.labels, b.labels)
         assert b.inertia == pytest.approx(a.inertia, rel=1e-9)
 

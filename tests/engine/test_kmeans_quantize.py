@@ -162,3 +162,92 @@ def test_sweep_prepares_and_measures_small_layers():
                 if fast is not None:
                     full = compress_weight("t", w, s)[0]
                     assert fast.sizes.to_dict() == full.sizes.to_dict(), (n, bits, amount)
+
+
+# ------------------------------------------------------------------- k-means that wastes no code (issue 14)
+
+
+def _pruned_survivors(n=6000, amount=0.9, seed=0):
+    """The survivors of a magnitude-pruned Laplace layer: a gap around zero where a linear init puts
+    centroids no survivor is near (the old code kept those clusters empty)."""
+    x = np.random.default_rng(seed).laplace(0, 0.02, n)
+    return x[np.abs(x) >= np.quantile(np.abs(x), amount)]
+
+
+def _lloyd_keeping_empty_clusters(x, c, max_iter=50):
+    """Lloyd as the code before issue 14 ran it: an empty cluster keeps its centroid."""
+    for _ in range(max_iter):
+        labels = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+        c = np.array([x[labels == j].mean() if np.any(labels == j) else c[j] for j in range(c.size)])
+    return np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+
+
+def test_kmeans_leaves_no_cluster_empty():
+    survivors = _pruned_survivors()
+    dense = np.random.default_rng(1).laplace(0, 0.02, 50_000)
+    for x, k in ((survivors, 31), (survivors, 255), (dense, 256)):
+        for init in ("linear", "density", "forgy", "kmeans++"):
+            for method in ("sorted", "buckets"):
+                res = kmeans_1d(x, k, init=init, method=method)
+                assert res.centroids.size == k and np.unique(res.labels).size == k, (x.size, k, init, method)
+    # the case of the issue: a linear init over the pruned gap, whose clusters the old code kept empty
+    old = _lloyd_keeping_empty_clusters(survivors, np.linspace(survivors.min(), survivors.max(), 31))
+    assert np.unique(old).size < 31
+    # many copies of few values, but at least k of them: every centroid gets one
+    x = np.repeat(np.arange(40.0), np.arange(1, 41))
+    assert np.unique(kmeans_1d(x, 32, init="linear").labels).size == 32
+
+
+@pytest.mark.parametrize("init", ["linear", "density", "forgy"])
+def test_kmeans_runs_to_convergence(init):
+    for x, k in ((_pruned_survivors(), 31), (np.random.default_rng(2).laplace(0, 0.02, 4000), 32)):
+        res = kmeans_1d(x, k, init=init)
+        c, labels = lloyd_reference(x, res.centroids, max_iter=1)  # one more step moves nothing
+        np.testing.assert_allclose(c, res.centroids, rtol=0, atol=1e-15)
+        assert np.array_equal(labels, res.labels)
+    assert res.n_iter > 50  # (Laplace, k = 32: 59 to 203 iterations; the old default stopped at 50)
+    assert kmeans_1d(x, k, init=init, max_iter=7).n_iter == 7  # callers may still ask for fewer
+
+
+@pytest.mark.parametrize("case", ["laplace", "pruned"])
+def test_kmeans_inertia_matches_scikit_learn(case):
+    from sklearn.cluster import KMeans
+
+    x = np.random.default_rng(2).laplace(0, 0.02, 4000) if case == "laplace" else _pruned_survivors()
+    k = 32 if case == "laplace" else 31
+    for init in ("linear", "density", "forgy"):
+        ours = kmeans_1d(x, k, init=init)
+        km = KMeans(ours.initial.size, init=ours.initial[:, None], n_init=1, max_iter=3000, tol=0.0,
+                    algorithm="lloyd").fit(x[:, None])
+        assert km.n_iter_ < 3000  # scikit-learn converged too
+        assert ours.inertia <= km.inertia_ * 1.001, (case, init, ours.inertia / km.inertia_ - 1)
+        # the same iterations step by step, empty clusters moved the same way
+        short = kmeans_1d(x, k, init=init, max_iter=20)
+        km20 = KMeans(k, init=short.initial[:, None], n_init=1, max_iter=20, tol=0.0, algorithm="lloyd").fit(x[:, None])
+        assert short.inertia == pytest.approx(km20.inertia_, rel=1e-9)
+
+
+def test_kmeans_is_deterministic():
+    x = np.random.default_rng(3).laplace(0, 0.02, 100_000)
+    x = x[np.abs(x) > 0.01]
+    for init in ("linear", "density", "forgy"):
+        for method in ("sorted", "buckets"):
+            a = kmeans_1d(x, 63, init=init, seed=5, method=method, snap=np.float32)
+            b = kmeans_1d(x.copy(), 63, init=init, seed=5, method=method, snap=np.float32)
+            assert a.centroids.tobytes() == b.centroids.tobytes() and np.array_equal(a.labels, b.labels)
+    w = torch.from_numpy(np.random.default_rng(4).laplace(0, 0.02, (300, 200)).astype(np.float32))
+    mask = magnitude_mask(w, 0.9)
+    q1, q2 = quantize_kmeans(w, mask, bits=5), quantize_kmeans(w.clone(), mask, bits=5)
+    assert q1.codebook.tobytes() == q2.codebook.tobytes() and np.array_equal(q1.codes, q2.codes)
+    assert q1.codebook[0] == 0 and np.all(q1.decoded.reshape(-1).numpy()[~mask] == 0)  # the reserved zero
+
+
+def test_kmeans_bucket_and_sorted_paths_agree_to_convergence():
+    x = _pruned_survivors(n=400_000)  # 40,000 survivors: the bucket path is taken
+    for init, k in (("linear", 31), ("density", 255), ("forgy", 63)):
+        a = kmeans_1d(x, k, init=init, method="sorted")
+        b = kmeans_1d(x, k, init=init, method="buckets")
+        assert a.n_iter == b.n_iter
+        np.testing.assert_allclose(b.centroids, a.centroids, rtol=1e-12, atol=1e-14)
+        assert np.array_equal(a.labels, b.labels)
+        assert b.inertia == pytest.approx(a.inertia, rel=1e-9)

@@ -1,14 +1,21 @@
 """One-dimensional k-means for weight sharing (Deep Compression §3).
 
 In one dimension a cluster is an interval of the sorted data, so a Lloyd iteration needs no distance
-matrix: with the data sorted once and prefix sums of ``w`` and ``w·x``, the boundaries between
-neighbouring centroids (their midpoints) are found by binary search and each cluster's mean is a
-difference of two prefix sums. One iteration costs O(k log n) after an O(n log n) sort.
+matrix: the boundaries between neighbouring centroids (their midpoints) are found by binary search and
+each cluster's sum is a difference of two prefix sums. One iteration costs O(k log n).
+
+A cluster that no value falls in is a code no weight uses. As scikit-learn's ``KMeans`` does, such
+clusters are moved at once to the values farthest from their own cluster's centre (each of those values
+becomes a cluster of its own and leaves the cluster it was in), and the iterations go on until the
+assignment stops changing: the result uses every centroid whenever there are at least ``k`` distinct
+values, and from the same initial centroids it follows scikit-learn's iterations step for step (up to
+rounding) to the end.
 
 References
 ----------
 Han, Mao, Dally. Deep Compression. ICLR 2016, §3.1-3.2 (initialisations).
 Arthur, Vassilvitskii. k-means++: the advantages of careful seeding. SODA 2007.
+Pedregosa et al. Scikit-learn: machine learning in Python. JMLR 2011 (``KMeans``, empty clusters).
 """
 
 from __future__ import annotations
@@ -41,40 +48,22 @@ def _check_values(x: np.ndarray) -> np.ndarray:
 
 
 class _Sorted:
-    """Sorted data with prefix sums: the state every 1-D k-means step reads."""
+    """Sorted data and the prefix sums of its weights: what the inits and the sorted path read."""
 
     def __init__(self, x: np.ndarray, weights: np.ndarray | None):
         if weights is None:
             self.xs = np.sort(x)  # values only: no argsort needed
-            self.ws = np.ones_like(self.xs)
+            self.ws = None
+            self.cw = np.arange(self.xs.size + 1, dtype=np.float64)
         else:
             order = np.argsort(x, kind="stable")
             self.xs = x[order]
             self.ws = np.asarray(weights, np.float64).ravel()[order]
-        zero = np.zeros(1)
-        self.cw = np.concatenate([zero, np.cumsum(self.ws)])
-        self.cwx = np.concatenate([zero, np.cumsum(self.ws * self.xs)])
-        self.cwxx = np.concatenate([zero, np.cumsum(self.ws * self.xs * self.xs)])
+            self.cw = np.concatenate([np.zeros(1), np.cumsum(self.ws)])
 
     def unique(self) -> np.ndarray:
         xs = self.xs
         return xs[np.concatenate([[True], xs[1:] != xs[:-1]])] if xs.size else xs
-
-    def segments(self, c: np.ndarray):
-        """Start and end (exclusive) of each centroid's interval in the sorted data."""
-        bounds = (c[1:] + c[:-1]) / 2.0
-        cut = np.searchsorted(self.xs, bounds, side="right")
-        starts = np.concatenate([[0], cut])
-        ends = np.concatenate([cut, [self.xs.size]])
-        return starts, ends
-
-    def sums(self, c):
-        s, e = self.segments(c)
-        return self.cw[e] - self.cw[s], self.cwx[e] - self.cwx[s], self.cwxx[e] - self.cwxx[s]
-
-    def inertia(self, c) -> float:
-        sw, sx, sxx = self.sums(c)
-        return float(max(np.sum(sxx - 2.0 * c * sx + c * c * sw), 0.0))
 
 
 def init_centroids(x, k: int, init: str = "linear", seed: int = 0, weights=None) -> np.ndarray:
@@ -148,20 +137,19 @@ def register_init(name: str, fn) -> None:
     INITS[name] = fn
 
 
+MAX_ITER = 100_000  # the safety cap of "until the assignment stops changing" (max_iter=None)
+
+
 def _lloyd(data: _Sorted, c: np.ndarray, max_iter: int, tol: float):
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        sw, sx, _ = data.sums(c)
-        new = np.where(sw > 0, sx / np.where(sw > 0, sw, 1.0), c)
-        new.sort()
-        moved = np.max(np.abs(new - c)) if new.size else 0.0
-        c = new
-        if moved <= tol:
-            break
-    return c, n_iter
+    """Lloyd on the sorted data: the bucket path's kernel with one bucket, already sorted."""
+    xs = data.xs
+    gw = np.zeros(0) if data.ws is None else data.ws
+    tx = float(np.cumsum(xs if data.ws is None else data.ws * xs)[-1])
+    return lloyd_kernel(xs, gw, np.array([0, xs.size], np.int64), np.array([0.0, data.cw[-1]]),
+                        np.array([0.0, tx]), float(xs[0]), 0.0, c, max_iter, tol, True)
 
 
-def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0, weights=None,
+def kmeans_1d(x, k: int, init: str = "linear", max_iter: int | None = None, seed: int = 0, weights=None,
               tol: float = 0.0, method: str = "auto", snap=None) -> KMeansResult:
     """Cluster 1-D values into at most ``k`` centroids with Lloyd's algorithm on sorted data.
 
@@ -173,21 +161,22 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
         Number of centroids, >= 1. When ``x`` has no more than ``k`` distinct values, the centroids are
         exactly those values (inertia 0).
     init, seed : see :func:`init_centroids`.
-    max_iter : int
-        Lloyd iterations at most (0 keeps the initial centroids).
+    max_iter : int or None
+        Lloyd iterations at most (0 keeps the initial centroids). None (the default): until the
+        assignment stops changing, at most :data:`MAX_ITER`.
     weights : array_like, optional
         A non-negative weight per value (e.g. histogram counts).
     tol : float
-        Stop when no centroid moves by more than ``tol``.
+        Stop when no centroid moves by more than ``tol`` (and no cluster is empty).
     method : {"auto", "sorted", "buckets"}
-        Two implementations of the same Lloyd iteration. ``sorted``: on the sorted data with prefix
-        sums (an O(n log n) sort once, then O(k log n) per iteration). ``buckets``: no sort; the values
-        are grouped into :data:`HIST_BINS` equal-width buckets over [min, max] by a counting sort
-        (O(n)) with prefix sums in bucket order; a boundary between two centroids splits at most one
-        bucket, whose few values are compared one by one, so each iteration is still exact and costs
-        O(k * bucket size). Both give the same centroids up to floating-point rounding of the sums.
-        Data the buckets cannot spread (most values in a few buckets, e.g. next to one huge outlier)
-        falls back to ``sorted``. ``auto``: ``buckets`` above :data:`HIST_MIN_N` values.
+        Two ways to the same Lloyd iterations. ``sorted``: the data sorted once (O(n log n)), then
+        O(k log n) per iteration. ``buckets``: no sort; the values are grouped into equal-width buckets
+        over [min, max] by a counting sort (O(n)) with prefix sums in bucket order; a boundary between
+        two centroids splits one bucket, whose few values are compared one by one while boundaries pass
+        through it and which is sorted once a boundary stays (then each iteration costs O(k log(bucket
+        size))); every iteration is exact. Both give the same centroids up to floating-point rounding of
+        the sums. Data the buckets cannot spread (most values in a few buckets, e.g. next to one huge
+        outlier) falls back to ``sorted``. ``auto``: ``buckets`` above :data:`HIST_MIN_N` values.
     snap : numpy dtype, optional
         Round the final centroids to this dtype (merging those that become equal) before the values are
         assigned, so labels and inertia refer to the centroids as they will be stored (e.g. float32).
@@ -195,6 +184,16 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
     Returns
     -------
     KMeansResult
+
+    Notes
+    -----
+    An empty cluster is handled as scikit-learn handles it: when some clusters are empty after an
+    assignment, the values farthest from their cluster's centre (as many as there are empty clusters)
+    each become the centroid of an empty cluster and leave their cluster's sums. In one dimension they are
+    found from the ends of the clusters' intervals, farthest first (ties: the lower cluster, then the lower
+    value). A value is not taken from a cluster it would leave empty, nor twice. Each such move lowers the
+    inertia, so the iterations end; when there are at least ``k`` distinct values, none of the returned
+    clusters is empty (unless ``max_iter`` stopped the iterations first).
     """
     x = _check_values(x)
     if k < 1:
@@ -206,6 +205,7 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
     w = None if weights is None else np.asarray(weights, np.float64).ravel()
     if w is not None and (w.size != x.size or not np.all(np.isfinite(w)) or (w.size and w.min() < 0)):
         raise CompressionError("k-means weights must be finite, non-negative and one per value")
+    max_iter = MAX_ITER if max_iter is None else int(max_iter)
     if x.size == 0:
         empty = np.zeros(0)
         return KMeansResult(empty, np.zeros(0, np.int64), 0.0, empty, 0)
@@ -230,6 +230,7 @@ def kmeans_1d(x, k: int, init: str = "linear", max_iter: int = 50, seed: int = 0
 HIST_BINS = 1 << 16
 HIST_MIN_N = 1 << 15
 _BUCKET_SCAN_BUDGET = 16  # beyond this many passes' worth of boundary-bucket scans, sort instead
+SORT_AFTER = 16  # Lloyd compares a bucket's values one by one on a boundary's first visits, then sorts it
 
 
 def snap_centroids(c: np.ndarray, dtype) -> np.ndarray:
@@ -238,7 +239,8 @@ def snap_centroids(c: np.ndarray, dtype) -> np.ndarray:
 
 def _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap=None):
     """Exact Lloyd without a sort: the values are grouped into equal-width buckets (a counting sort by
-    bucket, O(n)); a cluster boundary splits at most one bucket, which is scanned."""
+    bucket, O(n)); a cluster boundary splits at most one bucket, which is scanned (or, once boundaries
+    stay in it, sorted and searched)."""
     lo, hi = float(x.min()), float(x.max())
     if not hi > lo:
         return None  # one distinct value: the sorted path handles it exactly
@@ -279,20 +281,22 @@ def choose_buckets(n: int, k: int, max_iter: int, lo: float, hi: float, count):
     whether the path applies. ``count(nb, scale)`` returns ``(values per bucket, state)`` for ``nb``
     buckets of width 1/scale. The count starts at :func:`bucket_number` and is refined while the fullest
     bucket would make Lloyd compare more than about two passes' worth of values in boundary buckets (a
-    peaked distribution). Returns ``(nb, scale, state)``, or None where the sorted path is taken instead:
-    a scale that is not finite, mass concentrated in a few buckets even at the finest count (e.g. next to
-    one huge outlier), or no more non-empty buckets than centroids (maybe no more distinct values than k).
+    peaked distribution; a bucket is compared value by value on :data:`SORT_AFTER` visits at most, then
+    sorted). Returns ``(nb, scale, state)``, or None where the sorted path is taken instead: a scale that
+    is not finite, mass concentrated in a few buckets even at the finest count (e.g. next to one huge
+    outlier), or no more non-empty buckets than centroids (maybe no more distinct values than k).
     :func:`kmeans_1d` and :class:`explorer.engine.measure.sweep.TensorSweep` (on the survivors' counts) both
     decide here, so they take the same path with the same buckets."""
     target = 2 * n + (1 << 20)
     budget = _BUCKET_SCAN_BUDGET * n + (1 << 20)
+    scans = min(max(max_iter, 1), SORT_AFTER)
     nb = bucket_number(n, k)
     while True:
         scale = nb / (hi - lo)
         if not np.isfinite(scale):
             return None
         counts, state = count(nb, scale)
-        cost = k * int(counts.max()) * max(max_iter, 1)
+        cost = k * int(counts.max()) * scans
         if cost <= target or nb >= HIST_BINS:
             break
         nb = min(HIST_BINS, nb << max(1, int(np.ceil(np.log2(cost / target)))))
@@ -409,53 +413,229 @@ def bucket_select(gx, start, ranks):
 
 @njit(cache=True, nogil=True)
 def bucket_lloyd(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol):
-    """Lloyd iterations; a value equal to a boundary joins the lower cluster (as on sorted data)."""
-    nb = start.size - 1
+    """Lloyd iterations on bucket-grouped values (see :func:`lloyd_kernel`); returns ``(centroids,
+    iterations)``. The buckets a boundary falls in are sorted in place (``gx`` and ``gw``)."""
+    return lloyd_kernel(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol, False)
+
+
+@njit(cache=True, nogil=True)
+def _prepare(gx, gw, start, b, ready, px, pw, presorted):
+    """Sort bucket b in place (stably, weights with their values) and fill its running sums of w*x (and
+    w) in that order, once."""
+    if ready[b]:
+        return
+    ready[b] = True
+    s = start[b]
+    e = start[b + 1]
     weighted = gw.size > 0
+    if not presorted and e - s > 1:
+        if weighted:
+            order = np.argsort(gx[s:e], kind="mergesort")
+            gx[s:e] = gx[s:e][order]
+            gw[s:e] = gw[s:e][order]
+        else:
+            gx[s:e].sort()
+    acc = 0.0
+    accw = 0.0
+    for p in range(s, e):
+        if weighted:
+            acc += gw[p] * gx[p]
+            accw += gw[p]
+            pw[p] = accw
+        else:
+            acc += gx[p]
+        px[p] = acc
+
+
+@njit(cache=True, nogil=True)
+def _split(gx, s, e, t):
+    """The first position in the sorted gx[s:e] whose value is above t (e if none)."""
+    while s < e:
+        mid = (s + e) >> 1
+        if gx[mid] <= t:
+            s = mid + 1
+        else:
+            e = mid
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _bucket_at(start, p):
+    return np.searchsorted(start, p, side="right") - 1
+
+
+@njit(cache=True, nogil=True)
+def _value_at(gx, gw, start, p, ready, px, pw, presorted):
+    """gx[p], its bucket sorted first."""
+    _prepare(gx, gw, start, _bucket_at(start, p), ready, px, pw, presorted)
+    return gx[p]
+
+
+@njit(cache=True, nogil=True)
+def lloyd_kernel(gx, gw, start, cw, cwx, lo, scale, c, max_iter, tol, presorted):
+    """Lloyd's iterations with scikit-learn's handling of empty clusters, until the assignment stops
+    changing (or ``max_iter``; ``tol`` > 0 stops once no centroid moves by more). Returns ``(centroids,
+    iterations)``.
+
+    ``gx`` (and ``gw``, empty when unweighted) hold the values grouped into buckets: bucket b is
+    ``gx[start[b]:start[b + 1]]``, every value of bucket b below every value of bucket b + 1 (the bucket
+    of v is ``bucket_of(v, lo, scale, nb)``); ``cw``/``cwx`` are the prefix sums of w and w*x over whole
+    buckets. A boundary's bucket is compared value by value on the first :data:`SORT_AFTER` visits (a
+    boundary passing through), then sorted in place once (``presorted``: the buckets are sorted already),
+    after which a boundary is a binary search from where it was and a cluster's sums two lookups. A value
+    equal to a boundary joins the lower cluster. The sorted path calls this with one bucket, sorted."""
+    nb = start.size - 1
+    n = gx.size
     k = c.size
-    tw = cw[nb]
-    tx = cwx[nb]
+    weighted = gw.size > 0
+    ready = np.zeros(nb, np.bool_)
+    visits = np.zeros(nb, np.int64)
+    px = np.empty(n)
+    pw = np.empty(n if weighted else 0)
+    q = np.full(k + 1, -1, np.int64)  # cluster j is gx[q[j]:q[j + 1]]; -1: not located
+    q[0] = 0
+    q[k] = n
+    CW = np.empty(k)  # sums of w and w*x up to boundary j (j = k - 1: all)
+    CX = np.empty(k)
+    CW[k - 1] = cw[nb]
+    CX[k - 1] = cwx[nb]
+    before = c
     n_iter = 0
     for it in range(1, max_iter + 1):
         n_iter = it
-        new = np.empty(k)
-        pw = 0.0
-        px = 0.0
-        for j in range(k):
-            if j < k - 1:
-                t = (c[j] + c[j + 1]) / 2.0
-                b = bucket_of(t, lo, scale, nb)
-                W = cw[b]
-                X = cwx[b]
-                if weighted:
-                    for p in range(start[b], start[b + 1]):
-                        if gx[p] <= t:
-                            W += gw[p]
-                            X += gw[p] * gx[p]
-                else:
-                    m = 0
-                    for p in range(start[b], start[b + 1]):
-                        if gx[p] <= t:
-                            m += 1
-                            X += gx[p]
-                    W += m
-            else:
-                W = tw
-                X = tx
-            sw = W - pw
-            new[j] = (X - px) / sw if sw > 0 else c[j]
-            pw = W
-            px = X
-        new.sort()
+        for j in range(k - 1):
+            if it > 1 and c[j] == before[j] and c[j + 1] == before[j + 1]:
+                continue  # the same boundary as in the last iteration: the same split and sums
+            t = (c[j] + c[j + 1]) / 2.0
+            b = bucket_of(t, lo, scale, nb)
+            s = start[b]
+            e = start[b + 1]
+            if not ready[b]:
+                visits[b] += 1
+                if visits[b] < SORT_AFTER:  # a bucket boundaries pass through: compare its values one by one
+                    CW[j], CX[j] = _scan(gx, gw, s, e, t, cw[b], cwx[b])
+                    q[j + 1] = -1
+                    continue
+                _prepare(gx, gw, start, b, ready, px, pw, presorted)
+            r = q[j + 1]  # where this boundary was (-1: unknown); late in the iterations it rarely moves far
+            if r < s or r > e:
+                r = _split(gx, s, e, t)
+            elif r > s and gx[r - 1] > t:
+                r = _split(gx, s, r - 1, t)
+            elif r < e and gx[r] <= t:
+                r = _split(gx, r + 1, e, t)
+            q[j + 1] = r
+            CW[j] = cw[b] + ((pw[r - 1] if weighted else r - s) if r > s else 0.0)
+            CX[j] = cwx[b] + (px[r - 1] if r > s else 0.0)
+        new, empties, picked = _update(gx, gw, start, lo, scale, c, q, CW, CX, ready, px, pw, presorted)
         moved = 0.0
         for j in range(k):
             d = abs(new[j] - c[j])
             if d > moved:
                 moved = d
+        before = c
         c = new
-        if moved <= tol:
+        if moved <= tol and (empties == 0 or picked == 0):
             break
     return c, n_iter
+
+
+@njit(cache=True, nogil=True)
+def _scan(gx, gw, s, e, t, W, X):
+    """W and X plus the sums of w and w*x over the values <= t in gx[s:e], compared one by one."""
+    weighted = gw.size > 0
+    for p in range(s, e):
+        if gx[p] <= t:
+            W += gw[p] if weighted else 1.0
+            X += gw[p] * gx[p] if weighted else gx[p]
+    return W, X
+
+
+@njit(cache=True, nogil=True)
+def _update(gx, gw, start, lo, scale, c, q, CW, CX, ready, px, pw, presorted):
+    """The next centroids from the clusters' sums (``CW``, ``CX`` up to each boundary): their means, and
+    where clusters are empty, the values :func:`_relocate` moves them to. Returns ``(centroids, empty
+    clusters, values moved)``."""
+    k = c.size
+    sw = np.empty(k)
+    sx = np.empty(k)
+    empties = 0
+    for j in range(k):
+        sw[j] = CW[j] - (CW[j - 1] if j > 0 else 0.0)
+        sx[j] = CX[j] - (CX[j - 1] if j > 0 else 0.0)
+        if not sw[j] > 0:
+            empties += 1
+    new = np.empty(k)
+    if empties == 0:
+        for j in range(k):
+            new[j] = sx[j] / sw[j]
+        for j in range(k - 1):
+            if new[j + 1] < new[j]:  # (means of ordered intervals are ordered, but for rounding)
+                new.sort()
+                break
+        return new, 0, 0
+    for j in range(k - 1):  # the boundaries whose buckets were compared value by value: locate them
+        if q[j + 1] < 0:
+            t = (c[j] + c[j + 1]) / 2.0
+            b = bucket_of(t, lo, scale, start.size - 1)
+            _prepare(gx, gw, start, b, ready, px, pw, presorted)
+            q[j + 1] = _split(gx, start[b], start[b + 1], t)
+    picks = _relocate(gx, gw, start, ready, px, pw, presorted, q, c, sw, sx, empties)
+    r = 0
+    for j in range(k):
+        if sw[j] > 0:
+            new[j] = sx[j] / sw[j]
+        elif r < picks.size:
+            new[j] = picks[r]
+            r += 1
+        else:
+            new[j] = c[j]
+    new.sort()
+    return new, empties, picks.size
+
+
+@njit(cache=True, nogil=True)
+def _relocate(gx, gw, start, ready, px, pw, presorted, q, c, sw, sx, wanted):
+    """scikit-learn's move for empty clusters: the ``wanted`` values farthest from the centre of the
+    cluster they are in, taken from the ends of the clusters' intervals (ties: the lower cluster, then
+    the lower value) and removed from their clusters' sums (``sw``, ``sx``). A value at its centre, of zero
+    weight, equal to one taken already, or whose cluster it would leave empty is passed over. Returns the
+    values taken."""
+    k = c.size
+    weighted = gw.size > 0
+    lo = q[:-1].copy()  # the next candidate from the low end of cluster j's interval
+    hi = q[1:].copy()  # one past the next candidate from its high end
+    out = np.empty(wanted)
+    m = 0
+    while m < wanted:
+        best = 0.0
+        bj = -1
+        high = False
+        for j in range(k):
+            if lo[j] < hi[j]:
+                d = abs(_value_at(gx, gw, start, lo[j], ready, px, pw, presorted) - c[j])
+                if d > best:
+                    best, bj, high = d, j, False
+                d = abs(_value_at(gx, gw, start, hi[j] - 1, ready, px, pw, presorted) - c[j])
+                if d > best:
+                    best, bj, high = d, j, True
+        if bj < 0:
+            break
+        p = hi[bj] - 1 if high else lo[bj]
+        v = gx[p]
+        wp = gw[p] if weighted else 1.0
+        if high:  # pass over the copies of v: one centroid per value
+            while lo[bj] < hi[bj] and _value_at(gx, gw, start, hi[bj] - 1, ready, px, pw, presorted) == v:
+                hi[bj] -= 1
+        else:
+            while lo[bj] < hi[bj] and _value_at(gx, gw, start, lo[bj], ready, px, pw, presorted) == v:
+                lo[bj] += 1
+        if wp > 0 and sw[bj] - wp > 0:
+            sw[bj] -= wp
+            sx[bj] -= wp * v
+            out[m] = v
+            m += 1
+    return out[:m]
 
 
 @njit(cache=True, nogil=True)
@@ -489,20 +669,38 @@ def _assign_lut(x, w, c, bounds, bidx, lut, labels):
     return total
 
 
-def lloyd_reference(x, centroids, max_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def lloyd_reference(x, centroids, max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
     """Plain Lloyd's algorithm with an explicit distance matrix: the reference the fast kernel is tested
-    against. Ties go to the lower centroid, empty clusters keep their centroid."""
+    against. Ties go to the lower centroid; empty clusters are moved as :func:`kmeans_1d` moves them (the
+    values farthest from their cluster's centre, written out here from the definition); stops when the
+    assignment stops changing."""
     x = np.asarray(x, np.float64).ravel()
     c = np.sort(np.asarray(centroids, np.float64))
     for _ in range(max_iter):
         labels = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+        counts = np.bincount(labels, minlength=c.size)
         new = c.copy()
-        for j in range(c.size):
-            sel = labels == j
-            if sel.any():
-                new[j] = x[sel].mean()
+        for j in np.flatnonzero(counts):
+            new[j] = x[labels == j].mean()
+        empty = np.flatnonzero(counts == 0)
+        picked = []
+        if empty.size:
+            dist = np.abs(x - c[labels])
+            left = counts.copy()
+            removed = np.zeros(c.size)
+            for i in np.lexsort((x, labels, -dist)):  # farthest first; then the lower cluster, the lower value
+                j = labels[i]
+                if len(picked) == empty.size:
+                    break
+                if dist[i] > 0 and left[j] > 1 and x[i] not in picked:
+                    picked.append(x[i])
+                    left[j] -= 1
+                    removed[j] += x[i]
+            for j in np.flatnonzero(counts):
+                new[j] = (x[labels == j].sum() - removed[j]) / left[j]
+            new[empty[:len(picked)]] = picked
         new.sort()
-        if np.array_equal(new, c):
+        if np.array_equal(new, c) and not picked:
             break
         c = new
     return c, np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
