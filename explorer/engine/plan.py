@@ -81,7 +81,7 @@ class QuantSettings:
     symmetric: bool = True
     per_channel: bool = False
     init: str = "linear"
-    max_iter: int = 50
+    max_iter: int = 10_000  # k-means iterations at most: it stops when the assignment stops changing
     seed: int = 0
 
 

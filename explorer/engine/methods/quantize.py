@@ -68,7 +68,7 @@ def _finish(weight, q: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(q.reshape(tuple(weight.shape))).to(dtype=weight.dtype, device=weight.device)
 
 
-def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = "linear", max_iter: int = 50,
+def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = "linear", max_iter: int = 10_000,
                     seed: int = 0) -> QuantResult:
     """Weight sharing: cluster the surviving weights into shared values (Deep Compression §3).
 
