@@ -270,7 +270,7 @@ def test_the_cli_fine_tunes_the_sample_and_evaluate_reads_the_accuracy_it_report
     plan.write_text(json.dumps(DC))
     out = tmp_path / "ft.cexp"
     rc = cli_main(["finetune", "digits-cnn", "--plan", str(plan), "--train", "digits", "--epochs", "3",
-                   "--lr", "0.003", "--seed", "1", "-o", str(out)])
+                   "--lr", "0.003", "--seed", "1", "--threads", "1", "-o", str(out)])
     text = capsys.readouterr()
     assert rc == 0, text.err
     assert "epoch 3 (retrain)" in text.err and "wrote" in text.out
