@@ -7,6 +7,8 @@ print one line on stderr and exit with status 2 (bad input) or 1 (anything else)
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import sys
@@ -30,6 +32,7 @@ from explorer.engine.methods.quantize import QUANTIZERS, compare_inits
 from explorer.engine.model.export import export
 from explorer.engine.model.loading import load_model, parse_input_shape
 from explorer.engine.plan import Plan
+from explorer.engine.sensitivity.scan import DEFAULT_LIMIT, KINDS, sensitivity
 from explorer.engine.storage import fileformat
 from explorer.engine.storage.atomic import atomic_write_bytes
 from explorer.engine.storage.coders import CODERS
@@ -281,6 +284,54 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def _points_csv(points) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["layer", "kind", "value", "metric", "layer_bytes", "file_bytes", "note", "settings"])
+    for p in points:
+        w.writerow([p.layer, p.kind, f"{p.value:g}", "" if p.metric is None else f"{p.metric:.6f}",
+                    "" if p.layer_bytes is None else p.layer_bytes, "" if p.file_bytes is None else p.file_bytes,
+                    p.note, json.dumps(p.settings, sort_keys=True)])
+    return buf.getvalue().encode()
+
+
+def cmd_sensitivity(args) -> int:
+    loaded = _load(args)
+    base = Plan.load(args.plan) if args.plan else None
+    kinds = [k.strip() for k in args.what.split(",") if k.strip()]
+    bar = TextProgress("scanning")
+    try:
+        points = sensitivity(loaded, base, layers=args.layers, kinds=kinds, limit=args.limit, progress=bar)
+    finally:
+        bar.close()
+    data = loaded.eval_data
+    metric = "accuracy" if data.labels is not None else "agreement with the original"
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    out = {"model": loaded.source, "data": data.name, "samples": n, "metric": metric,
+           "base_plan": args.plan, "points": [p.to_dict() for p in points]}
+    if args.output:
+        body = _points_csv(points) if args.output.lower().endswith(".csv") else \
+            (json.dumps(out, indent=2) + "\n").encode()
+        atomic_write_bytes(args.output, body)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{loaded.source}: {metric} on {data.name}, first {n} samples; each layer alone, the others "
+          + ("as in " + args.plan if args.plan else "uncompressed"))
+    for kind in kinds:
+        rows, header = [], None
+        for name in dict.fromkeys(p.layer for p in points):
+            pts = [p for p in points if p.layer == name and p.kind == kind]
+            header = header or [f"{p.value:g}" for p in pts]
+            rows.append([name] + ["-" if p.metric is None else f"{100 * p.metric:.1f}" for p in pts])
+        label = {"sparsity": "sparsity", "bits": "bits", "rank": "params kept"}[kind]
+        print(f"\n{metric} (%) against {label}:")
+        print(table(rows, ["layer"] + header, "l" + "r" * len(header)))
+    if args.output:
+        print(f"\nwrote {args.output} ({len(points)} points)")
+    return 0
+
+
 def cmd_info(args) -> int:
     mf = fileformat.read(args.file)
     info = fileformat.summary(mf)
@@ -415,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="file to write (written atomically)")
     p.add_argument("--half", action="store_true", help="store uncompressed tensors (biases, norms) as float16")
     p.set_defaults(func=cmd_finetune)
+    p = sub.add_parser("sensitivity", help="per layer, accuracy against its sparsity, bits and rank (others untouched)",
+                       **vocabulary)
+    _add_model_args(p)
+    p.add_argument("--plan", help="base plan: the other layers keep it, and it gives each layer's granularity and "
+                   "quantization method (default: nothing compressed)")
+    p.add_argument("--layers", help="glob of the layers to scan (default: all)")
+    p.add_argument("--what", default=",".join(KINDS), help="what to vary: sparsity,bits,rank (default: all three)")
+    p.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT,
+                   help=f"evaluate on the first N samples (default {DEFAULT_LIMIT})")
+    p.add_argument("-o", "--output", help="write the points: .json or .csv (written atomically)")
+    p.set_defaults(func=cmd_sensitivity)
     p = sub.add_parser("info", help="summarise a compressed file: architecture, per-tensor encodings and bytes")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")

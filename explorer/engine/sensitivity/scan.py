@@ -1,0 +1,137 @@
+"""Per-layer sensitivity: how a layer's accuracy (or agreement with the uncompressed model, for data without
+labels) falls as that layer alone is pruned, quantized to fewer bits or factorized, every other layer left as
+it is, with the bytes the file would hold at each point.
+
+Sizes come from the window's previewer (its exact sweep of sizes); accuracy is measured on a fixed subset of
+the evaluation data (``limit`` samples, the first ones). Each measured point is cached under (the model's
+weights, the data, the layer, its settings): a second scan, or the window, finds it again. A point is put in
+the cache only once measured whole, so a cancelled scan leaves no partial entry.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+from explorer.engine.cache import Recent
+from explorer.engine.errors import Cancelled, ExplorerError, PlanError
+from explorer.engine.measure.metrics import accuracy
+from explorer.engine.measure.preview import Previewer
+from explorer.engine.plan import LayerSettings, Plan
+from explorer.engine.progress import ProgressFn, report
+
+KINDS = ("sparsity", "bits", "rank")
+SPARSITIES = tuple(p / 100 for p in (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95))
+BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+RANKS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
+DEFAULT_LIMIT = 500
+CACHE = Recent(limit_bytes=8 << 20)  # (weights, data, layer, settings) -> (metric, layer bytes, file bytes)
+
+
+@dataclass
+class Point:
+    layer: str
+    kind: str  # "sparsity", "bits" or "rank"
+    value: float  # the sparsity, the bits or the fraction of parameters kept
+    settings: dict  # the layer's settings at this point
+    metric: Optional[float]  # accuracy (or agreement) on the subset; None where the point is not possible
+    layer_bytes: Optional[int]  # the layer's weights as coded (bytes)
+    file_bytes: Optional[int]  # the whole file, every other layer as the base plan has it
+    note: str = ""  # why a point could not be taken (e.g. a rank whose factors outgrow the layer)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fingerprint_model(model) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint_data(data) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(data.inputs.contiguous().numpy().tobytes())
+    if data.labels is not None:
+        h.update(data.labels.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _patch(kind: str, value, base: LayerSettings) -> dict:
+    """The layer's settings at one point: only the scanned section changes."""
+    if kind == "sparsity":
+        p = base.prune
+        gran = p.granularity if p is not None else "element"
+        return {"prune": {"amount": float(value), "granularity": gran} if value else None, "quantize": None,
+                "lowrank": None}
+    if kind == "bits":
+        q = base.quantize
+        method = q.method if q is not None else "kmeans"
+        return {"prune": None, "quantize": {"bits": int(value), "method": method}, "lowrank": None}
+    return {"prune": None, "quantize": None, "lowrank": None if value >= 1.0 else {"rank": float(value)}}
+
+
+def _agreement(model, reference, inputs) -> float:
+    with torch.no_grad():
+        return float((model(inputs).argmax(1) == reference(inputs).argmax(1)).float().mean())
+
+
+def sensitivity(loaded, base: Optional[Plan] = None, layers: Optional[str] = None, kinds=KINDS,
+                limit: int = DEFAULT_LIMIT, progress: ProgressFn = None, previewer: Optional[Previewer] = None,
+                sparsities=SPARSITIES, bits=BITS, ranks=RANKS) -> list:
+    """Scan every layer matching the glob ``layers`` (all by default) over ``kinds``; a list of :class:`Point`.
+
+    ``base``: the plan the other layers keep and whose settings of the scanned layer give its granularity and
+    quantization method (default: nothing compressed). Raises :class:`Cancelled` when ``progress`` says stop.
+    """
+    data = loaded.eval_data
+    if data is None or not len(data):
+        raise ExplorerError("a sensitivity scan needs evaluation data (give --data)")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise PlanError(f"unknown sensitivity kind '{unknown[0]}' (known: {', '.join(KINDS)})")
+    base = base or Plan()
+    pv = previewer or Previewer(loaded)
+    names = [n for n in pv.names if layers is None or fnmatch.fnmatchcase(n, layers)]
+    if not names:
+        raise PlanError(f"no layer matches {layers!r} (layers: {', '.join(pv.names)})")
+    subset = data if limit is None or limit >= len(data) else data.subset(int(limit))
+    key0 = (_fingerprint_model(loaded.model), _fingerprint_data(subset))
+    grid = {"sparsity": sparsities, "bits": bits, "rank": ranks}
+    jobs = [(n, k, v) for n in names for k in kinds for v in grid[k]]
+    out = []
+    for i, (name, kind, value) in enumerate(jobs):
+        report(progress, i / max(len(jobs), 1), f"{name}: {kind} {value:g}")
+        settings = _patch(kind, value, base.settings_for(name))
+        key = key0 + (name, json.dumps(settings, sort_keys=True), base.to_json())  # the others as the base has them
+        hit = CACHE.get(key)
+        if hit is None:
+            try:
+                hit = _measure(pv, loaded, base.merged([name], settings), name, subset)
+            except Cancelled:  # (an ExplorerError too): nothing of this point is kept
+                raise
+            except ExplorerError as exc:  # a point this layer cannot take: kept, with the reason
+                hit = (None, None, None, str(exc))
+            CACHE.put(key, hit)
+        metric, layer_bytes, file_bytes, note = hit
+        out.append(Point(name, kind, float(value), settings, metric, layer_bytes, file_bytes, note))
+    report(progress, 1.0, "done")
+    return out
+
+
+def _measure(pv: Previewer, loaded, plan: Plan, name: str, subset) -> tuple:
+    summary = pv.measure(plan)
+    layer = next(l for l in summary["layers"] if l["name"] == name)
+    model = pv.build(plan, count=False).model
+    if subset.labels is not None:
+        metric = accuracy(model, subset)
+    else:
+        metric = _agreement(model, loaded.model, subset.inputs)
+    return metric, (layer["bits"]["coded"] + 7) // 8, summary["size"]["file"], ""

@@ -1,0 +1,90 @@
+"""Per-layer sensitivity scans (issue 15, first part): each layer alone, the others untouched; sizes from the
+previewer; points cached per (weights, data, layer, settings) — a second scan measures nothing, a cancelled
+scan leaves only whole points; points a layer cannot take are kept with the reason."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from explorer.cli import main as cli_main
+from explorer.engine.errors import Cancelled, PlanError
+from explorer.engine.measure.metrics import accuracy
+from explorer.engine.model.loading import load_model
+from explorer.engine.plan import Plan
+from explorer.engine.sensitivity import scan
+
+
+@pytest.fixture()
+def cnn():
+    scan.CACHE.clear()
+    return load_model("digits-cnn")
+
+
+def test_each_layer_alone_with_its_bytes(cnn):
+    points = scan.sensitivity(cnn, layers="fc*", kinds=("sparsity",), limit=200)
+    assert {p.layer for p in points} == {"fc1", "fc2"} and len(points) == 2 * len(scan.SPARSITIES)
+    before = accuracy(cnn.model, cnn.eval_data.subset(200))
+    for name in ("fc1", "fc2"):
+        pts = [p for p in points if p.layer == name]
+        assert pts[0].value == 0 and pts[0].metric == before  # nothing pruned: the model as it is
+        sizes = [p.layer_bytes for p in pts]
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 5
+        assert all(p.file_bytes > p.layer_bytes for p in pts)
+
+
+def test_a_second_scan_measures_nothing(cnn, monkeypatch):
+    first = scan.sensitivity(cnn, layers="conv2", kinds=("bits",), limit=100)
+    calls = []
+    real = scan._measure
+    monkeypatch.setattr(scan, "_measure", lambda *a: calls.append(a) or real(*a))
+    again = scan.sensitivity(cnn, layers="conv2", kinds=("bits",), limit=100)
+    assert calls == [] and [p.to_dict() for p in again] == [p.to_dict() for p in first]
+    scan.sensitivity(cnn, layers="conv2", kinds=("bits",), limit=101)  # other data: measured again
+    assert len(calls) == len(scan.BITS)
+
+
+def test_a_cancelled_scan_leaves_only_whole_points(cnn, monkeypatch):
+    seen = []
+
+    def stop_after_three(fraction, message):
+        seen.append(message)
+        return len(seen) <= 3
+
+    with pytest.raises(Cancelled):
+        scan.sensitivity(cnn, layers="fc1", kinds=("sparsity",), limit=100, progress=stop_after_three)
+    assert len(scan.CACHE) == 3  # the three points measured before the stop, each whole
+    calls = []
+    real = scan._measure
+    monkeypatch.setattr(scan, "_measure", lambda *a: calls.append(a) or real(*a))
+    points = scan.sensitivity(cnn, layers="fc1", kinds=("sparsity",), limit=100)
+    assert len(calls) == len(scan.SPARSITIES) - 3 and all(p.metric is not None for p in points)
+
+
+def test_points_a_layer_cannot_take_are_kept_with_the_reason(cnn):
+    base = Plan.from_dict({"default": {"quantize": {"method": "uniform", "bits": 4}}})
+    points = scan.sensitivity(cnn, base, layers="fc2", kinds=("bits",), limit=50)
+    one = [p for p in points if p.value == 1][0]
+    assert one.metric is None and "bits must be >= 2" in one.note
+    assert all(p.metric is not None for p in points if p.value >= 2)
+    with pytest.raises(PlanError, match="no layer matches"):
+        scan.sensitivity(cnn, layers="nope*")
+    with pytest.raises(PlanError, match="unknown sensitivity kind"):
+        scan.sensitivity(cnn, kinds=("depth",))
+
+
+def test_the_cli_writes_csv_and_json(cnn, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert cli_main(["sensitivity", "digits-cnn", "--layers", "fc2", "--what", "sparsity,rank", "--limit", "60",
+                     "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy (%) against sparsity" in text and "accuracy (%) against params kept" in text
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(scan.SPARSITIES) + len(scan.RANKS) and rows[0]["layer"] == "fc2"
+    js = tmp_path / "s.json"
+    assert cli_main(["sensitivity", "digits-cnn", "--layers", "fc2", "--what", "bits", "--limit", "60",
+                     "-o", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["samples"] == 60 and len(data["points"]) == len(scan.BITS)
