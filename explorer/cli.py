@@ -329,6 +329,11 @@ def cmd_sensitivity(args) -> int:
         print(table(rows, ["layer"] + header, "l" + "r" * len(header)))
     if args.output:
         print(f"\nwrote {args.output} ({len(points)} points)")
+    if args.png:
+        from explorer.gui.qt_sensitivity_plot import render_png  # Qt only when a picture is asked for
+
+        render_png(points, args.png, metric, f"{loaded.source}: each layer alone ({data.name}, {n} samples)")
+        print(f"wrote {args.png}")
     return 0
 
 
@@ -476,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT,
                    help=f"evaluate on the first N samples (default {DEFAULT_LIMIT})")
     p.add_argument("-o", "--output", help="write the points: .json or .csv (written atomically)")
+    p.add_argument("--png", metavar="PLOT.png", help="draw them: one plot per kind, one curve per layer")
     p.set_defaults(func=cmd_sensitivity)
     p = sub.add_parser("info", help="summarise a compressed file: architecture, per-tensor encodings and bytes")
     p.add_argument("file")
