@@ -32,6 +32,7 @@ from explorer.engine.methods.quantize import QUANTIZERS, compare_inits
 from explorer.engine.model.export import export
 from explorer.engine.model.loading import load_model, parse_input_shape
 from explorer.engine.plan import Plan
+from explorer.engine.sensitivity.auto import auto_plan
 from explorer.engine.sensitivity.scan import DEFAULT_LIMIT, KINDS, sensitivity
 from explorer.engine.storage import fileformat
 from explorer.engine.storage.atomic import atomic_write_bytes
@@ -337,6 +338,36 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
+def cmd_auto(args) -> int:
+    loaded = _load(args)
+    bar = TextProgress("choosing")
+    try:
+        r = auto_plan(loaded, target_ratio=args.target_ratio, target_bytes=args.target_bytes, max_drop=args.max_drop,
+                      limit=args.limit, progress=bar)
+    finally:
+        bar.close()
+    r.plan.save(args.output)
+    out = {"model": loaded.source, "plan": args.output, "target_bytes": r.target_bytes, "file_bytes": r.file_bytes,
+           "dense_bytes": r.dense_bytes, "ratio": r.dense_bytes / r.file_bytes, "accuracy_before": r.accuracy_before,
+           "accuracy_after": r.accuracy_after, "met": r.met, "note": r.note,
+           "choices": {n: {"sparsity": c[0], "bits": c[1], "layer_bytes": c[2], "estimated_loss": c[3]}
+                       for n, c in r.choices.items()}}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [[n, f"{c[0]:.0%}", str(c[1]), f"{c[2]:,}", f"{100 * c[3]:.2f}"] for n, c in r.choices.items()]
+    print(table(rows, ["layer", "pruned", "bits", "bytes", "est. loss (pts)"], "lrrrr"))
+    print(f"\ntarget {r.target_bytes:,} bytes ({r.dense_bytes / r.target_bytes:.1f}x); this plan writes {r.file_bytes:,} "
+          f"bytes ({r.dense_bytes / r.file_bytes:.1f}x), measured")
+    if r.accuracy_after is not None:
+        print(f"accuracy ({loaded.eval_data.name}): {r.accuracy_before:.2%} -> {r.accuracy_after:.2%} measured; "
+              f"estimated loss {100 * r.predicted_loss:.2f} points")
+    if r.note:
+        print(r.note)
+    print(f"{'met' if r.met else 'not met'}; wrote {args.output}")
+    return 0
+
+
 def cmd_info(args) -> int:
     mf = fileformat.read(args.file)
     info = fileformat.summary(mf)
@@ -483,6 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the points: .json or .csv (written atomically)")
     p.add_argument("--png", metavar="PLOT.png", help="draw them: one plot per kind, one curve per layer")
     p.set_defaults(func=cmd_sensitivity)
+    p = sub.add_parser("auto", help="choose per-layer settings for a size target from the layers' sensitivity")
+    _add_model_args(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-ratio", type=float, help="the dense size over the file's, e.g. 30")
+    target.add_argument("--target-bytes", type=int, help="the file's size at most")
+    p.add_argument("--max-drop", type=float, help="accuracy points the plan may lose, measured")
+    p.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, help="evaluate on the first N samples")
+    p.add_argument("-o", "--output", required=True, help="the plan to write (JSON, written atomically)")
+    p.set_defaults(func=cmd_auto)
     p = sub.add_parser("info", help="summarise a compressed file: architecture, per-tensor encodings and bytes")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")

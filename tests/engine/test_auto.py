@@ -1,0 +1,56 @@
+"""Automatic allocation (issue 15): a size target met within one step of each layer's grid, the measured
+check with max_drop, the plan it writes measuring as reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from explorer.cli import main as cli_main
+from explorer.engine.errors import PlanError
+from explorer.engine.measure.metrics import accuracy
+from explorer.engine.measure.preview import Previewer
+from explorer.engine.model.loading import load_model
+from explorer.engine.plan import Plan
+from explorer.engine.sensitivity import auto, scan
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return load_model("digits-mlp")
+
+
+def test_a_size_target_is_met_within_one_step_of_each_layers_grid(mlp):
+    r = auto.auto_plan(mlp, target_bytes=30_000, limit=200)
+    assert r.file_bytes <= r.target_bytes == 30_000 and r.met
+    pv = Previewer(mlp)
+    assert pv.measure(r.plan)["size"]["file"] == r.file_bytes  # measured, as the file would be
+    points = scan.sensitivity(mlp, kinds=("sparsity", "bits"), limit=200, previewer=pv,
+                              sparsities=auto.AUTO_SPARSITIES)
+    cands = auto.candidates(pv, points)
+    chosen = {n: next(c for c in cands[n] if (c[2], c[3]) == r.choices[n][:2]) for n in cands}
+    total = sum(c[0] for c in chosen.values())
+    slack = r.target_bytes - r.file_bytes
+    for n, rows in cands.items():
+        bigger = [c for c in rows if c[0] > chosen[n][0]]  # the next step up the layer's (Pareto) grid
+        if bigger:
+            assert total - chosen[n][0] + bigger[0][0] > total + slack, n  # would not fit
+
+
+def test_with_max_drop_the_measured_drop_decides(mlp, tmp_path, capsys):
+    out = tmp_path / "auto.json"
+    assert cli_main(["auto", "digits-mlp", "--target-ratio", "40", "--max-drop", "1", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "not met" in text and "the closest this model allows" in text  # 40x is beyond it without retraining
+    plan = Plan.load(out)
+    data = mlp.eval_data
+    after = accuracy(Previewer(mlp).build(plan, count=False).model, data)
+    before = accuracy(mlp.model, data)
+    assert 100 * (before - after) <= 1.0
+    assert f"{before:.2%} -> {after:.2%} measured" in text
+
+
+def test_targets_are_checked(mlp):
+    with pytest.raises(PlanError, match="one size target"):
+        auto.auto_plan(mlp)
+    with pytest.raises(PlanError, match="above 1"):
+        auto.auto_plan(mlp, target_ratio=0.5)
