@@ -307,3 +307,14 @@ def test_ctrl_c_writes_the_best_model_so_far_and_says_so(tmp_path):
     record = json.loads((tmp_path / "ft.cexp.finetune.json").read_text())
     assert record["cancelled"] and record["file_bytes"] == os.path.getsize(out)
     assert cli_main(["evaluate", str(out)]) == 0
+
+
+def test_a_training_data_factory_is_called_once(tmp_path, monkeypatch):
+    (tmp_path / "ft_factory.py").write_text(
+        "import torch\nCALLS = []\n"
+        "def arrays():\n    CALLS.append(1)\n    return torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = load_train_data("ft_factory:arrays")
+    import ft_factory
+
+    assert len(data) == 40 and ft_factory.CALLS == [1]

@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 import torch
 
 from explorer.engine.errors import LoadError
-from explorer.engine.model.data import MAX_EVAL_BYTES, EvalData, digits_split, load_eval_data
+from explorer.engine.model.data import MAX_EVAL_BYTES, EvalData, digits_split, eval_data_from_output, load_eval_data
 from explorer.engine.model.factories import is_factory_ref, resolve_factory
 
 _RANGE = re.compile(r"^(?P<src>.+)@(?P<start>\d*):(?P<stop>\d*)$")
@@ -124,7 +124,10 @@ def _from_factory(ref: str, limit: Optional[int]) -> TrainData:
     if isinstance(out, torch.utils.data.Dataset) and hasattr(out, "__len__"):
         data = _from_dataset(out, ref)
         return TrainData(ref, data if limit is None else data.subset(limit))
-    return TrainData(ref, load_eval_data(ref, limit))  # EvalData or arrays, as eval-data factories return
+    try:  # EvalData or arrays, as eval-data factories return: converted as they are, the factory not called again
+        return TrainData(ref, eval_data_from_output(out, ref, limit))
+    except LoadError as exc:
+        raise LoadError(f"training data {ref!r}: {exc}") from None
 
 
 def load_train_data(spec: str, limit: Optional[int] = None) -> TrainData:

@@ -685,6 +685,12 @@ def eval_data_from_factory(ref: str, limit: Optional[int] = None) -> EvalData:
         out = fn()
     except Exception as exc:
         raise LoadError(f"factory failed: {type(exc).__name__}: {exc}") from None
+    return eval_data_from_output(out, ref, limit)
+
+
+def eval_data_from_output(out, ref: str, limit: Optional[int] = None) -> EvalData:
+    """What a data factory ``ref`` returned, as :class:`EvalData` (see :func:`eval_data_from_factory`)."""
+    limit = _check_limit(limit)
     if isinstance(out, EvalData):
         return out if limit is None or limit >= len(out) else out.subset(limit)
     if isinstance(out, dict):
