@@ -19,6 +19,7 @@ import torch
 from explorer import __version__
 from explorer.engine.compress import compress
 from explorer.engine.errors import ExplorerError
+from explorer.engine.executor import make_executor
 from explorer.engine.finetune.data import load_train_data
 from explorer.engine.finetune.recipe import check_recipe, parse_distill, parse_schedule
 from explorer.engine.finetune.trainer import finetune
@@ -302,7 +303,9 @@ def cmd_sensitivity(args) -> int:
     kinds = [k.strip() for k in args.what.split(",") if k.strip()]
     bar = TextProgress("scanning")
     try:
-        points = sensitivity(loaded, base, layers=args.layers, kinds=kinds, limit=args.limit, progress=bar)
+        with make_executor(args.ray) as ex:
+            points = sensitivity(loaded, base, layers=args.layers, kinds=kinds, limit=args.limit, progress=bar,
+                                 executor=ex)
     finally:
         bar.close()
     data = loaded.eval_data
@@ -342,23 +345,34 @@ def cmd_auto(args) -> int:
     loaded = _load(args)
     bar = TextProgress("choosing")
     try:
-        r = auto_plan(loaded, target_ratio=args.target_ratio, target_bytes=args.target_bytes, max_drop=args.max_drop,
-                      limit=args.limit, progress=bar)
+        with make_executor(args.ray) as ex:
+            r = auto_plan(loaded, target_ratio=args.target_ratio, target_bytes=args.target_bytes,
+                          target_macs=args.target_macs, max_drop=args.max_drop, limit=args.limit, progress=bar,
+                          executor=ex)
     finally:
         bar.close()
     r.plan.save(args.output)
-    out = {"model": loaded.source, "plan": args.output, "target_bytes": r.target_bytes, "file_bytes": r.file_bytes,
-           "dense_bytes": r.dense_bytes, "ratio": r.dense_bytes / r.file_bytes, "accuracy_before": r.accuracy_before,
+    cost = "layer_bytes" if r.cost == "bytes" else "layer_macs"
+    out = {"model": loaded.source, "plan": args.output, "target_bytes": r.target_bytes, "target_macs": r.target_macs,
+           "file_bytes": r.file_bytes, "dense_bytes": r.dense_bytes, "ratio": r.dense_bytes / r.file_bytes,
+           "macs": r.macs, "dense_macs": r.dense_macs, "accuracy_before": r.accuracy_before,
            "accuracy_after": r.accuracy_after, "met": r.met, "note": r.note,
-           "choices": {n: {"sparsity": c[0], "bits": c[1], "layer_bytes": c[2], "estimated_loss": c[3]}
+           "choices": {n: {"sparsity": c[0], "bits": c[1], cost: c[2], "estimated_loss": c[3]}
                        for n, c in r.choices.items()}}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     rows = [[n, f"{c[0]:.0%}", str(c[1]), f"{c[2]:,}", f"{100 * c[3]:.2f}"] for n, c in r.choices.items()]
-    print(table(rows, ["layer", "pruned", "bits", "bytes", "est. loss (pts)"], "lrrrr"))
-    print(f"\ntarget {r.target_bytes:,} bytes ({r.dense_bytes / r.target_bytes:.1f}x); this plan writes {r.file_bytes:,} "
-          f"bytes ({r.dense_bytes / r.file_bytes:.1f}x), measured")
+    print(table(rows, ["layer", "pruned", "bits", "bytes" if r.cost == "bytes" else "MACs", "est. loss (pts)"],
+                "lrrrr"))
+    if r.target_bytes is not None:
+        print(f"\ntarget {r.target_bytes:,} bytes ({r.dense_bytes / r.target_bytes:.1f}x); ", end="")
+    elif r.target_macs is not None:
+        print(f"\ntarget {r.target_macs:,} effective MACs (of {r.dense_macs:,}); ", end="")
+    else:
+        print(f"\ntarget: at most {args.max_drop:g} points lost, the smallest plan found; ", end="")
+    print(f"this plan writes {r.file_bytes:,} bytes ({r.dense_bytes / r.file_bytes:.1f}x)"
+          + (f", {r.macs:,} effective MACs" if r.macs is not None else "") + ", measured")
     if r.accuracy_after is not None:
         print(f"accuracy ({loaded.eval_data.name}): {r.accuracy_before:.2%} -> {r.accuracy_after:.2%} measured; "
               f"estimated loss {100 * r.predicted_loss:.2f} points")
@@ -429,6 +443,13 @@ def _bits(text: str) -> int:
     if value > 8:
         raise argparse.ArgumentTypeError(f"bits must be 1 to 8, got {value}")
     return value
+
+
+def _add_ray_arg(p) -> None:
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="measure the points on Ray: alone, a local runtime on this machine's cores; with an address "
+                   "(HOST:PORT, 'auto' or ray://HOST:10001), an existing cluster (needs the extra: "
+                   "pip install 'compression-explorer[ray]')")
 
 
 def _add_model_args(p) -> None:
@@ -513,13 +534,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"evaluate on the first N samples (default {DEFAULT_LIMIT})")
     p.add_argument("-o", "--output", help="write the points: .json or .csv (written atomically)")
     p.add_argument("--png", metavar="PLOT.png", help="draw them: one plot per kind, one curve per layer")
+    _add_ray_arg(p)
     p.set_defaults(func=cmd_sensitivity)
     p = sub.add_parser("auto", help="choose per-layer settings for a size target from the layers' sensitivity")
     _add_model_args(p)
-    target = p.add_mutually_exclusive_group(required=True)
+    target = p.add_mutually_exclusive_group()
     target.add_argument("--target-ratio", type=float, help="the dense size over the file's, e.g. 30")
     target.add_argument("--target-bytes", type=int, help="the file's size at most")
-    p.add_argument("--max-drop", type=float, help="accuracy points the plan may lose, measured")
+    target.add_argument("--target-macs", type=int, help="effective multiply-accumulates (nonzero weights') at most")
+    p.add_argument("--max-drop", type=float, help="accuracy points the plan may lose, measured; alone: the smallest "
+                   "plan found within it")
+    _add_ray_arg(p)
     p.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, help="evaluate on the first N samples")
     p.add_argument("-o", "--output", required=True, help="the plan to write (JSON, written atomically)")
     p.set_defaults(func=cmd_auto)

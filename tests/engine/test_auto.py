@@ -50,7 +50,41 @@ def test_with_max_drop_the_measured_drop_decides(mlp, tmp_path, capsys):
 
 
 def test_targets_are_checked(mlp):
-    with pytest.raises(PlanError, match="one size target"):
+    with pytest.raises(PlanError, match="one target"):
         auto.auto_plan(mlp)
     with pytest.raises(PlanError, match="above 1"):
         auto.auto_plan(mlp, target_ratio=0.5)
+
+
+def test_a_macs_target_is_met_as_measured(mlp):
+    r = auto.auto_plan(mlp, target_macs=40_000, limit=200)
+    assert r.cost == "macs" and r.target_macs == 40_000 and r.target_bytes is None
+    summary = Previewer(mlp).measure(r.plan)
+    assert r.macs == summary["macs"]["effective"] <= 40_000 < r.dense_macs and r.met
+    assert r.file_bytes == summary["size"]["file"]
+    assert sum(c[2] for c in r.choices.values()) <= 40_000  # the layers' MACs, the knapsack's cost
+
+
+def test_a_drop_alone_gives_a_small_plan_within_it(mlp):
+    r = auto.auto_plan(mlp, max_drop=0.5, limit=200)
+    assert r.met and r.target_bytes is None and r.file_bytes < r.dense_bytes / 5
+    assert 100 * (r.accuracy_before - r.accuracy_after) <= 0.5
+    sub = mlp.eval_data.subset(200)
+    assert accuracy(Previewer(mlp).build(r.plan, count=False).model, sub) == r.accuracy_after
+
+
+def test_absurd_targets_are_refused(mlp):
+    for kw, match in (({"target_bytes": 0}, "positive"), ({"target_macs": -5}, "positive"),
+                      ({"max_drop": -1}, "0 or more"), ({"target_ratio": 10, "target_bytes": 5}, "one target")):
+        with pytest.raises(PlanError, match=match):
+            auto.auto_plan(mlp, **kw)
+
+
+def test_a_second_search_measures_no_candidate_again(mlp, monkeypatch):
+    pv = Previewer(mlp)
+    points = scan.sensitivity(mlp, kinds=("sparsity", "bits"), limit=200, previewer=pv, sparsities=(0.0, 0.5),
+                              bits=(4, 8))
+    first = auto.candidates(pv, points, method="linear")
+    calls = []
+    monkeypatch.setattr(auto, "candidate_cost", lambda *a: calls.append(a))
+    assert auto.candidates(Previewer(mlp), points, method="linear") == first and calls == []

@@ -13,13 +13,14 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import torch
 
 from explorer.engine.cache import Recent
 from explorer.engine.errors import Cancelled, ExplorerError, PlanError
+from explorer.engine.executor import InProcess, Workload
 from explorer.engine.measure.metrics import accuracy
 from explorer.engine.measure.preview import Previewer
 from explorer.engine.plan import LayerSettings, Plan
@@ -48,7 +49,7 @@ class Point:
         return asdict(self)
 
 
-def _fingerprint_model(model) -> str:
+def fingerprint_model(model) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, t in model.state_dict().items():
         h.update(name.encode())
@@ -85,11 +86,13 @@ def _agreement(model, reference, inputs) -> float:
 
 def sensitivity(loaded, base: Optional[Plan] = None, layers: Optional[str] = None, kinds=KINDS,
                 limit: int = DEFAULT_LIMIT, progress: ProgressFn = None, previewer: Optional[Previewer] = None,
-                sparsities=SPARSITIES, bits=BITS, ranks=RANKS) -> list:
+                sparsities=SPARSITIES, bits=BITS, ranks=RANKS, executor=None) -> list:
     """Scan every layer matching the glob ``layers`` (all by default) over ``kinds``; a list of :class:`Point`.
 
     ``base``: the plan the other layers keep and whose settings of the scanned layer give its granularity and
-    quantization method (default: nothing compressed). Raises :class:`Cancelled` when ``progress`` says stop.
+    quantization method (default: nothing compressed). ``executor``: where the points not in the cache are
+    measured (:mod:`explorer.engine.executor`; in this process by default). Raises :class:`Cancelled` when
+    ``progress`` says stop; the points measured whole until then stay cached.
     """
     data = loaded.eval_data
     if data is None or not len(data):
@@ -103,35 +106,69 @@ def sensitivity(loaded, base: Optional[Plan] = None, layers: Optional[str] = Non
     if not names:
         raise PlanError(f"no layer matches {layers!r} (layers: {', '.join(pv.names)})")
     subset = data if limit is None or limit >= len(data) else data.subset(int(limit))
-    key0 = (_fingerprint_model(loaded.model), _fingerprint_data(subset))
+    key0 = (fingerprint_model(loaded.model), _fingerprint_data(subset), base.to_json())
     grid = {"sparsity": sparsities, "bits": bits, "rank": ranks}
-    jobs = [(n, k, v) for n in names for k in kinds for v in grid[k]]
-    out = []
-    for i, (name, kind, value) in enumerate(jobs):
-        report(progress, i / max(len(jobs), 1), f"{name}: {kind} {value:g}")
-        settings = _patch(kind, value, base.settings_for(name))
-        key = key0 + (name, json.dumps(settings, sort_keys=True), base.to_json())  # the others as the base has them
-        hit = CACHE.get(key)
-        if hit is None:
-            try:
-                hit = _measure(pv, loaded, base.merged([name], settings), name, subset)
-            except Cancelled:  # (an ExplorerError too): nothing of this point is kept
-                raise
-            except ExplorerError as exc:  # a point this layer cannot take: kept, with the reason
-                hit = (None, None, None, str(exc))
-            CACHE.put(key, hit)
-        metric, layer_bytes, file_bytes, note = hit
-        out.append(Point(name, kind, float(value), settings, metric, layer_bytes, file_bytes, note))
+    jobs = []  # (layer, kind, value, the layer's settings there)
+    for name in names:
+        for kind in kinds:
+            jobs += [(name, kind, v, _patch(kind, v, base.settings_for(name))) for v in grid[kind]]
+    keys = [key0 + (n, json.dumps(st, sort_keys=True)) for n, _, _, st in jobs]  # the others as the base has them
+    hits = [CACHE.get(k) for k in keys]
+    todo = [i for i, h in enumerate(hits) if h is None]
+    work = Workload(setup=scan_setup, task=scan_point, state=ScanState(pv, loaded.model, subset, base),
+                    payload=ScanPayload(shippable(loaded), subset, base), label=lambda j: f"{j[0]}: {j[1]} {j[2]:g}",
+                    key="scan:" + json.dumps(key0))
+    if todo:
+        for i, hit in (executor or InProcess()).map(work, [jobs[i] for i in todo], progress):
+            hits[todo[i]] = hit
+            CACHE.put(keys[todo[i]], hit)  # whole points only: a cancelled scan keeps what it finished
     report(progress, 1.0, "done")
-    return out
+    return [Point(n, k, float(v), st, *hit) for (n, k, v, st), hit in zip(jobs, hits)]
 
 
-def _measure(pv: Previewer, loaded, plan: Plan, name: str, subset) -> tuple:
+@dataclass
+class ScanPayload:
+    """What a worker needs for a scan: the model (without its data), the subset and the base plan."""
+
+    loaded: object
+    subset: object
+    base: Plan
+
+
+@dataclass
+class ScanState:
+    previewer: Previewer
+    reference: object  # the uncompressed model, for agreement on data without labels
+    subset: object
+    base: Plan
+
+
+def shippable(loaded):
+    """``loaded`` without its evaluation data (a worker gets only the subset it measures on)."""
+    return replace(loaded, eval_data=None)
+
+
+def scan_setup(payload: ScanPayload) -> ScanState:
+    return ScanState(Previewer(payload.loaded), payload.loaded.model, payload.subset, payload.base)
+
+
+def scan_point(state: ScanState, job: tuple) -> tuple:
+    """One point: (metric, layer bytes, file bytes, note); a setting the layer cannot take gives the reason."""
+    name, _, _, settings = job
+    try:
+        return _measure(state.previewer, state.reference, state.base.merged([name], settings), name, state.subset)
+    except Cancelled:  # (an ExplorerError too): nothing of this point is kept
+        raise
+    except ExplorerError as exc:  # a point this layer cannot take: kept, with the reason
+        return None, None, None, str(exc)
+
+
+def _measure(pv: Previewer, reference, plan: Plan, name: str, subset) -> tuple:
     summary = pv.measure(plan)
     layer = next(l for l in summary["layers"] if l["name"] == name)
     model = pv.build(plan, count=False).model
     if subset.labels is not None:
         metric = accuracy(model, subset)
     else:
-        metric = _agreement(model, loaded.model, subset.inputs)
+        metric = _agreement(model, reference, subset.inputs)
     return metric, (layer["bits"]["coded"] + 7) // 8, summary["size"]["file"], ""
