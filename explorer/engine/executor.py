@@ -111,7 +111,11 @@ class RayExecutor:
             try:
                 ray.init(**kwargs)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise ExplorerError(f"cannot start or join Ray ({address or 'local'}): {exc}") from exc
+                hint = ("" if address is None or os.environ.get("RAY_AUTH_MODE") else
+                        " (a cluster with token authentication, Ray's default since 2.59 for one started by "
+                        "'ray start', also needs RAY_AUTH_MODE=token here, and its token in ~/.ray/auth_token or "
+                        "RAY_AUTH_TOKEN)")
+                raise ExplorerError(f"cannot start or join Ray ({address or 'local'}): {exc}{hint}") from exc
 
     @property
     def workers(self) -> int:
