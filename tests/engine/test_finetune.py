@@ -318,3 +318,16 @@ def test_a_training_data_factory_is_called_once(tmp_path, monkeypatch):
     import ft_factory
 
     assert len(data) == 40 and ft_factory.CALLS == [1]
+
+
+def test_agreement_scoring_runs_the_teacher_on_the_validation_data_once(digits):
+    loaded = load_model("digits-cnn")  # its own: a hook goes on it (and on the teacher, its copy)
+    calls = {}  # model (the teacher, the student: copies, the hook with them) -> its passes over the 37 samples
+    loaded.model.register_forward_hook(
+        lambda m, inp, out: calls.__setitem__(id(m), calls.get(id(m), 0) + (int(inp[0].shape[0]) == 37)))
+    train = TrainData("unlabelled", EvalData(digits.data.inputs[:48], None, "48"))
+    val = TrainData("unlabelled val", EvalData(digits.data.inputs[48:85], None, "37"))
+    r = finetune(loaded, Plan.from_dict(DC), train, val, {"epochs": 3, "batch_size": 16})
+    assert r.metric == "agreement" and all(e.val is not None for e in r.history)
+    # the student scored before training and after each of 3 epochs, against one pass of the teacher
+    assert sorted(c for c in calls.values() if c) == [1, 4]

@@ -110,6 +110,7 @@ class _Run:
         if self.distill is not None or self.metric == "agreement":
             self.teacher = copy.deepcopy(loaded.model).eval()
             self.teacher.requires_grad_(False)
+        self.references: list = []  # agreement: the teacher's predictions of each validation batch
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.total = max(recipe.total_epochs(), 1)
         self.epoch = 0
@@ -171,16 +172,24 @@ class _Run:
         right = seen = 0
         try:
             with torch.no_grad():
-                for x, y in self._val_batches():
+                for i, (x, y) in enumerate(self._val_batches()):
                     pred = model(x).argmax(dim=1)
-                    ref = y if self.metric == "accuracy" else self.teacher(x).argmax(dim=1)
-                    right += int((pred == ref).sum())
+                    right += int((pred == (y if self.metric == "accuracy" else self._reference(i, x))).sum())
                     seen += int(x.shape[0])
         finally:
             model.train(was)
             for c in constraints:
                 c.trained_values()
         return right / seen if seen else None
+
+    def _reference(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The uncompressed model's predictions of validation batch ``i``: computed once, on the first epoch's
+        scoring, where the batches are the same every epoch (tensors; a loader's own order may change)."""
+        if self.val.loader is not None:
+            return self.teacher(x).argmax(dim=1)
+        if i == len(self.references):
+            self.references.append(self.teacher(x).argmax(dim=1))
+        return self.references[i]
 
     def _val_batches(self):
         if self.val.data is not None:
