@@ -276,9 +276,9 @@ class AutoRun:
         session.set_plan(r.plan)
         d.say(text + " It fills the plan now (Edit → Undo restores the previous one); the preview measures it "
               "on the whole eval data.")
-        win.statusBar().showMessage(f"auto: the plan is filled, {ratio:.1f}× smaller ({r.file_bytes:,} bytes"
-                                    + (f", {r.accuracy_after:.2%} on {self._limit:,} samples" if
-                                       r.accuracy_after is not None else "") + "); Edit → Undo restores the last")
+        acc = f", {r.accuracy_after:.2%} on {self._limit:,} samples" if r.accuracy_after is not None else ""
+        win.statusBar().showMessage(f"auto: the plan is filled, {ratio:.1f}× smaller ({r.file_bytes:,} bytes{acc}); "
+                                    "Edit → Undo restores the previous plan")
 
     def _failed(self, gen: int, message: str) -> None:
         if gen != self.generation:

@@ -9,7 +9,7 @@ so. Every number is one the window measured; the front is :func:`~explorer.engin
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
@@ -49,6 +49,10 @@ class BytesAxis(pg.AxisItem):
 
 def _percent(metric: str) -> float:
     return 100.0 if metric == "accuracy" else 1.0
+
+
+def _quality(point) -> str:
+    return f"{100 * point.quality:.2f}%" if point.metric == "accuracy" else f"cosine {point.quality:.4f}"
 
 
 class CompareView(QWidget):
@@ -173,8 +177,7 @@ class CompareView(QWidget):
             combo.blockSignals(True)
             combo.clear()
             for p in reversed(points):
-                q = f"{100 * p.quality:.2f}%" if p.metric == "accuracy" else f"cosine {p.quality:.4f}"
-                combo.addItem(f"{p.title} — {human_bytes(p.file_bytes)}, {q}", p.key)
+                combo.addItem(f"{p.title} — {human_bytes(p.file_bytes)}, {_quality(p)}", p.key)
             if chosen[side] is not None:
                 combo.setCurrentIndex(combo.findData(chosen[side].key))
             combo.blockSignals(False)
@@ -202,9 +205,8 @@ class CompareView(QWidget):
         for name in names:
             nbytes = point.layer_bytes.get(name)
             rows.append(settings_cells(point.plan.settings_for(name)) + (NONE if nbytes is None else f"{nbytes:,}",))
-        q = f"{100 * point.quality:.2f}%" if point.metric == "accuracy" else f"cosine {point.quality:.4f}"
         rows.append(("", "", "", f"{point.file_bytes:,}"))
-        rows.append(("", "", "", q))
+        rows.append(("", "", "", _quality(point)))
         return rows
 
     def _set(self, row: int, column: int, text: str, bold: bool = False, right: bool = False) -> None:
@@ -229,7 +231,8 @@ class CompareView(QWidget):
         if point is not None:
             self.restore(point)
 
-    def restore(self, point) -> Optional[bool]:
+    def restore(self, point) -> bool:
+        """Make ``point``'s plan (or fine-tuned model) current; False when only its plan could be."""
         restored = self.session.restore_measured(point)
         if restored:
             self.say(f"{point.title} is the current plan again ({point.file_bytes:,} bytes measured); Edit → Undo "
