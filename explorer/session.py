@@ -1,14 +1,15 @@
 """The Qt-free state of one exploration: the loaded model and its previewer, its layer table, the plan
 with undo/redo, the selection, the latest measured results (sizes, accuracy, the runnable compressed
-model), a fine-tuned model standing for the plan, and each looked-at layer's sorted magnitudes (what turns
-a threshold into a sparsity). Views listen through plain callbacks; nothing here starts threads or imports
-Qt.
+model), a fine-tuned model standing for the plan, every plan measured so far (:class:`MeasuredPlans`, what
+the Compare tab draws) and each looked-at layer's sorted magnitudes (what turns a threshold into a
+sparsity). Views listen through plain callbacks; nothing here starts threads or imports Qt.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass
+import json
+from collections import OrderedDict, deque
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -21,6 +22,10 @@ from explorer.engine.plan import LayerSettings, Plan
 
 Listener = Callable[..., None]
 UNDO_LIMIT = 1000  # undo steps kept; beyond it the oldest is dropped
+MEASURED_LIMIT = 200  # distinct measured plans kept (the Compare tab); beyond it the least recently measured goes
+FINETUNED_KEPT = 8  # fine-tuned points that keep their trained model (to restore it); older ones keep the plan
+ORIGINS = ("hand", "auto", "fine-tuned")
+LABEL_CHARS = 28  # of a plan's description, in its point's label
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,129 @@ class Finetuned:
         return f"fine-tuned model ({n} epoch{'s' if n != 1 else ''}{stopped}; best: {best}{val})"
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One plan as the window measured it: the file's bytes and each layer's as the preview counted them, and
+    the accuracy (or, for eval data without labels, the cosine fidelity) measured on the eval data. ``origin``
+    says where the plan came from (:data:`ORIGINS`); a fine-tuned point is the trained model, not the plan on
+    the original weights, and holds that model while it is among the last :data:`FINETUNED_KEPT`."""
+
+    key: str  # the plan's JSON (a fine-tuned model's: marked as such)
+    number: int  # in the order first measured, from 1
+    plan: Plan
+    origin: str
+    label: str  # short, e.g. "auto 8.0×" (:attr:`title` numbers it)
+    file_bytes: int
+    quality: float  # accuracy in [0, 1], or cosine fidelity
+    metric: str  # "accuracy" or "fidelity"
+    data: str  # what it was measured on
+    layer_bytes: dict  # layer -> its weights as coded (bytes)
+    finetuned: Optional[Finetuned] = None
+
+    @property
+    def title(self) -> str:
+        return f"#{self.number} {self.label}"
+
+
+class MeasuredPlans:
+    """Every distinct plan measured since the model (or its eval data) was opened: one point a plan, by its
+    JSON (measured again, it is updated and becomes the most recent), at most ``limit`` of them (the least
+    recently measured goes first). Where a plan came from is said before it is measured (:meth:`expect`) or
+    kept from its earlier measurement; otherwise it was made by hand."""
+
+    def __init__(self, limit: int = MEASURED_LIMIT, kept: int = FINETUNED_KEPT):
+        self.limit, self.kept = limit, kept
+        self._points: OrderedDict = OrderedDict()  # key -> Measured, least recently measured first
+        self._expected: OrderedDict = OrderedDict()  # key -> (origin, label) of a plan about to be measured
+        self._count = 0
+
+    @staticmethod
+    def key(plan: Plan, finetuned: Optional[Finetuned] = None) -> str:
+        return json.dumps(plan.to_dict(), sort_keys=True) + (" fine-tuned" if finetuned is not None else "")
+
+    @property
+    def points(self) -> list:
+        """The points in the order first measured."""
+        return sorted(self._points.values(), key=lambda p: p.number)
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def get(self, key: str) -> Optional[Measured]:
+        return self._points.get(key)
+
+    def clear(self) -> None:
+        self._points.clear()
+        self._expected.clear()
+        self._count = 0
+
+    def expect(self, plan: Plan, origin: str, label: str = "") -> None:
+        """``plan``, when it is next measured, came from ``origin`` (e.g. "auto"), with ``label``."""
+        if origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
+        self._expected[self.key(plan)] = (origin, label)
+        while len(self._expected) > self.limit:
+            self._expected.popitem(last=False)
+
+    def record(self, plan: Plan, results: Optional[dict], quality: Optional[dict],
+               finetuned: Optional[Finetuned] = None) -> Optional[Measured]:
+        """Keep ``plan`` as ``results`` (the preview's sizes) and ``quality`` (its measured accuracy) say; the
+        point, or None when there is nothing to plot (no sizes, no accuracy)."""
+        size = (results or {}).get("size") or {}
+        file_bytes = size.get("file") or size.get("coded")
+        if file_bytes is None or not quality:
+            return None
+        if "after" in quality:
+            value, metric = quality["after"], "accuracy"
+        elif "cosine" in quality:
+            value, metric = quality["cosine"], "fidelity"
+        else:
+            return None
+        key = self.key(plan, finetuned)
+        old = self._points.pop(key, None)
+        origin, label = self._expected.pop(key, (None, ""))
+        if finetuned is not None:
+            origin, label = "fine-tuned", label or f"fine-tuned ({len(finetuned.result.history)} epochs)"
+        elif origin is None and old is not None:
+            origin, label = old.origin, old.label
+        elif origin is None:
+            origin, label = "hand", _describe(plan)
+        if old is not None:
+            number = old.number
+        else:
+            self._count += 1
+            number = self._count
+        layers = {layer["name"]: (layer["bits"]["coded"] + 7) // 8 for layer in results.get("layers", [])}
+        point = Measured(key, number, plan, origin, label, file_bytes,
+                         float(value), metric, quality.get("data", ""), layers, finetuned)
+        self._points[key] = point
+        while len(self._points) > self.limit:
+            self._points.popitem(last=False)
+        self._forget_old_models()
+        return point
+
+    def _forget_old_models(self) -> None:
+        """Only the last :data:`FINETUNED_KEPT` fine-tuned points hold their trained model."""
+        holding = [k for k, p in self._points.items() if p.finetuned is not None]
+        for k in holding[: max(len(holding) - self.kept, 0)]:
+            self._points[k] = replace(self._points[k], finetuned=None)
+
+
+def _describe(plan: Plan) -> str:
+    if plan.default.is_empty and not plan.layers:
+        return "no compression"
+    text = plan.description.strip() or "by hand"
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1].rstrip() + "…"
+
+
 class Session:
     """One model being explored.
 
     Events (subscribe with :meth:`on`): ``model`` (a new model was loaded), ``plan`` (the plan changed, or
     the fine-tuned model standing for it came or went), ``selection`` (the selected layers changed),
     ``results`` (a measurement arrived), ``finetuned`` (a fine-tuned model became current, or was set aside:
-    :attr:`finetuned` says which).
+    :attr:`finetuned` says which), ``measured`` (a point of :attr:`measured` came or changed, with it as the
+    argument; None when they were cleared).
 
     Undo keeps the last :data:`UNDO_LIMIT` states (a plan, with the fine-tuned model that stood for it, if
     any; older ones are dropped); redo keeps what was undone until the next edit.
@@ -77,6 +198,8 @@ class Session:
         self.compressed_model = None  # the runnable model of the plan whose accuracy was measured last
         self.finetuned: Optional[Finetuned] = None  # the fine-tuned model standing for the plan, if any
         self.magnitudes: dict = {}  # layer -> its |w| sorted (to turn a dragged threshold into a sparsity)
+        self.measured = MeasuredPlans()  # every plan measured (sizes and accuracy), for the Compare tab
+        self._results_of: Optional[Plan] = None  # the plan whose sizes self.results are
         self._undo: deque = deque(maxlen=UNDO_LIMIT)  # appending beyond the limit drops the oldest
         self._redo: list = []
         self._listeners: dict = {}
@@ -99,12 +222,14 @@ class Session:
         self.results = self.accuracy = self.accuracy_before = self.compressed_model = None
         self.finetuned = None
         self.magnitudes = {}
+        self.measured.clear()
         # start on the largest layer: the one whose histogram and centroids say the most
         largest = max(info.layers, key=lambda layer: layer.weight_params, default=None)
         self.selection = [largest.name] if largest is not None else []
         self.emit("model")
         self.emit("plan")
         self.emit("selection")
+        self.emit("measured", None)
 
     @property
     def layer_names(self) -> list:
@@ -143,6 +268,7 @@ class Session:
         if finetuned is not None:
             self.results, self.accuracy = finetuned.summary, finetuned.quality
             self.compressed_model = finetuned.compressed.model
+            self._results_of = None
         elif changed:
             self.compressed_model = None  # the fine-tuned model's: the plan's own is measured next
         if changed:
@@ -150,6 +276,7 @@ class Session:
         self.emit("plan")
         if finetuned is not None:
             self.emit("results")
+            self._record(plan, finetuned.summary, finetuned.quality, finetuned)
 
     def update_layers(self, names, patch: dict) -> None:
         """Merge ``patch`` (sections -> fields, ``None`` turns a section off) into each named layer's own
@@ -185,7 +312,9 @@ class Session:
         return self.selection[0] if self.selection else None
 
     def set_results(self, results: dict) -> None:
+        """The current plan's sizes and MACs, as the preview measured them."""
         self.results = results
+        self._results_of = self.plan
         self.emit("results")
 
     def set_accuracy(self, accuracy: Optional[dict], model=None) -> None:
@@ -196,11 +325,37 @@ class Session:
         if accuracy is not None and "before" in accuracy:
             self.accuracy_before = accuracy["before"]
         self.emit("results")
+        if self.finetuned is None and self._results_of is self.plan:  # the plan's sizes and its accuracy
+            self._record(self.plan, self.results, accuracy)
+
+    def _record(self, plan: Plan, results, quality, finetuned: Optional[Finetuned] = None) -> None:
+        point = self.measured.record(plan, results, quality, finetuned)
+        if point is not None:
+            self.emit("measured", point)
+
+    @property
+    def current_key(self) -> str:
+        """The key (:meth:`MeasuredPlans.key`) the current plan, or fine-tuned model, is measured under."""
+        return self.measured.key(self.plan, self.finetuned)
+
+    def restore_measured(self, point: Measured) -> bool:
+        """Make a measured plan current again, as one undo step (nothing changes if it is current). A
+        fine-tuned point brings its trained model back while it holds it (see :data:`FINETUNED_KEPT`); False
+        when only its plan could be restored (then measured again on the original weights)."""
+        restored = point.origin != "fine-tuned" or point.finetuned is not None
+        if self.measured.key(point.plan, point.finetuned) == self.current_key:
+            return restored
+        self._undo.append(self._state())
+        self._redo.clear()
+        self._restore((point.plan, point.finetuned))
+        return restored
 
     def set_eval_data(self, data) -> None:
         """New eval data for the loaded model: accuracy is measured on it from now on (before included)."""
         self.loaded.eval_data = data
         self.accuracy_before = None
+        self.measured.clear()  # measured on other data: not comparable
+        self.emit("measured", None)
 
     # -- thresholds and sparsities of the current layer (element pruning)
     def sorted_magnitudes(self, name: Optional[str] = None) -> Optional[np.ndarray]:

@@ -1,4 +1,9 @@
-"""Start the window: ``compression-explorer gui [MODEL] [--plan P] [--screenshot PNG]``."""
+"""Start the window: ``compression-explorer gui [MODEL] [--plan P] [--tab T] [--screenshot PNG]``.
+
+``--tab compare --screenshot``: the Compare tab needs plans measured in the session to show; before the
+``--plan`` is loaded the window measures, as a user would, the model with no compression, each of the
+sample's example plans, two Plan → Auto… searches and (for a sample) its Deep Compression plan fine-tuned for
+two epochs: every point is one the window measured (:func:`compare_steps`)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import PySide6
 from PySide6.QtCore import QSettings, QTimer, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication
 
+from explorer.engine.plan import Plan
+from explorer.engine.samples import SAMPLES_DIR, sample_names
 from explorer.gui.main_window import MainWindow
 
 # what Qt's X11 plugin links against that a desktop may lack (Qt's "X11 requirements"), by Debian name
@@ -73,6 +80,32 @@ def _quiet_offscreen(mode, context, message: str) -> None:
         print(message, file=sys.stderr)
 
 
+COMPARE_AUTO_RATIOS = (12.0, 30.0)  # the searches --tab compare runs (validation on COMPARE_LIMIT samples)
+COMPARE_LIMIT = 200
+
+
+def compare_steps(win, model: str, plan: Optional[str]) -> list:
+    """What the window does, one step each time it is idle, before a screenshot of the Compare tab: plans
+    measured by hand (no compression, the sample's example plans but ``plan``), searched and fine-tuned."""
+    names = sorted(SAMPLES_DIR.glob(f"{model}.*plan.json")) if model in sample_names() else []
+    given = os.path.abspath(plan) if plan else None
+    steps = [lambda: win.session.set_plan(Plan())]
+    steps += [lambda p=p: win.load_plan(str(p)) for p in names if str(p.resolve()) != given]
+    steps += [lambda r=r: win.auto.start(target_ratio=r, limit=COMPARE_LIMIT) for r in COMPARE_AUTO_RATIOS]
+    deep = SAMPLES_DIR / f"{model}.deep-compression.plan.json"
+    if deep in names:  # the samples train on the bundled digits split, the fine-tuning dialog's default
+
+        def finetune():
+            win.finetuning.open_dialog()
+            form = win.finetuning.dialog.form
+            form.epochs.setValue(2)
+            form.lr.setValue(0.005)
+            win.finetuning.start()
+
+        steps += [lambda: win.load_plan(str(deep)), finetune, lambda: win.finetuning.dialog.hide()]
+    return steps
+
+
 def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Optional[str] = None,
         trust: bool = False, data: Optional[str] = None, screenshot: Optional[str] = None,
         tab: str = "histogram", timeout: float = 120.0) -> int:
@@ -93,7 +126,7 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
     win.show()
     if model:
         win.open_model(model, factory=factory, trust=trust, data=data)
-    state = {"plan_loaded": plan is None, "start": time.monotonic(), "rc": 0}
+    state = {"plan_loaded": plan is None, "start": time.monotonic(), "rc": 0, "steps": None}
 
     def fail(message: str) -> None:
         """A model or plan named on the command line did not load: with --screenshot there is no one to
@@ -107,6 +140,11 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
     def poll():
         if not win.idle():
             return
+        if tab == "compare" and screenshot and win.session.loaded is not None:
+            if state["steps"] is None:
+                state["steps"] = compare_steps(win, model or "", plan)
+            if state["steps"]:
+                return state["steps"].pop(0)()
         if not state["plan_loaded"] and win.session.loaded is not None:
             state["plan_loaded"] = True
             win.last_error = None
@@ -121,8 +159,9 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
             if win.last_error is not None:
                 fail(win.last_error)
             return
-        if tab == "centroids" and win.tabs.currentWidget() is not win.centroids:
-            win.tabs.setCurrentWidget(win.centroids)
+        view = {"centroids": win.centroids, "compare": win.compare}.get(tab)
+        if view is not None and win.tabs.currentWidget() is not view:
+            win.tabs.setCurrentWidget(view)
             return
         timer.stop()
         QTimer.singleShot(300, grab)

@@ -24,7 +24,9 @@ from explorer.engine.model.loading import load_model
 from explorer.engine.plan import Plan
 from explorer.engine.progress import scaled
 from explorer.engine.samples import SAMPLES_DIR
+from explorer.gui.qt_auto import AutoRun
 from explorer.gui.qt_centroids import CentroidView
+from explorer.gui.qt_compare import CompareView
 from explorer.gui.qt_controls import Controls
 from explorer.gui.qt_export import Exports
 from explorer.gui.qt_finetune import Finetuning
@@ -61,6 +63,7 @@ class MainWindow(QMainWindow):
         self.jobs = Jobs(self)
         self.exports = Exports(self)
         self.finetuning = Finetuning(self)  # Compress -> Fine-tune…: its dialog and runs
+        self.auto = AutoRun(self)  # Plan -> Auto…: its dialog and searches
         self.last_error: Optional[str] = None
 
         self.table = LayerTable(self.session)
@@ -75,6 +78,8 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(self.layer_view, "Layer histogram")
         self.tabs.addTab(self.centroids, "Centroid comparison")
+        self.compare = CompareView(self.session, self.statusBar().showMessage)
+        self.tabs.addTab(self.compare, "Compare plans")
         self._lay_out()
         self.menus = Menus(self)
 

@@ -21,8 +21,8 @@ def _action(window, menu, text, slot, shortcut=None) -> QAction:
 
 
 class Menus:
-    """File (open, eval data, recent, samples, exports), Plan (load, save, reset), Compress (fine-tune) and
-    Edit (undo, redo)."""
+    """File (open, eval data, recent, samples, exports), Plan (load, save, reset, auto), Compress (fine-tune)
+    and Edit (undo, redo)."""
 
     def __init__(self, window):
         self.window = window
@@ -46,6 +46,8 @@ class Menus:
         _action(w, p, "&Load plan…", w.load_plan_dialog)
         _action(w, p, "&Save plan…", w.save_plan_dialog, QKeySequence.Save)
         _action(w, p, "&Reset (no compression)", lambda: w.session.set_plan(Plan()))
+        p.addSeparator()
+        self.auto_action = _action(w, p, "&Auto…", w.auto.open_dialog)
         c = bar.addMenu("&Compress")
         self.finetune_action = _action(w, c, "&Fine-tune…", w.finetuning.open_dialog)
         e = bar.addMenu("&Edit")

@@ -32,7 +32,8 @@ class _Signals(QObject):
 
 INTERACTIVE = frozenset({"preview", "layer"})  # answer a slider release: a thread at the GUI's priority
 SIDE = frozenset({"inits", "prepare"})  # per-layer extras (centroid comparison, sweep state): their own thread
-TRAINING = frozenset({"finetune"})  # minutes of work: a thread of its own, so loading, accuracy and exports go on
+TRAINING = frozenset({"finetune", "auto"})  # minutes of work: a thread of their own (one at a time), so loading,
+# accuracy and exports go on
 GUI_SWITCH_INTERVAL = 0.0001  # seconds (see _tune_process)
 # Background engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads), but only a little:
 # a thread preempted while it holds the GIL keeps every other thread out of Python until the scheduler runs
