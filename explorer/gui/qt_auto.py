@@ -1,7 +1,7 @@
-"""Plan → Auto…: a non-modal dialog that searches for per-layer settings meeting a size target (a ratio to the
-dense model, or a file size in bytes) and, optionally, a largest accuracy drop, with
-:func:`explorer.engine.sensitivity.auto.auto_plan` in the background (the "auto" worker channel), with its
-progress and a Cancel. The plan found fills the session's plan as one undo step (the layer table and the
+"""Plan → Auto…: a non-modal dialog that searches for per-layer settings meeting a target (a ratio to the
+dense model, a file size in bytes, effective MACs, or none but the drop) and, optionally, a largest accuracy
+drop, with :func:`explorer.engine.sensitivity.auto.auto_plan` in the background (the "auto" worker channel),
+with its progress and a Cancel. The plan found fills the session's plan as one undo step (the layer table and the
 preview show it); the dialog says what was chosen, as the search measured it (the file's bytes; accuracy on
 the validation subset) and, once the preview has measured the plan on the whole eval data, as the window
 measured it. A result for a model no longer open is dropped.
@@ -36,10 +36,14 @@ class TargetForm(QGroupBox):
         super().__init__("Target", parent)
         self.by_ratio = QRadioButton("Size ratio")
         self.by_bytes = QRadioButton("File size")
+        self.by_macs = QRadioButton("Effective MACs")
+        self.by_drop = QRadioButton("Smallest within the drop")
         self.by_ratio.setChecked(True)
         group = QButtonGroup(self)
-        group.addButton(self.by_ratio)
-        group.addButton(self.by_bytes)
+        for b in (self.by_ratio, self.by_bytes, self.by_macs, self.by_drop):
+            group.addButton(b)
+        self.by_drop.setToolTip("no size target: the smallest plan found whose measured accuracy drop is within "
+                                "the largest drop below")
         self.ratio = QDoubleSpinBox()
         self.ratio.setRange(1.01, 10000.0)
         self.ratio.setDecimals(2)
@@ -50,6 +54,13 @@ class TargetForm(QGroupBox):
         self.bytes.setDecimals(0)
         self.bytes.setGroupSeparatorShown(True)
         self.bytes.setSuffix(" bytes")
+        self.macs = QDoubleSpinBox()
+        self.macs.setRange(1, MAX_BYTES)
+        self.macs.setDecimals(0)
+        self.macs.setGroupSeparatorShown(True)
+        self.macs.setSuffix(" MACs")
+        self.macs.setToolTip("multiply-accumulates of the nonzero weights for one input, at most (pruning lowers "
+                             "them; bits do not)")
         self.limit_drop = QCheckBox("At most")
         self.drop = QDoubleSpinBox()
         self.drop.setRange(0.0, 100.0)
@@ -70,6 +81,8 @@ class TargetForm(QGroupBox):
         form = QFormLayout(self)
         form.addRow(self.by_ratio, self.ratio)
         form.addRow(self.by_bytes, self.bytes)
+        form.addRow(self.by_macs, self.macs)
+        form.addRow(self.by_drop, QLabel(""))
         drop = QHBoxLayout()
         drop.addWidget(self.limit_drop)
         drop.addWidget(self.drop)
@@ -77,21 +90,35 @@ class TargetForm(QGroupBox):
         form.addRow("Accuracy drop", drop)
         form.addRow("Validation subset", self.limit)
         form.addRow(self.dense)
-        self.by_ratio.toggled.connect(self._enable)
+        for b in (self.by_ratio, self.by_bytes, self.by_macs, self.by_drop):
+            b.toggled.connect(self._enable)
         self.limit_drop.toggled.connect(self._enable)
         self._enable()
 
     def _enable(self, *_) -> None:
         self.ratio.setEnabled(self.by_ratio.isChecked())
-        self.bytes.setEnabled(not self.by_ratio.isChecked())
+        self.bytes.setEnabled(self.by_bytes.isChecked())
+        self.macs.setEnabled(self.by_macs.isChecked())
+        if self.by_drop.isChecked():  # the drop is the target: it must be given
+            self.limit_drop.setChecked(True)
+        self.limit_drop.setEnabled(not self.by_drop.isChecked())
         self.drop.setEnabled(self.limit_drop.isChecked())
 
-    def set_model(self, dense: Optional[int], current: Optional[int], samples: Optional[int]) -> None:
-        """What the hint says and the boxes allow: the dense and current sizes, the eval data's samples."""
+    def set_model(self, dense: Optional[int], current: Optional[int], samples: Optional[int],
+                  macs: Optional[int] = None) -> None:
+        """What the hint says and the boxes allow: the dense and current sizes, the eval data's samples, the
+        model's MACs (None: no example input, no MACs target)."""
         if dense:
             self.bytes.setMaximum(dense)
             if self.bytes.value() >= dense or self.bytes.value() <= 1:
                 self.bytes.setValue(dense // 10)
+        self.by_macs.setEnabled(bool(macs))
+        if macs:
+            self.macs.setMaximum(macs)
+            if self.macs.value() >= macs or self.macs.value() <= 1:
+                self.macs.setValue(macs // 2)
+        elif self.by_macs.isChecked():
+            self.by_ratio.setChecked(True)
         said = [f"dense model {dense:,} bytes ({human_bytes(dense)})" if dense else "",
                 f"the current plan writes {current:,}" if current else "",
                 f"eval data: {samples:,} samples" if samples else "no eval data: open some first (File)"]
@@ -104,15 +131,23 @@ class TargetForm(QGroupBox):
         out = {"limit": self.limit.value(), "max_drop": self.drop.value() if self.limit_drop.isChecked() else None}
         if self.by_ratio.isChecked():
             out["target_ratio"] = self.ratio.value()
-        else:
+        elif self.by_bytes.isChecked():
             out["target_bytes"] = int(self.bytes.value())
-        return out
+        elif self.by_macs.isChecked():
+            out["target_macs"] = int(self.macs.value())
+        return out  # the smallest within the drop: the drop alone
 
 
 def outcome(r, data: str, samples: int) -> str:
     """What a search chose, as it measured it (``r``: an :class:`~explorer.engine.sensitivity.auto.AutoResult`)."""
+    if r.target_bytes is not None:
+        target = f"target {r.target_bytes:,}"
+    elif r.target_macs is not None:
+        target = f"{r.macs:,} effective MACs for a target of {r.target_macs:,} (dense {r.dense_macs:,}); no size target"
+    else:
+        target = "no size target: the smallest found within the drop"
     text = (f"Chose {r.dense_bytes / r.file_bytes:.1f}× smaller: the file is {r.file_bytes:,} bytes, measured "
-            f"(target {r.target_bytes:,}; dense {r.dense_bytes:,}).")
+            f"({target}; dense {r.dense_bytes:,}).")
     if r.accuracy_after is not None:
         text += (f" Accuracy on the first {samples:,} samples of {data}: {r.accuracy_before:.2%} → "
                  f"{r.accuracy_after:.2%} measured; predicted loss {100 * r.predicted_loss:.2f} points.")
@@ -127,7 +162,7 @@ class AutoDialog(QDialog):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setWindowTitle("Automatic plan for a size target")
+        self.setWindowTitle("Automatic plan for a target")
         self.setModal(False)
         self.form = TargetForm()
         self.progress = QProgressBar()
@@ -179,8 +214,10 @@ class AutoDialog(QDialog):
         self.progress.setValue(int(round(100 * fraction)))
         self.progress.setFormat(f"{message} — %p%" if message else "%p%")
 
-    def show_choices(self, choices: dict) -> None:
-        """layer -> (sparsity, bits, layer bytes, estimated loss), as the search chose them."""
+    def show_choices(self, choices: dict, cost: str = "bytes") -> None:
+        """layer -> (sparsity, bits, layer bytes or MACs (``cost``), estimated loss), as the search chose them."""
+        self.choices.setHorizontalHeaderLabels(CHOICE_COLUMNS[:3] + [cost if cost == "bytes" else "MACs"]
+                                               + CHOICE_COLUMNS[4:])
         self.choices.setRowCount(len(choices))
         for i, (name, (s, b, nbytes, loss)) in enumerate(choices.items()):
             for j, text in enumerate((name, f"{s:.0%}", str(b), f"{nbytes:,}", f"{100 * loss:.2f}")):
@@ -264,7 +301,7 @@ class AutoRun:
             self.dropped += 1
             return d.say("The model changed while the search ran: its plan was dropped.")
         d.show_progress(1.0, "done")
-        d.show_choices(r.choices)
+        d.show_choices(r.choices, r.cost)
         data = loaded.eval_data
         text = outcome(r, data.name if data is not None else "the eval data",
                        min(self._limit, len(data)) if data is not None else 0)
@@ -321,4 +358,5 @@ class AutoRun:
         loaded, results = session.loaded, session.results
         size = (results or {}).get("size", {})
         data = loaded.eval_data if loaded is not None else None
-        self._dialog.form.set_model(size.get("dense"), size.get("file"), len(data) if data is not None else None)
+        self._dialog.form.set_model(size.get("dense"), size.get("file"), len(data) if data is not None else None,
+                                    (results or {}).get("macs", {}).get("before"))

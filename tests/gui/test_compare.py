@@ -133,3 +133,21 @@ def test_a_search_whose_model_was_replaced_meanwhile_is_dropped(make_window, qtb
     settle(win)
     assert win.session.plan.to_dict() == Plan().to_dict() and win.auto.result is None
     assert "Another model was opened: its search was stopped" in win.auto.dialog.status.text()
+
+
+def test_the_auto_form_gives_every_kind_of_target(make_window, settle):
+    win = make_window("digits-mlp")
+    settle(win)
+    win.menus.auto_action.trigger()
+    form = win.auto.dialog.form
+    macs = win.session.results["macs"]["before"]
+    assert form.by_macs.isEnabled() and form.macs.maximum() == macs
+    form.by_macs.setChecked(True)
+    form.macs.setValue(30_000)
+    assert form.target() == {"limit": form.limit.value(), "max_drop": None, "target_macs": 30_000}
+    form.limit_drop.setChecked(False)
+    form.by_drop.setChecked(True)  # the drop alone: the drop must be given, and is
+    assert form.limit_drop.isChecked() and not form.limit_drop.isEnabled()
+    assert form.target() == {"limit": form.limit.value(), "max_drop": form.drop.value()}
+    form.set_model(1000, 500, 100, None)  # a model without MACs: no MACs target
+    assert not form.by_macs.isEnabled()
