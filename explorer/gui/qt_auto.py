@@ -16,12 +16,13 @@ from __future__ import annotations
 from typing import Optional
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QDialog, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                                QHeaderView, QLabel, QProgressBar, QPushButton, QRadioButton, QSpinBox, QTableWidget,
                                QTableWidgetItem, QVBoxLayout)
 
 from explorer.engine.sensitivity.auto import auto_plan
 from explorer.engine.sensitivity.scan import DEFAULT_LIMIT
+from explorer.gui.qt_job_dialog import JobDialog
 from explorer.units import human_bytes
 
 MAX_BYTES = 1e13  # the largest file size the target box takes
@@ -156,7 +157,7 @@ def outcome(r, data: str, samples: int) -> str:
     return text + (" Target met." if r.met else " Target not met.")
 
 
-class AutoDialog(QDialog):
+class AutoDialog(JobDialog):
     """The target, a progress bar, what the search is doing (or chose), the layers' choices and the buttons:
     Search, Cancel and Close (hides it; a search goes on). It shows; :class:`AutoRun` runs."""
 
@@ -179,6 +180,7 @@ class AutoDialog(QDialog):
         self.choices.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.choices.setEditTriggers(QTableWidget.NoEditTriggers)
         self.search_button = QPushButton("Search")
+        self.start_button = self.search_button
         self.search_button.setDefault(True)
         self.cancel_button = QPushButton("Cancel")
         self.close_button = QPushButton("Close")
@@ -197,22 +199,9 @@ class AutoDialog(QDialog):
         self.resize(560, 600)
         self.set_running(False)
 
-    def set_running(self, running: bool) -> None:
-        self.form.setEnabled(not running)
-        self.search_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
+    def on_running(self, running: bool) -> None:
         if running:
-            self.progress.setValue(0)
-            self.progress.setFormat("%p%")
             self.measured.setText("")
-
-    def say(self, text: str, error: bool = False) -> None:
-        self.status.setStyleSheet("color: #a00" if error else "")
-        self.status.setText(text)
-
-    def show_progress(self, fraction: float, message: str) -> None:
-        self.progress.setValue(int(round(100 * fraction)))
-        self.progress.setFormat(f"{message} — %p%" if message else "%p%")
 
     def show_choices(self, choices: dict, cost: str = "bytes") -> None:
         """layer -> (sparsity, bits, layer bytes or MACs (``cost``), estimated loss), as the search chose them."""

@@ -16,9 +16,8 @@ from typing import Optional
 
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, Qt, Signal, Slot
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+                               QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from explorer.engine.errors import Cancelled, ExplorerError, LoadError
 from explorer.engine.finetune.data import load_train_data
@@ -26,7 +25,7 @@ from explorer.engine.finetune.recipe import (MAX_EPOCHS, MAX_STEPS, OPTIMIZERS, 
                                              check_recipe)
 from explorer.engine.finetune.trainer import finetune
 from explorer.engine.measure.evaluate import quality, summarize
-from explorer.engine.progress import scaled
+from explorer.gui.qt_job_dialog import JobDialog
 from explorer.gui.qt_plot import curve, data_item, plot_widget
 from explorer.session import Finetuned
 
@@ -303,7 +302,7 @@ def _outcome(ft: Finetuned) -> str:
     return f"{head} in {r.record.get('seconds', 0):.1f} s; kept {best}{val}.{test}"
 
 
-class FinetuneDialog(QDialog):
+class FinetuneDialog(JobDialog):
     """The recipe, the plots, a progress bar, what the run is doing (or did) and the buttons: Train, Cancel
     (stop at the next batch, keep the best epoch so far), Use this model (a result not applied because the
     plan changed meanwhile) and Close (hides it; a run goes on). It shows; :class:`Finetuning` runs."""
@@ -324,6 +323,7 @@ class FinetuneDialog(QDialog):
             label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.note.setStyleSheet("color: #555")
         self.train_button = QPushButton("Train")
+        self.start_button = self.train_button
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop at the next batch and keep the best epoch so far")
         self.use_button = QPushButton("Use this model")
@@ -350,22 +350,9 @@ class FinetuneDialog(QDialog):
         self.resize(1100, 540)
         self.set_running(False)
 
-    def set_running(self, running: bool) -> None:
-        self.form.setEnabled(not running)
-        self.train_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
+    def on_running(self, running: bool) -> None:
         if running:
             self.use_button.setVisible(False)
-            self.progress.setValue(0)
-            self.progress.setFormat("%p%")
-
-    def say(self, text: str, error: bool = False) -> None:
-        self.status.setStyleSheet("color: #a00" if error else "")
-        self.status.setText(text)
-
-    def show_progress(self, fraction: float, message: str) -> None:
-        self.progress.setValue(int(round(100 * fraction)))
-        self.progress.setFormat(f"{message} — %p%" if message else "%p%")
 
 
 # ----------------------------------------------------------------------------------------- the runs
