@@ -58,8 +58,8 @@ class Session:
 
     Events (subscribe with :meth:`on`): ``model`` (a new model was loaded), ``plan`` (the plan changed, or
     the fine-tuned model standing for it came or went), ``selection`` (the selected layers changed),
-    ``results`` (a measurement arrived), ``finetuned`` (a fine-tuned model became current, or was set aside:
-    :attr:`finetuned` says which).
+    ``results`` (a measurement arrived), ``data`` (new eval data for the model), ``finetuned`` (a fine-tuned
+    model became current, or was set aside: :attr:`finetuned` says which).
 
     Undo keeps the last :data:`UNDO_LIMIT` states (a plan, with the fine-tuned model that stood for it, if
     any; older ones are dropped); redo keeps what was undone until the next edit.
@@ -201,6 +201,7 @@ class Session:
         """New eval data for the loaded model: accuracy is measured on it from now on (before included)."""
         self.loaded.eval_data = data
         self.accuracy_before = None
+        self.emit("data")
 
     # -- thresholds and sparsities of the current layer (element pruning)
     def sorted_magnitudes(self, name: Optional[str] = None) -> Optional[np.ndarray]:

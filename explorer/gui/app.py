@@ -121,8 +121,9 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
             if win.last_error is not None:
                 fail(win.last_error)
             return
-        if tab == "centroids" and win.tabs.currentWidget() is not win.centroids:
-            win.tabs.setCurrentWidget(win.centroids)
+        view = {"centroids": win.centroids, "sensitivity": win.sensitivity.view}.get(tab)
+        if view is not None and win.tabs.currentWidget() is not view:
+            win.tabs.setCurrentWidget(view)  # the sensitivity scan starts: idle again once it is done
             return
         timer.stop()
         QTimer.singleShot(300, grab)

@@ -33,6 +33,7 @@ from explorer.gui.qt_layer_table import LayerTable
 from explorer.gui.qt_layer_view import LayerView
 from explorer.gui.qt_menus import Menus
 from explorer.gui.qt_preview import PreviewPanel
+from explorer.gui.qt_sensitivity import Sensitivity
 from explorer.gui.workers import Workers, freeze_heap
 from explorer.session import Session
 
@@ -61,6 +62,7 @@ class MainWindow(QMainWindow):
         self.jobs = Jobs(self)
         self.exports = Exports(self)
         self.finetuning = Finetuning(self)  # Compress -> Fine-tune…: its dialog and runs
+        self.sensitivity = Sensitivity(self)  # the Sensitivity tab: its view and scans
         self.last_error: Optional[str] = None
 
         self.table = LayerTable(self.session)
@@ -75,6 +77,7 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(self.layer_view, "Layer histogram")
         self.tabs.addTab(self.centroids, "Centroid comparison")
+        self.tabs.addTab(self.sensitivity.view, "Sensitivity")
         self._lay_out()
         self.menus = Menus(self)
 
@@ -91,6 +94,7 @@ class MainWindow(QMainWindow):
         self.layer_view.threshold_released.connect(self._threshold_released)
         self.workers.progress.connect(self._progress)
         self.tabs.currentChanged.connect(lambda *_: self.jobs.schedule_layer())
+        self.tabs.currentChanged.connect(lambda *_: self.sensitivity.shown())
         self.statusBar().showMessage("Open a model (File → Open, drag a file here, or File → Samples)")
         _import_now()
         # paint every view once now, off screen: the first paint of a plot (fonts, axis layouts, symbol
@@ -98,6 +102,7 @@ class MainWindow(QMainWindow):
         for view in (self.layer_view, self.preview):
             view.grab()
         self.centroids.warm_up()
+        self.sensitivity.view.warm_up()
 
     def _lay_out(self) -> None:
         left = QSplitter(Qt.Vertical)
