@@ -557,8 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON to start with")
     p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")
-    p.add_argument("--tab", choices=["histogram", "centroids", "compare"], default="histogram",
-                   help="which tab the screenshot shows (compare: measures a few plans first, see the README)")
+    p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare"], default="histogram",
+                   help="which tab the screenshot shows (sensitivity: once its scan is done; compare: measures a few "
+                   "plans first, see the README)")
     p.set_defaults(func=cmd_gui)
     p = sub.add_parser("export", help="standard exports: dense state_dict (.safetensors/.pt), TorchScript, ONNX")
     _add_model_args(p)

@@ -178,9 +178,9 @@ class Session:
 
     Events (subscribe with :meth:`on`): ``model`` (a new model was loaded), ``plan`` (the plan changed, or
     the fine-tuned model standing for it came or went), ``selection`` (the selected layers changed),
-    ``results`` (a measurement arrived), ``finetuned`` (a fine-tuned model became current, or was set aside:
-    :attr:`finetuned` says which), ``measured`` (a point of :attr:`measured` came or changed, with it as the
-    argument; None when they were cleared).
+    ``results`` (a measurement arrived), ``data`` (new eval data for the model), ``finetuned`` (a fine-tuned
+    model became current, or was set aside: :attr:`finetuned` says which), ``measured`` (a point of
+    :attr:`measured` came or changed, with it as the argument; None when they were cleared).
 
     Undo keeps the last :data:`UNDO_LIMIT` states (a plan, with the fine-tuned model that stood for it, if
     any; older ones are dropped); redo keeps what was undone until the next edit.
@@ -356,6 +356,7 @@ class Session:
         self.accuracy_before = None
         self.measured.clear()  # measured on other data: not comparable
         self.emit("measured", None)
+        self.emit("data")
 
     # -- thresholds and sparsities of the current layer (element pruning)
     def sorted_magnitudes(self, name: Optional[str] = None) -> Optional[np.ndarray]:

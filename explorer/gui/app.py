@@ -159,9 +159,9 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
             if win.last_error is not None:
                 fail(win.last_error)
             return
-        view = {"centroids": win.centroids, "compare": win.compare}.get(tab)
+        view = {"centroids": win.centroids, "sensitivity": win.sensitivity.view, "compare": win.compare}.get(tab)
         if view is not None and win.tabs.currentWidget() is not view:
-            win.tabs.setCurrentWidget(view)
+            win.tabs.setCurrentWidget(view)  # a sensitivity scan starts: idle again once it is done
             return
         timer.stop()
         QTimer.singleShot(300, grab)

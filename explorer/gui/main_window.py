@@ -35,6 +35,7 @@ from explorer.gui.qt_layer_table import LayerTable
 from explorer.gui.qt_layer_view import LayerView
 from explorer.gui.qt_menus import Menus
 from explorer.gui.qt_preview import PreviewPanel
+from explorer.gui.qt_sensitivity import Sensitivity
 from explorer.gui.workers import Workers, freeze_heap
 from explorer.session import Session
 
@@ -64,6 +65,7 @@ class MainWindow(QMainWindow):
         self.exports = Exports(self)
         self.finetuning = Finetuning(self)  # Compress -> Fine-tune…: its dialog and runs
         self.auto = AutoRun(self)  # Plan -> Auto…: its dialog and searches
+        self.sensitivity = Sensitivity(self)  # the Sensitivity tab: its view and scans
         self.last_error: Optional[str] = None
 
         self.table = LayerTable(self.session)
@@ -78,6 +80,7 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(self.layer_view, "Layer histogram")
         self.tabs.addTab(self.centroids, "Centroid comparison")
+        self.tabs.addTab(self.sensitivity.view, "Sensitivity")
         self.compare = CompareView(self.session, self.statusBar().showMessage)
         self.tabs.addTab(self.compare, "Compare plans")
         self._lay_out()
@@ -96,6 +99,7 @@ class MainWindow(QMainWindow):
         self.layer_view.threshold_released.connect(self._threshold_released)
         self.workers.progress.connect(self._progress)
         self.tabs.currentChanged.connect(lambda *_: self.jobs.schedule_layer())
+        self.tabs.currentChanged.connect(lambda *_: self.sensitivity.shown())
         self.statusBar().showMessage("Open a model (File → Open, drag a file here, or File → Samples)")
         _import_now()
         # paint every view once now, off screen: the first paint of a plot (fonts, axis layouts, symbol
@@ -103,6 +107,7 @@ class MainWindow(QMainWindow):
         for view in (self.layer_view, self.preview):
             view.grab()
         self.centroids.warm_up()
+        self.sensitivity.view.warm_up()
 
     def _lay_out(self) -> None:
         left = QSplitter(Qt.Vertical)

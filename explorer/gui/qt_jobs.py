@@ -17,7 +17,8 @@ from explorer.gui.workers import freeze_heap
 # workers._Job.progress). Small batches were no slower per image on one core (61 vs 73 ms).
 ACCURACY_SETTLE = 0.15  # seconds
 ACCURACY_BATCH = 4
-CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "export", "prepare", "finetune", "auto")
+CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "export", "prepare", "finetune", "auto",
+            "sensitivity")
 
 
 class Jobs:

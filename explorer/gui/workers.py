@@ -34,6 +34,7 @@ INTERACTIVE = frozenset({"preview", "layer"})  # answer a slider release: a thre
 SIDE = frozenset({"inits", "prepare"})  # per-layer extras (centroid comparison, sweep state): their own thread
 TRAINING = frozenset({"finetune", "auto"})  # minutes of work: a thread of their own (one at a time), so loading,
 # accuracy and exports go on
+SCANS = frozenset({"sensitivity"})  # a sensitivity scan: minutes on a large model, so a thread of its own too
 GUI_SWITCH_INTERVAL = 0.0001  # seconds (see _tune_process)
 # Background engine threads yield the CPU to the GUI thread (2 cores, 3+ busy threads), but only a little:
 # a thread preempted while it holds the GIL keeps every other thread out of Python until the scheduler runs
@@ -207,6 +208,8 @@ class Workers(QObject):
         self.side.setMaxThreadCount(1)
         self.training = QThreadPool(self)
         self.training.setMaxThreadCount(1)
+        self.scans = QThreadPool(self)
+        self.scans.setMaxThreadCount(1)
         self._gate = _Gate()
         self._signals = _Signals()
         self._signals.done.connect(self._on_done)
@@ -233,7 +236,7 @@ class Workers(QObject):
         self._abort[channel] = abort
         self._handlers[channel] = (on_done, on_error)
         pool = (self.interactive if channel in INTERACTIVE else self.side if channel in SIDE
-                else self.training if channel in TRAINING else self.pool)
+                else self.training if channel in TRAINING else self.scans if channel in SCANS else self.pool)
         if channel in INTERACTIVE:
             self._gate.enter()  # left when the job has run (also when it was superseded meanwhile)
         stop = self._stops[channel] = threading.Event()
@@ -288,5 +291,5 @@ class Workers(QObject):
     def shutdown(self, timeout_ms: int = 5000) -> None:
         for channel in list(self._abort):
             self.cancel(channel)
-        for pool in (self.pool, self.interactive, self.side, self.training):
+        for pool in (self.pool, self.interactive, self.side, self.training, self.scans):
             pool.waitForDone(timeout_ms)
