@@ -20,7 +20,9 @@ file this plan would write. That is the question of a user tuning a plan layer b
 give more, given the rest); against an uncompressed base a curve hides how the layers' errors add up, and
 its bytes belong to a file nobody writes. The price is a new scan after each edit, started once the plan
 has stood for :data:`PLAN_SETTLE` and only while the tab is shown; Undo returns to a plan whose points are
-cached. As in the engine, a point replaces the layer's other sections (a sparsity point is not quantized).
+cached. A point changes only its kind's section of the layer (a sparsity point of a quantized layer is
+quantized as the plan has it), so the point at the plan's own setting is the plan, and a click does what
+the point measured.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ from explorer.cli import main as cli_main
 from explorer.engine.errors import Cancelled, PlanError
 from explorer.engine.measure.metrics import accuracy
 from explorer.engine.model.loading import load_model
+from explorer.engine.measure.preview import Previewer
 from explorer.engine.plan import Plan
+from explorer.engine.samples import SAMPLES_DIR
 from explorer.engine.sensitivity import scan
 
 
@@ -88,3 +90,20 @@ def test_the_cli_writes_csv_and_json(cnn, tmp_path, capsys):
                      "-o", str(js)]) == 0
     data = json.loads(js.read_text())
     assert data["samples"] == 60 and len(data["points"]) == len(scan.BITS)
+
+
+def test_with_a_base_plan_the_point_of_its_own_setting_is_the_plan(cnn):
+    plan = Plan.load(SAMPLES_DIR / "digits-cnn.plan.json")  # fc1: prune 95%, 5 bits k-means
+    points = scan.sensitivity(cnn, plan, layers="fc1", kinds=("sparsity", "bits"), limit=200,
+                              sparsities=(0.5, 0.95), bits=(3, 5))
+    pv = Previewer(cnn)
+    whole = accuracy(pv.build(plan, count=False).model, cnn.eval_data.subset(200))
+    own = [p for p in points if (p.kind, p.value) in (("sparsity", 0.95), ("bits", 5))]
+    assert len(own) == 2 and all(p.settings == plan.settings_for("fc1").to_dict() for p in own)
+    summary = pv.measure(plan)
+    fc1 = next(l for l in summary["layers"] if l["name"] == "fc1")
+    assert all(p.metric == whole and p.layer_bytes == (fc1["bits"]["coded"] + 7) // 8 for p in own)
+    # the file: the same tensors; its manifest holds the point's plan, which spells fc1's entry out in full
+    assert all(0 <= p.file_bytes - summary["size"]["file"] < 16 for p in own)
+    half = next(p for p in points if p.value == 0.5)  # pruned less, still quantized as the plan has it
+    assert half.settings["quantize"]["bits"] == 5 and half.settings["prune"]["amount"] == 0.5

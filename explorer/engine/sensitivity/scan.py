@@ -39,7 +39,7 @@ class Point:
     layer: str
     kind: str  # "sparsity", "bits" or "rank"
     value: float  # the sparsity, the bits or the fraction of parameters kept
-    settings: dict  # the layer's settings at this point
+    settings: dict  # the layer's settings at this point (the base plan's, with the scanned section changed)
     metric: Optional[float]  # accuracy (or agreement) on the subset; None where the point is not possible
     layer_bytes: Optional[int]  # the layer's weights as coded (bytes)
     file_bytes: Optional[int]  # the whole file, every other layer as the base plan has it
@@ -66,17 +66,18 @@ def _fingerprint_data(data) -> str:
 
 
 def _patch(kind: str, value, base: LayerSettings) -> dict:
-    """The layer's settings at one point: only the scanned section changes."""
+    """The edit of one point: the scanned section only (the layer's other sections stay as the base plan has
+    them, so a sparsity point of a quantized layer is quantized as the plan says, and the point of the plan's
+    own setting is the plan)."""
     if kind == "sparsity":
         p = base.prune
         gran = p.granularity if p is not None else "element"
-        return {"prune": {"amount": float(value), "granularity": gran} if value else None, "quantize": None,
-                "lowrank": None}
+        return {"prune": {"amount": float(value), "granularity": gran} if value else None}
     if kind == "bits":
         q = base.quantize
         method = q.method if q is not None else "kmeans"
-        return {"prune": None, "quantize": {"bits": int(value), "method": method}, "lowrank": None}
-    return {"prune": None, "quantize": None, "lowrank": None if value >= 1.0 else {"rank": float(value)}}
+        return {"quantize": {"bits": int(value), "method": method}}
+    return {"lowrank": None if value >= 1.0 else {"rank": float(value)}}
 
 
 def _agreement(model, reference, inputs) -> float:
@@ -108,7 +109,7 @@ def sensitivity(loaded, base: Optional[Plan] = None, layers: Optional[str] = Non
     subset = data if limit is None or limit >= len(data) else data.subset(int(limit))
     key0 = (fingerprint_model(loaded.model), _fingerprint_data(subset), base.to_json())
     grid = {"sparsity": sparsities, "bits": bits, "rank": ranks}
-    jobs = []  # (layer, kind, value, the layer's settings there)
+    jobs = []  # (layer, kind, value, the edit of the layer there)
     for name in names:
         for kind in kinds:
             jobs += [(name, kind, v, _patch(kind, v, base.settings_for(name))) for v in grid[kind]]
@@ -123,7 +124,15 @@ def sensitivity(loaded, base: Optional[Plan] = None, layers: Optional[str] = Non
             hits[todo[i]] = hit
             CACHE.put(keys[todo[i]], hit)  # whole points only: a cancelled scan keeps what it finished
     report(progress, 1.0, "done")
-    return [Point(n, k, float(v), st, *hit) for (n, k, v, st), hit in zip(jobs, hits)]
+    return [Point(n, k, float(v), _settings_at(base, n, st), *hit) for (n, k, v, st), hit in zip(jobs, hits)]
+
+
+def _settings_at(base: Plan, name: str, patch: dict) -> dict:
+    """The layer's whole settings at a point (the base's, with the point's edit)."""
+    try:
+        return base.merged([name], patch).settings_for(name).to_dict()
+    except ExplorerError:  # a setting the layer cannot take (its point says why): the edit alone
+        return patch
 
 
 @dataclass
