@@ -8,6 +8,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from explorer.cli import main as cli_main
 from explorer.engine.errors import Cancelled, PlanError
@@ -107,3 +108,15 @@ def test_with_a_base_plan_the_point_of_its_own_setting_is_the_plan(cnn):
     assert all(0 <= p.file_bytes - summary["size"]["file"] < 16 for p in own)
     half = next(p for p in points if p.value == 0.5)  # pruned less, still quantized as the plan has it
     assert half.settings["quantize"]["bits"] == 5 and half.settings["prune"]["amount"] == 0.5
+
+
+def test_the_weights_hash_follows_every_change(cnn):
+    model = cnn.model
+    first = scan.fingerprint_model(model)
+    assert scan.fingerprint_model(model) == first  # nothing changed: the same (not hashed again)
+    with torch.no_grad():
+        model.fc2.weight[0, 0] += 1.0  # in place: the version counter moves
+    changed = scan.fingerprint_model(model)
+    assert changed != first
+    model.fc2.weight = torch.nn.Parameter(model.fc2.weight.detach().clone())  # replaced, equal values
+    assert scan.fingerprint_model(model) == changed

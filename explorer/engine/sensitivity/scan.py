@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import weakref
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
@@ -31,6 +32,7 @@ SPARSITIES = tuple(p / 100 for p in (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95))
 BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 RANKS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
 DEFAULT_LIMIT = 500
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (stamp, hash): gone with it
 CACHE = Recent(limit_bytes=8 << 20)  # (weights, data, layer, settings) -> (metric, layer bytes, file bytes)
 
 
@@ -50,11 +52,19 @@ class Point:
 
 
 def fingerprint_model(model) -> str:
+    """A hash of the model's weights, computed again only when a tensor was replaced or changed in place
+    (its storage or its version counter moved): the window's scans ask for it once per layer and kind."""
+    state = model.state_dict()
+    stamp = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
+    known = _FINGERPRINTS.get(model)
+    if known is not None and known[0] == stamp:
+        return known[1]
     h = hashlib.blake2b(digest_size=16)
-    for name, t in model.state_dict().items():
+    for name, t in state.items():
         h.update(name.encode())
         h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
+    _FINGERPRINTS[model] = (stamp, h.hexdigest())
+    return _FINGERPRINTS[model][1]
 
 
 def _fingerprint_data(data) -> str:
