@@ -18,7 +18,7 @@ import torch
 
 from explorer import __version__
 from explorer.engine.compress import compress
-from explorer.engine.errors import ExplorerError
+from explorer.engine.errors import ExplorerError, LoadError
 from explorer.engine.executor import make_executor
 from explorer.engine.finetune.data import load_train_data
 from explorer.engine.finetune.recipe import check_recipe, parse_distill, parse_schedule
@@ -33,6 +33,7 @@ from explorer.engine.methods.quantize import QUANTIZERS, compare_inits
 from explorer.engine.model.export import export
 from explorer.engine.model.loading import load_model, parse_input_shape
 from explorer.engine.plan import Plan
+from explorer.engine.samples import SAMPLE_FACTORIES
 from explorer.engine.sensitivity.auto import auto_plan
 from explorer.engine.sensitivity.scan import DEFAULT_LIMIT, KINDS, sensitivity
 from explorer.engine.storage import fileformat
@@ -244,13 +245,23 @@ def _epoch_line(metric: str):
     return show
 
 
-def cmd_finetune(args) -> int:
-    if args.threads is not None:  # small models train faster on fewer threads than torch's default
-        torch.set_num_threads(args.threads)
-    loaded = _load(args)
-    plan = Plan.load(args.plan)
+def _train_source(args, loaded) -> str:
+    """``--train``, or for the bundled samples (and files made from them) their training split, ``digits``."""
+    if args.train:
+        return args.train
+    if loaded.factory in SAMPLE_FACTORIES:
+        return "digits"
+    raise LoadError("fine-tuning needs training data: give --train (a file as --data takes, module:callable, "
+                    "FILE@START:STOP)")
+
+
+def _run_finetune(args, loaded, plan: Plan, output, train_limit=None):
+    """The fine-tuning ``finetune`` and ``auto --finetune`` share: the data (``--train``, ``--val``), the recipe
+    (the plan's, the flags over it), the run (one line per epoch on stderr unless ``--json``), then the file
+    written to ``output`` (with its record beside it) when one is named. Returns ``(result, recipe, record)``;
+    the record's ``quality`` is the fine-tuned model's on the eval data."""
     recipe = _recipe(args, plan)
-    train = load_train_data(args.train, limit=args.limit)
+    train = load_train_data(_train_source(args, loaded), limit=train_limit)
     val = load_train_data(args.val) if args.val else None
     bar = TextProgress("fine-tuning", delay=0.0)
     metric = "accuracy" if (val.labelled if val is not None else train.labelled) else "agreement"
@@ -261,24 +272,41 @@ def cmd_finetune(args) -> int:
         bar.close()
     comp = result.compressed
     predicted = fileformat.predicted_bytes(comp, loaded, half=args.half)
-    written = fileformat.save(comp, args.output, loaded, half=args.half)
-    q = quality(loaded, comp.model)
-    record = dict(result.record, model=loaded.source, output=args.output, file_bytes=written,
-                  predicted_bytes=predicted, dense_bytes=comp.bytes["dense"], quality=q)
-    atomic_write_bytes(args.output + ".finetune.json", (json.dumps(record, indent=2) + "\n").encode())
+    written = fileformat.save(comp, output, loaded, half=args.half) if output else None
+    record = dict(result.record, model=loaded.source, output=output, file_bytes=written, predicted_bytes=predicted,
+                  dense_bytes=comp.bytes["dense"], quality=quality(loaded, comp.model))
+    if output:
+        atomic_write_bytes(output + ".finetune.json", (json.dumps(record, indent=2) + "\n").encode())
+    return result, recipe, record
+
+
+def _finetune_summary(result) -> str:
+    best = "the plan's model before retraining" if result.best_epoch == 0 else f"epoch {result.best_epoch}"
+    out = ""
+    if result.cancelled:
+        out = (f"interrupted: kept the best model so far ({best}, validation {result.metric} {result.best:.2%})\n"
+               if result.best is not None else "interrupted: kept the model so far\n")
+    return out + (f"trained on {result.record['train']}; validated on {result.record['validation']}; best: {best}"
+                  + (f" (validation {result.metric} {result.best:.2%}, {result.before:.2%} before retraining)"
+                     if result.best is not None and result.before is not None else ""))
+
+
+def _set_threads(args) -> None:
+    if getattr(args, "threads", None) is not None:  # small models train faster on fewer threads than torch's default
+        torch.set_num_threads(args.threads)
+
+
+def cmd_finetune(args) -> int:
+    _set_threads(args)
+    loaded = _load(args)
+    result, _, record = _run_finetune(args, loaded, Plan.load(args.plan), args.output, train_limit=args.limit)
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    dense = comp.bytes["dense"]
-    best = "the plan's model before retraining" if result.best_epoch == 0 else f"epoch {result.best_epoch}"
-    if result.cancelled:
-        print(f"interrupted: kept the best model so far ({best}, validation {result.metric} "
-              f"{result.best:.2%})" if result.best is not None else "interrupted: kept the model so far")
-    print(f"trained on {result.record['train']}; validated on {result.record['validation']}; best: {best}"
-          + (f" (validation {result.metric} {result.best:.2%}, {result.before:.2%} before retraining)"
-             if result.best is not None and result.before is not None else ""))
-    print(f"wrote {args.output}: {written:,} bytes ({human_bytes(written)}); predicted {predicted:,}; dense {dense:,} "
-          f"bytes -> {dense / written:.1f}x smaller; the run's record in {args.output}.finetune.json")
+    dense, written, q = record["dense_bytes"], record["file_bytes"], record["quality"]
+    print(_finetune_summary(result))
+    print(f"wrote {args.output}: {written:,} bytes ({human_bytes(written)}); predicted {record['predicted_bytes']:,}; "
+          f"dense {dense:,} bytes -> {dense / written:.1f}x smaller; the run's record in {args.output}.finetune.json")
     if q and "after" in q:
         print(f"accuracy ({q['data']}): {q['before']:.2%} -> {q['after']:.2%}")
     elif q:
@@ -342,6 +370,11 @@ def cmd_sensitivity(args) -> int:
 
 
 def cmd_auto(args) -> int:
+    if not args.finetune:
+        given = [flag for flag, dest in FINETUNE_FLAGS if getattr(args, dest) not in (None, False)]
+        if given:
+            raise ExplorerError(f"auto: {given[0]} is an option of fine-tuning: add --finetune")
+    _set_threads(args)
     loaded = _load(args)
     bar = TextProgress("choosing")
     try:
@@ -351,7 +384,12 @@ def cmd_auto(args) -> int:
                           executor=ex)
     finally:
         bar.close()
-    r.plan.save(args.output)
+    plan, ft = r.plan, None
+    if args.finetune:  # the plan carries the recipe: `finetune --plan` repeats the run, to the byte
+        plan = Plan(plan.default, plan.layers, plan.description, _recipe(args, plan).to_dict())
+        result, _, record = _run_finetune(args, loaded, plan, args.cexp)
+        ft = (result, record)
+    plan.save(args.output)
     cost = "layer_bytes" if r.cost == "bytes" else "layer_macs"
     out = {"model": loaded.source, "plan": args.output, "target_bytes": r.target_bytes, "target_macs": r.target_macs,
            "file_bytes": r.file_bytes, "dense_bytes": r.dense_bytes, "ratio": r.dense_bytes / r.file_bytes,
@@ -359,6 +397,11 @@ def cmd_auto(args) -> int:
            "accuracy_after": r.accuracy_after, "met": r.met, "note": r.note,
            "choices": {n: {"sparsity": c[0], "bits": c[1], cost: c[2], "estimated_loss": c[3]}
                        for n, c in r.choices.items()}}
+    if ft is not None:
+        record = ft[1]
+        q = record["quality"] or {}
+        out["finetune"] = dict(record, ratio=record["dense_bytes"] / (record["file_bytes"] or record["predicted_bytes"]),
+                               accuracy=q.get("after"))
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -378,8 +421,31 @@ def cmd_auto(args) -> int:
               f"estimated loss {100 * r.predicted_loss:.2f} points")
     if r.note:
         print(r.note)
-    print(f"{'met' if r.met else 'not met'}; wrote {args.output}")
+    print(f"{'met' if r.met else 'not met'}" + (" (before retraining)" if ft else "") + f"; wrote {args.output}"
+          + (" (with the fine-tuning recipe)" if ft else ""))
+    if ft is not None:
+        _print_auto_finetuned(args, loaded, r, *ft)
     return 0
+
+
+def _print_auto_finetuned(args, loaded, r, result, record) -> None:
+    print("\n" + _finetune_summary(result))
+    dense, written, predicted = record["dense_bytes"], record["file_bytes"], record["predicted_bytes"]
+    if written is not None:
+        print(f"wrote {args.cexp}: {written:,} bytes ({human_bytes(written)}); the run's record in "
+              f"{args.cexp}.finetune.json")
+    q = record["quality"]
+    ratio = dense / (written or predicted)
+    if q and "after" in q:
+        rows = [["dense", "1.0x", f"{q['before']:.2%}"],
+                ["auto plan", f"{r.dense_bytes / r.file_bytes:.1f}x", f"{r.accuracy_after:.2%}"],
+                ["auto plan, fine-tuned", f"{ratio:.1f}x", f"{q['after']:.2%}"]]
+        print(table(rows, ["model", "ratio", f"accuracy ({q['data']})"], "lrr"))
+    elif q:
+        print(f"fine-tuned: {ratio:.1f}x; output fidelity vs original ({q['data']}): cosine {q['cosine']:.4f}, "
+              f"relative error {q['rel_error']:.4f}")
+    else:
+        print(f"fine-tuned: {ratio:.1f}x")
 
 
 def cmd_info(args) -> int:
@@ -465,6 +531,32 @@ def _add_model_args(p) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+#: the fine-tuning options (flag, attribute) ``finetune`` and ``auto --finetune`` share
+FINETUNE_FLAGS = (("--train", "train"), ("--val", "val"), ("--epochs", "epochs"), ("--lr", "lr"),
+                  ("--optimizer", "optimizer"), ("--batch-size", "batch_size"), ("--weight-decay", "weight_decay"),
+                  ("--seed", "seed"), ("--distill", "distill"), ("--schedule", "schedule"), ("--threads", "threads"),
+                  ("--half", "half"), ("--cexp", "cexp"))
+
+
+def _add_finetune_args(p) -> None:
+    p.add_argument("--train", "--train-data", dest="train", help="training data: digits (the samples' training "
+                   "split, the default for them), a file as --data takes, or module:callable returning a "
+                   "DataLoader/Dataset/arrays; FILE@START:STOP slices")
+    p.add_argument("--val", help="validation data (default: the last tenth of --train, held out)")
+    p.add_argument("--epochs", type=int, help="epochs of retraining after the plan is applied")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, help="fixes the run: the same command twice writes the same bytes")
+    p.add_argument("--distill", metavar="T,ALPHA", help="distil from the uncompressed model: temperature, soft weight")
+    p.add_argument("--schedule", metavar="KIND[:STEPS[:EPOCHS]]",
+                   help="gradual pruning first: iterative or polynomial (Zhu & Gupta), e.g. polynomial:4:2; none")
+    p.add_argument("--threads", type=_positive, help="torch threads (default torch's: one per core); small models "
+                   "train faster on one")
+    p.add_argument("--half", action="store_true", help="store uncompressed tensors (biases, norms) as float16")
+
+
 def plan_vocabulary() -> str:
     """What a plan may name, read from the registries (a method registered before the parser is built is
     listed too): the epilog of the verbs that take a plan."""
@@ -505,23 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                        **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", required=True, help="plan JSON (its \"finetune\" section is the recipe; flags override)")
-    p.add_argument("--train", required=True, help="training data: digits (the samples' training split), a file as "
-                   "--data takes, or module:callable returning a DataLoader/Dataset/arrays; FILE@START:STOP slices")
-    p.add_argument("--val", help="validation data (default: the last tenth of --train, held out)")
-    p.add_argument("--epochs", type=int, help="epochs of retraining after the plan is applied")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--optimizer", choices=["adam", "sgd"])
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--seed", type=int, help="fixes the run: the same command twice writes the same bytes")
-    p.add_argument("--distill", metavar="T,ALPHA", help="distil from the uncompressed model: temperature, soft weight")
-    p.add_argument("--schedule", metavar="KIND[:STEPS[:EPOCHS]]",
-                   help="gradual pruning first: iterative or polynomial (Zhu & Gupta), e.g. polynomial:4:2; none")
+    _add_finetune_args(p)
     p.add_argument("--limit", type=_positive, help="train on the first N samples only")
-    p.add_argument("--threads", type=_positive, help="torch threads (default torch's: one per core); small models "
-                   "train faster on one")
     p.add_argument("-o", "--output", required=True, help="file to write (written atomically)")
-    p.add_argument("--half", action="store_true", help="store uncompressed tensors (biases, norms) as float16")
     p.set_defaults(func=cmd_finetune)
     p = sub.add_parser("sensitivity", help="per layer, accuracy against its sparsity, bits and rank (others untouched)",
                        **vocabulary)
@@ -546,7 +624,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "plan found within it")
     _add_ray_arg(p)
     p.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, help="evaluate on the first N samples")
-    p.add_argument("-o", "--output", required=True, help="the plan to write (JSON, written atomically)")
+    p.add_argument("-o", "--output", required=True, help="the plan to write (JSON, written atomically; with "
+                   "--finetune its \"finetune\" section is the recipe used)")
+    g = p.add_argument_group("fine-tuning the plan (the finetune verb's options)")
+    g.add_argument("--finetune", action="store_true", help="then fine-tune the plan's model and report the accuracy "
+                   "dense, after the plan and fine-tuned, with the ratios")
+    g.add_argument("--cexp", metavar="OUT.cexp", help="write the fine-tuned model (and OUT.cexp.finetune.json, the "
+                   "run's record)")
+    _add_finetune_args(g)
     p.set_defaults(func=cmd_auto)
     p = sub.add_parser("info", help="summarise a compressed file: architecture, per-tensor encodings and bytes")
     p.add_argument("file")
