@@ -273,15 +273,22 @@ def layer_rows(path: str, model: nn.Module) -> list:
     return rows
 
 
-def compress_one(network: str, seed: int, data: dict, out_dir: str, quick: bool, log) -> Run:
-    spec = NETWORKS[network]
+def train_one(network: str, seed: int, data: dict, quick: bool) -> tuple:
+    """The network's dense model from ``seed``, trained: ``(loaded, validation accuracy, seconds)``."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)  # the dense model's initialisation
-    loaded = load_model(spec["factory"])
-    dense_val = train_dense(loaded.model, QUICK_DENSE if quick else spec["dense"], seed, data["train"],
+    loaded = load_model(NETWORKS[network]["factory"])
+    dense_val = train_dense(loaded.model, QUICK_DENSE if quick else NETWORKS[network]["dense"], seed, data["train"],
                             data["validation"])
+    return loaded, dense_val, time.perf_counter() - t0
+
+
+def finetune_one(network: str, seed: int, loaded, dense_val: float, plan_raw: dict, data: dict, path: str,
+                 quick: bool, log) -> Run:
+    """``plan_raw`` (its ``"finetune"`` section the recipe, the seed ``seed``) applied to the trained dense
+    model ``loaded`` through the engine's fine-tuning, written to ``path``, loaded back and evaluated."""
     t1 = time.perf_counter()
-    plan_raw = copy.deepcopy(spec["plan"])
+    plan_raw = copy.deepcopy(plan_raw)
     recipe = dict(plan_raw["finetune"], seed=seed, **(QUICK_FINETUNE if quick else {}))
     plan = Plan.from_dict(plan_raw)
     result = finetune(loaded, plan, data["train"], data["validation"], check_recipe(recipe),
@@ -289,15 +296,24 @@ def compress_one(network: str, seed: int, data: dict, out_dir: str, quick: bool,
                                              f"validation {r.val:.2%} [{r.seconds:.1f} s]"))
     t2 = time.perf_counter()
     comp = result.compressed
-    path = os.path.join(out_dir, f"{network.lower()}-seed{seed}.cexp")
+    factory = NETWORKS[network]["factory"]
     predicted = fileformat.predicted_bytes(comp, loaded)
     written = fileformat.save(comp, path, loaded)
-    back = fileformat.load(path, factory=spec["factory"])
+    back = fileformat.load(path, factory=factory)
     evaluation = data["evaluation"].data
     run = Run(network, seed, path, comp.bytes["dense"], os.path.getsize(path), predicted, written, dense_val,
               accuracy(loaded.model, evaluation), result.before, result.best, accuracy(comp.model, evaluation),
               accuracy(back, evaluation), layer_rows(path, back))
-    run.seconds = {"dense": t1 - t0, "finetune": t2 - t1, "total": time.perf_counter() - t0}
+    run.seconds = {"finetune": t2 - t1}
+    return run
+
+
+def compress_one(network: str, seed: int, data: dict, out_dir: str, quick: bool, log) -> Run:
+    loaded, dense_val, dense_seconds = train_one(network, seed, data, quick)
+    path = os.path.join(out_dir, f"{network.lower()}-seed{seed}.cexp")
+    run = finetune_one(network, seed, loaded, dense_val, NETWORKS[network]["plan"], data, path, quick, log)
+    run.seconds["dense"] = dense_seconds
+    run.seconds["total"] = dense_seconds + run.seconds["finetune"]
     return run
 
 
@@ -402,24 +418,33 @@ def benchmark(data_dir: str, seeds=(0, 1, 2), networks=tuple(NETWORKS), out_dir:
     return runs
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(description: str, argv=None, extra=None) -> tuple:
+    """The options of the MNIST benchmarks (``extra(ap)`` adds a script's own), parsed, torch's threads set:
+    ``(args, seeds, log)``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--data", required=True, help="directory with MNIST's t10k-images-idx3-ubyte.gz and labels")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    ap.add_argument("--networks", default=",".join(NETWORKS), help="comma-separated: " + ", ".join(NETWORKS))
     ap.add_argument("--out", default=None, help="directory for the .cexp files (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on this shared 2-core machine one thread ran faster than two)")
     ap.add_argument("--quick", action="store_true", help="smoke test: one seed, a few hundred images, 1-2 epochs")
     ap.add_argument("--verbose", action="store_true", help="one line per fine-tuning epoch (on stderr)")
+    if extra is not None:
+        extra(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
+    return args, seeds, log
+
+
+def main(argv=None) -> int:
+    args, seeds, log = parse_args(__doc__.split("\n\n")[0], argv, lambda ap: ap.add_argument(
+        "--networks", default=",".join(NETWORKS), help="comma-separated: " + ", ".join(NETWORKS)))
     networks = [n.strip() for n in args.networks.split(",")]
     for n in networks:
         if n not in NETWORKS:
             raise SystemExit(f"error: unknown network {n!r} (known: {', '.join(NETWORKS)})")
-    log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
     benchmark(args.data, seeds, networks, args.out, args.quick, log)
     return 0
 
