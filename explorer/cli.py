@@ -534,7 +534,7 @@ def _add_model_args(p) -> None:
 #: the fine-tuning options (flag, attribute) ``finetune`` and ``auto --finetune`` share
 FINETUNE_FLAGS = (("--train", "train"), ("--val", "val"), ("--epochs", "epochs"), ("--lr", "lr"),
                   ("--optimizer", "optimizer"), ("--batch-size", "batch_size"), ("--weight-decay", "weight_decay"),
-                  ("--seed", "seed"), ("--distill", "distill"), ("--schedule", "schedule"), ("--threads", "threads"),
+                  ("--seed", "seed"), ("--distill", "distill"), ("--schedule", "schedule"),
                   ("--half", "half"), ("--cexp", "cexp"))
 
 

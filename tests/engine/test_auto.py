@@ -26,7 +26,7 @@ def test_a_size_target_is_met_within_one_step_of_each_layers_grid(mlp):
     assert pv.measure(r.plan)["size"]["file"] == r.file_bytes  # measured, as the file would be
     points = scan.sensitivity(mlp, kinds=("sparsity", "bits"), limit=200, previewer=pv,
                               sparsities=auto.AUTO_SPARSITIES)
-    cands = auto.candidates(pv, points)
+    cands = auto.candidates(pv, points, limit=200)
     chosen = {n: next(c for c in cands[n] if (c[2], c[3]) == r.choices[n][:2]) for n in cands}
     total = sum(c[0] for c in chosen.values())
     slack = r.target_bytes - r.file_bytes
@@ -84,7 +84,21 @@ def test_a_second_search_measures_no_candidate_again(mlp, monkeypatch):
     pv = Previewer(mlp)
     points = scan.sensitivity(mlp, kinds=("sparsity", "bits"), limit=200, previewer=pv, sparsities=(0.0, 0.5),
                               bits=(4, 8))
-    first = auto.candidates(pv, points, method="linear")
+    first = auto.candidates(pv, points, method="linear", limit=200)
     calls = []
     monkeypatch.setattr(auto, "candidate_cost", lambda *a: calls.append(a))
-    assert auto.candidates(Previewer(mlp), points, method="linear") == first and calls == []
+    assert auto.candidates(Previewer(mlp), points, method="linear", limit=200) == first and calls == []
+
+
+def test_every_candidate_on_a_front_is_measured_pruned_and_quantized(mlp):
+    pv = Previewer(mlp)
+    points = scan.sensitivity(mlp, kinds=("sparsity", "bits"), limit=200, previewer=pv,
+                              sparsities=(0.0, 0.5, 0.9, 0.98), bits=(1, 2, 4, 8))
+    cands = auto.candidates(pv, points, limit=200)
+    sub = mlp.eval_data.subset(200)
+    base = accuracy(mlp.model, sub)
+    for n, rows in cands.items():
+        for _, loss, s, b in rows:
+            entry = {"prune": {"amount": s} if s else None, "quantize": {"bits": b, "method": "kmeans"}}
+            got = accuracy(pv.build(Plan(layers={n: entry}), count=False).model, sub)
+            assert loss == pytest.approx(max(base - got, 0.0) + auto.TIE_BREAK * ((8 - b) + 10 * s)), (n, s, b)

@@ -29,10 +29,11 @@ from explorer.engine.measure.preview import Previewer
 from explorer.engine.plan import LayerSettings, Plan
 from explorer.engine.progress import ProgressFn, report, scaled
 from explorer.engine.sensitivity.scan import (BITS, DEFAULT_LIMIT, SPARSITIES, ScanPayload, ScanState,
-                                              fingerprint_model, scan_setup, sensitivity, shippable)
+                                              fingerprint_model, measure_edits, scan_setup, sensitivity, shippable)
 
 AUTO_SPARSITIES = SPARSITIES + (0.97, 0.98)
 BUDGET_STEPS = 10
+JOINT_ROUNDS = 12  # rounds of measuring the fronts' candidates jointly (pruned and quantized); usually 2-4
 COSTS = Recent(limit_bytes=1 << 20)  # (weights, layer, sparsity, bits, method) -> (bytes, effective MACs) or ()
 #: where measured single-layer losses are equal (often 0 on a few hundred samples, which does not mean no loss:
 #: layers add up), the gentler setting is taken: this much estimated loss per bit removed and per 10% pruned
@@ -61,43 +62,73 @@ def _entry(s: float, b: int, method: str) -> dict:
     return {"prune": {"amount": s} if s else None, "quantize": {"bits": b, "method": method}, "lowrank": None}
 
 
-def candidates(pv: Previewer, points: list, method: str = "kmeans", cost: str = "bytes", executor=None) -> dict:
+def candidates(pv: Previewer, points: list, method: str = "kmeans", cost: str = "bytes", executor=None,
+               limit: int = DEFAULT_LIMIT, progress: ProgressFn = None) -> dict:
     """layer -> its Pareto-efficient candidates ``(cost, loss, sparsity, bits)``, cheapest first; ``cost`` is
     the layer's coded bytes or its effective MACs (``"macs"``: the multiply-accumulates its nonzero weights do).
-    The candidates' sizes are independent jobs, run by ``executor`` (in this process by default)."""
-    losses, jobs = {}, []
+
+    A candidate's loss is first estimated from the single-kind points (the sum of its sparsity's and its
+    bits' losses), then measured — the layer pruned *and* quantized, the others untouched, on the first
+    ``limit`` samples — for every candidate on the front, round after round until the front is made of
+    measured candidates only: pruning and few bits together can cost far more than their sum (with k-means
+    at 1 bit, a pruned layer's kept weights all share one value). The sizes and the measurements are
+    independent jobs, run by ``executor`` (in this process by default)."""
+    estimates, bases, jobs = {}, {}, []
     for n in dict.fromkeys(p.layer for p in points):
         mine = [p for p in points if p.layer == n and p.metric is not None]
-        base = next(p.metric for p in mine if p.kind == "sparsity" and p.value == 0)
-        loss_s = {p.value: max(base - p.metric, 0.0) for p in mine if p.kind == "sparsity"}
-        loss_b = {int(p.value): max(base - p.metric, 0.0) for p in mine if p.kind == "bits"}
+        bases[n] = next(p.metric for p in mine if p.kind == "sparsity" and p.value == 0)
+        loss_s = {p.value: max(bases[n] - p.metric, 0.0) for p in mine if p.kind == "sparsity"}
+        loss_b = {int(p.value): max(bases[n] - p.metric, 0.0) for p in mine if p.kind == "bits"}
         for s, ls in loss_s.items():
             for b, lb in loss_b.items():
-                losses[(n, s, b)] = ls + lb + TIE_BREAK * ((8 - b) + 10 * s)
+                estimates[(n, s, b)] = ls + lb
                 jobs.append((n, s, b, method))
+    costs = _costs(pv, jobs, executor)
+    rows = {n: [(got[0] if cost == "bytes" else got[1], s, b) for (n2, s, b, _), got in costs.items()
+                if n2 == n and got] for n in bases}
+    measured = {(n, s, b): v for (n, s, b), v in estimates.items() if s == 0}  # bits alone: the bits point
+    for k in range(JOINT_ROUNDS):
+        fronts = {n: _front(n, rows[n], measured, estimates) for n in rows}
+        need = [(n, r[2], r[3]) for n, f in fronts.items() for r in f if (n, r[2], r[3]) not in measured]
+        if not need:
+            break
+        hits = measure_edits(pv.loaded, [(n, _entry(s, b, method)) for n, s, b in need], None, limit,
+                             scaled(progress, 1 - 0.5 ** k, 1 - 0.5 ** (k + 1)), pv, executor)
+        for (n, s, b), hit in zip(need, hits):
+            measured[(n, s, b)] = float("inf") if hit[0] is None else max(bases[n] - hit[0], 0.0)
+    report(progress, 1.0, "candidates measured")
+    return fronts
+
+
+def _front(n: str, rows: list, measured: dict, estimates: dict) -> list:
+    """The Pareto front of a layer's ``(cost, sparsity, bits)`` rows: ``(cost, loss, sparsity, bits)``, the
+    loss measured where it was (estimated elsewhere), ties broken toward the gentler setting."""
+    scored = []
+    for c, s, b in rows:
+        loss = measured.get((n, s, b), estimates[(n, s, b)])
+        if loss != float("inf"):
+            scored.append((c, loss + TIE_BREAK * ((8 - b) + 10 * s), s, b))
+    front, best = [], float("inf")
+    for r in sorted(scored, key=lambda r: (r[0], r[1])):  # kept only if it loses less than every cheaper one
+        if r[1] < best:
+            front.append(r)
+            best = r[1]
+    return front
+
+
+def _costs(pv: Previewer, jobs: list, executor) -> dict:
+    """(layer, sparsity, bits, method) -> (coded bytes, effective MACs), or () where the layer cannot take it;
+    cached per model (a second search measures none again)."""
     fp = fingerprint_model(pv.loaded.model)
     work = Workload(setup=scan_setup, task=candidate_cost, state=ScanState(pv, None, None, Plan()),
                     payload=ScanPayload(shippable(pv.loaded), None, Plan()),
-                    label=lambda j: f"{j[0]}: {j[1]:g}, {j[2]}b",
-                    key="candidates:" + fp)
-    costs = {j: COSTS.get((fp,) + j) for j in jobs}  # a second search of this model measures nothing again
+                    label=lambda j: f"{j[0]}: {j[1]:g}, {j[2]}b", key="candidates:" + fp)
+    costs = {j: COSTS.get((fp,) + j) for j in jobs}
     todo = [j for j in jobs if costs[j] is None]
     for i, got in (executor or InProcess()).map(work, todo):
-        costs[todo[i]] = got or ()  # () where the layer cannot take it
+        costs[todo[i]] = got or ()
         COSTS.put((fp,) + todo[i], costs[todo[i]])
-    rows = {n: [] for n, *_ in jobs}
-    for (n, s, b, _), got in costs.items():
-        if got:
-            rows[n].append((got[0] if cost == "bytes" else got[1], losses[(n, s, b)], s, b))
-    out = {}
-    for n in rows:
-        front, best = [], float("inf")
-        for r in sorted(rows[n], key=lambda r: (r[0], r[1])):  # kept only if it loses less than every cheaper one
-            if r[1] < best:
-                front.append(r)
-                best = r[1]
-        out[n] = front
-    return out
+    return costs
 
 
 def candidate_cost(state: ScanState, job: tuple) -> Optional[tuple]:
@@ -190,7 +221,7 @@ def auto_plan(loaded, target_ratio: Optional[float] = None, target_bytes: Option
     points = sensitivity(loaded, kinds=("sparsity", "bits"), limit=limit, progress=scaled(progress, 0.0, 0.5),
                          previewer=pv, sparsities=AUTO_SPARSITIES, bits=BITS, executor=executor)
     report(progress, 0.5, "measuring the candidates")
-    cands = candidates(pv, points, method, cost, executor)
+    cands = candidates(pv, points, method, cost, executor, limit, scaled(progress, 0.5, 0.8))
     # the smallest plan the grids allow, measured (its manifest differs from the dense one's)
     smallest = total(pv.measure(_plan({n: rows[0] for n, rows in cands.items()}, method, cost)))
     data = loaded.eval_data
@@ -210,7 +241,8 @@ def auto_plan(loaded, target_ratio: Optional[float] = None, target_bytes: Option
             summary = pv.measure(plan)
             if total(summary) <= goal:
                 break
-            inner -= total(summary) - goal
+            # over by what the layers' costs do not count (the manifest): the layers' share below what they took
+            inner = min(inner, sum(r[0] for r in pick.values())) - (total(summary) - goal)
         else:
             return None
         after = accuracy(pv.build(plan, count=False).model, sub) if labelled else None

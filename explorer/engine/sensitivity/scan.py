@@ -116,25 +116,55 @@ def sensitivity(loaded, base: Optional[Plan] = None, layers: Optional[str] = Non
     names = [n for n in pv.names if layers is None or fnmatch.fnmatchcase(n, layers)]
     if not names:
         raise PlanError(f"no layer matches {layers!r} (layers: {', '.join(pv.names)})")
-    subset = data if limit is None or limit >= len(data) else data.subset(int(limit))
-    key0 = (fingerprint_model(loaded.model), _fingerprint_data(subset), base.to_json())
     grid = {"sparsity": sparsities, "bits": bits, "rank": ranks}
     jobs = []  # (layer, kind, value, the edit of the layer there)
     for name in names:
         for kind in kinds:
             jobs += [(name, kind, v, _patch(kind, v, base.settings_for(name))) for v in grid[kind]]
-    keys = [key0 + (n, json.dumps(st, sort_keys=True)) for n, _, _, st in jobs]  # the others as the base has them
+    hits = measure_edits(loaded, [(n, st) for n, _, _, st in jobs], base, limit, progress, pv, executor)
+    report(progress, 1.0, "done")
+    return [Point(n, k, float(v), _settings_at(base, n, st), *hit) for (n, k, v, st), hit in zip(jobs, hits)]
+
+
+def describe_edit(edit: tuple) -> str:
+    """``(layer, edit)`` as progress says it, e.g. ``fc1: prune 50%``."""
+    name, patch = edit
+    parts = []
+    for section, v in patch.items():
+        if v is None:
+            parts.append(f"no {section}")
+        elif section == "prune":
+            parts.append(f"prune {v['amount']:.0%}")
+        elif section == "quantize":
+            parts.append(f"{v['bits']} bits")
+        else:
+            parts.append(f"rank {v['rank']}")
+    return f"{name}: {', '.join(parts)}"
+
+
+def measure_edits(loaded, edits: list, base: Optional[Plan] = None, limit: int = DEFAULT_LIMIT,
+                  progress: ProgressFn = None, previewer: Optional[Previewer] = None, executor=None) -> list:
+    """Each ``(layer, edit)`` measured alone (the other layers as ``base`` has them): ``(metric, layer bytes,
+    file bytes, note)`` each, from the cache where it was measured before; the others run by ``executor``
+    and cached once measured whole."""
+    data = loaded.eval_data
+    if data is None or not len(data):
+        raise ExplorerError("a sensitivity scan needs evaluation data (give --data)")
+    base = base or Plan()
+    pv = previewer or Previewer(loaded)
+    subset = data if limit is None or limit >= len(data) else data.subset(int(limit))
+    key0 = (fingerprint_model(loaded.model), _fingerprint_data(subset), base.to_json())
+    keys = [key0 + (n, json.dumps(st, sort_keys=True)) for n, st in edits]  # the others as the base has them
     hits = [CACHE.get(k) for k in keys]
     todo = [i for i, h in enumerate(hits) if h is None]
     work = Workload(setup=scan_setup, task=scan_point, state=ScanState(pv, loaded.model, subset, base),
-                    payload=ScanPayload(shippable(loaded), subset, base), label=lambda j: f"{j[0]}: {j[1]} {j[2]:g}",
+                    payload=ScanPayload(shippable(loaded), subset, base), label=describe_edit,
                     key="scan:" + json.dumps(key0))
     if todo:
-        for i, hit in (executor or InProcess()).map(work, [jobs[i] for i in todo], progress):
+        for i, hit in (executor or InProcess()).map(work, [edits[i] for i in todo], progress):
             hits[todo[i]] = hit
             CACHE.put(keys[todo[i]], hit)  # whole points only: a cancelled scan keeps what it finished
-    report(progress, 1.0, "done")
-    return [Point(n, k, float(v), _settings_at(base, n, st), *hit) for (n, k, v, st), hit in zip(jobs, hits)]
+    return hits
 
 
 def _settings_at(base: Plan, name: str, patch: dict) -> dict:
@@ -172,8 +202,9 @@ def scan_setup(payload: ScanPayload) -> ScanState:
 
 
 def scan_point(state: ScanState, job: tuple) -> tuple:
-    """One point: (metric, layer bytes, file bytes, note); a setting the layer cannot take gives the reason."""
-    name, _, _, settings = job
+    """One point, ``job`` = (layer, edit): (metric, layer bytes, file bytes, note); a setting the layer cannot
+    take gives the reason."""
+    name, settings = job
     try:
         return _measure(state.previewer, state.reference, state.base.merged([name], settings), name, state.subset)
     except Cancelled:  # (an ExplorerError too): nothing of this point is kept
