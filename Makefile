@@ -47,6 +47,7 @@ probe: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) benchmarks/soak_memory.py
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -352,3 +352,41 @@ def test_refuses_bad_requests():
 
 def fc1_columns(channels, block):
     return [c * block + t for c in channels for t in range(block)]
+
+
+def test_a_model_is_traced_once_and_a_trace_never_meets_another_threads_forward(monkeypatch):
+    """torch.fx patches nn.Module for the whole process while it traces: tracing on every structured plan
+    handed the window's other jobs proxies for their weights (benchmarks/soak.py found it)."""
+    import threading
+
+    from explorer.engine.methods import channels
+
+    model, x = fresh("cnn")
+    traces = []
+    real = channels.symbolic_trace
+    monkeypatch.setattr(channels, "symbolic_trace", lambda m: traces.append(m) or real(m))
+    name = next(n for n, info in analyze(model, x).items() if info.channel_ok)
+    assert len(traces) == 1
+    errors, stop = [], threading.Event()
+
+    def forward_meanwhile():  # what the window's preview and accuracy jobs do beside a compression
+        while not stop.is_set():
+            try:
+                with torch.no_grad():
+                    model(x)
+                _ = [tuple(p.shape) for p in model.parameters()]
+            except Exception as exc:  # noqa: BLE001 - any error here is the bug
+                errors.append(exc)
+
+    t = threading.Thread(target=forward_meanwhile)
+    t.start()
+    try:
+        for amount in (0.25, 0.5, 0.75) * 4:
+            prune_structured(model, x, {name: ("channel", amount, "l1")})
+    finally:
+        stop.set()
+        t.join()
+    assert len(traces) == 1 and errors == []  # twelve structured compressions, no trace: the first one's
+    model.extra = nn.Linear(2, 2)  # a structural change: traced again
+    analyze(model, x)
+    assert len(traces) == 2
