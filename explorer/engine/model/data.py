@@ -37,6 +37,7 @@ import math
 import numbers
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from contextlib import ExitStack
@@ -537,7 +538,8 @@ def _read_npy_header(stream, where: str) -> Tuple[tuple, bool, np.dtype, int]:
     parse = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
     try:
         shape, fortran, dtype = parse(io.BytesIO(length_raw + header), max_header_size=_NPY_MAX_HEADER)
-    except (ValueError, TypeError, SyntaxError, RecursionError) as exc:
+    except (ValueError, TypeError, SyntaxError, RecursionError, tokenize.TokenError) as exc:
+        # (numpy tokenizes the header's dict literal: an unclosed one ends in a TokenError)
         raise LoadError(f"{where}: bad .npy header ({exc})") from None
     if any(d < 0 for d in shape):
         raise LoadError(f"{where}: bad .npy header (negative size in shape {shape})")
