@@ -31,7 +31,6 @@ import collections
 import gzip
 import io
 import json
-import os
 import random
 import resource
 import struct
