@@ -18,7 +18,9 @@ after warm-up no larger than the largest during it). Exits 1 if one does not hol
 
     .venv/bin/python benchmarks/soak.py [N] [--seed S] [--every K] [--warmup W] [--pace MS] [--quick]
 
-``--quick``: 500 changes (what tests/gui/test_soak.py runs, with its own bounds). Prints a table.
+``--quick``: 500 changes (what tests/gui/test_soak.py runs, with its own bounds). ``--trim``: the heap's free
+pages given back before each sample (the window keeps freed memory for reuse, so its resident memory is the
+high-water mark of the heap, fragmentation included). Prints a table.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from soak_memory import rss_mb  # noqa: E402  (the headless soak's: VmRSS in MB)
+
+
+def trim() -> None:
+    """Give the heap's free pages back (glibc's malloc_trim): the window keeps up to 1 GiB of freed memory
+    for reuse (``workers._tune_process``), so its resident memory is the heap's high-water mark; trimmed
+    before a sample, it is what is in use."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def counts(win) -> dict:
@@ -81,7 +95,7 @@ def change(win, rng: random.Random) -> str:
 
 
 def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30, settle: int = 50,
-        quiet: bool = False) -> dict:
+        quiet: bool = False, trimmed: bool = False) -> dict:
     """Make ``n`` changes; returns the samples and the verdicts (see the module's docstring)."""
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication
@@ -136,6 +150,8 @@ def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30,
             idle()
             spin(50)
             gc.collect()
+            if trimmed:
+                trim()
             samples.append(dict(counts(win), i=i, t=time.perf_counter() - t0))
             if not quiet:
                 s = samples[-1]
@@ -172,10 +188,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pace", type=int, default=30, help="the most ms the event loop runs between two changes")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--quick", action="store_true", help="500 changes")
+    ap.add_argument("--trim", action="store_true", help="malloc_trim before each sample: memory in use, not the "
+                    "heap's high-water mark")
     args = ap.parse_args(argv)
     n = 500 if args.quick else args.n
     t = time.perf_counter()
-    r = run(n, args.seed, min(args.every, max(n // 10, 1)), args.warmup, args.pace)
+    r = run(n, args.seed, min(args.every, max(n // 10, 1)), args.warmup, args.pace, trimmed=args.trim)
     ok_rss = abs(r["rss_growth"]) <= args.tolerance
     print(f"\n{n:,} changes in {time.perf_counter() - t:.0f} s ({', '.join(f'{k} {v}' for k, v in r['kinds'].items())})")
     print(f"resident memory: {r['rss_start']:.0f} MB after opening, {r['rss_warm']:.0f} MB at the end of warm-up "
