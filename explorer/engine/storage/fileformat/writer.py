@@ -137,7 +137,7 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
 
 def _architecture(loaded, compressed, streams: _Streams) -> dict:
     kind = getattr(loaded, "kind", "")
-    if kind in ("sample", "factory", "state_dict", "compressed") and loaded.factory:
+    if kind in ("sample", "factory", "state_dict", "compressed", "hf") and loaded.factory:
         kwargs = dict(loaded.factory_kwargs or {})
         try:
             json.dumps(kwargs)
