@@ -3,6 +3,7 @@ file; each through the CLI as a user types it, compressed, and the compressed fi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -110,3 +111,95 @@ def test_a_stored_hf_config_that_lies_about_its_sizes_allocates_nothing(bert_fol
     fileformat.save(comp, str(path), loaded)
     with pytest.raises(LoadError, match="model_type 'not_a_model'"):
         fileformat.load(str(path))
+
+
+# ------------------------------------------------------------------------------------------- ONNX
+
+
+class SmallCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.c2 = torch.nn.Conv2d(8, 16, 3)
+        self.fc = torch.nn.Linear(16 * 6 * 6, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.c1(x)))
+        return self.fc(torch.flatten(torch.relu(self.c2(x)), 1))
+
+
+def _need_onnx2torch():
+    """onnx2torch installed (imported through the loader, which stands in for a torchvision that cannot load)."""
+    if importlib.util.find_spec("onnx2torch") is None:
+        pytest.skip("onnx2torch is not installed (pip install 'compression-explorer[onnx]')")
+
+
+@pytest.fixture(scope="module")
+def cnn_onnx(tmp_path_factory):
+    _need_onnx2torch()
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    path = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
+    # the TorchScript-based exporter (fast); the torch.export-based one writes opset 18, converted down on load
+    torch.onnx.export(model, (torch.randn(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17)
+    return model, path
+
+
+def test_onnx_inspect_compress_evaluate_and_export_back(cnn_onnx, plan_file, tmp_path, capsys):
+    import onnx
+
+    model, path = cnn_onnx
+    loaded = load_model(str(path))
+    assert loaded.kind == "onnx" and loaded.example_input.shape == (1, 1, 8, 8)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x), rtol=1e-5, atol=1e-5)
+    code, out, err = _cli(capsys, "inspect", path)
+    assert code == 0, err
+    assert "(onnx), example input (1, 1, 8, 8)" in out and "Conv2d" in out and "Linear" in out
+    cexp = tmp_path / "cnn.cexp"
+    code, out, err = _cli(capsys, "compress", path, "--plan", plan_file, "-o", cexp)
+    assert code == 0 and "smaller" in out, err
+    code, out, err = _cli(capsys, "evaluate", cexp)
+    assert code == 0 and "compressed file" in out, err
+    back = load_model(str(cexp))  # the graph was traced into the file: no onnx2torch needed to read it
+    from explorer.engine.compress import compress
+    from explorer.engine.plan import Plan
+
+    ours = compress(loaded.model, Plan.from_dict(PLAN), loaded.example_input).model
+    with torch.no_grad():
+        assert torch.equal(back.model(loaded.example_input), ours(loaded.example_input))
+    out_onnx = tmp_path / "back.onnx"
+    code, out, err = _cli(capsys, "export", cexp, "-o", out_onnx, "--input-shape", "1,1,8,8")
+    assert code == 0, err
+    onnx.checker.check_model(onnx.load(str(out_onnx)))
+    again = load_model(str(out_onnx))  # and the exported file opens again
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(loaded.example_input), ours(loaded.example_input), rtol=1e-4,
+                                   atol=1e-5)
+
+
+def _onnx_file(path, op: str, domain: str = ""):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op, ["x"], ["y"], domain=domain)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+
+
+def test_onnx_what_cannot_be_converted_is_named_in_one_line(tmp_path, capsys):
+    _need_onnx2torch()
+    _onnx_file(tmp_path / "det.onnx", "Det")  # a standard op onnx2torch has no converter for
+    code, _, err = _cli(capsys, "inspect", tmp_path / "det.onnx")
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "onnx2torch has no converter for Det (opset" in err
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage that is not protobuf \xff\xff")
+    code, _, err = _cli(capsys, "inspect", tmp_path / "corrupt.onnx")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "corrupt.onnx:" in err
+    assert "ONNX" in err
+    code, _, err = _cli(capsys, "inspect", tmp_path / "missing.onnx")
+    assert code != 0 and "no such file" in err

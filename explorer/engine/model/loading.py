@@ -26,7 +26,7 @@ from torch import nn
 from explorer.engine import samples
 from explorer.engine.errors import LoadError, TrustRequired, first_line
 from explorer.engine.model import data as _data
-from explorer.engine.model import hf
+from explorer.engine.model import hf, onnx_import
 from explorer.engine.model.factories import call_factory, is_factory_ref
 from explorer.engine.storage import fileformat
 
@@ -203,6 +203,9 @@ def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -
         return LoadedModel(model, example, ev, source=path, kind="compressed",
                            factory=arch.get("factory"), factory_kwargs=dict(arch.get("kwargs") or {}),
                            meta={"sample": arch.get("sample"), "manifest": manifest})
+    if onnx_import.is_onnx_file(path):
+        model, example = onnx_import.load_onnx(path)
+        return LoadedModel(model, example, source=path, kind="onnx")
     kind = _sniff(path)
     if kind == "torchscript":
         try:
@@ -218,7 +221,8 @@ def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -
             return LoadedModel(obj, source=path, kind="pickle")
         state = _extract_state_dict(obj, path)
     else:
-        raise LoadError(f"{path}: not a model file (expected TorchScript, a PyTorch .pt/.pth, or .safetensors)")
+        raise LoadError(f"{path}: not a model file (expected TorchScript, a PyTorch .pt/.pth, .safetensors, .onnx, "
+                        "or a Hugging Face folder)")
     if factory is None:
         raise LoadError(f"{path}: holds only weights (a state_dict of {len(state)} tensors); give the "
                         "architecture with --factory module:callable")
