@@ -203,3 +203,44 @@ def test_onnx_what_cannot_be_converted_is_named_in_one_line(tmp_path, capsys):
     assert "ONNX" in err
     code, _, err = _cli(capsys, "inspect", tmp_path / "missing.onnx")
     assert code != 0 and "no such file" in err
+
+
+# ------------------------------------------------------------------------------------------- torchvision
+
+
+def _torchvision():
+    """torchvision, if installed and loadable beside this torch (pip's CUDA build fails beside the CPU wheel)."""
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed (pip install 'compression-explorer[vision]')")
+    try:
+        import torchvision.models
+    except Exception as exc:  # RuntimeError: operator torchvision::nms does not exist, and the like
+        pytest.skip(f"torchvision cannot load beside this torch: {type(exc).__name__}")
+    return torchvision
+
+
+def test_torchvision_factory_with_a_local_weights_file(plan_file, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torchvision = _torchvision()
+    torch.manual_seed(0)
+    model = torchvision.models.squeezenet1_1().eval()  # weights=None: built here, nothing downloaded
+    weights = tmp_path / "squeezenet1_1.safetensors"
+    save_file(model.state_dict(), str(weights))
+    ref = "torchvision.models:squeezenet1_1"
+    code, out, err = _cli(capsys, "inspect", weights, "--factory", ref, "--input-shape", "1,3,64,64")
+    assert code == 0 and "(state_dict), example input (1, 3, 64, 64)" in out and "features.0" in out, err
+    cexp = tmp_path / "sq.cexp"
+    code, out, err = _cli(capsys, "compress", weights, "--factory", ref, "--input-shape", "1,3,64,64",
+                          "--plan", plan_file, "-o", cexp)
+    assert code == 0, err
+    code, _, err = _cli(capsys, "evaluate", cexp)  # user code: rebuilt only when the user names it
+    assert code != 0 and f"--factory {ref}" in err
+    back = load_model(str(cexp), factory=ref)
+    from explorer.engine.compress import compress
+    from explorer.engine.plan import Plan
+
+    x = torch.randn(1, 3, 64, 64)
+    ours = compress(load_model(str(weights), factory=ref).model, Plan.from_dict(PLAN), x).model
+    with torch.no_grad():
+        assert torch.equal(back.model(x), ours(x))
