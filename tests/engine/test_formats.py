@@ -86,12 +86,33 @@ def test_hf_folder_bad_inputs_get_one_clear_message(bert_folder, tmp_path, capsy
     (no_weights / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(TrustRequired, match="pickled pytorch_model.bin"):
         load_model(str(no_weights))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({"model_type": "my_custom", "architectures": ["MyModel"],
+                                                    "auto_map": {"AutoModel": "modeling.MyModel"}}))
+    (remote / "model.safetensors").write_bytes(b"")
+    with pytest.raises(TrustRequired, match="model code of its own"):
+        load_model(str(remote))
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     (broken / "model.safetensors").write_bytes(b"")
     with pytest.raises(LoadError, match="config.json cannot be read"):
         load_model(str(broken))
+
+
+def test_hf_example_input_comes_from_the_folders_tokenizer(bert_folder, tmp_path):
+    import shutil
+
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "with_tokenizer"
+    shutil.copytree(bert_folder, folder)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "compression", "makes", "models", "small", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    loaded = load_model(str(folder))
+    assert loaded.example_input.tolist() == [[2, 5, 6, 7, 8, 9, 3]]  # [CLS] compression makes models small . [SEP]
+    assert loaded.model(loaded.example_input).shape == (1, 3)
 
 
 def test_a_stored_hf_config_that_lies_about_its_sizes_allocates_nothing(bert_folder, plan_file, tmp_path):

@@ -82,6 +82,16 @@ def auto_class_for(config) -> str:
 def _config(folder: str, trust: bool):
     transformers = _transformers()
     try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"{folder}: config.json cannot be read ({first_line(exc)})") from None
+    if (isinstance(raw, dict) and raw.get("auto_map") and raw.get("model_type") not in transformers.CONFIG_MAPPING
+            and not trust):
+        raise TrustRequired(f"{folder}: its config.json names model code of its own (auto_map) for model type "
+                            f"{str(raw.get('model_type'))[:40]!r}, which transformers does not have; loading it "
+                            "would run that code. If you trust its source, pass --trust")
+    try:
         return transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
     except ValueError as exc:
         if "trust_remote_code" in str(exc) and not trust:

@@ -94,9 +94,9 @@ def _read(path: str):
     return proto
 
 
-def _unconvertible(proto, onnx2torch) -> list:
+def _unconvertible(proto) -> list:
     """``"Op (opset N)"`` for each distinct operator onnx2torch has no converter for at the graph's opset."""
-    from onnx2torch.node_converters.registry import get_converter  # optional, as above
+    from onnx2torch.node_converters.registry import get_converter  # optional: _onnx2torch imported it first
 
     opsets = {o.domain: o.version for o in proto.opset_import}
     missing = []
@@ -109,8 +109,8 @@ def _unconvertible(proto, onnx2torch) -> list:
     return missing
 
 
-def _convertible(proto, path: str, onnx2torch):
-    missing = _unconvertible(proto, onnx2torch)
+def _convertible(proto, path: str):
+    missing = _unconvertible(proto)
     if not missing:
         return proto
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -120,7 +120,7 @@ def _convertible(proto, path: str, onnx2torch):
             lower = onnx.version_converter.convert_version(proto, FALLBACK_OPSET)
         except Exception:
             lower = None
-        if lower is not None and not _unconvertible(lower, onnx2torch):
+        if lower is not None and not _unconvertible(lower):
             return lower
     raise LoadError(f"{path}: cannot be converted to PyTorch: onnx2torch has no converter for "
                     f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
@@ -185,7 +185,7 @@ def load_onnx(path: str):
         raise LoadError(f"{path}: no such file")
     proto = _read(path)
     onnx2torch = _onnx2torch()
-    proto = _convertible(proto, path, onnx2torch)
+    proto = _convertible(proto, path)
     _reshape_allowzero_off(proto)
     try:
         model = onnx2torch.convert(proto)
