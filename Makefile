@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so nothing can resolve a newer (CUDA) build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# the onnx extra's onnx2torch, without the torchvision it asks for: pip's torchvision is a CUDA build that cannot
+	# load beside the CPU torch (and, installed, breaks transformers' import); the loader stands in for its two ops
+	$(PY) -m pip install -q --no-deps 'onnx2torch>=1.5'
 	touch $(STAMP)
 
 test: $(STAMP)

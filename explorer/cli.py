@@ -31,6 +31,7 @@ from explorer.engine.methods.lowrank import METHODS
 from explorer.engine.methods.prune import GRANULARITIES
 from explorer.engine.methods.quantize import QUANTIZERS, compare_inits
 from explorer.engine.model.export import export
+from explorer.engine.model.hf import HF_FACTORY
 from explorer.engine.model.loading import load_model, parse_input_shape
 from explorer.engine.plan import Plan
 from explorer.engine.samples import SAMPLE_FACTORIES
@@ -458,6 +459,9 @@ def cmd_info(args) -> int:
     print(f"{args.file}: {info['file_bytes']:,} bytes ({human_bytes(info['file_bytes'])}), "
           f"{info['producer']}")
     how = f"factory {arch.get('factory')}" if arch.get("kind") == "factory" else "embedded TorchScript graph"
+    if arch.get("factory") == HF_FACTORY:
+        config = arch.get("kwargs", {}).get("config", {})
+        how = f"Hugging Face config ({config.get('model_type')}, {arch['kwargs'].get('auto_class')}) built by transformers"
     print(f"architecture: {how}" + (f" (sample {arch['sample']})" if arch.get("sample") else ""))
     acc = info.get("accounting") or {}
     if acc:

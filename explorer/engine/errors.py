@@ -27,3 +27,9 @@ class CompressionError(ExplorerError):
 
 class Cancelled(ExplorerError):
     """Long engine work was cancelled through its progress callback."""
+
+
+def first_line(exc: BaseException) -> str:
+    """``"TypeName: the first line of its message"`` (at most 200 characters): a foreign exception, in one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"

@@ -39,7 +39,7 @@ from explorer.gui.qt_sensitivity import Sensitivity
 from explorer.gui.workers import Workers, freeze_heap
 from explorer.session import Session
 
-MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.cexp);;All files (*)"
+MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.onnx *.cexp);;All files (*)"
 DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
 TABLE_SLACK = 8  # pixels beside the table's columns: the splitter pane's frame
 
@@ -149,6 +149,12 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------------------------- loading
     def open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open model", "", MODEL_FILTER)
+        if path:
+            self.open_model(path)
+
+    def open_folder_dialog(self) -> None:
+        """A Hugging Face model folder (config.json + model.safetensors)."""
+        path = QFileDialog.getExistingDirectory(self, "Open Hugging Face folder", "")
         if path:
             self.open_model(path)
 

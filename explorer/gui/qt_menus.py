@@ -29,6 +29,7 @@ class Menus:
         w, bar = window, window.menuBar()
         m = bar.addMenu("&File")
         _action(w, m, "&Open model…", w.open_dialog, QKeySequence.Open)
+        _action(w, m, "Open &Hugging Face folder…", w.open_folder_dialog)
         _action(w, m, "Open &eval data…", w.open_data_dialog)
         _action(w, m, "Eval data from a &factory…", w.open_data_factory_dialog)
         self.recent_menu = m.addMenu("Open &recent")

@@ -1,7 +1,7 @@
 """Loading a model from what a user has: a bundled sample, a TorchScript archive, a state_dict
 (``.pt``/``.pth`` through ``torch.load(weights_only=True)``, or ``.safetensors``) with a factory that
-builds the architecture, a factory alone, or — only when the user says they trust the file — a fully
-pickled ``nn.Module``.
+builds the architecture, a factory alone, a Hugging Face folder (:mod:`.hf`), an ONNX file (:mod:`.onnx_import`),
+or — only when the user says they trust the file — a fully pickled ``nn.Module``.
 
 A factory is ``"package.module:callable"``; calling it returns an ``nn.Module``, or a tuple
 ``(model, example_input[, eval_data])``, or a dict with those keys. Its example input lets the engine
@@ -24,8 +24,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from explorer.engine import samples
-from explorer.engine.errors import LoadError, TrustRequired
+from explorer.engine.errors import LoadError, TrustRequired, first_line
 from explorer.engine.model import data as _data
+from explorer.engine.model import hf, onnx_import
 from explorer.engine.model.factories import call_factory, is_factory_ref
 from explorer.engine.storage import fileformat
 
@@ -36,7 +37,7 @@ class LoadedModel:
     example_input: Optional[Any] = None
     eval_data: Optional[Any] = None  # data.EvalData
     source: str = ""  # what the user named (path, sample name or factory)
-    kind: str = ""  # "sample" | "torchscript" | "state_dict" | "factory" | "pickle"
+    kind: str = ""  # "sample" | "torchscript" | "state_dict" | "factory" | "pickle" | "hf" | "onnx" | "compressed"
     factory: Optional[str] = None  # "module:callable" that rebuilds the architecture, when known
     factory_kwargs: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # e.g. a sample's metadata
@@ -92,7 +93,7 @@ def _torch_load(path: str, trust: bool):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
-            raise LoadError(f"{path}: corrupt or not a PyTorch file ({_first_line(exc)})") from None
+            raise LoadError(f"{path}: corrupt or not a PyTorch file ({first_line(exc)})") from None
         if not trust:
             raise TrustRequired(
                 f"{path}: this file is a full Python pickle (e.g. a whole nn.Module), not plain weights. "
@@ -100,24 +101,18 @@ def _torch_load(path: str, trust: bool):
                 "source, pass --trust (trust=True); safer: save model.state_dict() and load it with "
                 "--factory module:callable") from None
     except Exception as exc:
-        raise LoadError(f"{path}: corrupt or not a PyTorch file ({_first_line(exc)})") from None
+        raise LoadError(f"{path}: corrupt or not a PyTorch file ({first_line(exc)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise LoadError(f"{path}: trusted pickle could not be loaded: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    return f"{type(exc).__name__}: {msg[:200]}"
+        raise LoadError(f"{path}: trusted pickle could not be loaded: {first_line(exc)}") from None
 
 
 def _load_safetensors(path: str) -> dict:
     try:
         return load_file(path, device="cpu")
     except Exception as exc:
-        raise LoadError(f"{path}: corrupt safetensors file ({_first_line(exc)})") from None
+        raise LoadError(f"{path}: corrupt safetensors file ({first_line(exc)})") from None
 
 
 def apply_state_dict(model: nn.Module, state: dict, path: str) -> None:
@@ -150,11 +145,14 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
     ----------
     source : str, optional
         A bundled sample name (``digits-mlp``), a file (TorchScript, ``.pt``/``.pth`` state_dict or pickle,
-        ``.safetensors``), or a factory reference ``module:callable``.
+        ``.safetensors``, ``.onnx``, a compressed ``.cexp``), a Hugging Face folder (``config.json`` +
+        ``model.safetensors``), or a factory reference ``module:callable``.
     factory : str, optional
         ``module:callable`` building the architecture for a state_dict file (or the model on its own).
     trust : bool
-        Allow unpickling a full Python pickle. Never needed for weights, samples or TorchScript.
+        Allow unpickling a full Python pickle (a whole ``nn.Module``, or a Hugging Face folder's
+        ``pytorch_model.bin``) and a Hugging Face config's own model code (``trust_remote_code``). Never needed
+        for weights, samples, TorchScript, ONNX or a Hugging Face folder with safetensors.
     data : str, optional
         Eval data file (IDX or npz) that overrides the factory's.
     limit : int, optional
@@ -194,19 +192,26 @@ def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -
         known = ", ".join(samples.sample_names())
         raise LoadError(f"{path}: no such file (nor a bundled sample: {known})")
     if os.path.isdir(path):
-        raise LoadError(f"{path}: is a directory, not a model file")
+        if not hf.is_hf_folder(path):
+            raise LoadError(f"{path}: is a directory without config.json, so not a Hugging Face model folder "
+                            "(give a model file, or a folder with config.json and model.safetensors)")
+        model, example, kwargs = hf.load_folder(path, trust)
+        return LoadedModel(model, example, source=path, kind="hf", factory=hf.HF_FACTORY, factory_kwargs=kwargs)
     if fileformat.is_model_file(path):
         model, example, ev, manifest = fileformat.load_full(path, factory=factory)
         arch = manifest.get("architecture", {})
         return LoadedModel(model, example, ev, source=path, kind="compressed",
                            factory=arch.get("factory"), factory_kwargs=dict(arch.get("kwargs") or {}),
                            meta={"sample": arch.get("sample"), "manifest": manifest})
+    if onnx_import.is_onnx_file(path):
+        model, example = onnx_import.load_onnx(path)
+        return LoadedModel(model, example, source=path, kind="onnx")
     kind = _sniff(path)
     if kind == "torchscript":
         try:
             model = torch.jit.load(path, map_location="cpu")
         except Exception as exc:
-            raise LoadError(f"{path}: corrupt TorchScript archive ({_first_line(exc)})") from None
+            raise LoadError(f"{path}: corrupt TorchScript archive ({first_line(exc)})") from None
         return LoadedModel(model, source=path, kind="torchscript")
     if kind == "safetensors" or path.endswith(".safetensors"):
         state = _load_safetensors(path)
@@ -216,7 +221,8 @@ def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -
             return LoadedModel(obj, source=path, kind="pickle")
         state = _extract_state_dict(obj, path)
     else:
-        raise LoadError(f"{path}: not a model file (expected TorchScript, a PyTorch .pt/.pth, or .safetensors)")
+        raise LoadError(f"{path}: not a model file (expected TorchScript, a PyTorch .pt/.pth, .safetensors, .onnx, "
+                        "or a Hugging Face folder)")
     if factory is None:
         raise LoadError(f"{path}: holds only weights (a state_dict of {len(state)} tensors); give the "
                         "architecture with --factory module:callable")

@@ -14,6 +14,7 @@ from torch import nn
 
 from explorer.engine.errors import ExplorerError, FormatError, LoadError
 from explorer.engine.measure.metrics import run_model
+from explorer.engine.model import hf
 from explorer.engine.model.factories import call_factory
 from explorer.engine.progress import report
 from explorer.engine.samples import SAMPLE_FACTORIES
@@ -76,11 +77,19 @@ def _resize(mod: nn.Module, path: str, attrs: dict) -> None:
 def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]):
     """The factory's model with the file's edits applied: factor chains in place of the layers named, and
     the resized modules with their new widths. An edit may name only a submodule of the model the factory
-    builds (a key of its ``named_modules()``): never an attribute, a parameter or a class."""
+    builds (a key of its ``named_modules()``): never an attribute, a parameter or a class.
+
+    A Hugging Face architecture (:data:`~explorer.engine.model.hf.HF_FACTORY`, its config stored in the file) is
+    built first on the meta device and checked against the file's tensors, so a config that lies about its
+    sizes allocates nothing; transformers builds it without remote code."""
     ref = arch["factory"]
     kwargs = arch.get("kwargs") or {}
     if ref in SAMPLE_FACTORIES:
         need(not kwargs, "a sample factory takes no arguments")
+    elif ref == hf.HF_FACTORY:
+        need(set(kwargs) == {"config", "auto_class"}, "a Hugging Face architecture takes config and auto_class")
+        shapes = _apply_edits(hf.rebuild(**kwargs, device="meta")[0], manifest)
+        _check_fit(shapes.state_dict(keep_vars=True), manifest, "the stored Hugging Face config")
     else:
         if factory is None:
             raise LoadError(f"this file's architecture is built by '{ref}' (user code). Make that module "
@@ -88,6 +97,10 @@ def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]):
         if factory != ref:
             raise LoadError(f"this file's architecture is built by '{ref}', not '{factory}'")
     model, example, data = call_factory(ref, kwargs)
+    return _apply_edits(model, manifest), example, data
+
+
+def _apply_edits(model: nn.Module, manifest: dict) -> nn.Module:
     edits = manifest.get("edits") or {}
     modules = dict(model.named_modules())
     for path, specs in (edits.get("replace") or {}).items():
@@ -100,7 +113,7 @@ def _rebuild_factory(arch: dict, manifest: dict, factory: Optional[str]):
     for path, attrs in (edits.get("resize") or {}).items():
         need(path in modules and path, f"edits.resize {path!r}: the architecture has no such submodule")
         _resize(modules[path], path, attrs)
-    return model, example, data
+    return model
 
 
 def _check_fit(own: dict, manifest: dict, what: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import warnings
 import weakref
 import zipfile
 import zlib
@@ -137,7 +138,7 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
 
 def _architecture(loaded, compressed, streams: _Streams) -> dict:
     kind = getattr(loaded, "kind", "")
-    if kind in ("sample", "factory", "state_dict", "compressed") and loaded.factory:
+    if kind in ("sample", "factory", "state_dict", "compressed", "hf") and loaded.factory:
         kwargs = dict(loaded.factory_kwargs or {})
         try:
             json.dumps(kwargs)
@@ -162,11 +163,15 @@ def _architecture(loaded, compressed, streams: _Streams) -> dict:
         if blob is not None:
             return {"kind": "torchscript", "stream": streams.add(lambda: blob, len(blob))}
         try:
-            scripted = torch.jit.script(model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the scripter's notes on what it skips
+                scripted = torch.jit.script(model)
         except Exception as exc:
-            raise ExplorerError("this model has no factory and cannot be scripted "
-                                f"({type(exc).__name__}); load it from a state_dict with --factory so the "
-                                "file can name its architecture") from None
+            scripted = _traced(model, loaded)  # an ONNX graph is static: its trace is the same graph
+            if scripted is None:
+                raise ExplorerError("this model has no factory and cannot be scripted "
+                                    f"({type(exc).__name__}); load it from a state_dict with --factory so the "
+                                    "file can name its architecture") from None
     blob = _GRAPH_BLOBS.get(scripted) if scripted is model else None
     if blob is None:
         blank = copy.deepcopy(scripted)
@@ -181,6 +186,21 @@ def _architecture(loaded, compressed, streams: _Streams) -> dict:
         elif signature is not None:
             _SCRIPTED_BLOBS.put(signature, blob)
     return {"kind": "torchscript", "stream": streams.add(lambda: blob, len(blob))}
+
+
+def _traced(model: nn.Module, loaded):
+    """A model converted from ONNX, traced on its example input (its graph has no control flow to lose), when it
+    does not script; None for any other model (a trace would freeze its Python control flow silently)."""
+    example = getattr(loaded, "example_input", None)
+    if getattr(loaded, "kind", "") != "onnx" or example is None:
+        return None
+    args = example if isinstance(example, tuple) else (example,)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shapes taken as constants: ONNX fixed them
+            return torch.jit.trace(model.eval(), args, check_trace=False)
+    except Exception:
+        return None
 
 
 def _architecture_signature(model: nn.Module) -> tuple:
