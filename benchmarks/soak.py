@@ -60,7 +60,12 @@ def counts(win) -> dict:
 
     widgets = QApplication.allWidgets()
     items = sum(len(w.scene().items()) for w in widgets if isinstance(w, QGraphicsView) and w.scene() is not None)
+    from explorer.engine.sensitivity import auto, scan
+
     return {"rss_mb": rss_mb(), "threads": len(os.listdir("/proc/self/task")),
+            # bounded stores that fill slowly in the window (the Sensitivity tab is shown now and then)
+            "scan_cache_mb": scan.CACHE.nbytes / 2 ** 20, "cost_cache_mb": auto.COSTS.nbytes / 2 ** 20,
+            "measured": len(win.session.measured),
             "files": len(os.listdir("/proc/self/fd")), "qobjects": len(win.findChildren(QObject)),
             "widgets": len(widgets), "plot_items": items, "undo": len(win.session._undo)
             if hasattr(win.session, "_undo") else 0}
@@ -157,7 +162,8 @@ def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30,
                 s = samples[-1]
                 print(f"{i:>7} {s['t']:>7.0f} s  rss {s['rss_mb']:7.1f} MB  threads {s['threads']:3}  files "
                       f"{s['files']:3}  qobjects {s['qobjects']:5}  widgets {s['widgets']:4}  plot items "
-                      f"{s['plot_items']:5}  undo {s['undo']:5}", flush=True)
+                      f"{s['plot_items']:5}  undo {s['undo']:5}  scan cache {s['scan_cache_mb']:4.1f} MB  measured plans "
+                      f"{s['measured']:3}", flush=True)
     win.close()
     app.processEvents()
     out = verdicts(samples, warmup, kinds, errors)
