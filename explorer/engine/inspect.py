@@ -135,28 +135,29 @@ def dense_modules(model: nn.Module) -> list:
     """:class:`DenseInfo` of every module whose own parameters and floating-point buffers belong to no
     compressible layer (norms, unsupported types, a model's free parameters), with the reason it is kept
     dense. A layer's own bias is not listed: its type's row of the README says what it keeps."""
-    if isinstance(model, torch.jit.ScriptModule):
-        return []
     weights = {id(mod.weight) for _, mod in compressible_layers(model)}
     out = []
     for name, mod in model.named_modules():
-        if name and module_layers(name, mod):
+        held = module_layers(name, mod)  # a bare LSTM's matrices are layers; a bare Linear has none
+        if (held and (name or kind_of(mod).slots)) or (name and layer_type(mod) is not None):
             continue
         own = [t for _, t in mod.named_parameters(recurse=False)]
         own += [t for _, t in mod.named_buffers(recurse=False) if t.is_floating_point()]
         n = sum(t.numel() for t in own if id(t) not in weights)
         if n == 0:
             continue
+        shown = (getattr(mod, "original_name", None) if isinstance(mod, torch.jit.ScriptModule) else None) or \
+            type(mod).__name__
         if name == "" and kind_of(mod) is not None:
-            reason = (f"the model is a bare {type(mod).__name__}: layers are its submodules, so it is stored "
+            reason = (f"the model is a bare {shown}: layers are its submodules, so it is stored "
                       "dense (wrap it in a module)")
         elif name == "":
             reason = "parameters of the model itself, outside any layer: stored dense"
-        elif list(mod.children()):
-            reason = f"parameters of {type(mod).__name__} itself, outside its layers: stored dense"
+        elif list(mod.children()) and not isinstance(mod, torch.jit.ScriptModule):
+            reason = f"parameters of {shown} itself, outside its layers: stored dense"
         else:
             reason = dense_reason(mod)
-        out.append(DenseInfo(name, type(mod).__name__, n, reason))
+        out.append(DenseInfo(name, shown, n, reason))
     return out
 
 

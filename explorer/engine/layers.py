@@ -125,7 +125,8 @@ KINDS = (
               "would change the heads' size", "in_proj_bias, bias_k/bias_v; out_proj is a Linear layer of its own",
               slots=True),
 )
-_SCRIPT_NAMES = {"Linear": "Linear", "Conv1d": "Conv1d", "Conv2d": "Conv2d", "Embedding": "Embedding"}
+# the types whose TorchScript submodules are layers too (by their original name): those with one ``weight``
+SCRIPTED_TYPES = frozenset(t.__name__ for kind in KINDS if not kind.slots for t in kind.types)
 
 
 def kind_of(module) -> Optional[LayerKind]:
@@ -222,16 +223,20 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 def dense_reason(module: nn.Module) -> str:
     """Why a module with parameters of its own that holds no layer is stored dense."""
-    if isinstance(module, _NORMS) or type(module).__name__.endswith("Norm"):
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    name = getattr(module, "original_name", "") if scripted else type(module).__name__
+    if isinstance(module, _NORMS) or "Norm" in name:
         return ("normalization: one scale and shift per channel, stored in fp32 (structured pruning shrinks it "
                 "with the layer it follows)")
-    if isinstance(module, torch.jit.ScriptModule):
-        return "a TorchScript submodule of a type the engine does not compress: stored dense"
+    if scripted:
+        return (f"{name or 'a submodule'} inside a TorchScript graph, where the engine compresses only the types "
+                "with one weight (Linear, Conv, Embedding, ...); load the model from a state_dict with its factory "
+                "to compress it: stored dense")
     if isinstance(module, (nn.PReLU,)):
         return "activation parameters: a few values, stored in fp32"
     if isinstance(module, (nn.RNNCellBase,)):
         return "recurrent cells (LSTMCell, GRUCell) are not among the types the engine compresses: stored dense"
-    return f"{type(module).__name__} is not among the layer types the engine compresses: stored dense in fp32"
+    return f"{name} is not among the layer types the engine compresses: stored dense in fp32"
 
 
 def lowrank_refusal(model: nn.Module, name: str, layer) -> Optional[str]:

@@ -161,3 +161,24 @@ def test_unsupported_types_are_listed_dense_and_never_crash(tmp_path):
     assert torch.equal(res.model.bil.weight, model.bil.weight)
     layer_macs, total = count_macs(model, x)
     assert total >= sum(layer_macs.values())
+
+
+def test_torchscript_models_compress_the_one_weight_types_and_list_the_rest(tmp_path):
+    """In a TorchScript graph only modules with one weight can be compressed (their weights are changed in
+    place); an LSTM there is listed kept dense, saying how to compress it."""
+    model, x = zoo.layer_types_inputs()["lstm"]
+    torch.jit.save(torch.jit.script(model.eval()), tmp_path / "m.pt")
+    loaded = load_model(str(tmp_path / "m.pt"))
+    info = inspect_model(loaded.model, x)
+    assert [l.name for l in info.layers] == ["emb", "fc", "head"]
+    (dense,) = info.dense
+    assert dense.name == "lstm" and dense.type == "LSTM" and "factory" in dense.reason
+    unet, y = zoo.layer_types_inputs()["unet"]
+    torch.jit.save(torch.jit.script(unet.eval()), tmp_path / "u.pt")
+    loaded = load_model(str(tmp_path / "u.pt"))
+    loaded.example_input = y
+    assert "up2" in _by_name(inspect_model(loaded.model, y))
+    res = compress(loaded.model, Plan(default={"prune": {"amount": 0.5}, "quantize": {"bits": 4}}), y)
+    written = ff.save(res, tmp_path / "u.cexp", loaded)
+    assert written == ff.predicted_bytes(res, loaded)
+    assert torch.equal(ff.load(tmp_path / "u.cexp")(y), res.model(y))

@@ -22,11 +22,10 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import sdpa_flop_count
 
 from explorer.engine.errors import Cancelled, ExplorerError
-from explorer.engine.layers import kind_of, module_layers, module_macs, type_name
+from explorer.engine.layers import SCRIPTED_TYPES, kind_of, module_layers, module_macs, type_name
 from explorer.engine.progress import ProgressFn, report
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)  # the types a low-rank factor chain is built from
-_SCRIPT_NAMES = {"Linear", "Conv1d", "Conv2d", "Embedding"}
 
 
 @contextmanager
@@ -46,7 +45,7 @@ def layer_type(module) -> Optional[str]:
         return type_name(module)
     if isinstance(module, torch.jit.ScriptModule):
         name = getattr(module, "original_name", "")
-        if name in _SCRIPT_NAMES and hasattr(module, "weight"):
+        if name in SCRIPTED_TYPES and hasattr(module, "weight"):
             return name
     return None
 
