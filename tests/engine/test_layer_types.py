@@ -14,8 +14,9 @@ from torch import nn
 from explorer.engine import compress
 from explorer.engine.errors import CompressionError
 from explorer.engine.inspect import inspect_model
+from explorer.engine.layers import refusal
 from explorer.engine.measure.evaluate import preview_plan
-from explorer.engine.measure.metrics import count_macs, fidelity
+from explorer.engine.measure.metrics import compressible_layers, count_macs, fidelity
 from explorer.engine.measure.preview import Previewer
 from explorer.engine.model.loading import load_model
 from explorer.engine.plan import Plan
@@ -182,3 +183,27 @@ def test_torchscript_models_compress_the_one_weight_types_and_list_the_rest(tmp_
     written = ff.save(res, tmp_path / "u.cexp", loaded)
     assert written == ff.predicted_bytes(res, loaded)
     assert torch.equal(ff.load(tmp_path / "u.cexp")(y), res.model(y))
+
+
+@pytest.mark.parametrize("name", sorted(zoo.example_inputs()))
+def test_what_inspect_says_applies_is_what_compress_does(name):
+    """For every zoo model: low-rank succeeds on every layer where inspect says it applies and is refused (an
+    error naming the layer, never a crash) where it says not; filter pruning is refused on every layer whose
+    type refuses it and succeeds on the first layer inspect allows it on (the tracer's own refusals are
+    tested in test_structure)."""
+    model, x = zoo.example_inputs()[name]
+    model.eval()
+    info = inspect_model(model, x)
+    owners = [l for l in info.layers if not l.shared_with]
+    by_type = {n for n, mod in compressible_layers(model) if refusal(mod, "structured")}
+    first_ok = next((l.name for l in owners if l.filter_ok), None)
+    cases = [(l.name, l.lowrank_reason is None, {"lowrank": {"rank": 1}}) for l in owners]
+    cases += [(l.name, l.name == first_ok, {"prune": {"amount": 1, "granularity": "filter"}}) for l in owners
+              if l.name in by_type or l.name == first_ok]
+    for layer, ok, settings in cases:
+        plan = Plan(layers={layer: settings})
+        if ok:
+            compress(model, plan, x, count=False)
+        else:
+            with pytest.raises(CompressionError, match=layer.replace(".", r"\.")):
+                compress(model, plan, x, count=False)
