@@ -127,12 +127,36 @@ def cmd_inspect(args) -> int:
                 for name, r in inits.items()]
         print(f"\nk-means at {args.inits} bits: mean squared error of each initialisation, before -> after k-means")
         print(table(rows, ["layer"] + names, "l" + "r" * len(names)))
-    blocked = [l for l in info.layers if not l.filter_ok and l.filter_reason]
-    if blocked and not args.quiet:
-        print("\nwhy some output channels cannot be removed:")
-        for l in blocked:
-            print(f"  {l.name}: {l.filter_reason}")
+    if not args.quiet:
+        _print_limits(info)
     return 0
+
+
+def _grouped(pairs) -> list:
+    """``(names, reason)`` of consecutive ``(name, reason)`` pairs, those with the same reason joined."""
+    out: list = []
+    for name, reason in pairs:
+        if out and out[-1][1] == reason:
+            out[-1][0].append(name)
+        else:
+            out.append(([name], reason))
+    return out
+
+
+def _print_limits(info) -> None:
+    """What inspect says after its table: the methods a layer refuses, and the modules kept dense."""
+    sections = (("why some output channels cannot be removed",
+                 [(l.name, l.filter_reason) for l in info.layers if not l.filter_ok and l.filter_reason]),
+                ("why some layers cannot be factorised (low-rank)",
+                 [(l.name, l.lowrank_reason) for l in info.layers if l.lowrank_reason]),
+                ("kept dense (stored as they are; no method applies)",
+                 [(f"{d.name or '(the model)'} ({d.type}, {d.params:,} param{'s' if d.params != 1 else ''})", d.reason)
+                  for d in info.dense]))
+    for title, pairs in sections:
+        if pairs:
+            print(f"\n{title}:")
+            for names, reason in _grouped(pairs):
+                print(f"  {', '.join(names)}: {reason}")
 
 
 def _init_errors(model, bits: int) -> dict:

@@ -122,6 +122,117 @@ class TinyTransformer(nn.Module):
         return self.head(x)
 
 
+class LSTMClassifier(nn.Module):
+    """Text classifier: Embedding, a one-layer LSTM, two Linear on the last hidden state."""
+
+    def __init__(self, vocab=40, dim=12, hidden=16, classes=4):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.lstm = nn.LSTM(dim, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, 12)
+        self.head = nn.Linear(12, classes)
+
+    def forward(self, tokens):
+        _, (h, _) = self.lstm(self.emb(tokens))
+        return self.head(torch.relu(self.fc(h[-1])))
+
+
+class BiGRUTagger(nn.Module):
+    """Embedding, a bidirectional two-layer GRU, a Linear per position (a tagger)."""
+
+    def __init__(self, vocab=40, dim=10, hidden=8, tags=5):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.gru = nn.GRU(dim, hidden, num_layers=2, bidirectional=True, batch_first=True)
+        self.out = nn.Linear(2 * hidden, tags)
+
+    def forward(self, tokens):
+        y, _ = self.gru(self.emb(tokens))
+        return self.out(y)
+
+
+class TinyUNet(nn.Module):
+    """U-Net-like: two Conv2d downsamplings, ConvTranspose2d upsamplings, concatenation skips, 1x1 head."""
+
+    def __init__(self, cin=1, base=4, classes=3):
+        super().__init__()
+        self.enc1 = nn.Conv2d(cin, base, 3, padding=1)
+        self.enc2 = nn.Conv2d(base, 2 * base, 3, stride=2, padding=1)
+        self.mid = nn.Conv2d(2 * base, 2 * base, 3, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(2 * base, 2 * base, 2, stride=2)
+        self.dec2 = nn.Conv2d(4 * base, 2 * base, 3, padding=1)
+        self.up1 = nn.ConvTranspose2d(2 * base, base, 2, stride=2, groups=2)
+        self.dec1 = nn.Conv2d(2 * base, base, 3, padding=1)
+        self.head = nn.Conv2d(base, classes, 1)
+
+    def forward(self, x):
+        e1 = torch.relu(self.enc1(x))
+        e2 = torch.relu(self.enc2(e1))
+        m = torch.relu(self.mid(e2))
+        d2 = torch.relu(self.dec2(torch.cat([self.up2(m), e2], 1)))
+        d1 = torch.relu(self.dec1(torch.cat([self.up1(d2), e1], 1)))
+        return self.head(d1)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, 3x3 depthwise, 1x1 project (linear), a residual add when shapes match."""
+
+    def __init__(self, cin, cout, stride=1, expand=3):
+        super().__init__()
+        mid = cin * expand
+        self.expand = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.project = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = torch.nn.functional.relu6(self.bn1(self.expand(x)))
+        y = torch.nn.functional.relu6(self.bn2(self.dw(y)))
+        y = self.bn3(self.project(y))
+        return x + y if self.residual else y
+
+
+class MobileNetV2ish(nn.Module):
+    """A stem, three inverted-residual blocks (one with stride 2, one residual), global pool, Linear head."""
+
+    def __init__(self, classes=6):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.blocks = nn.Sequential(InvertedResidual(8, 8), InvertedResidual(8, 12, stride=2),
+                                    InvertedResidual(12, 12))
+        self.head = nn.Linear(12, classes)
+
+    def forward(self, x):
+        x = self.blocks(torch.nn.functional.relu6(self.bn(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class MixedSequenceNet(nn.Module):
+    """Conv1d over embedded tokens, MultiheadAttention, an EmbeddingBag of the same tokens, a Linear head;
+    also a PReLU and a LayerNorm (kept dense) and a free parameter of the model (a learned scale)."""
+
+    def __init__(self, vocab=30, dim=8, classes=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.conv = nn.Conv1d(dim, dim, 3, padding=1)
+        self.act = nn.PReLU()
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.bag = nn.EmbeddingBag(vocab, dim, mode="mean")
+        self.scale = nn.Parameter(torch.ones(1))
+        self.head = nn.Linear(2 * dim, classes)
+
+    def forward(self, tokens):
+        x = self.act(self.conv(self.emb(tokens).transpose(1, 2))).transpose(1, 2)
+        a, _ = self.attn(x, x, x, need_weights=False)
+        pooled = self.norm(x + a).mean(1)
+        return self.head(torch.cat([pooled, self.scale * self.bag(tokens)], 1))
+
+
 def example_inputs():
     """(model, example input) pairs for every zoo model, seeded."""
     torch.manual_seed(0)
@@ -131,7 +242,34 @@ def example_inputs():
         "resnet": (TinyResNet(), torch.randn(2, 3, 16, 16)),
         "depthwise": (DepthwiseNet(), torch.randn(2, 3, 4, 4)),
         "transformer": (TinyTransformer(), torch.randint(0, 50, (2, 12))),
+        **layer_types_inputs(),
     }
+
+
+def layer_types_inputs():
+    """(model, example input) of the models that bring the other layer types (issue 16): LSTM, GRU,
+    ConvTranspose2d, depthwise inverted residuals, Conv1d + MultiheadAttention + EmbeddingBag. Seeded."""
+    torch.manual_seed(1)
+    return {
+        "lstm": (LSTMClassifier(), torch.randint(0, 40, (2, 7))),
+        "bigru": (BiGRUTagger(), torch.randint(0, 40, (2, 6))),
+        "unet": (TinyUNet(), torch.randn(2, 1, 8, 8)),
+        "mobilenetv2": (MobileNetV2ish(), torch.randn(2, 3, 8, 8)),
+        "mixed": (MixedSequenceNet(), torch.randint(0, 30, (2, 9))),
+    }
+
+
+def mixed_example():
+    """A factory (model, example input) for the CLI: the Conv1d + MultiheadAttention + EmbeddingBag model."""
+    return layer_types_inputs()["mixed"]
+
+
+def lstm_example():
+    return layer_types_inputs()["lstm"]
+
+
+def bigru_example():
+    return layer_types_inputs()["bigru"]
 
 
 # ---------------------------------------------------------------------- eval data factories (tests)
@@ -188,3 +326,9 @@ def eval_not_arrays():
 def eval_bfloat16():
     x, y = digits_eval_tuple()
     return torch.from_numpy(x[:10]).to(torch.bfloat16), torch.from_numpy(y[:10])
+
+
+def tokens_eval():
+    """Eval data for the token models (vocabulary 30, 4 classes): 16 sequences of 7 tokens, seeded."""
+    g = torch.Generator().manual_seed(2)
+    return torch.randint(0, 30, (16, 7), generator=g), torch.randint(0, 3, (16,), generator=g)

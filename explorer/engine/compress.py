@@ -20,6 +20,7 @@ from torch import nn
 from explorer.engine.cache import TensorCache
 from explorer.engine.errors import CompressionError, ExplorerError, PlanError
 from explorer.engine.inspect import stored_numel, weight_owners
+from explorer.engine.layers import find_layer, layer_of_key, refusal, weight_key
 from explorer.engine.measure.metrics import LAYER_TYPES, compressible_layers, count_macs, layer_type, run_model
 from explorer.engine.methods import channels as _structure
 from explorer.engine.methods import lowrank as _lowrank
@@ -146,12 +147,10 @@ def _weight_modules(name: str, module: nn.Module) -> list:
     return [(f"{name}.{sub}", m) for sub, m in module.named_modules() if sub and isinstance(m, LAYER_TYPES)]
 
 
-def _submodule(model: nn.Module, name: str) -> nn.Module:
-    # get_submodule is not available on TorchScript modules; walking attributes works for both
-    module = model
-    for part in name.split("."):
-        module = getattr(module, part)
-    return module
+def _submodule(model: nn.Module, name: str):
+    # get_submodule is not available on TorchScript modules; find_layer walks attributes (works for both)
+    # and gives a WeightSlot for a weight matrix of an LSTM or MultiheadAttention
+    return find_layer(model, name)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -183,6 +182,11 @@ def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict)
             if s.changes_shapes:
                 raise CompressionError(f"layer '{name}': low-rank and structured pruning cannot change a tied "
                                        "weight (it is shared with another layer)")
+        for method, asked in (("lowrank", s.lowrank is not None), ("structured", s.removes_channels)):
+            why = refusal(mod, method) if asked else None
+            if why:
+                what = "low-rank" if method == "lowrank" else f"{s.prune.granularity} pruning"
+                raise CompressionError(f"layer '{name}' ({layer_type(mod)}): {what} does not apply: {why}")
         parent = _submodule(model, name.rpartition(".")[0]) if "." in name else model
         if s.lowrank is not None and isinstance(parent, nn.MultiheadAttention):
             raise CompressionError(f"layer '{name}': nn.MultiheadAttention reads this projection's weight "
@@ -324,7 +328,7 @@ def _compress_tensors(work: nn.Module, layers: list, settings: dict, owners: dic
             if hit is not None:
                 result, new = hit
             else:
-                result, new = compress_weight(tname, mod.weight, s)
+                result, new = compress_weight(weight_key(tname, mod), mod.weight, s)
                 if key is not None:
                     cache.put(key, (result, new))
             if new is not None:
@@ -347,7 +351,7 @@ def set_layer_macs(results: dict, before: dict, after: Optional[dict]) -> None:
         if lr.shared_with:  # the tied layer runs its own MACs with the owner's (compressed) weight
             subs = [(t, after.get(name, 0)) for t in tensors]
         else:
-            subs = [(t, after.get(t.name[: -len(".weight")], 0)) for t in tensors]
+            subs = [(t, after.get(layer_of_key(t.name), 0)) for t in tensors]
         lr.macs_after = sum(m for _, m in subs)
         lr.macs_effective = int(round(sum(m * t.nonzero / max(t.numel, 1) for t, m in subs)))
 
@@ -362,11 +366,11 @@ def check_layer_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
     removed_count(p.amount, g.total(module.weight), f"layer '{name}'", g.unit)
 
 
-def compress_weight(tname: str, weight: torch.Tensor, s: LayerSettings):
+def compress_weight(key: str, weight: torch.Tensor, s: LayerSettings):
     """Element pruning and quantization of one weight tensor (left unchanged).
 
     Returns ``(TensorResult, new)`` where ``new`` is the compressed weight (same shape and dtype), or
-    None when the settings leave it as it is. ``tname`` is the module's path (``.weight`` is appended).
+    None when the settings leave it as it is. ``key`` is the weight's state_dict key (``fc1.weight``).
     """
     mask = None
     if s.prune is not None and s.prune.granularity == "element" and s.prune.amount:
@@ -377,7 +381,7 @@ def compress_weight(tname: str, weight: torch.Tensor, s: LayerSettings):
             try:
                 quant = quantize_tensor(weight, s.quantize, mask)
             except CompressionError as exc:
-                raise CompressionError(f"tensor '{tname}': {exc}") from None
+                raise CompressionError(f"tensor '{layer_of_key(key)}': {exc}") from None
             new = quant.decoded.to(weight.dtype)
         elif mask is not None:
             new = weight * torch.from_numpy(mask.reshape(tuple(weight.shape))).to(weight.device, weight.dtype)
@@ -388,4 +392,4 @@ def compress_weight(tname: str, weight: torch.Tensor, s: LayerSettings):
     nonzero = int(np.count_nonzero(out.cpu().numpy()) if out.dtype in (torch.float32, torch.float64)
                   else torch.count_nonzero(out))
     sizes = tensor_sizes(weight.numel(), mask, quant.tensor_code() if quant is not None else None)
-    return TensorResult(f"{tname}.weight", tuple(weight.shape), mask, quant, sizes, nonzero), new
+    return TensorResult(key, tuple(weight.shape), mask, quant, sizes, nonzero), new

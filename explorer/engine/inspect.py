@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from explorer.engine.layers import WeightSlot, dense_reason, kind_of, lowrank_refusal, module_layers, refusal
 from explorer.engine.measure.metrics import compressible_layers, count_macs, layer_type
 from explorer.engine.methods import channels as _structure
 from explorer.engine.progress import ProgressFn, report
@@ -30,6 +31,8 @@ class LayerInfo:
     channel_reason: Optional[str] = None
     coupled: list = field(default_factory=list)
     shared_with: Optional[str] = None  # the earlier layer whose weight tensor this one reuses (tied weights)
+    lowrank_reason: Optional[str] = None  # why low-rank does not apply to this type (None: it does)
+    kept_dense: str = "bias"  # what of the layer's module is stored dense
 
     @property
     def params(self) -> int:
@@ -45,7 +48,23 @@ class LayerInfo:
                 "bytes": self.bytes, "shared_with": self.shared_with,
                 "structured": {"filter": self.filter_ok, "filter_reason": self.filter_reason,
                                "channel": self.channel_ok, "channel_reason": self.channel_reason,
-                               "coupled": list(self.coupled)}}
+                               "coupled": list(self.coupled)},
+                "methods": {"prune_element": True, "quantize": True, "prune_filter": self.filter_ok,
+                            "prune_channel": self.channel_ok, "lowrank": self.lowrank_reason is None,
+                            "lowrank_reason": self.lowrank_reason},
+                "kept_dense": self.kept_dense}
+
+
+@dataclass
+class DenseInfo:
+    """A module with parameters of its own that holds no compressible layer: stored as it is, and why."""
+    name: str  # "" for parameters of the model itself
+    type: str
+    params: int
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "type": self.type, "params": self.params, "reason": self.reason}
 
 
 @dataclass
@@ -54,6 +73,7 @@ class ModelInfo:
     total_params: int  # every parameter and floating-point buffer (BatchNorm statistics included)
     macs: Optional[int]  # whole model, FlopCounterMode / 2
     input_shape: Optional[tuple]
+    dense: list = field(default_factory=list)  # DenseInfo of every module kept dense
 
     @property
     def layer_params(self) -> int:
@@ -76,7 +96,7 @@ class ModelInfo:
 
     def to_dict(self) -> dict:
         layer_macs_sum = sum(l.macs or 0 for l in self.layers)
-        return {"layers": [l.to_dict() for l in self.layers],
+        return {"layers": [l.to_dict() for l in self.layers], "dense": [d.to_dict() for d in self.dense],
                 "input_shape": list(self.input_shape) if self.input_shape else None,
                 "total": {"params": self.total_params, "layer_params": self.layer_params,
                           "other_params": self.other_params, "bytes": self.bytes,
@@ -111,6 +131,36 @@ def weight_owners(model: nn.Module) -> dict:
     return owners
 
 
+def dense_modules(model: nn.Module) -> list:
+    """:class:`DenseInfo` of every module whose own parameters and floating-point buffers belong to no
+    compressible layer (norms, unsupported types, a model's free parameters), with the reason it is kept
+    dense. A layer's own bias is not listed: its type's row of the README says what it keeps."""
+    weights = {id(mod.weight) for _, mod in compressible_layers(model)}
+    out = []
+    for name, mod in model.named_modules():
+        held = module_layers(name, mod)  # a bare LSTM's matrices are layers; a bare Linear has none
+        if (held and (name or kind_of(mod).slots)) or (name and layer_type(mod) is not None):
+            continue
+        own = [t for _, t in mod.named_parameters(recurse=False)]
+        own += [t for _, t in mod.named_buffers(recurse=False) if t.is_floating_point()]
+        n = sum(t.numel() for t in own if id(t) not in weights)
+        if n == 0:
+            continue
+        shown = (getattr(mod, "original_name", None) if isinstance(mod, torch.jit.ScriptModule) else None) or \
+            type(mod).__name__
+        if name == "" and kind_of(mod) is not None:
+            reason = (f"the model is a bare {shown}: layers are its submodules, so it is stored "
+                      "dense (wrap it in a module)")
+        elif name == "":
+            reason = "parameters of the model itself, outside any layer: stored dense"
+        elif list(mod.children()) and not isinstance(mod, torch.jit.ScriptModule):
+            reason = f"parameters of {shown} itself, outside its layers: stored dense"
+        else:
+            reason = dense_reason(mod)
+        out.append(DenseInfo(name, shown, n, reason))
+    return out
+
+
 def _input_shape(example) -> Optional[tuple]:
     return tuple(example.shape) if isinstance(example, torch.Tensor) else None
 
@@ -130,12 +180,16 @@ def inspect_model(model: nn.Module, example_input: Any = None, progress: Progres
     layers = []
     owners = weight_owners(model)
     for name, mod in compressible_layers(model):
-        info = LayerInfo(name, layer_type(mod), tuple(mod.weight.shape), mod.weight.numel(), _bias_numel(mod),
-                         macs.get(name) if macs else None)
+        info = LayerInfo(name, layer_type(mod), tuple(mod.weight.shape), mod.weight.numel(),
+                         0 if isinstance(mod, WeightSlot) else _bias_numel(mod), macs.get(name) if macs else None,
+                         lowrank_reason=lowrank_refusal(model, name, mod), kept_dense=_kept(mod))
         if owners[name] != name:
             info.shared_with = owners[name]
         s = struct.get(name)
-        if s is not None:
+        fixed = refusal(mod, "structured") if not scripted else None
+        if fixed:
+            info.filter_reason = info.channel_reason = fixed
+        elif s is not None:
             info.filter_ok, info.filter_reason = s.filter_ok, s.filter_reason
             info.channel_ok, info.channel_reason = s.channel_ok, s.channel_reason
             info.coupled = list(s.coupled)
@@ -143,4 +197,11 @@ def inspect_model(model: nn.Module, example_input: Any = None, progress: Progres
             why = ("TorchScript graph cannot be rewritten" if scripted else "no example input to trace the model")
             info.filter_reason = info.channel_reason = why
         layers.append(info)
-    return ModelInfo(layers, stored_numel(model), total, _input_shape(example_input))
+    return ModelInfo(layers, stored_numel(model), total, _input_shape(example_input), dense_modules(model))
+
+
+def _kept(layer) -> str:
+    kind = kind_of(layer)
+    if isinstance(layer, WeightSlot) or kind is None or kind.kept != "bias":
+        return kind.kept if kind is not None else "bias"
+    return "bias" if _bias_numel(layer) else "nothing"

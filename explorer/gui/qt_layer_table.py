@@ -42,8 +42,13 @@ class LayerTableModel(QStandardItemModel):
             return
         for layer in info.layers:
             first = self._item(layer.name, layer.name)
+            tips = []
             if not layer.filter_ok and layer.filter_reason:
-                first.setToolTip(f"output channels cannot be removed: {layer.filter_reason}")
+                tips.append(f"output channels cannot be removed: {layer.filter_reason}")
+            if layer.lowrank_reason:
+                tips.append(f"cannot be factorised (low-rank): {layer.lowrank_reason}")
+            if tips:
+                first.setToolTip("\n".join(tips))
             self.appendRow([first, self._item(layer.type, layer.type),
                             self._item("×".join(map(str, layer.shape)), layer.weight_params),
                             self._item(f"{layer.params:,}", layer.params, True),

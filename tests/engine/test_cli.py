@@ -92,3 +92,24 @@ def test_evaluate_on_eval_data_from_a_factory():
     assert acc["data"] == "zoo:digits_eval_tuple (100)" and acc["samples"] == 100
     out = run("evaluate", "digits-mlp", "--plan", "sample_models/digits-mlp.plan.json", "--data", "zoo:eval_raises")
     assert out.returncode == 2 and "no data here" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_inspect_names_what_does_not_apply_and_what_is_kept_dense(capsys):
+    """Issue 16: the text and the JSON of inspect name each layer's refusals and every module kept dense
+    (in this process: the verb is the same function)."""
+    from explorer.cli import main
+
+    assert main(["inspect", "zoo:mixed_example"]) == 0
+    text = capsys.readouterr().out
+    assert "attn.in_proj_weight  MultiheadAttention" in text
+    assert "why some layers cannot be factorised (low-rank):\n" in text
+    assert "  bag: its factors would be an Embedding and a Linear" in text
+    assert "kept dense (stored as they are; no method applies):\n" in text
+    assert "  (the model) (MixedSequenceNet, 1 param): parameters of the model itself" in text
+    assert "  norm (LayerNorm, 16 params): normalization" in text
+    assert main(["inspect", "zoo:mixed_example", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [e["name"] for e in d["dense"]] == ["", "act", "norm"]
+    layers = {l["name"]: l for l in d["layers"]}
+    assert layers["conv"]["methods"]["lowrank"] and not layers["bag"]["methods"]["lowrank"]
+    assert "pooling" in layers["bag"]["methods"]["lowrank_reason"]

@@ -56,7 +56,8 @@ def test_measure_equals_the_full_preview_on_the_samples(samples, sample):
         assert pv.measure(plan) == expected  # from the cache too
 
 
-@pytest.mark.parametrize("zoo_name", ["resnet", "depthwise", "transformer"])
+@pytest.mark.parametrize("zoo_name", ["resnet", "depthwise", "transformer", "lstm", "bigru", "unet", "mobilenetv2",
+                                      "mixed"])
 def test_measure_equals_the_full_preview_on_other_architectures(zoo_name):
     loaded = _loaded(zoo_name)
     pv = Previewer(loaded)

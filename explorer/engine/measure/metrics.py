@@ -22,10 +22,10 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import sdpa_flop_count
 
 from explorer.engine.errors import Cancelled, ExplorerError
+from explorer.engine.layers import SCRIPTED_TYPES, kind_of, module_layers, module_macs, type_name
 from explorer.engine.progress import ProgressFn, report
 
-LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
-_SCRIPT_NAMES = {"Linear", "Conv1d", "Conv2d", "Embedding"}
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)  # the types a low-rank factor chain is built from
 
 
 @contextmanager
@@ -38,28 +38,30 @@ def _eval_mode(model):
         model.train(was)
 
 
-def layer_type(module: nn.Module) -> Optional[str]:
-    """The compressible type name of ``module`` (also for TorchScript submodules), else None."""
-    if isinstance(module, LAYER_TYPES):
-        return type(module).__name__
+def layer_type(module) -> Optional[str]:
+    """The compressible type name of ``module`` (a module, a :class:`~explorer.engine.layers.WeightSlot`,
+    or a TorchScript submodule), else None."""
+    if kind_of(module) is not None and not isinstance(module, torch.jit.ScriptModule):
+        return type_name(module)
     if isinstance(module, torch.jit.ScriptModule):
         name = getattr(module, "original_name", "")
-        if name in _SCRIPT_NAMES and hasattr(module, "weight"):
+        if name in SCRIPTED_TYPES and hasattr(module, "weight"):
             return name
     return None
 
 
 def compressible_layers(model: nn.Module) -> list:
-    """(name, module) of every Linear, Conv1d, Conv2d and Embedding, in module order."""
-    return [(n, m) for n, m in model.named_modules() if n and layer_type(m) is not None]
-
-
-def _macs_of(module: nn.Module, out: torch.Tensor) -> int:
-    if isinstance(module, nn.Linear):
-        return out.numel() * module.in_features
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return out.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    return 0
+    """(name, layer) of every compressible layer, in module order: modules with a weight (Linear, Conv,
+    Embedding, ...) and the weight matrices of LSTM/GRU/RNN and MultiheadAttention modules, each a
+    :class:`~explorer.engine.layers.WeightSlot` (see :data:`explorer.engine.layers.KINDS`)."""
+    out = []
+    for n, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            if n and layer_type(m) is not None:
+                out.append((n, m))
+            continue
+        out.extend((ln, layer) for ln, layer in module_layers(n, m) if ln)
+    return out
 
 
 def _call(model: nn.Module, example):
@@ -97,16 +99,18 @@ def _count(model: nn.Module, example, hooks: bool) -> tuple:
     handles = []
 
     def hook(name):
-        def fn(mod, inp, out):
-            if isinstance(out, torch.Tensor):
-                counts[name] = counts.get(name, 0) + _macs_of(mod, out)
+        def fn(mod, args, kwargs, out):
+            for lname, macs in module_macs(name, mod, args, kwargs, out).items():
+                counts[lname] = counts.get(lname, 0) + macs
         return fn
 
     if hooks:
         for name, mod in model.named_modules():
-            if isinstance(mod, LAYER_TYPES):
-                counts.setdefault(name, 0)
-                handles.append(mod.register_forward_hook(hook(name)))
+            layers = module_layers(name, mod)
+            if layers:
+                for lname, _ in layers:
+                    counts.setdefault(lname, 0)
+                handles.append(mod.register_forward_hook(hook(name), with_kwargs=True))
     # torch counts scaled_dot_product_attention on its GPU kernels but not on the CPU one: count it the same way
     extra = {}
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -119,14 +123,19 @@ def _count(model: nn.Module, example, hooks: bool) -> tuple:
     finally:
         for h in handles:
             h.remove()
-    return counts, counter.get_total_flops() // 2
+    # FlopCounterMode misses fused kernels (an LSTM's, the native MultiheadAttention path): the model runs at
+    # least its layers' MACs
+    return counts, max(counter.get_total_flops() // 2, sum(counts.values()))
 
 
 def count_macs(model: nn.Module, example) -> tuple:
     """``(per-layer MACs, whole-model MACs)`` from one forward pass on ``example``.
 
-    Per layer: forward hooks on every Linear/Conv/Embedding module (any depth, by name; a module run twice
-    counts twice). Whole model: FlopCounterMode's FLOPs / 2. The pass runs on 'meta' tensors where the model
+    Per layer: forward hooks on every module holding layers (any depth, by name; a module run twice counts
+    twice), each layer's MACs as its type in :data:`explorer.engine.layers.KINDS` counts them (an LSTM's
+    matrix: its (batch, step) positions x its size; a transposed convolution: input elements x out/groups
+    x kernel). Whole model: FlopCounterMode's FLOPs / 2, at least the layers' sum (it misses fused
+    kernels: an LSTM's, MultiheadAttention's native path). The pass runs on 'meta' tensors where the model
     allows it (shapes only: no arithmetic, milliseconds even for big models), else on the real example.
     TorchScript modules run no Python hooks: their per-layer dict is empty.
     """

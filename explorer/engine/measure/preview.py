@@ -37,6 +37,7 @@ from explorer.engine.compress import (FP32_BITS, Compressed, LayerResult, Tensor
                                       check_settings, compress, compress_weight, set_layer_macs)
 from explorer.engine.errors import ExplorerError
 from explorer.engine.inspect import stored_numel, weight_owners
+from explorer.engine.layers import weight_key
 from explorer.engine.measure.evaluate import summarize
 from explorer.engine.measure.layerview import LayerPreview, init_comparison
 from explorer.engine.measure.metrics import compressible_layers, count_macs, layer_type
@@ -120,7 +121,7 @@ class Previewer:
         key = TensorCache.key(weight, name, settings)
         hit = self.cache.get(key)
         if hit is None:
-            hit = compress_weight(name, weight, settings)
+            hit = compress_weight(weight_key(name, self.modules[name]), weight, settings)
             self.cache.put(key, hit)
         return hit
 
@@ -197,8 +198,8 @@ class Previewer:
         if r is None:
             return None
         weight = self.modules[name].weight
-        fast = TensorResult(f"{name}.weight", tuple(weight.shape), None, r.quant, r.sizes, r.nonzero,
-                            sizes_only=True)
+        fast = TensorResult(weight_key(name, self.modules[name]), tuple(weight.shape), None, r.quant, r.sizes,
+                            r.nonzero, sizes_only=True)
         self._measured.put(key, fast)
         return fast
 
