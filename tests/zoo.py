@@ -259,6 +259,41 @@ def layer_types_inputs():
     }
 
 
+def mixed_plan(info):
+    """Element pruning and 4-bit k-means by default; filter pruning on the first layer that allows it;
+    low-rank (half the parameters) on the first other layer that allows it and is worth factorising."""
+    from explorer.engine.plan import Plan
+
+    layers = {}
+    structured = next((l for l in info.layers if l.filter_ok and not l.shared_with), None)
+    if structured is not None:
+        layers[structured.name] = {"prune": {"amount": 0.25, "granularity": "filter"}}
+    for l in info.layers:
+        if (l.lowrank_reason is None and l.name not in layers and not l.shared_with and l.type != "Embedding"
+                and min(l.shape[:2]) >= 4):
+            layers[l.name] = {"lowrank": {"rank": 0.5}}
+            break
+    return Plan.from_dict({"version": 1, "default": {"prune": {"amount": 0.5},
+                                                      "quantize": {"bits": 4, "method": "kmeans"}},
+                           "layers": layers})
+
+
+def _factory(name):
+    def make():
+        pairs = example_inputs()
+        model, x = pairs[name]
+        return model.eval(), x
+    make.__name__ = make.__qualname__ = f"{name}_model"
+    make.__doc__ = f"A factory (model, example input) of the zoo's {name} model, for the CLI and the window."
+    return make
+
+
+# the zoo through the CLI and the window (tests/gui/test_zoo_matrix.py): zoo:<name>_model
+mlp_model, cnn_model, resnet_model, depthwise_model, transformer_model = (
+    _factory(n) for n in ("mlp", "cnn", "resnet", "depthwise", "transformer"))
+unet_model, mobilenetv2_model = _factory("unet"), _factory("mobilenetv2")
+
+
 def mixed_example():
     """A factory (model, example input) for the CLI: the Conv1d + MultiheadAttention + EmbeddingBag model."""
     return layer_types_inputs()["mixed"]

@@ -480,10 +480,16 @@ _GUARDED_CLASSES = (nn.Module, nn.Linear, nn.Conv1d, nn.Conv2d, nn.Sequential, n
                     nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.LayerNorm)
 
 
+#: what libraries add to the classes themselves, on first use: TorchScript's compiler fills in
+#: ``__annotations__``; transformers sets ``nn.Module.smart_apply`` when it first builds a model (a Hugging
+#: Face test before this one, or a Hugging Face file: its own doing, not a file's)
+_LIBRARY_ADDED = {"__annotations__", "smart_apply"}
+
+
 def _class_state() -> dict:
-    """What no file may change: every attribute of the module classes a model is built from (less the
-    ``__annotations__`` that TorchScript's compiler fills in on first use)."""
-    return {cls: {k: v for k, v in cls.__dict__.items() if k != "__annotations__"} for cls in _GUARDED_CLASSES}
+    """What no file may change: every attribute of the module classes a model is built from (less what
+    libraries add on first use: :data:`_LIBRARY_ADDED`)."""
+    return {cls: {k: v for k, v in cls.__dict__.items() if k not in _LIBRARY_ADDED} for cls in _GUARDED_CLASSES}
 
 
 CLASSES = _class_state()

@@ -35,30 +35,13 @@ def _loaded(name, tmp_path):
     return loaded
 
 
-def mixed_plan(info) -> Plan:
-    """Element pruning and 4-bit k-means by default; filter pruning on the first layer that allows it;
-    low-rank (half the parameters) on the first other layer that allows it and is worth factorising."""
-    layers = {}
-    structured = next((l for l in info.layers if l.filter_ok and not l.shared_with), None)
-    if structured is not None:
-        layers[structured.name] = {"prune": {"amount": 0.25, "granularity": "filter"}}
-    for l in info.layers:
-        if (l.lowrank_reason is None and l.name not in layers and not l.shared_with and l.type != "Embedding"
-                and min(l.shape[:2]) >= 4):
-            layers[l.name] = {"lowrank": {"rank": 0.5}}
-            break
-    return Plan.from_dict({"version": 1, "default": {"prune": {"amount": 0.5},
-                                                      "quantize": {"bits": 4, "method": "kmeans"}},
-                           "layers": layers})
-
-
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_inspect_compress_write_read_back(name, tmp_path):
     loaded = _loaded(name, tmp_path)
     model, x = loaded.model, loaded.example_input
     info = inspect_model(model, x)
     assert info.layers, name
-    plan = mixed_plan(info)
+    plan = zoo.mixed_plan(info)
     summary, res = preview_plan(loaded, plan)
     path = tmp_path / "m.cexp"
     written = ff.save(res, path, loaded)

@@ -37,7 +37,10 @@ RESIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "g
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 FACTORY_REF = re.compile(r"[A-Za-z]\w*(\.[A-Za-z]\w*)*:[A-Za-z]\w*(\.[A-Za-z]\w*)*")
 #: a module path: dotted names of letters, digits and underscores, no part a dunder (``__class__``)
-MODULE_PATH = re.compile(r"(?!__)\w+(\.(?!__)\w+)*", re.ASCII)
+#: a submodule's name as ``named_modules()`` gives it: dot-separated parts of printable ASCII (an imported
+#: ONNX graph names its modules ``conv1/Conv``), none starting with ``__``; it is only ever looked up among the
+#: rebuilt model's ``named_modules()``, never followed as attributes
+MODULE_PATH = re.compile(r"(?!__)[!-\-/-~]+(\.(?!__)[!-\-/-~]+)*", re.ASCII)
 MAX_DIM = 1 << 40
 MAX_WIDTH = 1 << 31  # channels, features, embedding sizes, kernel sizes
 MAX_TENSORS = 1_000_000
@@ -163,8 +166,8 @@ class _Check:
             for path, value in items.items():
                 where = f"edits.{section} {path[:80]!r}"
                 _need(MODULE_PATH.fullmatch(path) is not None and len(path) <= MAX_NAME,
-                      f"{where}: not a module path (dotted names of letters, digits and underscores, no "
-                      "'__' names)")
+                      f"{where}: not a module path (dot-separated names of printable characters, no '__' "
+                      "names)")
                 if section == "resize":
                     self.resize(_obj(value, where), where)
                 else:
