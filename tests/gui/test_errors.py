@@ -5,6 +5,7 @@ left."""
 
 import logging
 import os
+import threading
 
 import pytest
 from PySide6.QtWidgets import QPushButton
@@ -77,6 +78,24 @@ def test_a_slot_that_raises_is_logged_and_shown(make_window, qtbot, log_path):
     assert "Traceback" in log_path.read_text() and "in slot" in log_path.read_text()
     win.session.set_plan(win.session.plan)  # alive
     assert win.isVisible()
+
+
+@pytest.mark.qt_no_exception_capture
+def test_a_thread_that_raises_is_logged_and_shown_on_the_gui_thread(make_window, qtbot, log_path):
+    win = make_window()
+    hook = qt_errors.install(win)
+    try:
+        def work():
+            raise KeyError("lost")
+
+        t = threading.Thread(target=work, name="helper")
+        t.start()
+        t.join()
+        qtbot.waitUntil(lambda: win.last_error is not None, timeout=TIMEOUT_MS)  # relayed to the GUI thread
+    finally:
+        hook.uninstall()
+    assert win.last_error.startswith("Unexpected error: KeyError: 'lost'")
+    assert "unexpected error in helper" in log_path.read_text() and "in work" in log_path.read_text()
 
 
 # ----------------------------------------------------------------------------- full disk, read-only target
