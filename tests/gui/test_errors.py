@@ -60,20 +60,27 @@ def test_a_job_that_raises_shows_one_line_logs_its_traceback_and_the_window_goes
                     timeout=TIMEOUT_MS)
 
 
-@pytest.mark.qt_no_exception_capture
-def test_a_slot_that_raises_is_logged_and_shown(make_window, qtbot, log_path):
+@pytest.fixture
+def hooked(make_window, log_path):
+    """A window with the app's error hooks installed (pytest-qt's own capture is off in these tests), and
+    the old hooks back at teardown."""
     win = make_window()
     hook = qt_errors.install(win)
-    try:
-        def slot():
-            raise ValueError("a slot broke")
+    yield win
+    hook.uninstall()
 
-        b = QPushButton(win)
-        b.clicked.connect(slot)
-        b.click()
-        qtbot.waitUntil(lambda: win.last_error is not None, timeout=TIMEOUT_MS)
-    finally:
-        hook.uninstall()
+
+@pytest.mark.qt_no_exception_capture
+def test_a_slot_that_raises_is_logged_and_shown(hooked, qtbot, log_path):
+    win = hooked
+
+    def slot():
+        raise ValueError("a slot broke")
+
+    b = QPushButton(win)
+    b.clicked.connect(slot)
+    b.click()
+    qtbot.waitUntil(lambda: win.last_error is not None, timeout=TIMEOUT_MS)
     assert win.last_error == f"Unexpected error: ValueError: a slot broke (the traceback is in {log_path})"
     assert "Traceback" in log_path.read_text() and "in slot" in log_path.read_text()
     win.session.set_plan(win.session.plan)  # alive
@@ -81,19 +88,16 @@ def test_a_slot_that_raises_is_logged_and_shown(make_window, qtbot, log_path):
 
 
 @pytest.mark.qt_no_exception_capture
-def test_a_thread_that_raises_is_logged_and_shown_on_the_gui_thread(make_window, qtbot, log_path):
-    win = make_window()
-    hook = qt_errors.install(win)
-    try:
-        def work():
-            raise KeyError("lost")
+def test_a_thread_that_raises_is_logged_and_shown_on_the_gui_thread(hooked, qtbot, log_path):
+    win = hooked
 
-        t = threading.Thread(target=work, name="helper")
-        t.start()
-        t.join()
-        qtbot.waitUntil(lambda: win.last_error is not None, timeout=TIMEOUT_MS)  # relayed to the GUI thread
-    finally:
-        hook.uninstall()
+    def work():
+        raise KeyError("lost")
+
+    t = threading.Thread(target=work, name="helper")
+    t.start()
+    t.join()
+    qtbot.waitUntil(lambda: win.last_error is not None, timeout=TIMEOUT_MS)  # relayed to the GUI thread
     assert win.last_error.startswith("Unexpected error: KeyError: 'lost'")
     assert "unexpected error in helper" in log_path.read_text() and "in work" in log_path.read_text()
 
