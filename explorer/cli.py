@@ -502,7 +502,8 @@ def cmd_gui(args) -> int:
     from explorer.gui.app import run  # Qt only for this verb, and only after gui.app has checked for a display
 
     return run(args.model, plan=args.plan, factory=args.factory, trust=args.trust, data=args.data,
-               screenshot=args.screenshot, tab=args.tab)
+               screenshot=args.screenshot, tab=args.tab, debug=args.debug,
+               restore=None if args.restore is None else args.restore == "yes")
 
 
 def cmd_export(args) -> int:
@@ -673,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare"], default="histogram",
                    help="which tab the screenshot shows (sensitivity: once its scan is done; compare: measures a few "
                    "plans first, see the README)")
+    p.add_argument("--restore", choices=["yes", "no"], help="answer the offer to restore a session that did not "
+                   "end cleanly (default: ask; with --screenshot: leave it)")
     p.set_defaults(func=cmd_gui)
     p = sub.add_parser("export", help="standard exports: dense state_dict (.safetensors/.pt), TorchScript, ONNX")
     _add_model_args(p)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -26,6 +26,20 @@ MEASURED_LIMIT = 200  # distinct measured plans kept (the Compare tab); beyond i
 FINETUNED_KEPT = 8  # fine-tuned points that keep their trained model (to restore it); older ones keep the plan
 ORIGINS = ("hand", "auto", "fine-tuned")
 LABEL_CHARS = 28  # of a plan's description, in its point's label
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What the user opened, as :func:`~explorer.engine.model.loading.load_model` takes it: a sample name, a
+    file or a factory reference, the architecture's factory and its keyword arguments, whether unpickling
+    was explicitly allowed, and the eval data named with it (a file or a factory), if any. What an autosave
+    reopens the model from."""
+
+    source: str
+    factory: Optional[str] = None
+    trust: bool = False
+    factory_kwargs: dict = field(default_factory=dict)
+    data: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -182,12 +196,18 @@ class Session:
     model became current, or was set aside: :attr:`finetuned` says which), ``measured`` (a point of
     :attr:`measured` came or changed, with it as the argument; None when they were cleared).
 
+    :attr:`source` and :attr:`data_source` say what the model and eval data were opened from, and
+    :meth:`history` / :meth:`restore_history` give and take the undo and redo plans: what an autosave keeps
+    (:mod:`explorer.session_store`).
+
     Undo keeps the last :data:`UNDO_LIMIT` states (a plan, with the fine-tuned model that stood for it, if
     any; older ones are dropped); redo keeps what was undone until the next edit.
     """
 
     def __init__(self):
         self.loaded: Optional[LoadedModel] = None
+        self.source: Optional[ModelSource] = None  # what the model was opened from (None: not said)
+        self.data_source: Optional[str] = None  # the eval data opened since, a file or factory (None: the model's)
         self.info: Optional[ModelInfo] = None
         self.plan = Plan()
         self.selection: list = []
@@ -213,8 +233,10 @@ class Session:
             fn(*args)
 
     # -- model
-    def set_model(self, loaded: LoadedModel, info: ModelInfo, plan: Optional[Plan] = None) -> None:
+    def set_model(self, loaded: LoadedModel, info: ModelInfo, plan: Optional[Plan] = None,
+                  source: Optional[ModelSource] = None) -> None:
         self.loaded, self.info = loaded, info
+        self.source, self.data_source = source, None
         self.previewer = Previewer(loaded)
         self.plan = plan or Plan()
         self._undo.clear()
@@ -284,6 +306,19 @@ class Session:
         plan = self.plan.merged(names, patch)
         self.set_plan(plan)
 
+    def history(self) -> tuple:
+        """The plans undo and redo go to: (undo, oldest first; redo, the next redo last). A fine-tuned
+        model in them is its plan here (what an autosave keeps)."""
+        return [plan for plan, _ in self._undo], [plan for plan, _ in self._redo]
+
+    def restore_history(self, plan: Plan, undo, redo) -> None:
+        """Make ``plan`` current with ``undo`` and ``redo`` as :meth:`history` gave them (a restored
+        autosave); the fine-tuned model standing for the plan, if any, is set aside."""
+        self._undo.clear()
+        self._undo.extend((p, None) for p in undo)
+        self._redo = [(p, None) for p in redo]
+        self._restore((plan, None))
+
     def can_undo(self) -> bool:
         return bool(self._undo)
 
@@ -350,9 +385,11 @@ class Session:
         self._restore((point.plan, point.finetuned))
         return restored
 
-    def set_eval_data(self, data) -> None:
-        """New eval data for the loaded model: accuracy is measured on it from now on (before included)."""
+    def set_eval_data(self, data, source: Optional[str] = None) -> None:
+        """New eval data for the loaded model: accuracy is measured on it from now on (before included).
+        ``source``: the file or factory it came from (what an autosave reopens)."""
         self.loaded.eval_data = data
+        self.data_source = source
         self.accuracy_before = None
         self.measured.clear()  # measured on other data: not comparable
         self.emit("measured", None)

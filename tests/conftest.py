@@ -1,3 +1,4 @@
+import errno
 import os
 import sys
 
@@ -43,3 +44,83 @@ def registered_methods():
     yield q
     del quantize.QUANTIZERS["sign"]
     del kmeans.INITS["median"]
+
+
+@pytest.fixture(autouse=True)
+def state_dirs(tmp_path_factory, monkeypatch):
+    """Autosaves and log files of the windows under test go to a temporary directory, never the user's;
+    the restore prompt is not answered from the environment unless a test says so."""
+    base = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("COMPRESSION_EXPLORER_STATE_DIR", str(base / "state"))
+    monkeypatch.setenv("COMPRESSION_EXPLORER_LOG_DIR", str(base / "log"))
+    monkeypatch.delenv("COMPRESSION_EXPLORER_RESTORE", raising=False)
+    return base
+
+
+class FullDisk:
+    """Writes to the atomic writer's temporary files (``.tmp-*``) fail as on a full disk (ENOSPC) while
+    :meth:`fill`-ed; :meth:`read_only` makes creating them fail as in a read-only directory (EACCES, what
+    chmod 555 gives a user who is not root). Other files are untouched."""
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch, self.mode = monkeypatch, None
+        real_fdopen, real_open = os.fdopen, os.open
+
+        class Full:
+            def __init__(self, fh):
+                self.fh = fh
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.fh.close()
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def __getattr__(self, name):
+                return getattr(self.fh, name)
+
+        def fdopen(fd, *args, **kwargs):
+            fh = real_fdopen(fd, *args, **kwargs)
+            name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+            return Full(fh) if self.mode == "full" and name.startswith(".tmp-") else fh
+
+        def open_(path, *args, **kwargs):
+            if self.mode == "read-only" and os.path.basename(os.fspath(path)).startswith(".tmp-"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "fdopen", fdopen)
+        monkeypatch.setattr(os, "open", open_)
+
+    def fill(self):
+        self.mode = "full"
+
+    def read_only(self):
+        self.mode = "read-only"
+
+    def free(self):
+        self.mode = None
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to tell the writer's temporary files")
+    return FullDisk(monkeypatch)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory made read-only (chmod 555), writable again at teardown; the test is skipped where
+    permissions are not enforced (root writes anyway)."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    path.chmod(0o555)
+    if os.access(path, os.W_OK):
+        path.chmod(0o755)
+        pytest.skip("permissions are not enforced for this user (root)")
+    yield path
+    path.chmod(0o755)

@@ -1,5 +1,8 @@
 """The engine's exceptions: each carries one message that names the thing at fault."""
 
+import errno
+import os
+
 
 class ExplorerError(Exception):
     """Base of every error the engine raises on purpose; its message is meant for the user."""
@@ -23,6 +26,26 @@ class PlanError(ExplorerError):
 
 class CompressionError(ExplorerError):
     """A plan could not be applied to a model (e.g. an unsupported layer for a method)."""
+
+
+class WriteError(ExplorerError, OSError):
+    """A file could not be written (a full disk, a read-only directory, ...) and was left as it was; the
+    message names the file and the problem. An ``OSError`` too (``errno``, ``strerror`` and ``filename``
+    are the system's), so code catching those still does; ``cause`` is the system's error itself."""
+
+    def __init__(self, path, cause: OSError):
+        path = str(path)
+        why = cause.strerror or str(cause) or type(cause).__name__
+        if cause.errno == errno.ENOENT:
+            why = f"the directory {os.path.dirname(os.path.abspath(path))} does not exist"
+        elif cause.errno in (errno.EACCES, errno.EPERM):
+            why = f"{why} (is {os.path.dirname(os.path.abspath(path))} read-only?)"
+        self.message = f"cannot write {path}: {why}"
+        super().__init__(self.message)
+        self.errno, self.strerror, self.filename, self.cause = cause.errno, cause.strerror, path, cause
+
+    def __str__(self) -> str:  # not OSError's "[Errno 28] ...: 'path'"
+        return self.message
 
 
 class Cancelled(ExplorerError):

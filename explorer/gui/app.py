@@ -21,6 +21,7 @@ from PySide6.QtWidgets import QApplication
 from explorer.engine.plan import Plan
 from explorer.engine.samples import SAMPLES_DIR, sample_names
 from explorer.gui.main_window import MainWindow
+from explorer.gui.qt_errors import install, setup_logging
 
 # what Qt's X11 plugin links against that a desktop may lack (Qt's "X11 requirements"), by Debian name
 X11_PACKAGES = ("libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 "
@@ -108,7 +109,7 @@ def compare_steps(win, model: str, plan: Optional[str]) -> list:
 
 def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Optional[str] = None,
         trust: bool = False, data: Optional[str] = None, screenshot: Optional[str] = None,
-        tab: str = "histogram", timeout: float = 120.0) -> int:
+        tab: str = "histogram", timeout: float = 120.0, restore: Optional[bool] = None, debug: bool = False) -> int:
     if screenshot and "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     problem = display_problem()
@@ -122,9 +123,13 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
     app.setApplicationName("Compression Explorer")
     settings = QSettings(os.path.join(os.path.expanduser("~"), ".config", "compression-explorer.ini"),
                          QSettings.IniFormat) if not screenshot else QSettings()
+    setup_logging(debug)
     win = MainWindow(settings=settings)
+    hook = install(win)  # an exception in a slot is logged and shown in the banner; the window goes on
     win.show()
-    if model:
+    # a session that did not end cleanly is offered back (not asked with --screenshot: no one to answer)
+    restoring = win.autosave.offer(restore, ask=not screenshot)
+    if model and not restoring:
         win.open_model(model, factory=factory, trust=trust, data=data)
     state = {"plan_loaded": plan is None, "start": time.monotonic(), "rc": 0, "steps": None}
 
@@ -187,4 +192,5 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
     watchdog.timeout.connect(give_up)
     watchdog.start(1000)
     rc = app.exec()
+    hook.uninstall()
     return state["rc"] or rc

@@ -25,6 +25,7 @@ from explorer.engine.plan import Plan
 from explorer.engine.progress import scaled
 from explorer.engine.samples import SAMPLES_DIR
 from explorer.gui.qt_auto import AutoRun
+from explorer.gui.qt_autosave import Autosave
 from explorer.gui.qt_centroids import CentroidView
 from explorer.gui.qt_compare import CompareView
 from explorer.gui.qt_controls import Controls
@@ -36,8 +37,9 @@ from explorer.gui.qt_layer_view import LayerView
 from explorer.gui.qt_menus import Menus
 from explorer.gui.qt_preview import PreviewPanel
 from explorer.gui.qt_sensitivity import Sensitivity
+from explorer.gui.qt_threshold import ThresholdLines
 from explorer.gui.workers import Workers, freeze_heap
-from explorer.session import Session
+from explorer.session import ModelSource, Session
 
 MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.onnx *.cexp);;All files (*)"
 DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
@@ -53,7 +55,7 @@ def _import_now() -> None:
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, settings: Optional[QSettings] = None):
+    def __init__(self, settings: Optional[QSettings] = None, state_dir=None):
         super().__init__()
         self.setWindowTitle("Compression Explorer")
         self.resize(1400, 900)
@@ -94,9 +96,8 @@ class MainWindow(QMainWindow):
         self.table.selectionModel().selectionChanged.connect(lambda *_: s.select(self.table.selected_names()))
         self.controls.changed.connect(self._apply_patch)
         self.controls.apply_all.connect(lambda patch: self._apply_patch(patch, self.session.layer_names))
-        self.controls.sparsity_moved.connect(self.sparsity_moving)
-        self.layer_view.threshold_dragged.connect(self._threshold_dragged)
-        self.layer_view.threshold_released.connect(self._threshold_released)
+        self.threshold = ThresholdLines(self)  # the ±t lines and the sparsity slider
+        self.autosave = Autosave(self, state_dir)  # the session kept in the user's state directory
         self.workers.progress.connect(self._progress)
         self.tabs.currentChanged.connect(lambda *_: self.jobs.schedule_layer())
         self.tabs.currentChanged.connect(lambda *_: self.sensitivity.shown())
@@ -159,12 +160,14 @@ class MainWindow(QMainWindow):
             self.open_model(path)
 
     def open_model(self, source: str, factory: Optional[str] = None, trust: bool = False,
-                   data: Optional[str] = None) -> None:
-        """Load a model in the background; the current one stays usable until the new one is ready."""
+                   data: Optional[str] = None, factory_kwargs: Optional[dict] = None, then=None) -> None:
+        """Load a model in the background; the current one stays usable until the new one is ready.
+        ``then(ok, message)``: called once it is open (True, "") or could not be (False, why: not shown)."""
         self.statusBar().showMessage(f"loading {source}…")
+        origin = ModelSource(source, factory, trust, dict(factory_kwargs or {}), data)
 
         def job(progress):
-            loaded = load_model(source, factory=factory, trust=trust, data=data)
+            loaded = load_model(source, factory=factory, trust=trust, data=data, factory_kwargs=factory_kwargs)
             progress(0.5, "inspecting layers")
             info = inspect_model(loaded.model, loaded.example_input, progress=scaled(progress, 0.5, 1.0))
             warm_up()  # the kernels the first slider release needs are loaded now, not then
@@ -174,16 +177,23 @@ class MainWindow(QMainWindow):
         def failed(message):
             # the engine's messages name the file already; a factory or sample name may need saying
             said = message if str(source) in message else f"{source}: {message}"
+            if then is not None:
+                return then(False, said)
             self.show_error(f"Could not open {said}", dialog=True)
 
-        self.workers.submit("load", job, self._loaded, failed)
+        def done(result):
+            self._loaded(result, origin)
+            if then is not None:
+                then(True, "")
 
-    def _loaded(self, result) -> None:
+        self.workers.submit("load", job, done, failed)
+
+    def _loaded(self, result, origin: ModelSource) -> None:
         loaded, info = result  # a compressed file is explored as it is: no plan
         self.clear_error()
         self.menus.remember(loaded.source)
         self.setWindowTitle(f"Compression Explorer — {loaded.source}")
-        self.session.set_model(loaded, info)
+        self.session.set_model(loaded, info, source=origin)
         self.statusBar().showMessage(f"{loaded.source}: {len(info.layers)} compressible layers, "
                                      f"{info.total_params:,} parameters")
 
@@ -206,7 +216,7 @@ class MainWindow(QMainWindow):
         """Load eval data (a file, or a ``package.module:callable`` factory) in the background; the accuracy
         is then measured on it."""
         def done(data):
-            self.session.set_eval_data(data)
+            self.session.set_eval_data(data, source=path)
             self.statusBar().showMessage(f"eval data: {data.name}")
             self.jobs.schedule_preview()
 
@@ -254,7 +264,7 @@ class MainWindow(QMainWindow):
                 self.session.plan.save(path)
                 self.statusBar().showMessage(f"plan saved to {path}")
             except OSError as exc:
-                self.show_error(f"Could not save the plan to {path}: {exc}", dialog=True)
+                self.show_error(f"Could not save the plan: {exc}", dialog=True)  # names the path
 
     # ----------------------------------------------------------------------------------- events
     def _on_model(self) -> None:
@@ -307,43 +317,12 @@ class MainWindow(QMainWindow):
         if channel == "export":
             self.exports.progress(fraction)
 
-    # ----------------------------------------------------------------------------------- threshold lines
-    def sparsity_moving(self, percent: int) -> None:
-        """While the sparsity slider is dragged, the threshold lines follow it (a lookup; the histogram and
-        sizes are measured when it is released). Not for channel pruning, nor for a layer whose weight is
-        another's (its settings follow that layer's)."""
-        session = self.session
-        name, previewer = session.current, session.previewer
-        if (self.controls.granularity.currentText() != "element" or previewer is None
-                or previewer.owners.get(name, name) != name):
-            return
-        t = session.threshold_at(percent)
-        if t is None:
-            return
-        if t == 0:  # 0 %, or too few weights for one to go
-            self.layer_view.show_threshold_lines(session.idle_threshold())
-            self.statusBar().showMessage(f"sparsity {percent}%: nothing of {name} is pruned")
-        else:
-            self.layer_view.set_threshold(t)
-            self.statusBar().showMessage(f"sparsity {percent}%: {name} weights with |w| < {t:.4g} "
-                                         "are pruned when the slider is released")
-
-    def _threshold_dragged(self, t: float) -> None:
-        pct = self.session.sparsity_at(t)
-        if pct is not None:
-            self.statusBar().showMessage(f"threshold |w| < {t:.4g} prunes {pct}% of {self.session.current}")
-
-    def _threshold_released(self, t: float) -> None:
-        pct = self.session.sparsity_at(t)
-        if pct is not None:
-            self.controls.granularity.setCurrentText("element")
-            self.controls.set_sparsity(pct)
-
     # ----------------------------------------------------------------------------------- lifetime
     def idle(self) -> bool:
         """True when no engine work is running (used by --screenshot and tests)."""
         return self.jobs.idle()
 
     def closeEvent(self, event) -> None:
+        self.autosave.finish()  # a clean exit: nothing to offer back next time
         self.workers.shutdown()
         super().closeEvent(event)

@@ -119,7 +119,7 @@ class Jobs:
                 session.magnitudes[name] = magnitudes
             win.layer_view.show_preview(preview)
             if win.controls.sparsity.isSliderDown():  # a drag goes on: the lines stay with the slider
-                win.sparsity_moving(win.controls.sparsity.value())
+                win.threshold.moving(win.controls.sparsity.value())
             elif not preview.threshold and session.idle_threshold() is not None:
                 # nothing element-pruned: lines at a starting position, so they can be dragged in
                 win.layer_view.show_threshold_lines(session.idle_threshold())

@@ -14,14 +14,15 @@ import gc
 import os
 import sys
 import threading
+import logging
 import time
-import traceback
 from typing import Callable, Optional
 
 import torch
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 from explorer.engine.errors import Cancelled, ExplorerError
+from explorer.gui.qt_errors import log_file
 
 
 class _Signals(QObject):
@@ -44,6 +45,7 @@ WORKER_NICE = 4
 PROGRESS_INTERVAL = 0.05  # seconds between two progress reports of a job
 YIELD_LIMIT = 1.0  # seconds a background job waits for interactive ones at most, per report
 _reniced = threading.local()
+log = logging.getLogger("explorer.workers")
 
 
 def _lower_priority() -> None:
@@ -181,9 +183,12 @@ class _Job(QRunnable):
         except ExplorerError as exc:
             self.signals.failed.emit(self.channel, self.generation, str(exc))
             return
-        except Exception as exc:  # an engine bug must not take the window down
-            traceback.print_exc()
-            self.signals.failed.emit(self.channel, self.generation, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # an engine bug must not take the window down: logged, and said in one line
+            log.error("unexpected error in a %s job", self.channel, exc_info=True)
+            where = log_file()
+            told = f" (the traceback is in {where})" if where is not None else ""
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.signals.failed.emit(self.channel, self.generation, f"{type(exc).__name__}: {first}{told}")
             return
         if not self.abort.is_set():
             self.signals.done.emit(self.channel, self.generation, result)

@@ -316,18 +316,10 @@ def test_unwritable_path_is_a_clear_error(tmp_path):
     no_leftovers(tmp_path, keep=["taken.pt"])
 
 
-def test_read_only_directory_is_a_clear_error(tmp_path):
-    read_only = tmp_path / "ro"
-    read_only.mkdir()
-    read_only.chmod(0o500)
-    try:
-        if os.access(read_only, os.W_OK):
-            pytest.skip("permissions are not enforced for this user (root)")
-        with pytest.raises(ExplorerError, match="^ONNX export to .* failed: PermissionError: Permission denied$"):
-            export_onnx(zoo.MLP(), torch.randn(1, 64), read_only / "m.onnx")
-    finally:
-        read_only.chmod(0o700)
-    assert os.listdir(read_only) == []
+def test_read_only_directory_is_a_clear_error(read_only_dir):
+    with pytest.raises(ExplorerError, match="^ONNX export to .* failed: PermissionError: Permission denied$"):
+        export_onnx(zoo.MLP(), torch.randn(1, 64), read_only_dir / "m.onnx")
+    assert os.listdir(read_only_dir) == []
 
 
 def test_explicit_format_overrides_unknown_extension_but_not_a_known_one(tmp_path):

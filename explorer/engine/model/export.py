@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
-from explorer.engine.errors import ExplorerError
+from explorer.engine.errors import ExplorerError, WriteError
 from explorer.engine.storage.atomic import atomic_open
 
 __all__ = ["FORMATS", "export", "export_state_dict", "export_torchscript", "export_onnx"]
@@ -325,6 +325,8 @@ def _write_with(label: str, path: str, write) -> int:
         with atomic_open(path, "wb") as fh:
             write(fh)
         return os.path.getsize(path)
+    except WriteError as exc:  # said as the export's failure, the system's words for the cause
+        raise _failure(label, path, exc.cause) from None
     except ExplorerError:
         raise
     except Exception as exc:

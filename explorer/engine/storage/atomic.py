@@ -17,12 +17,16 @@ import stat
 import time
 from contextlib import contextmanager
 
+from explorer.engine.errors import WriteError
+
 _PREFIX = ".tmp-"
 #: temporary files of the releases before the writer's pid was in the name: removed once this old
 LEGACY_AGE = 3600.0
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (another user's, or one that cannot be asked, counts as
+    running: whatever it left is not touched)."""
     if pid == os.getpid():
         return True
     try:
@@ -55,7 +59,7 @@ def remove_stale(path) -> list:
         full = os.path.join(directory, name)
         try:
             if m is not None:
-                stale = not _alive(int(m.group(1)))
+                stale = not process_alive(int(m.group(1)))
             elif legacy.fullmatch(name):
                 stale = now - os.lstat(full).st_mtime > LEGACY_AGE
             else:
@@ -85,9 +89,22 @@ def _fsync_dir(directory: str) -> None:
 def atomic_open(path, mode: str = "wb"):
     """Open a temporary file beside ``path``; on success it is flushed, fsynced and renamed over ``path``.
 
-    If the block raises, the temporary file is removed and ``path`` is left as it was.
+    If the block raises, the temporary file is removed and ``path`` is left as it was. An ``OSError`` on the
+    way (a full disk, a read-only directory, raised here or by the block's writes) becomes a
+    :class:`~explorer.engine.errors.WriteError` naming ``path`` (never the temporary file) and the problem.
     """
     path = os.fspath(path)
+    try:
+        with _atomic_open(path, mode) as fh:
+            yield fh
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
+
+
+@contextmanager
+def _atomic_open(path: str, mode: str):
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale(path)
     try:
