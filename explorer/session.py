@@ -336,6 +336,20 @@ class Session:
             self._restore(self._redo.pop())
 
     # -- selection and results
+    def refused_granularities(self) -> dict:
+        """granularity -> why one of the selected layers cannot take it (from the model's inspection)."""
+        layers = {l.name: l for l in self.info.layers} if self.info else {}
+        out = {}
+        for name in self.selection:
+            info = layers.get(name)
+            if info is None:
+                continue
+            if not info.filter_ok:
+                out.setdefault("filter", f"{name}: {info.filter_reason or 'its filters cannot be removed'}")
+            if not info.channel_ok:
+                out.setdefault("channel", f"{name}: {info.channel_reason or 'its input channels cannot be removed'}")
+        return out
+
     def select(self, names) -> None:
         names = [n for n in names if n in self.layer_names]
         if names != self.selection:

@@ -298,6 +298,7 @@ class MainWindow(QMainWindow):
     def _on_selection(self) -> None:
         if self.session.current:
             self.controls.load(self.session.settings(self.session.current))
+        self.controls.allow_granularities(self.session.refused_granularities())
         if self.table.selected_names() != self.session.selection:
             self.table.select_names(self.session.selection)
         self.jobs.schedule_layer()

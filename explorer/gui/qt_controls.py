@@ -109,6 +109,17 @@ class Controls(QWidget):
         finally:
             self._loading = False
 
+    def allow_granularities(self, refused: dict) -> None:
+        """Grey out the granularities the selected layers cannot take (``refused``: granularity -> why), the
+        reason as the item's tooltip; a plan that already holds one still shows it (the engine says why)."""
+        model = self.granularity.model()
+        for i in range(self.granularity.count()):
+            name = self.granularity.itemText(i)
+            why = refused.get(name)
+            item = model.item(i)
+            item.setEnabled(why is None)
+            item.setToolTip(why or GRANULARITIES[name].description)
+
     def _enable(self) -> None:
         q = self.quant_on.isChecked()
         self.method.setEnabled(q)

@@ -1,0 +1,21 @@
+"""The granularity box greys out what the selected layer cannot take, saying why (the window's soak made
+1,362 refusals of 'conv1: cannot remove input channels' in 10,000 changes: a choice offered, then refused)."""
+
+from PySide6.QtCore import Qt
+
+
+def test_a_granularity_the_layer_refuses_is_greyed_with_the_reason(make_window, qtbot):
+    win = make_window("digits-cnn")
+    box = win.controls.granularity
+    win.table.select_names(["conv1"])
+    qtbot.waitUntil(lambda: win.session.current == "conv1", timeout=10_000)
+    items = {box.itemText(i): box.model().item(i) for i in range(box.count())}
+    assert items["element"].isEnabled()
+    assert not items["channel"].isEnabled() and "model input" in items["channel"].toolTip()
+    assert box.itemData(box.findText("channel"), Qt.ToolTipRole) == items["channel"].toolTip()
+    win.table.select_names(["conv2"])  # its input channels can go (conv1's filters with them)
+    qtbot.waitUntil(lambda: win.session.current == "conv2", timeout=10_000)
+    assert box.model().item(box.findText("channel")).isEnabled()
+    win.table.select_names(["fc2"])  # the model's output: no filters to remove
+    qtbot.waitUntil(lambda: win.session.current == "fc2", timeout=10_000)
+    assert not box.model().item(box.findText("filter")).isEnabled()
