@@ -294,6 +294,18 @@ mlp_model, cnn_model, resnet_model, depthwise_model, transformer_model = (
 unet_model, mobilenetv2_model = _factory("unet"), _factory("mobilenetv2")
 
 
+def tiny_bert_folder(folder):
+    """A Hugging Face folder (config.json + model.safetensors) of a tiny BERT classifier, random weights
+    (seeded), written to ``folder``; needs transformers."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, num_labels=3)
+    transformers.BertForSequenceClassification(config).eval().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def mixed_example():
     """A factory (model, example input) for the CLI: the Conv1d + MultiheadAttention + EmbeddingBag model."""
     return layer_types_inputs()["mixed"]

@@ -309,8 +309,7 @@ class AutoRun:
     def _failed(self, gen: int, message: str) -> None:
         if gen != self.generation:
             return
-        self.dialog.set_running(False)
-        self.dialog.say(f"The search failed: {message}", error=True)
+        self.dialog.fail(f"The search failed: {message}")
         self.window.statusBar().showMessage(f"auto: {message.splitlines()[0][:200]}")
 
     # ------------------------------------------------------------------------------ events

@@ -490,8 +490,7 @@ class Finetuning:
     def _failed(self, run: int, message: str) -> None:
         if run != self.run:
             return
-        self.dialog.set_running(False)
-        self.dialog.say(f"Fine-tuning failed: {message}", error=True)
+        self.dialog.fail(f"Fine-tuning failed: {message}")
         self.window.statusBar().showMessage(f"fine-tuning failed: {message.splitlines()[0][:200]}")
 
     # ------------------------------------------------------------------------------ the session's events

@@ -26,6 +26,11 @@ class JobDialog(QDialog):
         self.status.setStyleSheet("color: #a00" if error else "")
         self.status.setText(text)
 
+    def fail(self, text: str) -> None:
+        """The run ended in an error: the form usable again, the error in the status line."""
+        self.set_running(False)
+        self.say(text, error=True)
+
     def show_progress(self, fraction: float, message: str) -> None:
         self.progress.setValue(int(round(100 * fraction)))
         self.progress.setFormat(f"{message} — %p%" if message else "%p%")

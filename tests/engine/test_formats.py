@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+import zoo
 
 from explorer.cli import main as cli_main
 from explorer.engine.errors import LoadError, TrustRequired
@@ -40,13 +41,8 @@ def _cli(capsys, *args):
 
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, num_labels=3)
-    transformers.BertForSequenceClassification(config).eval().save_pretrained(folder, safe_serialization=True)
-    return folder
+    pytest.importorskip("transformers")
+    return zoo.tiny_bert_folder(tmp_path_factory.mktemp("bert"))
 
 
 def test_hf_folder_inspect_compress_and_load_back(bert_folder, plan_file, tmp_path, capsys):

@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 import zoo
+
 from explorer.cli import main as cli_main
 from explorer.engine.inspect import inspect_model
 from explorer.engine.measure.preview import Previewer
@@ -29,13 +30,8 @@ EXPORT_TIMEOUT_MS = 60_000
 def sources(tmp_path_factory):
     """model name -> what the user names (a factory, a folder, a file)."""
     out = {n: f"zoo:{FACTORY.get(n, n + '_model')}" for n in ZOO}
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, num_labels=3)
-    transformers.BertForSequenceClassification(config).eval().save_pretrained(folder, safe_serialization=True)
-    out["hf-bert"] = str(folder)
+    pytest.importorskip("transformers")
+    out["hf-bert"] = str(zoo.tiny_bert_folder(tmp_path_factory.mktemp("bert")))
     if importlib.util.find_spec("onnx2torch") is None:  # (it imports torchvision: the loader stands in)
         pytest.skip("onnx2torch is not installed (pip install --no-deps 'onnx2torch>=1.5')")
     path = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
