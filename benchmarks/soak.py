@@ -67,8 +67,7 @@ def counts(win) -> dict:
             "scan_cache_mb": scan.CACHE.nbytes / 2 ** 20, "cost_cache_mb": auto.COSTS.nbytes / 2 ** 20,
             "measured": len(win.session.measured),
             "files": len(os.listdir("/proc/self/fd")), "qobjects": len(win.findChildren(QObject)),
-            "widgets": len(widgets), "plot_items": items, "undo": len(win.session._undo)
-            if hasattr(win.session, "_undo") else 0}
+            "widgets": len(widgets), "plot_items": items, "undo": len(win.session.history()[0])}
 
 
 def change(win, rng: random.Random) -> str:
@@ -100,7 +99,7 @@ def change(win, rng: random.Random) -> str:
 
 
 def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30, settle: int = 50,
-        quiet: bool = False, trimmed: bool = False) -> dict:
+        quiet: bool = False, trimmed: bool = False, trace: int = 0) -> dict:
     """Make ``n`` changes; returns the samples and the verdicts (see the module's docstring)."""
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication
@@ -138,6 +137,11 @@ def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30,
     win.tabs.setCurrentIndex(0)
     rng = random.Random(seed)
     warmup = warmup if warmup is not None else max(n // 5, min(1_000, n // 2))
+    snapshots = []
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(trace)
     samples, kinds, t0 = [], {}, time.perf_counter()
     for i in range(1, n + 1):
         k = change(win, rng)
@@ -158,6 +162,8 @@ def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30,
             if trimmed:
                 trim()
             samples.append(dict(counts(win), i=i, t=time.perf_counter() - t0))
+            if trace and (not snapshots and i >= warmup or i == n):
+                snapshots.append(tracemalloc.take_snapshot())
             if not quiet:
                 s = samples[-1]
                 print(f"{i:>7} {s['t']:>7.0f} s  rss {s['rss_mb']:7.1f} MB  threads {s['threads']:3}  files "
@@ -168,6 +174,8 @@ def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30,
     app.processEvents()
     out = verdicts(samples, warmup, kinds, errors)
     out["log"] = kinds_log
+    if len(snapshots) == 2:
+        out["grown_sites"] = snapshots[1].compare_to(snapshots[0], "traceback")[:20]
     return out
 
 
@@ -196,10 +204,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="500 changes")
     ap.add_argument("--trim", action="store_true", help="malloc_trim before each sample: memory in use, not the "
                     "heap's high-water mark")
+    ap.add_argument("--trace", type=int, default=0, metavar="FRAMES", help="tracemalloc on with FRAMES frames "
+                    "(slower): the allocation sites that grew most after warm-up are printed")
     args = ap.parse_args(argv)
     n = 500 if args.quick else args.n
     t = time.perf_counter()
-    r = run(n, args.seed, min(args.every, max(n // 10, 1)), args.warmup, args.pace, trimmed=args.trim)
+    r = run(n, args.seed, min(args.every, max(n // 10, 1)), args.warmup, args.pace, trimmed=args.trim,
+            trace=args.trace)
     ok_rss = abs(r["rss_growth"]) <= args.tolerance
     print(f"\n{n:,} changes in {time.perf_counter() - t:.0f} s ({', '.join(f'{k} {v}' for k, v in r['kinds'].items())})")
     print(f"resident memory: {r['rss_start']:.0f} MB after opening, {r['rss_warm']:.0f} MB at the end of warm-up "
@@ -213,6 +224,10 @@ def main(argv=None) -> int:
     for _, message in r["errors"]:
         said[message] = said.get(message, 0) + 1
     print(f"messages in the banner: {len(r['errors'])}" + "".join(f"\n  {n} x {m}" for m, n in said.items()))
+    for stat in r.get("grown_sites", []):
+        print(f"\n{stat.size_diff / 2 ** 20:+8.2f} MB in {stat.count_diff:+7} blocks (now {stat.size / 2 ** 20:.2f} MB)")
+        for line in stat.traceback.format()[-2 * 6:]:
+            print("   ", line)
     return 0 if ok_rss and not r["grew"] else 1
 
 
