@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, Q
 
 from explorer.engine.errors import ExplorerError
 from explorer.engine.inspect import inspect_model
+from explorer.engine.measure.datafit import check_eval_data
 from explorer.engine.measure.preview import warm_up
 from explorer.engine.model.data import load_eval_data
 from explorer.engine.model.loading import load_model
@@ -220,7 +221,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"eval data: {data.name}")
             self.jobs.schedule_preview()
 
-        self.workers.submit("data", lambda progress: load_eval_data(path), done,
+        loaded = self.session.loaded  # the model the data must fit, checked on two samples before it is used
+        self.workers.submit("data", lambda progress: check_eval_data(loaded, load_eval_data(path)), done,
                             lambda m: self.show_error(f"Eval data: {m}", True))  # m names the source
 
     def dragEnterEvent(self, event) -> None:

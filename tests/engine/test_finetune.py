@@ -243,9 +243,10 @@ def test_bad_data_is_refused_before_training(cnn):
     def data(x, y):
         return TrainData("bad", EvalData(x, y, "bad"))
 
-    with pytest.raises(LoadError, match="cannot run on its inputs of shape"):
+    with pytest.raises(LoadError, match=r"training data bad: samples are 3×5×5 float32 \(75 values\), but .* expects "
+                                        r"1×8×8 float32 \(64 values\), the shape of its example input"):
         finetune(cnn, Plan.from_dict(DC), data(torch.zeros(10, 3, 5, 5), torch.zeros(10, dtype=torch.long)))
-    with pytest.raises(LoadError, match=r"labels range 3\.\.12, but the model has 10 outputs"):
+    with pytest.raises(LoadError, match=r"labels run from 3 to 12, but .* has 10 outputs \(labels must be 0\.\.9\)"):
         finetune(cnn, Plan.from_dict(DC), data(torch.zeros(10, 1, 8, 8), torch.arange(10) + 3))
     with pytest.raises(LoadError, match="no samples"):
         finetune(cnn, Plan.from_dict(DC), data(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)))

@@ -24,6 +24,7 @@ from typing import Iterator, Optional
 import torch
 
 from explorer.engine.errors import LoadError
+from explorer.engine.measure.datafit import TRIAL_SAMPLES, check_fits
 from explorer.engine.model.data import MAX_EVAL_BYTES, EvalData, digits_split, eval_data_from_output, load_eval_data
 from explorer.engine.model.factories import is_factory_ref, resolve_factory
 
@@ -95,12 +96,12 @@ def _from_dataset(ds, name: str) -> EvalData:
     nbytes = 0
     for i in range(n):
         x, y = _as_pair(ds[i], name)
-        x = torch.as_tensor(x)
+        x = _item_tensor(x, name, i, "input")
         nbytes += x.numel() * x.element_size()
         if nbytes > MAX_EVAL_BYTES:
             raise LoadError(f"{name}: more than {MAX_EVAL_BYTES >> 30} GiB of samples; return a DataLoader instead")
         xs.append(x)
-        ys.append(None if y is None else int(torch.as_tensor(y)))
+        ys.append(None if y is None else _item_tensor(y, name, i, "label"))
     if not xs:
         raise LoadError(f"{name}: the dataset is empty")
     try:
@@ -109,8 +110,23 @@ def _from_dataset(ds, name: str) -> EvalData:
         raise LoadError(f"{name}: samples of different shapes ({exc})") from None
     if inputs.is_floating_point():
         inputs = inputs.to(torch.float32)
-    labels = None if any(y is None for y in ys) else torch.tensor(ys, dtype=torch.int64)
+    labels = None
+    if not any(y is None for y in ys):
+        if any(y.numel() != 1 for y in ys):
+            raise LoadError(f"{name}: each label must be one class index, got one of shape {tuple(ys[0].shape)}")
+        labels = torch.stack([y.reshape(()) for y in ys])  # its dtype kept: EvalData refuses float labels
+        if not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+            labels = labels.to(torch.int64)
     return EvalData(inputs, labels, name)
+
+
+def _item_tensor(v, name: str, i: int, what: str) -> torch.Tensor:
+    """A dataset item's input or label as a tensor; LoadError naming the item if it is not numbers."""
+    try:
+        return torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise LoadError(f"{name}: item {i}'s {what} is {type(v).__name__} {str(v)[:40]!r}, not numbers "
+                        f"({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})") from None
 
 
 def _from_factory(ref: str, limit: Optional[int]) -> TrainData:
@@ -121,10 +137,11 @@ def _from_factory(ref: str, limit: Optional[int]) -> TrainData:
         raise LoadError(f"training data {ref!r}: the factory failed: {type(exc).__name__}: {exc}") from None
     if isinstance(out, torch.utils.data.DataLoader):
         return TrainData(ref, loader=out)
-    if isinstance(out, torch.utils.data.Dataset) and hasattr(out, "__len__"):
-        data = _from_dataset(out, ref)
-        return TrainData(ref, data if limit is None else data.subset(limit))
-    try:  # EvalData or arrays, as eval-data factories return: converted as they are, the factory not called again
+    try:
+        if isinstance(out, torch.utils.data.Dataset) and hasattr(out, "__len__"):
+            data = _from_dataset(out, ref)
+            return TrainData(ref, data if limit is None else data.subset(limit))
+        # EvalData or arrays, as eval-data factories return: converted as they are, the factory not called again
         return TrainData(ref, eval_data_from_output(out, ref, limit))
     except LoadError as exc:
         raise LoadError(f"training data {ref!r}: {exc}") from None
@@ -159,36 +176,19 @@ def load_train_data(spec: str, limit: Optional[int] = None) -> TrainData:
     return data
 
 
-def check_train_data(model: torch.nn.Module, data: TrainData, what: str = "training data") -> int:
-    """Report bad data before training starts: a batch the model cannot run, outputs that are not class
-    scores, labels that are not class indices in range. Returns the number of classes."""
+def check_train_data(model: torch.nn.Module, data: TrainData, what: str = "training data", *, example=None,
+                     model_name: str = "the model") -> int:
+    """Report bad data before training starts: a batch the model cannot run (the message names the samples'
+    shape and the one the model expects, from its own ``example`` input or its first layer), outputs that are
+    not class scores, labels that are not class indices in range. Returns the number of classes."""
     gen = torch.Generator().manual_seed(0)
-    batch = next(iter(data.epoch(8, gen)), None)
+    batch = next(iter(data.epoch(TRIAL_SAMPLES, gen)), None)
     if batch is None:
         raise LoadError(f"{what} {data.name}: no samples")
     x, y = batch
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()
-        raise LoadError(f"{what} {data.name}: the model cannot run on its inputs of shape {tuple(x.shape)} "
-                        f"({type(exc).__name__}: {msg[0][:200] if msg else ''})") from None
-    finally:
-        model.train(was)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise LoadError(f"{what} {data.name}: the model's output {shape} is not one row of class scores per sample")
-    classes = int(out.shape[1])
+    if not isinstance(x, torch.Tensor):
+        raise LoadError(f"{what} {data.name}: a batch's inputs must be a tensor, got {type(x).__name__}")
     labels = data.data.labels if data.data is not None else y
-    if labels is not None:
-        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or labels.dim() != 1:
-            raise LoadError(f"{what} {data.name}: labels must be 1-D class indices, got {labels.dtype} "
-                            f"{tuple(labels.shape)}")
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= classes:
-            raise LoadError(f"{what} {data.name}: labels range {lo}..{hi}, but the model has {classes} outputs "
-                            f"(labels must be 0..{classes - 1})")
-    return classes
+    if labels is not None and not isinstance(labels, torch.Tensor):
+        raise LoadError(f"{what} {data.name}: a batch's labels must be a tensor, got {type(labels).__name__}")
+    return check_fits(model, x, labels, f"{what} {data.name}", example=example, model_name=model_name, scores=True)

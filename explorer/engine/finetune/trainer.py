@@ -26,6 +26,7 @@ from explorer.engine.compress import Compressed, compress
 from explorer.engine.errors import Cancelled, CompressionError, PlanError
 from explorer.engine.finetune.constraints import constraints_of
 from explorer.engine.finetune.data import TrainData, check_train_data
+from explorer.engine.measure.datafit import model_label, own_example
 from explorer.engine.finetune.recipe import Distill, Recipe, check_recipe
 from explorer.engine.measure.metrics import compressible_layers
 from explorer.engine.plan import LayerSettings, Plan
@@ -229,11 +230,12 @@ def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = No
         raise CompressionError("fine-tuning needs an eager model (a factory, a sample or a trusted pickle), "
                                "not a TorchScript graph")
     recipe = check_recipe(recipe if recipe is not None else (plan.finetune or {}))
-    check_train_data(model, train)
+    fits = {"example": own_example(loaded), "model_name": model_label(loaded.source)}
+    check_train_data(model, train, **fits)
     if val is None:
         train, val = train.split(recipe.val_fraction)
     else:
-        check_train_data(model, val, "validation data")
+        check_train_data(model, val, "validation data", **fits)
     settings = plan.resolve([n for n, _ in compressible_layers(model)])
     if recipe.schedule is not None:
         _check_schedule(settings)

@@ -195,6 +195,14 @@ def run_model(model, example, what: str = "its example input"):
                             f"{text[0][:300] if text else ''}") from None
 
 
+def output_tensor(model, example) -> torch.Tensor:
+    """One forward pass on ``example`` in eval mode (the mode restored), without gradients: the output tensor
+    (a tuple's or dict's first). The model's own exceptions propagate; an output with no tensor is an
+    :class:`~explorer.engine.errors.ExplorerError`."""
+    with _eval_mode(model), _counting():
+        return _outputs(_call(model, example))
+
+
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 

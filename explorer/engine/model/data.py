@@ -62,6 +62,9 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "EvalData",
+    "is_integer",
+    "is_real",
+    "dtype_name",
     "MAX_EVAL_BYTES",
     "MAX_INFLATE_RATIO",
     "read_idx",
@@ -120,17 +123,29 @@ class EvalData:
     name: str
 
     def __post_init__(self) -> None:
+        if not isinstance(self.inputs, torch.Tensor):
+            raise LoadError(f"{self.name}: inputs must be a tensor, got {type(self.inputs).__name__}")
         if self.inputs.dim() < 1:
             raise LoadError(f"{self.name}: inputs must have a sample dimension, got a scalar")
+        if not is_real(self.inputs):
+            raise LoadError(f"{self.name}: inputs must be real numbers (floats, or integer token ids), got "
+                            f"{dtype_name(self.inputs)}")
         if self.labels is not None:
+            if not isinstance(self.labels, torch.Tensor):
+                raise LoadError(f"{self.name}: labels must be a tensor, got {type(self.labels).__name__}")
             if self.labels.dim() != 1:
                 raise LoadError(
                     f"{self.name}: labels must be 1-D class indices, got shape {tuple(self.labels.shape)}"
                 )
+            if not is_integer(self.labels):
+                raise LoadError(f"{self.name}: labels must be integers (class indices), got {dtype_name(self.labels)}")
             if self.labels.shape[0] != self.inputs.shape[0]:
                 raise LoadError(
                     f"{self.name}: {self.inputs.shape[0]} inputs but {self.labels.shape[0]} labels"
                 )
+            if self.labels.numel() and int(self.labels.min()) < 0:
+                raise LoadError(f"{self.name}: labels must be non-negative class indices, found "
+                                f"{int(self.labels.min())}")
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -154,6 +169,21 @@ class EvalData:
         inputs = self.inputs[sl]
         labels = None if self.labels is None else self.labels[sl]
         return EvalData(inputs, labels, f"{self.name} [{inputs.shape[0]} of {len(self)}]")
+
+
+def is_integer(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds integers (class indices, token ids): not floats, complex numbers or booleans."""
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def is_real(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds what a model takes as input: floats or integers (not complex numbers or booleans)."""
+    return t.is_floating_point() or is_integer(t)
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    """``"float32"``, not ``"torch.float32"``."""
+    return str(t.dtype).replace("torch.", "")
 
 
 # --------------------------------------------------------------------------------- limits and checks

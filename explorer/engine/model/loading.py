@@ -25,6 +25,7 @@ from torch import nn
 
 from explorer.engine import samples
 from explorer.engine.errors import LoadError, TrustRequired, first_line
+from explorer.engine.measure.datafit import check_eval_data
 from explorer.engine.model import data as _data
 from explorer.engine.model import hf, onnx_import
 from explorer.engine.model.factories import call_factory, is_factory_ref
@@ -181,8 +182,10 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
         loaded.eval_data = _data.load_eval_data(data, limit=limit)
     elif limit is not None and loaded.eval_data is not None and len(loaded.eval_data) > limit:
         loaded.eval_data = loaded.eval_data.subset(limit)
+    check_eval_data(loaded, loaded.eval_data)  # before any work: data the model cannot run on, said in one line
     if loaded.example_input is None and loaded.eval_data is not None and len(loaded.eval_data) > 0:
         loaded.example_input = loaded.eval_data.inputs[:1]
+        loaded.meta = dict(loaded.meta, example_from_data=True)  # later data is not held to it
     loaded.model.eval()
     return loaded
 
