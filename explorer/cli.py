@@ -8,38 +8,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import os
 import sys
+import threading
 import time
 
-import torch
-
+# Only what parsing the arguments and saying a failure need is imported here: no torch (7-14 s on a cold
+# start). Each verb imports the engine it uses; main() loads torch under a spinner first (see _start).
 from explorer import __version__
-from explorer.engine.compress import compress
 from explorer.engine.errors import ExplorerError, LoadError
-from explorer.engine.executor import make_executor
-from explorer.engine.finetune.data import load_train_data
-from explorer.engine.finetune.recipe import check_recipe, parse_distill, parse_schedule
-from explorer.engine.finetune.trainer import finetune
-from explorer.engine.inspect import inspect_model
-from explorer.engine.measure.evaluate import evaluate_loaded, evaluate_plan, quality
-from explorer.engine.measure.metrics import compressible_layers, describe_input
-from explorer.engine.methods.kmeans import INITS
-from explorer.engine.methods.lowrank import METHODS
-from explorer.engine.methods.prune import GRANULARITIES
-from explorer.engine.methods.quantize import QUANTIZERS, compare_inits
-from explorer.engine.model.export import export
-from explorer.engine.model.hf import HF_FACTORY
-from explorer.engine.model.loading import load_model, parse_input_shape
-from explorer.engine.plan import Plan
-from explorer.engine.samples import SAMPLE_FACTORIES
-from explorer.engine.sensitivity.auto import auto_plan
-from explorer.engine.sensitivity.scan import DEFAULT_LIMIT, KINDS, sensitivity
-from explorer.engine.storage import fileformat
-from explorer.engine.storage.atomic import atomic_write_bytes
-from explorer.engine.storage.coders import CODERS
+from explorer.engine.sensitivity.grid import DEFAULT_LIMIT, KINDS
 from explorer.units import human_bytes, human_count, table
 
 EXIT_USAGE = 2
@@ -59,12 +40,16 @@ class TextProgress:
         self.delay = delay
         self.enabled = force or (hasattr(self.stream, "isatty") and self.stream.isatty())
         self.shown = False
+        self.fraction = 0.0
 
     def __call__(self, fraction: float, message: str = "") -> bool:
+        # one bar for the whole verb: the engine maps each phase onto its share (progress.scaled names it),
+        # so the fraction only grows; a phase's own "done" is not the verb's
+        self.fraction = fraction = max(fraction, self.fraction)
         if self.enabled and time.monotonic() - self.start >= self.delay:
             width = 30
             filled = int(round(width * fraction))
-            text = f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {message[:40]:<40}"
+            text = f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {message[:48]:<48}"
             self.stream.write(text)
             self.stream.flush()
             self.shown = True
@@ -72,23 +57,65 @@ class TextProgress:
 
     def close(self) -> None:
         if self.shown:
-            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.write("\r" + " " * 110 + "\r")
             self.stream.flush()
             self.shown = False
+
+
+class Spinner:
+    """``label`` and a turning bar on stderr while the block runs (importing torch and the engine: seconds),
+    only on a terminal; the line is wiped when the block ends, before the verb prints anything."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, label: str, stream=None, interval: float = 0.1):
+        self.label, self.stream, self.interval = label, stream or sys.stderr, interval
+        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _spin(self) -> None:
+        i = 0
+        while not self._stop.wait(self.interval):
+            self.stream.write(f"\r{self.FRAMES[i % len(self.FRAMES)]} {self.label}")
+            self.stream.flush()
+            i += 1
+        if i:
+            self.stream.write("\r" + " " * (len(self.label) + 2) + "\r")
+            self.stream.flush()
+
+    def __enter__(self) -> "Spinner":
+        if self.enabled:
+            self._thread = threading.Thread(target=self._spin, name="cli-spinner", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
 
 
 # ---------------------------------------------------------------------------------------- verbs
 
 
 def _load(args):
+    from explorer.engine.model.loading import load_model, parse_input_shape  # torch: after parsing
+
     loaded = load_model(args.model, factory=args.factory, trust=args.trust, data=args.data,
                         limit=getattr(args, "limit", None))
     if args.input_shape:
         loaded.example_input = parse_input_shape(args.input_shape)
+    ev = loaded.eval_data
+    if ev is not None and ev.labels is None and ev.unlabelled:  # accuracy would silently become agreement
+        print(f"{ev.unlabelled}: measuring agreement with the dense model, not accuracy", file=sys.stderr)
     return loaded
 
 
 def cmd_inspect(args) -> int:
+    from explorer.engine.inspect import inspect_model  # torch: after parsing
+    from explorer.engine.measure.metrics import describe_input  # torch: after parsing
+
     loaded = _load(args)
     bar = TextProgress("inspecting")
     try:
@@ -114,8 +141,9 @@ def cmd_inspect(args) -> int:
                                                 if loaded.example_input is not None
                                                 else ", no example input: MACs unknown (give --input-shape)"))
     print(table(rows, ["layer", "type", "shape", "params", "MACs", "bytes", "removable channels"], "lllrrrl"))
-    print(f"\nlayers: {info.layer_params:,} params; other parameters and buffers (norms, ...): "
-          f"{info.other_params:,}; total {info.total_params:,} params = {human_bytes(info.bytes)} in fp32")
+    kept = ", ".join(f"{k['what']} {k['params']:,}" for k in info.kept)  # what the parameters outside layers are
+    print(f"\nlayers ({len(info.layers)}): {info.layer_params:,} params; kept dense: {info.other_params:,}"
+          f"{f' ({kept})' if kept else ''}; total {info.total_params:,} params = {human_bytes(info.bytes)} in fp32")
     if info.macs is not None:
         layer_sum = (f"; layers account for {sum(l.macs or 0 for l in info.layers):,}"
                      if any(l.macs is not None for l in info.layers) else
@@ -151,7 +179,8 @@ def _print_limits(info) -> None:
                  [(l.name, l.lowrank_reason) for l in info.layers if l.lowrank_reason]),
                 ("kept dense (stored as they are; no method applies)",
                  [(f"{d.name or '(the model)'} ({d.type}, {d.params:,} param{'s' if d.params != 1 else ''})", d.reason)
-                  for d in info.dense]))
+                  for d in info.dense] + [(f"{k['what']} ({k['params']:,} params)", k["reason"]) for k in info.kept
+                                          if k["source"] != "dense"]))
     for title, pairs in sections:
         if pairs:
             print(f"\n{title}:")
@@ -160,10 +189,17 @@ def _print_limits(info) -> None:
 
 
 def _init_errors(model, bits: int) -> dict:
+    from explorer.engine.measure.metrics import compressible_layers  # torch: after parsing
+    from explorer.engine.methods.kmeans import INITS  # torch: after parsing
+    from explorer.engine.methods.quantize import compare_inits  # torch: after parsing
+
     return {name: compare_inits(mod.weight, None, bits, inits=tuple(INITS)) for name, mod in compressible_layers(model)}
 
 
 def cmd_evaluate(args) -> int:
+    from explorer.engine.measure.evaluate import evaluate_loaded, evaluate_plan  # torch: after parsing
+    from explorer.engine.plan import Plan  # torch: after parsing
+
     loaded = _load(args)
     if loaded.kind == "compressed" and not args.plan:
         bar = TextProgress("evaluating")
@@ -229,13 +265,19 @@ def _print_evaluation(loaded, plan_path, r) -> None:
 
 
 def cmd_compress(args) -> int:
+    from explorer.engine.compress import compress  # torch: after parsing
+    from explorer.engine.plan import Plan  # torch: after parsing
+    from explorer.engine.progress import scaled  # torch: after parsing
+    from explorer.engine.storage import fileformat  # torch: after parsing
+
     loaded = _load(args)
     plan = Plan.load(args.plan)
     bar = TextProgress("compressing")
     try:
-        result = compress(loaded.model, plan, loaded.example_input, progress=bar)
+        result = compress(loaded.model, plan, loaded.example_input, progress=scaled(bar, 0.0, 0.9, "compress (1/2)"))
         predicted = fileformat.predicted_bytes(result, loaded, half=args.half)
-        written = fileformat.save(result, args.output, loaded, half=args.half)
+        written = fileformat.save(result, args.output, loaded, half=args.half, progress=scaled(bar, 0.9, 1.0,
+                                                                                              "write (2/2)"))
     finally:
         bar.close()
     dense = result.bytes["dense"]
@@ -253,6 +295,8 @@ def cmd_compress(args) -> int:
 
 def _recipe(args, plan: Plan):
     """The plan's fine-tuning recipe with the command line's flags over it."""
+    from explorer.engine.finetune.recipe import check_recipe, parse_distill, parse_schedule  # torch: after parsing
+
     changes = {k: getattr(args, k) for k in ("epochs", "lr", "optimizer", "batch_size", "seed", "weight_decay")
                if getattr(args, k) is not None}
     if args.distill is not None:
@@ -272,6 +316,8 @@ def _epoch_line(metric: str):
 
 def _train_source(args, loaded) -> str:
     """``--train``, or for the bundled samples (and files made from them) their training split, ``digits``."""
+    from explorer.engine.samples import SAMPLE_FACTORIES  # torch: after parsing
+
     if args.train:
         return args.train
     if loaded.factory in SAMPLE_FACTORIES:
@@ -285,6 +331,12 @@ def _run_finetune(args, loaded, plan: Plan, output, train_limit=None):
     (the plan's, the flags over it), the run (one line per epoch on stderr unless ``--json``), then the file
     written to ``output`` (with its record beside it) when one is named. Returns ``(result, recipe, record)``;
     the record's ``quality`` is the fine-tuned model's on the eval data."""
+    from explorer.engine.finetune.data import load_train_data  # torch: after parsing
+    from explorer.engine.finetune.trainer import finetune  # torch: after parsing
+    from explorer.engine.measure.evaluate import quality  # torch: after parsing
+    from explorer.engine.storage import fileformat  # torch: after parsing
+    from explorer.engine.storage.atomic import atomic_write_bytes  # torch: after parsing
+
     recipe = _recipe(args, plan)
     train = load_train_data(_train_source(args, loaded), limit=train_limit)
     val = load_train_data(args.val) if args.val else None
@@ -318,10 +370,14 @@ def _finetune_summary(result) -> str:
 
 def _set_threads(args) -> None:
     if getattr(args, "threads", None) is not None:  # small models train faster on fewer threads than torch's default
+        import torch  # torch: after parsing
+
         torch.set_num_threads(args.threads)
 
 
 def cmd_finetune(args) -> int:
+    from explorer.engine.plan import Plan  # torch: after parsing
+
     _set_threads(args)
     loaded = _load(args)
     result, _, record = _run_finetune(args, loaded, Plan.load(args.plan), args.output, train_limit=args.limit)
@@ -351,6 +407,11 @@ def _points_csv(points) -> bytes:
 
 
 def cmd_sensitivity(args) -> int:
+    from explorer.engine.executor import make_executor  # torch: after parsing
+    from explorer.engine.plan import Plan  # torch: after parsing
+    from explorer.engine.sensitivity.scan import sensitivity  # torch: after parsing
+    from explorer.engine.storage.atomic import atomic_write_bytes  # torch: after parsing
+
     loaded = _load(args)
     base = Plan.load(args.plan) if args.plan else None
     kinds = [k.strip() for k in args.what.split(",") if k.strip()]
@@ -395,6 +456,10 @@ def cmd_sensitivity(args) -> int:
 
 
 def cmd_auto(args) -> int:
+    from explorer.engine.executor import make_executor  # torch: after parsing
+    from explorer.engine.plan import Plan  # torch: after parsing
+    from explorer.engine.sensitivity.auto import auto_plan  # torch: after parsing
+
     if not args.finetune:
         given = [flag for flag, dest in FINETUNE_FLAGS if getattr(args, dest) not in (None, False)]
         if given:
@@ -474,6 +539,11 @@ def _print_auto_finetuned(args, loaded, r, result, record) -> None:
 
 
 def cmd_info(args) -> int:
+    # the reader needs torch: the manifest's tensors are checked against torch dtypes and the quantizer
+    # registry (torch code) checks each table, so `info` pays torch's import too (under the spinner)
+    from explorer.engine.model.hf import HF_FACTORY  # torch: after parsing
+    from explorer.engine.storage import fileformat  # torch: after parsing
+
     mf = fileformat.read(args.file)
     info = fileformat.summary(mf)
     if args.json:
@@ -507,10 +577,13 @@ def cmd_gui(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from explorer.engine.compress import compress  # torch: after parsing
+    from explorer.engine.model.export import export  # torch: after parsing
+    from explorer.engine.plan import Plan  # torch: after parsing
+
     loaded = _load(args)
     model = loaded.model
     if args.plan:
-
         model = compress(model, Plan.load(args.plan), loaded.example_input).model
     out = export(model, loaded.example_input, args.output, fmt=args.format)
     if args.json:
@@ -588,7 +661,14 @@ def _add_finetune_args(p) -> None:
 
 def plan_vocabulary() -> str:
     """What a plan may name, read from the registries (a method registered before the parser is built is
-    listed too): the epilog of the verbs that take a plan."""
+    listed too): the epilog of the verbs that take a plan, built when their help is asked for (the
+    registries are torch code: reading them costs torch's import, which plain parsing does not pay)."""
+    from explorer.engine.methods.kmeans import INITS  # torch: after parsing
+    from explorer.engine.methods.lowrank import METHODS  # torch: after parsing
+    from explorer.engine.methods.prune import GRANULARITIES  # torch: after parsing
+    from explorer.engine.methods.quantize import QUANTIZERS  # torch: after parsing
+    from explorer.engine.storage.coders import CODERS  # torch: after parsing
+
     lines = ["plan methods (see README, The plan):",
              f"  prune.granularity: {', '.join(GRANULARITIES)}",
              "  quantize.method:"]
@@ -599,8 +679,34 @@ def plan_vocabulary() -> str:
     return "\n".join(lines)
 
 
+class UsageError(Exception):
+    """An argument the parser refuses: raised by :meth:`Parser.error` so that :func:`main` says it (on stderr
+    as argparse would, and as JSON on stdout under ``--json``) and returns its status instead of exiting."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, with an epilog made only when the help is printed (``epilog_fn``) and usage errors
+    raised as :class:`UsageError` rather than printed and exited on."""
+
+    def __init__(self, *args, epilog_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog, self.epilog_fn = self.epilog_fn(), None
+        return super().format_help()
+
+    def error(self, message: str):
+        raise UsageError(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compression-explorer",
+    parser = Parser(prog="compression-explorer",
                                      description="Compress neural networks layer by layer and measure the result.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -610,10 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inits", type=_bits, metavar="BITS",
                    help="also compare every k-means initialisation at BITS bits")
     p.set_defaults(func=cmd_inspect)
-    vocabulary = dict(epilog=plan_vocabulary(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p = sub.add_parser("evaluate", help="apply a plan: size by stage, MACs, accuracy before/after", **vocabulary)
+    vocabulary = dict(epilog_fn=plan_vocabulary, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("evaluate", help="apply a plan: size by stage, MACs, accuracy before/after; without --plan, "
+                       "the baseline (the uncompressed model's size, MACs and accuracy); a .cexp file: as stored",
+                       **vocabulary)
     _add_model_args(p)
-    p.add_argument("--plan", help="plan JSON (default: no compression)")
+    p.add_argument("--plan", help="plan JSON (default: none, the baseline: the dense model measured as it is)")
     p.add_argument("--limit", type=_positive, help="evaluate on the first N samples only")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("compress", help="apply a plan and write the compressed file (.cexp)", **vocabulary)
@@ -686,32 +794,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    if args.verb != "gui" and getattr(args, "model", None) is None and getattr(args, "factory", None) is None:
-        parser.error(f"{args.verb}: give a MODEL (file, sample name or module:callable)")
+#: the outputs each verb writes (attributes of its arguments): checked before any work, see _check_outputs
+OUTPUTS = {"compress": ("output",), "finetune": ("output",), "export": ("output",), "auto": ("output", "cexp"),
+           "sensitivity": ("output", "png")}
 
+
+def _check_outputs(args) -> None:
+    """Refuse, before loading anything, an output whose folder is missing or read-only (a scan or a training
+    run would otherwise end in that error minutes later); a full disk shows at the write itself."""
+    from explorer.engine.storage.atomic import check_writable  # torch: after parsing
+
+    for dest in OUTPUTS.get(args.verb, ()):
+        path = getattr(args, dest, None)
+        if path:
+            check_writable(path)
+
+
+#: the engine modules each verb imports when it runs, beyond the loaders every verb needs (see _start)
+ENGINE = {"inspect": ("explorer.engine.inspect",), "evaluate": ("explorer.engine.measure.evaluate",),
+          "compress": ("explorer.engine.compress",),
+          "export": ("explorer.engine.compress", "explorer.engine.model.export"),
+          "finetune": ("explorer.engine.finetune.trainer",), "auto": ("explorer.engine.sensitivity.auto",),
+          "sensitivity": ("explorer.engine.sensitivity.scan", "explorer.engine.executor"), "info": ()}
+
+
+def _start(args) -> None:
+    """Import torch and the engine a verb uses under a spinner (seconds on a cold start), before the verb
+    prints anything; its own imports are then already done. ``gui`` is left to check for a display first."""
+    if args.verb not in ENGINE:
+        return
+    with Spinner("loading torch and the engine..."):
+        for name in ("explorer.engine.model.loading",) + ENGINE[args.verb]:
+            importlib.import_module(name)
+
+
+def _fail(json_out: bool, message: str, kind: str) -> None:
+    """A failure said: one ``error:`` line on stderr, and under ``--json`` ``{"error", "kind"}`` on stdout."""
+    print(f"error: {message}", file=sys.stderr)
+    if json_out:
+        print(json.dumps({"error": message, "kind": kind}))
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
     try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        if args.verb != "gui" and getattr(args, "model", None) is None and getattr(args, "factory", None) is None:
+            parser.error(f"{args.verb}: give a MODEL (file, sample name or module:callable)")
+    except UsageError as exc:  # argparse's words on stderr; under --json the same as JSON on stdout
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+        if "--json" in argv:
+            print(json.dumps({"error": exc.message, "kind": "usage"}))
+        return EXIT_USAGE
+
+    json_out = bool(getattr(args, "json", False))
+    try:
+        _check_outputs(args)
+        _start(args)
         return args.func(args)
     except ExplorerError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        _fail(json_out, str(exc), exc.kind)
         return EXIT_USAGE
     except BrokenPipeError:  # e.g. `... --json | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if json_out:
+            print(json.dumps({"error": "interrupted", "kind": "interrupted"}))
         return 130
     except Exception as exc:  # an engine bug or an unexpected failure of user code: one line unless --debug
         if args.debug:
             raise
-        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        _fail(json_out, f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", "internal")
         return 1
 
 

@@ -2,22 +2,52 @@
 
 Imports only the standard library, numpy, torch, tensorly, safetensors and scikit-learn (for the bundled
 digits data). The GUI and the CLI are thin layers over these functions.
+
+The names below are imported on first use (PEP 562), not with the package: ``explorer.engine.errors`` (what
+the command line needs to parse its arguments and say a failure) must not cost torch's import. tensorly's
+backend is set by :mod:`explorer.engine.methods.lowrank`, its only user, when it is imported.
 """
 
-import tensorly as _tl
+import importlib
+import sys
+import types
 
-_tl.set_backend("pytorch")  # once, for all threads (tensorly's default is a global backend)
+_EXPORTS = {
+    "explorer.engine.compress": ("Compressed", "compress"),
+    "explorer.engine.errors": ("Cancelled", "CompressionError", "ExplorerError", "LoadError", "PlanError",
+                               "TrustRequired"),
+    "explorer.engine.inspect": ("LayerInfo", "ModelInfo", "inspect_model"),
+    "explorer.engine.measure.evaluate": ("evaluate_plan",),
+    "explorer.engine.measure.metrics": ("accuracy", "fidelity", "layer_macs", "model_macs"),
+    "explorer.engine.model.loading": ("LoadedModel", "load_model"),
+    "explorer.engine.plan": ("LayerSettings", "LowRankSettings", "Plan", "PruneSettings", "QuantSettings"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-from explorer.engine.compress import Compressed, compress  # noqa: E402
-from explorer.engine.errors import (Cancelled, CompressionError, ExplorerError, LoadError, PlanError,  # noqa: E402
-                                    TrustRequired)
-from explorer.engine.inspect import LayerInfo, ModelInfo, inspect_model  # noqa: E402
-from explorer.engine.measure.evaluate import evaluate_plan  # noqa: E402
-from explorer.engine.measure.metrics import accuracy, fidelity, layer_macs, model_macs  # noqa: E402
-from explorer.engine.model.loading import LoadedModel, load_model  # noqa: E402
-from explorer.engine.plan import LayerSettings, LowRankSettings, Plan, PruneSettings, QuantSettings  # noqa: E402
+__all__ = sorted(_WHERE)
 
-__all__ = ["Compressed", "LayerInfo", "ModelInfo", "compress", "inspect_model", "Cancelled", "CompressionError",
-           "ExplorerError", "LoadError", "PlanError", "TrustRequired", "evaluate_plan", "LoadedModel", "load_model",
-           "accuracy", "fidelity", "layer_macs", "model_macs", "LayerSettings", "LowRankSettings", "Plan",
-           "PruneSettings", "QuantSettings"]
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
+
+class _Engine(types.ModuleType):
+    """The package: a submodule named as one of its exports (``compress``) does not take the name over
+    when it is imported (the import system sets it on the package), so ``explorer.engine.compress`` stays
+    the function, as when these names were imported with the package."""
+
+    def __setattr__(self, name, value):
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Engine

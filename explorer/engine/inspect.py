@@ -74,6 +74,7 @@ class ModelInfo:
     macs: Optional[int]  # whole model, FlopCounterMode / 2
     input_shape: Optional[tuple]
     dense: list = field(default_factory=list)  # DenseInfo of every module kept dense
+    kept: list = field(default_factory=list)  # what the other parameters are: see kept_parts
 
     @property
     def layer_params(self) -> int:
@@ -99,7 +100,7 @@ class ModelInfo:
         return {"layers": [l.to_dict() for l in self.layers], "dense": [d.to_dict() for d in self.dense],
                 "input_shape": list(self.input_shape) if self.input_shape else None,
                 "total": {"params": self.total_params, "layer_params": self.layer_params,
-                          "other_params": self.other_params, "bytes": self.bytes,
+                          "other_params": self.other_params, "kept_dense": list(self.kept), "bytes": self.bytes,
                           "macs": self.macs, "flops": None if self.macs is None else 2 * self.macs,
                           "layer_macs": layer_macs_sum}}
 
@@ -161,6 +162,38 @@ def dense_modules(model: nn.Module) -> list:
     return out
 
 
+def kept_parts(model: nn.Module, dense: list, other: int) -> list:
+    """What the parameters outside the layers are (``ModelInfo.other_params``), by what holds them:
+    ``{"what", "params", "reason", "source"}`` for each type kept dense (``LayerNorm``, with its reason; source
+    ``"dense"``: the modules are in ``dense``), the biases of a module whose weight matrices are layers
+    (``LSTM biases``: an LSTM's matrices are layers, its biases stay dense as every layer's bias does; source
+    ``"layers"``) and the model's own parameters. A one-weight layer's own bias counts with the layer."""
+    parts: dict = {}
+
+    def add(what: str, params: int, reason: str, source: str) -> None:
+        part = parts.setdefault(what, {"what": what, "params": 0, "reason": reason, "source": source})
+        part["params"] += params
+
+    for d in dense:
+        add(d.type if d.name else "the model's own parameters", d.params, d.reason, "dense")
+    weights = {id(mod.weight) for _, mod in compressible_layers(model)}
+    for name, mod in model.named_modules():
+        kind = kind_of(mod)
+        if kind is None or not kind.slots or not module_layers(name, mod):
+            continue
+        own = [(a, t) for a, t in mod.named_parameters(recurse=False) if id(t) not in weights]
+        if own:
+            shown = type(mod).__name__
+            add(f"{shown} biases" if all("bias" in a for a, _ in own) else f"{shown} parameters",
+                sum(t.numel() for _, t in own),
+                f"{kind.kept}: stored as they are, as every layer's bias (the weight matrices are the layers)",
+                "layers")
+    rest = other - sum(p["params"] for p in parts.values())
+    if rest > 0:
+        add("other buffers", rest, "floating-point buffers outside the layers: stored as they are", "buffers")
+    return list(parts.values())
+
+
 def _input_shape(example) -> Optional[tuple]:
     return tuple(example.shape) if isinstance(example, torch.Tensor) else None
 
@@ -197,7 +230,9 @@ def inspect_model(model: nn.Module, example_input: Any = None, progress: Progres
             why = ("TorchScript graph cannot be rewritten" if scripted else "no example input to trace the model")
             info.filter_reason = info.channel_reason = why
         layers.append(info)
-    return ModelInfo(layers, stored_numel(model), total, _input_shape(example_input), dense_modules(model))
+    info = ModelInfo(layers, stored_numel(model), total, _input_shape(example_input), dense_modules(model))
+    info.kept = kept_parts(model, info.dense, info.other_params)
+    return info
 
 
 def _kept(layer) -> str:

@@ -23,12 +23,21 @@ def report(progress: ProgressFn, fraction: float, message: str = "") -> None:
         raise Cancelled(f"cancelled during: {message}" if message else "cancelled")
 
 
-def scaled(progress: ProgressFn, start: float, stop: float) -> ProgressFn:
-    """A callback that maps [0, 1] of a sub-task onto [start, stop] of ``progress``."""
+def scaled(progress: ProgressFn, start: float, stop: float, phase: str = "") -> ProgressFn:
+    """A callback that maps [0, 1] of a sub-task onto [start, stop] of ``progress``.
+
+    ``phase`` names the sub-task in its messages (``"compress (1/2): compressing fc1.weight"``). A sub-task's
+    closing ``"done"`` is its own, not the whole's: short of the end it is said as ``"<phase> done"`` (or
+    dropped, unnamed), so a bar never reads "done" at 36% and goes on.
+    """
     if progress is None:
         return None
 
     def sub(fraction: float, message: str = "") -> object:
+        if message == "done" and stop < 1.0:
+            message = f"{phase} done" if phase else ""
+        elif phase:
+            message = f"{phase}: {message}" if message else phase
         return progress(start + (stop - start) * fraction, message)
 
     return sub

@@ -52,8 +52,8 @@ def evaluate_plan(loaded, plan: Plan, progress: ProgressFn = None, limit: Option
     after, data) when the eval data has labels, else ``fidelity`` (cosine, rel_error, data) of the
     compressed model against the original, and ``layers`` (per-layer details).
     """
-    out, result = preview_plan(loaded, plan, scaled(progress, 0.0, 0.4))
-    q = quality(loaded, result.model, scaled(progress, 0.4, 1.0), limit=limit)
+    out, result = preview_plan(loaded, plan, scaled(progress, 0.0, 0.4, "compress (1/2)"))
+    q = quality(loaded, result.model, scaled(progress, 0.4, 1.0, "measure (2/2)"), limit=limit)
     out["accuracy"] = q if (q is not None and "before" in q) else None
     out["fidelity"] = q if (q is not None and "cosine" in q) else None
     return out
@@ -68,9 +68,12 @@ def quality(loaded, model, progress: ProgressFn = None, limit: Optional[int] = N
     ev = loaded.eval_data
     if ev is not None and len(ev):
         if ev.labels is not None:
+            half = 0.0 if before is not None else 0.5  # the dense model's half of the work, when it is measured
             if before is None:
-                before = accuracy(loaded.model, ev, scaled(progress, 0.0, 0.5), limit=limit, batch_size=batch_size)
-            after = accuracy(model, ev, scaled(progress, 0.5, 1.0), limit=limit, batch_size=batch_size)
+                before = accuracy(loaded.model, ev, scaled(progress, 0.0, 0.5, "dense model"), limit=limit,
+                                  batch_size=batch_size)
+            after = accuracy(model, ev, scaled(progress, half, 1.0, "compressed model"), limit=limit,
+                             batch_size=batch_size)
             n = len(ev) if limit is None else min(limit, len(ev))
             return {"before": before, "after": after, "data": ev.name, "samples": n}
         inputs = ev.inputs if limit is None else ev.inputs[:limit]

@@ -48,7 +48,7 @@ from typing import Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from explorer.engine.errors import LoadError
+from explorer.engine.errors import LoadError, NotFound
 from explorer.engine.model.factories import is_factory_ref, resolve_factory
 
 try:  # optional in CPython builds; zipfile needs it only for ZIP_LZMA members
@@ -116,11 +116,15 @@ class EvalData:
         int64 class indices, one per sample; ``None`` means "compare against the original model".
     name : str
         What to call the data in the interface, e.g. ``"digits test split (360)"`` or a file name.
+    unlabelled : str
+        Without labels, why, when the reader knows (IDX images whose labels file is not beside them):
+        one line the interface shows, as accuracy silently becoming agreement would mislead.
     """
 
     inputs: torch.Tensor
     labels: Optional[torch.Tensor]
     name: str
+    unlabelled: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.inputs, torch.Tensor):
@@ -168,7 +172,7 @@ class EvalData:
         sl = slice(0, int(index)) if not isinstance(index, slice) else index
         inputs = self.inputs[sl]
         labels = None if self.labels is None else self.labels[sl]
-        return EvalData(inputs, labels, f"{self.name} [{inputs.shape[0]} of {len(self)}]")
+        return EvalData(inputs, labels, f"{self.name} [{inputs.shape[0]} of {len(self)}]", self.unlabelled)
 
 
 def is_integer(t: torch.Tensor) -> bool:
@@ -362,7 +366,7 @@ class _Declared:
 def _open_binary(path: Path):
     """Open ``path`` for reading bytes, transparently un-gzipping; LoadError if missing."""
     if not path.exists():
-        raise LoadError(f"{path}: no such file")
+        raise NotFound(f"{path}: no such file")
     if path.is_dir():
         raise LoadError(f"{path}: is a folder, not a data file")
     with open(path, "rb") as f:
@@ -496,6 +500,7 @@ def load_idx_pair(images_path: PathLike, labels_path: Optional[PathLike] = None,
     """
     images_path = Path(images_path)
     limit = _check_limit(limit, images_path)
+    guess = None
     if labels_path is None:
         guess = _infer_labels_path(images_path)
         labels_path = guess if guess is not None and guess.exists() else None
@@ -519,7 +524,10 @@ def load_idx_pair(images_path: PathLike, labels_path: Optional[PathLike] = None,
         labels = None if lab is None else _labels_to_tensor(lab.read(n, _I64), str(labels_path))
     if x.ndim == 3:  # (N, H, W) -> (N, 1, H, W); (N, D) features and (N, C, H, W) stay as they are
         x = x.reshape(x.shape[0], 1, *x.shape[1:])
-    return EvalData(torch.from_numpy(x), labels, _sized_name(images_path.name, n, img.count))
+    why = "" if labels is not None else (
+        f"no labels file beside images {images_path}" + (f" (looked for {guess.name})" if guess is not None else
+                                                         " (its name has no images-idx3 to turn into labels-idx1)"))
+    return EvalData(torch.from_numpy(x), labels, _sized_name(images_path.name, n, img.count), why)
 
 
 # ------------------------------------------------------------------------------------------------- NumPy
@@ -580,7 +588,7 @@ def _read_npy_header(stream, where: str) -> Tuple[tuple, bool, np.dtype, int]:
 
 def _open_npy(path: Path) -> _Declared:
     if not path.exists():
-        raise LoadError(f"{path}: no such file")
+        raise NotFound(f"{path}: no such file")
     if path.is_dir():
         raise LoadError(f"{path}: is a folder, not a data file")
     stream = open(path, "rb")
@@ -644,7 +652,7 @@ def load_npz(path: PathLike, limit: Optional[int] = None) -> EvalData:
     path = Path(path)
     limit = _check_limit(limit, path)
     if not path.exists():
-        raise LoadError(f"{path}: no such file")
+        raise NotFound(f"{path}: no such file")
     if path.is_dir():
         raise LoadError(f"{path}: is a folder, not a data file")
     try:
@@ -789,7 +797,7 @@ def load_eval_data(path: PathLike, limit: Optional[int] = None) -> EvalData:
     path = Path(path)
     limit = _check_limit(limit, path)
     if not path.exists():
-        raise LoadError(f"{path}: no such file")
+        raise NotFound(f"{path}: no such file")
     if path.is_dir():
         raise LoadError(f"{path}: is a folder; choose the images file inside it")
     if not path.is_file():  # a FIFO would block the reader, a device (/dev/zero) never end

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from explorer.engine import samples
-from explorer.engine.errors import LoadError, TrustRequired, first_line
+from explorer.engine.errors import LoadError, NotFound, TrustRequired, first_line
 from explorer.engine.measure.datafit import check_eval_data
 from explorer.engine.model import data as _data
 from explorer.engine.model import hf, onnx_import
@@ -193,7 +193,7 @@ def load_model(source: Optional[str] = None, factory: Optional[str] = None, trus
 def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -> LoadedModel:
     if not os.path.exists(path):
         known = ", ".join(samples.sample_names())
-        raise LoadError(f"{path}: no such file (nor a bundled sample: {known})")
+        raise NotFound(f"{path}: no such file (nor a bundled sample: {known})")
     if os.path.isdir(path):
         if not hf.is_hf_folder(path):
             raise LoadError(f"{path}: is a directory without config.json, so not a Hugging Face model folder "
@@ -224,8 +224,11 @@ def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -
             return LoadedModel(obj, source=path, kind="pickle")
         state = _extract_state_dict(obj, path)
     else:
-        raise LoadError(f"{path}: not a model file (expected TorchScript, a PyTorch .pt/.pth, .safetensors, .onnx, "
-                        "or a Hugging Face folder)")
+        named = (" (it is named .cexp, but does not begin with a compressed file's magic bytes)"
+                 if path.lower().endswith(".cexp") else "")
+        raise LoadError(f"{path}: not a model file{named}; expected a compressed file (.cexp, told by its first "
+                        "bytes, whatever its name), TorchScript, a PyTorch .pt/.pth, .safetensors, .onnx, "
+                        "or a Hugging Face folder")
     if factory is None:
         raise LoadError(f"{path}: holds only weights (a state_dict of {len(state)} tensors); give the "
                         "architecture with --factory module:callable")

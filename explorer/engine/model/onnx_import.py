@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from explorer.engine.errors import LoadError, first_line
+from explorer.engine.errors import LoadError, NotFound, first_line
 
 #: the opset a graph is converted down to when onnx2torch has no converter for one of its ops at its own opset
 FALLBACK_OPSET = 17
@@ -182,7 +182,7 @@ def example_input(proto) -> Any:
 def load_onnx(path: str):
     """(model, example_input) for an ONNX file; a :class:`LoadError` names what cannot be converted."""
     if not os.path.isfile(path):
-        raise LoadError(f"{path}: no such file")
+        raise NotFound(f"{path}: no such file")
     proto = _read(path)
     onnx2torch = _onnx2torch()
     proto = _convertible(proto, path)

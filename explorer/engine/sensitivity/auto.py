@@ -218,10 +218,10 @@ def auto_plan(loaded, target_ratio: Optional[float] = None, target_bytes: Option
         return (l["bits"]["coded"] + 7) // 8 if cost == "bytes" else (l.get("macs") or {}).get("effective") or 0
 
     fixed = total(dense_summary) - sum(layer_cost(l) for l in dense_summary["layers"])
-    points = sensitivity(loaded, kinds=("sparsity", "bits"), limit=limit, progress=scaled(progress, 0.0, 0.5),
+    points = sensitivity(loaded, kinds=("sparsity", "bits"), limit=limit, progress=scaled(progress, 0.0, 0.5, "scan (1/3)"),
                          previewer=pv, sparsities=AUTO_SPARSITIES, bits=BITS, executor=executor)
-    report(progress, 0.5, "measuring the candidates")
-    cands = candidates(pv, points, method, cost, executor, limit, scaled(progress, 0.5, 0.8))
+    report(progress, 0.5, "candidates (2/3)")
+    cands = candidates(pv, points, method, cost, executor, limit, scaled(progress, 0.5, 0.8, "candidates (2/3)"))
     # the smallest plan the grids allow, measured (its manifest differs from the dense one's)
     smallest = total(pv.measure(_plan({n: rows[0] for n, rows in cands.items()}, method, cost)))
     data = loaded.eval_data
@@ -276,7 +276,7 @@ def _within_drop(attempt, drop, max_drop, got, target, smallest, dense_total, co
     lo, hi, best = target if target is not None else smallest, dense_total, None
     for i in range(BUDGET_STEPS):
         mid = (lo + hi) // 2
-        report(progress, 0.8 + 0.2 * i / BUDGET_STEPS, f"budget {mid:,} {cost}")
+        report(progress, 0.8 + 0.2 * i / BUDGET_STEPS, f"budget (3/3): {mid:,} {cost}")
         trial = attempt(mid)
         if trial is not None and drop(trial[3]) <= max_drop:
             best, hi = trial, mid

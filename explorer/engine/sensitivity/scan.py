@@ -26,12 +26,8 @@ from explorer.engine.measure.metrics import accuracy
 from explorer.engine.measure.preview import Previewer
 from explorer.engine.plan import LayerSettings, Plan
 from explorer.engine.progress import ProgressFn, report
+from explorer.engine.sensitivity.grid import BITS, DEFAULT_LIMIT, KINDS, RANKS, SPARSITIES  # noqa: F401 (re-exported)
 
-KINDS = ("sparsity", "bits", "rank")
-SPARSITIES = tuple(p / 100 for p in (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95))
-BITS = (1, 2, 3, 4, 5, 6, 7, 8)
-RANKS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
-DEFAULT_LIMIT = 500
 _FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (stamp, hash): gone with it
 CACHE = Recent(limit_bytes=8 << 20)  # (weights, data, layer, settings) -> (metric, layer bytes, file bytes)
 

@@ -10,6 +10,7 @@ file gets (``0o666`` less the umask), or keeps the target's if it is being repla
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -134,6 +135,27 @@ def _atomic_open(path: str, mode: str):
         except FileNotFoundError:
             pass
         raise
+
+
+def check_writable(path) -> None:
+    """Raise :class:`~explorer.engine.errors.WriteError` now if ``path`` could not be written later: its
+    directory missing, not a directory, or refusing a new file (read-only). Tried as the write would be, with
+    an empty temporary file of this module's pattern, removed at once. Work that ends in a write (a scan,
+    a fine-tuning run) calls it first, so a typo in a folder costs no minutes; a full disk still shows only
+    when the bytes are written."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path))
+    directory = os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(directory, f"{_PREFIX}{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(8)}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from explorer.engine.errors import FormatError, LoadError
+from explorer.engine.errors import FormatError, LoadError, NotFound
 from explorer.engine.methods.quantize import QUANTIZERS
 from explorer.engine.storage import bitstream, jsonio
 from explorer.engine.storage.coders import CODERS
@@ -58,7 +58,7 @@ def read(path) -> ModelFile:
         with open(path, "rb") as fh:
             raw = fh.read(st.st_size + 1)  # (read(n) reserves n bytes at once: never the cap itself)
     except FileNotFoundError:
-        raise LoadError(f"{path}: no such file") from None
+        raise NotFound(f"{path}: no such file") from None
     except IsADirectoryError:
         raise LoadError(f"{path}: is a directory, not a model file") from None
     except OSError as exc:
