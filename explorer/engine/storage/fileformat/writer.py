@@ -126,7 +126,7 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
 
         def codes():
             lay = layout()
-            c = np.asarray(quant.codes, np.int64)[lay["pos"]]
+            c = np.asarray(quant.codes)[lay["pos"]].astype(np.int64)  # the stored entries only, not a copy of all
             c[lay["fill"]] = quant.zero_code if quant.zero_code is not None else 0
             return c
 
