@@ -39,7 +39,7 @@ from explorer.engine.errors import ExplorerError
 from explorer.engine.inspect import stored_numel, weight_owners
 from explorer.engine.layers import weight_key
 from explorer.engine.measure.evaluate import summarize
-from explorer.engine.measure.layerview import LayerPreview, display_stride, init_comparison
+from explorer.engine.measure.layerview import DISPLAY_MAX, LayerPreview, display_stride, init_comparison
 from explorer.engine.measure.metrics import compressible_layers, count_macs, layer_type
 from explorer.engine.measure.sweep import TensorSweep
 from explorer.engine.methods.prune import keep_count
@@ -196,6 +196,9 @@ class Previewer:
         fast = self._measured.get(key)
         if fast is not None:
             return fast
+        p = settings.prune
+        if p is None or p.granularity != "element" or not p.amount:
+            return None  # not the sweep's case: making one would put it last and push out a large layer's
         sweep = self.sweep(name)
         r = sweep.measure(settings) if sweep is not None else None
         if r is None:
@@ -270,7 +273,7 @@ class Previewer:
             raise ExplorerError(f"no layer '{name}'")
         module = self.modules[name]
         report(progress, 0.0, f"{name}: histogram")
-        edges, bins = self._layer_bins(name)
+        edges, bins, _ = self._layer_bins(name)
         p = settings.prune
         element = p is not None and p.granularity == "element" and p.amount
         if not element and settings.quantize is None:
@@ -285,7 +288,7 @@ class Previewer:
         threshold = n_pruned = None
         if result is not None and result.sizes_only:  # the sweep's: its mask from the sorted magnitudes
             sweep = self.sweep(name)
-            mask = sweep.mask(p.amount, stride)
+            mask = sweep.mask(p.amount, stride, self._layer_bins(name)[2].view(np.uint32) if stride > 1 else None)
             if stride > 1:
                 k = keep_count(values.size, p.amount)
                 n_pruned = values.size - k
@@ -296,7 +299,7 @@ class Previewer:
             threshold = float(np.abs(values[mask]).min()) if n_pruned and n_pruned < mask.size else 0.0
             mask = mask[::stride]
         report(progress, 0.5, f"{name}: counting")
-        sample = values if stride == 1 else values[::stride]
+        sample = values if stride == 1 else self._layer_bins(name)[2]
         kept, pruned, smallest = _split_counts(bins, mask if mask is not None else np.ones(0, bool), sample,
                                                edges.size - 1)
         if mask is not None and stride == 1:  # the smallest kept magnitude; 0 when the amount rounds to pruning nothing
@@ -337,9 +340,11 @@ class Previewer:
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5
         edges = np.linspace(lo, hi, HIST_BINS + 1)
-        bins = _bin_of(values[::display_stride(values.size)].astype(np.float64), edges)  # of the weights drawn
-        self._bins.put(name, (edges, bins))
-        return edges, bins
+        # the weights drawn, kept contiguous: a strided read of a large layer touches all its memory
+        sample = values if values.size <= DISPLAY_MAX else np.ascontiguousarray(values[::display_stride(values.size)])
+        bins = _bin_of(sample.astype(np.float64), edges)
+        self._bins.put(name, (edges, bins, sample if sample is not values else None))
+        return edges, bins, sample
 
 
 def tensor_cache_bytes(layers) -> int:

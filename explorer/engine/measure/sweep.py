@@ -101,12 +101,14 @@ class TensorSweep:
         above = self.n - int(np.searchsorted(sk, np.uint32(T), side="right"))
         return T, k - above
 
-    def mask(self, amount, stride: int = 1) -> np.ndarray:
+    def mask(self, amount, stride: int = 1, keys: Optional[np.ndarray] = None) -> np.ndarray:
         """:func:`~explorer.engine.methods.prune.magnitude_mask` of the tensor at ``amount``, from the sorted keys;
         with ``stride`` > 1 only its entries at every ``stride``-th position (a sample for display), without
-        a pass over the whole tensor unless a sampled entry is one of a partly kept group of ties."""
+        a pass over the whole tensor unless a sampled entry is one of a partly kept group of ties. ``keys``:
+        the sample's keys when the caller keeps them (``self.keys[::stride]``)."""
         k = keep_count(self.n, amount)
-        keys = self.keys if stride == 1 else np.ascontiguousarray(self.keys[::stride])
+        if keys is None:
+            keys = self.keys if stride == 1 else np.ascontiguousarray(self.keys[::stride])
         mask = np.zeros(keys.size, bool)
         if k >= self.n:
             mask[:] = True
