@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-kernels bench-gui fuzz probe soak clean samples screenshots
+.PHONY: demo test bench bench-kernels bench-gui bench-large fuzz probe soak clean samples screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-kernels: $(STAMP)
 bench-gui: $(STAMP)
 	$(PY) benchmarks/gui_latency.py
 	$(PY) benchmarks/gui_latency.py --layer layer2.1.conv2
+
+bench-large: $(STAMP)
+	$(PY) benchmarks/gui_latency.py --model vgg16 --images 8 --rounds 2
+	$(PY) benchmarks/large_model_memory.py
 
 fuzz: $(STAMP)
 	$(PY) benchmarks/fuzz_format.py --seconds 120

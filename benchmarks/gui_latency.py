@@ -87,20 +87,61 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def resnet18_bundle():
-    """Factory: ResNet-18 with seeded random weights, a 1x3xRxR example input and N random labelled
-    images (R, N from the environment variables GUI_LATENCY_RES and GUI_LATENCY_IMAGES)."""
+VGG16_CONVS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16(nn.Module):
+    """VGG-16 (Simonyan & Zisserman 2015, configuration D, torchvision's layout without batch norm):
+    thirteen 3x3 convolutions in five stages, each ended by a 2x2 max-pool, a 7x7 adaptive average pool
+    and three fully connected layers 25088 -> 4096 -> 4096 -> 1000; 138,357,544 parameters (the first
+    of them, classifier.0, holds 102,760,448 weights)."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers, cin = [], 3
+        for v in VGG16_CONVS:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(7)
+        self.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(),
+                                        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(),
+                                        nn.Linear(4096, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+MODELS = {"resnet18": ("ResNet-18", ResNet18), "vgg16": ("VGG-16", VGG16)}
+
+
+def _bundle(model_cls):
+    """``model_cls`` with seeded random weights, a 1x3xRxR example input and N random labelled images (R,
+    N from the environment variables GUI_LATENCY_RES and GUI_LATENCY_IMAGES)."""
     from explorer.engine.model.data import EvalData
 
     res = int(os.environ.get("GUI_LATENCY_RES", "224"))
     n = int(os.environ.get("GUI_LATENCY_IMAGES", "256"))
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = ResNet18().eval()
+    model = model_cls().eval()
     images = torch.randn(n, 3, res, res, generator=g)
     labels = torch.randint(0, 1000, (n,), generator=g)
     return {"model": model, "example_input": images[:1].clone(),
             "eval_data": EvalData(images, labels, f"{n} random {res}x{res} images")}
+
+
+def resnet18_bundle():
+    """Factory: ResNet-18 with seeded random weights and random eval images (see :func:`_bundle`)."""
+    return _bundle(ResNet18)
+
+
+def vgg16_bundle():
+    """Factory: VGG-16 with seeded random weights and random eval images (see :func:`_bundle`)."""
+    return _bundle(VGG16)
 
 
 # ------------------------------------------------------------------------------------ measurement
@@ -261,6 +302,8 @@ def ms(x) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="resnet18",
+                    help="resnet18 (default; 11.7 M parameters) or vgg16 (138.4 M; use few --images)")
     ap.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
     ap.add_argument("--images", type=int, default=256, help="random eval images (default 256)")
     ap.add_argument("--rounds", type=int, default=3, help="slider releases per condition (default 3)")
@@ -304,8 +347,9 @@ def run(args, load) -> int:
     def settled():
         return win.idle() and not win.controls._timer.isActive()
 
+    rss_before = _status_mb("VmRSS")
     t = time.perf_counter()
-    win.open_model("gui_latency:resnet18_bundle")
+    win.open_model(f"gui_latency:{args.model}_bundle")
     wait_until(lambda: win.session.loaded is not None and win.session.results is not None and settled())
     load_s = time.perf_counter() - t
     if win.last_error:
@@ -322,13 +366,22 @@ def run(args, load) -> int:
     beat.phase = "host reference"  # measured on this (the GUI) thread: not a stall of the window's
     host = host_reference(win.session.loaded, layer)
     beat.resume()  # ... so the next gap starts after it (it was counted as the next phase's first gap)
-    print(f"model: ResNet-18, {info.total_params:,} parameters, {len(info.layers)} layers; input 1x3x{args.res}x"
+    print(f"model: {MODELS[args.model][0]}, {info.total_params:,} parameters, {len(info.layers)} layers; input 1x3x{args.res}x"
           f"{args.res}; eval data {args.images} random images; torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; opened and measured in {load_s:.1f} s; selected layer {layer} "
           f"({info.layer(layer).weight_params:,} weights); {args.load} busy processes beside it")
-    print(f"host reference (engine alone, this thread, nothing else of ours running): re-measuring the layer at a new "
-          f"amount takes {host['prune']:.1f} ms pruned, {host['kmeans']:.1f} ms pruned + 5-bit k-means (median of 5); "
-          "on a quiet host of this kind 4-6 and 7-10 ms — the window's numbers below scale with these")
+    ref_weights = info.layer(layer).weight_params
+    if args.model != "resnet18":  # the reference the quiet-host figures are for: a layer of ResNet-18's largest size
+        from explorer.engine.model.loading import LoadedModel
+
+        torch.manual_seed(0)
+        own, host = host, host_reference(LoadedModel(nn.Sequential(nn.Conv2d(512, 512, 3, bias=False))), "0")
+        ref_weights = 512 * 512 * 9
+        print(f"the selected layer alone (this thread): re-measured at a new amount in {own['prune']:.1f} ms pruned, "
+              f"{own['kmeans']:.1f} ms + 5-bit k-means (median of 5; not prepared: a pass over its weights)")
+    print(f"host reference (engine alone, this thread, nothing else of ours running): re-measuring a {ref_weights:,}-weight "
+          f"layer at a new amount takes {host['prune']:.1f} ms pruned, {host['kmeans']:.1f} ms pruned + 5-bit k-means "
+          "(median of 5); on a quiet host of this kind 4-6 and 7-10 ms — the window's numbers below scale with these")
 
     # 1. accuracy and k-means in the background: the centroid tab, then a release; the heartbeat runs.
     # The first time in a process pays one-time costs (numba loading its cached kernels holds the GIL);
@@ -432,11 +485,26 @@ def run(args, load) -> int:
     print(f"| {'-' * width} | ---: | ---: | --- |")
     for name, shown, target, value in table:
         print(f"| {name:<{width}} | {shown} | <= {target:.0f} ms | {'yes' if value <= target else 'NO'} |")
+    print()
+    print(f"the window's process: peak resident {_status_mb('VmHWM'):.0f} MB, now {_status_mb('VmRSS'):.0f} MB "
+          f"(before opening the model: {rss_before:.0f} MB; dense weights {info.total_params * 4 / 1e6:.0f} MB; the "
+          "engine's own peak, step by step: benchmarks/large_model_memory.py)")
     if why is not None:
         why.close()
         summarise_stalls(args.why)
     win.close()
     return 0
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB; nan where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return float("nan")
 
 
 def summarise_stalls(path) -> None:

@@ -159,9 +159,9 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def _copy_model(model: nn.Module) -> nn.Module:
+def _copy_model(model: nn.Module, memo: Optional[dict] = None) -> nn.Module:
     try:
-        return copy.deepcopy(model)
+        return copy.deepcopy(model, memo)
     except Exception as exc:
         raise CompressionError(f"cannot copy the model to compress it: {type(exc).__name__}: {exc}") from None
 
@@ -201,7 +201,7 @@ def check_settings(model: nn.Module, layers: list, settings: dict, owners: dict)
 
 def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: ProgressFn = None,
              cache: Optional[TensorCache] = None, macs_before: Optional[tuple] = None,
-             count: bool = True) -> Compressed:
+             count: bool = True, share: bool = False) -> Compressed:
     """Apply ``plan`` to a copy of ``model``.
 
     Parameters
@@ -220,6 +220,11 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
         ``count_macs(model, example_input)`` when already known (it is the same for every plan).
     count : bool
         Count the MACs before and after (False: leave them None, e.g. when only the model is wanted).
+    share : bool
+        The new model shares the original's parameters that the plan leaves as they are, and its pruned
+        and quantized weights are the per-tensor results themselves (held by ``cache`` too), instead of
+        copying every tensor: a VGG-16 is then not held twice. Only where no shape changes; for a model
+        that is only run or saved (accuracy, export), never trained or changed in place.
 
     Returns
     -------
@@ -236,9 +241,17 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
         before_macs, total_before = count_macs(model, example_input)
     else:
         before_macs, total_before = {}, None
-    work, structural = _remove_channels(model, settings, example_input, progress)  # 1.
+    first = {}
+    if share and not isinstance(model, torch.jit.ScriptModule) and not any(s.changes_shapes for s in settings.values()):
+        first = _tensors_first(layers, settings, owners, cache, progress)
+        work = _copy_model(model, memo=_shared(model, layers, first))
+        work.eval() if not model.training else work.train()
+        structural = {}
+    else:
+        work, structural = _remove_channels(model, settings, example_input, progress)  # 1.
     lowrank_info = _factorize_layers(work, layers, settings, example_input, progress)  # 2.
-    results = _compress_tensors(work, layers, settings, owners, structural, lowrank_info, cache, progress)  # 3+4.
+    results = _compress_tensors(work, layers, settings, owners, structural, lowrank_info, cache, progress,
+                                first)  # 3+4.
     total_after = None
     if example_input is not None and count:
         report(progress, 0.96, "counting MACs")
@@ -302,10 +315,42 @@ def _factorize_layers(work: nn.Module, layers: list, settings: dict, example_inp
     return lowrank_info
 
 
+def _tensors_first(layers: list, settings: dict, owners: dict, cache: Optional[TensorCache],
+                   progress: ProgressFn) -> dict:
+    """For ``compress(share=True)``: each own weight's ``(TensorResult, new)`` under its settings, before the
+    model is copied (from ``cache`` where it holds them), by layer name."""
+    done = {}
+    for i, (name, orig) in enumerate(layers):
+        if owners[name] != name:
+            continue
+        report(progress, 0.1 + 0.85 * i / max(len(layers), 1), f"compressing {name}")
+        key = TensorCache.key(orig.weight, name, settings[name]) if cache is not None else None
+        hit = cache.get(key) if key is not None else None
+        if hit is None:
+            hit = compress_weight(weight_key(name, orig), orig.weight, settings[name])
+            if key is not None:
+                cache.put(key, hit)
+        done[name] = hit
+    return done
+
+
+def _shared(model: nn.Module, layers: list, done: dict) -> dict:
+    """A deepcopy memo: every parameter of ``model`` stands for itself in the copy, and each weight that
+    :func:`_tensors_first` changed for a parameter holding its new values (a tied weight stays tied)."""
+    memo = {id(p): p for p in model.parameters()}
+    for name, orig in layers:
+        hit = done.get(name)
+        if hit is not None and hit[1] is not None:
+            memo[id(orig.weight)] = nn.Parameter(hit[1], requires_grad=orig.weight.requires_grad)
+    return memo
+
+
 def _compress_tensors(work: nn.Module, layers: list, settings: dict, owners: dict, structural: dict,
-                      lowrank_info: dict, cache: Optional[TensorCache], progress: ProgressFn) -> dict:
+                      lowrank_info: dict, cache: Optional[TensorCache], progress: ProgressFn,
+                      first: Optional[dict] = None) -> dict:
     """Stages 3 and 4, element pruning and quantization of every weight tensor of ``work`` (in place):
-    a :class:`LayerResult` per layer, in model order."""
+    a :class:`LayerResult` per layer, in model order. ``first``: results computed already, by layer name
+    (``compress(share=True)``: the copy holds their new weights already)."""
     results = {}
     total_tensors = sum(len(_weight_modules(n, _submodule(work, n))) for n, _ in layers)
     done = 0
@@ -323,6 +368,10 @@ def _compress_tensors(work: nn.Module, layers: list, settings: dict, owners: dic
             # structured pruning changes the shape of every layer it touches (coupled ones too): only a
             # tensor with the original's shape, not factorised, still holds the original's values
             untouched = name not in lowrank_info and mod.weight.shape == orig.weight.shape
+            if first and name in first:  # computed before the copy, which holds its new weight
+                lr.tensors.append(first[name][0])
+                done += 1
+                continue
             key = TensorCache.key(orig.weight, tname, s) if (cache is not None and untouched) else None
             hit = cache.get(key) if key is not None else None
             if hit is not None:

@@ -150,7 +150,8 @@ class CentroidView(QWidget):
             label = f"{init}: MSE {r['mse_initial']:.3g} → {r['mse_final']:.3g}"
             parts.append(f"<span style='color: rgb{colour}'>{label}</span>")
             self.errors[init] = (r["mse_initial"], r["mse_final"])
-        self.title.setText(f"<b>{comp.name}</b> at {comp.bits} bits ({2 ** comp.bits} codes): "
+        sample = f", on every {comp.stride}th weight" if comp.stride > 1 else ""
+        self.title.setText(f"<b>{comp.name}</b> at {comp.bits} bits ({2 ** comp.bits} codes{sample}): "
                            "▲ initial centroids, ● after k-means — " + "; ".join(parts))
 
     def _draw_cdf(self, comp) -> None:

@@ -52,8 +52,10 @@ class LayerView(QWidget):
         """Draw a :class:`explorer.engine.measure.layerview.LayerPreview` (no engine work here)."""
         self.kept.setData(preview.edges, preview.kept)
         self.pruned.setData(preview.edges, preview.pruned)
-        n_pruned = int(preview.pruned.sum())
+        n_pruned = preview.pruned_count
         text = f"<b>{preview.name}</b>: {preview.numel:,} weights"
+        if preview.stride > 1:
+            text += f" (histogram of every {preview.stride}th)"
         if n_pruned:
             text += f", {n_pruned:,} pruned ({n_pruned / max(preview.numel, 1):.0%}) below |w| = {preview.threshold:.4g}"
         if preview.levels is not None:

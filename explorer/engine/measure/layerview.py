@@ -28,6 +28,25 @@ class LayerPreview:
     levels: Optional[np.ndarray]  # the distinct values the quantized weights take (incl. 0 when pruned)
     quant_mse: Optional[float] = None
     info: dict = field(default_factory=dict)
+    # a large layer is drawn from a sample: kept and pruned count every ``stride``-th weight only (see
+    # display_stride); ``n_pruned`` is the whole layer's pruned count (None: pruned.sum(), nothing sampled)
+    stride: int = 1
+    n_pruned: Optional[int] = None
+
+    @property
+    def pruned_count(self) -> int:
+        """Pruned weights of the whole layer (the histogram may count a sample)."""
+        return int(self.pruned.sum()) if self.n_pruned is None else self.n_pruned
+
+
+# a layer with more weights is drawn (histogram, centroid comparison) from every ``display_stride``-th
+# weight, labelled so in the window: counting all of 100 M weights is a pass of ~0.3 s per release
+DISPLAY_MAX = 1 << 22
+
+
+def display_stride(n: int) -> int:
+    """1, or the step of the sample a layer of ``n`` weights is drawn from (at most DISPLAY_MAX of them)."""
+    return max(1, -(-n // DISPLAY_MAX))
 
 
 def _weight(module_or_tensor) -> torch.Tensor:
@@ -83,16 +102,25 @@ class InitComparison:
     bits: int
     values: np.ndarray  # the surviving weights, sorted (for the CDF)
     results: dict  # init -> {"initial", "final", "mse_initial", "mse_final", "iterations"}
+    stride: int = 1  # computed on every stride-th weight of a large layer (display_stride)
 
 
 def init_comparison(name: str, module_or_tensor, settings: LayerSettings, bits: Optional[int] = None,
                     max_iter: int = 50, progress: ProgressFn = None,
                     inits=("forgy", "density", "linear")) -> InitComparison:
     """The k-means initialisations of one layer at ``bits`` (default: the layer's quantization bits, else 5),
-    before and after k-means, with their errors; pruned weights are excluded as in compression."""
+    before and after k-means, with their errors; pruned weights are excluded as in compression. A layer of
+    more than :data:`DISPLAY_MAX` weights is compared on every ``stride``-th of them (pruned as the sample:
+    an illustration of the inits, not the layer's own codebook)."""
     w = _weight(module_or_tensor)
+    n, stride = w.numel(), display_stride(w.numel())
+    if stride > 1:
+        w = w.reshape(-1)[::stride].contiguous()
     p = settings.prune
-    mask = magnitude_mask(w, p.amount) if (p is not None and p.granularity == "element" and p.amount) else None
+    amount = p.amount if p is not None else None
+    if stride > 1 and isinstance(amount, int):  # a count of the whole layer: the same fraction of the sample
+        amount = amount / n
+    mask = magnitude_mask(w, amount) if (p is not None and p.granularity == "element" and amount) else None
     if bits is None:
         bits = settings.quantize.bits if settings.quantize is not None else 5
     report(progress, 0.1, f"{name}: comparing initialisations")
@@ -100,4 +128,4 @@ def init_comparison(name: str, module_or_tensor, settings: LayerSettings, bits: 
     flat = w.reshape(-1).to(torch.float64).cpu().numpy()
     values = np.sort(flat if mask is None else flat[mask])
     report(progress, 1.0, f"{name}: done")
-    return InitComparison(name, bits, values, results)
+    return InitComparison(name, bits, values, results, stride)

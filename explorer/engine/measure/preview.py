@@ -39,27 +39,30 @@ from explorer.engine.errors import ExplorerError
 from explorer.engine.inspect import stored_numel, weight_owners
 from explorer.engine.layers import weight_key
 from explorer.engine.measure.evaluate import summarize
-from explorer.engine.measure.layerview import LayerPreview, init_comparison
+from explorer.engine.measure.layerview import DISPLAY_MAX, LayerPreview, display_stride, init_comparison
 from explorer.engine.measure.metrics import compressible_layers, count_macs, layer_type
 from explorer.engine.measure.sweep import TensorSweep
+from explorer.engine.methods.prune import keep_count
 from explorer.engine.model.loading import LoadedModel
 from explorer.engine.plan import LayerSettings, Plan, PruneSettings, validate_settings
 from explorer.engine.progress import ProgressFn, report, scaled
 
 HIST_BINS = 120
 PREPARED_AMOUNTS = tuple(p / 100.0 for p in range(1, 100))  # what the window's sparsity slider gives
-SWEEP_MAX_NUMEL = 1 << 25  # larger tensors are measured by compress_weight (the state is ~8 bytes/weight/bucket count)
+SWEEP_MAX_NUMEL = 1 << 28  # larger tensors are measured by compress_weight (the state: 4 bytes/weight + 4 per bucket count)
 # What a Previewer keeps, each a byte budget (a Recent: the least recently used entries go first; the one
 # put last is always kept, however large):
-# - sweep state (sorted magnitudes, 4 bytes per weight, and k-means bucket groups, up to sweep.GROUP_BYTES
-#   per layer): two layers' of ResNet-18's largest (2.4 M weights: ~105 MB each), the one being tuned and
-#   the one before; more of smaller layers
+# - sweep state (sorted magnitudes, 4 bytes per weight, and k-means bucket groups, 4 bytes per weight each,
+#   up to sweep.GROUP_BYTES per layer): two layers' of ResNet-18's largest (2.4 M weights: ~105 MB each),
+#   the one being tuned and the one before; more of smaller layers. (VGG-16's classifier.0, 102.8 M weights,
+#   holds 822 MB: kept alone, as the entry put last always is)
 SWEEP_BYTES = 256 << 20
 # - sizes-only results of the sweeps (~9 KB each): the 99 slider amounts of a dozen layers and settings
 MEASURED_BYTES = 12 << 20
 # - whole-plan summaries, kept marshalled (~5 KB each on digits-cnn, ~22 KB on ResNet-18)
 SUMMARY_BYTES = 2 << 20
-# - histogram bins of the layers looked at (a byte per weight): every layer of ResNet-18 (11.7 MB)
+# - histogram bins of the layers looked at (a byte per weight drawn: at most layerview.DISPLAY_MAX per layer):
+#   every layer of ResNet-18 (11.7 MB)
 BINS_BYTES = 64 << 20
 # - full per-tensor results (TensorCache: mask, codes and decoded weight, ~13 bytes per weight when
 #   quantized): TENSOR_PLANS whole plans' worth of the model, at least cache.TENSOR_CACHE_BYTES and
@@ -193,6 +196,9 @@ class Previewer:
         fast = self._measured.get(key)
         if fast is not None:
             return fast
+        p = settings.prune
+        if p is None or p.granularity != "element" or not p.amount:
+            return None  # not the sweep's case: making one would put it last and push out a large layer's
         sweep = self.sweep(name)
         r = sweep.measure(settings) if sweep is not None else None
         if r is None:
@@ -242,7 +248,8 @@ class Previewer:
         return summarize(compressed, self.loaded)
 
     def build(self, plan: Plan, progress: ProgressFn = None, count: bool = True) -> Compressed:
-        """The compressed model of ``plan`` (runnable), reusing the per-tensor results; ``count=False``
+        """The compressed model of ``plan`` (runnable; to run or save, never to train or change: it shares
+        tensors with the loaded model and the cache), reusing the per-tensor results; ``count=False``
         skips tracing its MACs (for a job that only runs the model). The last result is kept: a plan that
         changes shapes is built once for its sizes and reused for its accuracy and export."""
         key = plan_key(plan)
@@ -250,8 +257,9 @@ class Previewer:
             last = self._last
         if last is not None and last[0] == key and (last[2] or not count):
             return last[1]
+        # the model shares the loaded one's unchanged tensors and the cache's new ones: it is only run and saved
         result = compress(self.loaded.model, plan, self.loaded.example_input, progress=progress, cache=self.cache,
-                          macs_before=self.macs_before() if count else None, count=count)
+                          macs_before=self.macs_before() if count else None, count=count, share=True)
         with self._lock:
             self._last = (key, result, count)
         return result
@@ -265,7 +273,7 @@ class Previewer:
             raise ExplorerError(f"no layer '{name}'")
         module = self.modules[name]
         report(progress, 0.0, f"{name}: histogram")
-        edges, bins = self._layer_bins(name)
+        edges, bins, _ = self._layer_bins(name)
         p = settings.prune
         element = p is not None and p.granularity == "element" and p.amount
         if not element and settings.quantize is None:
@@ -274,15 +282,27 @@ class Previewer:
             check_layer_amount(name, module, settings)
             only = LayerSettings(prune=p if element else None, quantize=settings.quantize)
             result, new = self._layer_tensor(name, only)
-        mask = None if result is None else result.mask
-        if result is not None and result.sizes_only:  # the sweep's: its mask from the sorted magnitudes
-            mask = self.sweep(name).mask(p.amount)
-        report(progress, 0.5, f"{name}: counting")
         values = self._values(name)
-        kept, pruned, smallest = _split_counts(bins, mask if mask is not None else np.ones(0, bool), values,
+        stride = display_stride(values.size)  # > 1: drawn from every stride-th weight
+        mask = None if result is None else result.mask
+        threshold = n_pruned = None
+        if result is not None and result.sizes_only:  # the sweep's: its mask from the sorted magnitudes
+            sweep = self.sweep(name)
+            mask = sweep.mask(p.amount, stride, self._layer_bins(name)[2].view(np.uint32) if stride > 1 else None)
+            if stride > 1:
+                k = keep_count(values.size, p.amount)
+                n_pruned = values.size - k
+                threshold = sweep.threshold(k)[0] if 0 < k < values.size else None
+                threshold = 0.0 if threshold is None else float(np.uint32(threshold).view(np.float32))
+        elif mask is not None and stride > 1:
+            n_pruned = mask.size - int(np.count_nonzero(mask))
+            threshold = float(np.abs(values[mask]).min()) if n_pruned and n_pruned < mask.size else 0.0
+            mask = mask[::stride]
+        report(progress, 0.5, f"{name}: counting")
+        sample = values if stride == 1 else self._layer_bins(name)[2]
+        kept, pruned, smallest = _split_counts(bins, mask if mask is not None else np.ones(0, bool), sample,
                                                edges.size - 1)
-        threshold = None
-        if mask is not None:  # the smallest kept magnitude; 0 when the amount rounds to pruning nothing
+        if mask is not None and stride == 1:  # the smallest kept magnitude; 0 when the amount rounds to pruning nothing
             threshold = float(smallest) if pruned.any() else 0.0
         levels = mse = None
         info = {}
@@ -295,7 +315,8 @@ class Previewer:
             mse = q.mse
             info = {"method": q.method, "bits": q.bits, "rel_error": q.rel_error}
         report(progress, 1.0, f"{name}: done")
-        return LayerPreview(name, int(values.size), edges, kept, pruned, threshold, levels, mse, info)
+        return LayerPreview(name, int(values.size), edges, kept, pruned, threshold, levels, mse, info, stride,
+                            n_pruned)
 
     def _layer_tensor(self, name: str, settings: LayerSettings):
         """``(TensorResult, new weight or None)`` for the layer view: the full result if it was computed,
@@ -314,14 +335,16 @@ class Previewer:
         hit = self._bins.get(name)
         if hit is not None:
             return hit
-        flat = self._values(name).astype(np.float64)
-        lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
+        values = self._values(name)  # float32 or float64: min and max exact without a float64 copy
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5
         edges = np.linspace(lo, hi, HIST_BINS + 1)
-        bins = _bin_of(flat, edges)
-        self._bins.put(name, (edges, bins))
-        return edges, bins
+        # the weights drawn, kept contiguous: a strided read of a large layer touches all its memory
+        sample = values if values.size <= DISPLAY_MAX else np.ascontiguousarray(values[::display_stride(values.size)])
+        bins = _bin_of(sample.astype(np.float64), edges)
+        self._bins.put(name, (edges, bins, sample if sample is not values else None))
+        return edges, bins, sample
 
 
 def tensor_cache_bytes(layers) -> int:

@@ -49,7 +49,7 @@ from explorer.engine.storage.size import GAP_BITS, TensorCode, sizes_from_counts
 
 __all__ = ["TensorSweep", "SweepResult"]
 
-GROUP_BYTES = 96 << 20  # k-means bucket groups kept per tensor (each: 8 bytes per weight, 24 per bucket)
+GROUP_BYTES = 96 << 20  # k-means bucket groups kept per tensor (each: 4 bytes per weight, 24 per bucket)
 EXACT_MAX_SURVIVORS = 1 << 18  # survivors clustered directly where the bucket path does not apply
 
 
@@ -74,7 +74,7 @@ class TensorSweep:
         self.usable = w.dtype == torch.float32 and w.device.type == "cpu" and self.n > 0
         self._lock = threading.Lock()
         self._sorted: Optional[np.ndarray] = None
-        # bucket count -> (gx, gpos, start, S, SS) of every weight, the most recently used up to GROUP_BYTES
+        # bucket count -> (gx, start, S, SS) of every weight, the most recently used up to GROUP_BYTES
         self._groups = Recent(limit_bytes=GROUP_BYTES)
         if not self.usable:
             return
@@ -101,15 +101,28 @@ class TensorSweep:
         above = self.n - int(np.searchsorted(sk, np.uint32(T), side="right"))
         return T, k - above
 
-    def mask(self, amount) -> np.ndarray:
-        """:func:`~explorer.engine.methods.prune.magnitude_mask` of the tensor at ``amount``, from the sorted keys."""
+    def mask(self, amount, stride: int = 1, keys: Optional[np.ndarray] = None) -> np.ndarray:
+        """:func:`~explorer.engine.methods.prune.magnitude_mask` of the tensor at ``amount``, from the sorted keys;
+        with ``stride`` > 1 only its entries at every ``stride``-th position (a sample for display), without
+        a pass over the whole tensor unless a sampled entry is one of a partly kept group of ties. ``keys``:
+        the sample's keys when the caller keeps them (``self.keys[::stride]``)."""
         k = keep_count(self.n, amount)
-        mask = np.zeros(self.n, bool)
+        if keys is None:
+            keys = self.keys if stride == 1 else np.ascontiguousarray(self.keys[::stride])
+        mask = np.zeros(keys.size, bool)
         if k >= self.n:
             mask[:] = True
         elif k > 0:
             T, ties = self.threshold(k)
-            mask_from_key(self.keys, np.uint32(T), ties, mask)
+            if stride == 1:
+                mask_from_key(keys, np.uint32(T), ties, mask)
+                return mask
+            magnitude = keys & np.uint32(0x7FFFFFFF)
+            np.greater(magnitude, T, out=mask)
+            tied = np.flatnonzero(magnitude == T)
+            if tied.size:  # kept when among the first ``ties`` of the whole tensor's, in position order
+                last = _first_tied(self.keys, np.uint32(T), ties)[2] if ties < self._count(T) else self.n
+                mask[tied] = tied * stride <= last
         return mask
 
     def _count(self, key: int) -> int:
@@ -184,22 +197,23 @@ class TensorSweep:
         if not hi > lo:
             return self._kmeans_exact(q, z, T, ties, gaps)
         t = float(np.array([T], np.uint32).view(np.float32)[0])
+        quota = self._tie_quota(T, ties)
 
         def count(nb, scale):  # the survivors' per-bucket counts: the band (-t, t) emptied
-            gx, gpos, start, S, SS = self._group(nb)
+            gx, start, S, SS = self._group(nb)
             b1, b2 = bucket_of(-t, lo, scale, nb), bucket_of(t, lo, scale, nb)
-            tie_cut = _tie_cut(gpos, start, self.keys, np.uint32(T), ties, b1, b2)
+            gkeys = gx.view(np.uint32)
             kc = np.diff(start)
             kc[b1:b2 + 1] = 0
-            kc[b1] = _kept_in(gpos, start, self.keys, np.uint32(T), tie_cut, b1)
-            kc[b2] = _kept_in(gpos, start, self.keys, np.uint32(T), tie_cut, b2)
-            return kc, (gx, gpos, start, S, SS, b1, b2, tie_cut)
+            kc[b1] = _kept_in(gkeys, start, np.uint32(T), quota, b1)
+            kc[b2] = _kept_in(gkeys, start, np.uint32(T), quota, b2)
+            return kc, (gx, gkeys, start, S, SS, b1, b2)
 
         chosen = choose_buckets(z, k, q.max_iter, lo, hi, count)
         if chosen is None:  # kmeans_1d sorts the survivors
             return self._kmeans_exact(q, z, T, ties, gaps)
-        nb, scale, (gx, gpos, start, S, SS, b1, b2, tie_cut) = chosen
-        gxk, startk, cwk, cwxk, cwxxk = _survivors(gx, gpos, start, S, SS, self.keys, np.uint32(T), tie_cut, b1, b2)
+        nb, scale, (gx, gkeys, start, S, SS, b1, b2) = chosen
+        gxk, startk, cwk, cwxk, cwxxk = _survivors(gx, gkeys, start, S, SS, np.uint32(T), quota, b1, b2)
         if int(startk[-1]) != z:
             return None  # cannot happen; a guard rather than a wrong number
         if q.init == "linear":
@@ -260,19 +274,30 @@ class TensorSweep:
         s = self._sorted
         return 512 + (0 if s is None else s.nbytes) + self._groups.nbytes
 
+    def _tie_quota(self, T: int, ties: int) -> np.ndarray:
+        """How many of the entries with magnitude key ``T`` are kept, per sign ([negative, positive]): the
+        first ``ties`` of them in position order. Inside a bucket the group keeps position order, and all
+        the -t entries share one bucket, the +t ones another, so these two numbers say which are kept."""
+        tied = self._count(T)
+        if ties <= 0:
+            return np.zeros(2, np.int64)
+        if ties >= tied:  # all of them (no pass needed)
+            return np.full(2, tied, np.int64)
+        return _first_tied(self.keys, np.uint32(T), ties)[:2]
+
     def _group_bytes(self, nb: int) -> int:
-        """What :meth:`_group` keeps for ``nb`` buckets: 8 bytes per weight and 24 per bucket."""
-        return 8 * self.n + 24 * (nb + 1) + 512
+        """What :meth:`_group` keeps for ``nb`` buckets: 4 bytes per weight and 24 per bucket."""
+        return 4 * self.n + 24 * (nb + 1) + 512
 
     def _group(self, nb: int):
         """Every weight grouped by its k-means bucket over [min, max] (position order kept inside a
-        bucket), with per-bucket sums of x and x² accumulated in that order; 8 bytes per weight, kept for
-        as many bucket counts as fit in :data:`GROUP_BYTES`."""
+        bucket), with per-bucket sums of x and x² accumulated in that order; 4 bytes per weight (the
+        values: a value's magnitude key is its own bits, so no positions are kept), for as many bucket
+        counts as fit in :data:`GROUP_BYTES`."""
         hit = self._groups.get(nb)
         if hit is None:
             scale = nb / (self.hi - self.lo)
-            gpos = np.empty(self.n, np.int32 if self.n < 2 ** 31 else np.int64)
-            hit = _group_kernel(self.values, self.lo, scale, nb, gpos)
+            hit = _group_kernel(self.values, self.lo, scale, nb)
             self._groups.put(nb, hit)
         return hit
 
@@ -281,9 +306,9 @@ class TensorSweep:
 
 
 @njit(cache=True, nogil=True)
-def _group_kernel(values, lo, scale, nb, gpos):
+def _group_kernel(values, lo, scale, nb):
     n = values.size
-    bidx = np.empty(n, np.int32)
+    bidx = np.empty(n, np.uint16)  # nb <= kmeans.HIST_BINS = 65536
     start = np.zeros(nb + 1, np.int64)
     S = np.zeros(nb)
     SS = np.zeros(nb)
@@ -302,54 +327,59 @@ def _group_kernel(values, lo, scale, nb, gpos):
         b = bidx[i]
         p = pos[b]
         gx[p] = values[i]
-        gpos[p] = i
         pos[b] = p + 1
-    return gx, gpos, start, S, SS
+    return gx, start, S, SS
 
 
 @njit(cache=True, nogil=True)
-def _tie_cut(gpos, start, keys, T, ties, b1, b2):
-    """The position of the last kept entry with key == T (the first ``ties`` in position order are kept);
-    -1 when none is. Entries with key == T are ±t, in buckets b1 and b2."""
-    if ties <= 0:
-        return -1
-    tied = []
-    for b in range(b1, b2 + 1):
-        if b != b1 and b != b2:
-            continue
-        for p in range(start[b], start[b + 1]):
-            if (keys[gpos[p]] & np.uint32(0x7FFFFFFF)) == T:
-                tied.append(np.int64(gpos[p]))
-    arr = np.array(tied)
-    arr.sort()
-    return arr[min(ties, arr.size) - 1]
-
-
-@njit(cache=True, nogil=True)
-def _kept(keys, pos, T, tie_cut):
-    key = keys[pos] & np.uint32(0x7FFFFFFF)
-    return key > T or (key == T and pos <= tie_cut)
-
-
-@njit(cache=True, nogil=True)
-def _kept_in(gpos, start, keys, T, tie_cut, b):
-    """Survivors in bucket b."""
+def _first_tied(keys, T, ties):
+    """[negative, positive, last position] of the first ``ties`` entries whose magnitude key is T, in
+    position order (the ones prune._select_key keeps): how many of each sign, and where the last one is."""
+    out = np.zeros(3, np.int64)
     m = 0
+    for i in range(keys.size):
+        key = keys[i]
+        if (key & np.uint32(0x7FFFFFFF)) == T:
+            out[1 - np.int64(key >> np.uint32(31))] += 1
+            out[2] = i
+            m += 1
+            if m == ties:
+                break
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _kept_in(gkeys, start, T, quota, b):
+    """Survivors in bucket b (``gkeys``: the grouped values' bits, in position order inside a bucket;
+    ``quota``: see TensorSweep._tie_quota)."""
+    m = 0
+    seen = np.zeros(2, np.int64)
     for p in range(start[b], start[b + 1]):
-        m += _kept(keys, gpos[p], T, tie_cut)
+        m += _kept(gkeys[p], T, quota, seen)
     return m
 
 
 @njit(cache=True, nogil=True)
-def _survivors(gx, gpos, start, S, SS, keys, T, tie_cut, b1, b2):
+def _kept(bits, T, quota, seen):
+    """Whether the entry with these bits survives; ``seen`` counts the tied entries met so far, per sign."""
+    key = bits & np.uint32(0x7FFFFFFF)
+    if key != T:
+        return key > T
+    sign = 1 - np.int64(bits >> np.uint32(31))
+    seen[sign] += 1
+    return seen[sign] <= quota[sign]
+
+
+@njit(cache=True, nogil=True)
+def _survivors(gx, gkeys, start, S, SS, T, quota, b1, b2):
     """The survivors grouped by bucket (gx without the pruned band) and their prefix arrays, exactly as
     kmeans._bucket_count computes them for the survivors: per-bucket sums in position order, then a
     running sum over the buckets."""
     nb = start.size - 1
-    kept_b1 = _kept_in(gpos, start, keys, T, tie_cut, b1)
-    kept_b2 = _kept_in(gpos, start, keys, T, tie_cut, b2) if b2 != b1 else 0
+    kept_b1 = _kept_in(gkeys, start, T, quota, b1)
+    kept_b2 = _kept_in(gkeys, start, T, quota, b2) if b2 != b1 else 0
     z = start[b1] + kept_b1 + kept_b2 + (start[nb] - start[b2 + 1])
-    gxk = np.empty(z)
+    gxk = np.empty(z, np.float32)  # exact (float32 weights), half of float64's memory; Lloyd reads them as float64
     startk = np.zeros(nb + 1, np.int64)
     cwk = np.zeros(nb + 1)
     cwxk = np.zeros(nb + 1)
@@ -358,7 +388,7 @@ def _survivors(gx, gpos, start, S, SS, keys, T, tie_cut, b1, b2):
     for b in range(nb):
         if b < b1 or b > b2:
             for p in range(start[b], start[b + 1]):
-                gxk[j] = np.float64(gx[p])
+                gxk[j] = gx[p]
                 j += 1
             cnt = start[b + 1] - start[b]
             s = S[b]
@@ -367,10 +397,11 @@ def _survivors(gx, gpos, start, S, SS, keys, T, tie_cut, b1, b2):
             cnt = 0
             s = 0.0
             ss = 0.0
+            seen = np.zeros(2, np.int64)
             for p in range(start[b], start[b + 1]):
-                if _kept(keys, gpos[p], T, tie_cut):
+                if _kept(gkeys[p], T, quota, seen):
                     v = np.float64(gx[p])
-                    gxk[j] = v
+                    gxk[j] = gx[p]
                     j += 1
                     cnt += 1
                     s += v

@@ -30,7 +30,7 @@ from explorer.engine.storage.size import TensorCode
 class QuantResult:
     method: str
     bits: int  # bits per stored code
-    codes: np.ndarray  # int64, one per weight (flat, row-major); pruned weights hold zero_code (or 0)
+    codes: np.ndarray  # integers (k-means: uint8, else int64), one per weight (flat, row-major); pruned weights hold zero_code (or 0)
     decoded: torch.Tensor  # the weight tensor the compressed model runs with (same shape/dtype as input)
     zero_code: Optional[int]  # the code that decodes to exactly 0 (None: no such code)
     alphabet_size: int  # number of distinct codes the format allows (2**bits, 3 for ternary)
@@ -101,7 +101,7 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
     codebook, labels, zero_code, mse, rel, info = shared_values(survivors, k, init, max_iter, seed, pruned)
     # decoded values: codebook entries (float32 numbers, so the cast to the weight's dtype is the same
     # from float32 as from float64), exact zero where pruned
-    codes = np.empty(n, np.int64)
+    codes = np.empty(n, np.uint8 if 2 ** bits <= 256 else np.int64)  # a byte a weight: 102.8 M weights, 103 MB
     decoded = np.empty(n, np.float32)
     _scatter(keep, labels, codebook if codebook.size else np.zeros(1, np.float32), codes, decoded)
     q_t = torch.from_numpy(decoded.reshape(tuple(weight.shape))).to(dtype=weight.dtype, device=weight.device)

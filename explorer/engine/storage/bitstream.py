@@ -133,7 +133,9 @@ def _hencode(symbols, codes, lengths, out):
 
 def huffman_encode(symbols, lengths) -> bytes:
     """Encode ``symbols`` with the canonical code of ``lengths`` (every symbol used must have a length)."""
-    s = np.ascontiguousarray(symbols, dtype=np.int64).reshape(-1)
+    s = np.ascontiguousarray(symbols).reshape(-1)
+    if s.size and not np.issubdtype(s.dtype, np.integer) or s.dtype == np.uint64:
+        s = s.astype(np.int64)  # symbols in their own integer type: no int64 copy of 100 M codes
     L = np.ascontiguousarray(lengths, dtype=np.int64).reshape(-1)
     if s.size == 0:
         return b""

@@ -235,7 +235,7 @@ def tensor_sizes(numel: int, mask: Optional[np.ndarray], code: Optional[TensorCo
             raise ValueError(f"codes has {codes.size} elements for a tensor of {n}")
         if z and not np.issubdtype(codes.dtype, np.integer):
             raise ValueError("codes must be integers")
-        hist, ok = masked_bincount(np.ascontiguousarray(codes, dtype=np.int64),
+        hist, ok = masked_bincount(np.ascontiguousarray(codes),  # its own integer type: no int64 copy
                                     np.zeros(0, bool) if keep is None else keep, A)
         if not ok:
             raise ValueError(f"codes of surviving weights must lie in 0..{A - 1}")

@@ -95,20 +95,27 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
         return np.ones(n, bool) if t.mask is None else np.asarray(t.mask, bool).reshape(-1)
 
     def layout():
-        """(positions of the stored entries, which are fillers, gaps) — computed once, when encoding."""
+        """(positions of the stored entries — None: every position, in order —, which are fillers, gaps);
+        computed once, when encoding."""
         if "pos" not in cache:
             keep = mask()
-            if st["format"] == "dense":
-                cache.update(pos=np.arange(n), fill=~keep, gaps=None)
+            if st["format"] == "dense":  # no list of all positions (102.8 M of them: 822 MB as int64)
+                cache.update(pos=None, fill=~keep, gaps=None)
             elif st["format"] == "bitmask":
                 p = np.flatnonzero(keep)
                 cache.update(pos=p, fill=np.zeros(p.size, bool), gaps=None)
             else:
                 gaps, fill = gap_stream(np.flatnonzero(keep), int(st["gap_bits"]))
                 cache.update(pos=np.cumsum(gaps) - 1, fill=fill, gaps=gaps)
-            if cache["pos"].size != entries:
-                raise ExplorerError(f"{t.name}: {cache['pos'].size} entries encoded, {entries} accounted")
+            stored = n if cache["pos"] is None else cache["pos"].size
+            if stored != entries:
+                raise ExplorerError(f"{t.name}: {stored} entries encoded, {entries} accounted")
         return cache
+
+    def stored(values: np.ndarray) -> np.ndarray:
+        """The stored entries' ``values`` (flat, one per weight), in storage order (a copy)."""
+        pos = layout()["pos"]
+        return values.copy() if pos is None else values[pos]
 
     if st["format"] == "bitmask":
         enc["mask"] = streams.add(lambda: np.packbits(mask()).tobytes(), (n + 7) // 8)
@@ -119,15 +126,14 @@ def _encode_weight(t, weight: torch.Tensor, streams: _Streams) -> dict:
                                     st["gap_stream"] or raw_bits(entries, b))
     if st["values"] == "float":
         enc["floats"] = streams.add(
-            lambda: _f32(weight.detach().reshape(-1).to(torch.float32).cpu().numpy()[layout()["pos"]]),
+            lambda: _f32(stored(weight.detach().reshape(-1).to(torch.float32).cpu().numpy())),
             4 * entries)
     else:
         quant = t.quant
 
         def codes():
-            lay = layout()
-            c = np.asarray(quant.codes, np.int64)[lay["pos"]]
-            c[lay["fill"]] = quant.zero_code if quant.zero_code is not None else 0
+            c = stored(np.asarray(quant.codes).reshape(-1))  # in their own integer type (k-means: a byte each)
+            c[layout()["fill"]] = quant.zero_code if quant.zero_code is not None else 0
             return c
 
         enc["index"] = _coded_stream(streams, codes, quant.alphabet_size, quant.bits,
