@@ -11,10 +11,11 @@ go idle.
 
 Every ``--every`` changes it samples the process's resident memory (VmRSS), its threads (/proc/self/task),
 its open files (/proc/self/fd), the window's Qt objects (QObjects under the window, all widgets, the items
-of every plot's scene) and the undo history. Warm-up ends after ``--warmup`` changes (default: a fifth, and
-at least the undo history's 1,000 plans' worth when N allows); from there to the end the memory must stay
-within ``--tolerance`` (5 %) and the threads, open files and Qt objects must not grow (the largest sample
-after warm-up no larger than the largest during it). Exits 1 if one does not hold.
+of every plot's scene) and the undo history. Warm-up ends at the first sample after ``--warmup`` changes
+(default: a fifth) at which the bounded stores that fill with use are at their bounds (the undo history's
+1,000 plans, the sensitivity scans' cache; the headless soak's rule), or at ``--warmup`` if they never are;
+from there to the end the memory must stay within ``--tolerance`` (5 %) and the threads, open files and Qt
+objects must not grow (the largest sample after warm-up no larger than the largest during it). Exits 1 if one does not hold.
 
     .venv/bin/python benchmarks/soak.py [N] [--seed S] [--every K] [--warmup W] [--pace MS] [--quick]
 
@@ -136,7 +137,7 @@ def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30,
         idle()
     win.tabs.setCurrentIndex(0)
     rng = random.Random(seed)
-    warmup = warmup if warmup is not None else max(n // 5, min(1_000, n // 2))
+    warmup = warmup if warmup is not None else n // 5
     snapshots = []
     if trace:
         import tracemalloc
@@ -179,7 +180,22 @@ def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30,
     return out
 
 
+def warm(samples: list, warmup: int) -> int:
+    """Where warm-up ends: at the first sample from ``warmup`` changes on at which every bounded store that
+    fills with use is at its bound (the undo history at its 1,000 plans, the sensitivity scans' cache at its
+    byte budget), as the headless soak has it; ``warmup`` if none is."""
+    from explorer.engine.sensitivity import scan
+    from explorer.session import UNDO_LIMIT
+
+    full = scan.CACHE.limit_bytes / 2 ** 20 * 0.95
+    for s in samples:
+        if s["i"] >= warmup and s["undo"] >= UNDO_LIMIT and s["scan_cache_mb"] >= full:
+            return s["i"]
+    return warmup
+
+
 def verdicts(samples: list, warmup: int, kinds: dict, errors: list) -> dict:
+    warmup = warm(samples, warmup)
     during = [s for s in samples if s["i"] <= warmup] or samples[:1]
     after = [s for s in samples if s["i"] > warmup] or samples[-1:]
     base, end = during[-1]["rss_mb"], after[-1]["rss_mb"]
