@@ -324,13 +324,7 @@ def _tensors_first(layers: list, settings: dict, owners: dict, cache: Optional[T
         if owners[name] != name:
             continue
         report(progress, 0.1 + 0.85 * i / max(len(layers), 1), f"compressing {name}")
-        key = TensorCache.key(orig.weight, name, settings[name]) if cache is not None else None
-        hit = cache.get(key) if key is not None else None
-        if hit is None:
-            hit = compress_weight(weight_key(name, orig), orig.weight, settings[name])
-            if key is not None:
-                cache.put(key, hit)
-        done[name] = hit
+        done[name] = compress_weight_cached(cache, orig.weight, name, orig, orig.weight, settings[name])
     return done
 
 
@@ -372,14 +366,7 @@ def _compress_tensors(work: nn.Module, layers: list, settings: dict, owners: dic
                 lr.tensors.append(first[name][0])
                 done += 1
                 continue
-            key = TensorCache.key(orig.weight, tname, s) if (cache is not None and untouched) else None
-            hit = cache.get(key) if key is not None else None
-            if hit is not None:
-                result, new = hit
-            else:
-                result, new = compress_weight(weight_key(tname, mod), mod.weight, s)
-                if key is not None:
-                    cache.put(key, (result, new))
+            result, new = compress_weight_cached(cache, orig.weight if untouched else None, tname, mod, mod.weight, s)
             if new is not None:
                 with torch.no_grad():
                     mod.weight.copy_(new)
@@ -413,6 +400,20 @@ def check_layer_amount(name: str, module: nn.Module, s: LayerSettings) -> None:
         return
     g = GRANULARITIES[p.granularity]
     removed_count(p.amount, g.total(module.weight), f"layer '{name}'", g.unit)
+
+
+def compress_weight_cached(cache: Optional[TensorCache], original: Optional[torch.Tensor], name: str,
+                           mod: nn.Module, weight: torch.Tensor, s: LayerSettings):
+    """:func:`compress_weight` of module ``mod``'s ``weight`` (stored as ``name``), from ``cache`` when it holds
+    the result for the tensor ``original`` under ``s``, and kept there when computed. ``original`` None (no
+    cache, or a weight whose values are no longer the original's): computed, not cached."""
+    key = TensorCache.key(original, name, s) if (cache is not None and original is not None) else None
+    hit = cache.get(key) if key is not None else None
+    if hit is None:
+        hit = compress_weight(weight_key(name, mod), weight, s)
+        if key is not None:
+            cache.put(key, hit)
+    return hit
 
 
 def compress_weight(key: str, weight: torch.Tensor, s: LayerSettings):

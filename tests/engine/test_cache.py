@@ -3,6 +3,7 @@ dict with a byte budget and a cost function, is the one mechanism; ``held_bytes`
 
 from __future__ import annotations
 
+import importlib
 import random
 import sys
 import threading
@@ -253,9 +254,10 @@ def test_the_slider_amounts_prepared_for_two_layers_stay_hits(cnn, monkeypatch):
     for name in ("fc1", "conv2"):
         pv.prepare(name, plan.settings_for(name))
     calls = []
-    real_measure, real_compress = TensorSweep.measure, preview_mod.compress_weight
+    compress_mod = importlib.import_module("explorer.engine.compress")  # what compress_weight_cached calls
+    real_measure, real_compress = TensorSweep.measure, compress_mod.compress_weight
     monkeypatch.setattr(TensorSweep, "measure", lambda self, s: calls.append("sweep") or real_measure(self, s))
-    monkeypatch.setattr(preview_mod, "compress_weight", lambda *a: calls.append("compress") or real_compress(*a))
+    monkeypatch.setattr(compress_mod, "compress_weight", lambda *a: calls.append("compress") or real_compress(*a))
     for name in ("fc1", "conv2"):
         for amount in PREPARED_AMOUNTS:
             pv.measure(Plan(plan.default, {name: {"prune": {"amount": amount}}}))

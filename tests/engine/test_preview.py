@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 import numpy as np
@@ -18,6 +19,9 @@ from explorer.engine.measure.preview import Previewer
 from explorer.engine.model.loading import LoadedModel, load_model
 from explorer.engine.plan import LayerSettings, Plan, validate_settings
 from explorer.engine.samples import SAMPLES_DIR
+
+# the module (``explorer.engine.compress`` as an attribute is the package's function of that name)
+compress_mod = importlib.import_module("explorer.engine.compress")
 
 ELEMENT_PLANS = [
     {},
@@ -74,8 +78,8 @@ def test_only_changed_tensors_are_recomputed(samples, monkeypatch):
     base = _plan(ELEMENT_PLANS[1])
     pv.measure(base)
     calls = []  # a tensor is measured by compressing it, or by its sweep
-    real = preview_mod.compress_weight
-    monkeypatch.setattr(preview_mod, "compress_weight", lambda name, *a: calls.append(name) or real(name, *a))
+    real = compress_mod.compress_weight  # what the previewer's compress_weight_cached calls
+    monkeypatch.setattr(compress_mod, "compress_weight", lambda name, *a: calls.append(name) or real(name, *a))
     real_sweep = preview_mod.TensorSweep.measure
     monkeypatch.setattr(preview_mod.TensorSweep, "measure", lambda self, s: calls.append(self) or real_sweep(self, s))
     changed = Plan(base.default, {"fc2": {"prune": {"amount": 0.4}}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import numpy as np
 import pytest
@@ -149,8 +150,10 @@ def test_previewer_uses_the_sweep_and_equals_the_full_preview(monkeypatch):
     loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
     pv = Previewer(loaded)
     calls = []
-    real = preview_mod.compress_weight
-    monkeypatch.setattr(preview_mod, "compress_weight", lambda name, *a: calls.append(name) or real(name, *a))
+    compress_mod = importlib.import_module("explorer.engine.compress")  # what compress_weight_cached calls
+
+    real = compress_mod.compress_weight
+    monkeypatch.setattr(compress_mod, "compress_weight", lambda name, *a: calls.append(name) or real(name, *a))
     for amount in (0.4, 0.55, 0.65):  # fc1 keeps > 32768 weights: k-means buckets rather than sorts
         for bits in (None, 5):
             layer = {"prune": {"amount": amount}}

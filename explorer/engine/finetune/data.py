@@ -25,7 +25,8 @@ import torch
 
 from explorer.engine.errors import LoadError
 from explorer.engine.measure.datafit import TRIAL_SAMPLES, check_fits
-from explorer.engine.model.data import MAX_EVAL_BYTES, EvalData, digits_split, eval_data_from_output, load_eval_data
+from explorer.engine.model.data import (MAX_EVAL_BYTES, EvalData, digits_split, eval_data_from_output, is_integer,
+                                        load_eval_data)
 from explorer.engine.model.factories import is_factory_ref, resolve_factory
 
 _RANGE = re.compile(r"^(?P<src>.+)@(?P<start>\d*):(?P<stop>\d*)$")
@@ -115,7 +116,7 @@ def _from_dataset(ds, name: str) -> EvalData:
         if any(y.numel() != 1 for y in ys):
             raise LoadError(f"{name}: each label must be one class index, got one of shape {tuple(ys[0].shape)}")
         labels = torch.stack([y.reshape(()) for y in ys])  # its dtype kept: EvalData refuses float labels
-        if not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+        if is_integer(labels):
             labels = labels.to(torch.int64)
     return EvalData(inputs, labels, name)
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from explorer.engine.cache import TENSOR_CACHE_BYTES, Recent, TensorCache
 from explorer.engine.compress import (FP32_BITS, Compressed, LayerResult, TensorResult, check_layer_amount,
-                                      check_settings, compress, compress_weight, set_layer_macs)
+                                      check_settings, compress, compress_weight_cached, set_layer_macs)
 from explorer.engine.errors import ExplorerError
 from explorer.engine.inspect import stored_numel, weight_owners
 from explorer.engine.layers import weight_key
@@ -121,12 +121,7 @@ class Previewer:
         """``(TensorResult, new weight or None)`` of layer ``name``'s own weight under ``settings``
         (element pruning and quantization only), from the cache when it was computed before."""
         weight = self.modules[name].weight
-        key = TensorCache.key(weight, name, settings)
-        hit = self.cache.get(key)
-        if hit is None:
-            hit = compress_weight(weight_key(name, self.modules[name]), weight, settings)
-            self.cache.put(key, hit)
-        return hit
+        return compress_weight_cached(self.cache, weight, name, self.modules[name], weight, settings)
 
     def sweep(self, name: str) -> Optional[TensorSweep]:
         """The :class:`~explorer.engine.measure.sweep.TensorSweep` of layer ``name``'s weight (None for tensors too
