@@ -539,13 +539,12 @@ def _print_auto_finetuned(args, loaded, r, result, record) -> None:
 
 
 def cmd_info(args) -> int:
-    # the reader needs torch: the manifest's tensors are checked against torch dtypes and the quantizer
-    # registry (torch code) checks each table, so `info` pays torch's import too (under the spinner)
-    from explorer.engine.model.hf import HF_FACTORY  # torch: after parsing
-    from explorer.engine.storage import fileformat  # torch: after parsing
+    # the reader and the manifest's schema need neither torch nor numba: `info` answers at once
+    from explorer.engine.storage.fileformat.manifest import HF_FACTORY  # after parsing (no torch)
+    from explorer.engine.storage.fileformat.reader import read, summary  # after parsing (no torch)
 
-    mf = fileformat.read(args.file)
-    info = fileformat.summary(mf)
+    mf = read(args.file)
+    info = summary(mf)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -661,13 +660,13 @@ def _add_finetune_args(p) -> None:
 
 def plan_vocabulary() -> str:
     """What a plan may name, read from the registries (a method registered before the parser is built is
-    listed too): the epilog of the verbs that take a plan, built when their help is asked for (the
-    registries are torch code: reading them costs torch's import, which plain parsing does not pay)."""
-    from explorer.engine.methods.kmeans import INITS  # torch: after parsing
-    from explorer.engine.methods.lowrank import METHODS  # torch: after parsing
-    from explorer.engine.methods.prune import GRANULARITIES  # torch: after parsing
-    from explorer.engine.methods.quantize import QUANTIZERS  # torch: after parsing
-    from explorer.engine.storage.coders import CODERS  # torch: after parsing
+    listed too): the epilog of the verbs that take a plan, built when their help is asked for. The
+    registries' names need neither torch nor numba, so ``--help`` answers at once."""
+    from explorer.engine.methods.factorisations import METHODS  # when help is asked for (no torch)
+    from explorer.engine.methods.granularities import GRANULARITIES  # when help is asked for (no torch)
+    from explorer.engine.methods.inits import INITS  # when help is asked for (no torch)
+    from explorer.engine.methods.quantizers import QUANTIZERS  # when help is asked for (no torch)
+    from explorer.engine.storage.coders import CODERS  # when help is asked for (no torch)
 
     lines = ["plan methods (see README, The plan):",
              f"  prune.granularity: {', '.join(GRANULARITIES)}",
@@ -815,7 +814,7 @@ ENGINE = {"inspect": ("explorer.engine.inspect",), "evaluate": ("explorer.engine
           "compress": ("explorer.engine.compress",),
           "export": ("explorer.engine.compress", "explorer.engine.model.export"),
           "finetune": ("explorer.engine.finetune.trainer",), "auto": ("explorer.engine.sensitivity.auto",),
-          "sensitivity": ("explorer.engine.sensitivity.scan", "explorer.engine.executor"), "info": ()}
+          "sensitivity": ("explorer.engine.sensitivity.scan", "explorer.engine.executor")}  # info: no torch
 
 
 def _start(args) -> None:

@@ -34,15 +34,15 @@ def registered_methods():
     "median", registered for one test and removed after it: nothing else is told about them."""
     import numpy as np
 
-    from explorer.engine.methods import kmeans, quantize
+    from explorer.engine.methods import kmeans, quantizers
 
-    q = quantize.register(quantize.Quantizer(
+    q = quantizers.register(quantizers.Quantizer(
         "sign", "test only: {-a, 0, +a} with a = mean |w|", _sign_quantize, ("seed",),
-        quantize._alpha_write, quantize._alpha_check, quantize._signs_read(True), alphabet=lambda bits: 3,
+        quantizers._alpha_write, quantizers._alpha_check, quantizers._signs_read(True), alphabet=lambda bits: 3,
         code_bits=2))
     kmeans.register_init("median", lambda data, k, rng: np.full(k, np.median(data.xs)))
     yield q
-    del quantize.QUANTIZERS["sign"]
+    del quantizers.QUANTIZERS["sign"]
     del kmeans.INITS["median"]
 
 

@@ -8,9 +8,10 @@ the command line needs to parse its arguments and say a failure) must not cost t
 backend is set by :mod:`explorer.engine.methods.lowrank`, its only user, when it is imported.
 """
 
-import importlib
 import sys
 import types
+
+from explorer.engine.lazy import lazy_exports
 
 _EXPORTS = {
     "explorer.engine.compress": ("Compressed", "compress"),
@@ -22,21 +23,7 @@ _EXPORTS = {
     "explorer.engine.model.loading": ("LoadedModel", "load_model"),
     "explorer.engine.plan": ("LayerSettings", "LowRankSettings", "Plan", "PruneSettings", "QuantSettings"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS)
 
 
 class _Engine(types.ModuleType):
@@ -45,7 +32,7 @@ class _Engine(types.ModuleType):
     the function, as when these names were imported with the package."""
 
     def __setattr__(self, name, value):
-        if name in _WHERE and isinstance(value, types.ModuleType):
+        if name in __all__ and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

@@ -28,9 +28,10 @@ from typing import Any, Mapping, Optional, Union
 
 from explorer.engine.errors import PlanError
 from explorer.engine.finetune.recipe import check_recipe
-from explorer.engine.methods.kmeans import INITS as KMEANS_INITS
-from explorer.engine.methods.prune import GRANULARITIES, MAX_COUNT, check_amount
-from explorer.engine.methods.quantize import QUANTIZERS
+from explorer.engine.methods.factorisations import METHODS as FACTORISATIONS
+from explorer.engine.methods.granularities import GRANULARITIES, MAX_COUNT, check_amount
+from explorer.engine.methods.inits import INITS as KMEANS_INITS
+from explorer.engine.methods.quantizers import QUANTIZERS
 from explorer.engine.storage import jsonio
 from explorer.engine.storage.atomic import atomic_write_bytes
 
@@ -38,7 +39,7 @@ FORMAT = "compression-explorer-plan"
 VERSION = 1
 
 CRITERIA = ("l1", "l2")
-LOWRANK_METHODS = ("auto", "svd", "tucker2", "cp")
+LOWRANK_METHODS = ("auto", *FACTORISATIONS)
 MAX_SEED = 2 ** 32 - 1  # what numpy's seeded generators take
 MAX_PLAN_BYTES = 4 << 20  # a plan naming each of 10,000 layers is about 1 MB
 MAX_PLAN_ENTRIES = 10_000

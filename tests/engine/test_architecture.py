@@ -20,7 +20,9 @@ QT = {"PySide6", "PyQt5", "PyQt6", "shiboken6", "pyqtgraph", "superqt", "qtpy"}
 #: what may be imported inside a function: heavy or optional dependencies deferred to where they are used,
 #: and the window (Qt) deferred by the CLI's gui verb and by the display check before Qt starts
 DEFERRED = {"onnx", "onnxscript", "ray", "transformers", "onnx2torch", "sklearn", "torch._dynamo", "PySide6",
-            "ctypes", "explorer.gui"}
+            "ctypes", "explorer.gui",
+            # the numba kernels, deferred by the registries that info and --help read (test_cli_start.py)
+            "explorer.engine.storage.bitstream", "explorer.engine.storage.entropy", "explorer.engine.storage.coding"}
 
 
 def _modules() -> dict:

@@ -45,6 +45,55 @@ def test_parsing_help_and_usage_errors_import_no_torch():
     assert [l.split()[1] for l in lines[:-1]] == ["0", "0", "0", "2", "2", "2"]
 
 
+def _run_imports(code: str) -> list:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_every_verbs_help_imports_neither_torch_nor_numba():
+    # the plan vocabulary of evaluate/compress/... is read from the registries: their names are torch-free
+    code = ("import sys, contextlib, io\n"
+            "import explorer.cli as cli\n"
+            "verbs = sorted(cli.build_parser()._subparsers._group_actions[0].choices)\n"
+            "for verb in verbs:\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        try:\n"
+            "            cli.main([verb, '--help'])\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "    print(verb, 'usage:' in out.getvalue(), 'kmeans' in out.getvalue())\n"
+            "print('torch' in sys.modules, 'numba' in sys.modules)\n")
+    lines = _run_imports(code)
+    assert lines[-1] == "False False", lines
+    helps = {l.split()[0]: l.split()[1:] for l in lines[:-1]}
+    assert {"inspect", "evaluate", "compress", "info", "gui"} <= set(helps)
+    assert all(usage == "True" for usage, _ in helps.values()), helps
+    assert helps["compress"][1] == "True"  # the vocabulary (quantize.method: kmeans ...) is there
+
+
+def test_info_reads_a_file_without_torch_or_numba(tmp_path):
+    from explorer.engine.compress import compress
+    from explorer.engine.model.loading import load_model
+    from explorer.engine.plan import Plan
+    from explorer.engine.storage import fileformat
+
+    loaded = load_model("digits-mlp")
+    path = tmp_path / "m.cexp"
+    fileformat.save(compress(loaded.model, Plan.load(PLAN), loaded.example_input), path, loaded)
+    code = ("import sys, contextlib, io, json\n"
+            "import explorer.cli as cli\n"
+            "out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n"
+            f"    rc = cli.main(['info', {str(path)!r}, '--json'])\n"
+            "print(rc, json.loads(out.getvalue())['file_bytes'])\n"
+            "print('torch' in sys.modules, 'numba' in sys.modules)\n")
+    lines = _run_imports(code)
+    assert lines == [f"0 {path.stat().st_size}", "False False"]
+
+
 def test_the_spinner_turns_on_a_terminal_and_wipes_its_line():
     class Tty(io.StringIO):
         def isatty(self):

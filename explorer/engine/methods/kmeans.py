@@ -26,6 +26,8 @@ import numpy as np
 from numba import njit
 
 from explorer.engine.errors import CompressionError
+from explorer.engine.methods.inits import BUILTIN as BUILTIN_INITS
+from explorer.engine.methods.inits import INITS, register_init
 
 _KMEANSPP_SAMPLE = 20000
 
@@ -89,10 +91,8 @@ def _init(data: _Sorted, k: int, init: str, seed: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- initialisations
-# The registry of k-means initialisations: name -> fn(data, k, rng) -> initial centroids (any order,
-# duplicates allowed; at most k). ``data`` is the sorted survivors (``data.xs``, their weights' prefix sums
-# ``data.cw``, ``data.unique()``), ``rng`` a seeded numpy Generator. The plan's validation, the window's
-# controls, ``inspect --inits`` and the CLI's help read it: :func:`register_init` adds one everywhere.
+# fn(data, k, rng) -> initial centroids; the registry (:data:`~explorer.engine.methods.inits.INITS`) names
+# them for the plan's validation, the window's controls, ``inspect --inits`` and the CLI's help.
 
 
 def _linear(data: _Sorted, k: int, rng) -> np.ndarray:
@@ -129,12 +129,11 @@ def _kmeans_pp(data: _Sorted, k: int, rng) -> np.ndarray:
     return np.sort(np.asarray(centers, dtype=np.float64))
 
 
-INITS: dict = {"linear": _linear, "density": _density, "forgy": _forgy, "kmeans++": _kmeans_pp}
-
-
-def register_init(name: str, fn) -> None:
-    """Add (or replace) a k-means initialisation everywhere at once: ``fn(data, k, rng) -> centroids``."""
-    INITS[name] = fn
+# the built-in ones, named in :mod:`explorer.engine.methods.inits` (read without this module's numba), bound
+# here unless one was registered in their place first
+for _name, _fn in zip(BUILTIN_INITS, (_linear, _density, _forgy, _kmeans_pp)):
+    if INITS.get(_name) is None:
+        register_init(_name, _fn)
 
 
 MAX_ITER = 100_000  # the safety cap of "until the assignment stops changing" (max_iter=None)

@@ -37,6 +37,7 @@ from tensorly.decomposition import parafac, partial_tucker
 from torch import nn
 
 from explorer.engine.errors import CompressionError, PlanError
+from explorer.engine.methods.factorisations import METHODS  # the factorisations, in the order a UI offers them
 from explorer.engine.progress import ProgressFn, report
 
 tl.set_backend("pytorch")
@@ -52,9 +53,6 @@ __all__ = [
     "tucker2_conv",
     "cp_conv",
 ]
-
-#: The factorisation methods, in the order a UI should offer them.
-METHODS = ("svd", "tucker2", "cp")
 
 Rank = Union[int, float, Sequence[int]]
 

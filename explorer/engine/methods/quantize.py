@@ -13,8 +13,8 @@ binary on a pruned layer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass, field, replace
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from numba import njit
 
 from explorer.engine.errors import CompressionError
 from explorer.engine.methods.kmeans import INITS, kmeans_1d
-from explorer.engine.storage import bitstream
+from explorer.engine.methods.quantizers import QUANTIZERS, Quantizer, register  # noqa: F401  (their home)
 from explorer.engine.storage.size import TensorCode
 
 
@@ -273,158 +273,15 @@ def quantize_tensor(weight: torch.Tensor, settings, mask=None) -> QuantResult:
     return q.quantize(weight, mask, settings)
 
 
-# ============================================================================================ the registry
-
-
-@dataclass(frozen=True)
-class Quantizer:
-    """One quantization method, declared once. The plan's validation (:attr:`fields`, :meth:`refuse`), the
-    compressor (:attr:`quantize`), the file format (its decoding table: :attr:`write_table`,
-    :attr:`check_table`, :attr:`read_table`), the CLI's help and the window's controls all read
-    :data:`QUANTIZERS`; adding a method is one :func:`register` call.
-
-    - ``quantize(weight, mask, settings) -> QuantResult``.
-    - ``fields``: the :class:`~explorer.engine.plan.QuantSettings` fields it reads besides ``method`` (the
-      window enables those controls).
-    - ``check(settings, pruned) -> message or None``: why it cannot take these settings (on an element-pruned
-      layer when ``pruned``: it needs a code that decodes to exactly 0).
-    - ``write_table(quant, add) -> dict``: the manifest fields of its decoding table beyond ``method`` and
-      ``bits``; ``add(make_bytes, nbytes)`` appends a stream and returns its index (``make_bytes`` is not
-      called when only the file's size is predicted, so ``nbytes`` must be exact).
-    - ``check_table(q, check, n)``: the schema of those fields (``check`` has ``int``, ``bool`` and ``stream``
-      validators that raise :class:`~explorer.engine.errors.FormatError`).
-    - ``read_table(q, read, codes, positions, n, name) -> values``: the decoded values of ``codes`` at
-      ``positions`` (None: every position) of a tensor of ``n`` weights; ``read`` has ``floats(index, count,
-      what)``, ``raw(index)`` and ``need(cond, message)``.
-    - ``alphabet(bits)``: the codes the format allows; ``code_bits``: bits per code if fixed (binary 1).
-    """
-
-    name: str
-    summary: str
-    quantize: Callable
-    fields: tuple
-    write_table: Callable
-    check_table: Callable
-    read_table: Callable
-    check: Callable = lambda settings, pruned: None
-    alphabet: Callable = lambda bits: 2 ** bits
-    code_bits: Optional[int] = None
-
-    def describe(self, settings) -> str:
-        if self.code_bits is not None:
-            return self.name
-        return f"{settings.bits}b {self.name}" + (f"/{settings.init}" if "init" in self.fields else "")
-
-
-QUANTIZERS: dict = {}  # name -> Quantizer, in the order the window offers them
-
-
-def register(quantizer: Quantizer) -> Quantizer:
-    """Add (or replace) a quantization method everywhere at once."""
-    QUANTIZERS[quantizer.name] = quantizer
-    return quantizer
-
-
-def _f32(values) -> bytes:
-    return np.asarray(values, "<f4").tobytes()
-
-
-def _kmeans_write(quant: QuantResult, add) -> dict:
-    reserved = bool(quant.info.get("reserved_zero"))
-    centroids = quant.codebook[1:] if reserved else quant.codebook
-    return {"reserved_zero": reserved, "k": int(centroids.size),
-            "codebook": add(lambda: _f32(centroids), 4 * centroids.size)}
-
-
-def _kmeans_check(q: dict, check, n: int) -> None:
-    reserved = check.bool(q, "reserved_zero")
-    check.int(q, "k", 0, 2 ** q["bits"] - int(reserved))
-    check.stream(q, "codebook")
-
-
-def _book_read(book, read, codes, name):
-    read.need(codes.size == 0 or codes.max() < book.size, f"{name}: a code has no codebook entry")
-    return book[codes]
-
-
-def _kmeans_read(q: dict, read, codes, positions, n, name):
-    book = read.floats(q["codebook"], q["k"], f"{name} codebook")
-    if q["reserved_zero"]:
-        book = np.concatenate([[0.0], book])
-    return _book_read(book, read, codes, name)
-
-
-def _alpha_write(quant: QuantResult, add) -> dict:
-    return {"alpha": add(lambda: _f32([quant.codebook[-1]]), 4)}
-
-
-def _alpha_check(q: dict, check, n: int) -> None:
-    check.stream(q, "alpha")
-
-
-def _signs_read(with_zero: bool):
-    def read_table(q: dict, read, codes, positions, n, name):
-        (alpha,) = read.floats(q["alpha"], 1, f"{name} alpha")
-        book = np.array([-alpha, 0.0, alpha] if with_zero else [-alpha, alpha])
-        return _book_read(book, read, codes, name)
-    return read_table
-
-
-def _uniform_write(quant: QuantResult, add) -> dict:
-    sym = bool(quant.info["symmetric"])
-    rows = int(quant.scales.size)
-    out = {"symmetric": sym, "rows": rows, "scales": add(lambda: _f32(quant.scales), 4 * rows)}
-    if not sym:
-        out["zero_points"] = add(lambda: bitstream.pack_fixed(quant.zero_points, quant.bits),
-                                 bitstream.packed_bytes(rows, quant.bits))
-    return out
-
-
-def _uniform_check(q: dict, check, n: int) -> None:
-    symmetric = check.bool(q, "symmetric")
-    check.need(q["bits"] >= 2 or not symmetric, "symmetric uniform codes need 2 bits or more")
-    rows = check.int(q, "rows", 1, max(n, 1))
-    check.need(n % rows == 0, f"{rows} scales do not divide {n} weights")
-    check.stream(q, "scales")
-    if not symmetric:
-        check.stream(q, "zero_points")
-
-
-def _uniform_read(q: dict, read, codes, positions, n, name):
-    bits, rows = q["bits"], q["rows"]
-    scales = read.floats(q["scales"], rows, f"{name} scales")
-    pos = np.arange(n) if positions is None else positions
-    row = pos // (n // rows) if n else pos
-    if q["symmetric"]:
-        qmax = 2 ** (bits - 1) - 1
-        read.need(codes.size == 0 or codes.max() <= 2 * qmax, f"{name}: a code is outside the levels")
-        return (codes - qmax) * scales[row]
-    raw = read.raw(q["zero_points"])
-    read.need(len(raw) == bitstream.packed_bytes(rows, bits), f"{name}: zero points stream has wrong size")
-    zp = bitstream.unpack_fixed(raw, bits, rows)
-    return (codes - zp[row]) * scales[row]
-
-
-register(Quantizer(
-    "kmeans", "weight sharing: the survivors clustered into 2^bits shared values (one is 0 when pruned)",
-    lambda w, mask, s: quantize_kmeans(w, mask, s.bits, s.init, s.max_iter, s.seed),
-    ("bits", "init", "max_iter", "seed"), _kmeans_write, _kmeans_check, _kmeans_read))
-register(Quantizer(
-    "uniform", "evenly spaced levels with float32 scales, symmetric or with a zero point, per tensor or channel",
-    lambda w, mask, s: quantize_uniform(w, mask, s.bits, s.symmetric, s.per_channel),
-    ("bits", "symmetric", "per_channel"), _uniform_write, _uniform_check, _uniform_read,
-    check=lambda s, pruned: ("bits must be >= 2 for symmetric uniform quantization (1 bit has no symmetric "
-                             "levels); use binary, or symmetric=false") if s.symmetric and s.bits < 2 else None))
-register(Quantizer(
-    "binary", "{-a, +a}: 1 bit a weight (no zero: not on a pruned layer)",
-    lambda w, mask, s: quantize_binary(w, mask), (), _alpha_write, _alpha_check, _signs_read(False),
-    check=lambda s, pruned: ("method binary cannot represent pruned weights (no zero level); use ternary, or "
-                             "kmeans/uniform") if pruned else None,
-    alphabet=lambda bits: 2, code_bits=1))
-register(Quantizer(
-    "ternary", "{-a, 0, +a}: 2 bits a weight",
-    lambda w, mask, s: quantize_ternary(w, mask), (), _alpha_write, _alpha_check, _signs_read(True),
-    alphabet=lambda bits: 3, code_bits=2))
+# the built-in methods' quantize functions, bound to the entries :mod:`.quantizers` declares (unless one
+# was registered in their place first)
+for _name, _fn in {
+        "kmeans": lambda w, mask, s: quantize_kmeans(w, mask, s.bits, s.init, s.max_iter, s.seed),
+        "uniform": lambda w, mask, s: quantize_uniform(w, mask, s.bits, s.symmetric, s.per_channel),
+        "binary": lambda w, mask, s: quantize_binary(w, mask),
+        "ternary": lambda w, mask, s: quantize_ternary(w, mask)}.items():
+    if QUANTIZERS[_name].quantize is None:
+        register(replace(QUANTIZERS[_name], quantize=_fn))
 
 
 def compare_inits(weight: torch.Tensor, mask=None, bits: int = 5, max_iter: int = 50, seed: int = 0,

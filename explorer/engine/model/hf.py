@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from explorer.engine.errors import LoadError, TrustRequired, first_line
-
-#: the factory a compressed file names to rebuild a Hugging Face architecture from its stored config
-HF_FACTORY = "explorer.engine.model.hf:rebuild"
+# the factory a compressed file names to rebuild a Hugging Face architecture from its stored config (named
+# beside the manifest's schema, where ``info`` reads it without torch)
+from explorer.engine.storage.fileformat.manifest import HF_FACTORY
 
 #: suffix of the config's architecture -> (the Auto class that builds it, what its forward returns)
 HEADS = (("ForSequenceClassification", "AutoModelForSequenceClassification", "logits"),

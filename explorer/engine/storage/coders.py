@@ -19,9 +19,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from explorer.engine.storage import bitstream, entropy
-from explorer.engine.storage.coding import (MAX_ALPHABET, MAX_CODE_LENGTH, TABLE_BITS_PER_SYMBOL, counts_array,
-                                            huffman_code_lengths)
+# the coders' kernels (numba) are imported by the functions that run them: the registry's names are read by
+# the manifest's schema in commands that must answer at once (``info``)
 
 __all__ = ["Coder", "CODERS", "register", "StreamBits", "stream_bits", "CoderError"]
 
@@ -61,17 +60,25 @@ def register(coder: Coder) -> Coder:
 
 
 def _huffman_cost(c: np.ndarray, alphabet: int):
+    from explorer.engine.storage.coding import TABLE_BITS_PER_SYMBOL, huffman_code_lengths  # numba: on use
+
     return int((c * huffman_code_lengths(c)).sum()), TABLE_BITS_PER_SYMBOL * alphabet
 
 
 def _huffman_encode(symbols: np.ndarray, alphabet: int) -> bytes:
+    from explorer.engine.storage.bitstream import huffman_encode  # numba: on use
+    from explorer.engine.storage.coding import MAX_CODE_LENGTH, huffman_code_lengths  # numba: on use
+
     lengths = huffman_code_lengths(np.bincount(symbols, minlength=alphabet))
     if lengths.max(initial=0) > MAX_CODE_LENGTH:
         raise CoderError(f"a Huffman code longer than {MAX_CODE_LENGTH} bits cannot be stored")
-    return lengths.astype(np.uint8).tobytes() + bitstream.huffman_encode(symbols, lengths)
+    return lengths.astype(np.uint8).tobytes() + huffman_encode(symbols, lengths)
 
 
 def _huffman_decode(data: bytes, alphabet: int, count: int) -> np.ndarray:
+    from explorer.engine.storage.bitstream import huffman_decode  # numba: on use
+    from explorer.engine.storage.coding import MAX_CODE_LENGTH  # numba: on use
+
     if len(data) < alphabet:
         raise CoderError("the stream is shorter than its code table")
     lengths = np.frombuffer(data[:alphabet], np.uint8).astype(np.int64)
@@ -86,7 +93,7 @@ def _huffman_decode(data: bytes, alphabet: int, count: int) -> np.ndarray:
     # each symbol costs at least one bit: a count beyond the payload's bits is a lie
     if count > 8 * (len(data) - alphabet) and count:
         raise CoderError(f"{count} symbols cannot fit in {len(data) - alphabet} bytes")
-    return bitstream.huffman_decode(data[alphabet:], lengths, count)
+    return huffman_decode(data[alphabet:], lengths, count)
 
 
 register(Coder("huffman", "canonical Huffman code: a byte of code length per symbol, then the payload",
@@ -97,13 +104,27 @@ register(Coder("huffman", "canonical Huffman code: a byte of code length per sym
 
 
 def _rans_cost(c: np.ndarray, alphabet: int):
-    total = 8 * entropy.coded_bytes(c, alphabet)  # 0 for an empty stream: no table either
-    table = 8 * entropy.table_bytes(alphabet) if total else 0
+    from explorer.engine.storage.entropy import coded_bytes, table_bytes  # numba: on use
+
+    total = 8 * coded_bytes(c, alphabet)  # 0 for an empty stream: no table either
+    table = 8 * table_bytes(alphabet) if total else 0
     return total - table, table
 
 
+def _rans_encode(symbols: np.ndarray, alphabet: int) -> bytes:
+    from explorer.engine.storage.entropy import rans_encode  # numba: on use
+
+    return rans_encode(symbols, alphabet)
+
+
+def _rans_decode(data: bytes, alphabet: int, count: int) -> np.ndarray:
+    from explorer.engine.storage.entropy import rans_decode  # numba: on use
+
+    return rans_decode(data, alphabet, count)
+
+
 register(Coder("rans", "static rANS (15-bit probabilities): within 0.01% of the entropy where one symbol "
-               "dominates", _rans_cost, lambda s, a: entropy.rans_encode(s, a), entropy.rans_decode))
+               "dominates", _rans_cost, _rans_encode, _rans_decode))
 
 
 # ------------------------------------------------------------------------------------------- the choice
@@ -176,6 +197,8 @@ def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts:
     coders : sequence of str, optional
         The coders to try (default: every registered one). An empty stream costs 0 bits, stored raw.
     """
+    from explorer.engine.storage.coding import MAX_ALPHABET, counts_array  # numba: on use
+
     if not (1 <= int(alphabet_size) <= MAX_ALPHABET):
         raise ValueError(f"alphabet_size must be in 1..{MAX_ALPHABET}, got {alphabet_size}")
     if int(raw_bits) < 0:

@@ -27,7 +27,7 @@ other tensor (biases, norms, buffers) is stored raw, float32 by default or float
 
 The package: :mod:`.layout` (this header, the reader's limits), :mod:`.manifest` (the manifest's schema,
 checked once and completely), :mod:`.writer` (``encode``, ``save``, ``predicted_bytes``), :mod:`.reader`
-(``read``, ``parse``, ``decode_tensors``, ``summary``) and :mod:`.loader` (``load``, ``load_full``: the
+(``read``, ``parse``, ``summary``: no torch), :mod:`.decode` (``decode_tensors``) and :mod:`.loader` (``load``, ``load_full``: the
 runnable model rebuilt). This module is the format's public API; import it as a whole.
 
 There is no pickle anywhere. The reader checks the header, the manifest checksum, every stream's
@@ -35,14 +35,16 @@ bounds and checksum and every declared size against the file before it allocates
 inconsistency into one :class:`FormatError`.
 """
 
-from explorer.engine.errors import FormatError
-from explorer.engine.storage.fileformat.layout import (EXPANSION_ALLOWANCE, HEADER, MAGIC, MAJOR, MAX_EXPANSION,
-                                                       MAX_FILE, MAX_MANIFEST, MINOR, TABLE_ENTRY)
-from explorer.engine.storage.fileformat.loader import load, load_full
-from explorer.engine.storage.fileformat.manifest import DTYPES
-from explorer.engine.storage.fileformat.reader import ModelFile, decode_tensors, is_model_file, parse, read, summary
-from explorer.engine.storage.fileformat.writer import encode, predicted_bytes, save
+from explorer.engine.lazy import lazy_exports
 
-__all__ = ["FormatError", "EXPANSION_ALLOWANCE", "HEADER", "MAGIC", "MAJOR", "MAX_EXPANSION", "MAX_FILE", "MAX_MANIFEST",
-           "MINOR", "TABLE_ENTRY", "DTYPES", "ModelFile", "decode_tensors", "encode", "is_model_file", "load",
-           "load_full", "parse", "predicted_bytes", "read", "save", "summary"]
+# imported on first use: ``read``, ``parse`` and ``summary`` (what ``info`` needs) without torch or numba
+__getattr__, __dir__, __all__ = lazy_exports(globals(), {
+    "explorer.engine.errors": ("FormatError",),
+    "explorer.engine.storage.fileformat.layout": ("EXPANSION_ALLOWANCE", "HEADER", "MAGIC", "MAJOR", "MAX_EXPANSION",
+                                                  "MAX_FILE", "MAX_MANIFEST", "MINOR", "TABLE_ENTRY"),
+    "explorer.engine.storage.fileformat.dtypes": ("DTYPES",),
+    "explorer.engine.storage.fileformat.reader": ("ModelFile", "is_model_file", "parse", "read", "summary"),
+    "explorer.engine.storage.fileformat.decode": ("decode_tensors",),
+    "explorer.engine.storage.fileformat.loader": ("load", "load_full"),
+    "explorer.engine.storage.fileformat.writer": ("encode", "predicted_bytes", "save"),
+})

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import struct
 
-import torch
-
-from explorer.engine.errors import ExplorerError
-from explorer.engine.storage.fileformat.manifest import DTYPES as _DTYPES
-
 MAGIC = b"\x89CEX\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
 HEADER = struct.Struct("<8sHHIIII")
@@ -25,9 +20,3 @@ EXPANSION_ALLOWANCE = 64 << 20
 #: the largest file the reader takes in: it is read whole, and decoded it may take many times more
 MAX_FILE = 4 << 30
 
-
-def dtype_name(dtype: torch.dtype) -> str:
-    for k, v in _DTYPES.items():
-        if v == dtype:
-            return k
-    raise ExplorerError(f"tensors of dtype {dtype} cannot be stored")

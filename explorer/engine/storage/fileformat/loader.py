@@ -19,7 +19,8 @@ from explorer.engine.model.factories import call_factory
 from explorer.engine.progress import report
 from explorer.engine.samples import SAMPLE_FACTORIES
 from explorer.engine.storage.fileformat.manifest import FLOAT_DTYPES
-from explorer.engine.storage.fileformat.reader import ModelFile, decode_tensors, entry_shape, need, read
+from explorer.engine.storage.fileformat.decode import decode_tensors
+from explorer.engine.storage.fileformat.reader import ModelFile, entry_shape, need, read
 
 
 def _build_module(spec: dict) -> nn.Module:

@@ -18,18 +18,17 @@ import math
 import re
 from typing import Any
 
-import torch
-
 from explorer.engine.errors import FormatError, PlanError
-from explorer.engine.methods.quantize import QUANTIZERS
+from explorer.engine.methods.quantizers import QUANTIZERS
 from explorer.engine.plan import Plan
 from explorer.engine.storage.coders import CODERS
 
 FORMAT_NAME = "compression-explorer-model"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
-          "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
-          "bool": torch.bool}
+#: the dtypes a file may name: torch's names (:mod:`.dtypes` maps them to torch dtypes)
+DTYPE_NAMES = ("float32", "float16", "float64", "bfloat16", "int64", "int32", "uint8", "bool")
 FLOAT_DTYPES = ("float32", "float16", "float64", "bfloat16")
+#: the architecture of a file made from a Hugging Face folder (its config in the manifest): ``info`` names it
+HF_FACTORY = "explorer.engine.model.hf:rebuild"
 WEIGHT_STORAGES = ("dense", "bitmask", "gaps")
 #: what a structurally pruned module may have resized, by module type (``edits.resize``)
 RESIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
@@ -200,7 +199,7 @@ class _Check:
             names[name] = e
             for j, d in enumerate(_list(_has(e, "shape", where), f"{where}: shape", 0, 8)):
                 _int(d, f"{where}: shape[{j}]", 0, MAX_DIM)
-            _str(_has(e, "dtype", where), f"{where}: dtype", tuple(DTYPES))
+            _str(_has(e, "dtype", where), f"{where}: dtype", DTYPE_NAMES)
             total += tensor_numel(e) * 8
         _need(total <= self.max_decoded, f"the tensors declare {total:,} bytes once decoded, more than a file of "
                                          f"{self.file_bytes:,} bytes can hold (limit {self.max_decoded:,})")
@@ -225,7 +224,7 @@ class _Check:
         storage = _str(_has(enc, "storage", f"{where}: encoding"), f"{where}: encoding.storage",
                        ("raw",) + WEIGHT_STORAGES)
         if storage == "raw":
-            _str(_has(enc, "stored_dtype", f"{where}: encoding"), f"{where}: encoding.stored_dtype", tuple(DTYPES))
+            _str(_has(enc, "stored_dtype", f"{where}: encoding"), f"{where}: encoding.stored_dtype", DTYPE_NAMES)
             self.stream(_has(enc, "stream", f"{where}: encoding"), f"{where}: encoding.stream")
             return
         _need(e["dtype"] in FLOAT_DTYPES, f"{where}: a compressed weight must be floating point, not {e['dtype']}")
@@ -323,4 +322,4 @@ def module_spec(spec: dict, where: str) -> dict:
     return spec
 
 
-__all__ = ["FORMAT_NAME", "DTYPES", "RESIZE_ATTRS", "check", "module_spec", "tensor_numel"]
+__all__ = ["FORMAT_NAME", "DTYPE_NAMES", "FLOAT_DTYPES", "HF_FACTORY", "RESIZE_ATTRS", "check", "module_spec", "tensor_numel"]

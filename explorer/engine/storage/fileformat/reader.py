@@ -1,25 +1,19 @@
 """Reading a ``.cexp`` file: the header, the table and the manifest checked before anything is
-allocated, and the tensors decoded.
+allocated (:func:`read`, :func:`parse`), and what ``info`` prints of it (:func:`summary`). Without torch or
+numba: ``info`` answers at once. The tensors are decoded by :mod:`.decode`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import zlib
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-
 from explorer.engine.errors import FormatError, LoadError, NotFound
-from explorer.engine.methods.quantize import QUANTIZERS
-from explorer.engine.storage import bitstream, jsonio
-from explorer.engine.storage.coders import CODERS
+from explorer.engine.storage import jsonio
 from explorer.engine.storage.fileformat.layout import (EXPANSION_ALLOWANCE, HEADER, MAGIC, MAJOR, MANIFEST_EXPANSION,
                                                        MAX_EXPANSION, MAX_FILE, MAX_MANIFEST, TABLE_ENTRY)
-from explorer.engine.storage.fileformat.manifest import DTYPES as _DTYPES
 from explorer.engine.storage.fileformat.manifest import check as check_manifest
 
 
@@ -117,104 +111,6 @@ def parse(raw: bytes) -> ModelFile:
 
 def entry_shape(entry) -> tuple:
     return tuple(entry["shape"])
-
-
-def _decode_stream(mf: ModelFile, info: dict, count: int, what: str) -> np.ndarray:
-    """``count`` symbols of a gap or index stream (its description checked by the schema)."""
-    data = mf.stream(info["stream"])
-    try:
-        if info["coding"] == "raw":
-            return bitstream.unpack_fixed(data, info["width"], count)
-        return CODERS[info["coding"]].decode(data, info["alphabet"], count)
-    except (bitstream.BitstreamError, ValueError) as exc:  # CoderError, EntropyError are ValueErrors
-        raise FormatError(f"{what}: {exc}") from None
-
-
-def _floats(mf, index, count, what) -> np.ndarray:
-    data = mf.stream(index)
-    need(len(data) == 4 * count, f"{what}: {len(data)} bytes for {count} float32 values")
-    return np.frombuffer(data, "<f4").astype(np.float64)
-
-
-def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
-    name = e["name"]
-    enc = e["encoding"]
-    n = math.prod(entry_shape(e))
-    storage = enc["storage"]
-    entries = enc["entries"]
-    if storage == "dense":
-        positions = None
-    elif storage == "bitmask":
-        raw = mf.stream(enc["mask"])
-        need(len(raw) == (n + 7) // 8, f"{name}: bitmask of {len(raw)} bytes for {n} weights")
-        keep = np.unpackbits(np.frombuffer(raw, np.uint8), count=n).astype(bool)
-        positions = np.flatnonzero(keep)
-        need(positions.size == entries, f"{name}: bitmask has {positions.size} survivors, manifest says {entries}")
-    else:
-        b = enc["gap_bits"]
-        gaps = _decode_stream(mf, enc["gaps"], entries, f"{name} gaps")
-        need(gaps.size == 0 or (gaps.min() >= 1 and gaps.max() <= 2 ** b - 1),
-              f"{name}: a gap is outside 1..{2 ** b - 1}")
-        positions = np.cumsum(gaps) - 1
-        need(positions.size == 0 or positions[-1] < n, f"{name}: gaps run past the tensor's {n} weights")
-    if enc["values"] == "float":
-        vals = _floats(mf, enc["floats"], entries, name)
-    else:
-        vals = _dequantize(mf, enc, positions, n, entries, name)
-    out = np.zeros(n, np.float64)
-    if positions is None:
-        out[:] = vals
-    else:
-        out[positions] = vals
-    return out
-
-
-class _TableRead:
-    """What a quantizer's ``read_table`` may read of the file (streams the schema checked)."""
-
-    def __init__(self, mf: "ModelFile"):
-        self.raw = mf.stream
-        self.need = need
-        self.floats = lambda index, count, what: _floats(mf, index, count, what)
-
-
-def _dequantize(mf, enc, positions, n, entries, name) -> np.ndarray:
-    q = enc["quant"]
-    codes = _decode_stream(mf, enc["index"], entries, f"{name} codes")
-    return QUANTIZERS[q["method"]].read_table(q, _TableRead(mf), codes, positions, n, name)
-
-
-def _raw_tensor(mf: ModelFile, e: dict) -> torch.Tensor:
-    enc = e["encoding"]
-    shape = entry_shape(e)
-    sd = enc["stored_dtype"]
-    data = mf.stream(enc["stream"])
-    itemsize = torch.empty(0, dtype=_DTYPES[sd]).element_size()
-    need(len(data) == math.prod(shape) * itemsize,
-          f"{e['name']}: {len(data)} bytes for {math.prod(shape)} values of {sd}")
-    if sd == "bfloat16":
-        t = torch.from_numpy(np.frombuffer(data, "<i2").copy()).view(torch.bfloat16)
-    else:
-        np_dtype = np.dtype(str(torch.empty(0, dtype=_DTYPES[sd]).numpy().dtype)).newbyteorder("<")
-        t = torch.from_numpy(np.frombuffer(data, np_dtype).astype(np_dtype.newbyteorder("="), copy=True))
-    return t.reshape(shape).to(_DTYPES[e["dtype"]])
-
-
-def decode_tensors(mf: ModelFile) -> dict:
-    """Every tensor of the file, decoded (name -> torch.Tensor, tied names share one tensor)."""
-    out: dict = {}
-    for e in mf.manifest["tensors"]:
-        if "alias" in e:
-            continue
-        if e["encoding"]["storage"] == "raw":
-            out[e["name"]] = _raw_tensor(mf, e)
-        else:
-            vals = _decode_weight(mf, e)
-            out[e["name"]] = torch.from_numpy(vals.reshape(entry_shape(e))).to(_DTYPES[e["dtype"]])
-    for e in mf.manifest["tensors"]:
-        if "alias" in e:  # the schema checked that it names a stored tensor
-            out[e["name"]] = out[e["alias"]]
-    return out
 
 
 # =========================================================================================== rebuilding

@@ -25,7 +25,8 @@ from explorer.engine.storage import bitstream
 from explorer.engine.storage.atomic import atomic_open
 from explorer.engine.storage.coders import CODERS, CoderError, raw_bits
 from explorer.engine.storage.coding import gap_stream
-from explorer.engine.storage.fileformat.layout import HEADER, MAGIC, MAJOR, MINOR, TABLE_ENTRY, dtype_name
+from explorer.engine.storage.fileformat.dtypes import dtype_name
+from explorer.engine.storage.fileformat.layout import HEADER, MAGIC, MAJOR, MINOR, TABLE_ENTRY
 from explorer.engine.storage.fileformat.manifest import FORMAT_NAME
 from explorer.engine.storage.fileformat.manifest import RESIZE_ATTRS as _RESIZE_ATTRS
 

@@ -1,0 +1,173 @@
+"""The registry of quantization methods, :data:`QUANTIZERS`: each method declared once, with what the plan's
+validation, the file format's schema and decoder, the CLI's help and the window's controls read of it.
+
+Without torch or numba (the plan and a file's manifest are checked by commands that must answer at once:
+``info``, ``--help``): the built-in methods are declared here with their file tables (numpy) and their
+``quantize`` bound by :mod:`explorer.engine.methods.quantize` when it is imported (the compressor's one entry
+point, :func:`~explorer.engine.methods.quantize.quantize_tensor`, is there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """One quantization method, declared once. The plan's validation (:attr:`fields`, :meth:`refuse`), the
+    compressor (:attr:`quantize`), the file format (its decoding table: :attr:`write_table`,
+    :attr:`check_table`, :attr:`read_table`), the CLI's help and the window's controls all read
+    :data:`QUANTIZERS`; adding a method is one :func:`register` call.
+
+    - ``quantize(weight, mask, settings) -> QuantResult`` (None for a built-in until
+      :mod:`~explorer.engine.methods.quantize` binds it).
+    - ``fields``: the :class:`~explorer.engine.plan.QuantSettings` fields it reads besides ``method`` (the
+      window enables those controls).
+    - ``check(settings, pruned) -> message or None``: why it cannot take these settings (on an element-pruned
+      layer when ``pruned``: it needs a code that decodes to exactly 0).
+    - ``write_table(quant, add) -> dict``: the manifest fields of its decoding table beyond ``method`` and
+      ``bits``; ``add(make_bytes, nbytes)`` appends a stream and returns its index (``make_bytes`` is not
+      called when only the file's size is predicted, so ``nbytes`` must be exact).
+    - ``check_table(q, check, n)``: the schema of those fields (``check`` has ``int``, ``bool`` and ``stream``
+      validators that raise :class:`~explorer.engine.errors.FormatError`).
+    - ``read_table(q, read, codes, positions, n, name) -> values``: the decoded values of ``codes`` at
+      ``positions`` (None: every position) of a tensor of ``n`` weights; ``read`` has ``floats(index, count,
+      what)``, ``raw(index)`` and ``need(cond, message)``.
+    - ``alphabet(bits)``: the codes the format allows; ``code_bits``: bits per code if fixed (binary 1).
+    """
+
+    name: str
+    summary: str
+    quantize: Optional[Callable]
+    fields: tuple
+    write_table: Callable
+    check_table: Callable
+    read_table: Callable
+    check: Callable = lambda settings, pruned: None
+    alphabet: Callable = lambda bits: 2 ** bits
+    code_bits: Optional[int] = None
+
+    def describe(self, settings) -> str:
+        if self.code_bits is not None:
+            return self.name
+        return f"{settings.bits}b {self.name}" + (f"/{settings.init}" if "init" in self.fields else "")
+
+
+QUANTIZERS: dict = {}  # name -> Quantizer, in the order the window offers them
+
+
+def register(quantizer: Quantizer) -> Quantizer:
+    """Add (or replace) a quantization method everywhere at once."""
+    QUANTIZERS[quantizer.name] = quantizer
+    return quantizer
+
+
+def _f32(values) -> bytes:
+    return np.asarray(values, "<f4").tobytes()
+
+
+def _kmeans_write(quant, add) -> dict:
+    reserved = bool(quant.info.get("reserved_zero"))
+    centroids = quant.codebook[1:] if reserved else quant.codebook
+    return {"reserved_zero": reserved, "k": int(centroids.size),
+            "codebook": add(lambda: _f32(centroids), 4 * centroids.size)}
+
+
+def _kmeans_check(q: dict, check, n: int) -> None:
+    reserved = check.bool(q, "reserved_zero")
+    check.int(q, "k", 0, 2 ** q["bits"] - int(reserved))
+    check.stream(q, "codebook")
+
+
+def _book_read(book, read, codes, name):
+    read.need(codes.size == 0 or codes.max() < book.size, f"{name}: a code has no codebook entry")
+    return book[codes]
+
+
+def _kmeans_read(q: dict, read, codes, positions, n, name):
+    book = read.floats(q["codebook"], q["k"], f"{name} codebook")
+    if q["reserved_zero"]:
+        book = np.concatenate([[0.0], book])
+    return _book_read(book, read, codes, name)
+
+
+def _alpha_write(quant, add) -> dict:
+    return {"alpha": add(lambda: _f32([quant.codebook[-1]]), 4)}
+
+
+def _alpha_check(q: dict, check, n: int) -> None:
+    check.stream(q, "alpha")
+
+
+def _signs_read(with_zero: bool):
+    def read_table(q: dict, read, codes, positions, n, name):
+        (alpha,) = read.floats(q["alpha"], 1, f"{name} alpha")
+        book = np.array([-alpha, 0.0, alpha] if with_zero else [-alpha, alpha])
+        return _book_read(book, read, codes, name)
+    return read_table
+
+
+def _uniform_write(quant, add) -> dict:
+    from explorer.engine.storage.bitstream import pack_fixed, packed_bytes  # numba: when a file is written
+
+    sym = bool(quant.info["symmetric"])
+    rows = int(quant.scales.size)
+    out = {"symmetric": sym, "rows": rows, "scales": add(lambda: _f32(quant.scales), 4 * rows)}
+    if not sym:
+        out["zero_points"] = add(lambda: pack_fixed(quant.zero_points, quant.bits), packed_bytes(rows, quant.bits))
+    return out
+
+
+def _uniform_check(q: dict, check, n: int) -> None:
+    symmetric = check.bool(q, "symmetric")
+    check.need(q["bits"] >= 2 or not symmetric, "symmetric uniform codes need 2 bits or more")
+    rows = check.int(q, "rows", 1, max(n, 1))
+    check.need(n % rows == 0, f"{rows} scales do not divide {n} weights")
+    check.stream(q, "scales")
+    if not symmetric:
+        check.stream(q, "zero_points")
+
+
+def _uniform_read(q: dict, read, codes, positions, n, name):
+    bits, rows = q["bits"], q["rows"]
+    scales = read.floats(q["scales"], rows, f"{name} scales")
+    pos = np.arange(n) if positions is None else positions
+    row = pos // (n // rows) if n else pos
+    if q["symmetric"]:
+        qmax = 2 ** (bits - 1) - 1
+        read.need(codes.size == 0 or codes.max() <= 2 * qmax, f"{name}: a code is outside the levels")
+        return (codes - qmax) * scales[row]
+    from explorer.engine.storage.bitstream import packed_bytes, unpack_fixed  # numba: when a file is decoded
+
+    raw = read.raw(q["zero_points"])
+    read.need(len(raw) == packed_bytes(rows, bits), f"{name}: zero points stream has wrong size")
+    zp = unpack_fixed(raw, bits, rows)
+    return (codes - zp[row]) * scales[row]
+
+
+register(Quantizer(
+    "kmeans", "weight sharing: the survivors clustered into 2^bits shared values (one is 0 when pruned)",
+    None,
+    ("bits", "init", "max_iter", "seed"), _kmeans_write, _kmeans_check, _kmeans_read))
+register(Quantizer(
+    "uniform", "evenly spaced levels with float32 scales, symmetric or with a zero point, per tensor or channel",
+    None,
+    ("bits", "symmetric", "per_channel"), _uniform_write, _uniform_check, _uniform_read,
+    check=lambda s, pruned: ("bits must be >= 2 for symmetric uniform quantization (1 bit has no symmetric "
+                             "levels); use binary, or symmetric=false") if s.symmetric and s.bits < 2 else None))
+register(Quantizer(
+    "binary", "{-a, +a}: 1 bit a weight (no zero: not on a pruned layer)",
+    None, (), _alpha_write, _alpha_check, _signs_read(False),
+    check=lambda s, pruned: ("method binary cannot represent pruned weights (no zero level); use ternary, or "
+                             "kmeans/uniform") if pruned else None,
+    alphabet=lambda bits: 2, code_bits=1))
+register(Quantizer(
+    "ternary", "{-a, 0, +a}: 2 bits a weight",
+    None, (), _alpha_write, _alpha_check, _signs_read(True),
+    alphabet=lambda bits: 3, code_bits=2))
+
+
+__all__ = ["QUANTIZERS", "Quantizer", "register"]
