@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from explorer.engine.errors import PlanError
 from explorer.engine.inspect import ModelInfo
 from explorer.engine.measure.preview import Previewer
 from explorer.engine.methods.prune import sparsity_at, threshold_at
@@ -302,9 +303,31 @@ class Session:
 
     def update_layers(self, names, patch: dict) -> None:
         """Merge ``patch`` (sections -> fields, ``None`` turns a section off) into each named layer's own
-        entry. Validated before anything changes; raises PlanError naming the layer."""
+        entry. Validated before anything changes; raises PlanError naming the layer, also for a section the
+        patch sets that the layer cannot take (filters of the model's output, low-rank of an LSTM's gates:
+        what the model's inspection says, see :meth:`refusal`)."""
         plan = self.plan.merged(names, patch)
+        for name in names:
+            why = self.refusal(name, plan.settings_for(name), sections=patch)
+            if why is not None:
+                raise PlanError(f"{name}: {why}")
         self.set_plan(plan)
+
+    def refusal(self, name: str, settings: LayerSettings, sections=("prune", "lowrank")) -> Optional[str]:
+        """Why layer ``name`` cannot take ``settings`` (of its ``sections``), as the model's inspection says,
+        or None."""
+        info = next((layer for layer in self.info.layers if layer.name == name), None) if self.info else None
+        if info is None:
+            return None
+        p = settings.prune
+        if "prune" in sections and p is not None and p.amount:
+            if p.granularity == "filter" and not info.filter_ok:
+                return f"its filters cannot be removed ({info.filter_reason or 'the engine refuses'})"
+            if p.granularity == "channel" and not info.channel_ok:
+                return f"its input channels cannot be removed ({info.channel_reason or 'the engine refuses'})"
+        if "lowrank" in sections and settings.lowrank is not None and info.lowrank_reason:
+            return f"it cannot be factorised ({info.lowrank_reason})"
+        return None
 
     def history(self) -> tuple:
         """The plans undo and redo go to: (undo, oldest first; redo, the next redo last). A fine-tuned
@@ -349,6 +372,15 @@ class Session:
             if not info.channel_ok:
                 out.setdefault("channel", f"{name}: {info.channel_reason or 'its input channels cannot be removed'}")
         return out
+
+    def refused_lowrank(self) -> Optional[str]:
+        """Why one of the selected layers cannot be factorised (the first such), or None."""
+        layers = {l.name: l for l in self.info.layers} if self.info else {}
+        for name in self.selection:
+            info = layers.get(name)
+            if info is not None and info.lowrank_reason:
+                return f"{name}: {info.lowrank_reason}"
+        return None
 
     def select(self, names) -> None:
         names = [n for n in names if n in self.layer_names]

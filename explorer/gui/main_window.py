@@ -36,6 +36,7 @@ from explorer.gui.qt_jobs import Jobs
 from explorer.gui.qt_layer_table import LayerTable
 from explorer.gui.qt_layer_view import LayerView
 from explorer.gui.qt_menus import Menus
+from explorer.gui.qt_messages import Messages, job_line
 from explorer.gui.qt_preview import PreviewPanel
 from explorer.gui.qt_sensitivity import Sensitivity
 from explorer.gui.qt_threshold import ThresholdLines
@@ -87,6 +88,7 @@ class MainWindow(QMainWindow):
         self.compare = CompareView(self.session, self.statusBar().showMessage)
         self.tabs.addTab(self.compare, "Compare plans")
         self._lay_out()
+        self.messages = Messages(self)  # the banner's and status bar's messages, each gone with its cause
         self.menus = Menus(self)
 
         s = self.session
@@ -100,6 +102,8 @@ class MainWindow(QMainWindow):
         self.threshold = ThresholdLines(self)  # the ±t lines and the sparsity slider
         self.autosave = Autosave(self, state_dir)  # the session kept in the user's state directory
         self.workers.progress.connect(self._progress)
+        self.workers.unhandled.connect(lambda channel, layer, message: self.show_error(
+            job_line(channel, layer, message), cause=("job", layer) if layer else ("other",)))
         self.tabs.currentChanged.connect(lambda *_: self.jobs.schedule_layer())
         self.tabs.currentChanged.connect(lambda *_: self.sensitivity.shown())
         self.statusBar().showMessage("Open a model (File → Open, drag a file here, or File → Samples)")
@@ -135,18 +139,17 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
     # ----------------------------------------------------------------------------------- errors
-    def show_error(self, message: str, dialog: bool = False) -> None:
+    def show_error(self, message: str, dialog: bool = False, cause: tuple = ("other",)) -> None:
+        """``message`` in the banner until its ``cause`` no longer holds (see :mod:`~explorer.gui.qt_messages`)."""
         self.last_error = message
-        self.banner.setText(message)
-        self.banner.setVisible(True)
-        self.statusBar().showMessage(message.splitlines()[0][:200])
+        self.messages.error(message, cause)
         if dialog and self.isVisible():
             box = QMessageBox(QMessageBox.Warning, "Compression Explorer", message, QMessageBox.Ok, self)
             box.setAttribute(Qt.WA_DeleteOnClose)
             box.open()  # not exec(): the event loop and the workers keep running
 
     def clear_error(self) -> None:
-        self.banner.setVisible(False)
+        self.messages.clear()
 
     # ----------------------------------------------------------------------------------- loading
     def open_dialog(self) -> None:
@@ -223,7 +226,7 @@ class MainWindow(QMainWindow):
 
         loaded = self.session.loaded  # the model the data must fit, checked on two samples before it is used
         self.workers.submit("data", lambda progress: check_eval_data(loaded, load_eval_data(path)), done,
-                            lambda m: self.show_error(f"Eval data: {m}", True))  # m names the source
+                            lambda m: self.show_error(f"Eval data: {m}", True, cause=("data",)))  # m names the source
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
@@ -243,7 +246,7 @@ class MainWindow(QMainWindow):
             self.session.update_layers(names, patch)
             self.clear_error()
         except ExplorerError as exc:
-            self.show_error(str(exc))
+            self.show_error(str(exc), cause=("edit",))
 
     def load_plan_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load plan", str(SAMPLES_DIR), "Plans (*.json)")
@@ -301,6 +304,7 @@ class MainWindow(QMainWindow):
         if self.session.current:
             self.controls.load(self.session.settings(self.session.current))
         self.controls.allow_granularities(self.session.refused_granularities())
+        self.controls.allow_lowrank(self.session.refused_lowrank())
         if self.table.selected_names() != self.session.selection:
             self.table.select_names(self.session.selection)
         self.jobs.schedule_layer()

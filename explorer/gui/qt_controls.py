@@ -32,6 +32,7 @@ class Controls(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._loading = False
+        self._lowrank_refused = None  # why the selected layers cannot be factorised (see allow_lowrank)
         self._timer = QTimer(self, singleShot=True, interval=250)
         self._timer.timeout.connect(self._emit)
 
@@ -119,6 +120,14 @@ class Controls(QWidget):
             item = model.item(i)
             item.setEnabled(why is None)
             item.setToolTip(why or GRANULARITIES[name].description)
+        said = [f"{name}: not offered, {why}" for name, why in refused.items()]
+        self.granularity.setToolTip("\n".join(said))
+
+    def allow_lowrank(self, refused) -> None:
+        """Grey out factorising when one of the selected layers cannot take it (``refused``: why, or None)."""
+        self._lowrank_refused = refused
+        self.rank_on.setToolTip(f"not offered: {refused}" if refused else "")
+        self._enable()
 
     def _enable(self) -> None:
         q = self.quant_on.isChecked()
@@ -127,6 +136,8 @@ class Controls(QWidget):
         self.init.setEnabled(q and "init" in fields)
         self.bits.setEnabled(q and "bits" in fields)
         r = self.rank_on.isChecked()
+        # a plan that already factorises such a layer still shows it, and can turn it off
+        self.rank_on.setEnabled(self._lowrank_refused is None or r)
         self.rank.setEnabled(r)
         self.rank_method.setEnabled(r)
 

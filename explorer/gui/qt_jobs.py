@@ -8,6 +8,7 @@ from explorer.engine.measure.evaluate import quality
 from explorer.engine.measure.layerview import init_comparison
 from explorer.engine.plan import Plan
 from explorer.engine.progress import scaled
+from explorer.session import MeasuredPlans
 from explorer.gui.workers import freeze_heap
 
 # Accuracy, the expensive part of a preview, starts once a plan has stood this long (a user stepping
@@ -61,7 +62,7 @@ class Jobs:
             win.preview.set_progress(None)
             win.preview.set_stale(True, "this plan cannot be applied")
             win.table.model_.refresh_values()
-            win.show_error(message)
+            win.show_error(message, cause=("plan", MeasuredPlans.key(plan)))  # until another plan is current
             if then_layer:
                 self.schedule_layer()
 
@@ -89,7 +90,7 @@ class Jobs:
         def failed(message):
             win.preview.set_progress(None)
             win.preview.set_stale(False)
-            win.show_error(f"accuracy: {message}")
+            win.show_error(f"accuracy: {message}", cause=("plan", MeasuredPlans.key(plan)))
 
         win.workers.submit("accuracy", job, done, failed, delay=ACCURACY_SETTLE)
 
@@ -105,7 +106,7 @@ class Jobs:
         if win.tabs.currentWidget() is win.centroids:
             module = previewer.modules[name]
             win.workers.submit("inits", lambda p: init_comparison(name, module, settings, progress=p),
-                               win.centroids.show_comparison, win.show_error)
+                               win.centroids.show_comparison, subject=name)  # a failure: the banner, naming it
             return
 
         def job(progress):
@@ -125,14 +126,15 @@ class Jobs:
                 win.layer_view.show_threshold_lines(session.idle_threshold())
             self.schedule_prepare(name, settings)
 
-        win.workers.submit("layer", job, done, win.show_error)
+        win.workers.submit("layer", job, done, subject=name)  # a failure: the banner, naming the layer
 
     def schedule_prepare(self, name: str, settings) -> None:
         """While the user looks at a layer: measure it ahead at every amount its sparsity slider gives."""
         previewer = self.window.session.previewer
         if previewer is not None:
+            # speculative, but a failure here is a failure of the engine on this layer: the banner says it
             self.window.workers.submit("prepare", lambda p: previewer.prepare(name, settings, p), lambda _: None,
-                                       lambda _: None)  # speculative: a release that needs it reports its own errors
+                                       subject=name)
 
     def idle(self) -> bool:
         """True when no engine work is running (used by --screenshot and tests)."""

@@ -12,6 +12,7 @@ class ThresholdLines:
         window.controls.sparsity_moved.connect(self.moving)
         window.layer_view.threshold_dragged.connect(self.dragged)
         window.layer_view.threshold_released.connect(self.released)
+        window.controls.sparsity._slider.sliderReleased.connect(lambda: window.messages.clear("drag"))
 
     def moving(self, percent: int) -> None:
         """While the sparsity slider is dragged, the threshold lines follow it (a lookup; the histogram and
@@ -28,11 +29,11 @@ class ThresholdLines:
             return
         if t == 0:  # 0 %, or too few weights for one to go
             win.layer_view.show_threshold_lines(session.idle_threshold())
-            win.statusBar().showMessage(f"sparsity {percent}%: nothing of {name} is pruned")
+            win.messages.status(f"sparsity {percent}%: nothing of {name} is pruned", ("drag", name))
         else:
             win.layer_view.set_threshold(t)
-            win.statusBar().showMessage(f"sparsity {percent}%: {name} weights with |w| < {t:.4g} "
-                                        "are pruned when the slider is released")
+            win.messages.status(f"sparsity {percent}%: {name} weights with |w| < {t:.4g} "
+                                "are pruned when the slider is released", ("drag", name))
 
     def dragged(self, t: float) -> None:
         pct = self.window.session.sparsity_at(t)

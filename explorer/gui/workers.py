@@ -5,6 +5,10 @@ channel supersedes the one running there: its generation is bumped, the old job 
 progress callback returns False, so the engine raises ``Cancelled`` at its next report), and whatever it
 still returns is dropped because its generation is old. Results and errors are delivered on the GUI
 thread, through queued signals, only while current.
+
+Every failure is logged (an unexpected exception with its traceback). A current job that failed and has no
+``on_error`` handler of its own is announced by :attr:`Workers.unhandled` (channel, the layer it was about
+or "", the one line): the window shows that in its banner, so no job's failure is seen only on a terminal.
 """
 
 from __future__ import annotations
@@ -181,6 +185,7 @@ class _Job(QRunnable):
                 self.signals.done.emit(self.channel, self.generation, None)  # stopped: still current
             return
         except ExplorerError as exc:
+            log.warning("a %s job failed: %s", self.channel, exc)
             self.signals.failed.emit(self.channel, self.generation, str(exc))
             return
         except Exception as exc:  # an engine bug must not take the window down: logged, and said in one line
@@ -198,6 +203,8 @@ class Workers(QObject):
     """Runs ``fn(progress)`` callables on a thread pool, one current job per channel."""
 
     progress = Signal(str, float, str)  # channel, fraction, message (current jobs only)
+    unhandled = Signal(str, str, str)  # channel, subject (a layer, or ""), message: a current job failed
+    # and had no on_error handler
 
     def __init__(self, parent: Optional[QObject] = None, threads: int = 2):
         super().__init__(parent)
@@ -223,12 +230,15 @@ class Workers(QObject):
         self._generation: dict = {}
         self._abort: dict = {}
         self._handlers: dict = {}
+        self._subjects: dict = {}  # channel -> what its current job is about (a layer name, or "")
         self._stops: dict = {}  # channel -> its latest job's stop event
         self.dropped = 0  # results that arrived after being superseded (for tests and the status bar)
 
     def submit(self, channel: str, fn: Callable, on_done: Callable, on_error: Optional[Callable] = None,
-               delay: float = 0.0) -> int:
+               delay: float = 0.0, subject: str = "") -> int:
         """Start ``fn(progress)`` on ``channel``, superseding the job there. Returns its generation.
+        ``on_error(message)``: what a failure does; without it the failure is announced by :attr:`unhandled`
+        with ``subject`` (the layer the job is about, if any).
         ``delay``: seconds the job waits before it starts (on a worker, woken at once when superseded), so a
         request that is replaced quickly costs no work. Not for interactive channels: their pending jobs
         hold background jobs back (see :class:`_Gate`) for as long as they wait."""
@@ -240,6 +250,7 @@ class Workers(QObject):
         abort = threading.Event()
         self._abort[channel] = abort
         self._handlers[channel] = (on_done, on_error)
+        self._subjects[channel] = subject
         pool = (self.interactive if channel in INTERACTIVE else self.side if channel in SIDE
                 else self.training if channel in TRAINING else self.scans if channel in SCANS else self.pool)
         if channel in INTERACTIVE:
@@ -287,6 +298,8 @@ class Workers(QObject):
         handler = self._handlers.get(channel, (None, None))[which]
         if handler is not None:
             handler(value)
+        elif which == 1:
+            self.unhandled.emit(channel, self._subjects.get(channel, ""), value)
 
     @Slot(str, int, float, str)
     def _on_progress(self, channel: str, generation: int, fraction: float, message: str) -> None:
