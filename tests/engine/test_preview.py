@@ -167,6 +167,10 @@ def test_layer_view_equals_the_reference(samples, sample):
             else:
                 np.testing.assert_array_equal(got.levels, ref.levels, err_msg=f"{name} {s}")
             assert got.quant_mse == ref.quant_mse and got.info == ref.info
+            if got.ranking is not None:  # the window's ranking counts channels as the pruner: here, as the tensor
+                np.testing.assert_array_equal(got.ranking.removed, ref.ranking.removed, err_msg=f"{name} {s}")
+            elif s.removes_channels:
+                assert got.ranking_error, (name, s)
 
 
 def test_layer_histogram_bins_match_numpy_on_awkward_values():

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from explorer.engine.methods.channels import ChannelRanking, channel_ranking
 from explorer.engine.methods.prune import magnitude_mask, threshold_for
 from explorer.engine.methods.quantize import compare_inits, quantize_tensor
 from explorer.engine.plan import LayerSettings
@@ -32,6 +33,9 @@ class LayerPreview:
     # display_stride); ``n_pruned`` is the whole layer's pruned count (None: pruned.sum(), nothing sampled)
     stride: int = 1
     n_pruned: Optional[int] = None
+    # filter or channel pruning: the channels' norms and which go (drawn instead of the ±t lines)
+    ranking: Optional[ChannelRanking] = None
+    ranking_error: Optional[str] = None  # why a structured layer has no ranking (its channels cannot go)
 
     @property
     def pruned_count(self) -> int:
@@ -55,11 +59,12 @@ def _weight(module_or_tensor) -> torch.Tensor:
 
 
 def layer_preview(name: str, module_or_tensor, settings: LayerSettings, bins: int = 120,
-                  progress: ProgressFn = None) -> LayerPreview:
+                  progress: ProgressFn = None, channels: Optional[int] = None) -> LayerPreview:
     """Histogram, threshold and quantization levels of one layer's weights under ``settings``.
 
-    Only element pruning and quantization are drawn per layer (filter/channel pruning and low-rank change
-    other layers too; their effect is in the whole-model preview).
+    The histogram shows element pruning and quantization; filter/channel pruning is described by the
+    channels' ranking (:func:`explorer.engine.methods.channels.channel_ranking`, ``channels`` as there), its
+    effect on the other layers is in the whole-model preview. Low-rank is not drawn per layer.
     """
     w = _weight(module_or_tensor)
     flat = w.reshape(-1).to(torch.float64).cpu().numpy()
@@ -91,9 +96,12 @@ def layer_preview(name: str, module_or_tensor, settings: LayerSettings, bins: in
             levels = None
         mse = q.mse
         info = {"method": q.method, "bits": q.bits, "rel_error": q.rel_error}
+    ranking = None
+    if p is not None and p.granularity != "element" and p.amount:
+        ranking = channel_ranking(w, p.granularity, p.amount, p.criterion, channels, name)
     report(progress, 1.0, f"{name}: done")
     return LayerPreview(name, int(flat.size), edges, kept.astype(np.int64), pruned.astype(np.int64), threshold,
-                        levels, mse, info)
+                        levels, mse, info, ranking=ranking)
 
 
 @dataclass

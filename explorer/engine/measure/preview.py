@@ -42,6 +42,7 @@ from explorer.engine.measure.evaluate import summarize
 from explorer.engine.measure.layerview import DISPLAY_MAX, LayerPreview, display_stride, init_comparison
 from explorer.engine.measure.metrics import compressible_layers, count_macs, layer_type
 from explorer.engine.measure.sweep import TensorSweep
+from explorer.engine.methods.channels import layer_ranking
 from explorer.engine.methods.prune import keep_count
 from explorer.engine.model.loading import LoadedModel
 from explorer.engine.plan import LayerSettings, Plan, PruneSettings, validate_settings
@@ -309,9 +310,16 @@ class Previewer:
                 levels = _levels(q, mask, new.detach().reshape(-1).cpu())
             mse = q.mse
             info = {"method": q.method, "bits": q.bits, "rel_error": q.rel_error}
+        ranking = ranking_error = None
+        if p is not None and p.granularity != "element" and p.amount and self.loaded.example_input is not None:
+            try:  # the channels counted as the pruner counts them (a flatten: one channel, a block of inputs)
+                ranking = layer_ranking(self.loaded.model, self.loaded.example_input, name, p.granularity,
+                                        p.amount, p.criterion)
+            except ExplorerError as e:  # the size preview reports it; the view says why it has no ranking
+                ranking_error = str(e)
         report(progress, 1.0, f"{name}: done")
         return LayerPreview(name, int(values.size), edges, kept, pruned, threshold, levels, mse, info, stride,
-                            n_pruned)
+                            n_pruned, ranking, ranking_error)
 
     def _layer_tensor(self, name: str, settings: LayerSettings):
         """``(TensorResult, new weight or None)`` for the layer view: the full result if it was computed,

@@ -31,6 +31,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.fx import Node, symbolic_trace
@@ -40,7 +41,7 @@ from torch.utils._pytree import tree_flatten
 from explorer.engine.errors import CompressionError, PlanError
 from explorer.engine.methods.prune import GRANULARITIES, removed_count
 
-__all__ = ["StructInfo", "analyze", "prune_structured"]
+__all__ = ["ChannelRanking", "StructInfo", "analyze", "channel_ranking", "layer_ranking", "prune_structured"]
 
 #: Layers this module reports on (the explorer's compressible layers).
 COMPRESSIBLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
@@ -232,13 +233,8 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
                 f"{group.producer} (one coupled group); keep only one of them"
             )
         taken[group.producer] = layer
-        n = group.channels
-        removed = removed_count(amount, n, f"layer '{layer}'", "channels")
-        if granularity == "filter":
-            scores = _filter_scores(modules[layer].weight, criterion)
-        else:
-            scores = _channel_scores(modules[layer].weight, n, criterion)
-        jobs.append((layer, granularity, group, _keep_largest(scores, n - removed)))
+        ranking = channel_ranking(modules[layer].weight, granularity, amount, criterion, group.channels, layer)
+        jobs.append((layer, granularity, group, ranking.kept))
 
     pruned = copy.deepcopy(model)
     report = {}
@@ -254,6 +250,103 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
     if jobs:
         _check_runs(pruned, analysis, [job[0] for job in jobs])
     return pruned, report
+
+
+@dataclass
+class ChannelRanking:
+    """Which whole channels of one layer structured pruning removes, and why: their norms.
+
+    Attributes
+    ----------
+    granularity : str
+        ``"filter"`` (output channels) or ``"channel"`` (input channels).
+    criterion : str
+        ``"l1"`` or ``"l2"``: the norm the channels are ranked by.
+    norms : ndarray of float64
+        One norm per channel, in channel order.
+    order : ndarray of int64
+        The channel indices by ascending norm (what a sorted plot draws left to right).
+    removed : ndarray of bool
+        Per channel, whether it is removed: the ``n - keep`` smallest norms (ties: the later channel goes).
+    """
+
+    granularity: str
+    criterion: str
+    norms: np.ndarray
+    order: np.ndarray
+    removed: np.ndarray
+
+    @property
+    def kept(self) -> list:
+        """Indices of the channels kept, ascending."""
+        return [int(i) for i in np.flatnonzero(~self.removed)]
+
+    @property
+    def cut(self):
+        """The norm of the smallest kept channel (the channels below it go); None when none goes."""
+        if not self.removed.any():
+            return None
+        return float(self.norms[~self.removed].min())
+
+
+def channel_ranking(weight: torch.Tensor, granularity: str, amount, criterion: str = "l1",
+                    channels: int | None = None, layer: str = "layer") -> ChannelRanking:
+    """Rank the channels of ``weight`` as :func:`prune_structured` does and mark the ones ``amount`` removes.
+
+    Parameters
+    ----------
+    weight : Tensor
+        The layer's weight, ``(out, in, ...)``.
+    granularity : str
+        ``"filter"`` ranks output channels (rows), ``"channel"`` input channels.
+    amount : float or int
+        As in :func:`prune_structured` (fraction or count of channels removed; one always stays).
+    criterion : str
+        ``"l1"`` or ``"l2"``.
+    channels : int, optional
+        The number of input channels where a flatten maps each to a block of ``in`` (the producer's output
+        channels); by default ``weight.shape[1]``. Ignored for ``"filter"``.
+    layer : str
+        The layer's name, for error messages.
+
+    Returns
+    -------
+    ChannelRanking
+        The same selection :func:`prune_structured` makes: ``ranking.kept`` is its report's ``"kept"``.
+    """
+    granularity, amount, criterion = _parse_request(layer, (granularity, amount, criterion))
+    if granularity == "filter":
+        n = int(weight.shape[0])
+        scores = _filter_scores(weight, criterion)
+    else:
+        n = int(channels if channels is not None else weight.shape[1])
+        scores = _channel_scores(weight, n, criterion)
+    removed_n = removed_count(amount, n, f"layer '{layer}'", "channels")
+    removed = np.ones(n, dtype=bool)
+    removed[_keep_largest(scores, n - removed_n)] = False
+    norms = scores.cpu().numpy()
+    order = np.argsort(norms, kind="stable")
+    return ChannelRanking(granularity, criterion, norms, order.astype(np.int64), removed)
+
+
+def layer_ranking(model: nn.Module, example_input, layer: str, granularity: str, amount,
+                  criterion: str = "l1") -> ChannelRanking:
+    """:func:`channel_ranking` of ``model``'s layer ``layer``, its channels counted as :func:`prune_structured`
+    counts them (an input channel fed through a flatten is its block of inputs). Raises CompressionError
+    when the layer's channels cannot be removed (with the reason)."""
+    analysis = _analyze(model, example_input)
+    info = analysis.infos.get(layer)
+    if info is None:
+        raise CompressionError(f"{layer}: not a compressible layer of this model (Linear, Conv1d, Conv2d or Embedding)")
+    weight = model.get_submodule(layer).weight
+    if granularity == "filter":
+        if not info.filter_ok:
+            raise CompressionError(f"{layer}: cannot remove output channels: {info.filter_reason}")
+        return channel_ranking(weight, granularity, amount, criterion, None, layer)
+    if granularity == "channel" and not info.channel_ok:
+        raise CompressionError(f"{layer}: cannot remove input channels: {info.channel_reason}")
+    channels = analysis.groups[analysis.feeds[layer]].channels if granularity == "channel" else None
+    return channel_ranking(weight, granularity, amount, criterion, channels, layer)
 
 
 # ------------------------------------------------------------------------------------- request checks
