@@ -222,6 +222,27 @@ def test_onnx_what_cannot_be_converted_is_named_in_one_line(tmp_path, capsys):
     assert code != 0 and "no such file" in err
 
 
+def test_onnx_is_told_by_its_content_not_its_name(cnn_onnx, tmp_path, capsys):
+    from explorer.engine.model.onnx_import import looks_like_onnx
+
+    model, path = cnn_onnx
+    renamed = tmp_path / "cnn.bin"  # an ONNX file under another name still opens as ONNX
+    renamed.write_bytes(path.read_bytes())
+    loaded = load_model(str(renamed))
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert loaded.kind == "onnx"
+        torch.testing.assert_close(loaded.model(x), model(x), rtol=1e-5, atol=1e-5)
+    text = tmp_path / "notes.onnx"  # and a text file named .onnx is said to be what it is not
+    text.write_text("ir_version: 8\n")
+    code, _, err = _cli(capsys, "inspect", text)
+    assert code == 2 and "named .onnx, but does not begin with an ONNX model" in err, err
+    torchscript = tmp_path / "scripted.onnx"  # a TorchScript archive named .onnx opens as TorchScript
+    torch.jit.save(torch.jit.script(model), str(torchscript))
+    assert load_model(str(torchscript)).kind == "torchscript"
+    assert not looks_like_onnx(b"\x08\x01\x00\x00\x00\x00\x00\x00{")  # a safetensors header of 264 bytes
+
+
 # ------------------------------------------------------------------------------------------- torchvision
 
 

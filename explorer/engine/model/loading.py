@@ -224,8 +224,9 @@ def _load_file(path: str, factory: Optional[str], trust: bool, factory_kwargs) -
             return LoadedModel(obj, source=path, kind="pickle")
         state = _extract_state_dict(obj, path)
     else:
-        named = (" (it is named .cexp, but does not begin with a compressed file's magic bytes)"
-                 if path.lower().endswith(".cexp") else "")
+        suffix = os.path.splitext(path)[1].lower()
+        begins = {".cexp": "a compressed file's magic bytes", ".onnx": "an ONNX model (a ModelProto)"}
+        named = f" (it is named {suffix}, but does not begin with {begins[suffix]})" if suffix in begins else ""
         raise LoadError(f"{path}: not a model file{named}; expected a compressed file (.cexp, told by its first "
                         "bytes, whatever its name), TorchScript, a PyTorch .pt/.pth, .safetensors, .onnx, "
                         "or a Hugging Face folder")

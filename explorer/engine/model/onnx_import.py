@@ -36,8 +36,36 @@ ELEM_TYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6
 _NOT_IMPLEMENTED = re.compile(r"operation_type='([^']*)', version=(\d+)")
 
 
+#: the tags a ModelProto's field after ir_version can have (producer_name, producer_version, domain,
+#: model_version, doc_string, graph, opset_import, metadata_props, training_info, functions)
+_NEXT_TAGS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0x7A, 0x82})
+_MAX_IR_VERSION = 64  # ONNX is at 11; anything far beyond is not an ONNX file
+
+
+def looks_like_onnx(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) begins as a serialised ONNX ModelProto: field 1, ir_version, a
+    small varint, followed by another ModelProto field. Told by content, whatever the file's name."""
+    if len(head) < 3 or head[0] != 0x08:
+        return False
+    version, i = 0, 1
+    while i < len(head) and i < 6:  # a varint of at most 5 bytes
+        byte = head[i]
+        version |= (byte & 0x7F) << (7 * (i - 1))
+        i += 1
+        if not byte & 0x80:
+            break
+    else:
+        return False
+    return 1 <= version <= _MAX_IR_VERSION and i < len(head) and head[i] in _NEXT_TAGS
+
+
 def is_onnx_file(path: str) -> bool:
-    return str(path).lower().endswith(".onnx")
+    """An ONNX model file, by its first bytes (a name ending in .onnx is not enough, nor needed)."""
+    try:
+        with open(path, "rb") as fh:
+            return looks_like_onnx(fh.read(16))
+    except OSError:
+        return False
 
 
 def _onnx():
@@ -198,4 +226,4 @@ def load_onnx(path: str):
     return model.eval(), example_input(proto)
 
 
-__all__ = ["FALLBACK_OPSET", "is_onnx_file", "load_onnx", "example_input"]
+__all__ = ["FALLBACK_OPSET", "is_onnx_file", "looks_like_onnx", "load_onnx", "example_input"]
