@@ -44,6 +44,13 @@ from explorer.gui.workers import Workers, freeze_heap
 from explorer.session import ModelSource, Session
 
 MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.onnx *.cexp);;All files (*)"
+def data_message(message: str) -> str:
+    """An eval-data failure said once as such: "Eval data: …", unless the engine's message already says it."""
+    if message.lower().startswith("eval data"):
+        return message[:1].upper() + message[1:]
+    return f"Eval data: {message}"
+
+
 DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
 TABLE_SLACK = 8  # pixels beside the table's columns: the splitter pane's frame
 
@@ -226,7 +233,7 @@ class MainWindow(QMainWindow):
 
         loaded = self.session.loaded  # the model the data must fit, checked on two samples before it is used
         self.workers.submit("data", lambda progress: check_eval_data(loaded, load_eval_data(path)), done,
-                            lambda m: self.show_error(f"Eval data: {m}", True, cause=("data",)))  # m names the source
+                            lambda m: self.show_error(data_message(m), True, cause=("data",)))
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
