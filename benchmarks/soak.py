@@ -123,8 +123,8 @@ def run(n: int, seed: int = 0, every: int = 100, warmup=None, pace_ms: int = 30,
     win = MainWindow(QSettings())
     errors = []  # every message the banner showed, with the change that came before it
     shown = win.show_error
-    win.show_error = lambda message, dialog=False: (errors.append((len(kinds_log), message)),
-                                                   shown(message, dialog))[1]
+    win.show_error = lambda message, *args, **kwargs: (errors.append((len(kinds_log), message)),
+                                                      shown(message, *args, **kwargs))[1]
     kinds_log: list = []
     win.show()
     win.open_model("digits-cnn")
