@@ -30,6 +30,7 @@ from explorer.gui.qt_autosave import Autosave
 from explorer.gui.qt_centroids import CentroidView
 from explorer.gui.qt_compare import CompareView
 from explorer.gui.qt_controls import Controls
+from explorer.gui.qt_empty import EmptyState
 from explorer.gui.qt_export import Exports
 from explorer.gui.qt_finetune import Finetuning
 from explorer.gui.qt_jobs import Jobs
@@ -90,6 +91,7 @@ class MainWindow(QMainWindow):
         self._lay_out()
         self.messages = Messages(self)  # the banner's and status bar's messages, each gone with its cause
         self.menus = Menus(self)
+        self.empty.update()  # no model yet: the empty page, the controls and model actions disabled
 
         s = self.session
         s.on("model", self._on_model)
@@ -135,7 +137,8 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(central)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addWidget(self.banner)
-        lay.addWidget(main, 1)
+        self.empty = EmptyState(self, main)  # the empty page until a model is open, then the splitter
+        lay.addWidget(self.empty.stack, 1)
         self.setCentralWidget(central)
 
     # ----------------------------------------------------------------------------------- errors

@@ -26,6 +26,7 @@ class PreviewPanel(QWidget):
         self.plot.setMouseEnabled(False, False)
         self.plot.hideButtons()
         self.plot.setLabel("left", "bytes")
+        self.plot.setYRange(0, 1, padding=0)  # until sizes are measured: not the range pyqtgraph gives zero bars
         self.bars = pg.BarGraphItem(x=list(range(len(STAGES))), height=[0] * len(STAGES), width=0.6, brush=BLUE)
         self._colour = BLUE
         self._sizes_stale = False
@@ -105,7 +106,7 @@ class PreviewPanel(QWidget):
         for i, (t, h) in enumerate(zip(self.texts, heights)):
             t.setText(f"{h:,}\n{human_bytes(h)}" if h else "–")
             t.setPos(i, h + top * 0.02)
-        self.plot.setYRange(0, top * 1.25)
+        self.plot.setYRange(0, top * 1.25, padding=0)  # bytes: the axis starts at 0, not below
         file_bytes = size.get("file") or size["coded"]
         self.ratio.setText(f"<b>ratio</b>: {size['dense'] / max(file_bytes, 1):.1f}× "
                            f"({size['dense']:,} → {file_bytes:,} bytes as written)")
