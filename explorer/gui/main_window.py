@@ -47,6 +47,8 @@ from explorer.session import ModelSource, Session
 MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.onnx *.cexp);;All files (*)"
 DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
 TABLE_SLACK = 8  # pixels beside the table's columns: the splitter pane's frame
+BANNER_STYLE = ("QLabel { color: #900; background: #fdecea; border: 1px solid #e6a4a0; border-radius: 3px; "
+                "padding: 4px 8px; }")
 
 
 def _import_now() -> None:
@@ -80,7 +82,7 @@ class MainWindow(QMainWindow):
         self.preview = PreviewPanel()
         self.banner = QLabel("")
         self.banner.setWordWrap(True)
-        self.banner.setStyleSheet("color: #a00")
+        self.banner.setStyleSheet(BANNER_STYLE)
         self.banner.setVisible(False)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.layer_view, "Layer histogram")

@@ -14,6 +14,7 @@ from explorer.engine.samples import sample_info, sample_names
 WHAT = ("See how pruning, k-means quantization, low-rank factorisation and Huffman coding shrink a PyTorch "
         "model, layer by layer: the bytes as stored, the MACs as counted, the accuracy as measured.")
 DROP = "You can also drop a model file (.pt, .pth, .safetensors, .onnx, .cexp) or a model folder on this window."
+TERMS = "New to these methods? Help → Concepts (F1) says what each control means."
 PAGE_WIDTH = 720  # pixels: the page's text and buttons, centred in the window
 
 
@@ -88,6 +89,7 @@ class EmptyPage(QWidget):
             grid.setColumnStretch(1, 1)
             lay.addLayout(grid)
         lay.addWidget(_label(DROP, "color: #666"))
+        lay.addWidget(_label(TERMS, "color: #666"))
         outer = QVBoxLayout(self)
         outer.addStretch(1)
         outer.addLayout(_row(box))

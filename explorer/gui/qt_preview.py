@@ -17,6 +17,7 @@ STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), 
           ("file", ".cexp file")]
 BLUE, GREY = (70, 130, 200), (170, 170, 170)
 GREY_AFTER_MS = 40  # see PreviewPanel.set_stale
+TOP_ROOM = 8  # pixels above the bytes axis: half a tick label's height, for a tick at the top of the range
 
 
 class PreviewPanel(QWidget):
@@ -27,6 +28,7 @@ class PreviewPanel(QWidget):
         self.plot.hideButtons()
         self.plot.setLabel("left", "bytes")
         self.plot.setYRange(0, 1, padding=0)  # until sizes are measured: not the range pyqtgraph gives zero bars
+        self.plot.getPlotItem().layout.setContentsMargins(1, TOP_ROOM, 1, 1)  # a tick label at the top is whole
         self.bars = pg.BarGraphItem(x=list(range(len(STAGES))), height=[0] * len(STAGES), width=0.6, brush=BLUE)
         self._colour = BLUE
         self._sizes_stale = False
