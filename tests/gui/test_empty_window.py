@@ -2,9 +2,9 @@
 sample, with the controls and the actions that need a model disabled, and no empty plot with meaningless
 axes; a failed open leaves that page usable; the Help menu's About, Concepts and Keyboard shortcuts."""
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QMessageBox, QTableWidget, QTextBrowser
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import QApplication, QMessageBox, QTableWidget, QTextBrowser
 
 import explorer
 from explorer.engine.samples import sample_names
@@ -67,11 +67,22 @@ def test_a_sample_button_opens_the_sample_and_the_model_view_shows(make_window, 
     qtbot.waitUntil(lambda: _is_settled(win) and win.menus.undo_action.isEnabled(), timeout=TIMEOUT_MS)
 
 
+def _drop(widget, path):
+    """Drop ``path`` on ``widget`` as a file manager would (the event goes up to the widget that accepts it)."""
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(path))])
+    at = QPointF(widget.width() / 2, widget.height() / 2)
+    for kind in (QDragEnterEvent, QDropEvent):
+        event = kind(at.toPoint() if kind is QDragEnterEvent else at, Qt.CopyAction, data, Qt.LeftButton,
+                     Qt.NoModifier)
+        QApplication.sendEvent(widget, event)
+
+
 def test_a_failed_open_leaves_the_empty_page_usable_with_the_error_shown(make_window, qtbot, tmp_path):
     bad = tmp_path / "not-a-model.pt"
     bad.write_bytes(b"\x00garbage" * 64)
     win = make_window()
-    win.open_model(str(bad))
+    _drop(win.empty.page, bad)  # dropped on the page: the window takes it
     qtbot.waitUntil(lambda: win.last_error is not None and win.idle(), timeout=TIMEOUT_MS)
     _close_boxes(win)
     assert win.empty.stack.currentWidget() is win.empty.page and win.empty.page.isVisible()
@@ -145,6 +156,15 @@ def test_concepts_opens_the_readme_section_or_shows_it(make_window, monkeypatch,
     help_.concepts()
     shown = help_.concepts_dialog.findChild(QTextBrowser).toPlainText()
     assert help_.concepts_dialog.isVisible() and "Concepts" in shown and "k-means" in shown
+    assert "Never lose work" not in shown  # the section only
+
+    # no README beside the package (an installed copy): the installed description's section, or a notice
+    monkeypatch.setattr(qt_help, "HOME", tmp_path)
+    monkeypatch.setattr(help_, "open_url", lambda url: opened.append(url) or True)
+    opened.clear()
+    help_.concepts()
+    shown = help_.concepts_dialog.findChild(QTextBrowser).toPlainText()
+    assert not opened and help_.concepts_dialog.isVisible() and "Concepts" in shown
 
 
 def test_section_is_the_heading_up_to_the_next_one():
