@@ -1,6 +1,7 @@
 """Help → About (version, licence, the paper), Concepts (the README's section on what the controls mean) and
-Keyboard shortcuts (read from the window's actions themselves, so the list cannot go stale). The dialogs are
-non-modal: the window keeps working while one is open."""
+Keyboard shortcuts (read from the window's actions themselves, so the list cannot go stale). None blocks:
+About is opened with ``open()`` (the event loop and the workers keep running), Concepts and the shortcuts are
+not modal at all, so they can be read beside the window while it is used."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ PAPER = ('Song Han, Huizi Mao and William J. Dally, "Deep Compression: Compressi
          'Pruning, Trained Quantization and Huffman Coding", ICLR 2016')
 ARXIV = "https://arxiv.org/abs/1510.00149"
 CONCEPTS = "Concepts"  # the README's section (its anchor: #concepts)
+SHORTCUTS_SLACK = 48  # pixels beside the shortcuts table's columns: the dialog's margins and a scroll bar
 
 
 def licence(home: Path = HOME) -> str:
@@ -106,10 +108,12 @@ class Help:
 
     def show_concepts(self, markdown: str) -> None:
         if self.concepts_dialog is None:
-            self.concepts_dialog = _dialog(self.window, "Concepts", QTextBrowser(), 720, 600)
+            browser = QTextBrowser()
+            browser.setOpenExternalLinks(True)  # the paper's arXiv page
+            self.concepts_dialog = _dialog(self.window, "Concepts", browser, 720, 600)
         browser = self.concepts_dialog.findChild(QTextBrowser)
         browser.setMarkdown(markdown)
-        self.concepts_dialog.open()
+        _show(self.concepts_dialog)
 
     # -- shortcuts
     def shortcuts(self) -> None:
@@ -119,6 +123,7 @@ class Help:
             table.setHorizontalHeaderLabels(["menu", "action", "keys"])
             table.verticalHeader().setVisible(False)
             table.setEditTriggers(QTableWidget.NoEditTriggers)
+            table.horizontalHeader().setStretchLastSection(True)
             self.shortcuts_dialog = _dialog(self.window, "Keyboard shortcuts", table, 460, 320)
         table = self.shortcuts_dialog.findChild(QTableWidget)
         table.setRowCount(len(rows))
@@ -126,7 +131,9 @@ class Help:
             for c, text in enumerate(row):
                 table.setItem(r, c, QTableWidgetItem(text))
         table.resizeColumnsToContents()
-        self.shortcuts_dialog.open()
+        room = table.horizontalHeader().length() + 2 * table.frameWidth() + SHORTCUTS_SLACK  # every key in view
+        self.shortcuts_dialog.resize(max(room, self.shortcuts_dialog.width()), self.shortcuts_dialog.height())
+        _show(self.shortcuts_dialog)
 
 
 def _description(readme: Path) -> str:
@@ -139,6 +146,13 @@ def _description(readme: Path) -> str:
         return importlib.metadata.metadata(DISTRIBUTION).get_payload() or ""
     except importlib.metadata.PackageNotFoundError:
         return ""
+
+
+def _show(dialog: QDialog) -> None:
+    """Show ``dialog`` without modality (the window stays usable beside it), in front."""
+    dialog.show()
+    dialog.raise_()
+    dialog.activateWindow()
 
 
 def _dialog(window, title: str, body, width: int, height: int) -> QDialog:

@@ -48,7 +48,9 @@ class Menus:
         for label, ext in STANDARD:
             _action(w, std, label, lambda e=ext: w.exports.standard_dialog(e))
         m.addSeparator()
-        _action(w, m, "&Quit", w.close, QKeySequence.Quit)
+        # the platform's Quit keys; some bind none to it (Windows, offscreen): Ctrl+Q there
+        quit_keys = QKeySequence.Quit if QKeySequence.keyBindings(QKeySequence.Quit) else QKeySequence("Ctrl+Q")
+        _action(w, m, "&Quit", w.close, quit_keys)
         p = bar.addMenu("&Plan")
         needs += [_action(w, p, "&Load plan…", w.load_plan_dialog),
                   _action(w, p, "&Save plan…", w.save_plan_dialog, QKeySequence.Save),
