@@ -2,6 +2,8 @@
 sample, with the controls and the actions that need a model disabled, and no empty plot with meaningless
 axes; a failed open leaves that page usable; the Help menu's About, Concepts and Keyboard shortcuts."""
 
+import math
+
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QMessageBox, QTableWidget, QTextBrowser
@@ -173,3 +175,25 @@ def test_section_is_the_heading_up_to_the_next_one():
     text = "# T\n\n## A\na\n\n## Concepts\none\n### sub\ntwo\n## B\nb\n"
     assert qt_help.section(text, "Concepts") == "## Concepts\none\n### sub\ntwo"
     assert qt_help.section(text, "Missing") is None
+
+
+def test_the_compare_plot_of_one_measured_plan_is_not_a_sliver(make_window, qtbot):
+    """One plan measured (right after a model opens): pyqtgraph's range of one point was 98.0555555555552 to
+    98.0555555555558, bytes unlabelled. The axes now span at least two points of accuracy and a decade."""
+    from explorer.gui.qt_compare import LEAST_DECADES, LEAST_QUALITY
+
+    win = make_window("digits-mlp")
+    qtbot.waitUntil(lambda: len(win.session.measured.points) == 1 and _is_settled(win), timeout=TIMEOUT_MS)
+    win.tabs.setCurrentWidget(win.compare)
+    (x0, x1), (y0, y1) = win.compare.plot.getPlotItem().getViewBox().viewRange()
+    point = win.session.measured.points[0]
+    assert y1 - y0 >= LEAST_QUALITY["accuracy"] and y0 < 100 * point.quality < y1
+    assert x1 - x0 >= LEAST_DECADES and x0 < math.log10(point.file_bytes) < x1
+
+
+def test_fit_span_pads_and_widens_about_the_middle():
+    from explorer.gui.qt_compare import PAD, fit_span
+
+    assert fit_span([98.0, 98.0], 2.0) == (98.0 - (1 + PAD), 98.0 + (1 + PAD))
+    lo, hi = fit_span([10.0, 90.0], 2.0)
+    assert lo == 50 - 40 * (1 + PAD) and hi == 50 + 40 * (1 + PAD)
