@@ -127,6 +127,8 @@ class CompareView(QWidget):
         outer.addWidget(self.hint)
         outer.addWidget(split, 1)
         self._dirty = True
+        self._by_hand = False  # the plot was zoomed or panned: its range stays (see _fit)
+        self.plot.getViewBox().sigRangeChangedManually.connect(lambda *_: setattr(self, "_by_hand", True))
         session.on("measured", lambda point: self.refresh())
         session.on("plan", self.refresh)
         self.refresh()
@@ -166,7 +168,12 @@ class CompareView(QWidget):
         self.hint.setText(self._hint(points, front, current))
 
     def _fit(self, points, scale: float, metric: str) -> None:
-        """Both axes on the measured points (:func:`fit_span`), or on :data:`EMPTY_RANGE` before any."""
+        """Both axes on the measured points (:func:`fit_span`), or on :data:`EMPTY_RANGE` before any; not
+        once the user has zoomed or panned (until pyqtgraph's auto-range button gives the fitting back)."""
+        box = self.plot.getViewBox()
+        if self._by_hand and not any(box.autoRangeEnabled()):
+            return
+        self._by_hand = False
         if points:
             x = fit_span([math.log10(max(p.file_bytes, 1)) for p in points], LEAST_DECADES)
             y = fit_span([scale * p.quality for p in points], LEAST_QUALITY.get(metric, LEAST_QUALITY["fidelity"]))

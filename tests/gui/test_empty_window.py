@@ -189,6 +189,19 @@ def test_the_compare_plot_of_one_measured_plan_is_not_a_sliver(make_window, qtbo
     point = win.session.measured.points[0]
     assert y1 - y0 >= LEAST_QUALITY["accuracy"] and y0 < 100 * point.quality < y1
     assert x1 - x0 >= LEAST_DECADES and x0 < math.log10(point.file_bytes) < x1
+    # zoomed by hand, the range stays through a new measurement; the auto-range button gives the fit back
+    box = win.compare.plot.getViewBox()
+    box.setRange(xRange=(x0, x0 + 0.1), yRange=(y0, y0 + 0.1), padding=0)
+    box.sigRangeChangedManually.emit([True, True])  # what a mouse wheel or drag emits
+    zoomed = box.viewRange()
+    win.controls.set_sparsity(30)
+    qtbot.waitUntil(lambda: len(win.session.measured.points) == 2 and _is_settled(win), timeout=TIMEOUT_MS)
+    win.compare.refresh()
+    assert box.viewRange() == zoomed
+    box.enableAutoRange()
+    win.compare.refresh()
+    (x0, x1), (y0, y1) = box.viewRange()
+    assert all(y0 < 100 * p.quality < y1 and x0 < math.log10(p.file_bytes) < x1 for p in win.session.measured.points)
 
 
 def test_fit_span_pads_and_widens_about_the_middle():
