@@ -173,6 +173,7 @@ class MainWindow(QMainWindow):
         """Load a model in the background; the current one stays usable until the new one is ready.
         ``then(ok, message)``: called once it is open (True, "") or could not be (False, why: not shown)."""
         self.statusBar().showMessage(f"loading {source}…")
+        self.empty.opening(source)
         origin = ModelSource(source, factory, trust, dict(factory_kwargs or {}), data)
 
         def job(progress):
@@ -184,6 +185,7 @@ class MainWindow(QMainWindow):
             return loaded, info
 
         def failed(message):
+            self.empty.opening(None)
             # the engine's messages name the file already; a factory or sample name may need saying
             said = message if str(source) in message else f"{source}: {message}"
             if then is not None:

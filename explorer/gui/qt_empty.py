@@ -78,6 +78,9 @@ class EmptyPage(QWidget):
         lay.addWidget(_label("<h1>Compression Explorer</h1>"))
         lay.addWidget(_label(WHAT))
         lay.addLayout(_row(self.open_button, self.folder_button))
+        self.status = _label("", "color: #c60")  # what is being opened, until it is (or could not be)
+        self.status.setVisible(False)
+        lay.addWidget(self.status)
         if self.sample_buttons:
             lay.addWidget(_label("or start with a bundled sample:"))
             grid = QGridLayout()
@@ -108,6 +111,11 @@ class EmptyState:
         self.stack.addWidget(self.page)
         self.stack.addWidget(view)
         window.session.on("model", self.update)
+
+    def opening(self, source) -> None:
+        """Say on the page that ``source`` is being opened (None: nothing is, e.g. it could not be)."""
+        self.page.status.setText(f"Opening {source}…" if source else "")
+        self.page.status.setVisible(bool(source))  # no gap in the page when there is nothing to say
 
     @property
     def empty(self) -> bool:

@@ -54,6 +54,7 @@ def test_a_sample_button_opens_the_sample_and_the_model_view_shows(make_window, 
     win = make_window()
     name = sample_names()[-1]
     qtbot.mouseClick(win.empty.page.sample_buttons[name], Qt.LeftButton)
+    assert win.empty.page.status.text() == f"Opening {name}…"
     qtbot.waitUntil(lambda: _model_shown(win, name), timeout=TIMEOUT_MS)
     assert win.empty.stack.currentWidget() is win.empty.view and win.table.isVisible()
     assert not win.empty.page.isVisible()
@@ -89,6 +90,7 @@ def test_a_failed_open_leaves_the_empty_page_usable_with_the_error_shown(make_wi
     _close_boxes(win)
     assert win.empty.stack.currentWidget() is win.empty.page and win.empty.page.isVisible()
     assert win.banner.isVisible() and bad.name in win.banner.text()
+    assert win.empty.page.status.text() == ""  # no longer "Opening …"
     assert not win.controls.isEnabled() and not any(a.isEnabled() for a in win.menus.model_actions)
     name = sample_names()[0]
     qtbot.mouseClick(win.empty.page.sample_buttons[name], Qt.LeftButton)  # the page still works
