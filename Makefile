@@ -28,6 +28,7 @@ screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab centroids --screenshot assets/centroids.png
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab compare --screenshot assets/compare-plans.png
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab sensitivity --screenshot assets/sensitivity-tab.png
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/error_screens.py
 
 samples: $(STAMP)
 	$(PY) sample_models/train_samples.py

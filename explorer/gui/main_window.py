@@ -30,6 +30,7 @@ from explorer.gui.qt_autosave import Autosave
 from explorer.gui.qt_centroids import CentroidView
 from explorer.gui.qt_compare import CompareView
 from explorer.gui.qt_controls import Controls
+from explorer.gui.qt_empty import EmptyState
 from explorer.gui.qt_export import Exports
 from explorer.gui.qt_finetune import Finetuning
 from explorer.gui.qt_jobs import Jobs
@@ -53,6 +54,8 @@ def data_message(message: str) -> str:
 
 DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
 TABLE_SLACK = 8  # pixels beside the table's columns: the splitter pane's frame
+BANNER_STYLE = ("QLabel { color: #900; background: #fdecea; border: 1px solid #e6a4a0; border-radius: 3px; "
+                "padding: 4px 8px; }")
 
 
 def _import_now() -> None:
@@ -86,7 +89,7 @@ class MainWindow(QMainWindow):
         self.preview = PreviewPanel()
         self.banner = QLabel("")
         self.banner.setWordWrap(True)
-        self.banner.setStyleSheet("color: #a00")
+        self.banner.setStyleSheet(BANNER_STYLE)
         self.banner.setVisible(False)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.layer_view, "Layer histogram")
@@ -97,6 +100,7 @@ class MainWindow(QMainWindow):
         self._lay_out()
         self.messages = Messages(self)  # the banner's and status bar's messages, each gone with its cause
         self.menus = Menus(self)
+        self.empty.update()  # no model yet: the empty page, the controls and model actions disabled
 
         s = self.session
         s.on("model", self._on_model)
@@ -142,7 +146,8 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(central)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addWidget(self.banner)
-        lay.addWidget(main, 1)
+        self.empty = EmptyState(self, main)  # the empty page until a model is open, then the splitter
+        lay.addWidget(self.empty.stack, 1)
         self.setCentralWidget(central)
 
     # ----------------------------------------------------------------------------------- errors
@@ -175,6 +180,7 @@ class MainWindow(QMainWindow):
         """Load a model in the background; the current one stays usable until the new one is ready.
         ``then(ok, message)``: called once it is open (True, "") or could not be (False, why: not shown)."""
         self.statusBar().showMessage(f"loading {source}…")
+        self.empty.opening(source)
         origin = ModelSource(source, factory, trust, dict(factory_kwargs or {}), data)
 
         def job(progress):
@@ -186,6 +192,7 @@ class MainWindow(QMainWindow):
             return loaded, info
 
         def failed(message):
+            self.empty.opening(None)
             # the engine's messages name the file already; a factory or sample name may need saying
             said = message if str(source) in message else f"{source}: {message}"
             if then is not None:

@@ -31,6 +31,18 @@ CELLS = ("pruned", "quantized", "low rank", "bytes")
 
 
 LABELLED = (1, 2, 5)  # of each decade's ticks, these are labelled (the others crowd the axis)
+LEAST_DECADES = 1.0  # the narrowest bytes axis (log10): one plan, or plans of one size, are not a pinpoint
+LEAST_QUALITY = {"accuracy": 2.0, "fidelity": 0.02}  # the narrowest quality axis (percentage points, cosine)
+PAD = 0.15  # of each axis's span, beyond the outermost points (room for a point's symbol and its A/B mark)
+EMPTY_RANGE = ((3.0, 6.0), (0.0, 100.0))  # no plan measured yet: 1 KB..1 MB, 0..100%
+
+
+def fit_span(values, least: float) -> tuple:
+    """The axis range that shows ``values``: their extent padded by :data:`PAD`, widened about its middle to
+    at least ``least`` (pyqtgraph's own range of equal values is a sliver, labelled 98.0555555555556)."""
+    lo, hi = min(values), max(values)
+    middle, half = (lo + hi) / 2, max(hi - lo, least) / 2
+    return middle - half * (1 + PAD), middle + half * (1 + PAD)
 
 
 class BytesAxis(pg.AxisItem):
@@ -115,6 +127,8 @@ class CompareView(QWidget):
         outer.addWidget(self.hint)
         outer.addWidget(split, 1)
         self._dirty = True
+        self._by_hand = False  # the plot was zoomed or panned: its range stays (see _fit)
+        self.plot.getViewBox().sigRangeChangedManually.connect(lambda *_: setattr(self, "_by_hand", True))
         session.on("measured", lambda point: self.refresh())
         session.on("plan", self.refresh)
         self.refresh()
@@ -143,6 +157,7 @@ class CompareView(QWidget):
         current = self.session.measured.get(self.session.current_key)
         self.ring.setData(*(([current.file_bytes], [scale * current.quality]) if current else ([], [])))
         self.plot.setLabel("left", "accuracy (%)" if metric == "accuracy" else "fidelity (cosine)")
+        self._fit(points, scale, metric)
         chosen = self._sides(points, current)
         for side, point in chosen.items():
             self.marks[side].setVisible(point is not None)
@@ -151,6 +166,20 @@ class CompareView(QWidget):
         self._fill_combos(points, chosen)
         self._fill_table(chosen)
         self.hint.setText(self._hint(points, front, current))
+
+    def _fit(self, points, scale: float, metric: str) -> None:
+        """Both axes on the measured points (:func:`fit_span`), or on :data:`EMPTY_RANGE` before any; not
+        once the user has zoomed or panned (until pyqtgraph's auto-range button gives the fitting back)."""
+        box = self.plot.getViewBox()
+        if self._by_hand and not any(box.autoRangeEnabled()):
+            return
+        self._by_hand = False
+        if points:
+            x = fit_span([math.log10(max(p.file_bytes, 1)) for p in points], LEAST_DECADES)
+            y = fit_span([scale * p.quality for p in points], LEAST_QUALITY.get(metric, LEAST_QUALITY["fidelity"]))
+        else:
+            x, y = EMPTY_RANGE
+        self.plot.setRange(xRange=x, yRange=y, padding=0)
 
     def _hint(self, points, front, current) -> str:
         if not points:

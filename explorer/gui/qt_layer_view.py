@@ -37,6 +37,7 @@ class LayerView(QWidget):
         self.plot.setLabel("bottom", "weight value")
         self.plot.setLabel("left", "count")
         self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setYRange(0, 1, padding=0)  # until a layer is drawn: counts, not pyqtgraph's range of no data
         self.kept = curve(self.plot, [0, 1], [0], stepMode="center", fillLevel=0, brush=KEPT, pen=pg.mkPen(KEPT),
                           name="kept")
         self.pruned = curve(self.plot, [0, 1], [0], stepMode="center", fillLevel=0, brush=PRUNED,

@@ -17,6 +17,7 @@ STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), 
           ("file", ".cexp file")]
 BLUE, GREY = (70, 130, 200), (170, 170, 170)
 GREY_AFTER_MS = 40  # see PreviewPanel.set_stale
+TOP_ROOM = 8  # pixels above the bytes axis: half a tick label's height, for a tick at the top of the range
 
 
 class PreviewPanel(QWidget):
@@ -26,6 +27,8 @@ class PreviewPanel(QWidget):
         self.plot.setMouseEnabled(False, False)
         self.plot.hideButtons()
         self.plot.setLabel("left", "bytes")
+        self.plot.setYRange(0, 1, padding=0)  # until sizes are measured: not the range pyqtgraph gives zero bars
+        self.plot.getPlotItem().layout.setContentsMargins(1, TOP_ROOM, 1, 1)  # a tick label at the top is whole
         self.bars = pg.BarGraphItem(x=list(range(len(STAGES))), height=[0] * len(STAGES), width=0.6, brush=BLUE)
         self._colour = BLUE
         self._sizes_stale = False
@@ -105,7 +108,7 @@ class PreviewPanel(QWidget):
         for i, (t, h) in enumerate(zip(self.texts, heights)):
             t.setText(f"{h:,}\n{human_bytes(h)}" if h else "–")
             t.setPos(i, h + top * 0.02)
-        self.plot.setYRange(0, top * 1.25)
+        self.plot.setYRange(0, top * 1.25, padding=0)  # bytes: the axis starts at 0, not below
         file_bytes = size.get("file") or size["coded"]
         self.ratio.setText(f"<b>ratio</b>: {size['dense'] / max(file_bytes, 1):.1f}× "
                            f"({size['dense']:,} → {file_bytes:,} bytes as written)")
