@@ -398,6 +398,17 @@ class Session:
         self._results_of = self.plan
         self.emit("results")
 
+    def measured_as_set(self, name: str) -> bool:
+        """True when :attr:`results` hold layer ``name`` as the current plan sets it (the results of an
+        earlier plan still stand for the layers it set alike, until the current one is measured — or for
+        good, when it cannot be applied)."""
+        if self.results is None:
+            return False
+        of = self._results_of
+        if of is None or of is self.plan:  # a fine-tuned model's own results, or the current plan's
+            return True
+        return of.settings_for(name) == self.plan.settings_for(name)
+
     def set_accuracy(self, accuracy: Optional[dict], model=None) -> None:
         """The accuracy (or fidelity) ``model`` measured (the uncompressed model's is kept for the next)."""
         self.accuracy = accuracy

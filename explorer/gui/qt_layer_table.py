@@ -69,7 +69,7 @@ class LayerTableModel(QStandardItemModel):
         for row, layer in enumerate(info.layers):
             settings = described[layer.name]
             m = measured.get(layer.name)
-            if m is None:
+            if m is None or not self.session.measured_as_set(layer.name):  # not yet, or not as set now
                 cells = ((settings, settings), ("…", 0), ("", 0))
             else:
                 bits = m["bits"]

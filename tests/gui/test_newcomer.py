@@ -70,6 +70,10 @@ def test_undo_of_the_setting_that_failed_takes_its_banner_away(make_window, qtbo
     qtbot.waitUntil(lambda: win.banner.isVisible(), timeout=TIMEOUT_MS)
     assert "fc2" in win.banner.text()
     settle(win)
+    names = [layer.name for layer in win.session.info.layers]
+    size = lambda name: win.table.model_.item(names.index(name), 6).text()  # noqa: E731
+    assert size("fc2") == "…"  # not the earlier plan's numbers for a setting that was not measured
+    assert "→" in size("conv1")  # a layer set as before keeps its numbers
     win.menus.undo_action.trigger()
     assert not win.banner.isVisible()
     settle(win)
