@@ -136,11 +136,14 @@ def cmd_inspect(args) -> int:
         struct = "filter+channel" if l.filter_ok and l.channel_ok else "filter" if l.filter_ok else \
             "channel" if l.channel_ok else "-"
         rows.append([l.name, l.type, "x".join(map(str, l.shape)), f"{l.params:,}", human_count(l.macs),
-                     human_bytes(l.bytes), struct])
+                     human_bytes(l.weight_bytes), human_bytes(l.layer_bytes), struct])
     print(f"{loaded.source} ({loaded.kind})" + (f", example input {describe_input(loaded.example_input)}"
                                                 if loaded.example_input is not None
                                                 else ", no example input: MACs unknown (give --input-shape)"))
-    print(table(rows, ["layer", "type", "shape", "params", "MACs", "bytes", "removable channels"], "lllrrrl"))
+    print(table(rows, ["layer", "type", "shape", "params", "MACs", "weight bytes", "layer bytes",
+                       "removable channels"], "lllrrrrl"))
+    print("weight bytes: the weight tensor alone (what the methods compress); layer bytes: weights + bias + any "
+          "other\nparameter of the module, fp32")
     kept = ", ".join(f"{k['what']} {k['params']:,}" for k in info.kept)  # what the parameters outside layers are
     print(f"\nlayers ({len(info.layers)}): {info.layer_params:,} params; kept dense: {info.other_params:,}"
           f"{f' ({kept})' if kept else ''}; total {info.total_params:,} params = {human_bytes(info.bytes)} in fp32")
@@ -709,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Compress neural networks layer by layer and measure the result.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    p = sub.add_parser("inspect", help="per-layer table: shape, params, MACs, bytes, removable channels")
+    p = sub.add_parser("inspect", help="per-layer table: shape, params, MACs, weight and layer bytes, removable channels")
     _add_model_args(p)
     p.add_argument("--quiet", action="store_true", help="omit the reasons channels cannot be removed")
     p.add_argument("--inits", type=_bits, metavar="BITS",
