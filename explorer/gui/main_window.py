@@ -76,7 +76,7 @@ class MainWindow(QMainWindow):
         self.layer_view = LayerView()
         self.centroids = CentroidView()
         self.controls = Controls()
-        self.preview = PreviewPanel()
+        self.preview = PreviewPanel(settings=self.settings)
         self.banner = QLabel("")
         self.banner.setWordWrap(True)
         self.banner.setStyleSheet("color: #a00")
