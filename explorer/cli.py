@@ -574,7 +574,7 @@ def cmd_gui(args) -> int:
     from explorer.gui.app import run  # Qt only for this verb, and only after gui.app has checked for a display
 
     return run(args.model, plan=args.plan, factory=args.factory, trust=args.trust, data=args.data,
-               screenshot=args.screenshot, tab=args.tab, debug=args.debug,
+               screenshot=args.screenshot, tab=args.tab, debug=args.debug, layer=args.layer,
                restore=None if args.restore is None else args.restore == "yes")
 
 
@@ -780,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)", **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON to start with")
+    p.add_argument("--layer", metavar="NAME", help="start with this layer selected (as inspect names it)")
     p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")
     p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare"], default="histogram",
                    help="which tab the screenshot shows (sensitivity: once its scan is done; compare: measures a few "
@@ -847,6 +848,8 @@ def main(argv=None) -> int:
             return EXIT_USAGE
         if args.verb != "gui" and getattr(args, "model", None) is None and getattr(args, "factory", None) is None:
             parser.error(f"{args.verb}: give a MODEL (file, sample name or module:callable)")
+        if getattr(args, "layer", None) and args.verb == "gui" and not (args.model or args.factory):
+            parser.error("gui --layer: give the MODEL whose layer it is")
     except UsageError as exc:  # argparse's words on stderr; under --json the same as JSON on stdout
         exc.parser.print_usage(sys.stderr)
         print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)

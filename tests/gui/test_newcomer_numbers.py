@@ -120,3 +120,30 @@ def test_the_size_bars_on_either_axis_carry_their_ratio_to_dense_and_the_choice_
     assert again.log_axis.isChecked() and again.plot.getAxis("left").logMode
     again.log_axis.setChecked(False)
     assert settings.value(LOG_KEY, type=bool) is False and not again.plot.getAxis("left").logMode
+
+
+# -- 4. gui --layer NAME
+def test_gui_layer_starts_on_that_layer_and_an_unknown_name_is_one_error_naming_the_layers(make_window, qtbot,
+                                                                                           tmp_path):
+    from explorer.gui.app import choose_layer
+
+    win = make_window("digits-cnn")
+    assert win.session.current != "conv2"
+    assert choose_layer(win, "conv2") is None
+    qtbot.waitUntil(lambda: win.table.selected_names() == ["conv2"], timeout=TIMEOUT_MS)
+    assert win.session.current == "conv2"
+    said = choose_layer(win, "fc9")
+    assert said == "--layer 'fc9': the model has no such layer (its layers: conv1, conv2, fc1, fc2)"
+    assert win.session.current == "conv2"
+
+    env = dict(os.environ, PYTHONPATH=ROOT, QT_QPA_PLATFORM="offscreen")
+    png = tmp_path / "shot.png"
+    out = subprocess.run([sys.executable, "-m", "explorer", "gui", "digits-cnn", "--layer", "fc9", "--screenshot",
+                          str(png)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 2 and out.stderr.strip() == f"error: {said}" and not png.exists()
+    out = subprocess.run([sys.executable, "-m", "explorer", "gui", "--layer", "fc1"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "give the MODEL whose layer it is" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "explorer", "gui", "digits-cnn", "--layer", "conv2",
+                          "--screenshot", str(png)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and png.exists(), out.stderr
