@@ -232,7 +232,8 @@ def explanation(comp) -> str:
             f"{comp.top_count:,} weights: {errors}).")
     if not set(kept) & set(lowest):
         text += (f" The MSE is dominated by the many small weights; {'/'.join(kept)} keeps the few large ones, "
-                 "which matter more for accuracy (Deep Compression, Fig. 8 compares accuracy).")
+                 "which Deep Compression found matter more for accuracy (its Fig. 8 compares the inits by "
+                 "accuracy, as the line below does here).")
     return text
 
 
