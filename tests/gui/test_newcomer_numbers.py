@@ -74,6 +74,16 @@ def test_the_centroid_tab_explains_the_errors_and_shows_the_accuracy_of_each_ini
     assert f"dense {100 * acc.before:.2f}%" in text
 
 
+
+def test_without_labelled_eval_data_the_centroid_tab_says_what_the_accuracies_need(make_window, qtbot, settle):
+    win = make_window("digits-cnn")
+    settle(win)
+    win.session.set_eval_data(None)
+    win.tabs.setCurrentWidget(win.centroids)
+    qtbot.waitUntil(lambda: "needs eval data with labels" in win.centroids.explain.text(), timeout=TIMEOUT_MS)
+    settle(win)
+    assert win.centroids.accuracies == {} and "Lowest MSE" in win.centroids.explain.text()
+
 # -- 3. the size bars on a linear or a log axis, each labelled with its ratio to dense
 def _bar_tops(panel):
     opts = panel.bars.opts
