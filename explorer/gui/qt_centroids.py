@@ -6,6 +6,8 @@ quantized by each (Deep Compression's Figure 8), all as the engine measured them
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
 import torch
@@ -244,6 +246,6 @@ def accuracy_line(acc) -> str:
     each = ", ".join(f"{i} {100 * a:.2f}%" for i, a in values.items())
     verdict = ("the same for every init" if len(best) == len(values) else
                f"best: <b>{'/'.join(best)}</b>")
-    data = acc.data if str(acc.samples) in acc.data else f"{acc.data} ({acc.samples:,} samples)"
+    data = html.escape(acc.data if str(acc.samples) in acc.data else f"{acc.data} ({acc.samples:,} samples)")
     return (f"Accuracy with only {acc.name} quantized ({acc.bits} bits; the other layers dense), on {data}: "
             f"{each} — {verdict}; dense {100 * acc.before:.2f}%.")
