@@ -712,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Compress neural networks layer by layer and measure the result.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    p = sub.add_parser("inspect", help="per-layer table: shape, params, MACs, weight and layer bytes, removable channels")
+    p = sub.add_parser("inspect", help="per-layer table: shape, params, MACs, weight and layer bytes, removable "
+                       "channels")
     _add_model_args(p)
     p.add_argument("--quiet", action="store_true", help="omit the reasons channels cannot be removed")
     p.add_argument("--inits", type=_bits, metavar="BITS",

@@ -138,7 +138,8 @@ class Jobs:
         ev = session.loaded.eval_data
         if ev is None or not len(ev) or ev.labels is None:
             win.workers.cancel("init_accuracy")
-            win.centroids.show_accuracy_state("Accuracy per init: needs eval data with labels (File → Open eval data).")
+            win.centroids.show_accuracy_state("Accuracy per init: needs eval data with labels "
+                                              "(File → Open eval data).")
             return
         loaded, before = session.loaded, session.accuracy_before
         win.centroids.show_accuracy_state(f"Accuracy with only {name} quantized by each init: measuring…")

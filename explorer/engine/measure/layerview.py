@@ -1,6 +1,8 @@
 """What the window draws for one layer, computed by the engine: the weight histogram split into kept and
 pruned weights, the pruning threshold, the quantization levels, and the comparison of k-means
-initialisations (Deep Compression's Figure 4). Cheap enough to recompute on every slider release.
+initialisations (Deep Compression's Figure 4). Cheap enough to recompute on every slider release. Not so
+the accuracy of the model with a layer quantized by each init (:func:`init_accuracies`, Deep Compression's
+Figure 8): a run over the eval data per init, in the background.
 """
 
 from __future__ import annotations
@@ -115,7 +117,6 @@ class InitComparison:
     values: np.ndarray  # the surviving weights, sorted (for the CDF)
     results: dict  # init -> {"initial", "final", "mse_initial", "mse_final", "iterations", "top_error"}
     stride: int = 1  # computed on every stride-th weight of a large layer (display_stride)
-    max_iter: int = 50
     top_fraction: float = TOP_FRACTION  # of the surviving weights, the largest, that "top_error" is over
 
     @property
@@ -167,7 +168,7 @@ def init_comparison(name: str, module_or_tensor, settings: LayerSettings, bits: 
     flat = w.reshape(-1).to(torch.float64).cpu().numpy()
     values = np.sort(flat if mask is None else flat[mask])
     report(progress, 1.0, f"{name}: done")
-    return InitComparison(name, bits, values, results, stride, max_iter)
+    return InitComparison(name, bits, values, results, stride)
 
 
 def init_accuracies(loaded, name: str, settings: LayerSettings, bits: Optional[int] = None, max_iter: int = 50,
@@ -194,9 +195,9 @@ def init_accuracies(loaded, name: str, settings: LayerSettings, bits: Optional[i
     p = settings.prune
     mask = magnitude_mask(w, p.amount) if (p is not None and p.granularity == "element" and p.amount) else None
     steps = len(inits) + (before is None)
-    report(progress, 0.0, f"{name}: copying the model")
     if before is None:
         before = accuracy(loaded.model, ev, scaled(progress, 0.0, 1 / steps, "dense model"), batch_size, limit)
+    report(progress, (steps - len(inits)) / steps, f"{name}: copying the model")
     model = copy.deepcopy(loaded.model)
     target = dict(model.named_parameters(remove_duplicate=False))[weight_key(name, layers[name])]
     out = {}
