@@ -25,7 +25,8 @@ demo: $(STAMP)
 
 screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --screenshot assets/main-window.png
-	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab centroids --screenshot assets/centroids.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.finetuned.plan.json --layer fc1 --tab centroids --screenshot assets/centroids.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.structured.plan.json --layer conv2 --screenshot assets/filter-pruned.png
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab compare --screenshot assets/compare-plans.png
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab sensitivity --screenshot assets/sensitivity-tab.png
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/error_screens.py

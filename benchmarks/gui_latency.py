@@ -235,6 +235,7 @@ def instrument(win, clock: dict) -> None:
     Previewer.build = timed("build", Previewer.build)
     jobs.quality = timed("accuracy", jobs.quality)  # the window's jobs call them (gui/qt_jobs.py)
     jobs.init_comparison = timed("inits", jobs.init_comparison)
+    jobs.init_accuracies = timed("init_accuracy", jobs.init_accuracies)  # the centroid tab's accuracy per init
     win.layer_view.show_preview = timed("draw_histogram", win.layer_view.show_preview)
     win.centroids.show_comparison = timed("draw_centroids", win.centroids.show_comparison)
     win.preview.show_results = timed("draw_preview", win.preview.show_results)
@@ -455,7 +456,8 @@ def run(args, load) -> int:
               f"{ms(r['hist_engine'])} + {ms(r['hist_deliver'])}")
     print()
     print("engine calls, median wall time on a worker (ms): "
-          + ", ".join(f"{k} {ms(eng(k))}" for k in ("preview", "layer", "build", "accuracy", "inits")))
+          + ", ".join(f"{k} {ms(eng(k))}" for k in ("preview", "layer", "build", "accuracy", "inits",
+                                                    "init_accuracy")))
     print("GUI-thread redraws, median (ms): "
           + ", ".join(f"{k} {eng(k) * 1000:.1f}" for k in ("draw_preview", "draw_histogram", "draw_centroids")
                       if eng(k) is not None))

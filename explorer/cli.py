@@ -136,11 +136,14 @@ def cmd_inspect(args) -> int:
         struct = "filter+channel" if l.filter_ok and l.channel_ok else "filter" if l.filter_ok else \
             "channel" if l.channel_ok else "-"
         rows.append([l.name, l.type, "x".join(map(str, l.shape)), f"{l.params:,}", human_count(l.macs),
-                     human_bytes(l.bytes), struct])
+                     human_bytes(l.weight_bytes), human_bytes(l.layer_bytes), struct])
     print(f"{loaded.source} ({loaded.kind})" + (f", example input {describe_input(loaded.example_input)}"
                                                 if loaded.example_input is not None
                                                 else ", no example input: MACs unknown (give --input-shape)"))
-    print(table(rows, ["layer", "type", "shape", "params", "MACs", "bytes", "removable channels"], "lllrrrl"))
+    print(table(rows, ["layer", "type", "shape", "params", "MACs", "weight bytes", "layer bytes",
+                       "removable channels"], "lllrrrrl"))
+    print("weight bytes: the weight tensor alone (what the methods compress); layer bytes: weights + bias + any "
+          "other\nparameter of the module, fp32")
     kept = ", ".join(f"{k['what']} {k['params']:,}" for k in info.kept)  # what the parameters outside layers are
     print(f"\nlayers ({len(info.layers)}): {info.layer_params:,} params; kept dense: {info.other_params:,}"
           f"{f' ({kept})' if kept else ''}; total {info.total_params:,} params = {human_bytes(info.bytes)} in fp32")
@@ -571,7 +574,7 @@ def cmd_gui(args) -> int:
     from explorer.gui.app import run  # Qt only for this verb, and only after gui.app has checked for a display
 
     return run(args.model, plan=args.plan, factory=args.factory, trust=args.trust, data=args.data,
-               screenshot=args.screenshot, tab=args.tab, debug=args.debug,
+               screenshot=args.screenshot, tab=args.tab, debug=args.debug, layer=args.layer,
                restore=None if args.restore is None else args.restore == "yes")
 
 
@@ -709,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Compress neural networks layer by layer and measure the result.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    p = sub.add_parser("inspect", help="per-layer table: shape, params, MACs, bytes, removable channels")
+    p = sub.add_parser("inspect", help="per-layer table: shape, params, MACs, weight and layer bytes, removable "
+                       "channels")
     _add_model_args(p)
     p.add_argument("--quiet", action="store_true", help="omit the reasons channels cannot be removed")
     p.add_argument("--inits", type=_bits, metavar="BITS",
@@ -777,6 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)", **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON to start with")
+    p.add_argument("--layer", metavar="NAME", help="start with this layer selected (as inspect names it)")
     p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")
     p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare"], default="histogram",
                    help="which tab the screenshot shows (sensitivity: once its scan is done; compare: measures a few "
@@ -844,6 +849,8 @@ def main(argv=None) -> int:
             return EXIT_USAGE
         if args.verb != "gui" and getattr(args, "model", None) is None and getattr(args, "factory", None) is None:
             parser.error(f"{args.verb}: give a MODEL (file, sample name or module:callable)")
+        if getattr(args, "layer", None) and args.verb == "gui" and not (args.model or args.factory):
+            parser.error("gui --layer: give the MODEL whose layer it is")
     except UsageError as exc:  # argparse's words on stderr; under --json the same as JSON on stdout
         exc.parser.print_usage(sys.stderr)
         print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)

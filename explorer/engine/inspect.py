@@ -23,7 +23,7 @@ class LayerInfo:
     type: str
     shape: tuple  # weight shape
     weight_params: int
-    bias_params: int
+    bias_params: int  # the module's other parameters: its bias, and any other a subclass adds (see layer_numels)
     macs: Optional[int]  # for the example input; None when it could not be measured
     filter_ok: bool = False
     filter_reason: Optional[str] = None
@@ -39,13 +39,19 @@ class LayerInfo:
         return self.weight_params + self.bias_params
 
     @property
-    def bytes(self) -> int:
-        return 4 * self.params
+    def weight_bytes(self) -> int:
+        """fp32 bytes of the weight tensor alone: what the methods compress."""
+        return FP32_BYTES * self.weight_params
+
+    @property
+    def layer_bytes(self) -> int:
+        """fp32 bytes of the layer: its weight, bias and any other parameter of its module."""
+        return FP32_BYTES * self.params
 
     def to_dict(self) -> dict:
         return {"name": self.name, "type": self.type, "shape": list(self.shape), "params": self.params,
                 "weight_params": self.weight_params, "bias_params": self.bias_params, "macs": self.macs,
-                "bytes": self.bytes, "shared_with": self.shared_with,
+                "weight_bytes": self.weight_bytes, "layer_bytes": self.layer_bytes, "shared_with": self.shared_with,
                 "structured": {"filter": self.filter_ok, "filter_reason": self.filter_reason,
                                "channel": self.channel_ok, "channel_reason": self.channel_reason,
                                "coupled": list(self.coupled)},
@@ -87,7 +93,7 @@ class ModelInfo:
 
     @property
     def bytes(self) -> int:
-        return 4 * self.total_params
+        return FP32_BYTES * self.total_params
 
     def layer(self, name: str) -> LayerInfo:
         for layer in self.layers:
@@ -119,9 +125,27 @@ def stored_numel(model: nn.Module) -> int:
     return n
 
 
+FP32_BYTES = 4
+
+
 def _bias_numel(module) -> int:
     b = getattr(module, "bias", None)
     return b.numel() if isinstance(b, torch.Tensor) else 0
+
+
+def layer_numels(layer) -> tuple:
+    """``(weight, other)``: the elements of a compressible layer's weight tensor, and of the other parameters
+    of its module (its bias and any other a subclass adds). A weight matrix of an LSTM or attention module
+    (a :class:`~explorer.engine.layers.WeightSlot`) is its weight alone: the module's biases are counted
+    with what the model keeps dense (:func:`kept_parts`). ``LayerInfo.weight_bytes`` and ``layer_bytes``
+    are these in fp32; the CLI's inspect table and the window's layer table both show them."""
+    weight = layer.weight.numel()
+    if isinstance(layer, WeightSlot):
+        return weight, 0
+    if isinstance(layer, torch.jit.ScriptModule):
+        return weight, _bias_numel(layer)
+    other = sum(t.numel() for t in layer.parameters(recurse=False) if t is not layer.weight)
+    return weight, other
 
 
 def weight_owners(model: nn.Module) -> dict:
@@ -213,8 +237,8 @@ def inspect_model(model: nn.Module, example_input: Any = None, progress: Progres
     layers = []
     owners = weight_owners(model)
     for name, mod in compressible_layers(model):
-        info = LayerInfo(name, layer_type(mod), tuple(mod.weight.shape), mod.weight.numel(),
-                         0 if isinstance(mod, WeightSlot) else _bias_numel(mod), macs.get(name) if macs else None,
+        info = LayerInfo(name, layer_type(mod), tuple(mod.weight.shape), *layer_numels(mod),
+                         macs.get(name) if macs else None,
                          lowrank_reason=lowrank_refusal(model, name, mod), kept_dense=_kept(mod))
         if owners[name] != name:
             info.shared_with = owners[name]

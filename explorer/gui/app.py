@@ -1,4 +1,4 @@
-"""Start the window: ``compression-explorer gui [MODEL] [--plan P] [--tab T] [--screenshot PNG]``.
+"""Start the window: ``compression-explorer gui [MODEL] [--plan P] [--layer NAME] [--tab T] [--screenshot PNG]``.
 
 ``--tab compare --screenshot``: the Compare tab needs plans measured in the session to show; before the
 ``--plan`` is loaded the window measures, as a user would, the model with no compression, each of the
@@ -107,9 +107,20 @@ def compare_steps(win, model: str, plan: Optional[str]) -> list:
     return steps
 
 
+def choose_layer(win, layer: str) -> Optional[str]:
+    """Select ``layer`` of the window's model (``gui --layer``); if it has no such layer, the one line that
+    says so, naming its layers (the selection is left as it was)."""
+    names = win.session.layer_names
+    if layer not in names:
+        return f"--layer {layer!r}: the model has no such layer (its layers: {', '.join(names) or 'none'})"
+    win.session.select([layer])
+    return None
+
+
 def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Optional[str] = None,
         trust: bool = False, data: Optional[str] = None, screenshot: Optional[str] = None,
-        tab: str = "histogram", timeout: float = 120.0, restore: Optional[bool] = None, debug: bool = False) -> int:
+        tab: str = "histogram", timeout: float = 120.0, restore: Optional[bool] = None, debug: bool = False,
+        layer: Optional[str] = None) -> int:
     if screenshot and "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     problem = display_problem()
@@ -131,7 +142,8 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
     restoring = win.autosave.offer(restore, ask=not screenshot)
     if model and not restoring:
         win.open_model(model, factory=factory, trust=trust, data=data)
-    state = {"plan_loaded": plan is None, "start": time.monotonic(), "rc": 0, "steps": None}
+    state = {"plan_loaded": plan is None, "layer_chosen": layer is None, "start": time.monotonic(), "rc": 0,
+             "steps": None}
 
     def fail(message: str) -> None:
         """A model or plan named on the command line did not load: with --screenshot there is no one to
@@ -156,6 +168,15 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
             win.load_plan(plan)
             if screenshot is not None and win.last_error is not None:
                 fail(win.last_error)
+            return
+        if not state["layer_chosen"] and win.session.loaded is not None:
+            state["layer_chosen"] = True
+            problem = choose_layer(win, layer)
+            if problem is not None and screenshot is not None:
+                return fail(problem)
+            if problem is not None:  # the window stays, on its default layer: the banner and the terminal say why
+                print(f"error: {problem}", file=sys.stderr)
+                win.show_error(problem)
             return
         if screenshot is None:
             timer.stop()

@@ -86,7 +86,7 @@ class MainWindow(QMainWindow):
         self.layer_view = LayerView()
         self.centroids = CentroidView()
         self.controls = Controls()
-        self.preview = PreviewPanel()
+        self.preview = PreviewPanel(settings=self.settings)
         self.banner = QLabel("")
         self.banner.setWordWrap(True)
         self.banner.setStyleSheet(BANNER_STYLE)
@@ -236,7 +236,8 @@ class MainWindow(QMainWindow):
         def done(data):
             self.session.set_eval_data(data, source=path)
             self.statusBar().showMessage(f"eval data: {data.name}")
-            self.jobs.schedule_preview()
+            # the centroid tab's accuracy per init is measured on the data too: measured again
+            self.jobs.schedule_preview(then_layer=self.tabs.currentWidget() is self.centroids)
 
         loaded = self.session.loaded  # the model the data must fit, checked on two samples before it is used
         self.workers.submit("data", lambda progress: check_eval_data(loaded, load_eval_data(path)), done,

@@ -1,8 +1,12 @@
 """Centroid comparison (Deep Compression's Figure 4): for the selected layer, the Forgy, density-based and
 linear initialisations drawn over the weights' histogram and over their CDF, before (dashed) and after
-(solid) k-means, each with its quantization error."""
+(solid) k-means, each with its quantization error; a line below says which init has the lowest MSE and
+which keeps the largest weights best, and, with labelled eval data, the accuracy of the model with the layer
+quantized by each (Deep Compression's Figure 8), all as the engine measured them."""
 
 from __future__ import annotations
+
+import html
 
 import numpy as np
 import pyqtgraph as pg
@@ -27,6 +31,13 @@ class CentroidView(QWidget):
         # room for three lines from the start: a title that grew when the first comparison arrived moved
         # both plots, and each was then re-laid out and repainted whole (20 ms apiece)
         self.title.setMinimumHeight(3 * self.title.fontMetrics().lineSpacing() + 4)
+        # what the numbers say, and the accuracy per init: room for its lines from the start too
+        self.explain = QLabel("")
+        self.explain.setWordWrap(True)
+        self.explain.setMinimumHeight(4 * self.explain.fontMetrics().lineSpacing() + 4)
+        self.accuracies = {}  # init -> accuracy shown (tests read it)
+        self._comp = None  # the comparison shown
+        self._accuracy_line = ""
         self.hist = plot_widget(title="histogram and centroids")
         self.cdf = plot_widget(label_room="0.00", title="CDF and centroids")  # a fraction: short labels
         for p in (self.hist, self.cdf):
@@ -49,6 +60,7 @@ class CentroidView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title)
+        layout.addWidget(self.explain)
         layout.addLayout(plots)
         # the plot items are made once and updated (making pyqtgraph scatter items costs several ms each)
         grey = pg.mkPen((120, 120, 120))
@@ -76,9 +88,11 @@ class CentroidView(QWidget):
         self.grab()
         self._clear()
         self.title.setText("k-means initialisations")
+        self.explain.setText("")
 
     def _clear(self) -> None:
         self.errors = {}
+        self.accuracies = {}
         self.hist_curve.setData([0, 1], [0])
         self.cdf_curve.setData([], [])
         for items in self.markers.values():
@@ -110,9 +124,12 @@ class CentroidView(QWidget):
         if v.size == 0:
             self._clear()
             self.title.setText(f"{comp.name}: no surviving weights to cluster")
+            self.explain.setText("")
             return
         self.errors = {}
+        self._comp = comp  # the accuracy line is the window's to set (show_accuracy_state, show_accuracies)
         self._draw_histogram(comp)
+        self._explain()
         # a timer, not a zero-delay call: that ran before the histogram's repaint, in the same stop
         QTimer.singleShot(CDF_DELAY_MS, self._draw_pending_cdf)
 
@@ -174,3 +191,61 @@ class CentroidView(QWidget):
             items[2].setData(initial, np.searchsorted(v, initial, side="right") / v.size)
             items[3].setData(final, np.searchsorted(v, final, side="right") / v.size)
             self._legend(items[3], f"{init} MSE {r['mse_final']:.3g}")
+
+    def show_accuracy_state(self, text: str) -> None:
+        """The accuracy line while there are no accuracies: being measured, or why not."""
+        self.accuracies, self._accuracy_line = {}, text
+        self._explain()
+
+    def show_accuracies(self, acc) -> None:
+        """Show an :class:`explorer.engine.measure.layerview.InitAccuracies` below the comparison."""
+        self.accuracies = dict(acc.accuracies)
+        self._accuracy_line = accuracy_line(acc)
+        self._explain()
+
+    def _explain(self) -> None:
+        comp = self._comp
+        lines = [explanation(comp)] if comp is not None and comp.results else []
+        if self._accuracy_line:
+            lines.append(self._accuracy_line)
+        self.explain.setText("<br>".join(lines))
+
+
+def _tied(values: dict, best) -> list:
+    """The keys whose value equals the lowest (``best`` its key), in ``values``' order."""
+    low = values[best]
+    return [k for k, v in values.items() if v <= low + 1e-9 * abs(low)]
+
+
+def explanation(comp) -> str:
+    """What the comparison's numbers say: the init with the lowest MSE, the one that keeps the largest weights
+    best (the largest error over the top 1% |w|), and, when they differ, why the MSE is not the whole story."""
+    mse = {i: r["mse_final"] for i, r in comp.results.items()}
+    top = {i: r["top_error"] for i, r in comp.results.items()}
+    lowest, kept = _tied(mse, comp.lowest_mse()), _tied(top, comp.best_top())
+    pct = f"{100 * comp.top_fraction:g}%"
+    if len(lowest) == len(mse) and len(kept) == len(top):
+        return (f"All inits reach MSE {mse[lowest[0]]:.3g} and the same largest error on the top {pct} |w| "
+                f"({top[kept[0]]:.3g}): {2 ** comp.bits} codes are enough for these weights.")
+    worst = max(mse, key=mse.get)
+    errors = ", ".join(f"{i} {e:.3g}" for i, e in top.items())
+    text = (f"Lowest MSE: <b>{'/'.join(lowest)}</b> ({mse[lowest[0]]:.3g}; {worst} {mse[worst]:.3g} is the worst "
+            f"here). Largest weights kept best: <b>{'/'.join(kept)}</b> (largest error on the top {pct} |w|, "
+            f"{comp.top_count:,} weights: {errors}).")
+    if not set(kept) & set(lowest):
+        text += (f" The MSE is dominated by the many small weights; {'/'.join(kept)} keeps the few large ones, "
+                 "which Deep Compression found matter more for accuracy (its Fig. 8 compares the inits by "
+                 "accuracy, as the line below does here).")
+    return text
+
+
+def accuracy_line(acc) -> str:
+    """The accuracy of the model with the layer quantized by each init, the best named."""
+    values = acc.accuracies
+    best = _tied({i: -a for i, a in values.items()}, max(values, key=values.get))
+    each = ", ".join(f"{i} {100 * a:.2f}%" for i, a in values.items())
+    verdict = ("the same for every init" if len(best) == len(values) else
+               f"best: <b>{'/'.join(best)}</b>")
+    data = html.escape(acc.data if str(acc.samples) in acc.data else f"{acc.data} ({acc.samples:,} samples)")
+    return (f"Accuracy with only {acc.name} quantized ({acc.bits} bits; the other layers dense), on {data}: "
+            f"{each} — {verdict}; dense {100 * acc.before:.2f}%.")

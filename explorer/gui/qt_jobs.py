@@ -5,7 +5,7 @@ then the layer view and, once the plan has stood for ACCURACY_SETTLE, the accura
 from __future__ import annotations
 
 from explorer.engine.measure.evaluate import quality
-from explorer.engine.measure.layerview import init_comparison
+from explorer.engine.measure.layerview import init_accuracies, init_comparison
 from explorer.engine.plan import Plan
 from explorer.engine.progress import scaled
 from explorer.session import MeasuredPlans
@@ -18,8 +18,8 @@ from explorer.gui.workers import freeze_heap
 # workers._Job.progress). Small batches were no slower per image on one core (61 vs 73 ms).
 ACCURACY_SETTLE = 0.15  # seconds
 ACCURACY_BATCH = 4
-CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "export", "prepare", "finetune", "auto",
-            "sensitivity")
+CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "init_accuracy", "export", "prepare", "finetune",
+            "auto", "sensitivity")
 
 
 class Jobs:
@@ -107,7 +107,9 @@ class Jobs:
             module = previewer.modules[name]
             win.workers.submit("inits", lambda p: init_comparison(name, module, settings, progress=p),
                                win.centroids.show_comparison, subject=name)  # a failure: the banner, naming it
+            self.schedule_init_accuracy(name, settings)
             return
+        win.workers.cancel("init_accuracy")  # only the centroid tab shows it
 
         def job(progress):
             preview = previewer.layer(name, settings, progress=progress)
@@ -127,6 +129,27 @@ class Jobs:
             self.schedule_prepare(name, settings)
 
         win.workers.submit("layer", job, done, subject=name)  # a failure: the banner, naming the layer
+
+    def schedule_init_accuracy(self, name: str, settings) -> None:
+        """With labelled eval data, the accuracy of the model with layer ``name`` quantized by each k-means
+        init (the centroid tab's last line), after the comparison on the same side thread."""
+        win = self.window
+        session = win.session
+        ev = session.loaded.eval_data
+        if ev is None or not len(ev) or ev.labels is None:
+            win.workers.cancel("init_accuracy")
+            win.centroids.show_accuracy_state("Accuracy per init: needs eval data with labels "
+                                              "(File → Open eval data).")
+            return
+        loaded, before = session.loaded, session.accuracy_before
+        win.centroids.show_accuracy_state(f"Accuracy with only {name} quantized by each init: measuring…")
+
+        def failed(message):
+            win.centroids.show_accuracy_state(f"Accuracy per init: {message}")
+
+        win.workers.submit("init_accuracy", lambda p: init_accuracies(loaded, name, settings, progress=p,
+                                                                       before=before, batch_size=ACCURACY_BATCH),
+                           win.centroids.show_accuracies, failed, subject=name)
 
     def schedule_prepare(self, name: str, settings) -> None:
         """While the user looks at a layer: measure it ahead at every amount its sparsity slider gives."""

@@ -8,7 +8,17 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
 from explorer.units import human_bytes, human_count
 
-COLUMNS = ["layer", "type", "shape", "params", "MACs", "settings", "size before → after", "ratio"]
+COLUMNS = ["layer", "type", "shape", "params", "MACs", "settings", "weight bytes", "ratio"]
+SETTINGS, WEIGHTS, RATIO = (COLUMNS.index(c) for c in ("settings", "weight bytes", "ratio"))
+# the header's tooltips: which of inspect's two sizes (the engine's LayerInfo.weight_bytes, layer_bytes) a
+# column is; a row's "weight bytes" cell names both of that layer in its own tooltip
+HEADER_TIPS = {
+    "params": "parameters of the layer: its weight tensor, bias and any other parameter of its module",
+    "weight bytes": "the weight tensor alone, as inspect's \"weight bytes\": fp32 before → as the plan stores "
+                    "it after (pruned, quantized, coded). The bias and any other parameter of the module are "
+                    "stored as they are (inspect's \"layer bytes\" counts them too)",
+    "ratio": "weight bytes before / after",
+}
 
 
 _RIGHT = int(Qt.AlignRight | Qt.AlignVCenter)
@@ -24,6 +34,9 @@ class LayerTableModel(QStandardItemModel):
         super().__init__(0, len(COLUMNS), parent)
         self.session = session
         self.setHorizontalHeaderLabels(COLUMNS)
+        for column, name in enumerate(COLUMNS):
+            if name in HEADER_TIPS:
+                self.horizontalHeaderItem(column).setToolTip(HEADER_TIPS[name])
         self._described = (None, None, {})  # (plan, model info, layer -> its settings described)
 
     @staticmethod
@@ -54,6 +67,7 @@ class LayerTableModel(QStandardItemModel):
                             self._item(f"{layer.params:,}", layer.params, True),
                             self._item(human_count(layer.macs), layer.macs or 0, True),
                             self._item("", ""), self._item("…", 0, True), self._item("", 0, True)])
+            self.item(self.rowCount() - 1, WEIGHTS).setToolTip(size_tip(layer))
         self.refresh_values()
 
     def refresh_values(self) -> None:
@@ -71,18 +85,28 @@ class LayerTableModel(QStandardItemModel):
             m = measured.get(layer.name)
             if m is None or not self.session.measured_as_set(layer.name):  # not yet, or not as set now
                 cells = ((settings, settings), ("…", 0), ("", 0))
+            elif layer.shared_with:  # its weight is stored once, with the layer it is tied to
+                cells = ((settings, settings), (f"tied to {layer.shared_with}", 0), ("", 0))
             else:
-                bits = m["bits"]
-                ratio = bits["dense"] / max(bits["coded"], 1)
+                coded = m["bits"]["coded"]
+                ratio = 8 * layer.weight_bytes / max(coded, 1)
                 cells = ((settings, settings),
-                         (f"{human_bytes(bits['dense'] / 8)} → {human_bytes(bits['coded'] / 8)}", bits["coded"]),
+                         (f"{human_bytes(layer.weight_bytes)} → {human_bytes(coded / 8)}", coded),
                          (f"{ratio:.1f}×", ratio))
-            for column, (text, key) in zip((5, 6, 7), cells):
+            for column, (text, key) in zip((SETTINGS, WEIGHTS, RATIO), cells):
                 item = self.item(row, column)
                 if item.text() != text:
                     item.setText(text)
                 if item.data(Qt.UserRole) != key:
                     item.setData(key, Qt.UserRole)
+
+
+def size_tip(layer) -> str:
+    """Both sizes of a layer (an :class:`explorer.engine.inspect.LayerInfo`), named as inspect names them."""
+    rest = layer.layer_bytes - layer.weight_bytes
+    return (f"weight bytes {human_bytes(layer.weight_bytes)}: the weight tensor alone\n"
+            f"layer bytes {human_bytes(layer.layer_bytes)}: the weights + {human_bytes(rest)} of bias and other "
+            "parameters of the module, stored as they are")
 
 
 class LayerTable(QTableView):
@@ -109,7 +133,8 @@ class LayerTable(QTableView):
         """Size the columns to their contents, leaving room for the measured values still to come."""
         super().resizeColumnsToContents()
         fm = self.fontMetrics()
-        for column, sample in ((5, "prune 95%, 8b kmeans/density"), (6, "999.9 KB → 999.9 KB"), (7, "999.9×")):
+        for column, sample in ((SETTINGS, "prune 95%, 8b kmeans/density"), (WEIGHTS, "999.9 KB → 999.9 KB"),
+                               (RATIO, "999.9×")):
             self.setColumnWidth(column, max(self.columnWidth(column), fm.horizontalAdvance(sample) + 16))
 
     def needed_width(self) -> int:

@@ -1,14 +1,17 @@
-"""The preview panel: size at each stage as a bar chart with its numbers, compression ratio, MACs and
-accuracy before/after, a progress bar while measuring and a "stale" mark while a new measurement runs.
-Every number shown here is one the engine measured (evaluate_plan / accuracy); none is computed here."""
+"""The preview panel: size at each stage as a bar chart with its numbers and each stage's ratio to dense (on a
+linear or, remembered in the window's settings, a log axis: on a linear one every stage after dense is a
+sliver), compression ratio, MACs and accuracy before/after, a progress bar while measuring and a "stale"
+mark while a new measurement runs. Every number shown here is one the engine measured (evaluate_plan /
+accuracy); only the file's ratio to dense is divided here, as the ratio line does."""
 
 from __future__ import annotations
 
 import html
+import math
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from explorer.gui.qt_plot import plot_widget
 from explorer.units import human_bytes
@@ -18,11 +21,13 @@ STAGES = [("dense", "dense"), ("pruned", "pruned"), ("quantized", "quantized"), 
 BLUE, GREY = (70, 130, 200), (170, 170, 170)
 GREY_AFTER_MS = 40  # see PreviewPanel.set_stale
 TOP_ROOM = 8  # pixels above the bytes axis: half a tick label's height, for a tick at the top of the range
+LOG_KEY = "preview/log_axis"  # the window's QSettings: the size bars on a log axis
 
 
 class PreviewPanel(QWidget):
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, settings=None):
         super().__init__(parent)
+        self.settings = settings  # the window's QSettings (None: the choice is not remembered)
         self.plot = plot_widget()
         self.plot.setMouseEnabled(False, False)
         self.plot.hideButtons()
@@ -51,7 +56,13 @@ class PreviewPanel(QWidget):
         keep.setRetainSizeWhenHidden(True)  # showing it must not re-lay out the plot (a resize of every axis)
         self.progress.setSizePolicy(keep)
         self.progress.setVisible(False)
+        self.log_axis = QCheckBox("log axis")
+        self.log_axis.setToolTip("sizes on a logarithmic axis: every stage after dense visible beside it")
+        self.log_axis.setChecked(bool(settings is not None and settings.value(LOG_KEY, False, type=bool)))
+        self.log_axis.toggled.connect(self._log_toggled)
+        self.plot.setLogMode(False, self.log_axis.isChecked())
         grid = QGridLayout()
+        grid.addWidget(self.log_axis, 0, 1, Qt.AlignRight)
         grid.addWidget(self.ratio, 0, 0)
         grid.addWidget(self.macs, 1, 0)
         grid.addWidget(self.acc, 2, 0)
@@ -62,6 +73,8 @@ class PreviewPanel(QWidget):
         layout.addLayout(grid)
         layout.addWidget(self.progress)
         self.values = {}
+        self.ratios = {}  # stage -> its ratio to dense, as labelled on its bar
+        self._results = None
 
     def set_stale(self, stale: bool, what: str = "measuring…", sizes: bool = True,
                   measured: str = "measured") -> None:
@@ -99,16 +112,38 @@ class PreviewPanel(QWidget):
             self.progress.setValue(int(round(fraction * 100)))
             self.progress.setVisible(True)
 
+    def _log_toggled(self, on: bool) -> None:
+        if self.settings is not None:
+            self.settings.setValue(LOG_KEY, on)
+        self.plot.setLogMode(False, on)
+        if self._results is not None:
+            self.show_results(self._results)
+
     def show_results(self, results: dict) -> None:
+        self._results = results
         size = results["size"]
         heights = [size.get(k) or 0 for k, _ in STAGES]
         self.values = dict(size)
-        self.bars.setOpts(height=heights)
+        self.ratios = {k: (results["ratio"].get(k) if k in results.get("ratio", {}) else
+                           size["dense"] / h if h else None) for (k, _), h in zip(STAGES, heights)}
         top = max(heights) or 1
-        for i, (t, h) in enumerate(zip(self.texts, heights)):
-            t.setText(f"{h:,}\n{human_bytes(h)}" if h else "–")
-            t.setPos(i, h + top * 0.02)
-        self.plot.setYRange(0, top * 1.25, padding=0)  # bytes: the axis starts at 0, not below
+        if self.log_axis.isChecked():  # bars drawn in log10 units from a decade below the smallest stage
+            floor = math.floor(math.log10(min(h for h in heights if h > 0) if any(heights) else 1)) - 1
+            tops = [math.log10(h) if h > 0 else floor for h in heights]
+            self.bars.setOpts(y0=floor, height=[t - floor for t in tops])
+            room = math.log10(top) - floor
+            for i, (t, y) in enumerate(zip(self.texts, tops)):
+                t.setPos(i, y + 0.02 * room)
+            self.plot.setYRange(floor, math.log10(top) + 0.45 * room, padding=0)
+        else:
+            self.bars.setOpts(y0=0, height=heights)
+            for i, (t, h) in enumerate(zip(self.texts, heights)):
+                t.setPos(i, h + top * 0.02)
+            self.plot.setYRange(0, top * 1.4, padding=0)
+        for (key, _), t, h in zip(STAGES, self.texts, heights):
+            ratio = self.ratios[key]
+            times = f"\n{ratio:.1f}×" if (key != "dense" and ratio) else ""
+            t.setText(f"{h:,}\n{human_bytes(h)}{times}" if h else "–")
         file_bytes = size.get("file") or size["coded"]
         self.ratio.setText(f"<b>ratio</b>: {size['dense'] / max(file_bytes, 1):.1f}× "
                            f"({size['dense']:,} → {file_bytes:,} bytes as written)")

@@ -54,7 +54,8 @@ def test_inspect_reports_params_and_bytes():
     model, x = zoo.SmallCNN().eval(), torch.randn(1, 1, 8, 8)
     info = inspect_model(model, x)
     fc1 = info.layer("fc1")
-    assert fc1.shape == (32, 64) and fc1.params == 32 * 64 + 32 and fc1.bytes == 4 * fc1.params
+    assert fc1.shape == (32, 64) and fc1.params == 32 * 64 + 32
+    assert fc1.layer_bytes == 4 * fc1.params and fc1.weight_bytes == 4 * 32 * 64
     bn = 2 * (8 + 16) + 2 * (8 + 16)  # weight, bias, running mean, running var
     assert info.other_params == bn
     assert info.total_params == sum(p.numel() for p in model.parameters()) + 2 * (8 + 16)

@@ -1,10 +1,12 @@
 """Issue 17, the views a newcomer meets: what each one draws is what the engine measured, and it fits.
 
 - a filter-pruned layer shows its filters' norms, sorted, the removed ones marked (exactly the pruner's), not ±t;
-- many quantization levels are a rug along the axis, a few are full-height lines;
-- the CLI's inspect and the window's table give the same bytes per layer, and say which bytes;
-- the centroid tab explains its MSE and, with eval data, shows each init's measured accuracy;
-- the size bars can be drawn on a log axis and say each stage's ratio to dense.
+- many quantization levels are a rug along the axis, a few are full-height lines.
+
+The rest of what a newcomer meets is in test_newcomer_numbers.py: the CLI's inspect and the window's table
+give the same bytes per layer and say which bytes; the centroid tab explains its MSE and, with eval data,
+shows each init's measured accuracy; the size bars can be drawn on a log axis and say each stage's ratio to
+dense; ``gui --layer``.
 """
 
 import numpy as np

@@ -32,7 +32,7 @@ from explorer.gui.workers import Workers
 
 WORK_TIMEOUT_MS = 30_000
 SETTINGS = COLUMNS.index("settings")
-SIZE = COLUMNS.index("size before → after")
+SIZE = COLUMNS.index("weight bytes")
 
 
 # ------------------------------------------------------------------------------------------- helpers

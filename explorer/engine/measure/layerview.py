@@ -1,10 +1,13 @@
 """What the window draws for one layer, computed by the engine: the weight histogram split into kept and
 pruned weights, the pruning threshold, the quantization levels, and the comparison of k-means
-initialisations (Deep Compression's Figure 4). Cheap enough to recompute on every slider release.
+initialisations (Deep Compression's Figure 4). Cheap enough to recompute on every slider release. Not so
+the accuracy of the model with a layer quantized by each init (:func:`init_accuracies`, Deep Compression's
+Figure 8): a run over the eval data per init, in the background.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -13,9 +16,12 @@ import torch
 
 from explorer.engine.methods.channels import ChannelRanking, channel_ranking
 from explorer.engine.methods.prune import magnitude_mask, threshold_for
-from explorer.engine.methods.quantize import compare_inits, quantize_tensor
+from explorer.engine.errors import ExplorerError
+from explorer.engine.layers import weight_key
+from explorer.engine.measure.metrics import accuracy, compressible_layers
+from explorer.engine.methods.quantize import TOP_FRACTION, compare_inits, quantize_kmeans, quantize_tensor
 from explorer.engine.plan import LayerSettings
-from explorer.engine.progress import ProgressFn, report
+from explorer.engine.progress import ProgressFn, report, scaled
 
 
 @dataclass
@@ -109,8 +115,34 @@ class InitComparison:
     name: str
     bits: int
     values: np.ndarray  # the surviving weights, sorted (for the CDF)
-    results: dict  # init -> {"initial", "final", "mse_initial", "mse_final", "iterations"}
+    results: dict  # init -> {"initial", "final", "mse_initial", "mse_final", "iterations", "top_error"}
     stride: int = 1  # computed on every stride-th weight of a large layer (display_stride)
+    top_fraction: float = TOP_FRACTION  # of the surviving weights, the largest, that "top_error" is over
+
+    @property
+    def top_count(self) -> int:
+        """How many of the largest surviving weights ``top_error`` is over."""
+        return max(1, int(round(self.top_fraction * self.values.size))) if self.values.size else 0
+
+    def lowest_mse(self) -> Optional[str]:
+        """The init with the lowest mean squared error after k-means (None: nothing compared)."""
+        return min(self.results, key=lambda i: self.results[i]["mse_final"]) if self.results else None
+
+    def best_top(self) -> Optional[str]:
+        """The init that keeps the largest weights best: the lowest largest error over the top
+        ``top_fraction`` of them by magnitude (``compare_inits``' ``top_error``)."""
+        return min(self.results, key=lambda i: self.results[i]["top_error"]) if self.results else None
+
+
+@dataclass
+class InitAccuracies:
+    """Accuracy of the model with one layer quantized by each k-means init (the others dense)."""
+    name: str
+    bits: int
+    accuracies: dict  # init -> top-1 accuracy in [0, 1]
+    before: float  # the dense model's
+    data: str  # the eval data's name
+    samples: int
 
 
 def init_comparison(name: str, module_or_tensor, settings: LayerSettings, bits: Optional[int] = None,
@@ -137,3 +169,45 @@ def init_comparison(name: str, module_or_tensor, settings: LayerSettings, bits: 
     values = np.sort(flat if mask is None else flat[mask])
     report(progress, 1.0, f"{name}: done")
     return InitComparison(name, bits, values, results, stride)
+
+
+def init_accuracies(loaded, name: str, settings: LayerSettings, bits: Optional[int] = None, max_iter: int = 50,
+                    progress: ProgressFn = None, inits=("forgy", "density", "linear"), before: Optional[float] = None,
+                    limit: Optional[int] = None, batch_size: int = 256, seed: int = 0) -> InitAccuracies:
+    """Top-1 accuracy on ``loaded.eval_data`` of ``loaded.model`` with layer ``name`` quantized by each
+    k-means init, as :func:`init_comparison` compares them (the same bits, ``max_iter`` and seed; pruned
+    weights excluded and zero, element pruning as in ``settings``), every other layer dense. The whole
+    layer is quantized, even where the comparison draws a sample of it. ``before``: the dense model's
+    accuracy, if known (else measured too). Deep Compression's Figure 8 compares the inits so.
+
+    The model is copied once (the original is never changed: other work may be running it); ``progress``
+    is reported before each init and within each evaluation, and may cancel (:mod:`explorer.engine.progress`).
+    """
+    ev = loaded.eval_data
+    if ev is None or not len(ev) or ev.labels is None:
+        raise ExplorerError("init accuracies need eval data with labels")
+    layers = dict(compressible_layers(loaded.model))
+    if name not in layers:
+        raise ExplorerError(f"no layer {name!r}")
+    w = _weight(layers[name])
+    if bits is None:
+        bits = settings.quantize.bits if settings.quantize is not None else 5
+    p = settings.prune
+    mask = magnitude_mask(w, p.amount) if (p is not None and p.granularity == "element" and p.amount) else None
+    steps = len(inits) + (before is None)
+    if before is None:
+        before = accuracy(loaded.model, ev, scaled(progress, 0.0, 1 / steps, "dense model"), batch_size, limit)
+    report(progress, (steps - len(inits)) / steps, f"{name}: copying the model")
+    model = copy.deepcopy(loaded.model)
+    target = dict(model.named_parameters(remove_duplicate=False))[weight_key(name, layers[name])]
+    out = {}
+    for i, init in enumerate(inits):
+        start = (i + steps - len(inits)) / steps
+        report(progress, start, f"{name}: quantizing ({init})")
+        q = quantize_kmeans(w, mask, bits, init, max_iter, seed)
+        with torch.no_grad():
+            target.copy_(q.decoded)
+        out[init] = accuracy(model, ev, scaled(progress, start, start + 1 / steps, init), batch_size, limit)
+    report(progress, 1.0, f"{name}: done")
+    n = len(ev) if limit is None else min(limit, len(ev))
+    return InitAccuracies(name, bits, out, before, ev.name, n)

@@ -288,16 +288,36 @@ def compare_inits(weight: torch.Tensor, mask=None, bits: int = 5, max_iter: int 
                   inits=("forgy", "density", "linear")) -> dict:
     """The centroids and error of each k-means initialisation, before and after k-means.
 
-    Returns ``{init: {"initial": centroids, "final": centroids, "mse_initial": float, "mse_final": float}}``
-    (centroids exclude the reserved zero), the data behind Deep Compression's Figure 4.
+    Returns ``{init: {"initial": centroids, "final": centroids, "mse_initial": float, "mse_final": float,
+    "iterations": int, "top_error": float}}`` (centroids exclude the reserved zero), the data behind Deep
+    Compression's Figure 4. ``top_error`` is the largest ``|w - q|`` after k-means over the largest
+    :data:`TOP_FRACTION` of the surviving weights by magnitude (at least one weight): how well an init keeps
+    the few large weights, which the MSE, an average over all of them, hardly sees.
     """
+    flat = weight.detach().reshape(-1).to(torch.float64).cpu().numpy()
+    keep = np.ones(flat.size, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
+    top = _top_positions(flat, keep)
     out = {}
     for init in inits:
         before = quantize_kmeans(weight, mask, bits, init, 0, seed)
         after = quantize_kmeans(weight, mask, bits, init, max_iter, seed)
         reserved = 1 if before.info["reserved_zero"] else 0
+        decoded = after.decoded.reshape(-1).to(torch.float64).cpu().numpy()
         out[init] = {"initial": before.codebook[reserved:].astype(float).tolist(),
                      "final": after.codebook[reserved:].astype(float).tolist(),
                      "mse_initial": before.mse, "mse_final": after.mse,
-                     "iterations": after.info["iterations"]}
+                     "iterations": after.info["iterations"],
+                     "top_error": float(np.abs(flat[top] - decoded[top]).max()) if top.size else 0.0}
     return out
+
+
+TOP_FRACTION = 0.01  # compare_inits' "top_error": over the largest 1% of the surviving weights by magnitude
+
+
+def _top_positions(flat: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Positions of the largest :data:`TOP_FRACTION` of the surviving weights by magnitude (at least one)."""
+    survivors = np.flatnonzero(keep)
+    if survivors.size == 0:
+        return survivors
+    k = max(1, int(round(TOP_FRACTION * survivors.size)))
+    return survivors[np.argpartition(-np.abs(flat[survivors]), k - 1)[:k]]
