@@ -41,6 +41,18 @@ def test_accuracy_per_init_differs_and_is_what_evaluating_by_hand_gives(loaded):
     assert acc.samples == len(loaded.eval_data)
 
 
+def test_the_copy_shares_every_parameter_but_the_layers_weight(loaded):
+    from explorer.engine.measure.layerview import _copy_but
+
+    model = loaded.model
+    copied, own = _copy_but(model, model.fc1.weight, "fc1.weight")
+    assert copied.fc1.weight is own and own is not model.fc1.weight and torch.equal(own, model.fc1.weight)
+    assert copied.fc1.bias is model.fc1.bias and copied.fc2.weight is model.fc2.weight  # shared, not copied
+    with torch.no_grad():
+        own.zero_()
+    assert model.fc1.weight.abs().sum() > 0  # the original is untouched
+
+
 def test_init_accuracies_can_be_cancelled(loaded):
     seen = []
 

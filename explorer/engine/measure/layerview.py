@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from explorer.engine.methods.channels import ChannelRanking, channel_ranking
 from explorer.engine.methods.prune import magnitude_mask, threshold_for
@@ -171,6 +172,19 @@ def init_comparison(name: str, module_or_tensor, settings: LayerSettings, bits: 
     return InitComparison(name, bits, values, results, stride)
 
 
+def _copy_but(model: nn.Module, weight: torch.Tensor, key: str):
+    """A copy of ``model`` sharing every parameter but ``weight`` (a layer's, under ``key``), which it holds
+    as its own copy, to be overwritten: (copy, that parameter). The original is never changed (other work
+    may be running it), and a large model costs one layer's weight rather than a copy of all of them."""
+    if isinstance(model, torch.jit.ScriptModule):  # deepcopy of a scripted module takes no memo
+        copied = copy.deepcopy(model)
+        return copied, dict(copied.named_parameters(remove_duplicate=False))[key]
+    own = nn.Parameter(weight.detach().clone(), requires_grad=False)
+    memo = {id(p): p for p in model.parameters()}
+    memo[id(weight)] = own
+    return copy.deepcopy(model, memo), own
+
+
 def init_accuracies(loaded, name: str, settings: LayerSettings, bits: Optional[int] = None, max_iter: int = 50,
                     progress: ProgressFn = None, inits=("forgy", "density", "linear"), before: Optional[float] = None,
                     limit: Optional[int] = None, batch_size: int = 256, seed: int = 0) -> InitAccuracies:
@@ -180,7 +194,7 @@ def init_accuracies(loaded, name: str, settings: LayerSettings, bits: Optional[i
     layer is quantized, even where the comparison draws a sample of it. ``before``: the dense model's
     accuracy, if known (else measured too). Deep Compression's Figure 8 compares the inits so.
 
-    The model is copied once (the original is never changed: other work may be running it); ``progress``
+    The model is copied once, sharing all but this layer's weight (:func:`_copy_but`); ``progress``
     is reported before each init and within each evaluation, and may cancel (:mod:`explorer.engine.progress`).
     """
     ev = loaded.eval_data
@@ -198,8 +212,7 @@ def init_accuracies(loaded, name: str, settings: LayerSettings, bits: Optional[i
     if before is None:
         before = accuracy(loaded.model, ev, scaled(progress, 0.0, 1 / steps, "dense model"), batch_size, limit)
     report(progress, (steps - len(inits)) / steps, f"{name}: copying the model")
-    model = copy.deepcopy(loaded.model)
-    target = dict(model.named_parameters(remove_duplicate=False))[weight_key(name, layers[name])]
+    model, target = _copy_but(loaded.model, layers[name].weight, weight_key(name, layers[name]))
     out = {}
     for i, init in enumerate(inits):
         start = (i + steps - len(inits)) / steps

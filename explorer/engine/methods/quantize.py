@@ -23,6 +23,7 @@ from numba import njit
 from explorer.engine.errors import CompressionError
 from explorer.engine.methods.kmeans import INITS, kmeans_1d
 from explorer.engine.methods.quantizers import QUANTIZERS, Quantizer, register  # noqa: F401  (their home)
+from explorer.engine.storage.coding import counts
 from explorer.engine.storage.size import TensorCode
 
 
@@ -124,7 +125,7 @@ def shared_values(survivors: np.ndarray, k: int, init: str, max_iter: int, seed:
         # only what decodes something)
         res = kmeans_1d(survivors, k, init=init, max_iter=max_iter, seed=seed, snap=np.float32)
         centroids, labels = res.centroids, res.labels
-        present = np.bincount(labels, minlength=centroids.size) > 0
+        present = counts(labels, centroids.size) > 0  # (numpy's bincount holds the GIL)
         if not present.all():
             centroids = centroids[present]
             labels = (np.cumsum(present) - 1)[labels]  # the rank of each used centroid

@@ -67,9 +67,9 @@ def _huffman_cost(c: np.ndarray, alphabet: int):
 
 def _huffman_encode(symbols: np.ndarray, alphabet: int) -> bytes:
     from explorer.engine.storage.bitstream import huffman_encode  # numba: on use
-    from explorer.engine.storage.coding import MAX_CODE_LENGTH, huffman_code_lengths  # numba: on use
+    from explorer.engine.storage.coding import MAX_CODE_LENGTH, counts, huffman_code_lengths  # numba: on use
 
-    lengths = huffman_code_lengths(np.bincount(symbols, minlength=alphabet))
+    lengths = huffman_code_lengths(counts(symbols, alphabet))
     if lengths.max(initial=0) > MAX_CODE_LENGTH:
         raise CoderError(f"a Huffman code longer than {MAX_CODE_LENGTH} bits cannot be stored")
     return lengths.astype(np.uint8).tobytes() + huffman_encode(symbols, lengths)
@@ -218,7 +218,9 @@ def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts:
         x = x.astype(np.int64)
         if x.size and (x.min() < 0 or x.max() >= A):
             raise ValueError(f"symbols must lie in 0..{A - 1}")
-        c = np.bincount(x, minlength=A)
+        from explorer.engine.storage.coding import counts as symbol_counts  # numba: on use
+
+        c = symbol_counts(x, A)  # (numpy's bincount holds the GIL)
     n = int(c.sum())
     raw = n * int(raw_bits)
     names = list(CODERS) if coders is None else [k for k in CODERS if k in coders]

@@ -278,7 +278,7 @@ def rans_decode(data, alphabet_size: int, count: int) -> np.ndarray:
         raise EntropyError("the rANS payload is corrupt (final state check failed)")
     if np.any(words[used:]):
         raise EntropyError("the rANS payload has non-zero data after its last word")
-    c = np.bincount(out, minlength=A)
+    c = _bincount(out, A)  # (numpy's holds the GIL)
     if not np.array_equal(quantize_frequencies(c), f):
         raise EntropyError("the rANS frequency table does not match the decoded symbols")
     if len(raw) != tb + payload_bytes(c):
