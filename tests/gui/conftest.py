@@ -49,3 +49,19 @@ def make_window(qtbot, tmp_path, settle):
         win.close()  # closeEvent shuts the workers down (cancels and waits for running jobs)
         assert win.workers.pool.activeThreadCount() == 0, "a worker was still running after the window closed"
         assert win.workers.interactive.activeThreadCount() == 0, "an interactive worker was still running"
+
+
+@pytest.fixture
+def log_path(state_dirs):
+    """The window's log file, set up in the test's COMPRESSION_EXPLORER_LOG_DIR, and its handlers removed after."""
+    import logging
+
+    from explorer.gui import qt_errors
+
+    path = qt_errors.setup_logging()
+    yield path
+    for h in [h for h in qt_errors.log.handlers if getattr(h, "explorer_handler", False)]:
+        qt_errors.log.removeHandler(h)
+        h.close()
+    qt_errors.log.propagate = True
+    qt_errors.log.setLevel(logging.NOTSET)

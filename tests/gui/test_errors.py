@@ -3,7 +3,6 @@ one line in the banner and its traceback in the log file, and the window goes on
 read-only directory under a plan save or an export is one message naming the file, with no temporary file
 left."""
 
-import logging
 import os
 import threading
 
@@ -13,17 +12,6 @@ from PySide6.QtWidgets import QPushButton
 from explorer.gui import qt_errors
 
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture
-def log_path(state_dirs):
-    path = qt_errors.setup_logging()  # into the test's COMPRESSION_EXPLORER_LOG_DIR
-    yield path
-    for h in [h for h in qt_errors.log.handlers if getattr(h, "explorer_handler", False)]:
-        qt_errors.log.removeHandler(h)
-        h.close()
-    qt_errors.log.propagate = True
-    qt_errors.log.setLevel(logging.NOTSET)
 
 
 def test_the_log_file_goes_where_the_environment_says(log_path, state_dirs):

@@ -2,25 +2,11 @@
 messages that go with their cause; settings a layer cannot take not offered; an empty window that invites;
 a Help menu."""
 
-import logging
-
 import pytest
 
 from explorer.engine.plan import Plan
-from explorer.gui import qt_errors
 
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture
-def log_path(state_dirs):
-    path = qt_errors.setup_logging()  # into the test's COMPRESSION_EXPLORER_LOG_DIR
-    yield path
-    for h in [h for h in qt_errors.log.handlers if getattr(h, "explorer_handler", False)]:
-        qt_errors.log.removeHandler(h)
-        h.close()
-    qt_errors.log.propagate = True
-    qt_errors.log.setLevel(logging.NOTSET)
 
 
 def _select(win, qtbot, *names):
