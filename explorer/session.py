@@ -21,6 +21,10 @@ from explorer.engine.methods.prune import sparsity_at, threshold_at
 from explorer.engine.model.loading import LoadedModel
 from explorer.engine.plan import LayerSettings, Plan
 
+#: what a layer cannot take, in words (Session.refusal, and the controls' tooltips by refused_granularities)
+REFUSED = {"filter": "its filters cannot be removed", "channel": "its input channels cannot be removed",
+           "lowrank": "it cannot be factorised"}
+
 Listener = Callable[..., None]
 UNDO_LIMIT = 1000  # undo steps kept; beyond it the oldest is dropped
 MEASURED_LIMIT = 200  # distinct measured plans kept (the Compare tab); beyond it the least recently measured goes
@@ -316,18 +320,28 @@ class Session:
     def refusal(self, name: str, settings: LayerSettings, sections=("prune", "lowrank")) -> Optional[str]:
         """Why layer ``name`` cannot take ``settings`` (of its ``sections``), as the model's inspection says,
         or None."""
+        refused = self._refused(name)
+        p = settings.prune
+        if "prune" in sections and p is not None and p.amount and p.granularity in refused:
+            return f"{REFUSED[p.granularity]} ({refused[p.granularity] or 'the engine refuses'})"
+        if "lowrank" in sections and settings.lowrank is not None and "lowrank" in refused:
+            return f"{REFUSED['lowrank']} ({refused['lowrank']})"
+        return None
+
+    def _refused(self, name: str) -> dict:
+        """What layer ``name`` cannot take, as the model's inspection says: "filter", "channel", "lowrank" ->
+        the inspection's reason (None where it gives none)."""
         info = next((layer for layer in self.info.layers if layer.name == name), None) if self.info else None
         if info is None:
-            return None
-        p = settings.prune
-        if "prune" in sections and p is not None and p.amount:
-            if p.granularity == "filter" and not info.filter_ok:
-                return f"its filters cannot be removed ({info.filter_reason or 'the engine refuses'})"
-            if p.granularity == "channel" and not info.channel_ok:
-                return f"its input channels cannot be removed ({info.channel_reason or 'the engine refuses'})"
-        if "lowrank" in sections and settings.lowrank is not None and info.lowrank_reason:
-            return f"it cannot be factorised ({info.lowrank_reason})"
-        return None
+            return {}
+        out = {}
+        if not info.filter_ok:
+            out["filter"] = info.filter_reason
+        if not info.channel_ok:
+            out["channel"] = info.channel_reason
+        if info.lowrank_reason:
+            out["lowrank"] = info.lowrank_reason
+        return out
 
     def history(self) -> tuple:
         """The plans undo and redo go to: (undo, oldest first; redo, the next redo last). A fine-tuned
@@ -361,25 +375,19 @@ class Session:
     # -- selection and results
     def refused_granularities(self) -> dict:
         """granularity -> why one of the selected layers cannot take it (from the model's inspection)."""
-        layers = {l.name: l for l in self.info.layers} if self.info else {}
         out = {}
         for name in self.selection:
-            info = layers.get(name)
-            if info is None:
-                continue
-            if not info.filter_ok:
-                out.setdefault("filter", f"{name}: {info.filter_reason or 'its filters cannot be removed'}")
-            if not info.channel_ok:
-                out.setdefault("channel", f"{name}: {info.channel_reason or 'its input channels cannot be removed'}")
+            for key, why in self._refused(name).items():
+                if key != "lowrank":
+                    out.setdefault(key, f"{name}: {why or REFUSED[key]}")
         return out
 
     def refused_lowrank(self) -> Optional[str]:
         """Why one of the selected layers cannot be factorised (the first such), or None."""
-        layers = {l.name: l for l in self.info.layers} if self.info else {}
         for name in self.selection:
-            info = layers.get(name)
-            if info is not None and info.lowrank_reason:
-                return f"{name}: {info.lowrank_reason}"
+            why = self._refused(name).get("lowrank")
+            if why:
+                return f"{name}: {why}"
         return None
 
     def select(self, names) -> None:

@@ -211,9 +211,9 @@ class CentroidView(QWidget):
         self.explain.setText("<br>".join(lines))
 
 
-def _tied(values: dict, best) -> list:
-    """The keys whose value equals the lowest (``best`` its key), in ``values``' order."""
-    low = values[best]
+def _tied(values: dict) -> list:
+    """The keys whose value equals the lowest, in ``values``' order."""
+    low = min(values.values())
     return [k for k, v in values.items() if v <= low + 1e-9 * abs(low)]
 
 
@@ -222,7 +222,7 @@ def explanation(comp) -> str:
     best (the largest error over the top 1% |w|), and, when they differ, why the MSE is not the whole story."""
     mse = {i: r["mse_final"] for i, r in comp.results.items()}
     top = {i: r["top_error"] for i, r in comp.results.items()}
-    lowest, kept = _tied(mse, comp.lowest_mse()), _tied(top, comp.best_top())
+    lowest, kept = _tied(mse), _tied(top)
     pct = f"{100 * comp.top_fraction:g}%"
     if len(lowest) == len(mse) and len(kept) == len(top):
         return (f"All inits reach MSE {mse[lowest[0]]:.3g} and the same largest error on the top {pct} |w| "
@@ -242,7 +242,7 @@ def explanation(comp) -> str:
 def accuracy_line(acc) -> str:
     """The accuracy of the model with the layer quantized by each init, the best named."""
     values = acc.accuracies
-    best = _tied({i: -a for i, a in values.items()}, max(values, key=values.get))
+    best = _tied({i: -a for i, a in values.items()})
     each = ", ".join(f"{i} {100 * a:.2f}%" for i, a in values.items())
     verdict = ("the same for every init" if len(best) == len(values) else
                f"best: <b>{'/'.join(best)}</b>")

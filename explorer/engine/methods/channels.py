@@ -213,20 +213,9 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
     jobs = []  # (layer, granularity, group, kept)
     taken: dict[str, str] = {}
     for layer, request in requests.items():
-        if layer not in analysis.infos:
-            raise CompressionError(
-                f"{layer}: not a compressible layer of this model (Linear, Conv1d, Conv2d or Embedding)"
-            )
+        _known(analysis, layer)
         granularity, amount, criterion = _parse_request(layer, request)
-        info = analysis.infos[layer]
-        if granularity == "filter":
-            if not info.filter_ok:
-                raise CompressionError(f"{layer}: cannot remove output channels: {info.filter_reason}")
-            group = analysis.groups[layer]
-        else:
-            if not info.channel_ok:
-                raise CompressionError(f"{layer}: cannot remove input channels: {info.channel_reason}")
-            group = analysis.groups[analysis.feeds[layer]]
+        group = _group_removed(analysis, layer, granularity)
         if group.producer in taken:
             raise CompressionError(
                 f"{taken[group.producer]} and {layer}: both requests remove output channels of "
@@ -335,18 +324,27 @@ def layer_ranking(model: nn.Module, example_input, layer: str, granularity: str,
     counts them (an input channel fed through a flatten is its block of inputs). Raises CompressionError
     when the layer's channels cannot be removed (with the reason)."""
     analysis = _analyze(model, example_input)
-    info = analysis.infos.get(layer)
-    if info is None:
+    _known(analysis, layer)
+    group = _group_removed(analysis, layer, granularity)
+    return channel_ranking(model.get_submodule(layer).weight, granularity, amount, criterion, group.channels, layer)
+
+
+def _known(analysis, layer: str) -> None:
+    if layer not in analysis.infos:
         raise CompressionError(f"{layer}: not a compressible layer of this model (Linear, Conv1d, Conv2d or Embedding)")
-    weight = model.get_submodule(layer).weight
+
+
+def _group_removed(analysis, layer: str, granularity: str):
+    """The coupled group whose channels a ``granularity`` request on ``layer`` removes: the layer's own output
+    channels (filter) or its producer's (channel); CompressionError with the reason where they cannot go."""
+    info = analysis.infos[layer]
     if granularity == "filter":
         if not info.filter_ok:
             raise CompressionError(f"{layer}: cannot remove output channels: {info.filter_reason}")
-        return channel_ranking(weight, granularity, amount, criterion, None, layer)
-    if granularity == "channel" and not info.channel_ok:
+        return analysis.groups[layer]
+    if not info.channel_ok:
         raise CompressionError(f"{layer}: cannot remove input channels: {info.channel_reason}")
-    channels = analysis.groups[analysis.feeds[layer]].channels if granularity == "channel" else None
-    return channel_ranking(weight, granularity, amount, criterion, channels, layer)
+    return analysis.groups[analysis.feeds[layer]]
 
 
 # ------------------------------------------------------------------------------------- request checks

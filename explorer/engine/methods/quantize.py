@@ -303,12 +303,12 @@ def compare_inits(weight: torch.Tensor, mask=None, bits: int = 5, max_iter: int 
         before = quantize_kmeans(weight, mask, bits, init, 0, seed)
         after = quantize_kmeans(weight, mask, bits, init, max_iter, seed)
         reserved = 1 if before.info["reserved_zero"] else 0
-        decoded = after.decoded.reshape(-1).to(torch.float64).cpu().numpy()
+        at_top = after.decoded.reshape(-1)[torch.from_numpy(top)].to(torch.float64).cpu().numpy()
         out[init] = {"initial": before.codebook[reserved:].astype(float).tolist(),
                      "final": after.codebook[reserved:].astype(float).tolist(),
                      "mse_initial": before.mse, "mse_final": after.mse,
                      "iterations": after.info["iterations"],
-                     "top_error": float(np.abs(flat[top] - decoded[top]).max()) if top.size else 0.0}
+                     "top_error": float(np.abs(flat[top] - at_top).max()) if top.size else 0.0}
     return out
 
 
