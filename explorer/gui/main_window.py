@@ -45,17 +45,17 @@ from explorer.gui.workers import Workers, freeze_heap
 from explorer.session import ModelSource, Session
 
 MODEL_FILTER = "Models (*.pt *.pth *.safetensors *.onnx *.cexp);;All files (*)"
+DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
+TABLE_SLACK = 8  # pixels beside the table's columns: the splitter pane's frame
+BANNER_STYLE = ("QLabel { color: #900; background: #fdecea; border: 1px solid #e6a4a0; border-radius: 3px; "
+                "padding: 4px 8px; }")
+
+
 def data_message(message: str) -> str:
     """An eval-data failure said once as such: "Eval data: …", unless the engine's message already says it."""
     if message.lower().startswith("eval data"):
         return message[:1].upper() + message[1:]
     return f"Eval data: {message}"
-
-
-DATA_FILTER = "Eval data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
-TABLE_SLACK = 8  # pixels beside the table's columns: the splitter pane's frame
-BANNER_STYLE = ("QLabel { color: #900; background: #fdecea; border: 1px solid #e6a4a0; border-radius: 3px; "
-                "padding: 4px 8px; }")
 
 
 def _import_now() -> None:
