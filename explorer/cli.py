@@ -277,7 +277,9 @@ def cmd_compress(args) -> int:
     plan = Plan.load(args.plan)
     bar = TextProgress("compressing")
     try:
-        result = compress(loaded.model, plan, loaded.example_input, progress=scaled(bar, 0.0, 0.9, "compress (1/2)"))
+        # share: the result is only written (the plan's untouched weights are not copied: VGG-16's 142 MB)
+        result = compress(loaded.model, plan, loaded.example_input, share=True,
+                          progress=scaled(bar, 0.0, 0.9, "compress (1/2)"))
         predicted = fileformat.predicted_bytes(result, loaded, half=args.half)
         written = fileformat.save(result, args.output, loaded, half=args.half, progress=scaled(bar, 0.9, 1.0,
                                                                                               "write (2/2)"))
@@ -586,7 +588,7 @@ def cmd_export(args) -> int:
     loaded = _load(args)
     model = loaded.model
     if args.plan:
-        model = compress(model, Plan.load(args.plan), loaded.example_input).model
+        model = compress(model, Plan.load(args.plan), loaded.example_input, share=True).model  # only exported
     out = export(model, loaded.example_input, args.output, fmt=args.format)
     if args.json:
         print(json.dumps(out, indent=2))

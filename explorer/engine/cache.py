@@ -192,6 +192,11 @@ class Recent:
         with self._lock:
             return key in self._items
 
+    def keys(self) -> list:
+        """The keys held now, least recently used first (a snapshot; their order is not changed)."""
+        with self._lock:
+            return list(self._items)
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -242,9 +242,11 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     else:
         before_macs, total_before = {}, None
     first = {}
-    if share and not isinstance(model, torch.jit.ScriptModule) and not any(s.changes_shapes for s in settings.values()):
+    if not isinstance(model, torch.jit.ScriptModule) and not any(s.changes_shapes for s in settings.values()):
+        # the new weights first, then a copy holding them in place of the old ones: never the model, its
+        # copy and the new weights at once (VGG-16's classifier.0 alone is 411 MB)
         first = _tensors_first(layers, settings, owners, cache, progress)
-        work = _copy_model(model, memo=_shared(model, layers, first))
+        work = _copy_model(model, memo=_replacing(model, layers, first, share, cache is not None))
         work.eval() if not model.training else work.train()
         structural = {}
     else:
@@ -317,7 +319,7 @@ def _factorize_layers(work: nn.Module, layers: list, settings: dict, example_inp
 
 def _tensors_first(layers: list, settings: dict, owners: dict, cache: Optional[TensorCache],
                    progress: ProgressFn) -> dict:
-    """For ``compress(share=True)``: each own weight's ``(TensorResult, new)`` under its settings, before the
+    """Where no shape changes: each own weight's ``(TensorResult, new)`` under its settings, before the
     model is copied (from ``cache`` where it holds them), by layer name."""
     done = {}
     for i, (name, orig) in enumerate(layers):
@@ -328,14 +330,18 @@ def _tensors_first(layers: list, settings: dict, owners: dict, cache: Optional[T
     return done
 
 
-def _shared(model: nn.Module, layers: list, done: dict) -> dict:
-    """A deepcopy memo: every parameter of ``model`` stands for itself in the copy, and each weight that
-    :func:`_tensors_first` changed for a parameter holding its new values (a tied weight stays tied)."""
-    memo = {id(p): p for p in model.parameters()}
+def _replacing(model: nn.Module, layers: list, done: dict, share: bool, cached: bool) -> dict:
+    """A deepcopy memo: each weight that :func:`_tensors_first` changed stands for a parameter holding its
+    new values (a tied weight stays tied), so the copy never copies the old ones; with ``share``, every
+    other parameter of ``model`` stands for itself too. Without ``share`` the new values are the copy's
+    own: cloned where ``cached`` (the cache holds them for other builds), else the result's own tensor
+    (nothing else holds it)."""
+    memo = {id(p): p for p in model.parameters()} if share else {}
     for name, orig in layers:
         hit = done.get(name)
         if hit is not None and hit[1] is not None:
-            memo[id(orig.weight)] = nn.Parameter(hit[1], requires_grad=orig.weight.requires_grad)
+            values = hit[1].clone() if cached and not share else hit[1]
+            memo[id(orig.weight)] = nn.Parameter(values, requires_grad=orig.weight.requires_grad)
     return memo
 
 
@@ -344,7 +350,7 @@ def _compress_tensors(work: nn.Module, layers: list, settings: dict, owners: dic
                       first: Optional[dict] = None) -> dict:
     """Stages 3 and 4, element pruning and quantization of every weight tensor of ``work`` (in place):
     a :class:`LayerResult` per layer, in model order. ``first``: results computed already, by layer name
-    (``compress(share=True)``: the copy holds their new weights already)."""
+    (where no shape changes: the copy holds their new weights already)."""
     results = {}
     total_tensors = sum(len(_weight_modules(n, _submodule(work, n))) for n, _ in layers)
     done = 0
@@ -358,7 +364,8 @@ def _compress_tensors(work: nn.Module, layers: list, settings: dict, owners: dic
         if shared:  # stored once, with its owner
             continue
         for tname, mod in _weight_modules(name, _submodule(work, name)):
-            report(progress, 0.1 + 0.85 * done / max(total_tensors, 1), f"compressing {tname}")
+            if not first:  # else each was reported as it was computed, before the copy
+                report(progress, 0.1 + 0.85 * done / max(total_tensors, 1), f"compressing {tname}")
             # structured pruning changes the shape of every layer it touches (coupled ones too): only a
             # tensor with the original's shape, not factorised, still holds the original's values
             untouched = name not in lowrank_info and mod.weight.shape == orig.weight.shape

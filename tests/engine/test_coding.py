@@ -255,3 +255,21 @@ def test_stream_bits_never_exceeds_raw(counts, raw_bits):
     assert s.bits == min(s.raw, s.huffman + s.table, rans if n else s.raw) <= s.raw
     assert s.coded == (s.bits < s.raw)
     assert s.huffman >= math.floor(entropy_bits(counts))
+
+
+def test_gap_histograms_of_keys_with_a_split_threshold_equal_the_masks():
+    """Below the split the keys are kept at >= tfirst, from it on at >= tmin (ties kept up to a position):
+    the same histograms as the mask, at splits inside a block, on block edges and at the ends."""
+    from explorer.engine.storage.coding import gap_histograms_of_keys, gap_histograms_of_mask
+
+    rng = np.random.default_rng(4)
+    keys = rng.integers(0, 12, 1000).astype(np.uint32) | (rng.integers(0, 2, 1000).astype(np.uint32) << 31)
+    mag = keys & np.uint32(0x7FFFFFFF)
+    for split in (0, 1, 63, 64, 65, 500, 999, 1000):
+        for tfirst, tmin in ((6, 7), (3, 9), (9, 3)):
+            mask = np.where(np.arange(keys.size) < split, mag >= tfirst, mag >= tmin)
+            got = gap_histograms_of_keys(keys, tmin, (3, 5, 8), before=(split, tfirst))
+            want = gap_histograms_of_mask(mask, (3, 5, 8))
+            for b in (3, 5, 8):
+                np.testing.assert_array_equal(got[b][0], want[b][0])
+                assert got[b][1] == want[b][1], (split, tfirst, b)

@@ -227,12 +227,85 @@ def test_prepare_skips_what_the_sweep_does_not_cover():
     assert len(pv.cache._items) == 0 and len(pv._measured) == 0  # nothing was compressed
 
 
-def test_sorted_magnitudes_are_the_sweeps_keys_as_floats():
+def test_sorted_magnitudes_are_the_layers_or_its_samples():
     loaded = LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide")
     pv = Previewer(loaded)
     w = pv.modules["fc2"].weight.detach().reshape(-1)
     got = pv.sorted_magnitudes("fc2")
-    assert got.dtype == np.float32 and got.base is not None  # a view of the sweep's keys, no copy
+    assert got.dtype == np.float32
     np.testing.assert_array_equal(got.astype(np.float64), np.sort(np.abs(w.double().numpy())))
     pv64 = Previewer(LoadedModel(Wide().double().eval(), torch.randn(2, 256).double(), None, source="wide"))
     np.testing.assert_array_equal(pv64.sorted_magnitudes("fc2"), np.sort(np.abs(w.double().numpy())))
+
+
+def test_sorted_magnitudes_of_a_large_layer_are_its_histograms_sample(monkeypatch):
+    import explorer.engine.measure.layerview as layerview
+    import explorer.engine.measure.preview as preview
+
+    monkeypatch.setattr(layerview, "DISPLAY_MAX", 1000)
+    monkeypatch.setattr(preview, "DISPLAY_MAX", 1000, raising=False)
+    pv = Previewer(LoadedModel(Wide().eval(), torch.randn(2, 256), None, source="wide"))
+    w = pv.modules["fc2"].weight.detach().reshape(-1).numpy()
+    stride = layerview.display_stride(w.size)
+    assert stride > 1
+    np.testing.assert_array_equal(pv.sorted_magnitudes("fc2"), np.sort(np.abs(w[::stride])))
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+def test_thresholds_equal_a_full_sort_at_every_rank_kind(name, monkeypatch):
+    """The radix select (a bin histogram, then one bin's members sorted) finds what sorting every key finds:
+    the key at each rank, the ties kept, and the count of equal keys; with batches split (a small batch
+    limit) as with one pass for all."""
+    import explorer.engine.measure.sweep as sweep_module
+
+    w = WEIGHTS[name].reshape(-1).numpy()
+    keys = np.sort(w.view(np.uint32) & np.uint32(0x7FFFFFFF))
+    n = w.size
+    ks = sorted({1, 2, n // 3, n // 2, n - 2, n - 1} | {max(1, min(n - 1, round(n * f))) for f in np.linspace(0, 1, 41)})
+    for limit in (sweep_module.BATCH_MEMBERS, 1):
+        monkeypatch.setattr(sweep_module, "BATCH_MEMBERS", limit)
+        sweep = TensorSweep(WEIGHTS[name])
+        sweep._magnitudes.ranked([n - k for k in ks])  # all at once (in batches), then each looked up
+        for k in ks:
+            T = int(keys[n - k])
+            above = n - int(np.searchsorted(keys, np.uint32(T), side="right"))
+            assert sweep.threshold(k) == (T, k - above), (k, limit)
+            assert sweep._count(T) == int(np.count_nonzero(keys == T))
+        assert sweep._count(0) == int(np.count_nonzero(keys == 0))
+        fresh = TensorSweep(WEIGHTS[name])  # one at a time, no batch
+        for k in ks[::7]:
+            assert fresh.threshold(k) == sweep.threshold(k)
+
+
+def test_the_sweep_holds_no_copy_of_the_weights_magnitudes():
+    w = torch.randn(1000, 1000)
+    sweep = TensorSweep(w)
+    sweep.measure(validate_settings("t", {"prune": {"amount": 0.9}}))
+    sweep.prepare(validate_settings("t", {"prune": {"amount": 0.9}}))
+    assert sweep.held_bytes() < 0.5 * 4 * w.numel()  # the histogram and the thresholds found, no sorted keys
+
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+def test_coarser_bucket_counts_are_read_from_a_finer_grouping(name, monkeypatch):
+    """A large layer holds one grouping (the finest its amounts chose); counting a coarser bucket number, as
+    choose_buckets does first, sums its counts instead of grouping the weights again, and gives the same
+    results, to the bit."""
+    import explorer.engine.measure.sweep as sweep_mod
+    from explorer.engine.methods.kmeans import HIST_BINS
+
+    w = WEIGHTS[name]
+    sweep = TensorSweep(w)
+    fine = sweep._group(HIST_BINS)
+    for nb in (4096, 8192, 32768):  # the counts of nb buckets are a finer grouping's summed by runs
+        coarse = sweep_mod._group_kernel(sweep.values, sweep.lo, nb / (sweep.hi - sweep.lo), nb)
+        np.testing.assert_array_equal(np.diff(coarse[1]), np.diff(fine[1]).reshape(nb, -1).sum(axis=1))
+    made, chosen = [], []
+    group_kernel, choose = sweep_mod._group_kernel, sweep_mod.choose_buckets
+    monkeypatch.setattr(sweep_mod, "_group_kernel", lambda *a: made.append(a[-1]) or group_kernel(*a))
+    monkeypatch.setattr(sweep_mod, "choose_buckets",
+                        lambda *a: (lambda c: chosen.append(c and c[0]) or c)(choose(*a)))
+    for amount in AMOUNTS:
+        for bits, init in ((3, "density"), (5, "linear")):
+            s = validate_settings("t", {"prune": {"amount": amount},
+                                        "quantize": {"method": "kmeans", "bits": bits, "init": init}})
+            _same(sweep.measure(s), compress_weight("t", w, s)[0])
+    assert set(made) <= set(chosen) - {HIST_BINS}  # grouped again only for a bucket number chosen

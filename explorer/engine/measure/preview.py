@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import math
 import threading
 from dataclasses import replace
 from typing import Optional
@@ -140,18 +141,21 @@ class Previewer:
         return sweep
 
     def sorted_magnitudes(self, name: str) -> np.ndarray:
-        """|w| of layer ``name``'s weights, ascending (what turns a threshold into a sparsity): the sweep's
-        sorted magnitude keys read as float32, which it keeps anyway; sorted here for other weights."""
-        sweep = self.sweep(name)
-        if sweep is not None and sweep.usable and sweep.finite:
-            return sweep.sorted_keys().view(np.float32)
-        return np.sort(np.abs(self._values(name).astype(np.float64)))
+        """|w| of layer ``name``'s weights, ascending (what turns a dragged threshold into a sparsity, in
+        whole percent), in the weights' dtype; for a layer above the histogram's sample size, those of the
+        sample it is drawn from (every ``display_stride``-th weight: 4 M values, whose percentiles are the
+        layer's to within 0.05 points), not a sorted copy of 100 M weights. The pruning itself never reads
+        these: its thresholds are the sweep's or the pruner's, exact."""
+        values = self._values(name)
+        if display_stride(values.size) > 1:
+            values = self._layer_bins(name)[2]
+        return np.sort(np.abs(values))
 
     def prepare(self, name: str, settings: LayerSettings, progress: ProgressFn = None,
                 amounts=PREPARED_AMOUNTS) -> None:
         """Measure layer ``name`` ahead of time at the pruning ``amounts`` a slider gives (1..99 %, the
         nearest to its current amount first) with its other settings as they are, so that a release on any
-        of them finds its exact result measured. First the sweep state (sorted magnitudes, k-means buckets).
+        of them finds its exact result measured. First the sweep state (magnitude counts, k-means buckets).
         Reports progress after each step: the window cancels it when a measurement of its own starts.
         (Measuring the nearest amounts' whole plans ahead too was tried: their summaries are Python work
         that, on a background thread, slowed the window's own releases more than the lookups saved.)"""
@@ -166,13 +170,18 @@ class Previewer:
         sweep.prepare(settings, scaled(progress, 0.0, 0.2))
         self._sweeps.refresh(name)
         here = p.amount if p is not None and isinstance(p.amount, float) else 0.0
-        todo = sorted(amounts, key=lambda a: (abs(a - here), a))
-        for i, amount in enumerate(todo):
-            prune = replace(p, amount=amount) if p is not None else PruneSettings(amount=amount)
-            s = replace(settings, prune=prune)
+        at = [replace(settings, prune=replace(p, amount=a) if p is not None else PruneSettings(amount=a))
+              for a in amounts]
+        first = sweep.grouping(settings) or 1
+        # nearest first, those of the current k-means grouping before the others (one grouping at a time)
+        todo = sorted(zip(amounts, at), key=lambda t: (abs(math.log2((sweep.grouping(t[1]) or 1) / first)),
+                                                       abs(t[0] - here), t[0]))
+        for i, (amount, s) in enumerate(todo):
             if sweep.measure_covers(s):
                 self._swept(name, s, TensorCache.key(self.modules[name].weight, name, s))
             report(progress, 0.2 + 0.8 * (i + 1) / len(todo), f"{name}: {amount:.0%} measured")
+        sweep.trim()  # what the amounts needed beyond the budget (a large layer's buckets): they are measured
+        self._sweeps.refresh(name)
         report(progress, 1.0, f"{name}: prepared")
 
     def _measured_tensor(self, name: str, settings: LayerSettings):

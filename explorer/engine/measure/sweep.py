@@ -6,9 +6,13 @@ amount. A :class:`TensorSweep` keeps what does not depend on the amount and comp
 the size preview shows — the storage sizes, the non-zero count, the codebook and the quantization
 error — in one pass over the tensor plus O(k × bucket) work:
 
-- the magnitudes' float32 bit patterns sorted once: the pruning threshold and its ties are a lookup
-  (the mask is then the one :func:`~explorer.engine.methods.prune.magnitude_mask` builds, never materialised:
-  the gap histograms are counted from the keys directly);
+- the magnitudes' float32 bit patterns counted once by their top 15 bits (exponent and 7 mantissa bits:
+  a cumulative histogram of 32,768 bins, 256 KB): the pruning threshold of an amount is then found in one
+  bin, whose members a pass gathers and sorts (the 99 amounts a slider gives: one pass for all), and its
+  ties are counted there. (Sorting all the keys, as this did before, kept 4 bytes a weight — 411 MB on
+  VGG-16's first classifier layer — and needed twice that while sorting.) The mask is then the one
+  :func:`~explorer.engine.methods.prune.magnitude_mask` builds, never materialised: the gap histograms are
+  counted from the keys directly;
 - for k-means, the weights grouped into the buckets :func:`~explorer.engine.methods.kmeans.kmeans_1d` uses,
   with per-bucket sums accumulated in position order. Pruning by magnitude removes a band of values
   around zero, so the survivors' buckets are the tensor's with the buckets inside the band emptied and
@@ -44,13 +48,17 @@ from explorer.engine.methods.prune import keep_count, mask_from_key
 from explorer.engine.methods.quantize import QuantResult, gather, shared_values
 from explorer.engine.plan import LayerSettings
 from explorer.engine.progress import ProgressFn, report
-from explorer.engine.storage.coding import gap_histograms_of_keys, gap_histograms_of_mask
+from explorer.engine.storage.coding import gap_histograms_of_keys
 from explorer.engine.storage.size import GAP_BITS, TensorCode, sizes_from_counts
 
 __all__ = ["TensorSweep", "SweepResult"]
 
 GROUP_BYTES = 96 << 20  # k-means bucket groups kept per tensor (each: 4 bytes per weight, 24 per bucket)
 EXACT_MAX_SURVIVORS = 1 << 18  # survivors clustered directly where the bucket path does not apply
+MAG_SHIFT = 16  # a magnitude key's bin: its top 15 bits (the sign is not part of a magnitude)
+MAG_BINS = 1 << (31 - MAG_SHIFT)
+BATCH_MEMBERS = 1 << 23  # bins gathered in one pass, up to this many members in all (32 MB), unless one is larger
+RANKS_KEPT = 1 << 14  # thresholds remembered per tensor (a slider gives 99)
 
 
 class SweepResult:
@@ -73,7 +81,6 @@ class TensorSweep:
         self.n = int(w.numel())
         self.usable = w.dtype == torch.float32 and w.device.type == "cpu" and self.n > 0
         self._lock = threading.Lock()
-        self._sorted: Optional[np.ndarray] = None
         # bucket count -> (gx, start, S, SS) of every weight, the most recently used up to GROUP_BYTES
         self._groups = Recent(limit_bytes=GROUP_BYTES)
         if not self.usable:
@@ -85,24 +92,16 @@ class TensorSweep:
         self.hi = float(self.values.max())
         self._lo_key = int(np.float32(abs(self.lo)).view(np.uint32))
         self._hi_key = int(np.float32(abs(self.hi)).view(np.uint32))
+        self._magnitudes = _Magnitudes(self.keys)
 
     # ------------------------------------------------------------------------------------------ pruning
-    def sorted_keys(self) -> np.ndarray:
-        with self._lock:
-            if self._sorted is None:
-                self._sorted = np.sort(self.keys & np.uint32(0x7FFFFFFF))
-            return self._sorted
-
     def threshold(self, k: int):
         """(T, ties): the key of the ``k``-th largest magnitude and how many entries equal to it are kept,
         as :func:`explorer.engine.methods.prune._select_key` finds them (1 <= k < n)."""
-        sk = self.sorted_keys()
-        T = int(sk[self.n - k])
-        above = self.n - int(np.searchsorted(sk, np.uint32(T), side="right"))
-        return T, k - above
+        return self._magnitudes.threshold(k)
 
     def mask(self, amount, stride: int = 1, keys: Optional[np.ndarray] = None) -> np.ndarray:
-        """:func:`~explorer.engine.methods.prune.magnitude_mask` of the tensor at ``amount``, from the sorted keys;
+        """:func:`~explorer.engine.methods.prune.magnitude_mask` of the tensor at ``amount``, from its threshold;
         with ``stride`` > 1 only its entries at every ``stride``-th position (a sample for display), without
         a pass over the whole tensor unless a sampled entry is one of a partly kept group of ties. ``keys``:
         the sample's keys when the caller keeps them (``self.keys[::stride]``)."""
@@ -126,8 +125,7 @@ class TensorSweep:
         return mask
 
     def _count(self, key: int) -> int:
-        sk = self.sorted_keys()
-        return int(np.searchsorted(sk, np.uint32(key), side="right") - np.searchsorted(sk, np.uint32(key)))
+        return self._magnitudes.count(key)
 
     def prepare(self, settings: LayerSettings, progress: ProgressFn = None) -> None:
         """Compute now what :meth:`measure` will need for ``settings`` at any amount (a background job
@@ -135,8 +133,9 @@ class TensorSweep:
         steps (each a pass over the tensor), so it can be cancelled."""
         if not self.usable or not self.finite:
             return
-        report(progress, 0.0, "sorting magnitudes")
-        self.sorted_keys()
+        report(progress, 0.0, "counting magnitudes")
+        self._magnitudes.ranked([self.n - k for k in {keep_count(self.n, pct / 100) for pct in range(1, 100)}
+                      if 0 < k < self.n])
         q = settings.quantize
         if q is not None and q.method == "kmeans" and self.hi > self.lo:
             # the bucket counts the slider's amounts (1..99 %) lead to, the current one last (kept longest)
@@ -152,6 +151,23 @@ class TensorSweep:
             for i, nb in enumerate([here] + nearest):
                 report(progress, (i + 1) / (len(nearest) + 2), f"k-means buckets ({nb})")
                 self._group(nb)
+
+    def grouping(self, settings: LayerSettings) -> Optional[int]:
+        """The bucket number a k-means measurement under ``settings`` starts from (its grouping of the
+        weights, unless refined), or None where it groups nothing. The previewer measures the amounts of one
+        grouping together: a large layer holds one at a time, and alternating would group again each time."""
+        q = settings.quantize
+        if not self.usable or q is None or q.method != "kmeans":
+            return None
+        return bucket_number(keep_count(self.n, settings.prune.amount) if settings.prune else self.n, 2 ** q.bits - 1)
+
+    def trim(self) -> None:
+        """Drop the bucket groups if they hold more than :data:`GROUP_BYTES` (the group last used is kept
+        even when it alone is over: one of 4 bytes a weight, 411 MB on VGG-16's first classifier layer).
+        The previewer calls this once it has measured the slider's amounts ahead: a release finds those
+        measured, and another amount or bit width groups the weights again (one pass)."""
+        if self._groups.nbytes > GROUP_BYTES:
+            self._groups.clear()
 
     # ------------------------------------------------------------------------------------------ measure
     def measure_covers(self, settings: LayerSettings) -> bool:
@@ -175,13 +191,13 @@ class TensorSweep:
         tied = self._count(T)
         if ties == tied or ties == 0:  # the mask is a threshold on the key
             gaps = gap_histograms_of_keys(self.keys, T if ties else T + 1, GAP_BITS)
-        else:  # some of the entries equal to the threshold are kept, the earliest first (rare)
-            mask = np.zeros(n, bool)
-            mask_from_key(self.keys, np.uint32(T), ties, mask)
-            gaps = gap_histograms_of_mask(mask, GAP_BITS)
+        else:  # some of the entries equal to the threshold are kept, the earliest first: up to the last of
+            # them, magnitudes >= T are kept, after it > T (no mask: a byte a weight, 103 MB on VGG-16's fc)
+            last = int(_first_tied(self.keys, np.uint32(T), ties)[2])
+            gaps = gap_histograms_of_keys(self.keys, T + 1, GAP_BITS, before=(last + 1, T))
         if q is None:
             # survivors keep their values: zeros among them only when the threshold itself is zero
-            nonzero = k if T > 0 else n - int(np.searchsorted(self.sorted_keys(), np.uint32(0), side="right"))
+            nonzero = k if T > 0 else n - self._count(0)
             return SweepResult(sizes_from_counts(n, k, gaps, None, None), nonzero, None)
         return self._kmeans(q, k, T, ties, gaps)
 
@@ -199,8 +215,8 @@ class TensorSweep:
         t = float(np.array([T], np.uint32).view(np.float32)[0])
         quota = self._tie_quota(T, ties)
 
-        def count(nb, scale):  # the survivors' per-bucket counts: the band (-t, t) emptied
-            gx, start, S, SS = self._group(nb)
+        def counted(nb, scale, group):  # the survivors' per-bucket counts: the band (-t, t) emptied
+            gx, start, S, SS = group
             b1, b2 = bucket_of(-t, lo, scale, nb), bucket_of(t, lo, scale, nb)
             gkeys = gx.view(np.uint32)
             kc = np.diff(start)
@@ -209,10 +225,20 @@ class TensorSweep:
             kc[b2] = _kept_in(gkeys, start, np.uint32(T), quota, b2)
             return kc, (gx, gkeys, start, S, SS, b1, b2)
 
+        def count(nb, scale):
+            if nb not in self._groups:
+                fine = self._finer_group(nb)
+                if fine is not None:  # summed from a finer grouping held (see _finer_group): no pass made
+                    fnb, group = fine
+                    kc, _ = counted(fnb, fnb / (hi - lo), group)
+                    return kc.reshape(nb, fnb // nb).sum(axis=1), None
+            return counted(nb, scale, self._group(nb))
+
         chosen = choose_buckets(z, k, q.max_iter, lo, hi, count)
         if chosen is None:  # kmeans_1d sorts the survivors
             return self._kmeans_exact(q, z, T, ties, gaps)
-        nb, scale, (gx, gkeys, start, S, SS, b1, b2) = chosen
+        nb, scale, state = chosen
+        gx, gkeys, start, S, SS, b1, b2 = state if state is not None else counted(nb, scale, self._group(nb))[1]
         gxk, startk, cwk, cwxk, cwxxk = _survivors(gx, gkeys, start, S, SS, np.uint32(T), quota, b1, b2)
         if int(startk[-1]) != z:
             return None  # cannot happen; a guard rather than a wrong number
@@ -269,10 +295,10 @@ class TensorSweep:
         return SweepResult(sizes_from_counts(self.n, z, gaps, code, hist), nonzero, quant)
 
     def held_bytes(self) -> int:
-        """The memory this state holds beyond the weight itself (which it views): the sorted magnitude
-        keys and the bucket groups (for :func:`~explorer.engine.cache.held_bytes`)."""
-        s = self._sorted
-        return 512 + (0 if s is None else s.nbytes) + self._groups.nbytes
+        """The memory this state holds beyond the weight itself (which it views): the magnitude histogram,
+        the thresholds found and the bucket groups (for :func:`~explorer.engine.cache.held_bytes`)."""
+        m = getattr(self, "_magnitudes", None)
+        return 512 + (0 if m is None else m.held_bytes()) + self._groups.nbytes
 
     def _tie_quota(self, T: int, ties: int) -> np.ndarray:
         """How many of the entries with magnitude key ``T`` are kept, per sign ([negative, positive]): the
@@ -289,6 +315,21 @@ class TensorSweep:
         """What :meth:`_group` keeps for ``nb`` buckets: 4 bytes per weight and 24 per bucket."""
         return 4 * self.n + 24 * (nb + 1) + 512
 
+    def _finer_group(self, nb: int):
+        """``(fnb, group)``: a grouping held for ``fnb`` = nb * 2**j buckets (j >= 1, the coarsest held), or
+        None. Its bucket counts summed by runs of 2**j are exactly those of ``nb`` buckets: the scale of
+        fnb buckets is 2**j times that of nb (a power of two: exact in floating point), so a value's bucket
+        at fnb is ``b * 2**j + r`` (r < 2**j) for its bucket b at nb, clamped ends included. Choosing the
+        bucket count counts coarser ones first (:func:`~explorer.engine.methods.kmeans.choose_buckets`):
+        those are read from the finer grouping a large layer holds, not grouped again (a pass and 4 bytes a
+        weight each, which could not stay beside it)."""
+        finer = [f for f in self._groups.keys() if f > nb and f % nb == 0 and (f // nb) & (f // nb - 1) == 0]
+        for f in sorted(finer):
+            group = self._groups.get(f)
+            if group is not None:
+                return f, group
+        return None
+
     def _group(self, nb: int):
         """Every weight grouped by its k-means bucket over [min, max] (position order kept inside a
         bucket), with per-bucket sums of x and x² accumulated in that order; 4 bytes per weight (the
@@ -296,9 +337,104 @@ class TensorSweep:
         counts as fit in :data:`GROUP_BYTES`."""
         hit = self._groups.get(nb)
         if hit is None:
+            if self._groups.nbytes + self._group_bytes(nb) > GROUP_BYTES:
+                self._groups.clear()  # the old ones would go once this is put: not beside it while it is made
             scale = nb / (self.hi - self.lo)
             hit = _group_kernel(self.values, self.lo, scale, nb)
             self._groups.put(nb, hit)
+        return hit
+
+
+class _Magnitudes:
+    """The order statistics of a float32 tensor's magnitude keys (its bits without the sign) without
+    sorting them: a cumulative count by bin (the top 15 bits), and the keys of the bins asked about
+    gathered and sorted (see the module doc). Thread-safe; the keys must not change."""
+
+    def __init__(self, keys: np.ndarray):
+        self.keys, self.n = keys, int(keys.size)
+        self._lock = threading.Lock()
+        self._cum: Optional[np.ndarray] = None  # cumulative bin counts (MAG_BINS + 1 entries)
+        self._zeros = 0  # how many keys are zero (either sign)
+        self._ranks: dict = {}  # r -> (key of the r-th smallest magnitude, how many keys are <= it)
+        self._equal: dict = {}  # key -> how many magnitude keys equal it
+
+    def held_bytes(self) -> int:
+        c = self._cum
+        return (0 if c is None else c.nbytes) + 120 * (len(self._ranks) + len(self._equal))
+
+    def cumulative(self) -> np.ndarray:
+        with self._lock:
+            if self._cum is None:
+                self._cum, self._zeros = _magnitude_histogram(self.keys)
+            return self._cum
+
+    def ranked(self, ranks) -> dict:
+        """r -> (key of the r-th smallest magnitude, how many keys are <= it), for each ``r`` in ``ranks``
+        (0 <= r < n): those not found before from the bins they fall in, gathered and sorted in as few
+        passes over the tensor as the batches of bins need."""
+        cum = self.cumulative()
+        found, by_bin = {}, {}
+        for r in {int(r) for r in ranks}:
+            hit = self._ranks.get(r)
+            if hit is not None:
+                found[r] = hit
+            else:
+                by_bin.setdefault(int(np.searchsorted(cum, r, side="right")) - 1, []).append(r)
+        batch, members = [], 0
+        for b in sorted(by_bin):
+            size = int(cum[b + 1] - cum[b])
+            if batch and members + size > BATCH_MEMBERS:
+                found.update(self._batch(batch, by_bin))
+                batch, members = [], 0
+            batch.append(b)
+            members += size
+        if batch:
+            found.update(self._batch(batch, by_bin))
+        return found
+
+    def _batch(self, bins: list, by_bin: dict) -> dict:
+        cum = self.cumulative()
+        slot = np.full(MAG_BINS, -1, np.int32)
+        sizes = np.array([cum[b + 1] - cum[b] for b in bins], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        slot[np.array(bins, np.int64)] = np.arange(len(bins), dtype=np.int32)
+        members = _bin_members(self.keys, slot, offsets)
+        ranks, equal = {}, {}
+        for i, b in enumerate(bins):
+            sub = np.sort(members[offsets[i]:offsets[i + 1]])
+            for r in by_bin[b]:
+                T = sub[r - int(cum[b])]
+                left, right = np.searchsorted(sub, T, side="left"), np.searchsorted(sub, T, side="right")
+                ranks[r] = (int(T), int(cum[b]) + int(right))
+                equal[int(T)] = int(right - left)
+        with self._lock:
+            if len(self._ranks) + len(ranks) > RANKS_KEPT:
+                self._ranks.clear()
+                self._equal.clear()
+            self._ranks.update(ranks)
+            self._equal.update(equal)
+        return ranks
+
+    def threshold(self, k: int):
+        """(T, ties): see :meth:`TensorSweep.threshold`."""
+        r = self.n - k
+        hit = self._ranks.get(r)
+        T, at_most = hit if hit is not None else self.ranked([r])[r]
+        return T, k - (self.n - at_most)
+
+    def count(self, key: int) -> int:
+        """How many magnitude keys equal ``key`` (a threshold :meth:`threshold` found, or zero)."""
+        if key == 0:
+            self.cumulative()
+            return self._zeros
+        hit = self._equal.get(key)
+        if hit is None:  # not a threshold found: count its bin's members
+            b = key >> MAG_SHIFT
+            cum = self.cumulative()
+            slot = np.full(MAG_BINS, -1, np.int32)
+            slot[b] = 0
+            members = _bin_members(self.keys, slot, np.array([0, cum[b + 1] - cum[b]], np.int64))
+            hit = int(np.count_nonzero(members == np.uint32(key)))
         return hit
 
 
@@ -306,16 +442,47 @@ class TensorSweep:
 
 
 @njit(cache=True, nogil=True)
+def _magnitude_histogram(keys):
+    """The magnitude keys' cumulative counts by bin (key >> MAG_SHIFT; MAG_BINS + 1 entries, from 0) and
+    how many keys are zero."""
+    cum = np.zeros(MAG_BINS + 1, np.int64)
+    zeros = 0
+    for i in range(keys.size):
+        m = keys[i] & np.uint32(0x7FFFFFFF)
+        cum[(m >> np.uint32(MAG_SHIFT)) + 1] += 1
+        if m == 0:
+            zeros += 1
+    for b in range(MAG_BINS):
+        cum[b + 1] += cum[b]
+    return cum, zeros
+
+
+@njit(cache=True, nogil=True)
+def _bin_members(keys, slot, offsets):
+    """The magnitude keys of the bins whose ``slot`` is not -1, those of slot s at offsets[s]..offsets[s+1]
+    (in position order)."""
+    out = np.empty(offsets[-1], np.uint32)
+    pos = offsets[:-1].copy()
+    for i in range(keys.size):
+        m = keys[i] & np.uint32(0x7FFFFFFF)
+        s = slot[m >> np.uint32(MAG_SHIFT)]
+        if s >= 0:
+            out[pos[s]] = m
+            pos[s] += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _group_kernel(values, lo, scale, nb):
+    """Counting sort of the values by bucket (see TensorSweep._group). The buckets are computed again in
+    the second pass rather than kept: 2 bytes a weight less at the peak (205 MB on VGG-16's largest layer)."""
     n = values.size
-    bidx = np.empty(n, np.uint16)  # nb <= kmeans.HIST_BINS = 65536
     start = np.zeros(nb + 1, np.int64)
     S = np.zeros(nb)
     SS = np.zeros(nb)
     for i in range(n):
         v = np.float64(values[i])
         b = bucket_of(v, lo, scale, nb)
-        bidx[i] = b
         start[b + 1] += 1
         S[b] += v
         SS[b] += v * v
@@ -324,7 +491,7 @@ def _group_kernel(values, lo, scale, nb):
     pos = start[:-1].copy()
     gx = np.empty(n, np.float32)  # exact: the weights are float32
     for i in range(n):
-        b = bidx[i]
+        b = bucket_of(np.float64(values[i]), lo, scale, nb)
         p = pos[b]
         gx[p] = values[i]
         pos[b] = p + 1

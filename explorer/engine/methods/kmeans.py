@@ -299,6 +299,7 @@ def choose_buckets(n: int, k: int, max_iter: int, lo: float, hi: float, count):
         if cost <= target or nb >= HIST_BINS:
             break
         nb = min(HIST_BINS, nb << max(1, int(np.ceil(np.log2(cost / target)))))
+        counts = state = None  # not held while the finer count is made (a state may hold a copy of the data)
     if cost > budget or int(np.count_nonzero(counts)) <= k:
         return None
     return nb, scale, state

@@ -291,13 +291,15 @@ def gap_histograms_of_mask(keep: np.ndarray, bs) -> dict:
     return _gap_histograms(keep.view(np.uint8), 1, bs)
 
 
-def gap_histograms_of_keys(keys: np.ndarray, tmin: int, bs) -> dict:
+def gap_histograms_of_keys(keys: np.ndarray, tmin: int, bs, before: tuple = (0, 0)) -> dict:
     """The same for the mask ``(keys & 0x7FFFFFFF) >= tmin`` (magnitude keys: float32 bit patterns, see
-    :mod:`explorer.engine.methods.prune`), which is never materialised."""
-    return _gap_histograms(keys, tmin, bs)
+    :mod:`explorer.engine.methods.prune`), which is never materialised. ``before = (split, tfirst)``: the
+    positions below ``split`` are kept at ``>= tfirst`` instead (a threshold whose ties are kept up to a
+    position: ``tfirst = T`` up to it, ``tmin = T + 1`` after)."""
+    return _gap_histograms(keys, tmin, bs, before)
 
 
-def _gap_histograms(src, tmin: int, bs) -> dict:
+def _gap_histograms(src, tmin: int, bs, before: tuple = (0, 0)) -> dict:
     bs = tuple(int(b) for b in bs)
     for b in bs:
         if not 1 <= b <= 30:
@@ -305,7 +307,9 @@ def _gap_histograms(src, tmin: int, bs) -> dict:
     if not bs:
         return {}
     Ms = np.array([(1 << b) - 1 for b in bs], np.int64)
-    hist, fillers = _gap_kernel(src, src.dtype.type(min(int(tmin), np.iinfo(src.dtype).max)), Ms)
+    top = np.iinfo(src.dtype).max
+    split, tfirst = int(before[0]), src.dtype.type(min(int(before[1]), top))
+    hist, fillers = _gap_kernel(src, src.dtype.type(min(int(tmin), top)), Ms, split, tfirst)
     return {b: (hist[j, : 1 << b].copy(), int(fillers[j])) for j, b in enumerate(bs)}
 
 
@@ -321,10 +325,10 @@ def _popcount(x):
 
 
 @njit(cache=True, nogil=True)
-def _gap_kernel(src, tmin, Ms):
+def _gap_kernel(src, tmin, Ms, split, tfirst):
     """Gap histograms (with fillers) of the kept positions, kept = ``(src[i] & 0x7FFFFFFF) >= tmin`` (a
-    uint8 mask with tmin 1, or magnitude keys). One pass counts the distinct gaps; each b's histogram
-    then follows from them, not from every kept position again.
+    uint8 mask with tmin 1, or magnitude keys; ``>= tfirst`` below position ``split``). One pass counts
+    the distinct gaps; each b's histogram then follows from them, not from every kept position again.
 
     The pass takes 64 entries at a time as a bit mask and visits only the *runs* of kept positions:
     every kept position but a run's first has gap 1 (a popcount per block), and a run's first has the
@@ -343,12 +347,14 @@ def _gap_kernel(src, tmin, Ms):
     for blk in range((n + 63) >> 6):
         base = blk << 6
         m = np.uint64(0)
-        if base + 64 <= n:
+        t = tmin if base >= split else tfirst
+        if base + 64 <= n and (base >= split or base + 64 <= split):
             for j in range(64):
-                m |= np.uint64((src[base + j] & low) >= tmin) << np.uint64(j)
-        else:
-            for j in range(n - base):
-                m |= np.uint64((src[base + j] & low) >= tmin) << np.uint64(j)
+                m |= np.uint64((src[base + j] & low) >= t) << np.uint64(j)
+        else:  # the last block, or the one the split falls in
+            for j in range(min(64, n - base)):
+                t = tmin if base + j >= split else tfirst
+                m |= np.uint64((src[base + j] & low) >= t) << np.uint64(j)
         if m == 0:
             carry = np.uint64(0)
             continue

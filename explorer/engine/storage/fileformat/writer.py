@@ -6,6 +6,9 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import shutil
+import tempfile
 import warnings
 import weakref
 import zipfile
@@ -31,12 +34,17 @@ from explorer.engine.storage.fileformat.manifest import FORMAT_NAME
 from explorer.engine.storage.fileformat.manifest import RESIZE_ATTRS as _RESIZE_ATTRS
 
 
+SPOOL_COPY_BYTES = 8 << 20  # the spool copied into the file in pieces of this size
+
+
 class _Streams:
     """The data region being laid out. In a dry run (``dry=True``) nothing is encoded: each stream's
-    length is what the size accounting predicts, which is how :func:`predicted_bytes` works."""
+    length is what the size accounting predicts, which is how :func:`predicted_bytes` works. Each
+    stream's bytes are kept in ``chunks``, or, with a ``sink`` (a binary file), written to it as soon as
+    they are made, so that only one stream is in memory at a time (:func:`save`)."""
 
-    def __init__(self, dry: bool = False):
-        self.dry = dry
+    def __init__(self, dry: bool = False, sink=None):
+        self.dry, self.sink = dry, sink
         self.chunks: list = []
         self.table: list = []
         self.offset = 0
@@ -46,9 +54,13 @@ class _Streams:
         if self.dry:
             length, crc = int(predicted), 0
         else:
-            data = bytes(make())
+            data = make()
             length, crc = len(data), zlib.crc32(data)
-            self.chunks.append(data)
+            if self.sink is not None:
+                self.sink.write(data)
+            else:
+                self.chunks.append(bytes(data))
+            del data
         self.table.append((length, crc))
         self.offset += length
         return len(self.table) - 1
@@ -331,8 +343,8 @@ def _state_layout(model: nn.Module, half: bool) -> list:
 _LAYOUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _build_manifest(loaded, compressed, half: bool, dry: bool = False):
-    streams = _Streams(dry)
+def _build_manifest(loaded, compressed, half: bool, dry: bool = False, sink=None):
+    streams = _Streams(dry, sink)
     arch = _architecture(loaded, compressed, streams)
     weights = {t.name: t for layer in compressed.layers.values() for t in layer.tensors}
     # what is written is read from the model itself, never from a memo
@@ -406,10 +418,19 @@ def save(compressed, path, loaded=None, half: bool = False, progress=None) -> in
     tensors (biases, norms) as float16.
     """
     report(progress, 0.0, "encoding")
-    data = encode(compressed, loaded, half)
-    report(progress, 0.8, "writing")  # the last point where a cancel leaves ``path`` as it was
     with atomic_open(path, "wb") as fh:
-        fh.write(data)
+        # the streams go to an unnamed spool file beside the target as they are encoded (the header,
+        # which lists their lengths and checksums, comes first in the file): never the whole file in
+        # memory, let alone twice (VGG-16's file is 155 MB)
+        with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(os.fspath(path)))) as spool:
+            manifest, streams = _build_manifest(loaded, compressed, half, sink=spool)
+            body = _manifest_bytes(manifest)
+            head = _pack_head(body, streams.table)
+            report(progress, 0.8, "writing")  # the last point where a cancel leaves ``path`` as it was
+            fh.write(head)
+            fh.write(body)
+            spool.seek(0)
+            shutil.copyfileobj(spool, fh, SPOOL_COPY_BYTES)
     if progress is not None:
         progress(1.0, "written")  # too late to cancel: the file is there
-    return len(data)
+    return len(head) + len(body) + streams.offset
