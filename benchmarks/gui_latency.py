@@ -170,6 +170,9 @@ class Heartbeat:
     def _tick(self) -> None:
         now = time.perf_counter()
         self.gaps.append((now - self.last, self.phase))
+        if self.why is not None and now - self.last > self.threshold_s:  # the dump above was taken in it
+            self.why.write(f"Stall of {(now - self.last) * 1000:.0f} ms in phase '{self.phase}'\n")
+            self.why.flush()  # before faulthandler writes to the same file again
         self.last = now
         if self.why is not None:
             # faulthandler's watchdog is a C thread: it dumps the stacks even while a worker holds the GIL
@@ -177,6 +180,9 @@ class Heartbeat:
 
     def resume(self) -> None:
         """Start the next gap now: after work the benchmark itself did on the GUI thread."""
+        if self.why is not None and time.perf_counter() - self.last > self.threshold_s:
+            self.why.write("Not a stall: the benchmark's own work on the GUI thread\n")
+            self.why.flush()
         self.last = time.perf_counter()
 
     def stop(self) -> None:
@@ -366,7 +372,6 @@ def run(args, load) -> int:
     layer = win.session.current
     beat.phase = "host reference"  # measured on this (the GUI) thread: not a stall of the window's
     host = host_reference(win.session.loaded, layer)
-    beat.resume()  # ... so the next gap starts after it (it was counted as the next phase's first gap)
     print(f"model: {MODELS[args.model][0]}, {info.total_params:,} parameters, {len(info.layers)} layers; input 1x3x{args.res}x"
           f"{args.res}; eval data {args.images} random images; torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; opened and measured in {load_s:.1f} s; selected layer {layer} "
@@ -378,6 +383,8 @@ def run(args, load) -> int:
         torch.manual_seed(0)
         own, host = host, host_reference(LoadedModel(nn.Sequential(nn.Conv2d(512, 512, 3, bias=False))), "0")
         ref_weights = 512 * 512 * 9
+    beat.resume()  # ... so the next gap starts after them (they were counted as the next phase's first gap)
+    if args.model != "resnet18":
         print(f"the selected layer alone (this thread): re-measured at a new amount in {own['prune']:.1f} ms pruned, "
               f"{own['kmeans']:.1f} ms + 5-bit k-means (median of 5; not prepared: a pass over its weights)")
     print(f"host reference (engine alone, this thread, nothing else of ours running): re-measuring a {ref_weights:,}-weight "
@@ -512,9 +519,16 @@ def _status_mb(field: str) -> float:
 def summarise_stalls(path) -> None:
     """The innermost frame of each thread in each stall dump, most frequent first."""
     text = Path(path).read_text()
-    dumps = [d for d in text.split("Timeout (") if d.strip()]
+    dumps = [d for d in text.split("Timeout (") if d.strip() and "Not a stall" not in d]
     seen = collections.Counter()
     for dump in dumps:
+        tail = [ln for ln in dump.splitlines() if ln.startswith("Stall of ")]
+        if tail:
+            print(f"  {tail[-1]}: " + "; ".join(
+                " ".join(ln.strip().split()[1:]).replace(str(ROOT) + "/", "")
+                .replace(".venv/lib/python3.11/site-packages/", "")
+                for block in dump.split("\nThread ")[1:]
+                for ln in block.splitlines()[1:2] if ln.strip().startswith("File ")))
         for block in dump.split("\nThread ")[1:]:
             lines = [ln.strip() for ln in block.splitlines() if ln.strip().startswith("File ")]
             if lines:

@@ -197,7 +197,9 @@ class AutosaveFiles:
         system gives it."""
         data = to_json(saved, self.memo)
         self.directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path, data)
+        # not fsynced: it is for a crashed or killed window, which the rename covers; an fsync on the GUI
+        # thread stalled its event loop (see storage.atomic.atomic_open)
+        atomic_write_bytes(self.path, data, durable=False)
         return len(data)
 
     def remove(self, path=None) -> None:

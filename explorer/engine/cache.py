@@ -183,10 +183,16 @@ class Recent:
             self.evicted += 1
 
     def clear(self) -> None:
+        self.drain()
+
+    def drain(self) -> list:
+        """Empty it; the values it held, least recently used first (the caller frees them as it likes)."""
         with self._lock:
+            values = list(self._items.values())
             self._items.clear()
             self._costs.clear()
             self._bytes = 0
+        return values
 
     def __contains__(self, key) -> bool:
         with self._lock:

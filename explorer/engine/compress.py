@@ -441,7 +441,10 @@ def compress_weight(key: str, weight: torch.Tensor, s: LayerSettings):
                 raise CompressionError(f"tensor '{layer_of_key(key)}': {exc}") from None
             new = quant.decoded.to(weight.dtype)
         elif mask is not None:
-            new = weight * torch.from_numpy(mask.reshape(tuple(weight.shape))).to(weight.device, weight.dtype)
+            # where, not weight * mask: no float copy of the mask (freed under the GIL), and a pruned weight is
+            # +0.0 as the file decodes it (a negative one times 0 was -0.0)
+            keep = torch.from_numpy(mask.reshape(tuple(weight.shape))).to(weight.device)
+            new = torch.where(keep, weight, weight.new_zeros(()))
         else:
             new = None
     out = (new if new is not None else weight).detach()

@@ -104,3 +104,17 @@ def test_a_failed_write_leaves_nothing(tmp_path):
             fh.write(b"half")
             raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_need_not_survive_a_power_loss_skips_the_fsyncs(tmp_path, monkeypatch):
+    """durable=False (the window's autosave, on the GUI thread): renamed into place, never fsynced."""
+    synced = []
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(fd))
+    target = tmp_path / "a.json"
+    atomic.atomic_write_bytes(target, b"one")
+    assert target.read_bytes() == b"one" and len(synced) >= 1
+    synced.clear()
+    atomic.atomic_write_bytes(target, b"two", durable=False)
+    assert target.read_bytes() == b"two" and synced == []
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary left
+    assert os.path.getsize(target) == 3

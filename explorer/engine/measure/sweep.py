@@ -42,6 +42,7 @@ import torch
 from numba import njit
 
 from explorer.engine.cache import Recent
+from explorer.engine.memory import drop_pages
 from explorer.engine.methods.kmeans import (HIST_MIN_N, bucket_lloyd, bucket_number, bucket_of, bucket_select,
                                             choose_buckets, snap_centroids)
 from explorer.engine.methods.prune import keep_count, mask_from_key
@@ -167,7 +168,18 @@ class TensorSweep:
         The previewer calls this once it has measured the slider's amounts ahead: a release finds those
         measured, and another amount or bit width groups the weights again (one pass)."""
         if self._groups.nbytes > GROUP_BYTES:
-            self._groups.clear()
+            self._drop_groups()
+
+    def _drop_groups(self) -> None:
+        """Empty the groupings, the pages of each one's values (4 bytes a weight) given back outside the
+        GIL where nothing else holds them (see :mod:`explorer.engine.memory`)."""
+        groups = self._groups.drain()
+        while groups:
+            group = groups.pop()
+            gx = group[0]
+            del group  # the tuple goes unless a measurement holds it: then gx is held elsewhere and kept
+            drop_pages(gx)
+            del gx
 
     # ------------------------------------------------------------------------------------------ measure
     def measure_covers(self, settings: LayerSettings) -> bool:
@@ -272,6 +284,7 @@ class TensorSweep:
                             side_bits=32 * int(centroids.size), mse=mse, rel_error=rel, info=info)
         code = TensorCode(codes=None, code_bits=q.bits, alphabet_size=2 ** q.bits, zero_code=0,
                           side_bits=quant.side_bits)
+        drop_pages(gxk)  # the survivors' copy (4 bytes each): its pages go outside the GIL (see engine.memory)
         return SweepResult(sizes_from_counts(self.n, z, gaps, code, hist), nonzero, quant)
 
     def _kmeans_exact(self, q, z: int, T: int, ties: int, gaps: dict) -> Optional[SweepResult]:
@@ -338,7 +351,7 @@ class TensorSweep:
         hit = self._groups.get(nb)
         if hit is None:
             if self._groups.nbytes + self._group_bytes(nb) > GROUP_BYTES:
-                self._groups.clear()  # the old ones would go once this is put: not beside it while it is made
+                self._drop_groups()  # the old ones would go once this is put: not beside it while it is made
             scale = nb / (self.hi - self.lo)
             hit = _group_kernel(self.values, self.lo, scale, nb)
             self._groups.put(nb, hit)

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from explorer.engine.errors import CompressionError
+from explorer.engine.memory import drop_pages
 from explorer.engine.methods.inits import BUILTIN as BUILTIN_INITS
 from explorer.engine.methods.inits import INITS, register_init
 
@@ -253,6 +254,7 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap=None):
     if chosen is None:
         return None  # the sorted path decides exactly
     nb, scale, (bidx, start, cw, cwx) = chosen
+    del chosen  # the bucket indices held by this frame alone (dropped below)
     gx, gw = _bucket_scatter(x, ww, bidx, start)
     if init == "linear":
         c0 = np.linspace(lo, hi, k)
@@ -272,6 +274,9 @@ def _kmeans_buckets(x, w, k, init, max_iter, seed, tol, snap=None):
     lut = _bucket_labels(bounds, lo, scale, nb)
     labels = np.empty(x.size, np.int64)
     inertia = _assign_lut(x, ww, c, bounds, bidx, lut, labels)
+    drop_pages(bidx)  # one call each, as each is held (a tuple or loop would hold them too): their pages go
+    drop_pages(gx)  # outside the GIL (see engine.memory)
+    drop_pages(gw)
     return KMeansResult(c, labels, float(max(inertia, 0.0)), initial, n_iter)
 
 

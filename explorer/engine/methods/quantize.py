@@ -21,6 +21,7 @@ import torch
 from numba import njit
 
 from explorer.engine.errors import CompressionError
+from explorer.engine.memory import drop_pages
 from explorer.engine.methods.kmeans import INITS, kmeans_1d
 from explorer.engine.methods.quantizers import QUANTIZERS, Quantizer, register  # noqa: F401  (their home)
 from explorer.engine.storage.coding import counts
@@ -66,6 +67,7 @@ def _prepare(weight: torch.Tensor, mask):
 
 
 def _finish(weight, q: np.ndarray) -> torch.Tensor:
+    np.add(q, 0.0, out=q)  # -0.0 (a level of zero times a negative rounding) is +0.0, as the file decodes it
     return torch.from_numpy(q.reshape(tuple(weight.shape))).to(dtype=weight.dtype, device=weight.device)
 
 
@@ -105,6 +107,8 @@ def quantize_kmeans(weight: torch.Tensor, mask=None, bits: int = 5, init: str = 
     codes = np.empty(n, np.uint8 if 2 ** bits <= 256 else np.int64)  # a byte a weight: 102.8 M weights, 103 MB
     decoded = np.empty(n, np.float32)
     _scatter(keep, labels, codebook if codebook.size else np.zeros(1, np.float32), codes, decoded)
+    drop_pages(survivors)  # their pages go outside the GIL (see engine.memory): 4-8 and 8 bytes a survivor
+    drop_pages(labels)
     q_t = torch.from_numpy(decoded.reshape(tuple(weight.shape))).to(dtype=weight.dtype, device=weight.device)
     return QuantResult("kmeans", bits, codes, q_t, zero_code, 2 ** bits, codebook=codebook,
                        side_bits=32 * info["k"], mse=mse, rel_error=rel, info=info)
@@ -139,10 +143,17 @@ def shared_values(survivors: np.ndarray, k: int, init: str, max_iter: int, seed:
         exact = np.flatnonzero(codebook == 0)
         zero_code = int(exact[0]) if exact.size else None
     # errors over the survivors: the same arrays and the same numpy reductions as _errors
-    d = survivors - codebook.astype(np.float64)[labels] if labels.size else survivors - 0.0
+    # (the differences computed in the array of the gathered levels: one temporary, which drop_pages frees
+    # below; survivors - levels would free the levels under the GIL)
+    if labels.size:
+        d = codebook.astype(np.float64)[labels]
+        np.subtract(survivors, d, out=d)
+    else:
+        d = survivors - 0.0
     nn_ = max(int(survivors.size), 1)
     norm = float(np.linalg.norm(survivors))
     mse, rel = float(np.dot(d, d) / nn_), (float(np.linalg.norm(d)) / norm if norm > 0 else 0.0)
+    drop_pages(d)  # 8 bytes a survivor: its pages go outside the GIL (see engine.memory)
     info = {"init": init, "k": int(centroids.size), "reserved_zero": pruned,
             "initial": (res.initial.tolist() if res is not None else []),
             "iterations": (res.n_iter if res is not None else 0)}

@@ -87,8 +87,11 @@ def _fsync_dir(directory: str) -> None:
 
 
 @contextmanager
-def atomic_open(path, mode: str = "wb"):
+def atomic_open(path, mode: str = "wb", durable: bool = True):
     """Open a temporary file beside ``path``; on success it is flushed, fsynced and renamed over ``path``.
+    ``durable=False`` skips the two fsyncs: the rename is still atomic (a killed or crashed process leaves
+    the old file or the new one), but a power loss may lose the new one. The window's autosave, written on
+    the GUI thread, uses it: an fsync there stalled the event loop for 60+ ms beside a busy disk.
 
     If the block raises, the temporary file is removed and ``path`` is left as it was. An ``OSError`` on the
     way (a full disk, a read-only directory, raised here or by the block's writes) becomes a
@@ -96,7 +99,7 @@ def atomic_open(path, mode: str = "wb"):
     """
     path = os.fspath(path)
     try:
-        with _atomic_open(path, mode) as fh:
+        with _atomic_open(path, mode, durable) as fh:
             yield fh
     except WriteError:
         raise
@@ -105,7 +108,7 @@ def atomic_open(path, mode: str = "wb"):
 
 
 @contextmanager
-def _atomic_open(path: str, mode: str):
+def _atomic_open(path: str, mode: str, durable: bool = True):
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale(path)
     try:
@@ -126,9 +129,11 @@ def _atomic_open(path: str, mode: str):
                 os.chmod(tmp, keep_mode)
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(directory)
+        if durable:
+            _fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -158,6 +163,6 @@ def check_writable(path) -> None:
         pass
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    with atomic_open(path, "wb") as fh:
+def atomic_write_bytes(path, data: bytes, durable: bool = True) -> None:
+    with atomic_open(path, "wb", durable) as fh:
         fh.write(data)
