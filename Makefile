@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-kernels bench-gui bench-large fuzz probe soak clean samples screenshots
+.PHONY: demo test bench bench-kernels bench-gui bench-large bench-runtime fuzz probe soak clean samples screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-kernels: $(STAMP)
 bench-gui: $(STAMP)
 	$(PY) benchmarks/gui_latency.py
 	$(PY) benchmarks/gui_latency.py --layer layer2.1.conv2
+
+bench-runtime: $(STAMP)
+	$(PY) benchmarks/runtime.py
 
 bench-large: $(STAMP)
 	$(PY) benchmarks/gui_latency.py --model vgg16 --images 8 --rounds 2

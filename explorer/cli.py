@@ -204,18 +204,27 @@ def cmd_evaluate(args) -> int:
     from explorer.engine.plan import Plan  # torch: after parsing
 
     loaded = _load(args)
+    if args.runtime == "compressed" and (loaded.kind != "compressed" or args.plan):
+        raise LoadError("--runtime compressed runs a .cexp file as stored: give the file, without --plan")
     if loaded.kind == "compressed" and not args.plan:
         bar = TextProgress("evaluating")
         try:
+            decisions, dense_resident, dense_macs = _runtime(args, loaded, bar)
             r = evaluate_loaded(loaded, progress=bar, limit=args.limit)
         finally:
             bar.close()
+        if decisions:  # torch's counter does not see the kernels: the count of the layers as the file defines them
+            r["macs"] = dense_macs
+        r["runtime"] = args.runtime
+        r["dense_resident_bytes"] = dense_resident
+        r["layers"] = [vars(d) for d in decisions]
         if args.json:
             print(json.dumps(dict(r, model=loaded.source), indent=2))
             return 0
         print(f"{loaded.source} (compressed file): {r['file_bytes']:,} bytes"
               + (f", {r['ratio']:.1f}x smaller than the dense model ({r['dense_bytes']:,} bytes)"
                  if r.get("ratio") else ""))
+        _print_runtime(r, decisions)
         if r["macs"] is not None:
             print(f"MACs: {r['macs']:,}")
         if r["accuracy"]:
@@ -233,6 +242,61 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     _print_evaluation(loaded, args.plan, result)
+    return 0
+
+
+def _runtime(args, loaded, progress=None):
+    """(decisions, resident bytes and MACs of the dense decode): the compressed runtime given to
+    ``loaded.model`` when ``--runtime compressed`` asks for it (else no decisions and no MAC count)."""
+    from explorer.engine.measure.metrics import model_macs, resident_bytes  # torch: after parsing
+    from explorer.engine.storage import fileformat  # torch: after parsing
+
+    dense = resident_bytes(loaded.model)
+    if getattr(args, "runtime", "dense") != "compressed":
+        return [], dense, None
+    macs = model_macs(loaded.model, loaded.example_input) if loaded.example_input is not None else None
+    decisions = fileformat.to_compressed_runtime(loaded.source, loaded.model, batch=args.runtime_batch,
+                                                 prefer=args.prefer, progress=progress,
+                                                 example_input=loaded.example_input)
+    return decisions, dense, macs
+
+
+def _print_runtime(r: dict, decisions: list) -> None:
+    if r["runtime"] == "dense":
+        print(f"resident weight memory: {r['resident_bytes']:,} bytes ({human_bytes(r['resident_bytes'])}, every "
+              "tensor decoded; --runtime compressed computes on the stored form)")
+        return
+    print(f"resident weight memory (compressed runtime): {r['resident_bytes']:,} bytes "
+          f"({human_bytes(r['resident_bytes'])}); dense decode {r['dense_resident_bytes']:,} bytes "
+          f"({r['dense_resident_bytes'] / max(r['resident_bytes'], 1):.1f}x)")
+    if decisions:
+        rows = [[d.layer, d.chosen, f"{d.times['dense']:.3f}"] +
+                [f"{d.times[k]:.3f}" if k in d.times else "-" for k in ("torch-csr", "csr", "csr-codes", "codes")]
+                for d in decisions]
+        print(table(rows, ["layer", "runs as", "dense ms", "torch-csr", "csr", "csr-codes", "codes"], "llrrrrr"))
+
+
+def cmd_bench(args) -> int:
+    from explorer.engine.measure.bench import bench_runtimes  # torch: after parsing
+
+    loaded = _load(args)
+    if loaded.kind != "compressed":
+        raise LoadError(f"bench times a compressed file (.cexp); {loaded.source} is a {loaded.kind} model")
+    if loaded.example_input is None:
+        raise LoadError("bench needs an example input: give --input-shape")
+    bar = TextProgress("benchmarking")
+    try:
+        out = bench_runtimes(loaded, batches=args.batch, threads=args.threads, prefer=args.prefer,
+                             runtime_batch=args.runtime_batch, progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(dict(out, model=loaded.source), indent=2))
+        return 0
+    rows = [[row["runtime"], str(row["batch"]), str(row["threads"]), f"{row['ms']:.3f}",
+             f"{row['speedup']:.2f}x", f"{row['resident_bytes']:,}"] for row in out["rows"]]
+    print(table(rows, ["runtime", "batch", "threads", "ms (median)", "vs dense", "resident bytes"], "lrrrrr"))
+    print(f"equal outputs: largest difference from the dense decode {out['max_abs_diff']:.3g}")
     return 0
 
 
@@ -709,6 +773,17 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(self, message)
 
 
+def _add_runtime_args(p, default) -> None:
+    if default is not None:
+        p.add_argument("--runtime", choices=["dense", "compressed"], default=default,
+                       help="a .cexp file: decode every tensor dense (default), or run the layers whose stored "
+                       "form pays off on it (sparse rows, shared-weight codes; chosen by timing each)")
+    p.add_argument("--prefer", choices=["speed", "memory"], default="speed",
+                   help="compressed runtime: the fastest form of a layer (default), or the smallest")
+    p.add_argument("--runtime-batch", type=_positive, default=1, metavar="N",
+                   help="compressed runtime: the batch size its forms are timed at (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="compression-explorer",
                                      description="Compress neural networks layer by layer and measure the result.")
@@ -728,7 +803,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON (default: none, the baseline: the dense model measured as it is)")
     p.add_argument("--limit", type=_positive, help="evaluate on the first N samples only")
+    _add_runtime_args(p, "dense")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("bench", help="time a .cexp file's model, dense decode against the compressed runtime "
+                       "(latency per batch, resident weight memory)", **vocabulary)
+    _add_model_args(p)
+    p.add_argument("--batch", type=_positive, nargs="+", default=[1, 32], help="batch sizes (default: 1 32)")
+    p.add_argument("--threads", type=_positive, nargs="+", help="torch/numba threads (default: 1 and all)")
+    _add_runtime_args(p, None)
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("compress", help="apply a plan and write the compressed file (.cexp)", **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", required=True, help="plan JSON")
@@ -818,6 +901,7 @@ def _check_outputs(args) -> None:
 
 #: the engine modules each verb imports when it runs, beyond the loaders every verb needs (see _start)
 ENGINE = {"inspect": ("explorer.engine.inspect",), "evaluate": ("explorer.engine.measure.evaluate",),
+          "bench": ("explorer.engine.measure.bench",),
           "compress": ("explorer.engine.compress",),
           "export": ("explorer.engine.compress", "explorer.engine.model.export"),
           "finetune": ("explorer.engine.finetune.trainer",), "auto": ("explorer.engine.sensitivity.auto",),

@@ -292,6 +292,13 @@ def _factory(name):
 mlp_model, cnn_model, resnet_model, depthwise_model, transformer_model = (
     _factory(n) for n in ("mlp", "cnn", "resnet", "depthwise", "transformer"))
 unet_model, mobilenetv2_model = _factory("unet"), _factory("mobilenetv2")
+lstm_model, mixed_model = _factory("lstm"), _factory("mixed")
+
+
+def sparse_mlp_model():
+    """A factory: 512 -> 256 -> 3 (the compressed runtime's tests prune and quantize the first layer)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 3)).eval(), torch.randn(1, 512)
 
 
 def tiny_bert_folder(folder):

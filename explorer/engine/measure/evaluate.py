@@ -13,7 +13,7 @@ import torch
 
 from explorer.engine.compress import compress
 from explorer.engine.errors import ExplorerError
-from explorer.engine.measure.metrics import accuracy, fidelity, model_macs
+from explorer.engine.measure.metrics import accuracy, fidelity, model_macs, resident_bytes
 from explorer.engine.plan import Plan
 from explorer.engine.progress import ProgressFn, scaled
 from explorer.engine.storage import fileformat
@@ -95,6 +95,7 @@ def evaluate_loaded(loaded, progress: ProgressFn = None, limit: Optional[int] = 
         out["dense_bytes"] = (acc["dense_bits"] + 7) // 8
         out["ratio"] = out["dense_bytes"] / out["file_bytes"] if out["file_bytes"] else None
     out["macs"] = model_macs(loaded.model, loaded.example_input) if loaded.example_input is not None else None
+    out["resident_bytes"] = resident_bytes(loaded.model)
     ev = loaded.eval_data
     out["accuracy"] = None
     if ev is not None and ev.labels is not None and len(ev):

@@ -326,3 +326,17 @@ def fidelity(model: nn.Module, reference: nn.Module, inputs: torch.Tensor, progr
             ref2 += float((r ** 2).sum())
             report(progress, min(start + batch_size, total) / max(total, 1), "fidelity")
     return {"cosine": cos_sum / max(n, 1), "rel_error": math.sqrt(err2 / ref2) if ref2 > 0 else math.sqrt(err2)}
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """The bytes the model's tensors hold (parameters and buffers, each storage once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t is None or t.is_meta:
+            continue
+        s = t.untyped_storage()
+        key = (s.data_ptr(), s.nbytes())
+        if key not in seen:
+            seen.add(key)
+            total += s.nbytes()
+    return total

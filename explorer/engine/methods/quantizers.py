@@ -37,6 +37,8 @@ class Quantizer:
       ``positions`` (None: every position) of a tensor of ``n`` weights; ``read`` has ``floats(index, count,
       what)``, ``raw(index)`` and ``need(cond, message)``.
     - ``alphabet(bits)``: the codes the format allows; ``code_bits``: bits per code if fixed (binary 1).
+    - ``read_book(q, read, name) -> values``: for a codebook quantizer, the values its codes index (the
+      compressed runtime computes on the codes); None for the others.
     """
 
     name: str
@@ -49,6 +51,7 @@ class Quantizer:
     check: Callable = lambda settings, pruned: None
     alphabet: Callable = lambda bits: 2 ** bits
     code_bits: Optional[int] = None
+    read_book: Optional[Callable] = None
 
     def describe(self, settings) -> str:
         if self.code_bits is not None:
@@ -87,11 +90,13 @@ def _book_read(book, read, codes, name):
     return book[codes]
 
 
-def _kmeans_read(q: dict, read, codes, positions, n, name):
+def _kmeans_book(q: dict, read, name):
     book = read.floats(q["codebook"], q["k"], f"{name} codebook")
-    if q["reserved_zero"]:
-        book = np.concatenate([[0.0], book])
-    return _book_read(book, read, codes, name)
+    return np.concatenate([[0.0], book]) if q["reserved_zero"] else book
+
+
+def _kmeans_read(q: dict, read, codes, positions, n, name):
+    return _book_read(_kmeans_book(q, read, name), read, codes, name)
 
 
 def _alpha_write(quant, add) -> dict:
@@ -102,11 +107,18 @@ def _alpha_check(q: dict, check, n: int) -> None:
     check.stream(q, "alpha")
 
 
-def _signs_read(with_zero: bool):
-    def read_table(q: dict, read, codes, positions, n, name):
+def _signs_book(with_zero: bool):
+    def read_book(q: dict, read, name):
         (alpha,) = read.floats(q["alpha"], 1, f"{name} alpha")
-        book = np.array([-alpha, 0.0, alpha] if with_zero else [-alpha, alpha])
-        return _book_read(book, read, codes, name)
+        return np.array([-alpha, 0.0, alpha] if with_zero else [-alpha, alpha])
+    return read_book
+
+
+def _signs_read(with_zero: bool):
+    book = _signs_book(with_zero)
+
+    def read_table(q: dict, read, codes, positions, n, name):
+        return _book_read(book(q, read, name), read, codes, name)
     return read_table
 
 
@@ -151,7 +163,7 @@ def _uniform_read(q: dict, read, codes, positions, n, name):
 register(Quantizer(
     "kmeans", "weight sharing: the survivors clustered into 2^bits shared values (one is 0 when pruned)",
     None,
-    ("bits", "init", "max_iter", "seed"), _kmeans_write, _kmeans_check, _kmeans_read))
+    ("bits", "init", "max_iter", "seed"), _kmeans_write, _kmeans_check, _kmeans_read, read_book=_kmeans_book))
 register(Quantizer(
     "uniform", "evenly spaced levels with float32 scales, symmetric or with a zero point, per tensor or channel",
     None,
@@ -160,13 +172,13 @@ register(Quantizer(
                              "levels); use binary, or symmetric=false") if s.symmetric and s.bits < 2 else None))
 register(Quantizer(
     "binary", "{-a, +a}: 1 bit a weight (no zero: not on a pruned layer)",
-    None, (), _alpha_write, _alpha_check, _signs_read(False),
+    None, (), _alpha_write, _alpha_check, _signs_read(False), read_book=_signs_book(False),
     check=lambda s, pruned: ("method binary cannot represent pruned weights (no zero level); use ternary, or "
                              "kmeans/uniform") if pruned else None,
     alphabet=lambda bits: 2, code_bits=1))
 register(Quantizer(
     "ternary", "{-a, 0, +a}: 2 bits a weight",
-    None, (), _alpha_write, _alpha_check, _signs_read(True),
+    None, (), _alpha_write, _alpha_check, _signs_read(True), read_book=_signs_book(True),
     alphabet=lambda bits: 3, code_bits=2))
 
 

@@ -45,6 +45,6 @@ __getattr__, __dir__, __all__ = lazy_exports(globals(), {
     "explorer.engine.storage.fileformat.dtypes": ("DTYPES",),
     "explorer.engine.storage.fileformat.reader": ("ModelFile", "is_model_file", "parse", "read", "summary"),
     "explorer.engine.storage.fileformat.decode": ("decode_tensors",),
-    "explorer.engine.storage.fileformat.loader": ("load", "load_full"),
+    "explorer.engine.storage.fileformat.loader": ("RUNTIMES", "load", "load_full", "to_compressed_runtime"),
     "explorer.engine.storage.fileformat.writer": ("encode", "predicted_bytes", "save"),
 })

@@ -33,7 +33,28 @@ def _floats(mf, index, count, what) -> np.ndarray:
     return np.frombuffer(data, "<f4").astype(np.float64)
 
 
-def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
+class WeightParts:
+    """A stored weight as the file holds it: ``positions`` of its stored entries (flat, increasing; None:
+    every position), their ``values`` (float64), and for a codebook quantizer (k-means, binary, ternary)
+    their ``codes`` and the ``book`` they index (else None). Entries include the filler zeros of a gap
+    stream (their value 0)."""
+
+    __slots__ = ("shape", "positions", "values", "codes", "book")
+
+    def __init__(self, shape, positions, values, codes=None, book=None):
+        self.shape, self.positions, self.values, self.codes, self.book = shape, positions, values, codes, book
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros(math.prod(self.shape), np.float64)
+        if self.positions is None:
+            out[:] = self.values
+        else:
+            out[self.positions] = self.values
+        return out
+
+
+def weight_parts(mf: ModelFile, e: dict) -> WeightParts:
+    """The stored entries of a pruned or quantized weight (``e``: its manifest entry, not raw storage)."""
     name = e["name"]
     enc = e["encoding"]
     n = math.prod(entry_shape(e))
@@ -55,15 +76,17 @@ def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
         positions = np.cumsum(gaps) - 1
         need(positions.size == 0 or positions[-1] < n, f"{name}: gaps run past the tensor's {n} weights")
     if enc["values"] == "float":
-        vals = _floats(mf, enc["floats"], entries, name)
-    else:
-        vals = _dequantize(mf, enc, positions, n, entries, name)
-    out = np.zeros(n, np.float64)
-    if positions is None:
-        out[:] = vals
-    else:
-        out[positions] = vals
-    return out
+        return WeightParts(entry_shape(e), positions, _floats(mf, enc["floats"], entries, name))
+    q = enc["quant"]
+    codes = _decode_stream(mf, enc["index"], entries, f"{name} codes")
+    quantizer, read = QUANTIZERS[q["method"]], _TableRead(mf)
+    values = quantizer.read_table(q, read, codes, positions, n, name)
+    book = quantizer.read_book(q, read, name) if quantizer.read_book is not None else None
+    return WeightParts(entry_shape(e), positions, values, codes if book is not None else None, book)
+
+
+def _decode_weight(mf: ModelFile, e: dict) -> np.ndarray:
+    return weight_parts(mf, e).dense()
 
 
 class _TableRead:
@@ -73,12 +96,6 @@ class _TableRead:
         self.raw = mf.stream
         self.need = need
         self.floats = lambda index, count, what: _floats(mf, index, count, what)
-
-
-def _dequantize(mf, enc, positions, n, entries, name) -> np.ndarray:
-    q = enc["quant"]
-    codes = _decode_stream(mf, enc["index"], entries, f"{name} codes")
-    return QUANTIZERS[q["method"]].read_table(q, _TableRead(mf), codes, positions, n, name)
 
 
 def _raw_tensor(mf: ModelFile, e: dict) -> torch.Tensor:
@@ -114,4 +131,4 @@ def decode_tensors(mf: ModelFile) -> dict:
     return out
 
 
-__all__ = ["decode_tensors"]
+__all__ = ["decode_tensors", "weight_parts", "WeightParts"]

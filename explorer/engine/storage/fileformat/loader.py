@@ -16,10 +16,11 @@ from explorer.engine.errors import ExplorerError, FormatError, LoadError
 from explorer.engine.measure.metrics import run_model
 from explorer.engine.model import hf
 from explorer.engine.model.factories import call_factory
-from explorer.engine.progress import report
+from explorer.engine.progress import report, scaled
+from explorer.engine.runtime import compressed_runtime
 from explorer.engine.samples import SAMPLE_FACTORIES
 from explorer.engine.storage.fileformat.manifest import FLOAT_DTYPES
-from explorer.engine.storage.fileformat.decode import decode_tensors
+from explorer.engine.storage.fileformat.decode import decode_tensors, weight_parts
 from explorer.engine.storage.fileformat.reader import ModelFile, entry_shape, need, read
 
 
@@ -152,24 +153,58 @@ def _assign_state(model: nn.Module, tensors: dict) -> None:
     model.load_state_dict(tensors, strict=True)
 
 
-def load(path, factory: Optional[str] = None, progress=None) -> nn.Module:
+RUNTIMES = ("dense", "compressed")
+
+
+def load(path, factory: Optional[str] = None, progress=None, runtime: str = "dense", batch: int = 1,
+         prefer: str = "speed") -> nn.Module:
     """Load a compressed model file into a runnable model (in eval mode).
 
     A file whose architecture is built by user code (a factory outside this package) needs ``factory``
     naming the same reference: the reader never imports or runs code the user did not name.
+
+    ``runtime="compressed"``: the Linear and 1x1 Conv2d layers whose stored form pays off compute on it
+    (:mod:`explorer.engine.runtime`; chosen by timing each form at ``batch`` rows, or by size with
+    ``prefer="memory"``); the decisions are the model's ``compressed_runtime`` attribute.
     """
-    return load_full(path, factory, progress)[0]
+    return load_full(path, factory, progress, runtime, batch, prefer)[0]
 
 
-def load_full(path, factory: Optional[str] = None, progress=None):
+def load_full(path, factory: Optional[str] = None, progress=None, runtime: str = "dense", batch: int = 1,
+              prefer: str = "speed"):
     """(model, example_input, eval_data, manifest): :func:`load` plus what the factory supplies."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     report(progress, 0.0, "reading")
     mf = read(path)
     try:
-        model, example, data = _materialize(mf, factory, progress)
+        model, example, data = _materialize(mf, factory, scaled(progress, 0.0, 0.7 if runtime != "dense" else 1.0))
+        if runtime == "compressed":
+            _compressed_runtime(mf, model, batch, prefer, scaled(progress, 0.7, 1.0), example)
     except FormatError as exc:
         raise FormatError(f"{os.fspath(path)}: {exc}") from None
     return model, example, data, mf.manifest
+
+
+def to_compressed_runtime(path, model: nn.Module, batch: int = 1, prefer: str = "speed", progress=None,
+                          example_input=None) -> list:
+    """Give ``model``, loaded dense from the file at ``path``, the compressed runtime (see :func:`load`), in
+    place; the decisions."""
+    _compressed_runtime(read(path), model, batch, prefer, progress, example_input)
+    return model.compressed_runtime
+
+
+def _compressed_runtime(mf: ModelFile, model: nn.Module, batch: int, prefer: str, progress,
+                        example_input=None) -> None:
+    """Replace the layers whose stored form pays off (see :func:`load`); a TorchScript graph stays dense."""
+    if isinstance(model, torch.jit.ScriptModule):
+        model.compressed_runtime = []
+        return
+    wanted = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    parts = {e["name"]: weight_parts(mf, e) for e in mf.manifest["tensors"]
+             if e["name"] in wanted and "alias" not in e and e["encoding"]["storage"] != "raw"}
+    model.compressed_runtime = compressed_runtime(model, parts, batch=batch, prefer=prefer, progress=progress,
+                                                  example_input=example_input)
 
 
 def _torchscript_graph(mf: ModelFile) -> nn.Module:

@@ -1,0 +1,92 @@
+"""Timing a compressed file's model: its dense decode against the compressed runtime, side by side.
+
+``compression-explorer bench FILE.cexp`` and ``benchmarks/runtime.py`` use :func:`bench_runtimes`: the
+model as loaded (every tensor decoded dense) and a copy given the compressed runtime
+(:mod:`explorer.engine.runtime`), each run on the example input repeated to each batch size, with one
+thread and with all of them (torch's and numba's pools set alike), in the same process and run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+from typing import Optional
+
+import numba
+import torch
+
+from explorer.engine.errors import LoadError
+from explorer.engine.measure.metrics import resident_bytes
+from explorer.engine.progress import ProgressFn, report, scaled
+from explorer.engine.storage import fileformat
+
+__all__ = ["bench_runtimes", "time_forward", "set_threads"]
+
+
+def set_threads(n: int) -> None:
+    """torch's intra-op threads and numba's parallel kernels' threads, both ``n`` (numba's at most the
+    pool it started with)."""
+    torch.set_num_threads(n)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+def time_forward(model, x, min_runs: int = 5, min_seconds: float = 0.2) -> float:
+    """The median wall time of ``model(x)`` in ms (no grad), after one warm-up run: at least ``min_runs``
+    runs and ``min_seconds``."""
+    with torch.no_grad():
+        model(x)
+        times, start = [], time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+            if len(times) >= 1000:
+                break
+    return statistics.median(times) * 1000.0
+
+
+def _batched(x, batch: int):
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        raise LoadError("bench needs an example input that is one tensor (give --input-shape)")
+    one = x[:1]
+    return one.repeat(batch, *([1] * (one.dim() - 1)))
+
+
+def bench_runtimes(loaded, batches=(1, 32), threads: Optional[list] = None, prefer: str = "speed",
+                   runtime_batch: int = 1, progress: ProgressFn = None) -> dict:
+    """Rows of (runtime, batch, threads, ms, speedup over dense, resident bytes) for the dense decode of
+    ``loaded`` (a LoadedModel of a .cexp file) and its compressed runtime; the runtime's per-layer
+    decisions; the largest output difference between the two."""
+    threads = sorted({1, os.cpu_count() or 1}) if not threads else list(threads)
+    before = torch.get_num_threads()
+    dense = loaded.model
+    compressed = copy.deepcopy(dense)
+    try:
+        set_threads(max(threads))
+        report(progress, 0.0, "choosing the compressed runtime")
+        decisions = fileformat.to_compressed_runtime(loaded.source, compressed, batch=runtime_batch, prefer=prefer,
+                                                     progress=scaled(progress, 0.0, 0.3),
+                                                     example_input=loaded.example_input)
+        rows, steps, done = [], len(threads) * len(batches), 0
+        for n in threads:
+            set_threads(n)
+            for b in batches:
+                x = _batched(loaded.example_input, b)
+                report(progress, 0.3 + 0.7 * done / steps, f"batch {b}, {n} thread(s)")
+                t_dense = time_forward(dense, x)
+                t_ours = time_forward(compressed, x)
+                rows.append({"runtime": "dense", "batch": b, "threads": n, "ms": t_dense, "speedup": 1.0,
+                             "resident_bytes": resident_bytes(dense)})
+                rows.append({"runtime": "compressed", "batch": b, "threads": n, "ms": t_ours,
+                             "speedup": t_dense / t_ours if t_ours > 0 else float("inf"),
+                             "resident_bytes": resident_bytes(compressed)})
+                done += 1
+        x = _batched(loaded.example_input, max(batches))
+        with torch.no_grad():
+            diff = float((dense(x).float() - compressed(x).float()).abs().max())
+    finally:
+        set_threads(before)
+    report(progress, 1.0, "done")
+    return {"rows": rows, "layers": [vars(d) for d in decisions], "max_abs_diff": diff}
