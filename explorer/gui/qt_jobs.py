@@ -4,6 +4,7 @@ then the layer view and, once the plan has stood for ACCURACY_SETTLE, the accura
 
 from __future__ import annotations
 
+from explorer.engine.measure.bench import runtime_latency
 from explorer.engine.measure.evaluate import quality
 from explorer.engine.measure.layerview import init_accuracies, init_comparison
 from explorer.engine.plan import Plan
@@ -19,7 +20,7 @@ from explorer.gui.workers import freeze_heap
 ACCURACY_SETTLE = 0.15  # seconds
 ACCURACY_BATCH = 4
 CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "init_accuracy", "export", "prepare", "finetune",
-            "auto", "sensitivity")
+            "auto", "sensitivity", "latency")
 
 
 class Jobs:
@@ -86,6 +87,7 @@ class Jobs:
             win.preview.set_progress(None)
             win.preview.set_stale(False)
             freeze_heap()  # a quiet moment: what the first measurements loaded (kernels, caches) stays put
+            self.schedule_latency(plan)
 
         def failed(message):
             win.preview.set_progress(None)
@@ -93,6 +95,23 @@ class Jobs:
             win.show_error(f"accuracy: {message}", cause=("plan", MeasuredPlans.key(plan)))
 
         win.workers.submit("accuracy", job, done, failed, delay=ACCURACY_SETTLE)
+
+    def schedule_latency(self, plan: Plan) -> None:
+        """The plan's compressed model timed dense and under the compressed runtime, on the example input,
+        after its accuracy (the model built for it is reused); a newer plan's request drops this one."""
+        win = self.window
+        loaded, previewer = win.session.loaded, win.session.previewer
+        if loaded is None or loaded.example_input is None:
+            return win.preview.show_latency(None)
+
+        def job(progress):
+            built = previewer.build(plan, scaled(progress, 0.0, 0.1), count=False)
+            return runtime_latency(built, loaded.example_input, progress=scaled(progress, 0.1, 1.0))
+
+        def failed(message):  # a model the runtime cannot time (an input that is not one tensor): said in the line
+            win.preview.show_latency(None, message)
+
+        win.workers.submit("latency", job, win.preview.show_latency, failed, delay=ACCURACY_SETTLE)
 
     def schedule_layer(self) -> None:
         """The current layer's view: its histogram (or the centroid comparison, on that tab), then its sizes

@@ -48,7 +48,12 @@ class PreviewPanel(QWidget):
         self.ratio = QLabel("ratio: –")
         self.macs = QLabel("MACs: –")
         self.acc = QLabel("accuracy: –")
-        for lab in (self.ratio, self.macs, self.acc):
+        self.latency = QLabel("latency (measured): –")
+        self.latency.setToolTip("the plan's compressed model run on the example input (batch 1) as decoded to dense "
+                                "tensors, and under the compressed runtime (sparse rows and shared-weight codes "
+                                "where they are faster, each layer timed); measured in the background")
+        self.latency.setWordWrap(True)  # never wider than the panel
+        for lab in (self.ratio, self.macs, self.acc, self.latency):
             lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -66,6 +71,7 @@ class PreviewPanel(QWidget):
         grid.addWidget(self.ratio, 0, 0)
         grid.addWidget(self.macs, 1, 0)
         grid.addWidget(self.acc, 2, 0)
+        grid.addWidget(self.latency, 3, 0)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.status)
@@ -73,6 +79,7 @@ class PreviewPanel(QWidget):
         layout.addLayout(grid)
         layout.addWidget(self.progress)
         self.values = {}
+        self.last_latency = None  # what the latency line shows (the engine's numbers)
         self.ratios = {}  # stage -> its ratio to dense, as labelled on its bar
         self._results = None
 
@@ -151,6 +158,19 @@ class PreviewPanel(QWidget):
         if m.get("before") is not None:
             eff = f", effective {m['effective']:,}" if m.get("effective") is not None else ""
             self.macs.setText(f"<b>MACs</b>: {m['before']:,} → {m['after']:,}{eff}")
+
+    def show_latency(self, lat, why: str = "") -> None:
+        """``lat`` as :func:`explorer.engine.measure.bench.runtime_latency` measured it (None: not measured)."""
+        self.last_latency = lat
+        if lat is None:
+            self.latency.setText("latency (measured): –" + (f" ({why})" if why else ""))
+            return
+        kept = (f"{lat['replaced']} of {lat['layers']} layers on their stored form" if lat["replaced"]
+                else f"{lat['layers']} layers kept dense: faster" if lat["layers"] else "no layer to run compressed")
+        self.latency.setText(
+            f"<b>latency</b> (batch {lat['batch']}): {lat['dense_ms']:.3f} ms dense → {lat['compressed_ms']:.3f} ms "
+            f"compressed runtime; weights {human_bytes(lat['resident_dense'])} → "
+            f"{human_bytes(lat['resident_compressed'])} ({kept})")
 
     def show_accuracy(self, acc, model: str = "") -> None:
         """``acc`` as the engine measured it; ``model``: what was measured, when it is not the plan's own

@@ -763,3 +763,23 @@ def test_a_stopped_job_stays_current_and_says_it_stopped(qtbot):
     finishing.set()
     qtbot.waitUntil(lambda: got == [None, "written"], timeout=5000)
     workers.shutdown()
+
+
+def test_the_latency_line_shows_what_the_engine_timed(make_window, qtbot, settle, monkeypatch):
+    """After the accuracy, the plan's model is timed dense and under the compressed runtime in the
+    background; the line quotes those numbers. With every form measured faster, the layers are replaced."""
+    from explorer.engine import runtime
+    from explorer.engine.runtime import CompressedLinear
+
+    monkeypatch.setattr(runtime, "_time", lambda module, x: 0.1 if isinstance(module, CompressedLinear) else 1.0)
+    win = make_window("digits-mlp")
+    win.load_plan(str(SAMPLES_DIR / "digits-mlp.plan.json"))
+    qtbot.waitUntil(lambda: win.preview.last_latency is not None and win.preview.last_latency["layers"]
+                    and win.idle(), timeout=WORK_TIMEOUT_MS)
+    settle(win)
+    lat = win.preview.last_latency
+    assert lat["batch"] == 1 and lat["layers"] == 3 and lat["replaced"] >= 1
+    assert lat["resident_compressed"] < lat["resident_dense"]
+    text = win.preview.latency.text()
+    assert f"{lat['dense_ms']:.3f} ms dense" in text and f"{lat['compressed_ms']:.3f} ms" in text
+    assert f"{lat['replaced']} of 3 layers on their stored form" in text

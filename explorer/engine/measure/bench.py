@@ -15,14 +15,17 @@ import time
 from typing import Optional
 
 import numba
+import numpy as np
 import torch
 
 from explorer.engine.errors import LoadError
 from explorer.engine.measure.metrics import resident_bytes
 from explorer.engine.progress import ProgressFn, report, scaled
+from explorer.engine.runtime import compressed_runtime
 from explorer.engine.storage import fileformat
+from explorer.engine.storage.fileformat.decode import WeightParts
 
-__all__ = ["bench_runtimes", "time_forward", "set_threads"]
+__all__ = ["bench_runtimes", "time_forward", "set_threads", "result_parts", "runtime_latency"]
 
 
 def set_threads(n: int) -> None:
@@ -90,3 +93,46 @@ def bench_runtimes(loaded, batches=(1, 32), threads: Optional[list] = None, pref
         set_threads(before)
     report(progress, 1.0, "done")
     return {"rows": rows, "layers": [vars(d) for d in decisions], "max_abs_diff": diff}
+
+
+def result_parts(compressed) -> dict:
+    """weight name -> WeightParts of a compressed model built in this process (``compress``'s Compressed):
+    what its file would store (the surviving positions, their values, their codes and the codebook),
+    without writing the file."""
+    state = compressed.model.state_dict()
+    out = {}
+    for layer in compressed.layers.values():
+        for t in layer.tensors:
+            if t.sizes_only or t.name not in state or (t.mask is None and t.quant is None):
+                continue
+            flat = state[t.name].detach().reshape(-1).to(torch.float64).numpy()
+            positions = None if t.mask is None else np.flatnonzero(t.mask)
+            values = flat if positions is None else flat[positions]
+            q = t.quant
+            codes = book = None
+            if q is not None and q.codebook is not None and q.codes is not None:
+                codes = q.codes if positions is None else q.codes[positions]
+                book = np.asarray(q.codebook, np.float64)
+            out[t.name] = WeightParts(tuple(t.shape), positions, values, codes, book)
+    return out
+
+
+def runtime_latency(compressed, example_input, batch: int = 1, progress: ProgressFn = None) -> dict:
+    """The compressed model of a plan (``compress``'s Compressed) timed as built (dense tensors) and under
+    the compressed runtime, on ``example_input`` repeated to ``batch``: what the window's preview shows as
+    "latency (measured)". The runtime's model shares the built model's tensors (no copy of the weights)."""
+    model = compressed.model
+    shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    ours = copy.deepcopy(model, memo=shared)
+    report(progress, 0.0, "choosing the compressed runtime")
+    decisions = compressed_runtime(ours, result_parts(compressed), batch=batch, example_input=example_input,
+                                   progress=scaled(progress, 0.0, 0.6))
+    x = _batched(example_input, batch)
+    report(progress, 0.6, "timing the dense model")
+    dense_ms = time_forward(model, x, min_seconds=0.1)
+    report(progress, 0.8, "timing the compressed runtime")
+    ours_ms = time_forward(ours, x, min_seconds=0.1)
+    report(progress, 1.0, "timed")
+    return {"batch": batch, "dense_ms": dense_ms, "compressed_ms": ours_ms,
+            "replaced": sum(1 for d in decisions if d.chosen != "dense"), "layers": len(decisions),
+            "resident_dense": resident_bytes(model), "resident_compressed": resident_bytes(ours)}
