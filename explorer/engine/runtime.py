@@ -216,47 +216,65 @@ class Decision:
         return f"{self.layer}: {self.chosen} ({ms})" + (f"; {self.note}" if self.note else "")
 
 
-def _csr(parts, rows: int, cols: int):
-    """CSR arrays of a stored weight's nonzero entries (positions in row-major order)."""
-    pos = np.arange(rows * cols) if parts.positions is None else np.asarray(parts.positions, np.int64)
-    values = np.asarray(parts.values)
-    nz = values != 0  # the filler entries of a gap stream, and survivors quantized to 0
-    pos = pos[nz]
-    row, col = pos // cols, pos % cols
-    indptr = np.zeros(rows + 1, np.int64)
-    np.cumsum(np.bincount(row, minlength=rows), out=indptr[1:])
-    idx_t = np.uint16 if cols <= 65535 else np.int32
-    ptr_t = np.int32 if pos.size < 2 ** 31 else np.int64
-    out = {"indptr": indptr.astype(ptr_t), "indices": col.astype(idx_t)}
-    return out, nz
+@njit(cache=True, nogil=True)
+def _row_counts(positions, values, cols, counts):
+    """counts[r + 1] = the nonzero stored entries of row r (``positions`` row-major, increasing)."""
+    for i in range(positions.size):
+        if values[i] != 0:
+            counts[positions[i] // cols + 1] += 1
+
+
+@njit(cache=True, nogil=True)
+def _fill_csr(positions, values, codes, cols, indices, vals_out, codes_out):
+    """The nonzero stored entries' columns, float32 values and (where ``codes`` has them) codes, in order."""
+    j = 0
+    for i in range(positions.size):
+        if values[i] != 0:  # the filler entries of a gap stream, and survivors quantized to 0, are not kept
+            indices[j] = positions[i] % cols
+            vals_out[j] = values[i]
+            if codes.size:
+                codes_out[j] = codes[i]
+            j += 1
+
+
+def _csr(parts, rows: int, cols: int, coded: bool) -> dict:
+    """CSR arrays of a stored weight's nonzero entries, made in two compiled passes (no GIL held, no
+    temporaries of the layer's size: a VGG-16 layer has 10 M survivors)."""
+    pos = np.arange(rows * cols) if parts.positions is None else np.ascontiguousarray(parts.positions, np.int64)
+    values = np.ascontiguousarray(parts.values)
+    counts = np.zeros(rows + 1, np.int64)
+    _row_counts(pos, values, cols, counts)
+    indptr = np.cumsum(counts)
+    nnz = int(indptr[-1])
+    indices = np.empty(nnz, np.uint16 if cols <= 65535 else np.int32)
+    vals = np.empty(nnz, np.float32)
+    codes_in = np.ascontiguousarray(parts.codes, np.uint8) if coded else np.zeros(0, np.uint8)
+    codes = np.empty(nnz if coded else 0, np.uint8)
+    _fill_csr(pos, values, codes_in, cols, indices, vals, codes)
+    out = {"indptr": indptr.astype(np.int32 if nnz < 2 ** 31 else np.int64), "indices": indices, "values": vals}
+    if coded:
+        out["codes"] = codes
+    return out
 
 
 def candidates(parts, rows: int, cols: int) -> dict:
     """kernel -> the arrays of each form the stored weight ``parts``
-    (:class:`~explorer.engine.storage.fileformat.decode.WeightParts`) can take."""
+    (:class:`~explorer.engine.storage.fileformat.decode.WeightParts`) can take. A pruned layer takes the
+    sparse forms only (the dense matrix of codes does more work than its sparse rows, in more bytes)."""
     out = {}
-    pruned = parts.positions is not None or bool(np.any(np.asarray(parts.values) == 0))
     coded = parts.codes is not None and parts.book is not None and parts.book.size <= 256
+    pruned = parts.positions is not None or bool(np.any(np.asarray(parts.values) == 0))
     if pruned:
-        csr, nz = _csr(parts, rows, cols)
-        values = np.asarray(parts.values)[nz].astype(np.float32)
-        out["torch-csr"] = {"indptr": csr["indptr"].astype(np.int64), "indices": csr["indices"].astype(np.int64),
-                            "values": values}
-        out["csr"] = dict(csr, values=values)
+        csr = _csr(parts, rows, cols, coded)
+        wide = {k: torch.from_numpy(csr[k]).to(torch.int64).numpy() for k in ("indptr", "indices")}  # (no GIL)
+        out["torch-csr"] = dict(wide, values=csr["values"])
+        out["csr"] = {k: csr[k] for k in ("indptr", "indices", "values")}
         if coded:
-            out["csr-codes"] = dict(csr, codes=np.asarray(parts.codes)[nz].astype(np.uint8),
-                                    book=parts.book.astype(np.float32))
-    if coded:
-        codes = np.zeros(rows * cols, np.uint8)
-        zero = np.flatnonzero(parts.book == 0)
-        if parts.positions is None:
-            codes[:] = parts.codes
-        elif zero.size:  # pruned positions take the code of the exact zero
-            codes[:] = zero[0]
-            codes[parts.positions] = parts.codes
-        else:
-            return out
-        out["codes"] = {"codes": codes.reshape(rows, cols), "book": parts.book.astype(np.float32)}
+            out["csr-codes"] = {"indptr": csr["indptr"], "indices": csr["indices"], "codes": csr["codes"],
+                                "book": parts.book.astype(np.float32)}
+    elif coded:
+        out["codes"] = {"codes": np.ascontiguousarray(parts.codes, np.uint8).reshape(rows, cols),
+                        "book": parts.book.astype(np.float32)}
     return out
 
 

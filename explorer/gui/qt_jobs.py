@@ -19,6 +19,7 @@ from explorer.gui.workers import freeze_heap
 # workers._Job.progress). Small batches were no slower per image on one core (61 vs 73 ms).
 ACCURACY_SETTLE = 0.15  # seconds
 ACCURACY_BATCH = 4
+LATENCY_MAX_BYTES = 256 << 20  # dense weights above which the latency line is not measured in the background
 CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "init_accuracy", "export", "prepare", "finetune",
             "auto", "sensitivity", "latency")
 
@@ -103,6 +104,10 @@ class Jobs:
         loaded, previewer = win.session.loaded, win.session.previewer
         if loaded is None or loaded.example_input is None:
             return win.preview.show_latency(None)
+        weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        if weights > LATENCY_MAX_BYTES:  # its forms and forward passes would cost the window 1 GB and stalls
+            return win.preview.show_latency(None, f"not timed in the window above {LATENCY_MAX_BYTES >> 20} MB of "
+                                                  "weights: compression-explorer bench FILE.cexp times it")
 
         def job(progress):
             built = previewer.build(plan, scaled(progress, 0.0, 0.1), count=False)

@@ -113,12 +113,12 @@ def test_a_layer_the_crossover_rejects_stays_dense(tmp_path, monkeypatch):
     back = load()
     assert type(back[0]) is nn.Linear
     (d,) = [d for d in back.compressed_runtime if d.layer == "0"]
-    assert d.chosen == "dense" and set(d.times) == {"dense", "torch-csr", "csr", "csr-codes", "codes"}
+    assert d.chosen == "dense" and set(d.times) == {"dense", "torch-csr", "csr", "csr-codes"}  # sparse forms only
     # a form within the margin of dense (not clearly faster) is rejected too
     monkeypatch.setattr(runtime, "_time", lambda module, x: 0.95 if isinstance(module, CompressedLinear) else 1.0)
     assert type(load()[0]) is nn.Linear
     # faster: replaced, by the fastest
-    times = {"torch-csr": 0.4, "csr": 0.3, "csr-codes": 0.2, "codes": 0.5}
+    times = {"torch-csr": 0.4, "csr": 0.3, "csr-codes": 0.2}
     monkeypatch.setattr(runtime, "_time",
                         lambda module, x: times[module.kernel] if isinstance(module, CompressedLinear) else 1.0)
     back = load()
@@ -197,3 +197,23 @@ def test_a_layer_whose_parent_reads_its_weight_is_put_back(monkeypatch):
     (d,) = compressed_runtime(model, parts, example_input=torch.randn(1, 16))
     assert type(model.fc) is nn.Linear and d.chosen == "dense" and "does not run" in d.note
     assert not runtime._applies(nn.MultiheadAttention(8, 2).out_proj, nn.MultiheadAttention(8, 2))
+
+
+def test_an_unpruned_shared_weight_layer_runs_on_its_dense_matrix_of_codes():
+    from explorer.engine.storage.fileformat.decode import WeightParts
+
+    g = torch.Generator().manual_seed(3)
+    book = np.linspace(-0.5, 0.5, 16)
+    codes = torch.randint(0, 16, (24 * 40,), generator=g).numpy().astype(np.uint8)
+    parts = WeightParts((24, 40), None, book[codes], codes, book)
+    forms = candidates(parts, 24, 40)
+    assert set(forms) == {"codes"} and forms["codes"]["codes"].shape == (24, 40)  # nothing pruned: no sparse rows
+    dense = nn.Linear(40, 24)
+    with torch.no_grad():
+        dense.weight.copy_(torch.from_numpy(book[codes].reshape(24, 40)))
+    ours = CompressedLinear("codes", 40, 24, forms["codes"], dense.bias)
+    for batch in (1, 3):
+        x = torch.randn(batch, 40, generator=g)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), dense(x), rtol=1e-5, atol=1e-5)
+    assert sum(b.numel() * b.element_size() for b in ours.buffers()) < dense.weight.numel() * 4 / 3

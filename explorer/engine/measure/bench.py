@@ -105,13 +105,15 @@ def result_parts(compressed) -> dict:
         for t in layer.tensors:
             if t.sizes_only or t.name not in state or (t.mask is None and t.quant is None):
                 continue
-            flat = state[t.name].detach().reshape(-1).to(torch.float64).numpy()
-            positions = None if t.mask is None else np.flatnonzero(t.mask)
-            values = flat if positions is None else flat[positions]
+            # torch's nonzero and gathers (they release the GIL; numpy's hold it), float32 as the weights are
+            flat = state[t.name].detach().reshape(-1).to(torch.float32)
+            where = None if t.mask is None else torch.from_numpy(t.mask).nonzero().reshape(-1)
+            positions = None if where is None else where.numpy()
+            values = (flat if where is None else flat[where]).numpy()
             q = t.quant
             codes = book = None
             if q is not None and q.codebook is not None and q.codes is not None:
-                codes = q.codes if positions is None else q.codes[positions]
+                codes = q.codes if where is None else torch.from_numpy(q.codes)[where].numpy()
                 book = np.asarray(q.codebook, np.float64)
             out[t.name] = WeightParts(tuple(t.shape), positions, values, codes, book)
     return out
