@@ -630,6 +630,9 @@ def cmd_info(args) -> int:
         dense = (acc["dense_bits"] + 7) // 8
         print(f"dense model: {dense:,} bytes -> {dense / info['file_bytes']:.1f}x smaller; header, stream table "
               f"and manifest: {info['header_and_manifest_bytes']:,} bytes")
+    print(f"resident weight memory when loaded: {info['dense_resident_bytes']:,} bytes "
+          f"({human_bytes(info['dense_resident_bytes'])}) decoded dense; `evaluate FILE --runtime compressed` "
+          "measures the compressed runtime's")
     rows = [[t["name"], "x".join(map(str, t["shape"])) or "scalar", t["encoding"], f"{t['bytes']:,}"]
             for t in info["tensors"]]
     print(table(rows, ["tensor", "shape", "encoding", "bytes"], "lllr"))

@@ -217,3 +217,20 @@ def test_an_unpruned_shared_weight_layer_runs_on_its_dense_matrix_of_codes():
         with torch.no_grad():
             torch.testing.assert_close(ours(x), dense(x), rtol=1e-5, atol=1e-5)
     assert sum(b.numel() * b.element_size() for b in ours.buffers()) < dense.weight.numel() * 4 / 3
+
+
+def test_info_says_what_the_dense_decode_holds(tmp_path):
+    """``info`` (no torch) gives the loaded model's resident bytes from the manifest alone: those the load holds."""
+    from explorer.engine.storage.fileformat.manifest import DTYPE_BYTES, DTYPE_NAMES
+    from explorer.engine.storage.fileformat.reader import summary
+
+    assert set(DTYPE_BYTES) == set(DTYPE_NAMES)
+    for dtype, n in DTYPE_BYTES.items():
+        assert torch.empty(0, dtype=getattr(torch, dtype)).element_size() == n
+    for plan_file in ("digits-cnn.plan.json", "digits-cnn.structured.plan.json", "digits-mlp.plan.json"):
+        sample = plan_file.split(".")[0]
+        loaded = load_model(sample)
+        path = tmp_path / plan_file.replace(".plan.json", ".cexp")
+        res = compress(loaded.model, Plan.load(os.path.join(ROOT, "sample_models", plan_file)), loaded.example_input)
+        fileformat.save(res, path, loaded)
+        assert summary(read(path))["dense_resident_bytes"] == resident_bytes(fileformat.load(path))

@@ -26,6 +26,7 @@ from explorer.engine.storage.coders import CODERS
 FORMAT_NAME = "compression-explorer-model"
 #: the dtypes a file may name: torch's names (:mod:`.dtypes` maps them to torch dtypes)
 DTYPE_NAMES = ("float32", "float16", "float64", "bfloat16", "int64", "int32", "uint8", "bool")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "float64": 8, "bfloat16": 2, "int64": 8, "int32": 4, "uint8": 1, "bool": 1}
 FLOAT_DTYPES = ("float32", "float16", "float64", "bfloat16")
 #: the architecture of a file made from a Hugging Face folder (its config in the manifest): ``info`` names it
 HF_FACTORY = "explorer.engine.model.hf:rebuild"

@@ -5,6 +5,8 @@ numba: ``info`` answers at once. The tensors are decoded by :mod:`.decode`.
 
 from __future__ import annotations
 
+import math
+
 import os
 import stat
 import zlib
@@ -14,6 +16,7 @@ from explorer.engine.errors import FormatError, LoadError, NotFound
 from explorer.engine.storage import jsonio
 from explorer.engine.storage.fileformat.layout import (EXPANSION_ALLOWANCE, HEADER, MAGIC, MAJOR, MANIFEST_EXPANSION,
                                                        MAX_EXPANSION, MAX_FILE, MAX_MANIFEST, TABLE_ENTRY)
+from explorer.engine.storage.fileformat.manifest import DTYPE_BYTES
 from explorer.engine.storage.fileformat.manifest import check as check_manifest
 
 
@@ -144,7 +147,9 @@ def summary(mf: ModelFile) -> dict:
         used = mf.tensor_streams.get(e["name"], ())
         rows.append({"name": e["name"], "shape": e["shape"], "encoding": desc,
                      "bytes": sum(mf.offsets[i][1] for i in used)})
-    return {"file_bytes": mf.size, "header_and_manifest_bytes": mf.data_start,
+    # what the loaded model's tensors hold when every one is decoded (an alias shares its tensor)
+    resident = sum(math.prod(e["shape"]) * DTYPE_BYTES[e["dtype"]] for e in mf.manifest["tensors"] if "alias" not in e)
+    return {"file_bytes": mf.size, "header_and_manifest_bytes": mf.data_start, "dense_resident_bytes": resident,
             "architecture": {k: v for k, v in mf.manifest["architecture"].items() if k != "stream"},
             "producer": mf.manifest["producer"], "plan": mf.manifest["plan"],
             "accounting": mf.manifest["accounting"], "tensors": rows}
