@@ -52,7 +52,8 @@ def _mb(b: int) -> str:
 
 def linear_table(threads: list, batches: list, sparsities: list, tmp: str) -> None:
     from explorer.engine.compress import compress
-    from explorer.engine.measure.bench import set_threads, time_forward
+    from explorer.engine.measure.bench import set_threads
+    from explorer.engine.measure.metrics import time_forward
     from explorer.engine.model.loading import load_model
     from explorer.engine.plan import Plan
     from explorer.engine.runtime import CompressedLinear, candidates, choose
@@ -135,7 +136,8 @@ def model_table(threads: list, batches: list, tmp: str, quick: bool) -> None:
                    f"{replaced} of {len(out['layers'])}"]
             print("| " + " | ".join(row) + " |", flush=True)
         if source.startswith("runtime:resnet"):  # the structure's gain: against the model before the plan
-            from explorer.engine.measure.bench import set_threads, time_forward
+            from explorer.engine.measure.bench import set_threads
+            from explorer.engine.measure.metrics import time_forward
 
             dense_size = sum(p.numel() * 4 for p in loaded.model.parameters())
             for n in threads:

@@ -24,8 +24,6 @@ for running (inference); they hold no parameters to train.
 
 from __future__ import annotations
 
-import statistics
-import time
 import types
 import warnings
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ import torch
 from numba import njit, prange
 from torch import nn
 
-from explorer.engine.measure.metrics import run_model
+from explorer.engine.measure.metrics import run_model, time_forward
 from explorer.engine.progress import report
 
 __all__ = ["CompressedLinear", "compressed_runtime", "Decision", "KERNELS", "MARGIN"]
@@ -279,14 +277,7 @@ def candidates(parts, rows: int, cols: int) -> dict:
 
 
 def _time(module: nn.Module, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        module(x)  # warm-up (compiles or loads the kernel)
-        times = []
-        for _ in range(_RUNS):
-            t0 = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000.0
+    return time_forward(module, x, min_runs=_RUNS, min_seconds=0.0)  # after a warm-up (compiles the kernel)
 
 
 def _bytes(arrays: dict) -> int:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
-import time
 from typing import Optional
 
 import numba
@@ -19,13 +17,13 @@ import numpy as np
 import torch
 
 from explorer.engine.errors import LoadError
-from explorer.engine.measure.metrics import resident_bytes
+from explorer.engine.measure.metrics import resident_bytes, time_forward
 from explorer.engine.progress import ProgressFn, report, scaled
 from explorer.engine.runtime import compressed_runtime
 from explorer.engine.storage import fileformat
 from explorer.engine.storage.fileformat.decode import WeightParts
 
-__all__ = ["bench_runtimes", "time_forward", "set_threads", "result_parts", "runtime_latency"]
+__all__ = ["bench_runtimes", "set_threads", "result_parts", "runtime_latency", "sharing_copy"]
 
 
 def set_threads(n: int) -> None:
@@ -35,19 +33,10 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
-def time_forward(model, x, min_runs: int = 5, min_seconds: float = 0.2) -> float:
-    """The median wall time of ``model(x)`` in ms (no grad), after one warm-up run: at least ``min_runs``
-    runs and ``min_seconds``."""
-    with torch.no_grad():
-        model(x)
-        times, start = [], time.perf_counter()
-        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-            if len(times) >= 1000:
-                break
-    return statistics.median(times) * 1000.0
+def sharing_copy(model):
+    """A copy of ``model``'s modules holding the same tensors (no copy of the weights): the compressed
+    runtime replaces modules in it, never in ``model``."""
+    return copy.deepcopy(model, memo={id(t): t for t in list(model.parameters()) + list(model.buffers())})
 
 
 def _batched(x, batch: int):
@@ -65,7 +54,7 @@ def bench_runtimes(loaded, batches=(1, 32), threads: Optional[list] = None, pref
     threads = sorted({1, os.cpu_count() or 1}) if not threads else list(threads)
     before = torch.get_num_threads()
     dense = loaded.model
-    compressed = copy.deepcopy(dense)
+    compressed = sharing_copy(dense)
     try:
         set_threads(max(threads))
         report(progress, 0.0, "choosing the compressed runtime")
@@ -73,6 +62,7 @@ def bench_runtimes(loaded, batches=(1, 32), threads: Optional[list] = None, pref
                                                      progress=scaled(progress, 0.0, 0.3),
                                                      example_input=loaded.example_input)
         rows, steps, done = [], len(threads) * len(batches), 0
+        held = {"dense": resident_bytes(dense), "compressed": resident_bytes(compressed)}
         for n in threads:
             set_threads(n)
             for b in batches:
@@ -81,10 +71,10 @@ def bench_runtimes(loaded, batches=(1, 32), threads: Optional[list] = None, pref
                 t_dense = time_forward(dense, x)
                 t_ours = time_forward(compressed, x)
                 rows.append({"runtime": "dense", "batch": b, "threads": n, "ms": t_dense, "speedup": 1.0,
-                             "resident_bytes": resident_bytes(dense)})
+                             "resident_bytes": held["dense"]})
                 rows.append({"runtime": "compressed", "batch": b, "threads": n, "ms": t_ours,
                              "speedup": t_dense / t_ours if t_ours > 0 else float("inf"),
-                             "resident_bytes": resident_bytes(compressed)})
+                             "resident_bytes": held["compressed"]})
                 done += 1
         x = _batched(loaded.example_input, max(batches))
         with torch.no_grad():
@@ -124,8 +114,7 @@ def runtime_latency(compressed, example_input, batch: int = 1, progress: Progres
     the compressed runtime, on ``example_input`` repeated to ``batch``: what the window's preview shows as
     "latency (measured)". The runtime's model shares the built model's tensors (no copy of the weights)."""
     model = compressed.model
-    shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    ours = copy.deepcopy(model, memo=shared)
+    ours = sharing_copy(model)
     report(progress, 0.0, "choosing the compressed runtime")
     decisions = compressed_runtime(ours, result_parts(compressed), batch=batch, example_input=example_input,
                                    progress=scaled(progress, 0.0, 0.6))

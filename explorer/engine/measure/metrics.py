@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import threading
+import time
 from contextlib import contextmanager
 from typing import Optional
 
@@ -340,3 +342,18 @@ def resident_bytes(model: nn.Module) -> int:
             seen.add(key)
             total += s.nbytes()
     return total
+
+
+def time_forward(model, x, min_runs: int = 5, min_seconds: float = 0.2) -> float:
+    """The median wall time of ``model(x)`` in ms (no grad), after one warm-up run: at least ``min_runs``
+    runs and ``min_seconds``."""
+    with torch.no_grad():
+        model(x)
+        times, start = [], time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+            if len(times) >= 1000:
+                break
+    return statistics.median(times) * 1000.0
