@@ -46,6 +46,7 @@ bench-gui: $(STAMP)
 
 bench-runtime: $(STAMP)
 	$(PY) benchmarks/runtime.py
+	$(PY) benchmarks/resnet_mnist.py --data ../shared/data/mnist-t10k --seeds 0,1,2 --threads 2
 
 bench-large: $(STAMP)
 	$(PY) benchmarks/gui_latency.py --model vgg16 --images 8 --rounds 2

@@ -113,13 +113,14 @@ def model_table(threads: list, batches: list, tmp: str, quick: bool) -> None:
     for source, plan_file in cases:
         loaded = load_model(source)
         if plan_file is None:  # structured + low-rank: already small dense layers
-            # each basic block's first conv: half its filters (and the next conv's input channels); the
-            # head at a quarter of its parameters. (The block outputs meet residual adds: not removable alone.)
-            layers = {f"layer{i}.{j}.conv1": {"prune": {"amount": 0.5, "granularity": "filter"}}
-                      for i in range(1, 5) for j in range(2)}
+            # every coupled group at half its filters: the four residual streams (each stage's block outputs
+            # and shortcut together) and every block's inner conv; the head at a quarter of its parameters
+            from resnet_mnist import group_requests
+
+            layers = group_requests(loaded.model, loaded.example_input, 0.5)
             layers["fc"] = {"lowrank": {"rank": 0.25}}
             plan = Plan.from_dict({"version": 1, "layers": layers})
-            plan_name = "blocks' conv1 50% filters + low-rank fc"
+            plan_name = "every coupled group 50% filters + low-rank fc"
         else:
             plan = Plan.load(str(ROOT / "sample_models" / plan_file))
             plan_name = plan_file
@@ -153,13 +154,15 @@ def model_table(threads: list, batches: list, tmp: str, quick: bool) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="90%% sparsity and batch 1 only, no ResNet-18")
+    ap.add_argument("--models", action="store_true", help="the whole models' table only (no 4096x4096 Linear)")
     args = ap.parse_args(argv)
     threads = sorted({1, os.cpu_count() or 1})
     batches = [1] if args.quick else [1, 32]
     sparsities = [0.9] if args.quick else [0.5, 0.8, 0.9, 0.95]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; threads {threads}")
     with tempfile.TemporaryDirectory() as tmp:
-        linear_table(threads, batches, sparsities, tmp)
+        if not args.models:
+            linear_table(threads, batches, sparsities, tmp)
         model_table(threads, batches, tmp, args.quick)
     return 0
 

@@ -174,10 +174,24 @@ def _grouped(pairs) -> list:
     return out
 
 
+def _coupled_groups(layers) -> list:
+    """``(names, text)`` pairs, one per coupled group of several producers, for :func:`_print_limits`."""
+    seen, out = set(), []
+    for layer in layers:
+        group = tuple(layer.producers)
+        if len(group) > 1 and group not in seen:
+            seen.add(group)
+            out.append((f"{layer.shape[0]} channels", " + ".join(group)))
+    return out
+
+
 def _print_limits(info) -> None:
     """What inspect says after its table: the methods a layer refuses, and the modules kept dense."""
     sections = (("why some output channels cannot be removed",
                  [(l.name, l.filter_reason) for l in info.layers if not l.filter_ok and l.filter_reason]),
+                ("coupled groups: outputs added together (residual adds); a filter request on one of them "
+                 "removes the same channels from all",
+                 _coupled_groups(info.layers)),
                 ("why some layers cannot be factorised (low-rank)",
                  [(l.name, l.lowrank_reason) for l in info.layers if l.lowrank_reason]),
                 ("kept dense (stored as they are; no method applies)",

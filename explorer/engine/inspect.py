@@ -30,6 +30,7 @@ class LayerInfo:
     channel_ok: bool = False
     channel_reason: Optional[str] = None
     coupled: list = field(default_factory=list)
+    producers: list = field(default_factory=list)  # the layers losing the same filters (a coupled group)
     shared_with: Optional[str] = None  # the earlier layer whose weight tensor this one reuses (tied weights)
     lowrank_reason: Optional[str] = None  # why low-rank does not apply to this type (None: it does)
     kept_dense: str = "bias"  # what of the layer's module is stored dense
@@ -54,7 +55,7 @@ class LayerInfo:
                 "weight_bytes": self.weight_bytes, "layer_bytes": self.layer_bytes, "shared_with": self.shared_with,
                 "structured": {"filter": self.filter_ok, "filter_reason": self.filter_reason,
                                "channel": self.channel_ok, "channel_reason": self.channel_reason,
-                               "coupled": list(self.coupled)},
+                               "coupled": list(self.coupled), "producers": list(self.producers)},
                 "methods": {"prune_element": True, "quantize": True, "prune_filter": self.filter_ok,
                             "prune_channel": self.channel_ok, "lowrank": self.lowrank_reason is None,
                             "lowrank_reason": self.lowrank_reason},
@@ -249,7 +250,7 @@ def inspect_model(model: nn.Module, example_input: Any = None, progress: Progres
         elif s is not None:
             info.filter_ok, info.filter_reason = s.filter_ok, s.filter_reason
             info.channel_ok, info.channel_reason = s.channel_ok, s.channel_reason
-            info.coupled = list(s.coupled)
+            info.coupled, info.producers = list(s.coupled), list(s.producers)
         else:
             why = ("TorchScript graph cannot be rewritten" if scripted else "no example input to trace the model")
             info.filter_reason = info.channel_reason = why

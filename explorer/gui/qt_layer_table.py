@@ -58,6 +58,10 @@ class LayerTableModel(QStandardItemModel):
             tips = []
             if not layer.filter_ok and layer.filter_reason:
                 tips.append(f"output channels cannot be removed: {layer.filter_reason}")
+            if len(layer.producers) > 1:
+                others = ", ".join(p for p in layer.producers if p != layer.name)
+                tips.append(f"removing its filters removes the same channels from {others} (their outputs are "
+                            f"added: one coupled group)")
             if layer.lowrank_reason:
                 tips.append(f"cannot be factorised (low-rank): {layer.lowrank_reason}")
             if tips:

@@ -113,3 +113,10 @@ def test_inspect_names_what_does_not_apply_and_what_is_kept_dense(capsys):
     layers = {l["name"]: l for l in d["layers"]}
     assert layers["conv"]["methods"]["lowrank"] and not layers["bag"]["methods"]["lowrank"]
     assert "pooling" in layers["bag"]["methods"]["lowrank_reason"]
+    assert main(["inspect", "zoo:resnet_model"]) == 0  # the residual streams' coupled groups
+    text = capsys.readouterr().out
+    assert "coupled groups: outputs added together (residual adds)" in text
+    assert "  16 channels: stem + layer1.conv2\n  32 channels: layer2.down.0 + layer2.conv2\n" in text
+    assert main(["inspect", "zoo:resnet_model", "--json"]) == 0
+    layers = {l["name"]: l for l in json.loads(capsys.readouterr().out)["layers"]}
+    assert layers["stem"]["structured"]["producers"] == ["stem", "layer1.conv2"]

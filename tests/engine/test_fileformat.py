@@ -74,6 +74,31 @@ def test_structured_and_lowrank_round_trip(sample, tmp_path):
     assert res.macs_after < res.macs_before
 
 
+def test_a_coupled_group_across_residual_adds_round_trips(tmp_path):
+    """Filters removed from a ResNet's residual stream (the stem and the block output it is added to, with
+    their BatchNorms and every reader) and from the second stage's stream: the file names every resized
+    module and loads back into the same smaller model."""
+    loaded = load_model("zoo:resnet_model")
+    plan = Plan(layers={"layer1.conv2": {"prune": {"amount": 0.5, "granularity": "filter"},
+                                         "quantize": {"bits": 4, "method": "kmeans"}},
+                        "layer2.down.0": {"prune": {"amount": 0.25, "granularity": "filter", "criterion": "l2"}},
+                        "layer2.conv1": {"prune": {"amount": 0.5, "granularity": "filter"}}})
+    res = compress(loaded.model, plan, loaded.example_input)
+    assert res.model.stem.out_channels == 8 and res.model.layer1.conv1.in_channels == 8
+    assert res.model.layer2.conv2.out_channels == 24 and res.model.fc.in_features == 24
+    predicted = ff.predicted_bytes(res, loaded)
+    written = ff.save(res, tmp_path / "r.cexp", loaded)
+    assert abs(written - predicted) <= 0.01 * written, (written, predicted)
+    back = ff.load(tmp_path / "r.cexp", factory="zoo:resnet_model")
+    want, got = res.model.state_dict(), back.state_dict()
+    assert list(got) == list(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    x = torch.randn(4, *loaded.example_input.shape[1:])
+    assert torch.equal(back(x), res.model(x))
+    assert res.macs_after < res.macs_before / 2
+
+
 @pytest.mark.parametrize("name", ["digits-mlp.plan.json", "digits-cnn.plan.json", "digits-cnn.structured.plan.json"])
 def test_sample_plans_make_small_files(name, tmp_path):
     sample = "digits-cnn" if "cnn" in name else "digits-mlp"

@@ -1,5 +1,6 @@
 """Structured pruning: coupling analysis, exact index mapping, smaller models, honest refusals."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,18 +62,25 @@ def test_analyze_small_cnn(examples):
 
 
 def test_analyze_tiny_resnet(examples):
+    """A residual add couples the layers whose outputs it sums: they form one group and shrink together."""
     info = analyze(*examples["resnet"])
-    for name in ("stem", "layer1.conv2", "layer2.conv2", "layer2.down.0"):
-        assert not info[name].filter_ok
-        assert "residual add" in info[name].filter_reason
-    assert "layer1.add" in info["layer1.conv2"].filter_reason
-    assert "layer2.add" in info["layer2.conv2"].filter_reason
-    for name in ("layer1.conv1", "layer2.conv1"):
-        assert info[name].filter_ok, info[name].filter_reason
+    for name in info:
+        if name != "fc":
+            assert info[name].filter_ok, (name, info[name].filter_reason)
+    # the stem's channels are layer1's stream: layer1.conv2's output is added to them
+    assert info["stem"].producers == info["layer1.conv2"].producers == ["stem", "layer1.conv2"]
+    assert info["layer2.conv2"].producers == ["layer2.down.0", "layer2.conv2"]
+    assert info["stem"].coupled == ["layer1.conv2", "bn", "layer1.conv1", "layer1.bn2", "layer2.down.0",
+                                    "layer2.conv1"]
+    assert info["layer1.conv2"].coupled[0] == "stem" and set(info["layer1.conv2"].coupled) == \
+        set(info["stem"].coupled) - {"layer1.conv2"} | {"stem"}
+    # layer2's stream: its conv2 and its 1x1 downsample, read by the head through pool and flatten
+    assert info["layer2.conv2"].coupled == ["layer2.down.0", "layer2.down.1", "layer2.bn2", "fc"]
     assert info["layer1.conv1"].coupled == ["layer1.bn1", "layer1.conv2"]
-    assert info["layer1.conv2"].channel_ok  # its input is layer1.conv1's safe output
-    assert not info["layer1.conv1"].channel_ok and "stem" in info["layer1.conv1"].channel_reason
-    assert not info["fc"].channel_ok and "add" in info["fc"].channel_reason
+    assert info["layer1.conv2"].channel_ok  # its input is layer1.conv1's output
+    assert info["layer1.conv1"].channel_ok and info["layer2.conv1"].channel_ok  # the stream groups'
+    assert info["fc"].channel_ok  # layer2's stream group
+    assert not info["fc"].filter_ok and info["fc"].filter_reason == "its output is the model's output"
 
 
 def test_analyze_depthwise_net(examples):
@@ -155,7 +163,11 @@ def test_analyze_leaves_the_model_alone():
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "depthwise", "transformer"])
 def test_zero_pruning_changes_nothing(name):
     model, x = fresh(name)
-    ok = [layer for layer, item in analyze(model, x).items() if item.filter_ok]
+    ok, covered = [], set()
+    for layer, item in analyze(model, x).items():
+        if item.filter_ok and layer not in covered:  # one request per group
+            ok.append(layer)
+            covered.update(item.producers)
     assert ok
     pruned, report = prune_structured(model, x, {layer: ("filter", 0.0, "l1") for layer in ok})
     assert all(r["removed"] == 0 for r in report.values())
@@ -313,10 +325,74 @@ def test_l1_and_l2_rank_differently_and_keep_order():
 # --------------------------------------------------------------------------------------------- errors
 
 
-def test_refuses_residual_coupled_layer():
+def _dead_stream_channels(model, dead):
+    """Make the stream channels ``dead`` of TinyResNet's first group exactly 0 everywhere and the weakest."""
+    with torch.no_grad():
+        for conv, bn in ((model.stem, model.bn), (model.layer1.conv2, model.layer1.bn2)):
+            conv.weight[dead] *= 1e-3
+            bn.weight[dead] = 0
+            bn.bias[dead] = 0  # the channel leaves each BN as 0: the stream carries 0 there
+
+
+def test_exact_coupled_group_across_residual_adds():
     model, x = fresh("resnet")
-    with pytest.raises(CompressionError, match=r"layer1\.conv2: cannot remove output channels: .*residual add"):
-        prune_structured(model, x, {"layer1.conv2": ("filter", 0.5, "l1")})
+    dead = [2, 5, 11, 12]
+    _dead_stream_channels(model, dead)
+    before = run(model, x)
+    pruned, report = prune_structured(model, x, {"layer1.conv2": ("filter", 4, "l1")})
+    kept = [i for i in range(16) if i not in dead]
+    assert report["layer1.conv2"]["kept"] == kept and report["layer1.conv2"]["producer"] == "stem"
+    assert report["layer1.conv2"]["coupled"][0] == "stem"
+    assert pruned.stem.weight.shape == (12, 3, 3, 3) and pruned.bn.num_features == 12
+    assert pruned.layer1.conv1.weight.shape == (16, 12, 3, 3)  # reads the stream
+    assert pruned.layer1.conv2.weight.shape == (12, 16, 3, 3) and pruned.layer1.bn2.num_features == 12
+    assert pruned.layer2.conv1.weight.shape == (32, 12, 3, 3) and pruned.layer2.down[0].weight.shape == (32, 12, 1, 1)
+    torch.testing.assert_close(run(pruned, x), before)
+    torch.testing.assert_close(pruned.stem.weight, model.stem.weight[kept])
+    torch.testing.assert_close(pruned.layer2.down[0].weight, model.layer2.down[0].weight[:, kept])
+    assert macs(pruned, x) < macs(model, x)
+
+
+def test_a_coupled_group_is_ranked_by_all_its_producers():
+    model, x = fresh("resnet")
+    with torch.no_grad():
+        model.stem.weight.fill_(1.0)
+        model.layer1.conv2.weight.fill_(1.0)
+        model.stem.weight[3] = 0.01  # the stem alone would drop channel 3 ...
+        model.layer1.conv2.weight[3] = 5.0  # ... but its rows in the group are the largest
+        model.layer1.conv2.weight[9] = 0.01
+        model.stem.weight[9] = 0.5
+    _, report = prune_structured(model, x, {"stem": ("filter", 1, "l1")})
+    assert report["stem"]["kept"] == [i for i in range(16) if i != 9]
+    from explorer.engine.methods.channels import layer_ranking
+    ranking = layer_ranking(model, x, "stem", "filter", 1, "l1")
+    assert ranking.kept == report["stem"]["kept"]
+    w = torch.cat([model.stem.weight.flatten(1), model.layer1.conv2.weight.flatten(1)], 1).double()
+    np.testing.assert_allclose(ranking.norms, w.detach().abs().sum(1).numpy())
+
+
+def test_two_requests_on_one_coupled_group_are_refused():
+    model, x = fresh("resnet")
+    with pytest.raises(CompressionError, match=r"stem and layer1\.conv2: both requests remove output channels"):
+        prune_structured(model, x, {"stem": ("filter", 0.5, "l1"), "layer1.conv2": ("filter", 0.25, "l1")})
+
+
+def test_refuses_a_residual_add_with_the_model_input():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)) + x)
+
+    model, x = Residual().eval(), torch.randn(2, 8)
+    info = analyze(model, x)
+    assert not info["a"].filter_ok
+    assert "residual add" in info["a"].filter_reason and "the model input" in info["a"].filter_reason
+    with pytest.raises(CompressionError, match=r"a: cannot remove output channels: .*residual add.*model input"):
+        prune_structured(model, x, {"a": ("filter", 0.5, "l1")})
 
 
 def test_refuses_model_output_and_model_input():

@@ -19,3 +19,15 @@ def test_a_granularity_the_layer_refuses_is_greyed_with_the_reason(make_window, 
     win.table.select_names(["fc2"])  # the model's output: no filters to remove
     qtbot.waitUntil(lambda: win.session.current == "fc2", timeout=10_000)
     assert not box.model().item(box.findText("filter")).isEnabled()
+
+
+def test_a_coupled_groups_layers_say_so_and_its_filters_go_together(make_window, qtbot):
+    """A residual add joins the stem's and layer1.conv2's output channels: the layer table says so, and a
+    filter request on one removes the same channels from both (and from every reader)."""
+
+    win = make_window("zoo:resnet_model")
+    model = win.table.model().sourceModel() if hasattr(win.table.model(), "sourceModel") else win.table.model()
+    rows = {model.item(r, 0).text(): model.item(r, 0) for r in range(model.rowCount())}
+    assert "removes the same channels from layer1.conv2" in rows["stem"].toolTip()
+    assert "removes the same channels from stem" in rows["layer1.conv2"].toolTip()
+    assert "coupled group" not in rows["layer1.conv1"].toolTip()

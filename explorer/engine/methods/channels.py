@@ -4,8 +4,12 @@ Removing output channel ``j`` of a layer P (a row of a Linear, a filter of a Con
 *dense* model if everything that sees channel ``j`` later shrinks with it: BatchNorm entries, depthwise
 filters, and the matching input columns of the next Linear or Conv (the "consumers"). This module finds
 those couplings by tracing the model with :mod:`torch.fx` and following P's output forward, op by op, with
-the shapes of an example input. Where the path meets something it cannot follow safely (a residual add, a
-concatenation, a reshape, the model's output, an unknown op), it says so and refuses, rather than guess.
+the shapes of an example input. Where P's output is added to another layer's (a residual add: a ResNet's
+block output and its shortcut), the two layers' channels are one: the other layer joins P's group as a
+second producer and they lose the same channels, ranked by the norm of their rows together (a coupled group,
+as in Torch-Pruning's dependency graph). Where the path meets something it cannot follow safely (an add
+with the model input, a concatenation, a reshape, the model's output, an unknown op), it says so and
+refuses, rather than guess.
 
 Two verbs:
 
@@ -114,7 +118,12 @@ class StructInfo:
         Why not; None when ``channel_ok``.
     coupled : list of str
         Names of the other modules whose shapes change with this layer's output channels: BatchNorms,
-        depthwise convolutions passed through, and the consumers whose inputs shrink.
+        depthwise convolutions passed through, and the consumers whose inputs shrink; a coupled group's other
+        producers come first.
+    producers : list of str
+        The layers that lose the same output channels as this one, itself included: those whose outputs are
+        summed with its own by residual adds (a coupled group); just this layer where nothing is added, and
+        empty where its output channels cannot be removed at all.
     """
 
     filter_ok: bool
@@ -122,15 +131,20 @@ class StructInfo:
     channel_ok: bool
     channel_reason: str | None
     coupled: list[str] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Group:
     """A producer's output channels and everything whose shape follows them."""
 
-    producer: str
+    producer: str  # the first of ``producers`` in the graph's order: the group's name
     channels: int
     members: dict[str, str] = field(default_factory=dict)  # name -> "batchnorm" | "depthwise" | "consumer"
+    # the layers whose output channels are summed into the same tensor (residual adds): they lose the same
+    # channels together; one entry where nothing is added
+    producers: list = field(default_factory=list)
+    joins: list = field(default_factory=list)  # producers the last walk found across an add, not yet walked
     blocks: dict[str, int] = field(default_factory=dict)  # consumer -> inputs per channel (flatten)
     issue: str | None = None
     stopped_at: set = field(default_factory=set)  # nodes where the walk gave up
@@ -222,7 +236,8 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
                 f"{group.producer} (one coupled group); keep only one of them"
             )
         taken[group.producer] = layer
-        ranking = channel_ranking(modules[layer].weight, granularity, amount, criterion, group.channels, layer)
+        ranking = channel_ranking(modules[layer].weight, granularity, amount, criterion, group.channels, layer,
+                                  _others(modules, group, layer, granularity))
         jobs.append((layer, granularity, group, ranking.kept))
 
     pruned = copy.deepcopy(model)
@@ -234,7 +249,7 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
             "removed": group.channels - len(kept),
             "granularity": granularity,
             "producer": group.producer,
-            "coupled": list(group.members),
+            "coupled": _coupled_names(group, layer),
         }
     if jobs:
         _check_runs(pruned, analysis, [job[0] for job in jobs])
@@ -279,7 +294,7 @@ class ChannelRanking:
 
 
 def channel_ranking(weight: torch.Tensor, granularity: str, amount, criterion: str = "l1",
-                    channels: int | None = None, layer: str = "layer") -> ChannelRanking:
+                    channels: int | None = None, layer: str = "layer", coupled: tuple = ()) -> ChannelRanking:
     """Rank the channels of ``weight`` as :func:`prune_structured` does and mark the ones ``amount`` removes.
 
     Parameters
@@ -297,6 +312,10 @@ def channel_ranking(weight: torch.Tensor, granularity: str, amount, criterion: s
         channels); by default ``weight.shape[1]``. Ignored for ``"filter"``.
     layer : str
         The layer's name, for error messages.
+    coupled : tuple of Tensor
+        For ``"filter"``: the weights of the other layers that lose the same output channels (the producers of
+        a coupled group, whose outputs are summed by residual adds); each channel is ranked by the norm of its
+        rows in all of them together (l1: the sum; l2: the root of the summed squares).
 
     Returns
     -------
@@ -306,7 +325,7 @@ def channel_ranking(weight: torch.Tensor, granularity: str, amount, criterion: s
     granularity, amount, criterion = _parse_request(layer, (granularity, amount, criterion))
     if granularity == "filter":
         n = int(weight.shape[0])
-        scores = _filter_scores(weight, criterion)
+        scores = _filter_scores(weight, criterion, coupled)
     else:
         n = int(channels if channels is not None else weight.shape[1])
         scores = _channel_scores(weight, n, criterion)
@@ -326,7 +345,15 @@ def layer_ranking(model: nn.Module, example_input, layer: str, granularity: str,
     analysis = _analyze(model, example_input)
     _known(analysis, layer)
     group = _group_removed(analysis, layer, granularity)
-    return channel_ranking(model.get_submodule(layer).weight, granularity, amount, criterion, group.channels, layer)
+    return channel_ranking(model.get_submodule(layer).weight, granularity, amount, criterion, group.channels, layer,
+                           _others(dict(model.named_modules()), group, layer, granularity))
+
+
+def _others(modules, group, layer, granularity):
+    """The weights of the group's other producers, whose rows count in a filter's norm."""
+    if granularity != "filter":
+        return ()
+    return tuple(modules[p].weight for p in group.producers if p != layer)
 
 
 def _known(analysis, layer: str) -> None:
@@ -362,8 +389,8 @@ def _parse_request(layer, request):
     return granularity, amount, criterion
 
 
-def _filter_scores(weight, criterion):
-    w = weight.detach().to(torch.float64).flatten(1)
+def _filter_scores(weight, criterion, coupled=()):
+    w = torch.cat([t.detach().to(torch.float64).flatten(1) for t in (weight, *coupled)], dim=1)
     return w.abs().sum(1) if criterion == "l1" else w.pow(2).sum(1).sqrt()
 
 
@@ -387,12 +414,13 @@ def _param(tensor, like):
 
 def _shrink_group(model, group, kept):
     idx = torch.tensor(kept, dtype=torch.long)
-    producer = model.get_submodule(group.producer)
-    _take_rows(producer, idx)
-    if isinstance(producer, nn.Linear):
-        producer.out_features = len(kept)
-    else:
-        producer.out_channels = len(kept)
+    for name in group.producers:
+        producer = model.get_submodule(name)
+        _take_rows(producer, idx)
+        if isinstance(producer, nn.Linear):
+            producer.out_features = len(kept)
+        else:
+            producer.out_channels = len(kept)
     for name, kind in group.members.items():
         mod = model.get_submodule(name)
         if kind == "batchnorm":
@@ -548,25 +576,26 @@ def _trace_and_analyze(model, example_input) -> _Analysis:
             return f"{name} carries a pruning mask or parametrization; make it permanent first"
         return None
 
-    groups: dict[str, _Group] = {}
+    groups: dict[str, _Group] = {}  # every producer -> its group (one object for a coupled group's producers)
     for name in names:
         mod = modules[name]
-        if _is_producer(mod) and len(calls.get(name, ())) == 1:
-            group = _walk(nodes, calls[name][0], name, mod, modules)
-            issue = member_issue(name)
-            for member in group.members:
+        if name not in groups and _is_producer(mod) and len(calls.get(name, ())) == 1:
+            group = _coupled_walk(nodes, name, calls, modules)
+            issue = None
+            for member in (*group.producers, *group.members):
                 issue = issue or member_issue(member)
             if issue is not None:
                 group.issue = issue
             elif group.issue is None and not group.blocks:
                 group.issue = "its output channels reach no layer that could shrink with them"
-            groups[name] = group
+            for producer in group.producers:
+                groups[producer] = group
 
     feeds = {}
     infos = {}
     for name in names:
         mod = modules[name]
-        coupled = list(groups[name].members) if name in groups else []
+        coupled = _coupled_names(groups[name], name) if name in groups else []
         not_called = _not_called_reason(name, calls, modules)
         if isinstance(mod, nn.Embedding):
             infos[name] = StructInfo(False, _EMBEDDING_REASON, False, _EMBEDDING_REASON, [])
@@ -586,7 +615,8 @@ def _trace_and_analyze(model, example_input) -> _Analysis:
         channel_ok, channel_reason = _channel_verdict(name, calls[name][0], groups, modules)
         if channel_ok:
             feeds[name] = next(g.producer for g in groups.values() if name in g.blocks)
-        infos[name] = StructInfo(group.issue is None, group.issue, channel_ok, channel_reason, coupled)
+        infos[name] = StructInfo(group.issue is None, group.issue, channel_ok, channel_reason, coupled,
+                                 list(group.producers) if group.issue is None else [])
     return _Analysis(infos, groups, feeds, args, out_shapes)
 
 
@@ -638,7 +668,7 @@ def _grouped_reason(name, mod, groups):
 
 
 def _channel_verdict(name, call, groups, modules):
-    feeding = [g for g in groups.values() if name in g.blocks or call in g.stopped_at]
+    feeding = list({id(g): g for g in groups.values() if name in g.blocks or call in g.stopped_at}.values())
     if len(feeding) > 1:
         producers = ", ".join(g.producer for g in feeding)
         return False, f"its input channels come from several layers ({producers})"
@@ -676,20 +706,53 @@ def _is_transparent(node, modules):
 # ------------------------------------------------------------------------------------------- the walk
 
 
-def _walk(nodes, start, name, mod, modules) -> _Group:
-    """Follow ``start``'s output channels forward through the graph (which is in topological order).
+def _coupled_walk(nodes, name, calls, modules) -> _Group:
+    """The group of ``name``'s output channels, grown across residual adds: where they are added to the
+    output of other layers (a ResNet's block output and its shortcut), those layers join as producers and the
+    walk starts again from all of them, until no add brings a new one (Torch-Pruning's dependency groups)."""
+    producers = [name]
+    while True:
+        group = _walk(nodes, producers, calls, modules)
+        new = [p for p in group.joins if p not in producers]
+        if group.issue is not None or not new:
+            return group
+        producers.extend(new)
 
-    A carrier is a node whose output holds the producer's channels; its state is (dim, block): the channel
+
+def _out_channels(mod):
+    return mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+
+
+def _channel_dim(mod):
+    return -1 if isinstance(mod, nn.Linear) else -(mod.weight.dim() - 1)
+
+
+def _coupled_names(group, name):
+    """Everything but ``name`` whose shape changes with the group's channels: the other producers first."""
+    return [p for p in group.producers if p != name] + list(group.members)
+
+
+def _walk(nodes, producers, calls, modules) -> _Group:
+    """Follow the output channels of ``producers`` forward through the graph (which is in topological order).
+
+    A carrier is a node whose output holds the group's channels; its state is (dim, block): the channel
     dim counted from the end (negative) and how many consecutive entries each channel spans there (> 1 after
     a flatten).
     """
-    channels = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
-    group = _Group(name, channels)
-    dim0 = -1 if isinstance(mod, nn.Linear) else -(mod.weight.dim() - 1)
-    carriers = {start: (dim0, 1)}
-    position = nodes.index(start)
-    for node in nodes[position + 1:]:
+    order = {node: i for i, node in enumerate(nodes)}
+    producers = sorted(producers, key=lambda p: order[calls[p][0]])
+    channels = _out_channels(modules[producers[0]])
+    group = _Group(producers[0], channels, producers=list(producers))
+    starts = {calls[p][0]: (_channel_dim(modules[p]), 1) for p in producers}
+    carriers = dict(starts)
+    for node in nodes[order[calls[producers[0]][0]] + 1:]:
         inputs = [a for a in _node_inputs(node) if a in carriers]
+        if node in starts:
+            if inputs:  # e.g. y = x + f(x) with f's input the same channels it writes: rows and columns
+                group.stopped_at.add(node)
+                group.issue = group.issue or (f"{node.target} reads the same channels it writes (through a "
+                                              f"residual add); they cannot be removed")
+            continue
         if not inputs:
             continue
         states = {carriers[a] for a in inputs}
@@ -697,7 +760,7 @@ def _walk(nodes, start, name, mod, modules) -> _Group:
             verdict = ("stop", f"output channels meet themselves in different layouts at {_opname(node, modules)} "
                                f"({_where(node)})")
         elif node.op == "output":
-            verdict = ("stop", "its output is the model's output" if start in inputs
+            verdict = ("stop", "its output is the model's output" if any(a in starts for a in inputs)
                        else f"its output channels reach the model's output (through {_where(inputs[0])})")
         else:
             verdict = _step(node, inputs, carriers, states.pop(), channels, modules)
@@ -708,6 +771,15 @@ def _walk(nodes, start, name, mod, modules) -> _Group:
                 group.issue = verdict[1]
         elif kind == "pass":
             carriers[node] = verdict[1]
+        elif kind == "join":  # an add with another layer's output: that layer's channels are these channels
+            sources, why = _sources(verdict[1], calls, modules, channels)
+            if why is not None:
+                group.stopped_at.add(node)
+                group.issue = group.issue or (f"output channels meet a residual {verdict[2]} ({_where(node)}) "
+                                              f"with {why}; they can only be removed together")
+            else:
+                group.joins.extend(p for p in sources if p not in group.joins and p not in group.producers)
+                carriers[node] = verdict[3]
         elif kind == "member":
             _, member, role, state = verdict
             group.members[member] = role
@@ -717,6 +789,34 @@ def _walk(nodes, start, name, mod, modules) -> _Group:
                 carriers[node] = state
         # kind == "ignore": metadata such as x.shape; nothing flows on
     return group
+
+
+def _sources(node, calls, modules, channels):
+    """The layers whose output channels reach ``node`` unchanged (through channel-keeping ops and adds):
+    ``(names, None)``, or ``(None, why)`` where something else contributes. Only a guess at the layout: the
+    walk from the layers found checks every step forward."""
+    found, seen, stack = [], set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_module" and _is_producer(modules[n.target]):
+            mod = modules[n.target]
+            if len(calls.get(n.target, ())) != 1:
+                return None, f"{n.target}, which is called {len(calls[n.target])} times in forward"
+            if _out_channels(mod) != channels:
+                return None, f"{n.target}, which has {_out_channels(mod)} output channels, not {channels}"
+            found.append(n.target)
+        elif _is_transparent(n, modules):
+            stack.extend(_node_inputs(n))
+        elif n.op in ("call_function", "call_method") and _fname(n) in _ADDS:
+            stack.extend(a for a in _node_inputs(n) if _shape(a) is not None)
+        elif n.op == "placeholder":
+            return None, "the model input"
+        else:
+            return None, f"the output of {_opname(n, modules)} ({_where(n)})"
+    return found, None
 
 
 def _node_inputs(node):
@@ -837,14 +937,7 @@ def _step(node, inputs, carriers, state, channels, modules):
     if node.op == "call_function" and not _from_torch(node.target):
         return cannot
     if name in _BINARY_FUNCS or name in _ELEMENTWISE_FUNCS:
-        clash = _clash(node, carriers, dim, out_shape)
-        if clash is not None:
-            if name in _ADDS:
-                return ("stop", f"output channels meet a residual {name.strip('_i') if name != 'rsub' else 'sub'} "
-                                f"({where}) with another branch; they can only be removed together")
-            return ("stop", f"output channels are combined by {name} ({where}) with another tensor of the same "
-                            f"channels; they can only be removed together")
-        return _checked(("pass", state), out_shape, channels, where)
+        return _elementwise(node, name, carriers, state, out_shape, channels, where)
     if name in _CONCATS:
         return ("stop", f"output channels are concatenated ({where}) with other tensors; they can only be "
                         f"removed together")
@@ -871,6 +964,18 @@ def _step(node, inputs, carriers, state, channels, modules):
     if name in _RESHAPES:
         return ("stop", f"output channels are reshaped by {name} ({where})")
     return cannot
+
+
+def _elementwise(node, name, carriers, state, out_shape, channels, where):
+    """An elementwise op: the channels pass, or (an add with another layer's output) that layer joins."""
+    passed = _checked(("pass", state), out_shape, channels, where)
+    clash = _clash(node, carriers, state[0], out_shape)
+    if clash is None or passed[0] != "pass":
+        return passed
+    if name in _ADDS:
+        return ("join", clash, name.strip("_i") if name != "rsub" else "sub", state)
+    return ("stop", f"output channels are combined by {name} ({where}) with another tensor of the same "
+                    f"channels; they can only be removed together")
 
 
 def _from_torch(target):
