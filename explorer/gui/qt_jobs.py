@@ -111,7 +111,8 @@ class Jobs:
 
         def job(progress):
             built = previewer.build(plan, scaled(progress, 0.0, 0.1), count=False)
-            return runtime_latency(built, loaded.example_input, progress=scaled(progress, 0.1, 1.0))
+            return runtime_latency(built, loaded.example_input, progress=scaled(progress, 0.1, 1.0),
+                                   original=loaded.model)
 
         def failed(message):  # a model the runtime cannot time (an input that is not one tensor): said in the line
             win.preview.show_latency(None, message)

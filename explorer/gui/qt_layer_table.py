@@ -81,8 +81,8 @@ class LayerTableModel(QStandardItemModel):
         measured = {layer["name"]: layer for layer in res.get("layers", [])} if res else {}
         plan = self.session.plan
         if self._described[0] is not plan or self._described[1] is not info:  # plans never change in place
-            self._described = (plan, info, {layer.name: self.session.settings(layer.name).describe()
-                                            for layer in info.layers})
+            self._described = (plan, info, _with_groups(info, {layer.name: self.session.settings(layer.name)
+                                                               for layer in info.layers}))
         described = self._described[2]
         for row, layer in enumerate(info.layers):
             settings = described[layer.name]
@@ -103,6 +103,23 @@ class LayerTableModel(QStandardItemModel):
                     item.setText(text)
                 if item.data(Qt.UserRole) != key:
                     item.setData(key, Qt.UserRole)
+
+
+def _with_groups(info, settings: dict) -> dict:
+    """Each layer's settings described; a coupled group's producer without a request of its own that loses
+    the filters another producer's request removes says so ("50% filters, with conv1")."""
+    described = {name: s.describe() for name, s in settings.items()}
+    for layer in info.layers:
+        p = settings[layer.name].prune
+        if len(layer.producers) < 2 or p is None or p.granularity != "filter" or not p.amount:
+            continue
+        for other in layer.producers:
+            own = settings[other].prune if other in settings else None
+            if other != layer.name and (own is None or own.granularity == "element") and other in described:
+                amount = f"{p.amount:.0%}" if isinstance(p.amount, float) else f"{p.amount}"
+                extra = f"{amount} filters, with {layer.name}"
+                described[other] = extra if described[other] == "-" else f"{described[other]}; {extra}"
+    return described
 
 
 def size_tip(layer) -> str:

@@ -49,8 +49,9 @@ class PreviewPanel(QWidget):
         self.macs = QLabel("MACs: –")
         self.acc = QLabel("accuracy: –")
         self.latency = QLabel("latency (measured): –")
-        self.latency.setToolTip("the plan's compressed model run on the example input (batch 1) as decoded to dense "
-                                "tensors, and under the compressed runtime (sparse rows and shared-weight codes "
+        self.latency.setToolTip("the original model and the plan's compressed model run on the example input (batch "
+                                "1), the latter as decoded to dense tensors (structured and low-rank layers are "
+                                "smaller dense layers) and under the compressed runtime (sparse rows and shared-weight codes "
                                 "where they are faster, each layer timed); measured in the background")
         self.latency.setWordWrap(True)  # never wider than the panel
         for lab in (self.ratio, self.macs, self.acc, self.latency):
@@ -167,10 +168,12 @@ class PreviewPanel(QWidget):
             return
         kept = (f"{lat['replaced']} of {lat['layers']} layers on their stored form" if lat["replaced"]
                 else f"{lat['layers']} layers kept dense: faster" if lat["layers"] else "no layer to run compressed")
+        before = (f"{lat['original_ms']:.3f} ms original → ", f"{human_bytes(lat['resident_original'])} → ") \
+            if "original_ms" in lat else ("", "")
         self.latency.setText(
-            f"<b>latency</b> (batch {lat['batch']}): {lat['dense_ms']:.3f} ms dense → {lat['compressed_ms']:.3f} ms "
-            f"compressed runtime; weights {human_bytes(lat['resident_dense'])} → "
-            f"{human_bytes(lat['resident_compressed'])} ({kept})")
+            f"<b>latency</b> (batch {lat['batch']}): {before[0]}{lat['dense_ms']:.3f} ms compressed, dense layers → "
+            f"{lat['compressed_ms']:.3f} ms compressed runtime; weights {before[1]}"
+            f"{human_bytes(lat['resident_dense'])} → {human_bytes(lat['resident_compressed'])} ({kept})")
 
     def show_accuracy(self, acc, model: str = "") -> None:
         """``acc`` as the engine measured it; ``model``: what was measured, when it is not the plan's own

@@ -31,3 +31,11 @@ def test_a_coupled_groups_layers_say_so_and_its_filters_go_together(make_window,
     assert "removes the same channels from layer1.conv2" in rows["stem"].toolTip()
     assert "removes the same channels from stem" in rows["layer1.conv2"].toolTip()
     assert "coupled group" not in rows["layer1.conv1"].toolTip()
+    from explorer.engine.plan import Plan
+    from explorer.gui.qt_layer_table import SETTINGS
+
+    win.session.set_plan(Plan.from_dict({"version": 1, "layers": {
+        "stem": {"prune": {"amount": 0.25, "granularity": "filter"}}}}))
+    model.refresh_values()
+    cells = {model.item(r, 0).text(): model.item(r, SETTINGS).text() for r in range(model.rowCount())}
+    assert cells["layer1.conv2"] == "25% filters, with stem" and cells["layer2.conv2"] == "-"

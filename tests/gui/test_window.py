@@ -781,5 +781,8 @@ def test_the_latency_line_shows_what_the_engine_timed(make_window, qtbot, settle
     assert lat["batch"] == 1 and lat["layers"] == 3 and lat["replaced"] >= 1
     assert lat["resident_compressed"] < lat["resident_dense"]
     text = win.preview.latency.text()
-    assert f"{lat['dense_ms']:.3f} ms dense" in text and f"{lat['compressed_ms']:.3f} ms" in text
+    assert f"{lat['original_ms']:.3f} ms original → {lat['dense_ms']:.3f} ms compressed, dense layers" in text
+    assert f"{lat['compressed_ms']:.3f} ms compressed runtime" in text
+    from explorer.engine.measure.metrics import resident_bytes
+    assert lat["resident_original"] == resident_bytes(win.session.loaded.model) >= lat["resident_dense"]
     assert f"{lat['replaced']} of 3 layers on their stored form" in text

@@ -109,10 +109,13 @@ def result_parts(compressed) -> dict:
     return out
 
 
-def runtime_latency(compressed, example_input, batch: int = 1, progress: ProgressFn = None) -> dict:
+def runtime_latency(compressed, example_input, batch: int = 1, progress: ProgressFn = None,
+                    original=None) -> dict:
     """The compressed model of a plan (``compress``'s Compressed) timed as built (dense tensors) and under
     the compressed runtime, on ``example_input`` repeated to ``batch``: what the window's preview shows as
-    "latency (measured)". The runtime's model shares the built model's tensors (no copy of the weights)."""
+    "latency (measured)". The runtime's model shares the built model's tensors (no copy of the weights).
+    With ``original`` (the model before the plan), that too: ``original_ms`` and ``resident_original``, what
+    structured pruning and low-rank gain (their layers are already small and dense)."""
     model = compressed.model
     ours = sharing_copy(model)
     report(progress, 0.0, "choosing the compressed runtime")
@@ -123,7 +126,11 @@ def runtime_latency(compressed, example_input, batch: int = 1, progress: Progres
     dense_ms = time_forward(model, x, min_seconds=0.1)
     report(progress, 0.8, "timing the compressed runtime")
     ours_ms = time_forward(ours, x, min_seconds=0.1)
+    out = {"batch": batch, "dense_ms": dense_ms, "compressed_ms": ours_ms,
+           "replaced": sum(1 for d in decisions if d.chosen != "dense"), "layers": len(decisions),
+           "resident_dense": resident_bytes(model), "resident_compressed": resident_bytes(ours)}
+    if original is not None:
+        report(progress, 0.9, "timing the original model")
+        out.update(original_ms=time_forward(original, x, min_seconds=0.1), resident_original=resident_bytes(original))
     report(progress, 1.0, "timed")
-    return {"batch": batch, "dense_ms": dense_ms, "compressed_ms": ours_ms,
-            "replaced": sum(1 for d in decisions if d.chosen != "dense"), "layers": len(decisions),
-            "resident_dense": resident_bytes(model), "resident_compressed": resident_bytes(ours)}
+    return out
