@@ -377,6 +377,37 @@ def test_two_requests_on_one_coupled_group_are_refused():
         prune_structured(model, x, {"stem": ("filter", 0.5, "l1"), "layer1.conv2": ("filter", 0.25, "l1")})
 
 
+class ReadsWhatItWrites(nn.Module):
+    """y = x + b(relu(x)) with x = a(input): b reads the channels it writes (a pre-activation residual)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.head(x + self.b(torch.relu(x)))
+
+
+def test_a_layer_that_reads_the_channels_it_writes_loses_rows_and_columns():
+    model, x = ReadsWhatItWrites().eval(), torch.randn(4, 6)
+    info = analyze(model, x)
+    assert info["a"].producers == ["a", "b"] and info["a"].filter_ok
+    assert info["a"].coupled == ["b", "head"]  # b: a producer (rows) and a reader (columns), named once
+    dead = [1, 6]
+    with torch.no_grad():  # the channels are exactly 0 everywhere: removing them changes nothing
+        for layer in (model.a, model.b):
+            layer.weight[dead] = 0
+            layer.bias[dead] = 0
+    before = run(model, x)
+    pruned, report = prune_structured(model, x, {"b": ("filter", 2, "l1")})
+    assert report["b"]["kept"] == [0, 2, 3, 4, 5, 7]
+    assert pruned.a.weight.shape == (6, 6) and pruned.b.weight.shape == (6, 6) and pruned.head.weight.shape == (3, 6)
+    torch.testing.assert_close(run(pruned, x), before)
+
+
 def test_refuses_a_residual_add_with_the_model_input():
     class Residual(nn.Module):
         def __init__(self):

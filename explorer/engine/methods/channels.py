@@ -729,7 +729,7 @@ def _channel_dim(mod):
 
 def _coupled_names(group, name):
     """Everything but ``name`` whose shape changes with the group's channels: the other producers first."""
-    return [p for p in group.producers if p != name] + list(group.members)
+    return list(dict.fromkeys([p for p in group.producers if p != name] + list(group.members)))
 
 
 def _walk(nodes, producers, calls, modules) -> _Group:
@@ -747,12 +747,6 @@ def _walk(nodes, producers, calls, modules) -> _Group:
     carriers = dict(starts)
     for node in nodes[order[calls[producers[0]][0]] + 1:]:
         inputs = [a for a in _node_inputs(node) if a in carriers]
-        if node in starts:
-            if inputs:  # e.g. y = x + f(x) with f's input the same channels it writes: rows and columns
-                group.stopped_at.add(node)
-                group.issue = group.issue or (f"{node.target} reads the same channels it writes (through a "
-                                              f"residual add); they cannot be removed")
-            continue
         if not inputs:
             continue
         states = {carriers[a] for a in inputs}
@@ -765,6 +759,9 @@ def _walk(nodes, producers, calls, modules) -> _Group:
         else:
             verdict = _step(node, inputs, carriers, states.pop(), channels, modules)
         kind = verdict[0]
+        if node in starts and kind != "stop":  # y = x + f(x): f reads the channels it writes (rows and columns)
+            kind = "member" if kind == "member" and verdict[2] == "consumer" else "stop"
+            verdict = verdict if kind == "member" else ("stop", f"{node.target} reads the channels it writes")
         if kind == "stop":
             group.stopped_at.add(node)
             if group.issue is None:
@@ -785,8 +782,8 @@ def _walk(nodes, producers, calls, modules) -> _Group:
             group.members[member] = role
             if role == "consumer":
                 group.blocks[member] = state
-            else:
-                carriers[node] = state
+            if role != "consumer" or node in starts:
+                carriers[node] = starts.get(node, state)
         # kind == "ignore": metadata such as x.shape; nothing flows on
     return group
 
@@ -815,7 +812,7 @@ def _sources(node, calls, modules, channels):
         elif n.op == "placeholder":
             return None, "the model input"
         else:
-            return None, f"the output of {_opname(n, modules)} ({_where(n)})"
+            return None, f"a tensor no single prunable layer makes ({_opname(n, modules)}, {_where(n)})"
     return found, None
 
 
