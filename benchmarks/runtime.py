@@ -99,6 +99,7 @@ def model_table(threads: list, batches: list, tmp: str, quick: bool) -> None:
     from explorer.engine.model.loading import load_model
     from explorer.engine.plan import Plan
     from explorer.engine.storage import fileformat
+    from resnet_mnist import group_requests, speed_rows
 
     cases = [("digits-mlp", "digits-mlp.plan.json"), ("digits-mlp", "digits-mlp.finetuned.plan.json"),
              ("digits-cnn", "digits-cnn.plan.json"), ("digits-cnn", "digits-cnn.finetuned.plan.json")]
@@ -115,8 +116,6 @@ def model_table(threads: list, batches: list, tmp: str, quick: bool) -> None:
         if plan_file is None:  # structured + low-rank: already small dense layers
             # every coupled group at half its filters: the four residual streams (each stage's block outputs
             # and shortcut together) and every block's inner conv; the head at a quarter of its parameters
-            from resnet_mnist import group_requests
-
             layers = group_requests(loaded.model, loaded.example_input, 0.5)
             layers["fc"] = {"lowrank": {"rank": 0.25}}
             plan = Plan.from_dict({"version": 1, "layers": layers})
@@ -137,18 +136,11 @@ def model_table(threads: list, batches: list, tmp: str, quick: bool) -> None:
                    f"{replaced} of {len(out['layers'])}"]
             print("| " + " | ".join(row) + " |", flush=True)
         if source.startswith("runtime:resnet"):  # the structure's gain: against the model before the plan
-            from explorer.engine.measure.bench import set_threads
-            from explorer.engine.measure.metrics import time_forward
-
             dense_size = sum(p.numel() * 4 for p in loaded.model.parameters())
-            for n in threads:
-                set_threads(n)
-                for b in batches:
-                    x = loaded.example_input.repeat(b, 1, 1, 1)
-                    t0, t1 = time_forward(loaded.model, x), time_forward(back.model, x)
-                    print(f"| {source.replace('runtime:', '')} | the original (dense, {_mb(dense_size)}) against "
-                          f"the file's model | {b} | {n} | {t0:.3f} | {t1:.3f} | {t0 / t1:.2f}x | "
-                          f"{_mb(dense_size)} | {_mb(dense_row['resident_bytes'])} | – |", flush=True)
+            for b, n, t0, t1 in speed_rows(loaded.model, back.model, loaded.example_input, 0.2, threads, batches):
+                print(f"| {source.replace('runtime:', '')} | the original (dense, {_mb(dense_size)}) against "
+                      f"the file's model | {b} | {n} | {t0:.3f} | {t1:.3f} | {t0 / t1:.2f}x | "
+                      f"{_mb(dense_size)} | {_mb(dense_row['resident_bytes'])} | – |", flush=True)
 
 
 def main(argv=None) -> int:

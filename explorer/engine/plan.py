@@ -66,6 +66,10 @@ class PruneSettings:
     granularity: str = "element"
     criterion: str = "l1"
 
+    def amount_text(self) -> str:
+        """The amount as the window and the CLI say it: ``50%`` (a fraction) or ``3 removed`` (a count)."""
+        return f"{self.amount:.0%}" if isinstance(self.amount, float) else f"{self.amount} removed"
+
 
 @dataclass(frozen=True)
 class QuantSettings:
@@ -125,8 +129,7 @@ class LayerSettings:
             parts.append(f"{self.lowrank.method} rank {self.lowrank.rank}")
         p = self.prune
         if p is not None and p.amount:
-            amount = f"{p.amount:.0%}" if isinstance(p.amount, float) else f"{p.amount} removed"
-            parts.append(f"prune {amount}" + ("" if p.granularity == "element" else f" {p.granularity}s"))
+            parts.append(f"prune {p.amount_text()}" + ("" if p.granularity == "element" else f" {p.granularity}s"))
         q = self.quantize
         if q is not None:
             parts.append(QUANTIZERS[q.method].describe(q))

@@ -116,8 +116,7 @@ def _with_groups(info, settings: dict) -> dict:
         for other in layer.producers:
             own = settings[other].prune if other in settings else None
             if other != layer.name and (own is None or own.granularity == "element") and other in described:
-                amount = f"{p.amount:.0%}" if isinstance(p.amount, float) else f"{p.amount}"
-                extra = f"{amount} filters, with {layer.name}"
+                extra = f"{p.amount_text()} filters, with {layer.name}"
                 described[other] = extra if described[other] == "-" else f"{described[other]}; {extra}"
     return described
 

@@ -237,7 +237,7 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
             )
         taken[group.producer] = layer
         ranking = channel_ranking(modules[layer].weight, granularity, amount, criterion, group.channels, layer,
-                                  _others(modules, group, layer, granularity))
+                                  _others(model, group, layer, granularity))
         jobs.append((layer, granularity, group, ranking.kept))
 
     pruned = copy.deepcopy(model)
@@ -346,14 +346,14 @@ def layer_ranking(model: nn.Module, example_input, layer: str, granularity: str,
     _known(analysis, layer)
     group = _group_removed(analysis, layer, granularity)
     return channel_ranking(model.get_submodule(layer).weight, granularity, amount, criterion, group.channels, layer,
-                           _others(dict(model.named_modules()), group, layer, granularity))
+                           _others(model, group, layer, granularity))
 
 
-def _others(modules, group, layer, granularity):
+def _others(model, group, layer, granularity):
     """The weights of the group's other producers, whose rows count in a filter's norm."""
     if granularity != "filter":
         return ()
-    return tuple(modules[p].weight for p in group.producers if p != layer)
+    return tuple(model.get_submodule(p).weight for p in group.producers if p != layer)
 
 
 def _known(analysis, layer: str) -> None:
