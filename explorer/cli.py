@@ -21,9 +21,11 @@ import time
 from explorer import __version__
 from explorer.engine.errors import ExplorerError, LoadError
 from explorer.engine.sensitivity.grid import DEFAULT_LIMIT, KINDS
+from explorer.engine.teach.help import HELP
 from explorer.units import human_bytes, human_count, table
 
 EXIT_USAGE = 2
+CONCEPT_PAGES = tuple(HELP)  # the Concepts tab's views (gui --concept, report)
 
 
 # ---------------------------------------------------------------------------------------- progress
@@ -653,12 +655,41 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _add_report_parser(sub, vocabulary: dict) -> None:
+    p = sub.add_parser("report", help="a standalone HTML handout: every concept view (granularity, storage, "
+                       "quantization, entropy, low rank, pipeline, graph, teacher) of MODEL under a plan, explained",
+                       **vocabulary)
+    _add_model_args(p)
+    p.add_argument("--plan", help="the plan to explain (default: none, the dense model)")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.add_argument("--layer", action="append", metavar="NAME",
+                   help="the layers whose views it shows (repeatable; default: every layer of a model with up to "
+                   "6, else the 3 largest)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from explorer.engine.plan import Plan  # torch: after parsing
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # drawn offscreen, never shown
+    from explorer.gui.report import write_report  # Qt only for this verb, once offscreen is set
+
+    loaded = _load(args)
+    plan = Plan.load(args.plan) if args.plan else Plan()
+    out = write_report(loaded, plan, args.output, args.layer, say=lambda m: print(f"  {m}", file=sys.stderr))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"wrote {out['path']}: {out['figures']} figures ({', '.join(out['layers'])}), {out['bytes']:,} bytes")
+    return 0
+
+
 def cmd_gui(args) -> int:
     from explorer.gui.app import run  # Qt only for this verb, and only after gui.app has checked for a display
 
     return run(args.model, plan=args.plan, factory=args.factory, trust=args.trust, data=args.data,
-               screenshot=args.screenshot, tab=args.tab, debug=args.debug, layer=args.layer,
-               restore=None if args.restore is None else args.restore == "yes")
+               screenshot=args.screenshot, tab="concepts" if args.concept else args.tab, debug=args.debug,
+               layer=args.layer, concept=args.concept, restore=None if args.restore is None else args.restore == "yes")
 
 
 def cmd_export(args) -> int:
@@ -880,14 +911,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=cmd_info, model="-")
+    _add_report_parser(sub, vocabulary)
     p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)", **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON to start with")
     p.add_argument("--layer", metavar="NAME", help="start with this layer selected (as inspect names it)")
     p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")
-    p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare"], default="histogram",
-                   help="which tab the screenshot shows (sensitivity: once its scan is done; compare: measures a few "
-                   "plans first, see the README)")
+    p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare", "concepts"],
+                   default="histogram", help="which tab the screenshot shows (sensitivity: once its scan is done; "
+                   "compare: measures a few plans first, see the README)")
+    p.add_argument("--concept", choices=CONCEPT_PAGES, help="start on the Concepts tab at this view")
     p.add_argument("--restore", choices=["yes", "no"], help="answer the offer to restore a session that did not "
                    "end cleanly (default: ask; with --screenshot: leave it)")
     p.set_defaults(func=cmd_gui)
@@ -902,7 +935,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: the outputs each verb writes (attributes of its arguments): checked before any work, see _check_outputs
 OUTPUTS = {"compress": ("output",), "finetune": ("output",), "export": ("output",), "auto": ("output", "cexp"),
-           "sensitivity": ("output", "png")}
+           "sensitivity": ("output", "png"), "report": ("output",)}
 
 
 def _check_outputs(args) -> None:
@@ -922,7 +955,8 @@ ENGINE = {"inspect": ("explorer.engine.inspect",), "evaluate": ("explorer.engine
           "compress": ("explorer.engine.compress",),
           "export": ("explorer.engine.compress", "explorer.engine.model.export"),
           "finetune": ("explorer.engine.finetune.trainer",), "auto": ("explorer.engine.sensitivity.auto",),
-          "sensitivity": ("explorer.engine.sensitivity.scan", "explorer.engine.executor")}  # info: no torch
+          "sensitivity": ("explorer.engine.sensitivity.scan", "explorer.engine.executor"),
+          "report": ("explorer.engine.measure.evaluate",)}  # info: no torch
 
 
 def _start(args) -> None:

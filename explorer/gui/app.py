@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QApplication
 from explorer.engine.plan import Plan
 from explorer.engine.samples import SAMPLES_DIR, sample_names
 from explorer.gui.main_window import MainWindow
-from explorer.gui.qt_errors import install, setup_logging
+from explorer.gui.qt_errors import install, quiet_offscreen, setup_logging
 
 # what Qt's X11 plugin links against that a desktop may lack (Qt's "X11 requirements"), by Debian name
 X11_PACKAGES = ("libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 "
@@ -74,13 +74,6 @@ def display_problem(env=None, platform: str = sys.platform, probe=_xcb_plugin_lo
     return None
 
 
-def _quiet_offscreen(mode, context, message: str) -> None:
-    """Qt's messages, less the offscreen platform's notice that it cannot resize windows to their hints
-    (printed on every layout change; nothing is wrong)."""
-    if "does not support propagateSizeHints" not in message:
-        print(message, file=sys.stderr)
-
-
 COMPARE_AUTO_RATIOS = (12.0, 30.0)  # the searches --tab compare runs (validation on COMPARE_LIMIT samples)
 COMPARE_LIMIT = 200
 
@@ -117,10 +110,18 @@ def choose_layer(win, layer: str) -> Optional[str]:
     return None
 
 
+def _tab_view(win, tab: str, concept: Optional[str]):
+    """The widget of ``--tab`` (None: the first tab), on ``--concept``'s page for the Concepts tab."""
+    if concept and win.concepts.view.current().key != concept:
+        win.concepts.view.select(concept)  # its page is computed once the tab is shown
+    return {"centroids": win.centroids, "sensitivity": win.sensitivity.view, "compare": win.compare,
+            "concepts": win.concepts.view}.get(tab)
+
+
 def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Optional[str] = None,
         trust: bool = False, data: Optional[str] = None, screenshot: Optional[str] = None,
         tab: str = "histogram", timeout: float = 120.0, restore: Optional[bool] = None, debug: bool = False,
-        layer: Optional[str] = None) -> int:
+        layer: Optional[str] = None, concept: Optional[str] = None) -> int:
     if screenshot and "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     problem = display_problem()
@@ -128,7 +129,7 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
         print(f"error: {problem}", file=sys.stderr)
         return 2
     if os.environ.get("QT_QPA_PLATFORM", "").startswith("offscreen"):
-        qInstallMessageHandler(_quiet_offscreen)
+        qInstallMessageHandler(quiet_offscreen)
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Compression Explorer")
@@ -185,7 +186,7 @@ def run(model: Optional[str] = None, plan: Optional[str] = None, factory: Option
             if win.last_error is not None:
                 fail(win.last_error)
             return
-        view = {"centroids": win.centroids, "sensitivity": win.sensitivity.view, "compare": win.compare}.get(tab)
+        view = _tab_view(win, tab, concept)
         if view is not None and win.tabs.currentWidget() is not view:
             win.tabs.setCurrentWidget(view)  # a sensitivity scan starts: idle again once it is done
             return

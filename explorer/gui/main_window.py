@@ -29,6 +29,7 @@ from explorer.gui.qt_auto import AutoRun
 from explorer.gui.qt_autosave import Autosave
 from explorer.gui.qt_centroids import CentroidView
 from explorer.gui.qt_compare import CompareView
+from explorer.gui.qt_concepts import Concepts
 from explorer.gui.qt_controls import Controls
 from explorer.gui.qt_empty import EmptyState
 from explorer.gui.qt_export import Exports
@@ -97,6 +98,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.sensitivity.view, "Sensitivity")
         self.compare = CompareView(self.session, self.statusBar().showMessage)
         self.tabs.addTab(self.compare, "Compare plans")
+        self.concepts = Concepts(self)  # the Concepts tab: a view per compression concept, computed when shown
+        self.tabs.addTab(self.concepts.view, "Concepts")
         self._lay_out()
         self.messages = Messages(self)  # the banner's and status bar's messages, each gone with its cause
         self.menus = Menus(self)

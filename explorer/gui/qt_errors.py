@@ -103,3 +103,10 @@ class ErrorHook:
 
 def install(window) -> ErrorHook:
     return ErrorHook(window)
+
+
+def quiet_offscreen(mode, context, message: str) -> None:
+    """Qt's messages, less the offscreen platform's notice that it cannot resize windows to their hints
+    (printed on every layout change; nothing is wrong)."""
+    if "does not support propagateSizeHints" not in message:
+        print(message, file=sys.stderr)

@@ -21,7 +21,7 @@ ACCURACY_SETTLE = 0.15  # seconds
 ACCURACY_BATCH = 4
 LATENCY_MAX_BYTES = 256 << 20  # dense weights above which the latency line is not measured in the background
 CHANNELS = ("load", "data", "preview", "accuracy", "layer", "inits", "init_accuracy", "export", "prepare", "finetune",
-            "auto", "sensitivity", "latency")
+            "auto", "sensitivity", "latency", "concepts")
 
 
 class Jobs:

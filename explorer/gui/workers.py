@@ -36,7 +36,7 @@ class _Signals(QObject):
 
 
 INTERACTIVE = frozenset({"preview", "layer"})  # answer a slider release: a thread at the GUI's priority
-SIDE = frozenset({"inits", "init_accuracy", "prepare"})  # per-layer extras (centroid comparison and its accuracy
+SIDE = frozenset({"inits", "init_accuracy", "prepare", "concepts"})  # per-layer extras (centroid comparison and its accuracy
 # per init, sweep state): their own thread
 TRAINING = frozenset({"finetune", "auto"})  # minutes of work: a thread of their own (one at a time), so loading,
 # accuracy and exports go on

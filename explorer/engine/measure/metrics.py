@@ -273,6 +273,13 @@ def _checkpoints(progress: ProgressFn, where: list):
         _here.checkpoint = outer
 
 
+def model_outputs(model: nn.Module, x, eval_data=None) -> torch.Tensor:
+    """The output tensor of ``model`` on inputs ``x`` (eval mode, no gradients), read as :func:`accuracy`
+    reads it (a tuple's or dict's first tensor); a model that cannot run on ``x`` names ``eval_data``."""
+    with _eval_mode(model), torch.no_grad():
+        return _outputs(_run_on_data(model, x, eval_data))
+
+
 def accuracy(model: nn.Module, eval_data, progress: ProgressFn = None, batch_size: int = 256,
              limit: Optional[int] = None) -> float:
     """Top-1 accuracy of ``model`` on ``eval_data`` (inputs and integer labels), in [0, 1].

@@ -1,0 +1,229 @@
+"""The Concepts tab: a view for every compression concept on the loaded model, live with the plan, each with
+a line that explains it in the model's own numbers and a "?" with what it shows, why it matters, its formula
+and its reference. The engine computes every view (:mod:`explorer.engine.teach`) on the workers' "concepts"
+channel, only for the page in sight: a page not shown does no work, and a newer request drops an older one."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QTabWidget, QToolButton, QVBoxLayout, QWidget
+
+from explorer.engine.measure.preview import plan_key
+from explorer.engine.teach.help import HELP, help_text
+from explorer.engine.teach.layer import LAYER_VIEWS, layer_concept
+from explorer.engine.teach.model import graph_values, model_graph, outputs_view, pipeline_view
+from explorer.gui.qt_concept_layer import EntropyPlot, GranularityPlot, QuantizationPlot, SpectrumPlot, StoragePlot
+from explorer.gui.qt_concept_model import GraphPlot, OutputsPlot, PipelinePlot
+
+CHANNEL = "concepts"
+PAGES = (("granularity", "Granularity", GranularityPlot), ("storage", "Storage", StoragePlot),
+         ("quantization", "Quantization", QuantizationPlot), ("entropy", "Entropy", EntropyPlot),
+         ("lowrank", "Low rank", SpectrumPlot), ("pipeline", "Pipeline", PipelinePlot),
+         ("graph", "Graph", GraphPlot), ("outputs", "Teacher", OutputsPlot))
+LAYER_PAGES = frozenset(LAYER_VIEWS)
+
+
+class ConceptPage(QWidget):
+    """One concept: its title and "?", the plot, the explanation line (the engine's numbers)."""
+
+    def __init__(self, key: str, title: str, plot: QWidget, parent=None):
+        super().__init__(parent)
+        self.key, self.plot = key, plot
+        self.title = QLabel(f"<b>{title}</b>")
+        self.help = QToolButton()
+        self.help.setText("?")
+        self.help.setToolTip(f"What the {title.lower()} view shows, why it matters, its formula and reference")
+        self.help.clicked.connect(self.show_help)
+        self.state = QLabel("")
+        self.state.setStyleSheet("color: #666")
+        self.explanation = QLabel("")
+        self.explanation.setWordWrap(True)
+        self.explanation.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        # room for three lines from the start: a line that grew when the numbers came moved the plot
+        self.explanation.setMinimumHeight(3 * self.explanation.fontMetrics().lineSpacing() + 4)
+        head = QHBoxLayout()
+        head.addWidget(self.title)
+        head.addWidget(self.help)
+        head.addWidget(self.state, 1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addLayout(head)
+        lay.addWidget(plot, 1)
+        lay.addWidget(self.explanation)
+        self.box = None
+
+    def show_help(self) -> None:
+        h = HELP[self.key]
+        self.box = QMessageBox(QMessageBox.Information, h.title, help_text(self.key), QMessageBox.Ok, self)
+        self.box.setAttribute(Qt.WA_DeleteOnClose)
+        self.box.open()  # not exec(): the window and its workers go on
+
+    def say(self, explanation: str, state: str = "") -> None:
+        self.explanation.setText(explanation)
+        self.state.setText(state)
+
+
+class ConceptsView(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.tabs = QTabWidget()
+        self.pages = {}
+        for key, title, cls in PAGES:
+            page = ConceptPage(key, HELP[key].title, cls())
+            self.pages[key] = page
+            self.tabs.addTab(page, title)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.tabs)
+
+    def current(self) -> ConceptPage:
+        return self.tabs.currentWidget()
+
+    def select(self, key: str) -> None:
+        self.tabs.setCurrentWidget(self.pages[key])
+
+
+class Concepts:
+    """Computes the page in sight when it is shown and whenever the layer, the plan or its results change."""
+
+    def __init__(self, window):
+        self.window = window
+        self.view = ConceptsView()
+        self.shown_for = None  # what the current page shows (its key), None: nothing yet
+        self.granularity: Optional[str] = None  # the granularity chosen on the page (None: the plan's)
+        self._graph = None  # (model id, ModelGraph)
+        self._inputs: dict = {}  # layer -> its input shape on the example input
+        s = window.session
+        s.on("model", self._on_model)
+        s.on("selection", lambda: setattr(self, "granularity", None))
+        for event in ("model", "plan", "results", "selection", "data"):
+            s.on(event, self.refresh)
+        self.view.tabs.currentChanged.connect(lambda *_: self.refresh())
+        window.tabs.currentChanged.connect(lambda *_: self.refresh())
+        grain = self.view.pages["granularity"].plot
+        grain.granularity_chosen.connect(self._choose_granularity)
+        graph = self.view.pages["graph"].plot
+        graph.layer_clicked.connect(lambda name: s.select([name]))
+        graph.measure_chosen.connect(lambda _: self.refresh(force=True))
+
+    def visible(self) -> bool:
+        return self.window.tabs.currentWidget() is self.view
+
+    def _on_model(self) -> None:
+        self._graph, self._inputs, self.shown_for = None, {}, None
+
+    def _choose_granularity(self, g: str) -> None:
+        self.granularity = g
+        self.refresh()
+
+    def wanted(self) -> Optional[tuple]:
+        s = self.window.session
+        if s.loaded is None:
+            return None
+        page = self.view.current().key
+        layer = s.current if page in LAYER_PAGES else None
+        results = id(s.results) if page in ("pipeline", "graph") else None
+        tuned = id(s.finetuned) if page == "outputs" else None
+        return page, layer, plan_key(s.plan), self.granularity if page == "granularity" else None, results, tuned
+
+    def refresh(self, force: bool = False) -> None:
+        """Compute the page in sight if what it shows is not what the model, layer and plan are now."""
+        if not self.visible():
+            self.window.workers.cancel(CHANNEL)  # a page out of sight does no work
+            return
+        want = self.wanted()
+        if want is None or (want == self.shown_for and not force):
+            return
+        page = self.view.current()
+        key = page.key
+        if key in LAYER_PAGES and want[1] is None:
+            return page.say("", "select a layer")
+        if key == "pipeline":
+            return self._pipeline(page, want)
+        job = self._layer_job(key) if key in LAYER_PAGES else getattr(self, f"_{key}_job")()
+        if job is None:
+            return
+        page.say(page.explanation.text(), "computing…")
+
+        def done(view):
+            if self.wanted() != want:  # the layer or plan moved on meanwhile: the next request redraws
+                return
+            self.shown_for = want
+            self._show(page, view)
+
+        def failed(message):
+            self.shown_for = want
+            page.say(f"{message}", "could not compute")
+
+        self.window.workers.submit(CHANNEL, job, done, failed, subject=want[1] or "")
+
+    def _show(self, page: ConceptPage, view) -> None:
+        if page.key == "graph":
+            return self._draw_graph(page, view)
+        page.plot.draw(view)
+        page.say(view.explain())
+
+    # ------------------------------------------------------------------------------ the pages' jobs
+    def _layer_job(self, key: str):
+        s = self.window.session
+        name = s.current
+        loaded, info, previewer, settings = s.loaded, s.info, s.previewer, s.settings(name)
+        g, shapes = self.granularity, self._inputs
+        return lambda p: layer_concept(key, loaded, info, previewer, name, settings, g, shapes, p)
+
+    def _graph_job(self):
+        s = self.window.session
+        if self._graph is not None and self._graph[0] == id(s.loaded):
+            self._draw_graph(self.view.pages["graph"], self._graph[1])
+            self.shown_for = self.wanted()
+            return None
+        loaded, info = s.loaded, s.info
+        return lambda p: model_graph(loaded.model, info, p)
+
+    def _outputs_job(self):
+        s = self.window.session
+        ev = s.loaded.eval_data
+        page = self.view.pages["outputs"]
+        if ev is None or not len(ev):
+            page.say("Teacher and student need eval data: File → Open eval data", "")
+            return None
+        loaded, previewer, plan, tuned = s.loaded, s.previewer, s.plan, s.finetuned
+
+        def job(progress):
+            models = {"teacher (original)": loaded.model}
+            if tuned is not None:
+                models["compressed, before fine-tuning"] = previewer.build(tuned.plan, count=False).model
+                models["fine-tuned"] = tuned.compressed.model
+            else:
+                models["compressed (this plan)"] = previewer.build(plan, count=False).model
+            return outputs_view(models, ev, progress=progress)
+        return job
+
+    # ------------------------------------------------------------------------------ drawn from the results
+    def _pipeline(self, page: ConceptPage, want) -> None:
+        results = self.window.session.results
+        if results is None:
+            return page.say(page.explanation.text(), "measuring the plan…")
+        self.shown_for = want
+        view = pipeline_view(results)
+        page.plot.draw(view)
+        page.say(view.explain())
+
+    def _draw_graph(self, page: ConceptPage, graph) -> None:
+        s = self.window.session
+        self._graph = (id(s.loaded), graph)
+        measure = page.plot.current_measure()
+        values = graph_values(s.results, measure, self._sensitivity())
+        page.plot.draw(graph, values, s.current)
+        page.say(graph.explain(values, measure))
+
+    def _sensitivity(self) -> dict:
+        """Per layer, best minus worst accuracy over the Sensitivity tab's measured points."""
+        out: dict = {}
+        for p in getattr(self.window.sensitivity.view, "points", {}).values():
+            if p.metric is not None:
+                lo, hi = out.get(p.layer, (p.metric, p.metric))
+                out[p.layer] = (min(lo, p.metric), max(hi, p.metric))
+        return {k: hi - lo for k, (lo, hi) in out.items()}
