@@ -92,6 +92,7 @@ class Concepts:
         self.window = window
         self.view = ConceptsView()
         self.shown_for = None  # what the current page shows (its key), None: nothing yet
+        self.pending_for = None  # what the job in flight was asked for
         self.granularity: Optional[str] = None  # the granularity chosen on the page (None: the plan's)
         self._graph = None  # (model id, ModelGraph)
         self._inputs: dict = {}  # layer -> its input shape on the example input
@@ -132,13 +133,21 @@ class Concepts:
         """Compute the page in sight if what it shows is not what the model, layer and plan are now."""
         if not self.visible():
             self.window.workers.cancel(CHANNEL)  # a page out of sight does no work
+            if self.pending_for is not None:
+                self.pending_for = None
+                self.view.current().say(self.view.current().explanation.text())
             return
         want = self.wanted()
-        if want is None or (want == self.shown_for and not force):
-            return
         page = self.view.current()
+        if want is None or (want == self.shown_for and not force):
+            if self.pending_for is not None:  # a request for something else is in flight: it is moot
+                self.window.workers.cancel(CHANNEL)
+                self.pending_for = None
+                page.say(page.explanation.text())
+            return
         key = page.key
         if key in LAYER_PAGES and want[1] is None:
+            self.shown_for = want
             return page.say("", "select a layer")
         if key == "pipeline":
             return self._pipeline(page, want)
@@ -146,14 +155,17 @@ class Concepts:
         if job is None:
             return
         page.say(page.explanation.text(), "computing…")
+        self.pending_for = want
 
         def done(view):
+            self.pending_for = None
             if self.wanted() != want:  # the layer or plan moved on meanwhile: the next request redraws
                 return
             self.shown_for = want
             self._show(page, view)
 
         def failed(message):
+            self.pending_for = None
             self.shown_for = want
             page.say(f"{message}", "could not compute")
 

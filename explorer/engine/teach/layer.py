@@ -290,7 +290,7 @@ class QuantizationView:
         best = min(at, key=lambda t: t[1]) if at else None
         two = self.bits.index(2) if 2 in self.bits else None
         low = ", ".join(f"{k} {v[two]:.1%}" for k, v in self.errors.items() if two is not None and v[two] is not None)
-        sample = f" (on every {self.stride}th of its {self.survivors:,} survivors)" if self.stride > 1 else ""
+        sample = f" (on one survivor in {self.stride} of its {self.survivors:,})" if self.stride > 1 else ""
         text = f"{self.name}{sample}: at {b} bits " + ", ".join(f"{k} leaves {v:.2%}" for k, v in at)
         if best is not None:
             text += f" relative error (lowest: {best[0]})"
