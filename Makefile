@@ -30,6 +30,14 @@ screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab compare --screenshot assets/compare-plans.png
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --tab sensitivity --screenshot assets/sensitivity-tab.png
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/error_screens.py
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.structured.plan.json --layer conv2 --concept granularity --screenshot assets/concept-granularity.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --layer fc1 --concept storage --screenshot assets/concept-storage.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --layer fc1 --concept quantization --screenshot assets/concept-quantization.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --layer fc1 --concept entropy --screenshot assets/concept-entropy.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.structured.plan.json --layer fc1 --concept lowrank --screenshot assets/concept-lowrank.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --layer fc1 --concept pipeline --screenshot assets/concept-pipeline.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --layer fc1 --concept graph --screenshot assets/concept-graph.png
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/teacher_screen.py
 
 samples: $(STAMP)
 	$(PY) sample_models/train_samples.py

@@ -47,23 +47,20 @@ def grab(app, win, path: Path) -> None:
     print(f"{'saved' if ok else 'FAILED to save'} {path}")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "assets"), help="where the PNGs go (default assets/)")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def offscreen_window(out: str, prefix: str) -> tuple:
+    """``(app, window, out folder)``: a 1400×900 main window, offscreen unless a platform is set, its settings,
+    autosaves and logs in a new temporary folder (never the user's); ``out`` created."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
     if "QT_QPA_PLATFORM" not in os.environ:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
-    scratch = Path(tempfile.mkdtemp(prefix="error-screens-"))
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ["COMPRESSION_EXPLORER_STATE_DIR"] = str(scratch / "state")  # no autosave in the user's
     os.environ["COMPRESSION_EXPLORER_LOG_DIR"] = str(scratch / "log")
 
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
-    from explorer.engine.plan import Plan
-    from explorer.engine.samples import SAMPLES_DIR
     from explorer.gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -71,6 +68,18 @@ def main(argv=None) -> int:
                      state_dir=scratch / "state")
     win.resize(1400, 900)
     win.show()
+    return app, win, folder
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "assets"), help="where the PNGs go (default assets/)")
+    args = ap.parse_args(argv)
+    app, win, out = offscreen_window(args.out, "error-screens-")
+
+    from explorer.engine.plan import Plan
+    from explorer.engine.samples import SAMPLES_DIR
+
     try:
         wait_until(app, win.idle)
         grab(app, win, out / "empty-window.png")

@@ -46,12 +46,13 @@ def _image_plot(title: str) -> tuple:
     item = pg.ImageItem(axisOrder="row-major")
     plot.addItem(item)
     plot.setLabel("left", "output channel (row)")
-    plot.setLabel("bottom", "input × kernel position (column)")
     return plot, item
 
 
-def _set_image(plot, item, rgb: np.ndarray, shape: tuple) -> None:
-    """Draw ``rgb`` (block means) over the matrix's real extent ``shape`` (rows, columns)."""
+def _set_image(plot, item, rgb: np.ndarray, shape: tuple, weight_shape: tuple) -> None:
+    """Draw ``rgb`` (block means) over the matrix's real extent ``shape`` (rows, columns) of a weight of
+    ``weight_shape`` (a convolution's columns are its input channels' kernels)."""
+    plot.setLabel("bottom", "input × kernel (column)" if len(weight_shape) > 2 else "input (column)")
     item.setImage(rgb, autoLevels=False, levels=(0, 255))
     item.setRect(0, 0, shape[1], shape[0])
     plot.setXRange(0, shape[1], padding=0.01)
@@ -86,14 +87,15 @@ class GranularityPlot(QWidget):
     def draw(self, view) -> None:
         self.choice.setCurrentText(view.granularity)
         self.plot.setTitle(f"{view.name} {_dims(view.shape)}")
-        _set_image(self.plot, self.item, weight_rgb(view.image, view.removed_image), view.matrix_shape)
+        _set_image(self.plot, self.item, weight_rgb(view.image, view.removed_image), view.matrix_shape,
+                   view.shape)
         other = next((a for a in view.affected if a.image is not None), None)
         self.other_plot.setVisible(other is not None)
         if other is not None:
             what = "input columns" if other.kind == "columns" else "filters"
             self.other_plot.setTitle(f"{other.name}: {what}")
             _set_image(self.other_plot, self.other_item, weight_rgb(other.image, other.removed_image),
-                       other.matrix_shape)
+                       other.matrix_shape, other.shape)
 
 
 def _dims(shape) -> str:
@@ -172,6 +174,18 @@ class StoragePlot(QWidget):
         self.table.resizeColumnsToContents()
 
 
+def _dot(colour, text: str) -> str:
+    return f"<span style='color: rgb{colour}'>●</span>&nbsp;{text}"
+
+
+def _quant_key() -> str:
+    """The error curves' colours, as one line of text."""
+    inits = [k for k in INIT_COLOURS if k.startswith("k-means (")]
+    return ("k&#8209;means: " + " ".join(_dot(INIT_COLOURS[k], k[len("k-means ("):-1]) for k in inits) + "; "
+            + _dot(INIT_COLOURS["uniform"], "uniform") + " <b>■</b>&nbsp;binary "
+            "<span style='color: rgb(150, 0, 150)'>◆</span>&nbsp;ternary")
+
+
 class QuantizationPlot(QWidget):
     """Relative error against bits per method; the levels of the chosen method over the histogram."""
 
@@ -182,7 +196,6 @@ class QuantizationPlot(QWidget):
         self.errors.setLabel("bottom", "bits per weight")
         self.errors.setLabel("left", "‖w − q‖ / ‖w‖")
         self.errors.setLogMode(False, True)
-        self.errors.addLegend(offset=(5, -5))
         self.curves = {k: curve(self.errors, [], [], pen=pg.mkPen(c, width=2), symbol="o", symbolSize=5,
                                 symbolBrush=c, name=k) for k, c in INIT_COLOURS.items()}
         self.marks = {k: curve(self.errors, [], [], pen=None, symbol=s, symbolSize=11, symbolBrush=c, name=k)
@@ -195,16 +208,17 @@ class QuantizationPlot(QWidget):
         self.hist_curve = curve(self.hist, [0, 1], [0], stepMode="center", fillLevel=0, brush=(150, 150, 150, 120),
                                 pen=pg.mkPen((120, 120, 120)))
         self.level_lines = curve(self.hist, [], [], pen=pg.mkPen((200, 60, 60), width=1), connect="pairs")
-        right = QVBoxLayout()
-        pick = QHBoxLayout()
-        pick.addWidget(QLabel("levels of"))
-        pick.addWidget(self.method, 1)
-        right.addLayout(pick)
-        right.addWidget(self.hist, 1)
-        lay = QHBoxLayout(self)
+        top = QHBoxLayout()  # the curves' key (a legend inside the small plot would cover them), the levels' method
+        top.addWidget(caption(_quant_key()), 3)
+        top.addWidget(QLabel("levels of"))
+        top.addWidget(self.method, 1)
+        plots = QHBoxLayout()
+        plots.addWidget(self.errors, 1)
+        plots.addWidget(self.hist, 1)
+        lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.errors, 1)
-        lay.addLayout(right, 1)
+        lay.addLayout(top)
+        lay.addLayout(plots, 1)
 
     def draw(self, view) -> None:
         self.view = view

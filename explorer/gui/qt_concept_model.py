@@ -183,19 +183,22 @@ class OutputsPlot(QWidget):
             p = plot_widget(label_room="0.00", title=f"input {i}")
             p.setLabel("left", "probability")
             p.setLabel("bottom", "class (the teacher's top 5)")
-            p.addLegend(offset=(-5, 5)) if i == 0 else None
             grid.addWidget(p, i // 2, i % 2)
             self.plots.append(p)
+        self.key = QLabel()  # the models' colours: a legend inside a plot would cover its bars
+        self.key.setWordWrap(True)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.key)
         lay.addLayout(grid, 1)
 
     def draw(self, view) -> None:
         width = 0.8 / max(len(view.models), 1)
+        self.key.setText("&nbsp;&nbsp;&nbsp;".join(
+            f"<span style='color: rgb{MODEL_COLOURS[j % len(MODEL_COLOURS)]}'>■</span> {m}"
+            for j, m in enumerate(view.models)))
         for i, p in enumerate(self.plots):
             p.clear()
-            if p.plotItem.legend is not None:
-                p.plotItem.legend.clear()
             if i >= len(view.samples):
                 p.setTitle("")
                 continue

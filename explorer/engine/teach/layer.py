@@ -64,6 +64,7 @@ class Affected:
     image: Optional[np.ndarray] = None  # |w|, block means (weight matrices only)
     removed_image: Optional[np.ndarray] = None  # share removed per block
     matrix_shape: tuple = ()  # (rows, columns) as drawn before block means
+    shape: tuple = ()  # its weight's shape
 
 
 @dataclass
@@ -184,7 +185,7 @@ def _affected(model: nn.Module, other: str, gone: np.ndarray, granularity: str, 
         return None
     mask = _channel_mask(m.shape, gone, rows=as_rows)
     return Affected(other, "rows" if as_rows else "columns", k, n, int(mask.sum()), block_mean(np.abs(m)),
-                    block_mean(mask), m.shape)
+                    block_mean(mask), m.shape, tuple(w.shape))
 
 
 # ------------------------------------------------------------------------------------------ sparse storage
