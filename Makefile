@@ -51,6 +51,7 @@ bench-kernels: $(STAMP)
 bench-gui: $(STAMP)
 	$(PY) benchmarks/gui_latency.py
 	$(PY) benchmarks/gui_latency.py --layer layer2.1.conv2
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/concept_views.py --model resnet18
 
 bench-runtime: $(STAMP)
 	$(PY) benchmarks/runtime.py

@@ -196,6 +196,7 @@ class QuantizationPlot(QWidget):
         self.errors.setLabel("bottom", "bits per weight")
         self.errors.setLabel("left", "‖w − q‖ / ‖w‖")
         self.errors.setLogMode(False, True)
+        self.errors.getAxis("left").enableAutoSIPrefix(False)  # a log axis scaled "(x0.001)" misreads
         self.curves = {k: curve(self.errors, [], [], pen=pg.mkPen(c, width=2), symbol="o", symbolSize=5,
                                 symbolBrush=c, name=k) for k, c in INIT_COLOURS.items()}
         self.marks = {k: curve(self.errors, [], [], pen=None, symbol=s, symbolSize=11, symbolBrush=c, name=k)
@@ -230,6 +231,8 @@ class QuantizationPlot(QWidget):
         self.marks["binary"].setData([1.0], [max(view.binary, 1e-6)])
         self.marks["ternary"].setData([np.log2(3)], [max(view.ternary, 1e-6)])
         self.errors.setXRange(0.7, bits.max() + 0.3, padding=0)
+        self.errors.setYRange(*_decades([y for v in view.errors.values() for y in v] + [view.binary, view.ternary]),
+                              padding=0.02)
         self.hist.setTitle(f"levels at {view.at_bits} bits")
         current = self.method.currentText()
         self.method.clear()
@@ -248,6 +251,15 @@ class QuantizationPlot(QWidget):
         levels = v.levels.get(self.method.currentText(), np.zeros(0))
         top = float(v.counts.max(initial=1)) * 1.05
         self.level_lines.setData(np.repeat(levels, 2), np.tile([0.0, top], levels.size))
+
+
+def _decades(values, least: int = 3) -> tuple:
+    """The log10 range of a log-scale plot of the positive ``values``: whole decades around them, at least
+    ``least`` of them (over fewer, pyqtgraph labels every minor tick and the labels run together)."""
+    ys = [y for y in values if y is not None and y > 0] or [1.0]
+    hi = int(np.ceil(np.log10(max(ys))))
+    lo = min(int(np.floor(np.log10(min(ys)))), hi - least)
+    return lo, hi
 
 
 class EntropyPlot(QWidget):
@@ -285,9 +297,12 @@ class EntropyPlot(QWidget):
         streams = {s.kind: s for s in view.streams}
         for kind, (counts, lengths, bars, code, entropy, raw) in self.plots.items():
             s = streams.get(kind)
-            counts.setVisible(s is not None)
-            lengths.setVisible(s is not None)
-            if s is None:
+            if s is None:  # emptied, never hidden: hiding re-lays the page out at every other layer (2x the draw)
+                bars.setOpts(x=[], height=[])
+                code.setOpts(x=[], height=[])
+                entropy.setData([], [])
+                raw.setData([], [])
+                counts.setTitle(f"no {kind} stream here")
                 continue
             present = np.flatnonzero(s.counts)
             xs = present if kind == "index" else present + 1  # gap symbols are 1 .. 2^b - 1 (0 unused)
@@ -316,25 +331,31 @@ class SpectrumPlot(QWidget):
         self.energy = plot_widget(label_room="0.00", title="energy kept up to rank r")
         self.energy.setLabel("bottom", "rank r")
         self.energy.setLabel("left", "share of the energy")
-        self.energy.addLegend(offset=(-5, -30))
+        # no legend here: the modes' colours are the singular values' (whose legend names them)
         colours = ((50, 90, 200), (200, 60, 60))
         self.value_curves = [curve(self.values, [], [], pen=pg.mkPen(c, width=2), name=f"mode {i}")
                              for i, c in enumerate(colours)]
         self.energy_curves = [curve(self.energy, [], [], pen=pg.mkPen(c, width=2), name=f"mode {i}")
                               for i, c in enumerate(colours)]
-        self.cuts = [pg.InfiniteLine(angle=90, pen=pg.mkPen(c, width=2, style=Qt.DashLine)) for c in colours]
+        self.cuts = [pg.InfiniteLine(angle=90, pen=pg.mkPen(c, width=2, style=Qt.DashLine), label="cut",
+                                     labelOpts={"position": 0.55 - 0.1 * i, "color": c})
+                     for i, c in enumerate(colours)]
         self.even = pg.InfiniteLine(angle=90, pen=pg.mkPen((0, 0, 0), width=1, style=Qt.DotLine),
-                                    label="break-even (weights)", labelOpts={"position": 0.85, "color": (0, 0, 0)})
+                                    label="break-even (weights)", labelOpts={"position": 0.3, "color": (0, 0, 0)})
         self.mac_even = pg.InfiniteLine(angle=90, pen=pg.mkPen((120, 0, 120), width=1, style=Qt.DotLine),
-                                        label="break-even (MACs)", labelOpts={"position": 0.65, "color": (120, 0, 120)})
+                                        label="break-even (MACs)", labelOpts={"position": 0.12, "color": (120, 0, 120)})
         for line in self.cuts:
             self.energy.addItem(line)
         self.energy.addItem(self.even)
         self.energy.addItem(self.mac_even)
-        lay = QHBoxLayout(self)
+        plots = QHBoxLayout()
+        plots.addWidget(self.values, 1)
+        plots.addWidget(self.energy, 1)
+        lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.values, 1)
-        lay.addWidget(self.energy, 1)
+        lay.addLayout(plots, 1)
+        lay.addWidget(caption("dashed: the plan's rank; dotted: up to which rank the factors hold fewer weights "
+                              "(black) or need fewer MACs (purple) than the layer"))
 
     def draw(self, view) -> None:
         modes = list(view.spectra)
@@ -357,19 +378,25 @@ class SpectrumPlot(QWidget):
             self.cuts[i].setVisible(ranks[i] is not None)
             if ranks[i] is not None:
                 self.cuts[i].setValue(ranks[i])
+                self.cuts[i].label.setFormat(f"plan: {ranks[i]}")
         _rename_legend(self.values, modes)
-        _rename_legend(self.energy, modes)
         self.even.setValue(view.break_even)
+        self.even.label.setFormat(f"weights even: {view.break_even}")
         self.mac_even.setVisible(view.mac_break_even is not None)
         if view.mac_break_even is not None:
             self.mac_even.setValue(view.mac_break_even)
+            self.mac_even.label.setFormat(f"MACs even: {view.mac_break_even}")
         for p in (self.values, self.energy):
             p.setXRange(0, longest + 1, padding=0)
+        self.values.setYRange(*_decades(np.concatenate([np.asarray(v, float) for v in view.spectra.values()])),
+                              padding=0.02)
         self.energy.setYRange(0, 1.02, padding=0)
 
 
 def _rename_legend(plot, names) -> None:
+    """The legend names the modes drawn; with one mode there is nothing to tell apart, and it is hidden."""
     legend = plot.plotItem.legend
+    legend.setVisible(len(names) > 1)
     for (_, label), name in zip(legend.items, names):
         label.setText(name)
     for i, (sample, label) in enumerate(legend.items):

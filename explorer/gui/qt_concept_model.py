@@ -33,49 +33,75 @@ class PipelinePlot(QWidget):
         self.plot.setLabel("left", "kilobytes")
         self.plot.addLegend(offset=(-5, 5))
         self.plot.getAxis("bottom").setTicks([[(i, STAGE_TEXT[s]) for i, s in enumerate(PIPELINE)]])
-        self.items = []
+        # items made once and changed in place (a new item per block, label and legend entry at every draw
+        # took half of a ResNet-sized draw): the stacked blocks, the file's bar, a label per stage
+        self.bars = []
+        self.file_bar = pg.BarGraphItem(x=[], height=[], width=0.6, brush=HEADER)
+        self.plot.addItem(self.file_bar)
+        self.labels = [pg.TextItem("", color=(0, 0, 0), anchor=(0.5, 1.0)) for _ in PIPELINE]
+        for t in self.labels:
+            self.plot.addItem(t)
+        self._legend = None  # the (name, colour) entries the legend lists
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.plot)
 
     def draw(self, view) -> None:
-        for item in self.items:
-            self.plot.removeItem(item)
-        self.items = []
-        self.plot.plotItem.legend.clear()
         stages = [s for s in PIPELINE if view.totals.get(s) is not None]
-        layers = sorted(view.layers, key=lambda t: -t[1]["dense"])
-        named, rest = layers[:MAX_STACKED], layers[MAX_STACKED:]
-        blocks = [(n, b, PALETTE[i % len(PALETTE)]) for i, (n, b) in enumerate(named)]
-        if rest:
-            blocks.append(("other layers", {s: sum(b[s] for _, b in rest) for s in PIPELINE[:-1]}, (160, 160, 200)))
-        blocks.append(("biases, norms", view.other, OTHER))
-        xs = [PIPELINE.index(s) for s in stages[:-1] if s != "file"]
+        xs = [PIPELINE.index(s) for s in stages if s != "file"]
         bottom = np.zeros(len(xs))
-        for name, bits, colour in blocks:
+        blocks = _blocks(view)
+        while len(self.bars) < len(blocks):
+            self.bars.append(pg.BarGraphItem(x=[], height=[], width=0.6, pen=pg.mkPen("w")))
+            self.plot.addItem(self.bars[-1])
+        for bar, (_, bits, colour) in zip(self.bars, blocks):
             h = np.array([bits[s] / 8 / 1000 for s in stages if s != "file"])
-            item = pg.BarGraphItem(x=xs, height=h, y0=bottom, width=0.6, brush=colour, pen=pg.mkPen("w"), name=name)
-            self.plot.addItem(item)
-            self.items.append(item)
+            bar.setOpts(x=xs, height=h, y0=bottom, brush=colour)
             bottom = bottom + h
+        for bar in self.bars[len(blocks):]:
+            bar.setOpts(x=[], height=[], y0=[])
+        entries = [(bar, name, colour) for bar, (name, _, colour) in zip(self.bars, blocks)]
         if "file" in stages:
-            coded_kb = view.totals["coded"] / 1000
-            file_kb = view.totals["file"] / 1000
-            item = pg.BarGraphItem(x=[PIPELINE.index("file")], height=[file_kb], width=0.6, brush=HEADER,
-                                   name="the file (headers included)")
-            self.plot.addItem(item)
-            self.items.append(item)
+            coded_kb, file_kb = view.totals["coded"] / 1000, view.totals["file"] / 1000
+            self.file_bar.setOpts(x=[PIPELINE.index("file")], height=[file_kb])
             bottom = np.append(bottom, max(file_kb, coded_kb))
             xs = xs + [PIPELINE.index("file")]
+            entries.append((self.file_bar, "the file (headers included)", HEADER))
+        else:
+            self.file_bar.setOpts(x=[], height=[])
+        self._set_legend(entries)
         top = float(bottom.max(initial=1.0))
-        for x, s in zip(xs, stages):
-            label = human_bytes(view.totals[s]) + ("" if s == "dense" else f"\n{view.ratio(s):.1f}×")
-            text = pg.TextItem(label, color=(0, 0, 0), anchor=(0.5, 1.0))
-            text.setPos(x, view.totals[s] / 1000 + 0.02 * top)
-            self.plot.addItem(text)
-            self.items.append(text)
+        for i, t in enumerate(self.labels):
+            if i < len(xs):
+                s = stages[i]
+                t.setText(human_bytes(view.totals[s]) + ("" if s == "dense" else f"\n{view.ratio(s):.1f}×"))
+                t.setPos(xs[i], view.totals[s] / 1000 + 0.02 * top)
+            t.setVisible(i < len(xs))
         self.plot.setXRange(-0.6, len(PIPELINE) - 0.4, padding=0)
         self.plot.setYRange(0, top * 1.18, padding=0)
+
+    def _set_legend(self, entries: list) -> None:
+        """The legend lists ``entries`` (item, name, colour), rebuilt only when the names or colours change."""
+        key = [(name, colour) for _, name, colour in entries]
+        if key == self._legend:
+            return
+        self._legend = key
+        legend = self.plot.plotItem.legend
+        legend.clear()
+        for item, name, _ in entries:
+            legend.addItem(item, name)
+
+
+def _blocks(view) -> list:
+    """(name, bits per stage, colour) of each stacked block: the largest layers by name, the rest together,
+    then what stays float."""
+    layers = sorted(view.layers, key=lambda t: -t[1]["dense"])
+    named, rest = layers[:MAX_STACKED], layers[MAX_STACKED:]
+    blocks = [(n, b, PALETTE[i % len(PALETTE)]) for i, (n, b) in enumerate(named)]
+    if rest:
+        blocks.append(("other layers", {s: sum(b[s] for _, b in rest) for s in PIPELINE[:-1]}, (160, 160, 200)))
+    blocks.append(("biases, norms", view.other, OTHER))
+    return blocks
 
 
 class GraphPlot(QWidget):
@@ -101,7 +127,8 @@ class GraphPlot(QWidget):
         self.layers.sigClicked.connect(self._clicked)
         self.plot.addItem(self.others)
         self.plot.addItem(self.layers)
-        self.texts = []
+        self.texts = []  # (TextItem, (label, colour, position)) per node label, reused from draw to draw
+        self._used = 0
         self.scale = QLabel("")
         row = QHBoxLayout()
         row.addWidget(QLabel("colour by:"))
@@ -128,9 +155,7 @@ class GraphPlot(QWidget):
                 segs += [(x0, y0), (x1, y1)]
         arr = np.array(segs, float) if segs else np.zeros((0, 2))
         self.edges.setData(arr[:, 0], arr[:, 1])
-        for t in self.texts:
-            self.plot.removeItem(t)
-        self.texts = []
+        self._used = 0
         others = [n for n in graph.nodes if n.kind != "layer"]
         self.others.setData([{"pos": pos[n.id], "symbol": "s" if n.kind == "merge" else "o",
                               "brush": (255, 220, 120) if n.kind == "merge" else (210, 210, 210)} for n in others])
@@ -150,6 +175,9 @@ class GraphPlot(QWidget):
                           "size": 24 if n.layer == selected else 18})
             self._text(f"{n.label}  {'' if v is None else _fmt(self.current_measure(), v)}", pos[n.id], (0, 0, 0))
         self.layers.setData(spots)
+        for t, _ in self.texts[self._used:]:  # labels of a larger graph drawn before
+            self.plot.removeItem(t)
+        del self.texts[self._used:]
         self.scale.setText(f"pale {_fmt(self.current_measure(), lo)} → dark {_fmt(self.current_measure(), hi)}"
                            if shown else "no values measured yet")
         depth = max((n.depth for n in graph.nodes), default=1)
@@ -158,10 +186,21 @@ class GraphPlot(QWidget):
         self.plot.setYRange(-0.8, min(depth, 24) + 0.8, padding=0)
 
     def _text(self, label: str, at, colour) -> None:
-        t = pg.TextItem(label, color=colour, anchor=(0, 0.5))
-        t.setPos(at[0] + 0.45, at[1])
-        self.plot.addItem(t)
-        self.texts.append(t)
+        """The next node label: the item drawn there before is kept and changed only where it differs (a new
+        TextItem per node and draw costs more than the rest of the draw on a ResNet-sized graph)."""
+        want = (label, colour, at)
+        if self._used < len(self.texts):
+            t, had = self.texts[self._used]
+            if had != want:
+                t.setText(label, color=colour)
+                t.setPos(at[0] + 0.45, at[1])
+                self.texts[self._used] = (t, want)
+        else:
+            t = pg.TextItem(label, color=colour, anchor=(0, 0.5))
+            t.setPos(at[0] + 0.45, at[1])
+            self.plot.addItem(t)
+            self.texts.append((t, want))
+        self._used += 1
 
     def _clicked(self, item, points, ev=None) -> None:
         if len(points):

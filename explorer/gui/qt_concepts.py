@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Optional
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QTabWidget, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QMessageBox, QScrollArea, QTabWidget, QToolButton,
+                               QVBoxLayout, QWidget)
 
 from explorer.engine.measure.preview import plan_key
 from explorer.engine.teach.help import HELP, help_text
@@ -40,9 +41,16 @@ class ConceptPage(QWidget):
         self.state.setStyleSheet("color: #666")
         self.explanation = QLabel("")
         self.explanation.setWordWrap(True)
+        self.explanation.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         self.explanation.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        # room for three lines from the start: a line that grew when the numbers came moved the plot
-        self.explanation.setMinimumHeight(3 * self.explanation.fontMetrics().lineSpacing() + 4)
+        # a fixed room of five lines (scrolled beyond): a label that changes height re-lays out every widget up
+        # to the window, one event-loop pass per level, and moves the plot (half the cost of a draw)
+        text_area = QScrollArea()
+        text_area.setWidget(self.explanation)
+        text_area.setWidgetResizable(True)
+        text_area.setFrameShape(QFrame.NoFrame)
+        text_area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        text_area.setFixedHeight(5 * self.explanation.fontMetrics().lineSpacing() + 6)
         head = QHBoxLayout()
         head.addWidget(self.title)
         head.addWidget(self.help)
@@ -51,7 +59,7 @@ class ConceptPage(QWidget):
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(head)
         lay.addWidget(plot, 1)
-        lay.addWidget(self.explanation)
+        lay.addWidget(text_area)
         self.box = None
 
     def show_help(self) -> None:
@@ -174,6 +182,7 @@ class Concepts:
     def _show(self, page: ConceptPage, view) -> None:
         if page.key == "graph":
             return self._draw_graph(page, view)
+        page.plot.setVisible(getattr(view, "drawable", True))  # else an empty plot: the text says why
         page.plot.draw(view)
         page.say(view.explain())
 

@@ -67,9 +67,10 @@ def report_layers(info, chosen: Optional[list]) -> list:
     return [l.name for l in info.layers if l in largest]
 
 
-def _figure(png: str, caption: str) -> str:
-    return (f'<figure><img alt="{html.escape(caption[:80])}" src="data:image/png;base64,{png}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+def _figure(png: Optional[str], caption: str) -> str:
+    """A picture with its explanation under it; the explanation alone where there is nothing to draw."""
+    img = f'<img alt="{html.escape(caption[:80])}" src="data:image/png;base64,{png}">' if png else ""
+    return f"<figure>{img}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _help(key: str) -> str:
@@ -123,6 +124,9 @@ def write_report(loaded, plan, path: str, layers: Optional[list] = None,
             say(f"{HELP[key].title.lower()}: {name}")
             for g in _granularities(key, info.layer(name), settings[name]):
                 view = layer_concept(key, loaded, info, previewer, name, settings[name], g, shapes)
+                if not view.drawable:  # e.g. the storage of a layer without element pruning: its text says why
+                    parts.append(_figure(None, view.explain()))
+                    continue
                 plot.draw(view)
                 parts.append(_figure(png_of(plot), view.explain()))
                 figures += 1

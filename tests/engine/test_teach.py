@@ -40,6 +40,10 @@ def cnn():
     return loaded, inspect_model(loaded.model, loaded.example_input), pv, plan
 
 
+def _plan_of(pv):
+    return Plan.load(PLAN)
+
+
 def _result(pv, plan, name):
     return pv.tensor(name, element_only(plan.settings_for(name)))[0]
 
@@ -155,6 +159,8 @@ def test_an_uncompressed_layer_has_nothing_to_code(cnn):
     result = pv.tensor("fc2", LayerSettings())[0]
     view = entropy_view("fc2", result)
     assert view.streams == [] and "nothing to entropy-code" in view.explain()
+    assert not view.drawable and not storage_view("fc2", result, pv.modules["fc2"].weight).drawable
+    assert entropy_view("fc1", _result(pv, _plan_of(pv), "fc1")).drawable
 
 
 # ------------------------------------------------------------------------------------- low rank

@@ -50,7 +50,10 @@ def test_every_view_shows_the_engines_numbers_on_both_samples(make_window, settl
     page = _show(win, qtbot, settle, "pipeline")
     assert page.explanation.text() == pipeline_view(s.results).explain()
     assert f"{s.results['size']['dense'] / s.results['size']['file']:.1f}×" in page.explanation.text()
-    assert len(page.plot.items) > len(s.layer_names)  # a bar block per layer and stage, the labels
+    bars = [b for b in page.plot.bars if len(b.opts["height"])]
+    assert len(bars) == len(s.layer_names) + 1  # a block per layer, and the biases
+    labels = [t.toPlainText() for t in page.plot.labels if t.isVisible()]
+    assert len(labels) == 5 and labels[-1].endswith(f"{s.results['size']['dense'] / s.results['size']['file']:.1f}×")
     page = _show(win, qtbot, settle, "graph")
     graph = model_graph(s.loaded.model, s.info)
     values = graph_values(s.results, "ratio")

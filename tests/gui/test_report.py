@@ -49,3 +49,13 @@ def test_bad_input_gets_one_message_and_no_file(tmp_path, capsys, qapp):
     assert main(["report", "digits-mlp", "-o", str(tmp_path / "no-such-dir" / "r.html")]) != 0
     assert "no-such-dir" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_view_with_nothing_to_draw_is_its_text_alone(tmp_path, capsys, qapp):
+    out = tmp_path / "report.html"
+    assert main(["report", "digits-mlp", "-o", str(out), "--layer", "fc3"]) == 0  # no plan: nothing pruned
+    page = out.read_text(encoding="utf-8")
+    text = "fc3 keeps 100.0% of its 1,000 weights: nothing element-pruned, so every weight is stored in place"
+    at = page.index(text)
+    figure = page[page.rindex("<figure>", 0, at):page.index("</figure>", at)]
+    assert "<img" not in figure

@@ -84,6 +84,11 @@ class GranularityView:
     affected: list = field(default_factory=list)
     refused: Optional[str] = None  # why this granularity cannot apply to the layer
 
+    @property
+    def drawable(self) -> bool:
+        """Whether there is a picture to draw (else the explanation says why not)."""
+        return self.refused is None
+
     def explain(self) -> str:
         if self.refused:
             return f"{self.name}: {self.granularity} pruning does not apply: {self.refused}"
@@ -206,6 +211,11 @@ class StorageView:
     rows: dict = field(default_factory=dict)  # b -> (position, gap, value, filler) of the first entries
     row_length: int = 0
 
+    @property
+    def drawable(self) -> bool:
+        """Whether there is a picture to draw: a layer without element pruning stores no indices."""
+        return bool(self.per_gap)
+
     def per_survivor(self, bits: int) -> float:
         return bits / max(self.survivors, 1)
 
@@ -283,6 +293,10 @@ class QuantizationView:
     counts: np.ndarray
     plan_error: Optional[float] = None  # the plan's own quantization of the whole layer (relative error)
     plan_method: str = ""
+
+    @property
+    def drawable(self) -> bool:
+        return self.survivors > 0
 
     def explain(self) -> str:
         b = self.at_bits
@@ -373,6 +387,11 @@ class EntropyView:
     streams: list  # StreamView, the index stream first
     note: str = ""
 
+    @property
+    def drawable(self) -> bool:
+        """Whether there is a stream to draw."""
+        return bool(self.streams)
+
     def explain(self) -> str:
         if not self.streams:
             return f"{self.name}: {self.note}"
@@ -443,6 +462,10 @@ class SpectrumView:
     mac_break_even: Optional[int] = None
     rel_error: Optional[float] = None  # ||W - W_r|| / ||W|| of the real factorization at ``ranks``
     note: str = ""
+
+    @property
+    def drawable(self) -> bool:
+        return bool(self.spectra)
 
     def energy(self, mode: str, r: int) -> float:
         s = np.asarray(self.spectra[mode], np.float64) ** 2
