@@ -44,6 +44,7 @@ samples: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sample_plans.py
+	$(PY) benchmarks/method_table.py
 
 bench-kernels: $(STAMP)
 	$(PY) benchmarks/kernels.py

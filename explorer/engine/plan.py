@@ -78,7 +78,8 @@ class QuantSettings:
     bits 1..8. ``uniform``: evenly spaced levels, ``symmetric`` or asymmetric (zero point),
     ``per_channel`` scales or one per tensor. ``kmeans``: weight sharing with 2**bits shared values
     (one of them is the exact zero when the layer is element-pruned), ``init`` as in Deep Compression
-    §3.2 plus k-means++. ``binary`` {-a, +a} and ``ternary`` {-a, 0, +a} ignore ``bits``.
+    §3.2 plus k-means++. ``binary`` {-a, +a}, ``ternary`` {-a, 0, +a} and the 16-bit ``float16`` and
+    ``bfloat16`` (each weight's half-precision bit pattern) ignore ``bits``.
     """
 
     bits: int = 8

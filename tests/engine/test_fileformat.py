@@ -29,6 +29,8 @@ METHODS = {
     "uniform-asym-tensor": {"quantize": {"bits": 2, "method": "uniform", "symmetric": False}},
     "binary": {"quantize": {"method": "binary"}},
     "ternary-pruned": {"prune": P, "quantize": {"method": "ternary"}},
+    "float16-pruned": {"prune": P, "quantize": {"method": "float16"}},
+    "bfloat16": {"quantize": {"method": "bfloat16"}},
     "lowrank": {"lowrank": {"rank": 0.5}, "prune": {"amount": 0.3}, "quantize": {"bits": 6}},
 }
 STRUCTURED = {

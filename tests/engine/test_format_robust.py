@@ -85,13 +85,17 @@ def _build(name: str) -> bytes:
             loaded = load_model(path)
         loaded.example_input = torch.zeros(1, 1, 8, 8)
         plan = _plan({"prune": {"amount": 0.5}, "quantize": {"bits": 4, "method": "uniform", "per_channel": True}})
+    elif name == "mlp-half":  # float16 on a pruned layer (16-bit codes in gaps), bfloat16 dense
+        loaded = load_model("digits-mlp")
+        plan = _plan({"prune": {"amount": 0.7}, "quantize": {"method": "float16"}},
+                     {"fc2": {"prune": None, "quantize": {"method": "bfloat16"}}})
     else:
         raise KeyError(name)
     compressed = compress(loaded.model, plan, loaded.example_input)
     return ff.encode(compressed, loaded, half=half)
 
 
-NAMES = ("mlp-kmeans-gaps", "cnn-structured", "cnn-half-float", "mlp-uniform-bitmask", "script-cnn")
+NAMES = ("mlp-kmeans-gaps", "cnn-structured", "cnn-half-float", "mlp-uniform-bitmask", "script-cnn", "mlp-half")
 EXAMPLES = {"script-cnn": torch.zeros(1, 1, 8, 8)}  # files without a factory: their example input
 
 
@@ -664,6 +668,9 @@ DEEP_LIES = {  # re-sealed files whose checksums are right but whose content lie
     "duplicate-tensor": ("script-cnn", lambda p: p.manifest["tensors"].append(p.manifest["tensors"][0]),
                          "listed twice"),
     "not-our-manifest": ("script-cnn", lambda p: p.manifest.update(format="something-else"), "does not describe"),
+    "half-bits-lie": ("mlp-half", _edit_entry("fc1.weight", "encoding", "quant", bits=8),
+                      "float16 codes have 16 bits, not 8"),
+    "half-bits-beyond": ("mlp-half", _edit_entry("fc2.weight", "encoding", "quant", bits=17), "bits"),
     "user-factory": ("cnn-structured", lambda p: p.manifest["architecture"].update(factory="mypkg.models:net"),
                      "--factory mypkg.models:net"),
 }

@@ -1,4 +1,4 @@
-"""Quantization of one weight tensor: uniform, k-means weight sharing, binary, ternary.
+"""Quantization of one weight tensor: uniform, k-means weight sharing, binary, ternary, half precision.
 
 Every method returns a :class:`QuantResult`: an integer code per weight, the table that decodes codes
 to values (codebook, or per-channel scales and zero points), the decoded tensor, and the error. The
@@ -276,6 +276,29 @@ def quantize_ternary(weight: torch.Tensor, mask=None) -> QuantResult:
                        mse=mse, rel_error=rel, info={"alpha": float(alpha), "threshold": float(t)})
 
 
+HALF_MAX = {"float16": 65504.0, "bfloat16": float(torch.finfo(torch.bfloat16).max)}
+
+
+def quantize_half(weight: torch.Tensor, mask=None, dtype: str = "float16") -> QuantResult:
+    """Half precision: each surviving weight rounded (to nearest, ties to even) to ``dtype`` (``float16``:
+    IEEE binary16; ``bfloat16``: a float32's upper 16 bits), its code the 16-bit pattern; pruned weights hold
+    code 0 (+0.0). No table. Raises CompressionError where a weight is beyond the format's range."""
+    w, keep = _prepare(weight, mask)
+    top = float(np.abs(w[keep]).max()) if keep.any() else 0.0
+    if top > HALF_MAX[dtype]:
+        raise CompressionError(f"cannot store in {dtype}: a weight of magnitude {top:.6g} exceeds its largest "
+                               f"value {HALF_MAX[dtype]:.6g}; use bfloat16, kmeans or uniform")
+    t = torch.from_numpy(np.where(keep, w, 0.0))
+    half = t.to(torch.float16 if dtype == "float16" else torch.bfloat16)
+    codes = half.view(torch.int16).numpy().astype(np.int64) & 0xFFFF
+    codes[~keep] = 0
+    q = half.to(torch.float64).numpy().copy()
+    q[~keep] = 0.0
+    mse, rel = _errors(w, q, keep)
+    return QuantResult(dtype, 16, codes, _finish(weight, q), 0, 1 << 16, side_bits=0, mse=mse, rel_error=rel,
+                       info={"dtype": dtype})
+
+
 def quantize_tensor(weight: torch.Tensor, settings, mask=None) -> QuantResult:
     """Quantize ``weight`` as ``settings`` (a :class:`~explorer.engine.plan.QuantSettings`) say: the one
     entry point the compressor uses, through :data:`QUANTIZERS`."""
@@ -291,7 +314,9 @@ for _name, _fn in {
         "kmeans": lambda w, mask, s: quantize_kmeans(w, mask, s.bits, s.init, s.max_iter, s.seed),
         "uniform": lambda w, mask, s: quantize_uniform(w, mask, s.bits, s.symmetric, s.per_channel),
         "binary": lambda w, mask, s: quantize_binary(w, mask),
-        "ternary": lambda w, mask, s: quantize_ternary(w, mask)}.items():
+        "ternary": lambda w, mask, s: quantize_ternary(w, mask),
+        "float16": lambda w, mask, s: quantize_half(w, mask, "float16"),
+        "bfloat16": lambda w, mask, s: quantize_half(w, mask, "bfloat16")}.items():
     if QUANTIZERS[_name].quantize is None:
         register(replace(QUANTIZERS[_name], quantize=_fn))
 

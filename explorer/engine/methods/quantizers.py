@@ -160,6 +160,26 @@ def _uniform_read(q: dict, read, codes, positions, n, name):
     return (codes - zp[row]) * scales[row]
 
 
+def _no_table(quant, add) -> dict:
+    return {}  # a half-precision code is its value's bit pattern: nothing to decode it with
+
+
+def _no_table_check(q: dict, check, n: int) -> None:
+    pass
+
+
+def _half_read(dtype: str):
+    """The decoder of 16-bit codes that are float bit patterns: IEEE binary16, or bfloat16 (a float32's upper
+    half)."""
+    def read_table(q: dict, read, codes, positions, n, name):
+        read.need(codes.size == 0 or (codes.min() >= 0 and codes.max() < 1 << 16), f"{name}: a code is not 16 bits")
+        c = codes.astype(np.uint16)
+        values = c.view(np.float16) if dtype == "float16" else (c.astype(np.uint32) << 16).view(np.float32)
+        read.need(bool(np.isfinite(values).all()), f"{name}: a {dtype} code is not a finite number")
+        return values.astype(np.float64)
+    return read_table
+
+
 register(Quantizer(
     "kmeans", "weight sharing: the survivors clustered into 2^bits shared values (one is 0 when pruned)",
     None,
@@ -180,6 +200,13 @@ register(Quantizer(
     "ternary", "{-a, 0, +a}: 2 bits a weight",
     None, (), _alpha_write, _alpha_check, _signs_read(True), read_book=_signs_book(True),
     alphabet=lambda bits: 3, code_bits=2))
+
+register(Quantizer(
+    "float16", "half precision: each survivor's IEEE float16 (16 bits: 5 exponent, 10 mantissa; |w| <= 65504)",
+    None, (), _no_table, _no_table_check, _half_read("float16"), alphabet=lambda bits: 1 << 16, code_bits=16))
+register(Quantizer(
+    "bfloat16", "brain float: each survivor's float32 rounded to its upper 16 bits (8 exponent, 7 mantissa)",
+    None, (), _no_table, _no_table_check, _half_read("bfloat16"), alphabet=lambda bits: 1 << 16, code_bits=16))
 
 
 __all__ = ["QUANTIZERS", "Quantizer", "register"]

@@ -45,6 +45,7 @@ class Coder:
     cost: Callable
     encode: Callable
     decode: Callable
+    max_alphabet: int = 1 << 16  # the largest alphabet it codes (a stream of a larger one is never given it)
 
 
 CODERS: dict = {}  # name -> Coder; ties between coders go to the earlier
@@ -124,7 +125,8 @@ def _rans_decode(data: bytes, alphabet: int, count: int) -> np.ndarray:
 
 
 register(Coder("rans", "static rANS (15-bit probabilities): within 0.01% of the entropy where one symbol "
-               "dominates", _rans_cost, _rans_encode, _rans_decode))
+               "dominates", _rans_cost, _rans_encode, _rans_decode,
+               max_alphabet=1 << 15))  # every symbol of its table needs a frequency >= 1 of 2^15 (entropy.M)
 
 
 # ------------------------------------------------------------------------------------------- the choice
@@ -223,7 +225,7 @@ def stream_bits(symbols_or_counts, alphabet_size: int, raw_bits: int, *, counts:
         c = symbol_counts(x, A)  # (numpy's bincount holds the GIL)
     n = int(c.sum())
     raw = n * int(raw_bits)
-    names = list(CODERS) if coders is None else [k for k in CODERS if k in coders]
+    names = [k for k in CODERS if (coders is None or k in coders) and A <= CODERS[k].max_alphabet]
     costs = tuple((k, *CODERS[k].cost(c, A)) for k in names)
     options = [("raw", raw)] + ([(k, p + t) for k, p, t in costs] if n else [])
     coder, bits = min(options, key=lambda o: o[1])  # min keeps the first of equals: raw, then the earlier

@@ -17,7 +17,9 @@ from explorer.engine.methods.channels import layer_ranking
 from explorer.engine.methods.inits import BUILTIN
 from explorer.engine.methods.lowrank import break_even_rank, choose_rank, factorize, lowrank_params
 from explorer.engine.methods.prune import magnitude_mask
-from explorer.engine.methods.quantize import quantize_binary, quantize_kmeans, quantize_ternary, quantize_uniform
+from explorer.engine.methods.quantize import (quantize_binary, quantize_half, quantize_kmeans, quantize_ternary,
+                                              quantize_uniform)
+from explorer.engine.methods.quantizers import QUANTIZERS
 from explorer.engine.plan import LayerSettings
 from explorer.engine.progress import ProgressFn, report
 from explorer.engine.storage.coders import stream_bits
@@ -293,6 +295,7 @@ class QuantizationView:
     counts: np.ndarray
     plan_error: Optional[float] = None  # the plan's own quantization of the whole layer (relative error)
     plan_method: str = ""
+    half: dict = field(default_factory=dict)  # float16, bfloat16 -> relative error (None: beyond its range)
 
     @property
     def drawable(self) -> bool:
@@ -310,6 +313,9 @@ class QuantizationView:
         if best is not None:
             text += f" relative error (lowest: {best[0]})"
         text += f"; at 2 bits {low}; binary {{-a, +a}} {self.binary:.1%}, ternary {{-a, 0, +a}} {self.ternary:.1%}"
+        if self.half:
+            text += "; at 16 bits " + ", ".join(f"{k} {'cannot hold it' if v is None else f'{v:.3%}'}"
+                                                for k, v in self.half.items())
         if self.plan_error is not None:
             text += f". The plan's {self.plan_method} leaves {self.plan_error:.2%} on the whole layer"
         return text
@@ -334,7 +340,8 @@ def quantization_view(name: str, weight: torch.Tensor, settings, result=None, bi
     s = torch.from_numpy(np.ascontiguousarray(v[::stride]))
     errors = {f"k-means ({i})": [] for i in inits}
     errors["uniform"] = []
-    at = settings.quantize.bits if settings.quantize is not None else 5
+    q = settings.quantize
+    at = q.bits if q is not None and "bits" in QUANTIZERS[q.method].fields and q.bits in bits else 5
     init = settings.quantize.init if settings.quantize is not None else "linear"
     levels = {}
     steps = len(bits) * (len(inits) + 1)
@@ -350,11 +357,17 @@ def quantization_view(name: str, weight: torch.Tensor, settings, result=None, bi
         if b == at and u is not None:
             levels["uniform"] = np.unique(u.decoded.numpy().astype(np.float64))
     bq, tq = quantize_binary(s), quantize_ternary(s)
+    half = {}
+    for dtype in ("float16", "bfloat16"):
+        try:
+            half[dtype] = quantize_half(s, None, dtype).rel_error
+        except CompressionError:  # a weight beyond float16's range: said so
+            half[dtype] = None
     levels["binary"] = np.sort(bq.codebook.astype(np.float64))
     levels["ternary"] = np.sort(tq.codebook.astype(np.float64))
     counts, edges = np.histogram(v, 120) if v.size else (np.zeros(120, np.int64), np.linspace(-1, 1, 121))
     view = QuantizationView(name, int(v.size), stride, tuple(bits), errors, bq.rel_error, tq.rel_error, at, levels,
-                            edges, counts)
+                            edges, counts, half=half)
     if result is not None and result.quant is not None:
         view.plan_error, view.plan_method = result.quant.rel_error, f"{result.quant.bits}-bit {result.quant.method}"
     report(progress, 1.0, f"{name}: done")

@@ -262,7 +262,7 @@ class _Check:
         method = _str(_has(q, "method", where), f"{where}.method", tuple(QUANTIZERS))
         quantizer = QUANTIZERS[method]
         fixed = quantizer.code_bits
-        bits = _int(_has(q, "bits", where), f"{where}.bits", 1, 8)
+        bits = _int(_has(q, "bits", where), f"{where}.bits", 1, fixed or 8)
         _need(fixed is None or bits == fixed, f"{where}: {method} codes have {fixed} bits, not {bits}")
         quantizer.check_table(q, _TableCheck(self, where), n)
         return q

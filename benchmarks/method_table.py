@@ -1,0 +1,100 @@
+"""Print the README's method table: every registered compression method applied alone to digits-cnn, measured
+now, with the formula it computes and where it applies.
+
+For each method it compresses the model with a plan of that method only, writes the .cexp file, loads the file
+back and measures the accuracy and MACs of the model that came out of the file (not of the in-memory one). Where
+the method loses more than a point, the same plan is also fine-tuned on the samples' training split (``--epochs``
+epochs at lr 0.003, as ``compression-explorer finetune digits-cnn --plan PLAN --train digits`` runs it) and the
+fine-tuned file is measured the same way.
+
+    .venv/bin/python benchmarks/method_table.py [--epochs 6] [--no-finetune]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from explorer.engine import Plan, compress, load_model  # noqa: E402
+from explorer.engine.finetune.data import load_train_data  # noqa: E402
+from explorer.engine.finetune.recipe import check_recipe  # noqa: E402
+from explorer.engine.finetune.trainer import finetune  # noqa: E402
+from explorer.engine.measure.metrics import accuracy, model_macs  # noqa: E402
+from explorer.engine.storage import fileformat  # noqa: E402
+
+MODEL = "digits-cnn"
+FINETUNE_BELOW = 0.01  # fine-tuned too where the method alone loses more than this (a point)
+
+# (method, formula, where it applies, plan of that method alone on every layer it applies to)
+METHODS = [
+    ("magnitude pruning (element)", "keep the ⌈(1 − s)·n⌉ largest ∣w∣", "every weight",
+     {"default": {"prune": {"amount": 0.8}}}),
+    ("filter pruning (structured)", "drop rows of smallest ‖w_i‖₁; the next layer loses its inputs",
+     "layers whose outputs can shrink (not the output layer)",
+     {"layers": {"conv2": {"prune": {"amount": 0.5, "granularity": "filter"}},
+                 "fc1": {"prune": {"amount": 0.5, "granularity": "filter"}}}}),
+    ("channel pruning (structured)", "drop input columns of smallest ‖w_:,j‖₁; the producer loses its rows",
+     "layers whose inputs can shrink (not the first)",
+     {"layers": {"fc2": {"prune": {"amount": 0.5, "granularity": "channel"}}}}),
+    ("k-means weight sharing", "2^b shared values, b-bit indices (linear init)", "every weight",
+     {"default": {"quantize": {"bits": 4, "method": "kmeans", "init": "linear"}}}),
+    ("uniform", "levels scale·{−Q…Q}, Q = 2^(b−1) − 1", "every weight",
+     {"default": {"quantize": {"bits": 4, "method": "uniform"}}}),
+    ("binary", "{−a, +a}, a = mean ∣w∣", "unpruned weights", {"default": {"quantize": {"method": "binary"}}}),
+    ("ternary", "{−a, 0, +a}, t = 0.7·mean ∣w∣", "every weight", {"default": {"quantize": {"method": "ternary"}}}),
+    ("float16", "IEEE binary16 of each weight (16 bits)", "∣w∣ ≤ 65504",
+     {"default": {"quantize": {"method": "float16"}}}),
+    ("bfloat16", "a float32's upper 16 bits (8-bit exponent)", "every weight",
+     {"default": {"quantize": {"method": "bfloat16"}}}),
+    ("low rank: SVD", "W ≈ U_r Σ_r V_rᵀ: r(m + n) weights", "Linear, Embedding",
+     {"layers": {"fc1": {"lowrank": {"rank": 0.25, "method": "svd"}}}}),
+    ("low rank: Tucker-2", "1×1 S→R3, D×D R3→R4, 1×1 R4→T", "Conv",
+     {"layers": {"conv2": {"lowrank": {"rank": 0.5, "method": "tucker2"}}}}),
+    ("Deep Compression pipeline", "prune → k-means → Huffman/rANS", "every weight",
+     {"default": {"prune": {"amount": 0.9}, "quantize": {"bits": 5, "method": "kmeans"}}}),
+]
+
+
+def measure_file(res, loaded, path: str) -> tuple:
+    """(file bytes, accuracy, MACs) of the model loaded back from the file ``res`` writes."""
+    written = fileformat.save(res, path, loaded)
+    back = fileformat.load(path)
+    return written, accuracy(back, loaded.eval_data), model_macs(back, loaded.example_input)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs where a method loses (default 6)")
+    ap.add_argument("--no-finetune", action="store_true", help="the methods alone only")
+    args = ap.parse_args(argv)
+    loaded = load_model(MODEL)
+    train = None if args.no_finetune else load_train_data("digits")
+    dense = accuracy(loaded.model, loaded.eval_data)
+    macs = model_macs(loaded.model, loaded.example_input)
+    print(f"{MODEL}: dense {fileformat.predicted_bytes(compress(loaded.model, Plan()), loaded):,} bytes as a file, "
+          f"{macs:,} MACs, accuracy {dense:.2%}")
+    print("| method | formula | applies to | file bytes | ratio | MACs | accuracy (from the file) | fine-tuned |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    base = fileformat.predicted_bytes(compress(loaded.model, Plan()), loaded)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.cexp")
+        for name, formula, where, spec in METHODS:
+            plan = Plan.from_dict({"version": 1, **spec})
+            size, acc, m = measure_file(compress(loaded.model, plan, loaded.example_input), loaded, path)
+            tuned = "–"
+            if train is not None and dense - acc > FINETUNE_BELOW:
+                ft = finetune(loaded, plan, train, recipe=check_recipe({"epochs": args.epochs, "lr": 0.003}))
+                tuned = f"{measure_file(ft.compressed, loaded, path)[1]:.2%}"
+            print(f"| {name} | {formula} | {where} | {size:,} | {base / size:.1f}× | {m:,} | {acc:.2%} | {tuned} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
