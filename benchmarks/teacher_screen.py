@@ -21,6 +21,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from error_screens import grab, offscreen_window, wait_until  # noqa: E402  (the same window, settle and grab)
 
+from explorer.engine.finetune.data import load_train_data  # noqa: E402
+from explorer.engine.finetune.recipe import check_recipe  # noqa: E402
+from explorer.engine.finetune.trainer import finetune  # noqa: E402
+from explorer.engine.measure.evaluate import quality, summarize  # noqa: E402
+from explorer.engine.samples import SAMPLES_DIR  # noqa: E402
+from explorer.session import Finetuned  # noqa: E402
+
 MODEL, LAYER = "digits-cnn", "fc1"
 
 
@@ -29,15 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "assets"), help="where the PNG goes (default assets/)")
     ap.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs at lr 0.003 (default 12)")
     args = ap.parse_args(argv)
-    app, win, out = offscreen_window(args.out, "teacher-screen-")
-
-    from explorer.engine.finetune.data import load_train_data
-    from explorer.engine.finetune.recipe import check_recipe
-    from explorer.engine.finetune.trainer import finetune
-    from explorer.engine.measure.evaluate import quality, summarize
-    from explorer.engine.samples import SAMPLES_DIR
-    from explorer.session import Finetuned
-
+    app, win, out = offscreen_window(args.out, "teacher-screen-")  # Qt: after the platform is chosen
     try:
         win.open_model(MODEL)
         s = win.session

@@ -406,6 +406,11 @@ class Session:
         self._results_of = self.plan
         self.emit("results")
 
+    @property
+    def results_current(self) -> bool:
+        """Whether :attr:`results` are the current plan's (or the fine-tuned model's own)."""
+        return self.results is not None and (self._results_of is None or self._results_of is self.plan)
+
     def measured_as_set(self, name: str) -> bool:
         """True when :attr:`results` hold layer ``name`` as the current plan sets it (the results of an
         earlier plan still stand for the layers it set alike, until the current one is measured — or for

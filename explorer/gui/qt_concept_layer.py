@@ -86,6 +86,10 @@ class GranularityPlot(QWidget):
 
     def draw(self, view) -> None:
         self.choice.setCurrentText(view.granularity)
+        self.plot.setVisible(view.refused is None)  # refused: the chooser stays, the text says why
+        if view.refused is not None:
+            self.other_plot.setVisible(False)
+            return
         self.plot.setTitle(f"{view.name} {_dims(view.shape)}")
         _set_image(self.plot, self.item, weight_rgb(view.image, view.removed_image), view.matrix_shape,
                    view.shape)
@@ -305,7 +309,7 @@ class EntropyPlot(QWidget):
                 counts.setTitle(f"no {kind} stream here")
                 continue
             present = np.flatnonzero(s.counts)
-            xs = present if kind == "index" else present + 1  # gap symbols are 1 .. 2^b - 1 (0 unused)
+            xs = present  # a gap histogram is indexed by the gap (its entry 0 is never used)
             bars.setOpts(x=xs, height=s.counts[present])
             code.setOpts(x=xs, height=s.lengths[present])
             lo, hi = (float(xs.min()) - 1, float(xs.max()) + 1) if xs.size else (0.0, 1.0)
@@ -359,7 +363,7 @@ class SpectrumPlot(QWidget):
 
     def draw(self, view) -> None:
         modes = list(view.spectra)
-        ranks = view._mode_ranks() if view.ranks else [None] * len(modes)
+        ranks = view.mode_ranks() if view.ranks else [None] * len(modes)
         longest = 1
         for i, (c, e) in enumerate(zip(self.value_curves, self.energy_curves)):
             if i >= len(modes):

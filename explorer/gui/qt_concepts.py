@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QMessageBox, QScroll
                                QVBoxLayout, QWidget)
 
 from explorer.engine.measure.preview import plan_key
+from explorer.engine.progress import scaled
 from explorer.engine.teach.help import HELP, help_text
 from explorer.engine.teach.layer import LAYER_VIEWS, layer_concept
 from explorer.engine.teach.model import graph_values, model_graph, outputs_view, pipeline_view
@@ -134,7 +135,8 @@ class Concepts:
         page = self.view.current().key
         layer = s.current if page in LAYER_PAGES else None
         results = id(s.results) if page in ("pipeline", "graph") else None
-        tuned = id(s.finetuned) if page == "outputs" else None
+        # the teacher page: the fine-tuned model and the eval data it runs on
+        tuned = (id(s.finetuned), id(s.loaded.eval_data)) if page == "outputs" else None
         return page, layer, plan_key(s.plan), self.granularity if page == "granularity" else None, results, tuned
 
     def refresh(self, force: bool = False) -> None:
@@ -148,20 +150,18 @@ class Concepts:
         want = self.wanted()
         page = self.view.current()
         if want is None or (want == self.shown_for and not force):
-            if self.pending_for is not None:  # a request for something else is in flight: it is moot
-                self.window.workers.cancel(CHANNEL)
-                self.pending_for = None
-                page.say(page.explanation.text())
-            return
+            return self._drop_pending(page)
         key = page.key
         if key in LAYER_PAGES and want[1] is None:
+            self._drop_pending(page)
             self.shown_for = want
             return page.say("", "select a layer")
         if key == "pipeline":
+            self._drop_pending(page)
             return self._pipeline(page, want)
         job = self._layer_job(key) if key in LAYER_PAGES else getattr(self, f"_{key}_job")()
-        if job is None:
-            return
+        if job is None:  # drawn from what the window holds (or nothing to compute): no job in flight
+            return self._drop_pending(page, keep_state=True)
         page.say(page.explanation.text(), "computing…")
         self.pending_for = want
 
@@ -179,10 +179,20 @@ class Concepts:
 
         self.window.workers.submit(CHANNEL, job, done, failed, subject=want[1] or "")
 
+    def _drop_pending(self, page: ConceptPage, keep_state: bool = False) -> None:
+        """Cancel the job in flight, if any: what it was asked for is not what the page shows now."""
+        if self.pending_for is None:
+            return
+        self.window.workers.cancel(CHANNEL)
+        self.pending_for = None
+        if not keep_state:
+            page.say(page.explanation.text())
+
     def _show(self, page: ConceptPage, view) -> None:
         if page.key == "graph":
             return self._draw_graph(page, view)
-        page.plot.setVisible(getattr(view, "drawable", True))  # else an empty plot: the text says why
+        # an empty plot hidden (the text says why); the granularity page keeps its chooser in sight
+        page.plot.setVisible(getattr(view, "drawable", True) or page.key == "granularity")
         page.plot.draw(view)
         page.say(view.explain())
 
@@ -214,18 +224,20 @@ class Concepts:
 
         def job(progress):
             models = {"teacher (original)": loaded.model}
+            build = scaled(progress, 0.0, 0.5, "building the compressed model")  # cancellable
             if tuned is not None:
-                models["compressed, before fine-tuning"] = previewer.build(tuned.plan, count=False).model
+                models["compressed, before fine-tuning"] = previewer.build(tuned.plan, build, count=False).model
                 models["fine-tuned"] = tuned.compressed.model
             else:
-                models["compressed (this plan)"] = previewer.build(plan, count=False).model
-            return outputs_view(models, ev, progress=progress)
+                models["compressed (this plan)"] = previewer.build(plan, build, count=False).model
+            return outputs_view(models, ev, progress=scaled(progress, 0.5, 1.0))
         return job
 
     # ------------------------------------------------------------------------------ drawn from the results
     def _pipeline(self, page: ConceptPage, want) -> None:
-        results = self.window.session.results
-        if results is None:
+        s = self.window.session
+        results = s.results
+        if results is None or not s.results_current:  # the last plan's numbers: drawn when this one's come
             return page.say(page.explanation.text(), "measuring the plan…")
         self.shown_for = want
         view = pipeline_view(results)
@@ -238,7 +250,8 @@ class Concepts:
         measure = page.plot.current_measure()
         values = graph_values(s.results, measure, self._sensitivity())
         page.plot.draw(graph, values, s.current)
-        page.say(graph.explain(values, measure))
+        page.say(graph.explain(values, measure), "" if s.results_current or measure == "sensitivity" else
+                 "measuring the plan… (the colours are the last plan's)")
 
     def _sensitivity(self) -> dict:
         """Per layer, best minus worst accuracy over the Sensitivity tab's measured points."""

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from explorer.engine.compress import compress
 from explorer.engine.inspect import inspect_model
 from explorer.engine.measure.metrics import accuracy, model_macs
 from explorer.engine.measure.preview import Previewer
@@ -107,6 +108,31 @@ def test_storage_bits_are_the_files_for_the_width_it_chose(cnn):
         assert f"{stages['coded']['bits']:,} bits" in view.explain()
 
 
+STORAGE_CASES = [  # (sample, layer, settings): codes with and without a zero code, float values winning
+    ("digits-mlp", "fc1", {"prune": {"amount": 0.6}, "quantize": {"bits": 4, "method": "uniform",
+                                                                "symmetric": False, "per_channel": True}}),
+    ("digits-mlp", "fc3", {"quantize": {"bits": 8, "method": "kmeans"}}),
+    ("digits-mlp", "fc3", {"prune": {"amount": 0.5}, "quantize": {"bits": 8, "method": "kmeans"}}),
+    ("digits-cnn", "conv1", {"prune": {"amount": 0.3}, "quantize": {"method": "ternary"}}),
+    ("digits-cnn", "fc1", {"prune": {"amount": 0.9}}),
+    ("digits-cnn", "fc2", {"prune": {"amount": 0.5}, "quantize": {"method": "float16"}}),
+]
+
+
+@pytest.mark.parametrize("sample, name, settings", STORAGE_CASES)
+def test_the_cheapest_storage_drawn_is_what_the_file_stores_before_coding(sample, name, settings):
+    loaded = load_model(sample)
+    pv = Previewer(loaded)
+    s = Plan.from_dict({"version": 1, "layers": {name: settings}}).settings_for(name)
+    result = pv.tensor(name, element_only(s))[0]
+    view = storage_view(name, result, pv.modules[name].weight)
+    drawn = [row["bits"] for row in view.per_gap.values()] + [view.bitmask_bits, view.dense_bits]
+    assert min(drawn) == result.sizes.stages["quantized"]["bits"]
+    stage = result.sizes.stages["coded"]
+    streams = {st.kind: st.bits for st in entropy_view(name, result).streams}
+    assert streams.get("index") == stage.get("index_stream") and streams.get("gap") == stage.get("gap_stream")
+
+
 # ------------------------------------------------------------------------------------- quantization
 def test_quantization_errors_are_the_quantizers(cnn):
     _, _, pv, plan = cnn
@@ -116,10 +142,11 @@ def test_quantization_errors_are_the_quantizers(cnn):
     keep = magnitude_mask(w, s.prune.amount)
     survivors = torch.from_numpy(w.detach().reshape(-1).numpy()[keep].copy())
     assert view.stride == 1 and view.survivors == survivors.numel()
+    with_zero = torch.cat([survivors, torch.zeros(1)])  # the pruned weights' reserved zero, as the plan's
     for i, b in enumerate((2, 6)):
         for init in ("linear", "forgy"):
-            assert view.errors[f"k-means ({init})"][i] == pytest.approx(
-                quantize_kmeans(survivors, None, b, init, 30, 0).rel_error)
+            assert view.errors[f"k-means ({init})"][i] == pytest.approx(quantize_kmeans(
+                with_zero, np.append(np.ones(survivors.numel(), bool), False), b, init, 30, 0).rel_error)
     assert view.binary == pytest.approx(quantize_binary(survivors).rel_error)
     assert view.ternary == pytest.approx(quantize_ternary(survivors).rel_error)
     assert view.errors["uniform"][1] < view.errors["uniform"][0]  # more bits, less error
@@ -269,6 +296,11 @@ def test_outputs_compare_the_teacher_with_its_students(cnn):
     for row in view.samples:
         probs = [p for _, p in row["outputs"]["teacher"]]
         assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        classes = [c for c, _ in row["outputs"]["teacher"]]
+        with torch.no_grad():
+            out = torch.softmax(student(loaded.eval_data.inputs[row["index"]:row["index"] + 1])[0], -1)
+        assert row["outputs"]["student"] == [(c, pytest.approx(float(out[c]))) for c in classes]  # at the teacher's
+        assert row["top"]["student"] == (int(out.argmax()), pytest.approx(float(out.max())))
     assert "student agrees with the teacher's top class on" in view.explain()
 
 
@@ -299,3 +331,82 @@ def test_element_only_keeps_what_the_tensor_result_covers():
     assert element_only(s) == LayerSettings(quantize=q)
     e = PruneSettings(amount=0.5)
     assert element_only(LayerSettings(prune=e, quantize=q)) == LayerSettings(prune=e, quantize=q)
+
+
+# ------------------------------------------------------------------------------------- the test zoo's models
+def _zoo(name: str):
+    import zoo
+    from explorer.engine.model.loading import LoadedModel
+
+    model, x = zoo.example_inputs()[name]
+    loaded = LoadedModel(model.eval(), x, None, source=f"zoo:{name}", kind="factory", factory=f"zoo:{name}")
+    return loaded, inspect_model(loaded.model, x), Previewer(loaded)
+
+
+def test_macs_at_a_rank_count_the_whole_batch():
+    loaded, info, pv = _zoo("cnn")  # its example input holds 2 images
+    for name in ("conv1", "conv2"):
+        module = pv.modules[name]
+        shape = layer_input_shape(loaded.model, loaded.example_input, name)
+        assert shape[0] == 2
+        view = spectrum_view(name, module, LayerSettings(lowrank=LowRankSettings((2, 3), "tucker2")),
+                             info.layer(name).macs, shape)
+        factors, _ = factorize(module, "tucker2", (2, 3), name=name)
+        assert view.macs_at == model_macs(factors, torch.zeros(shape))
+
+
+@pytest.mark.parametrize("zoo_name", ["lstm", "bigru", "depthwise", "mixed"])
+def test_every_layer_view_answers_on_every_layer_of_the_zoo(zoo_name):
+    loaded, info, pv = _zoo(zoo_name)
+    s = LayerSettings(prune=PruneSettings(amount=0.5), quantize=QuantSettings(bits=3))
+    for name in pv.names:
+        for key in LAYER_VIEWS:
+            text = layer_concept(key, loaded, info, pv, name, s).explain()
+            assert name in text, (key, name)
+    graph = model_graph(loaded.model, info)
+    assert {n.layer for n in graph.nodes if n.kind == "layer"} <= set(pv.names)
+
+
+def test_outputs_of_a_regression_model_are_compared_by_fidelity():
+    from explorer.engine.measure.metrics import fidelity
+    from explorer.engine.model.data import EvalData
+
+    teacher = nn.Linear(4, 1)
+    student = nn.Linear(4, 1)
+    with torch.no_grad():
+        student.weight.copy_(-teacher.weight)
+        student.bias.copy_(-teacher.bias)
+    data = EvalData(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)), None, "random inputs")
+    view = outputs_view({"teacher": teacher, "flipped": student}, data)
+    assert not view.classifier and view.agreement == {}
+    assert view.fidelity["flipped"] == fidelity(student, teacher, data.inputs)
+    assert view.fidelity["flipped"]["cosine"] == pytest.approx(-1.0)
+    assert "cosine similarity -1.0000" in view.explain()
+    assert len(view.samples[0]["outputs"]["teacher"]) == 1
+
+
+def _lost(model, res) -> dict:
+    """Weights each module lost in ``res`` (a BatchNorm: its scale and shift)."""
+    after = dict(res.model.named_parameters())
+    out: dict = {}
+    for n, p in model.named_parameters():
+        d = p.numel() - (after[n].numel() if n in after else 0)
+        mod, attr = n.rpartition(".")[::2]
+        norm = isinstance(model.get_submodule(mod), nn.modules.batchnorm._BatchNorm)
+        if d and (attr == "weight" or norm):
+            out[mod] = out.get(mod, 0) + d
+    return out
+
+
+@pytest.mark.parametrize("zoo_name", ["cnn", "resnet", "depthwise", "mobilenetv2"])
+def test_what_goes_with_a_layers_channels_is_what_compress_removes(zoo_name):
+    loaded, info, _ = _zoo(zoo_name)
+    for layer in info.layers:
+        for g in ("filter", "channel"):
+            if not (layer.filter_ok if g == "filter" else layer.channel_ok):
+                continue
+            plan = Plan.from_dict({"version": 1, "layers": {layer.name: {"prune": {"amount": 0.5, "granularity": g}}}})
+            view = granularity_view(loaded.model, loaded.example_input, info, layer.name, plan.settings_for(layer.name))
+            shown = {layer.name: view.removed, **{a.name: a.weights for a in view.affected}}
+            res = compress(loaded.model, plan, loaded.example_input)
+            assert shown == _lost(loaded.model, res), (layer.name, g)

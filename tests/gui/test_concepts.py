@@ -137,3 +137,41 @@ def test_the_teacher_view_compares_before_and_after_fine_tuning(make_window, set
     view = outputs_view(models, s.loaded.eval_data)
     assert page.explanation.text() == view.explain()
     assert view.accuracy["fine-tuned"] > view.accuracy["compressed, before fine-tuning"]
+
+
+def test_the_controller_keeps_up_with_the_window(make_window, settle, qtbot):
+    """A refused granularity keeps its chooser; new eval data recomputes the teacher page; the pipeline says
+    it is measuring until the new plan's numbers are in; a page that computes nothing cancels the job before."""
+    from explorer.engine.model.data import EvalData
+
+    win = _open(make_window, settle, qtbot, "digits-cnn")
+    s = win.session
+    s.select(["fc2"])  # the output layer: its filters cannot go
+    page = _show(win, qtbot, settle, "granularity")
+    page.plot.granularity_chosen.emit("filter")
+    qtbot.waitUntil(lambda: "does not apply" in page.explanation.text(), timeout=30_000)
+    assert page.plot.isVisible() and page.plot.choice.isVisible() and not page.plot.plot.isVisible()
+    page.plot.granularity_chosen.emit("element")
+    qtbot.waitUntil(lambda: page.plot.plot.isVisible(), timeout=30_000)
+
+    page = _show(win, qtbot, settle, "outputs")
+    assert "first 256 inputs" in page.explanation.text()
+    ev = s.loaded.eval_data
+    s.set_eval_data(EvalData(ev.inputs[:40], ev.labels[:40], "forty digits"))
+    settle(win)
+    qtbot.waitUntil(lambda: "first 40 inputs of forty digits" in page.explanation.text(), timeout=30_000)
+
+    page = _show(win, qtbot, settle, "pipeline")
+    shown = page.explanation.text()
+    win.session.update_layers(["fc1"], {"prune": {"amount": 0.5}})  # not measured yet, at this instant
+    assert not s.results_current and page.state.text() == "measuring the plan…"
+    assert page.explanation.text() == shown
+    settle(win)
+    assert page.explanation.text() == pipeline_view(s.results).explain() != shown and page.state.text() == ""
+
+    s.select(["fc1"])
+    _show(win, qtbot, settle, "storage")
+    win.concepts.view.select("quantization")  # a long job starts …
+    assert win.workers.busy("concepts")
+    win.concepts.view.select("pipeline")  # … and a page drawn from the results replaces it
+    assert not win.workers.busy("concepts") and win.concepts.pending_for is None

@@ -42,8 +42,9 @@ HELP = {h.key: h for h in (
     ConceptHelp(
         "quantization", "Quantization error against bits",
         "The relative error of the layer's surviving weights quantized at 1…8 bits by k-means with each "
-        "initialisation (Forgy, density, linear, k-means++) and by uniform levels; binary and ternary as "
-        "marks. Right: the levels each method puts over the weights' histogram at the plan's bits.",
+        "initialisation (Forgy, density, linear, k-means++) and by uniform levels (symmetric, one scale per "
+        "tensor); binary and ternary as marks. Right: the levels each method puts over the weights' histogram "
+        "at the plan's bits.",
         "Fewer bits per weight shrink the file linearly; how fast the error grows as bits go down, and which "
         "levels keep the few large weights, decides how low a layer can go.",
         "relative error = ‖w − q(w)‖ / ‖w‖ over the survivors; k-means with k = 2^b shared values (2^b − 1 and 0 on "

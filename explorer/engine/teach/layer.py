@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from explorer.engine.errors import CompressionError, PlanError
+from explorer.engine.layers import WeightSlot, find_layer
 from explorer.engine.methods.channels import layer_ranking
 from explorer.engine.methods.inits import BUILTIN
 from explorer.engine.methods.lowrank import break_even_rank, choose_rank, factorize, lowrank_params
@@ -125,8 +126,7 @@ def granularity_view(model: nn.Module, example_input, info, name: str, settings,
     """Which weights of layer ``name`` pruning removes at the plan's amount with ``granularity`` (default:
     the plan's), and for filters or channels which rows and columns of the other layers go with them
     (``info``: the model's :class:`~explorer.engine.inspect.ModelInfo`)."""
-    module = model.get_submodule(name)
-    w = module.weight.detach()
+    w = find_layer(model, name).weight.detach()
     p = settings.prune
     g = granularity or (p.granularity if p is not None else "element")
     illustrative = p is None or not p.amount or p.granularity != g
@@ -155,8 +155,8 @@ def granularity_view(model: nn.Module, example_input, info, name: str, settings,
     view.channels, view.channels_removed = int(gone.size), int(gone.sum())
     removed = _channel_mask(m.shape, gone, rows=g == "filter")
     view.removed, view.removed_image = int(removed.sum()), block_mean(removed)
-    others = layer.coupled if g == "filter" else [l.name for l in info.layers if name in l.coupled]
-    view.affected = [a for a in (_affected(model, o, gone, g, layer.producers) for o in others) if a is not None]
+    producers, others = _group_of(info, layer, g)
+    view.affected = [a for a in (_affected(model, o, gone, producers) for o in others) if a is not None]
     report(progress, 1.0, f"{name}: done")
     return view
 
@@ -172,9 +172,23 @@ def _channel_mask(shape, gone: np.ndarray, rows: bool) -> np.ndarray:
     return out
 
 
-def _affected(model: nn.Module, other: str, gone: np.ndarray, granularity: str, producers) -> Optional[Affected]:
+def _group_of(info, layer, granularity: str) -> tuple:
+    """(the layers losing rows, every other module that loses weights) when ``layer`` loses its output
+    channels (filter) or its input channels (channel: the channels of the group that feeds it, whose producers
+    lose those rows, and whose BatchNorms, depthwise convolutions and other consumers go with them)."""
+    if granularity == "filter":
+        return list(layer.producers), list(layer.coupled)
+    feeding = next((l for l in info.layers if layer.name in l.coupled and layer.name not in l.producers), None)
+    if feeding is None:
+        return [], []
+    producers = list(feeding.producers) or [feeding.name]
+    rest = [c for c in feeding.coupled if c != layer.name and c not in producers]
+    return producers, producers + rest
+
+
+def _affected(model: nn.Module, other: str, gone: np.ndarray, producers) -> Optional[Affected]:
     try:
-        mod = model.get_submodule(other)
+        mod = find_layer(model, other)
     except AttributeError:
         return None
     n, k = int(gone.size), int(gone.sum())
@@ -186,8 +200,7 @@ def _affected(model: nn.Module, other: str, gone: np.ndarray, granularity: str, 
         return None
     m = _matrix(w)
     depthwise = isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels
-    # the layer's own input side (a channel request) or a coupled producer / depthwise conv: rows go
-    as_rows = granularity == "channel" or other in producers or depthwise
+    as_rows = other in producers or depthwise  # a producer of the channels or a depthwise conv: rows go
     if as_rows and m.shape[0] != n or not as_rows and m.shape[1] % n:
         return None
     mask = _channel_mask(m.shape, gone, rows=as_rows)
@@ -206,8 +219,8 @@ class StorageView:
     value_bits: int  # bits per stored value: the code width when quantized with a zero code, else 32
     side_bits: int
     per_gap: dict  # b -> {"entries", "fillers", "bits"} (gaps + values + side)
-    bitmask_bits: int
-    dense_bits: int
+    bitmask_bits: int  # a bitmask and the survivors' values: codes (with the table) or float32, the cheaper
+    dense_bits: int  # every position's value: codes (where they can hold the zeros) or float32, the cheaper
     chosen: dict  # the storage the file chose (the coded stage): format, gap_bits, bits
     row_gap_bits: int = 5  # the gap width the file chose (else the cheapest raw one): the row shown first
     rows: dict = field(default_factory=dict)  # b -> (position, gap, value, filler) of the first entries
@@ -254,10 +267,15 @@ def storage_view(name: str, result, weight: torch.Tensor) -> StorageView:
     keep = result.mask
     q = result.quant
     z = sizes.nnz
+    # the candidates the size accounting weighs (storage/size.py): codes in gaps need a code for the fillers'
+    # zero; a bitmask or dense codes do not (dense only when nothing is pruned or a zero code exists); float32
+    # values always remain
     with_codes = q is not None and q.zero_code is not None
     c = q.bits if with_codes else 32
     side = q.side_bits if with_codes else 0
-    view = StorageView(name, n, z, c, side, {}, n + z * c + side, n * c + side, sizes.stages["coded"])
+    bitmask = [n + z * 32] + ([n + z * q.bits + q.side_bits] if q is not None else [])
+    dense = [n * 32] + ([n * q.bits + q.side_bits] if q is not None and (with_codes or z == n) else [])
+    view = StorageView(name, n, z, c, side, {}, min(bitmask), min(dense), sizes.stages["coded"])
     if keep is None:
         return view
     for b, (_, fillers) in gap_histograms_of_mask(keep, GAP_BITS).items():
@@ -332,7 +350,8 @@ def _survivors(weight: torch.Tensor, settings) -> np.ndarray:
 def quantization_view(name: str, weight: torch.Tensor, settings, result=None, bits=QUANT_BITS, inits=BUILTIN,
                       max_iter: int = QUANT_ITER, progress: ProgressFn = None) -> QuantizationView:
     """Relative error ``||w - q|| / ||w||`` of layer ``name``'s survivors (element pruning as ``settings``)
-    for k-means with each init and for symmetric uniform levels at each of ``bits``, and for binary and
+    for k-means with each init (2^b - 1 values beside the pruned weights' zero on a pruned layer, as the plan
+    quantizes it) and for symmetric uniform levels at each of ``bits``, and for binary and
     ternary levels. A layer of more than :data:`QUANT_SAMPLE` survivors is measured on every k-th of them.
     ``result``: the layer's TensorResult, whose quantization error is quoted."""
     v = _survivors(weight, settings)
@@ -343,12 +362,17 @@ def quantization_view(name: str, weight: torch.Tensor, settings, result=None, bi
     q = settings.quantize
     at = q.bits if q is not None and "bits" in QUANTIZERS[q.method].fields and q.bits in bits else 5
     init = settings.quantize.init if settings.quantize is not None else "linear"
+    # on an element-pruned layer k-means keeps code 0 for the pruned weights' exact zero and clusters the
+    # survivors into 2^b - 1 values, as the plan's does: one pruned entry beside the sample makes it do so
+    pruned = settings.prune is not None and bool(settings.prune.amount)
+    km_in = torch.cat([s, s.new_zeros(1)]) if pruned else s
+    km_mask = np.append(np.ones(s.numel(), bool), False) if pruned else None
     levels = {}
     steps = len(bits) * (len(inits) + 1)
     for j, b in enumerate(bits):
         for k, i in enumerate(inits):
             report(progress, (j * (len(inits) + 1) + k) / steps, f"{name}: {b}-bit k-means ({i})")
-            q = quantize_kmeans(s, None, b, i, max_iter, 0)
+            q = quantize_kmeans(km_in, km_mask, b, i, max_iter, 0)
             errors[f"k-means ({i})"].append(q.rel_error)
             if b == at and i == init:
                 levels[f"k-means ({i})"] = np.sort(q.codebook.astype(np.float64))
@@ -441,7 +465,7 @@ def entropy_view(name: str, result) -> EntropyView:
     q, keep = result.quant, result.mask
     view = EntropyView(name, [])
     fmt = stage["format"]
-    if q is not None and q.codes is not None:
+    if q is not None and q.codes is not None and stage["values"] == "codes":  # else the file stores float32 values
         codes = np.asarray(q.codes).reshape(-1)
         hist = np.bincount(codes[keep] if keep is not None else codes, minlength=q.alphabet_size)
         extra = (stage.get("fillers") or 0) if fmt == "gaps" else (result.numel - result.sizes.nnz
@@ -456,7 +480,8 @@ def entropy_view(name: str, result) -> EntropyView:
     elif keep is not None:
         view.note = f"The file stores this layer as {fmt}, so it has no gap stream to code"
     if not view.streams:
-        view.note = "neither quantized nor pruned: its values are stored as float32, with nothing to entropy-code"
+        view.note = ("its values are stored as float32 (" + ("the codes and their table would cost more here"
+                     if q is not None else "neither quantized nor pruned") + "), with nothing to entropy-code")
     return view
 
 
@@ -494,7 +519,7 @@ class SpectrumView:
             return f"{head}: no low-rank in the plan; {even}"
         modes = list(self.spectra)
         kept = ", ".join(f"{r} of {len(self.spectra[m])} {m} values keep {self.energy(m, r):.1%} of the energy"
-                         for m, r in zip(modes, self._mode_ranks()))
+                         for m, r in zip(modes, self.mode_ranks()))
         text = f"{head}: {kept}; {even}. At this rank: {self.params_at:,} weights"
         if self.macs_at is not None and self.macs:
             text += f", {self.macs_at:,} MACs (of {self.macs:,})"
@@ -502,7 +527,8 @@ class SpectrumView:
             text += f", reconstruction error {self.rel_error:.1%}"
         return text
 
-    def _mode_ranks(self) -> list:
+    def mode_ranks(self) -> list:
+        """The plan's rank for each mode of :attr:`spectra`, in its order."""
         if self.method == "tucker2":  # ranks are [R3 (input side), R4 (output side)]; modes: output, input
             return [self.ranks[1], self.ranks[0]]
         return list(self.ranks)[:1] * len(self.spectra)
@@ -561,8 +587,8 @@ def _macs_at(module, method: str, ranks, macs, input_shape) -> Optional[int]:
     if method != "tucker2" or input_shape is None or len(input_shape) < 3:
         return None
     k = int(np.prod(w.shape[2:]))
-    out_pos = macs // w.numel()
-    in_pos = int(np.prod(input_shape[2:]))
+    out_pos = macs // w.numel()  # output positions of the whole batch
+    in_pos = int(np.prod(input_shape)) // int(input_shape[1])  # input positions of the whole batch
     r3, r4 = ranks
     return in_pos * w.shape[1] * r3 + out_pos * (r3 * r4 * k + r4 * w.shape[0])
 
@@ -588,7 +614,11 @@ def layer_input_shape(model: nn.Module, example_input, name: str) -> Optional[tu
     if example_input is None:
         return None
     seen = []
-    handle = model.get_submodule(name).register_forward_pre_hook(
+    layer = find_layer(model, name)
+    owner = layer.owner if isinstance(layer, WeightSlot) else layer
+    if not hasattr(owner, "register_forward_pre_hook") or isinstance(owner, torch.jit.ScriptModule):
+        return None  # a TorchScript module runs no Python hooks: no MACs per rank
+    handle = owner.register_forward_pre_hook(
         lambda m, args: seen.append(tuple(args[0].shape)) if args and isinstance(args[0], torch.Tensor) else None)
     try:
         with torch.no_grad():

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explorer.engine.measure.metrics import compressible_layers, model_outputs
+from explorer.engine.measure.metrics import compressible_layers, fidelity, model_outputs
 from explorer.engine.progress import ProgressFn, report
 from explorer.units import human_bytes
 
@@ -61,7 +61,7 @@ def pipeline_view(summary: dict) -> PipelineView:
 MERGES = {"add", "iadd", "sub", "mul", "cat", "concat", "stack", "matmul", "bmm", "einsum"}
 MEASURES = ("ratio", "sparsity", "bits", "share", "sensitivity")
 MEASURE_TEXT = {"ratio": "compression ratio (dense ÷ coded)", "sparsity": "share of weights pruned",
-                "bits": "bits per stored weight", "share": "share of the coded bytes",
+                "bits": "coded bits per weight of the layer", "share": "share of the coded bytes",
                 "sensitivity": "accuracy spread over the sensitivity scan (best − worst point)"}
 
 
@@ -75,6 +75,7 @@ class GraphNode:
     depth: int = 0
     lane: float = 0.0
     fixed: Optional[str] = None  # why its filters cannot be removed (compressible layers only)
+    held: int = 1  # compressible layers it stands for (an LSTM's weight matrices: several)
 
 
 @dataclass
@@ -90,7 +91,8 @@ class ModelGraph:
     def explain(self, values: dict, measure: str) -> str:
         layers = [n for n in self.nodes if n.kind == "layer"]
         merges = [n for n in self.nodes if n.kind == "merge"]
-        head = (f"{len(layers)} compressible layers" + (f", {len(merges)} merges ({', '.join(sorted({n.op for n in merges}))})"
+        head = (f"{sum(n.held for n in layers)} compressible layers" + (f" in {len(layers)} modules"
+                                                                       if any(n.held > 1 for n in layers) else "") + (f", {len(merges)} merges ({', '.join(sorted({n.op for n in merges}))})"
                                                          if merges else "")
                 + ("" if self.traced else f", drawn as a list ({self.reason})"))
         fixed = [n.layer for n in layers if n.fixed]
@@ -124,7 +126,7 @@ def model_graph(model: nn.Module, info, progress: ProgressFn = None) -> ModelGra
     concatenations, the input and output; single-input functions such as relu or flatten folded into their
     edges), laid out by depth; a list of the compressible layers where tracing fails."""
     fixed = {l.name: (None if l.filter_ok else (l.filter_reason or "fixed")) for l in info.layers}
-    layer_names = {name for name, _ in compressible_layers(model)}
+    layer_names = dict.fromkeys(name for name, _ in compressible_layers(model))  # in the model's order
     report(progress, 0.1, "tracing the model")
     try:
         traced = torch.fx.symbolic_trace(model)
@@ -147,9 +149,12 @@ def model_graph(model: nn.Module, info, progress: ProgressFn = None) -> ModelGra
         target = _target_name(fx_node)
         label = target if fx_node.op == "call_module" else ("input" if kind == "input" else
                                                             "output" if kind == "output" else target)
-        n = GraphNode(len(nodes), label, kind, target if kind == "layer" else None,
+        layer = (target if target in layer_names else _first_slot(target, layer_names)) if kind == "layer" else None
+        n = GraphNode(len(nodes), label, kind, layer,
                       type(modules[target]).__name__ if fx_node.op == "call_module" else target,
-                      fixed=fixed.get(target) if kind == "layer" else None)
+                      fixed=fixed.get(layer) if kind == "layer" else None)
+        if layer is not None and layer != target:
+            n.held = sum(1 for name in layer_names if name.startswith(target + "."))
         ids[fx_node] = n.id
         nodes.append(n)
         edges |= {(s, n.id) for s in sources}
@@ -162,13 +167,19 @@ def _kind(fx_node, modules, layer_names) -> Optional[str]:
         return "input"
     if fx_node.op == "output":
         return "output"
-    if fx_node.op == "call_module":
-        return "layer" if fx_node.target in layer_names else "module"
+    if fx_node.op == "call_module":  # a layer, or a module holding several (an LSTM's weight matrices)
+        t = fx_node.target
+        return "layer" if t in layer_names or _first_slot(t, layer_names) else "module"
     if fx_node.op in ("call_function", "call_method"):
         tensors = [a for a in fx_node.all_input_nodes if a.op != "get_attr"]
         if _target_name(fx_node).strip("_") in MERGES and len(tensors) >= 2:
             return "merge"
     return None
+
+
+def _first_slot(module: str, layer_names) -> Optional[str]:
+    """The first compressible weight matrix module ``module`` holds (``lstm.weight_ih_l0``), if any."""
+    return next((n for n in layer_names if n.startswith(module + ".")), None)
 
 
 def _lay_out(nodes: list, edges: list) -> None:
@@ -218,12 +229,17 @@ TOP = 5
 
 @dataclass
 class OutputsView:
-    """Teacher (the original model) and students on the same inputs: top classes with probabilities for a
-    classifier, the first outputs for anything else; agreement with the teacher over ``n`` inputs."""
+    """Teacher (the original model) and students on the same inputs. A classifier (one score per class and
+    input): the teacher's top classes with each model's probability for them, and each model's own top class;
+    agreement with the teacher's top class over ``n`` inputs (accuracy too where labels are known). Anything
+    else (regression, per-token outputs): the first outputs, and how close each student's outputs are to the
+    teacher's (:func:`~explorer.engine.measure.metrics.fidelity`: cosine similarity, relative error)."""
     models: list  # labels, the teacher first
-    samples: list = field(default_factory=list)  # {"index", "label", "outputs": {model: [(class, p)] or [values]}}
+    samples: list = field(default_factory=list)  # {"index", "label", "outputs": {model: [(class, p)] or [values]},
+    #                                                "top": {model: (class, p)}}
     agreement: dict = field(default_factory=dict)  # model -> share of the n inputs whose top class is the teacher's
     accuracy: dict = field(default_factory=dict)  # model -> top-1 accuracy over the n inputs (labels known)
+    fidelity: dict = field(default_factory=dict)  # model -> {"cosine", "rel_error"} against the teacher
     n: int = 0
     classifier: bool = True
     data: str = ""
@@ -231,18 +247,20 @@ class OutputsView:
     def explain(self) -> str:
         if len(self.models) < 2:
             return "No student yet: measure a plan (and fine-tune it) to compare its outputs with the teacher's"
+        if not self.classifier:
+            parts = [f"{m}'s outputs have cosine similarity {f['cosine']:.4f} with the teacher's, relative error "
+                     f"{f['rel_error']:.2%}" for m, f in ((m, self.fidelity[m]) for m in self.models[1:])]
+            return f"On the first {self.n:,} inputs of {self.data}: " + "; ".join(parts)
         parts = []
         for m in self.models[1:]:
-            agree = self.agreement.get(m)
             acc = self.accuracy.get(m)
-            parts.append(f"{m} agrees with the teacher's top class on {agree:.1%}" +
+            parts.append(f"{m} agrees with the teacher's top class on {self.agreement[m]:.1%}" +
                          (f" (accuracy {acc:.1%} against the teacher's {self.accuracy[self.models[0]]:.1%})"
                           if acc is not None else ""))
-        first = self.samples[0] if self.samples else None
         text = f"On the first {self.n:,} inputs of {self.data}: " + "; ".join(parts)
-        if first is not None and self.classifier:
-            t = first["outputs"][self.models[0]][0]
-            s = first["outputs"][self.models[-1]][0]
+        if self.samples:
+            first = self.samples[0]
+            t, s = first["top"][self.models[0]], first["top"][self.models[-1]]
             text += (f". Input {first['index']}: the teacher says {t[0]} with p = {t[1]:.2f}, "
                      f"{self.models[-1]} {s[0]} with p = {s[1]:.2f}")
         return text
@@ -255,29 +273,41 @@ def outputs_view(models: dict, eval_data, samples: int = 4, n: int = 256, progre
     x = eval_data.inputs[: view.n]
     outs = {}
     for i, (label, model) in enumerate(models.items()):
-        report(progress, i / len(models), f"running {label}")
-        outs[label] = model_outputs(model, x, eval_data).detach().float().reshape(view.n, -1)
+        report(progress, i / (len(models) + 1), f"running {label}")
+        outs[label] = model_outputs(model, x, eval_data).detach().float()
     teacher = outs[labels[0]]
-    view.classifier = eval_data.labels is not None and teacher.shape[-1] > 1
-    y = eval_data.labels[: view.n] if eval_data.labels is not None else None
-    top_t = teacher.argmax(-1)
-    for label, out in outs.items():
-        view.agreement[label] = float((out.argmax(-1) == top_t).float().mean())
-        if view.classifier and y is not None and y.dim() == 1:
-            view.accuracy[label] = float((out.argmax(-1) == y).float().mean())
-    for i in range(min(samples, view.n)):
-        row = {"index": i, "label": int(y[i]) if view.classifier and y is not None and y.dim() == 1 else None,
-               "outputs": {}}
+    view.classifier = teacher.dim() == 2 and teacher.shape[-1] > 1  # one score per class and input
+    if not view.classifier:
+        for label, model in list(models.items())[1:]:
+            view.fidelity[label] = fidelity(model, models[labels[0]], x)
+    y = eval_data.labels[: view.n] if eval_data.labels is not None and eval_data.labels.dim() == 1 else None
+    if view.classifier:
+        top_t = teacher.argmax(-1)
         for label, out in outs.items():
-            if view.classifier:
-                p = torch.softmax(out[i], -1)
-                top = torch.topk(p, min(TOP, p.numel()))
-                row["outputs"][label] = [(int(c), float(v)) for v, c in zip(top.values, top.indices)]
-            else:
-                row["outputs"][label] = [float(v) for v in out[i][:8]]
-        view.samples.append(row)
+            view.agreement[label] = float((out.argmax(-1) == top_t).float().mean())
+            if y is not None:
+                view.accuracy[label] = float((out.argmax(-1) == y).float().mean())
+    for i in range(min(samples, view.n)):
+        view.samples.append(_sample(view, outs, labels, i, y))
     report(progress, 1.0, "outputs compared")
     return view
+
+
+def _sample(view: OutputsView, outs: dict, labels: list, i: int, y) -> dict:
+    """Input ``i``: each model's probabilities at the teacher's top classes and its own top class (a
+    classifier), or its first outputs."""
+    row = {"index": i, "label": int(y[i]) if view.classifier and y is not None else None, "outputs": {}, "top": {}}
+    if not view.classifier:
+        for label, out in outs.items():
+            row["outputs"][label] = [float(v) for v in out[i].reshape(-1)[:8]]
+        return row
+    p_teacher = torch.softmax(outs[labels[0]][i], -1)
+    classes = torch.topk(p_teacher, min(TOP, p_teacher.numel())).indices
+    for label, out in outs.items():
+        p = torch.softmax(out[i], -1)
+        row["outputs"][label] = [(int(c), float(p[c])) for c in classes]
+        row["top"][label] = (int(p.argmax()), float(p.max()))
+    return row
 
 
 __all__ = ["PipelineView", "pipeline_view", "ModelGraph", "GraphNode", "model_graph", "graph_values", "MEASURES",
