@@ -84,3 +84,11 @@ def test_the_plan_the_schema_and_the_help_name_them(capsys):
         main(["evaluate", "--help"])
     out = capsys.readouterr().out
     assert "float16    half precision" in out and "bfloat16   brain float" in out
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+def test_a_weight_that_rounds_to_minus_zero_is_stored_plus_zero(name):
+    w = torch.tensor([-1e-41, 1e-41, -1e-30, 0.5])  # below both formats' smallest subnormal: rounds to -0.0 / +0.0
+    q = quantize_half(w, None, name)
+    assert q.codes[0] == q.codes[1] == 0  # not 0x8000: the file decodes what the model runs with, to the bit
+    assert torch.equal(q.decoded.view(torch.int32)[:2], torch.zeros(2, dtype=torch.int32))

@@ -291,7 +291,7 @@ def quantize_half(weight: torch.Tensor, mask=None, dtype: str = "float16") -> Qu
     t = torch.from_numpy(np.where(keep, w, 0.0))
     half = t.to(torch.float16 if dtype == "float16" else torch.bfloat16)
     codes = half.view(torch.int16).numpy().astype(np.int64) & 0xFFFF
-    codes[~keep] = 0
+    codes[~keep | (codes == 0x8000)] = 0  # a weight that rounds to -0.0 is stored +0.0, as _finish decodes it
     q = half.to(torch.float64).numpy().copy()
     q[~keep] = 0.0
     mse, rel = _errors(w, q, keep)
