@@ -23,6 +23,7 @@ from explorer.engine.plan import LayerSettings, Plan
 
 #: what a layer cannot take, in words (Session.refusal, and the controls' tooltips by refused_granularities)
 REFUSED = {"filter": "its filters cannot be removed", "channel": "its input channels cannot be removed",
+           "merge": "its neurons cannot be merged",
            "lowrank": "it cannot be factorised"}
 
 Listener = Callable[..., None]
@@ -329,7 +330,7 @@ class Session:
         return None
 
     def _refused(self, name: str) -> dict:
-        """What layer ``name`` cannot take, as the model's inspection says: "filter", "channel", "lowrank" ->
+        """What layer ``name`` cannot take, as the model's inspection says: "filter", "channel", "merge", "lowrank" ->
         the inspection's reason (None where it gives none)."""
         info = next((layer for layer in self.info.layers if layer.name == name), None) if self.info else None
         if info is None:
@@ -339,6 +340,8 @@ class Session:
             out["filter"] = info.filter_reason
         if not info.channel_ok:
             out["channel"] = info.channel_reason
+        if not info.merge_ok:
+            out["merge"] = info.merge_reason
         if info.lowrank_reason:
             out["lowrank"] = info.lowrank_reason
         return out

@@ -29,6 +29,8 @@ class LayerInfo:
     filter_reason: Optional[str] = None
     channel_ok: bool = False
     channel_reason: Optional[str] = None
+    merge_ok: bool = False  # whether its neurons can be merged into their twins (data-free neuron merging)
+    merge_reason: Optional[str] = None
     coupled: list = field(default_factory=list)
     producers: list = field(default_factory=list)  # the layers losing the same filters (a coupled group)
     shared_with: Optional[str] = None  # the earlier layer whose weight tensor this one reuses (tied weights)
@@ -55,6 +57,7 @@ class LayerInfo:
                 "weight_bytes": self.weight_bytes, "layer_bytes": self.layer_bytes, "shared_with": self.shared_with,
                 "structured": {"filter": self.filter_ok, "filter_reason": self.filter_reason,
                                "channel": self.channel_ok, "channel_reason": self.channel_reason,
+                               "merge": self.merge_ok, "merge_reason": self.merge_reason,
                                "coupled": list(self.coupled), "producers": list(self.producers)},
                 "methods": {"prune_element": True, "quantize": True, "prune_filter": self.filter_ok,
                             "prune_channel": self.channel_ok, "lowrank": self.lowrank_reason is None,
@@ -246,14 +249,15 @@ def inspect_model(model: nn.Module, example_input: Any = None, progress: Progres
         s = struct.get(name)
         fixed = refusal(mod, "structured") if not scripted else None
         if fixed:
-            info.filter_reason = info.channel_reason = fixed
+            info.filter_reason = info.channel_reason = info.merge_reason = fixed
         elif s is not None:
             info.filter_ok, info.filter_reason = s.filter_ok, s.filter_reason
             info.channel_ok, info.channel_reason = s.channel_ok, s.channel_reason
+            info.merge_ok, info.merge_reason = s.merge_ok, s.merge_reason
             info.coupled, info.producers = list(s.coupled), list(s.producers)
         else:
             why = ("TorchScript graph cannot be rewritten" if scripted else "no example input to trace the model")
-            info.filter_reason = info.channel_reason = why
+            info.filter_reason = info.channel_reason = info.merge_reason = why
         layers.append(info)
     info = ModelInfo(layers, stored_numel(model), total, _input_shape(example_input), dense_modules(model))
     info.kept = kept_parts(model, info.dense, info.other_params)

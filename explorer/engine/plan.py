@@ -129,7 +129,9 @@ class LayerSettings:
         if self.lowrank is not None:
             parts.append(f"{self.lowrank.method} rank {self.lowrank.rank}")
         p = self.prune
-        if p is not None and p.amount:
+        if p is not None and p.amount and p.granularity == "merge":
+            parts.append(f"merge {p.amount:.0%} of neurons" if isinstance(p.amount, float) else f"merge {p.amount} neurons")
+        elif p is not None and p.amount:
             parts.append(f"prune {p.amount_text()}" + ("" if p.granularity == "element" else f" {p.granularity}s"))
         q = self.quantize
         if q is not None:

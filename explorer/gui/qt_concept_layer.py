@@ -11,6 +11,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout,
                                QWidget)
 
+from explorer.engine.methods.granularities import GRANULARITIES
 from explorer.gui.qt_plot import curve, plot_widget
 
 REMOVED = np.array([250, 205, 165], np.float32)  # the pruned colour, pale: the survivors stand out
@@ -66,7 +67,7 @@ class GranularityPlot(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.choice = QComboBox()
-        self.choice.addItems(["element", "filter", "channel"])
+        self.choice.addItems(list(GRANULARITIES))  # the registry's
         self.choice.setToolTip("Which granularity to draw, at the plan's amount (50% where the plan prunes none)")
         self.choice.activated.connect(lambda i: self.granularity_chosen.emit(self.choice.itemText(i)))
         self.plot, self.item = _image_plot("this layer")

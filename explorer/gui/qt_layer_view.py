@@ -18,7 +18,7 @@ LEVEL = (40, 160, 80, 200)
 CUT = (200, 40, 40)
 LEVEL_LINES_MAX = 16  # more levels than this are drawn as a rug: full-height lines would hide the histogram
 RUG_HEIGHT = 0.04  # of the count axis
-UNITS = {"filter": "filters (output channels)", "channel": "input channels"}
+UNITS = {"filter": "filters (output channels)", "channel": "input channels", "merge": "neurons (merged into a twin)"}
 
 
 class LayerView(QWidget):
@@ -125,12 +125,18 @@ class LayerView(QWidget):
         if cut is not None:
             self.cut.setValue(cut)
         unit = UNITS.get(r.granularity, r.granularity)
-        self.ranking_plot.setLabel("bottom", f"{unit}, sorted by {r.criterion.upper()} norm")
-        self.ranking_plot.setLabel("left", f"{r.criterion.upper()} norm")
+        merge = r.granularity == "merge"  # ranked by the saliency of merging each into its twin, not a norm
+        what = "saliency ‖a_j‖²·‖W_i − W_j‖²" if merge else f"{r.criterion.upper()} norm"
+        self.ranking_plot.setLabel("bottom", f"{unit}, sorted by {'saliency' if merge else what}")
+        self.ranking_plot.setLabel("left", what)
         n, gone = sorted_norms.size, int(r.removed.sum())
-        parts = [f"<b>{preview.name}</b>:&nbsp;{n}&nbsp;{unit}",
-                 f"{gone} removed ({gone / max(n, 1):.0%}) with {r.criterion.upper()} norm below "
-                 f"{cut:.4g}" if cut is not None else "none removed"]
+        if merge:
+            said = (f"{gone} merged into their nearest twins ({gone / max(n, 1):.0%}), e.g. " +
+                    ", ".join(f"{j}→{i}" for j, i in r.merges[:3]) if gone else "none merged")
+        else:
+            said = (f"{gone} removed ({gone / max(n, 1):.0%}) with {what} below {cut:.4g}" if cut is not None
+                    else "none removed")
+        parts = [f"<b>{preview.name}</b>:&nbsp;{n}&nbsp;{unit}", said]
         if preview.levels is not None and preview.quant_mse is not None:
             parts.append(f"quantized weights MSE&nbsp;{mse_text(preview.quant_mse)}")
         self.title.setText(_phrases(parts))

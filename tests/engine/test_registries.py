@@ -54,16 +54,16 @@ def test_granularities_are_declared_once_and_read_by_the_plan_and_the_amount_che
     from explorer.engine.compress import check_layer_amount
     from explorer.engine.methods import prune
 
-    assert [g for g in prune.GRANULARITIES] == ["element", "filter", "channel"]
-    assert [g.name for g in prune.GRANULARITIES.values() if g.structured] == ["filter", "channel"]
+    assert [g for g in prune.GRANULARITIES] == ["element", "filter", "channel", "merge"]
+    assert [g.name for g in prune.GRANULARITIES.values() if g.structured] == ["filter", "channel", "merge"]
     layer = torch.nn.Conv2d(3, 8, 3)
-    for name, total in (("element", 8 * 3 * 9), ("filter", 8), ("channel", 3)):
+    for name, total in (("element", 8 * 3 * 9), ("filter", 8), ("channel", 3), ("merge", 8)):
         assert prune.GRANULARITIES[name].total(layer.weight) == total
         s = Plan(layers={"c": {"prune": {"amount": total, "granularity": name}}}).settings_for("c")
         with pytest.raises(PlanError, match=f"removes all of its {total} {prune.GRANULARITIES[name].unit}"):
             check_layer_amount("c", layer, s)
     # a granularity the registry does not hold is refused by the plan, which lists the registry's
-    with pytest.raises(PlanError, match="must be one of element, filter, channel"):
+    with pytest.raises(PlanError, match="must be one of element, filter, channel, merge"):
         Plan(layers={"c": {"prune": {"amount": 0.5, "granularity": "row"}}}).settings_for("c")
     monkeypatch.setitem(prune.GRANULARITIES, "row", prune.Granularity("row", 0, "rows", "test only"))
     assert Plan(layers={"c": {"prune": {"amount": 0.5, "granularity": "row"}}}).settings_for("c").prune.granularity \

@@ -398,12 +398,12 @@ def _lost(model, res) -> dict:
     return out
 
 
-@pytest.mark.parametrize("zoo_name", ["cnn", "resnet", "depthwise", "mobilenetv2"])
+@pytest.mark.parametrize("zoo_name", ["cnn", "resnet", "depthwise", "mobilenetv2", "mlp"])
 def test_what_goes_with_a_layers_channels_is_what_compress_removes(zoo_name):
     loaded, info, _ = _zoo(zoo_name)
     for layer in info.layers:
-        for g in ("filter", "channel"):
-            if not (layer.filter_ok if g == "filter" else layer.channel_ok):
+        for g, ok in (("filter", layer.filter_ok), ("channel", layer.channel_ok), ("merge", layer.merge_ok)):
+            if not ok:
                 continue
             plan = Plan.from_dict({"version": 1, "layers": {layer.name: {"prune": {"amount": 0.5, "granularity": g}}}})
             view = granularity_view(loaded.model, loaded.example_input, info, layer.name, plan.settings_for(layer.name))

@@ -45,7 +45,7 @@ from torch.utils._pytree import tree_flatten
 from explorer.engine.errors import CompressionError, PlanError
 from explorer.engine.methods.prune import GRANULARITIES, removed_count
 
-__all__ = ["ChannelRanking", "StructInfo", "analyze", "channel_ranking", "layer_ranking", "prune_structured"]
+__all__ = ["ChannelRanking", "StructInfo", "analyze", "channel_ranking", "layer_ranking", "merge_pairs", "prune_structured"]
 
 #: Layers this module reports on (the explorer's compressible layers).
 COMPRESSIBLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
@@ -132,6 +132,8 @@ class StructInfo:
     channel_reason: str | None
     coupled: list[str] = field(default_factory=list)
     producers: list[str] = field(default_factory=list)
+    merge_ok: bool = False
+    merge_reason: str | None = "only a Linear layer whose outputs feed Linear layers alone can merge neurons"
 
 
 @dataclass
@@ -238,11 +240,13 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
         taken[group.producer] = layer
         ranking = channel_ranking(modules[layer].weight, granularity, amount, criterion, group.channels, layer,
                                   _others(model, group, layer, granularity))
-        jobs.append((layer, granularity, group, ranking.kept))
+        jobs.append((layer, granularity, group, ranking))
 
     pruned = copy.deepcopy(model)
     report = {}
-    for layer, granularity, group, kept in jobs:
+    for layer, granularity, group, ranking in jobs:
+        kept = ranking.kept
+        _merge_into(pruned, group, ranking.merges)
         _shrink_group(pruned, group, kept)
         report[layer] = {
             "kept": kept,
@@ -251,6 +255,8 @@ def prune_structured(model: nn.Module, example_input, requests: dict) -> tuple[n
             "producer": group.producer,
             "coupled": _coupled_names(group, layer),
         }
+        if ranking.merges:
+            report[layer]["merged"] = [list(m) for m in ranking.merges]
     if jobs:
         _check_runs(pruned, analysis, [job[0] for job in jobs])
     return pruned, report
@@ -279,6 +285,7 @@ class ChannelRanking:
     norms: np.ndarray
     order: np.ndarray
     removed: np.ndarray
+    merges: tuple = ()  # "merge": (removed, into) per merged neuron, in the order they were merged
 
     @property
     def kept(self) -> list:
@@ -323,6 +330,11 @@ def channel_ranking(weight: torch.Tensor, granularity: str, amount, criterion: s
         The same selection :func:`prune_structured` makes: ``ranking.kept`` is its report's ``"kept"``.
     """
     granularity, amount, criterion = _parse_request(layer, (granularity, amount, criterion))
+    if granularity == "merge":
+        n = int(weight.shape[0])
+        saliency, removed, merges = merge_pairs(weight, coupled, removed_count(amount, n, f"layer '{layer}'", "neurons"))
+        order = np.argsort(saliency, kind="stable")
+        return ChannelRanking(granularity, criterion, saliency, order.astype(np.int64), removed, tuple(merges))
     if granularity == "filter":
         n = int(weight.shape[0])
         scores = _filter_scores(weight, criterion, coupled)
@@ -350,7 +362,10 @@ def layer_ranking(model: nn.Module, example_input, layer: str, granularity: str,
 
 
 def _others(model, group, layer, granularity):
-    """The weights of the group's other producers, whose rows count in a filter's norm."""
+    """The weights of the group's other producers, whose rows count in a filter's norm; for a merge, the
+    consumers' (their columns are the merged neurons' outgoing weights)."""
+    if granularity == "merge":
+        return tuple(model.get_submodule(m).weight for m, kind in group.members.items() if kind == "consumer")
     if granularity != "filter":
         return ()
     return tuple(model.get_submodule(p).weight for p in group.producers if p != layer)
@@ -365,6 +380,10 @@ def _group_removed(analysis, layer: str, granularity: str):
     """The coupled group whose channels a ``granularity`` request on ``layer`` removes: the layer's own output
     channels (filter) or its producer's (channel); CompressionError with the reason where they cannot go."""
     info = analysis.infos[layer]
+    if granularity == "merge":
+        if not info.merge_ok:
+            raise CompressionError(f"{layer}: cannot merge neurons: {info.merge_reason}")
+        return analysis.groups[layer]
     if granularity == "filter":
         if not info.filter_ok:
             raise CompressionError(f"{layer}: cannot remove output channels: {info.filter_reason}")
@@ -403,6 +422,75 @@ def _channel_scores(weight, channels, criterion):
 def _keep_largest(scores, keep):
     order = torch.argsort(scores, descending=True, stable=True)[:keep]
     return sorted(int(i) for i in order)
+
+
+MERGE_MAX = 4096  # neurons a merge compares pairwise at most (their n x n distances are held at once)
+
+
+def _merge_issue(name, group, modules):
+    """Why layer ``name``'s neurons cannot be merged (None: they can): its outputs must reach Linear layers
+    alone, whole (no BatchNorm, depthwise convolution, residual add or flatten between), so that the merged
+    neuron's outgoing weights can carry the removed one's."""
+    if not isinstance(modules[name], nn.Linear):
+        return "only a Linear layer's neurons are merged (their incoming weights are its rows)"
+    if len(group.producers) > 1:
+        return f"its outputs are added to {', '.join(p for p in group.producers if p != name)}'s (a residual add)"
+    other = next((m for m, kind in group.members.items() if kind != "consumer"), None)
+    if other is not None:
+        return f"{other} ({group.members[other]}) lies between it and the layers it feeds"
+    odd = next((m for m in group.members if not isinstance(modules[m], nn.Linear) or group.blocks.get(m, 1) != 1),
+               None)
+    if odd is not None:
+        return f"{odd} reads its outputs other than as a Linear layer's inputs"
+    if _out_channels(modules[name]) > MERGE_MAX:
+        return f"it has more than {MERGE_MAX} neurons to compare pairwise"
+    return None
+
+
+def merge_pairs(weight: torch.Tensor, consumers=(), count: int = 0) -> tuple:
+    """Data-free neuron merging (Srinivas & Babu 2015): ``count`` times, the neuron ``j`` whose saliency
+    ``s_j = ||a_j||^2 * min_i ||W_i - W_j||^2`` is smallest is removed and its outgoing weights ``a_j`` (its
+    columns in ``consumers``' weights) are added to its nearest twin ``i``'s; ``a_i`` grows accordingly.
+
+    Returns ``(saliency per neuron, removed mask, merges)``: the saliency at which each neuron was merged
+    (the kept ones: their saliency after the last merge), and ``(j, i)`` per merge in order."""
+    w = weight.detach().to(torch.float64).flatten(1)
+    n = int(w.shape[0])
+    outgoing = [c.detach().to(torch.float64).t() for c in consumers]
+    a = torch.cat(outgoing, dim=1) if outgoing else torch.ones(n, 1, dtype=torch.float64)
+    sq = (w * w).sum(1)
+    dist = (sq[:, None] + sq[None, :] - 2.0 * (w @ w.t())).clamp_min_(0.0)
+    dist.fill_diagonal_(float("inf"))
+    a2 = (a * a).sum(1)
+    best = dist.argmin(1)
+    saliency = a2 * dist[torch.arange(n), best]
+    alive = torch.ones(n, dtype=torch.bool)
+    merges = []
+    for _ in range(min(count, n - 1)):
+        j = int(torch.where(alive, saliency, torch.full_like(saliency, float("inf"))).argmin())
+        i = int(best[j])
+        merges.append((j, i))
+        alive[j] = False
+        dist[:, j] = float("inf")
+        a[i] += a[j]
+        a2[i] = float((a[i] * a[i]).sum())
+        for r in torch.nonzero(alive & (best == j)).reshape(-1).tolist() + [i]:  # their twin went, or a_i grew
+            best[r] = dist[r].argmin()
+            saliency[r] = a2[r] * dist[r, best[r]]
+    return saliency.numpy().copy(), (~alive).numpy(), merges
+
+
+def _merge_into(model, group, merges) -> None:
+    """Add each merged neuron's outgoing weights to its twin's, in the consumers of ``model`` (before the
+    merged neurons' columns are removed)."""
+    if not merges:
+        return
+    for name, kind in group.members.items():
+        mod = model.get_submodule(name)
+        w = mod.weight.detach().clone()
+        for j, i in merges:
+            w[:, i] += w[:, j]
+        mod.weight = _param(w, mod.weight)
 
 
 # ------------------------------------------------------------------------------------------- shrinking
@@ -615,8 +703,10 @@ def _trace_and_analyze(model, example_input) -> _Analysis:
         channel_ok, channel_reason = _channel_verdict(name, calls[name][0], groups, modules)
         if channel_ok:
             feeds[name] = next(g.producer for g in groups.values() if name in g.blocks)
+        merge_reason = group.issue or _merge_issue(name, group, modules)
         infos[name] = StructInfo(group.issue is None, group.issue, channel_ok, channel_reason, coupled,
-                                 list(group.producers) if group.issue is None else [])
+                                 list(group.producers) if group.issue is None else [], merge_reason is None,
+                                 merge_reason)
     return _Analysis(infos, groups, feeds, args, out_shapes)
 
 

@@ -42,6 +42,8 @@ GRANULARITIES = {g.name: g for g in (
     Granularity("element", None, "weights", "the smallest-magnitude weights are zeroed (a mask)"),
     Granularity("filter", 0, "output channels", "whole output channels (filters) are removed"),
     Granularity("channel", 1, "input channels", "whole input channels are removed"),
+    Granularity("merge", 0, "neurons", "neurons whose incoming weights have a near twin are merged into it: "
+                "removed, their outgoing weights added to the twin's (data-free; Srinivas & Babu 2015)"),
 )}
 
 

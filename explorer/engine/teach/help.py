@@ -21,14 +21,18 @@ HELP = {h.key: h for h in (
         "granularity", "Pruning granularity",
         "The layer's weight matrix (one row per output channel; a convolution's kernels laid out along the row), "
         "brightness |w|, with what pruning removes in orange: scattered weights (element), whole rows (filter) or "
-        "whole column blocks (channel); beside it the next layer and the BatchNorm that lose their matching inputs.",
+        "whole column blocks (channel), or the rows merged into a twin (merge); beside it the next layer and the "
+        "BatchNorm that lose their matching inputs.",
         "Element pruning keeps the shape, so it saves bytes only through sparse storage and saves time only on "
         "sparse kernels; filter and channel pruning make a smaller dense layer that runs faster anywhere, but take "
         "the coupled layers' weights with them.",
         "element: keep the ⌈(1 − s)·n⌉ largest |w|; filter: rank rows by L1 Σ|w| (or L2 √Σw²), remove the "
-        "smallest; the consumer loses the matching input columns, a BatchNorm the matching scale and shift.",
+        "smallest; the consumer loses the matching input columns, a BatchNorm the matching scale and shift; merge: "
+        "remove the neuron j of least s_j = ‖a_j‖²·min_i ‖W_i − W_j‖² (a_j its outgoing weights) and add a_j to its "
+        "twin's a_i, no data needed.",
         "Han et al., Learning both Weights and Connections (NIPS 2015); Li et al., Pruning Filters for Efficient "
-        "ConvNets (ICLR 2017), §3; Wen et al., Structured Sparsity Learning (NIPS 2016)."),
+        "ConvNets (ICLR 2017), §3; Wen et al., Structured Sparsity Learning (NIPS 2016); Srinivas & Babu, "
+        "Data-free Parameter Pruning for Deep Neural Networks (BMVC 2015), §3."),
     ConceptHelp(
         "storage", "Sparse storage",
         "The first entries of the layer's relative-index encoding: each survivor stored as (gap, value), gap the "

@@ -86,6 +86,7 @@ class GranularityView:
     channels: int = 0
     affected: list = field(default_factory=list)
     refused: Optional[str] = None  # why this granularity cannot apply to the layer
+    merges: tuple = ()  # merge: (removed neuron, the twin it went into), in order
 
     @property
     def drawable(self) -> bool:
@@ -101,11 +102,18 @@ class GranularityView:
         if self.granularity == "element":
             return (f"{head} removes {self.removed:,} of {self.total:,} weights ({share:.1%}), scattered: the "
                     f"matrix keeps its shape {_shape(self.matrix_shape)}, so only sparse storage saves bytes")
-        unit = "filters (rows)" if self.granularity == "filter" else "input channels (columns)"
-        text = (f"{head} removes {self.channels_removed} of {self.channels} {unit}, {self.removed:,} of "
-                f"{self.total:,} weights ({share:.1%}); the layer becomes a smaller dense one")
+        if self.granularity == "merge":
+            pairs = ", ".join(f"{j}→{i}" for j, i in self.merges[:3]) + ("…" if len(self.merges) > 3 else "")
+            text = (f"{head} merges {self.channels_removed} of {self.channels} neurons (rows) into their nearest "
+                    f"twins ({pairs}), {self.removed:,} of {self.total:,} weights ({share:.1%}); no data needed")
+        else:
+            unit = "filters (rows)" if self.granularity == "filter" else "input channels (columns)"
+            text = (f"{head} removes {self.channels_removed} of {self.channels} {unit}, {self.removed:,} of "
+                    f"{self.total:,} weights ({share:.1%}); the layer becomes a smaller dense one")
         others = [f"{a.name} loses {a.removed} of its {a.total} {_kind(a.kind)} ({a.weights:,} "
-                  f"{'parameters' if a.kind == 'norm' else 'weights'})" for a in self.affected]
+                  f"{'parameters' if a.kind == 'norm' else 'weights'}"
+                  + (", added to the twins' first" if self.granularity == "merge" and a.kind == "columns" else "")
+                  + ")" for a in self.affected]
         return text + ("; with it " + ", ".join(others) if others else "")
 
 
@@ -142,8 +150,9 @@ def granularity_view(model: nn.Module, example_input, info, name: str, settings,
         view.removed, view.removed_image = int(removed.sum()), block_mean(removed)
         return view
     layer = info.layer(name)
-    reason = layer.filter_reason if g == "filter" else layer.channel_reason
-    if not (layer.filter_ok if g == "filter" else layer.channel_ok):
+    ok, reason = {"filter": (layer.filter_ok, layer.filter_reason), "channel": (layer.channel_ok, layer.channel_reason),
+                  "merge": (layer.merge_ok, layer.merge_reason)}.get(g, (False, f"no granularity {g!r}"))
+    if not ok:
         view.refused = reason or f"its {g}s cannot be removed"
         return view
     try:
@@ -153,7 +162,8 @@ def granularity_view(model: nn.Module, example_input, info, name: str, settings,
         return view
     gone = ranking.removed
     view.channels, view.channels_removed = int(gone.size), int(gone.sum())
-    removed = _channel_mask(m.shape, gone, rows=g == "filter")
+    view.merges = ranking.merges
+    removed = _channel_mask(m.shape, gone, rows=g != "channel")
     view.removed, view.removed_image = int(removed.sum()), block_mean(removed)
     producers, others = _group_of(info, layer, g)
     view.affected = [a for a in (_affected(model, o, gone, producers) for o in others) if a is not None]
@@ -176,8 +186,8 @@ def _group_of(info, layer, granularity: str) -> tuple:
     """(the layers losing rows, every other module that loses weights) when ``layer`` loses its output
     channels (filter) or its input channels (channel: the channels of the group that feeds it, whose producers
     lose those rows, and whose BatchNorms, depthwise convolutions and other consumers go with them)."""
-    if granularity == "filter":
-        return list(layer.producers), list(layer.coupled)
+    if granularity != "channel":  # filter, merge: the layer's own output channels
+        return list(layer.producers) or [layer.name], list(layer.coupled)
     feeding = next((l for l in info.layers if layer.name in l.coupled and layer.name not in l.producers), None)
     if feeding is None:
         return [], []
