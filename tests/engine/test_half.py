@@ -92,3 +92,28 @@ def test_a_weight_that_rounds_to_minus_zero_is_stored_plus_zero(name):
     q = quantize_half(w, None, name)
     assert q.codes[0] == q.codes[1] == 0  # not 0x8000: the file decodes what the model runs with, to the bit
     assert torch.equal(q.decoded.view(torch.int32)[:2], torch.zeros(2, dtype=torch.int32))
+
+
+def test_fine_tuning_trains_half_precision_weights_on_their_format(tmp_path):
+    from explorer.engine.finetune.data import load_train_data
+    from explorer.engine.finetune.recipe import check_recipe
+    from explorer.engine.finetune.trainer import finetune
+    from explorer.engine.measure.metrics import accuracy
+
+    loaded = load_model("digits-mlp")
+    plan = Plan.from_dict({"version": 1, "default": {"prune": {"amount": 0.9}, "quantize": {"method": "float16"}}})
+    before = compress(loaded.model, plan, loaded.example_input)
+    res = finetune(loaded, plan, load_train_data("digits"), recipe=check_recipe({"epochs": 3, "lr": 0.003}))
+    tuned = res.compressed
+    for name in ("fc1", "fc2"):
+        w, w0 = getattr(tuned.model, name).weight.detach(), getattr(before.model, name).weight.detach()
+        assert torch.equal(w, w.half().float())  # on the format
+        assert torch.equal(w == 0, w0 == 0)  # the mask kept
+        assert not torch.equal(w, w0)  # trained
+        t = tuned.layers[name].tensors[0]
+        assert t.quant.method == "float16" and t.quant.info["trained"] and torch.equal(t.quant.decoded, w)
+    assert accuracy(tuned.model, loaded.eval_data) > accuracy(before.model, loaded.eval_data)
+    path = tmp_path / "ft.cexp"
+    assert ff.save(tuned, path, loaded) == ff.predicted_bytes(tuned, loaded)
+    back = ff.load(path)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in tuned.model.state_dict().items())

@@ -11,6 +11,7 @@
   quantizer chose are kept (the file's table does not change), a float copy of the weights ("latent") is
   what the optimizer moves, and every forward pass runs with the latent weights rounded to the grid. Codes
   may change; the sizes are counted again from the final codes.
+- :class:`Half` (float16, bfloat16): the same straight-through estimator, rounding to the 16-bit format.
 - :class:`Frozen`: quantizers with no trainable table in the file (binary, ternary, registered ones): the
   weights stay as quantized.
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from explorer.engine.compress import TensorResult
+from explorer.engine.methods.quantize import quantize_half
 from explorer.engine.storage.size import tensor_sizes
 
 
@@ -139,7 +141,42 @@ class SharedValues(Constraint):
         return replace(self.t, quant=new_q, nonzero=int(torch.count_nonzero(decoded)))
 
 
-class Grid(Constraint):
+class Latent(Constraint):
+    """A straight-through estimator: a float copy of the weights ("latent") is what the optimizer moves, and
+    every forward pass runs with the latent weights as the quantizer stores them (:meth:`rounded`)."""
+
+    def __init__(self, t: TensorResult, param: nn.Parameter):
+        super().__init__(t, param)
+        self.latent = param.detach().clone()  # the float weights the optimizer moves (start: as stored)
+        self._swapped = False
+
+    def rounded(self, latent: torch.Tensor) -> torch.Tensor:
+        """The weights the stored form gives for ``latent`` (pruned ones 0)."""
+        raise NotImplementedError
+
+    def forward_values(self) -> None:
+        if not self._swapped:
+            with torch.no_grad():
+                self.latent.copy_(self.param)
+                self.param.copy_(self.rounded(self.latent))
+            self._swapped = True
+
+    def trained_values(self) -> None:
+        # the gradient at the rounded weights is applied to the latent ones (straight through)
+        if self._swapped:
+            with torch.no_grad():
+                self.param.copy_(self.latent)
+            self._swapped = False
+
+    def snapshot(self) -> dict:
+        return {"param": (self.latent if self._swapped else self.param).detach().clone()}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self._swapped = False
+
+
+class Grid(Latent):
     """Uniform quantization trained with a straight-through estimator; the grid (scales, zero points) fixed."""
 
     def __init__(self, t: TensorResult, param: nn.Parameter):
@@ -156,8 +193,6 @@ class Grid(Constraint):
         else:
             self.lo, self.hi = 0, 2 ** q.bits - 1
             self.zp = torch.from_numpy(np.asarray(q.zero_points, np.float64)).reshape(rows, 1)
-        self.latent = param.detach().clone()  # the float weights the optimizer moves (start: on the grid)
-        self._swapped = False
 
     def _levels(self, latent: torch.Tensor) -> torch.Tensor:
         x = latent.detach().to(torch.float64).reshape(self.rows, -1)
@@ -169,26 +204,8 @@ class Grid(Constraint):
             q = q * self.mask.reshape(-1)
         return q.reshape(self.param.shape).to(self.param.dtype)
 
-    def forward_values(self) -> None:
-        if not self._swapped:
-            with torch.no_grad():
-                self.latent.copy_(self.param)
-                self.param.copy_(self._decoded(self._levels(self.latent)))
-            self._swapped = True
-
-    def trained_values(self) -> None:
-        # the gradient at the rounded weights is applied to the latent ones (straight through)
-        if self._swapped:
-            with torch.no_grad():
-                self.param.copy_(self.latent)
-            self._swapped = False
-
-    def snapshot(self) -> dict:
-        return {"param": (self.latent if self._swapped else self.param).detach().clone()}
-
-    def restore(self, state: dict) -> None:
-        super().restore(state)
-        self._swapped = False
+    def rounded(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._decoded(self._levels(latent))
 
     def result(self) -> TensorResult:
         q = self.t.quant
@@ -211,8 +228,29 @@ class Grid(Constraint):
         return replace(self.t, quant=new_q, sizes=sizes, nonzero=int(torch.count_nonzero(decoded)))
 
 
+class Half(Latent):
+    """float16 / bfloat16 trained with a straight-through estimator: the latent float32 weights move, every
+    forward pass runs with them rounded to the format; the file stores the final rounding's codes."""
+
+    def _quantized(self, latent: torch.Tensor):
+        mask = None if self.mask is None else self.mask.reshape(-1).numpy()
+        return quantize_half(latent.detach(), mask, self.t.quant.method)
+
+    def rounded(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._quantized(latent).decoded
+
+    def result(self) -> TensorResult:
+        latent = self.latent if self._swapped else self.param.detach()
+        q = replace(self._quantized(latent), info=dict(self.t.quant.info, trained=True))
+        with torch.no_grad():
+            self.param.copy_(q.decoded)
+        self._swapped = False
+        sizes = tensor_sizes(q.codes.size, self.t.mask, q.tensor_code())
+        return replace(self.t, quant=q, sizes=sizes, nonzero=int(torch.count_nonzero(q.decoded)))
+
+
 #: how each quantizer's weights train (see the module's docstring); a quantizer not named here is frozen
-TRAINERS = {"kmeans": SharedValues, "uniform": Grid}
+TRAINERS = {"kmeans": SharedValues, "uniform": Grid, "float16": Half, "bfloat16": Half}
 
 
 def constraint_for(t: TensorResult, param: nn.Parameter) -> Constraint:
