@@ -138,7 +138,7 @@ def layer_draws(loaded, info, previewer, plan) -> list:
         settings = plan.settings_for(layer.name)
         for key in LAYER_VIEWS:
             for g in GRANULARITIES if key == "granularity" else (None,):
-                view = layer_concept(key, loaded, info, previewer, layer.name, settings, g, shapes)
+                view = layer_concept(key, loaded, info, previewer, layer.name, settings, g, shapes, plan=plan)
                 row = f"granularity ({g})" if g else key
                 rows.setdefault(row, []).append(Draw(row, key, layer.name, functools.partial(show, view)))
     return [d for draws in rows.values() for d in draws]

@@ -81,11 +81,12 @@ def main(argv=None) -> int:
     train = None if args.no_finetune else load_train_data("digits")
     dense = accuracy(loaded.model, loaded.eval_data)
     macs = model_macs(loaded.model, loaded.example_input)
-    print(f"{MODEL}: dense {fileformat.predicted_bytes(compress(loaded.model, Plan()), loaded):,} bytes as a file, "
-          f"{macs:,} MACs, accuracy {dense:.2%}")
+    plain = compress(loaded.model, Plan())
+    base = plain.bytes["dense"]  # the ratios' basis, as the CLI's: the dense model's float32 bytes
+    print(f"{MODEL}: dense {base:,} bytes ({fileformat.predicted_bytes(plain, loaded):,} as a file), {macs:,} MACs, "
+          f"accuracy {dense:.2%}")
     print("| method | formula | applies to | file bytes | ratio | MACs | accuracy (from the file) | fine-tuned |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    base = fileformat.predicted_bytes(compress(loaded.model, Plan()), loaded)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "m.cexp")
         for name, formula, where, spec in METHODS:

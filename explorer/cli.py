@@ -26,6 +26,7 @@ from explorer.units import human_bytes, human_count, table
 
 EXIT_USAGE = 2
 CONCEPT_PAGES = tuple(HELP)  # the Concepts tab's views (gui --concept, report)
+CONCEPT_ALIASES = {"teacher": "outputs"}  # the page's tab title, for its key
 
 
 # ---------------------------------------------------------------------------------------- progress
@@ -655,6 +656,22 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _add_gui_parser(sub, vocabulary: dict) -> None:
+    p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)", **vocabulary)
+    _add_model_args(p)
+    p.add_argument("--plan", help="plan JSON to start with")
+    p.add_argument("--layer", metavar="NAME", help="start with this layer selected (as inspect names it)")
+    p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")
+    p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare", "concepts"],
+                   default="histogram", help="which tab the screenshot shows (sensitivity: once its scan is done; "
+                   "compare: measures a few plans first, see the README)")
+    p.add_argument("--concept", choices=CONCEPT_PAGES + tuple(CONCEPT_ALIASES),
+                   help="start on the Concepts tab at this view ('teacher': the Teacher page, outputs)")
+    p.add_argument("--restore", choices=["yes", "no"], help="answer the offer to restore a session that did not "
+                   "end cleanly (default: ask; with --screenshot: leave it)")
+    p.set_defaults(func=cmd_gui)
+
+
 def _add_report_parser(sub, vocabulary: dict) -> None:
     p = sub.add_parser("report", help="a standalone HTML handout: every concept view (granularity, storage, "
                        "quantization, entropy, low rank, pipeline, graph, teacher) of MODEL under a plan, explained",
@@ -689,7 +706,8 @@ def cmd_gui(args) -> int:
 
     return run(args.model, plan=args.plan, factory=args.factory, trust=args.trust, data=args.data,
                screenshot=args.screenshot, tab="concepts" if args.concept else args.tab, debug=args.debug,
-               layer=args.layer, concept=args.concept, restore=None if args.restore is None else args.restore == "yes")
+               layer=args.layer, concept=CONCEPT_ALIASES.get(args.concept, args.concept),
+               restore=None if args.restore is None else args.restore == "yes")
 
 
 def cmd_export(args) -> int:
@@ -912,18 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=cmd_info, model="-")
     _add_report_parser(sub, vocabulary)
-    p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)", **vocabulary)
-    _add_model_args(p)
-    p.add_argument("--plan", help="plan JSON to start with")
-    p.add_argument("--layer", metavar="NAME", help="start with this layer selected (as inspect names it)")
-    p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")
-    p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare", "concepts"],
-                   default="histogram", help="which tab the screenshot shows (sensitivity: once its scan is done; "
-                   "compare: measures a few plans first, see the README)")
-    p.add_argument("--concept", choices=CONCEPT_PAGES, help="start on the Concepts tab at this view")
-    p.add_argument("--restore", choices=["yes", "no"], help="answer the offer to restore a session that did not "
-                   "end cleanly (default: ask; with --screenshot: leave it)")
-    p.set_defaults(func=cmd_gui)
+    _add_gui_parser(sub, vocabulary)
     p = sub.add_parser("export", help="standard exports: dense state_dict (.safetensors/.pt), TorchScript, ONNX")
     _add_model_args(p)
     p.add_argument("--plan", help="compress with this plan first")

@@ -308,6 +308,9 @@ class EntropyPlot(QWidget):
                 entropy.setData([], [])
                 raw.setData([], [])
                 counts.setTitle(f"no {kind} stream here")
+                for plot in (counts, lengths):  # not the last layer's axes
+                    plot.setXRange(0, 1, padding=0)
+                    plot.setYRange(0, 1, padding=0)
                 continue
             present = np.flatnonzero(s.counts)
             xs = present  # a gap histogram is indexed by the gap (its entry 0 is never used)

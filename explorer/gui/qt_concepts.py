@@ -200,9 +200,9 @@ class Concepts:
     def _layer_job(self, key: str):
         s = self.window.session
         name = s.current
-        loaded, info, previewer, settings = s.loaded, s.info, s.previewer, s.settings(name)
+        loaded, info, previewer, settings, plan = s.loaded, s.info, s.previewer, s.settings(name), s.plan
         g, shapes = self.granularity, self._inputs
-        return lambda p: layer_concept(key, loaded, info, previewer, name, settings, g, shapes, p)
+        return lambda p: layer_concept(key, loaded, info, previewer, name, settings, g, shapes, p, plan)
 
     def _graph_job(self):
         s = self.window.session

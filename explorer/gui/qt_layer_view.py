@@ -18,7 +18,7 @@ LEVEL = (40, 160, 80, 200)
 CUT = (200, 40, 40)
 LEVEL_LINES_MAX = 16  # more levels than this are drawn as a rug: full-height lines would hide the histogram
 RUG_HEIGHT = 0.04  # of the count axis
-UNITS = {"filter": "filters (output channels)", "channel": "input channels", "merge": "neurons (merged into a twin)"}
+UNITS = {"filter": "filters (output channels)", "channel": "input channels", "merge": "neurons"}
 
 
 class LayerView(QWidget):

@@ -123,7 +123,7 @@ def write_report(loaded, plan, path: str, layers: Optional[list] = None,
         for name in names:
             say(f"{HELP[key].title.lower()}: {name}")
             for g in _granularities(key, info.layer(name), settings[name]):
-                view = layer_concept(key, loaded, info, previewer, name, settings[name], g, shapes)
+                view = layer_concept(key, loaded, info, previewer, name, settings[name], g, shapes, plan=plan)
                 if not view.drawable:  # e.g. the storage of a layer without element pruning: its text says why
                     parts.append(_figure(None, view.explain()))
                     continue

@@ -410,3 +410,26 @@ def test_what_goes_with_a_layers_channels_is_what_compress_removes(zoo_name):
             shown = {layer.name: view.removed, **{a.name: a.weights for a in view.affected}}
             res = compress(loaded.model, plan, loaded.example_input)
             assert shown == _lost(loaded.model, res), (layer.name, g)
+
+
+def test_views_of_a_structured_plan_show_the_layers_as_the_file_gets_them():
+    """Channel removals come first in the file: the low-rank view factorises what they leave, the storage
+    view stores the shrunk weight, and a layer's granularity view starts from the other layers' removals."""
+    loaded = load_model("digits-cnn")
+    info, pv = inspect_model(loaded.model, loaded.example_input), Previewer(loaded)
+    plan = Plan.load(ROOT / "sample_models" / "digits-cnn.structured.plan.json")  # fc1: 60% filters, then SVD
+    res = compress(loaded.model, plan, loaded.example_input)
+    fc1 = res.layers["fc1"]
+    view = layer_concept("lowrank", loaded, info, pv, "fc1", plan.settings_for("fc1"), plan=plan)
+    assert view.ranks == fc1.lowrank["ranks"] and view.params_at == fc1.lowrank["params_after"]
+    assert view.rel_error == pytest.approx(fc1.lowrank["rel_error"])
+    assert view.params == fc1.lowrank["params_before"] < loaded.model.fc1.weight.numel()
+    fc2 = res.layers["fc2"]  # its inputs went with fc1's filters; 6-bit k-means on what is left
+    storage = layer_concept("storage", loaded, info, pv, "fc2", plan.settings_for("fc2"), plan=plan)
+    assert storage.numel == fc2.tensors[0].numel and storage.chosen["bits"] == fc2.tensors[0].sizes.bits["coded"]
+    merge = Plan.from_dict({"version": 1, "layers": {n: {"prune": {"amount": 0.5, "granularity": "merge"}}
+                                                     for n in ("fc1", "fc2")}})
+    mlp = load_model("digits-mlp")
+    g = layer_concept("granularity", mlp, inspect_model(mlp.model, mlp.example_input), Previewer(mlp), "fc2",
+                      merge.settings_for("fc2"), plan=merge)
+    assert g.shape == (100, 150)  # fc1's merges took half of its inputs first

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from explorer.engine.errors import CompressionError, PlanError
-from explorer.engine.layers import WeightSlot, find_layer
-from explorer.engine.methods.channels import layer_ranking
+from explorer.engine.layers import WeightSlot, find_layer, weight_key
+from explorer.engine.compress import compress_weight
+from explorer.engine.measure.metrics import compressible_layers, layer_macs
+from explorer.engine.methods.channels import layer_ranking, prune_structured
 from explorer.engine.methods.inits import BUILTIN
 from explorer.engine.methods.lowrank import break_even_rank, choose_rank, factorize, lowrank_params
 from explorer.engine.methods.prune import magnitude_mask
@@ -112,7 +114,8 @@ class GranularityView:
                     f"{self.total:,} weights ({share:.1%}); the layer becomes a smaller dense one")
         others = [f"{a.name} loses {a.removed} of its {a.total} {_kind(a.kind)} ({a.weights:,} "
                   f"{'parameters' if a.kind == 'norm' else 'weights'}"
-                  + (", added to the twins' first" if self.granularity == "merge" and a.kind == "columns" else "")
+                  + (": each merged neuron's column is first added to its twin's" if self.granularity == "merge"
+                     and a.kind == "columns" else "")
                   + ")" for a in self.affected]
         return text + ("; with it " + ", ".join(others) if others else "")
 
@@ -652,22 +655,43 @@ def element_only(settings):
     return LayerSettings(prune=p if element else None, quantize=settings.quantize)
 
 
+def plan_structure(loaded, plan, exclude: Optional[str] = None) -> nn.Module:
+    """The model as ``plan``'s channel removals leave it (every layer's but ``exclude``'s), before low rank,
+    pruning and quantization: what the later stages of the file see. The loaded model where none."""
+    if plan is None:
+        return loaded.model
+    settings = plan.resolve([n for n, _ in compressible_layers(loaded.model)])
+    requests = {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
+                if s.removes_channels and n != exclude}
+    if not requests or loaded.example_input is None:
+        return loaded.model
+    return prune_structured(loaded.model, loaded.example_input, requests)[0]
+
+
 def layer_concept(key: str, loaded, info, previewer, name: str, settings, granularity: Optional[str] = None,
-                  input_shapes: Optional[dict] = None, progress: ProgressFn = None):
+                  input_shapes: Optional[dict] = None, progress: ProgressFn = None, plan=None):
     """The view ``key`` (:data:`LAYER_VIEWS`) of layer ``name`` under ``settings``: the window's Concepts tab
     and the handout both compute it here. ``previewer``: the model's
     :class:`~explorer.engine.measure.preview.Previewer` (its cached tensor results are the file's);
-    ``input_shapes``: a cache of the layers' input shapes (filled here)."""
-    module = previewer.modules[name]
+    ``input_shapes``: a cache of the layers' input shapes of the loaded model (filled here); ``plan``: the
+    whole plan, whose channel removals come first in the file (the views then show the layer as they leave it:
+    the other layers' removals before its granularity, all of them before its low rank and storage)."""
     if key == "granularity":
-        return granularity_view(loaded.model, loaded.example_input, info, name, settings, granularity, progress)
+        model = plan_structure(loaded, plan, exclude=name)
+        return granularity_view(model, loaded.example_input, info, name, settings, granularity, progress)
+    model = plan_structure(loaded, plan)
+    module = previewer.modules[name] if model is loaded.model else find_layer(model, name)
     if key == "lowrank":
-        shapes = {} if input_shapes is None else input_shapes
+        shapes = {} if input_shapes is None or model is not loaded.model else input_shapes
         if name not in shapes:
-            shapes[name] = layer_input_shape(loaded.model, loaded.example_input, name)
-        return spectrum_view(name, module, settings, info.layer(name).macs, shapes[name], progress)
+            shapes[name] = layer_input_shape(model, loaded.example_input, name)
+        macs = info.layer(name).macs if model is loaded.model else layer_macs(model, loaded.example_input).get(name)
+        return spectrum_view(name, module, settings, macs, shapes[name], progress)
     only = element_only(settings)
-    result = previewer.tensor(name, only)[0]
+    if model is loaded.model:
+        result = previewer.tensor(name, only)[0]
+    else:  # the shrunk layer's own weight, as the file prunes and quantizes it
+        result = compress_weight(weight_key(name, module), module.weight, only)[0]
     if key == "storage":
         return storage_view(name, result, module.weight)
     if key == "quantization":
@@ -679,4 +703,4 @@ def layer_concept(key: str, loaded, info, previewer, name: str, settings, granul
 
 __all__ = ["GranularityView", "StorageView", "QuantizationView", "EntropyView", "SpectrumView", "granularity_view",
            "storage_view", "quantization_view", "entropy_view", "spectrum_view", "layer_input_shape", "block_mean",
-           "LAYER_VIEWS", "layer_concept", "element_only"]
+           "LAYER_VIEWS", "layer_concept", "element_only", "plan_structure"]
