@@ -130,6 +130,7 @@ class StoragePlot(QWidget):
                                          label="bitmask", labelOpts={"position": 0.97, "color": (60, 140, 60),
                                                                      "anchors": [(1, 1), (1, 1)]})
         self.bits.addItem(self.mask_line)
+        self.bits.getAxis("bottom").setTicks([[(b, str(b)) for b in range(3, 9)]])  # widths are whole bits
         row = QHBoxLayout()
         row.addWidget(QLabel("the first entries, with gaps of"))
         row.addWidget(self.width_choice)
@@ -160,7 +161,7 @@ class StoragePlot(QWidget):
         self.mask_line.setValue(mask)
         top = max(heights + [mask]) if bs else 1.0
         self.bits.setXRange(2.4, 8.6, padding=0)
-        self.bits.setYRange(0, top * 1.15, padding=0)
+        self.bits.setYRange(0, top * 1.3, padding=0)  # room above the bitmask line for its label
 
     def _draw_row(self) -> None:
         v = self.view

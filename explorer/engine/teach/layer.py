@@ -327,6 +327,7 @@ class QuantizationView:
     plan_error: Optional[float] = None  # the plan's own quantization of the whole layer (relative error)
     plan_method: str = ""
     half: dict = field(default_factory=dict)  # float16, bfloat16 -> relative error (None: beyond its range)
+    at_note: str = ""  # why the levels are drawn at at_bits when the plan's method has no bit-width
 
     @property
     def drawable(self) -> bool:
@@ -340,7 +341,7 @@ class QuantizationView:
         two = self.bits.index(2) if 2 in self.bits else None
         low = ", ".join(f"{k} {v[two]:.1%}" for k, v in self.errors.items() if two is not None and v[two] is not None)
         sample = f" (on one survivor in {self.stride} of its {self.survivors:,})" if self.stride > 1 else ""
-        text = f"{self.name}{sample}: at {b} bits " + ", ".join(f"{k} leaves {v:.2%}" for k, v in at)
+        text = f"{self.name}{sample}: at {b} bits{self.at_note} " + ", ".join(f"{k} leaves {v:.2%}" for k, v in at)
         if best is not None:
             text += f" relative error (lowest: {best[0]})"
         text += f"; at 2 bits {low}; binary {{-a, +a}} {self.binary:.1%}, ternary {{-a, 0, +a}} {self.ternary:.1%}"
@@ -405,6 +406,8 @@ def quantization_view(name: str, weight: torch.Tensor, settings, result=None, bi
     counts, edges = np.histogram(v, 120) if v.size else (np.zeros(120, np.int64), np.linspace(-1, 1, 121))
     view = QuantizationView(name, int(v.size), stride, tuple(bits), errors, bq.rel_error, tq.rel_error, at, levels,
                             edges, counts, half=half)
+    if settings.quantize is not None and "bits" not in QUANTIZERS[settings.quantize.method].fields:
+        view.at_note = f" (the plan's {settings.quantize.method} has no bit-width to compare at)"
     if result is not None and result.quant is not None:
         view.plan_error, view.plan_method = result.quant.rel_error, f"{result.quant.bits}-bit {result.quant.method}"
     report(progress, 1.0, f"{name}: done")
