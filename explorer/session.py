@@ -333,18 +333,7 @@ class Session:
         """What layer ``name`` cannot take, as the model's inspection says: "filter", "channel", "merge", "lowrank" ->
         the inspection's reason (None where it gives none)."""
         info = next((layer for layer in self.info.layers if layer.name == name), None) if self.info else None
-        if info is None:
-            return {}
-        out = {}
-        if not info.filter_ok:
-            out["filter"] = info.filter_reason
-        if not info.channel_ok:
-            out["channel"] = info.channel_reason
-        if not info.merge_ok:
-            out["merge"] = info.merge_reason
-        if info.lowrank_reason:
-            out["lowrank"] = info.lowrank_reason
-        return out
+        return {} if info is None else info.refusals()
 
     def history(self) -> tuple:
         """The plans undo and redo go to: (undo, oldest first; redo, the next redo last). A fine-tuned

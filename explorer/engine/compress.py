@@ -269,11 +269,17 @@ def compress(model: nn.Module, plan: Plan, example_input: Any = None, progress: 
     return out
 
 
+def channel_requests(settings: dict) -> dict:
+    """The structured-pruning requests of resolved per-layer ``settings``: ``layer -> (granularity, amount,
+    criterion)`` for every layer whose channels the plan removes (what stage 1 hands to ``prune_structured``)."""
+    return {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
+            if s.removes_channels}
+
+
 def _remove_channels(model: nn.Module, settings: dict, example_input: Any, progress: ProgressFn) -> tuple:
     """Stage 1, structured pruning: ``(work, structural)``, the copy of ``model`` the next stages change
     (a new, smaller model when channels are removed) and, per layer, what was kept and removed."""
-    requests = {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
-                if s.removes_channels}
+    requests = channel_requests(settings)
     structural = {}
     if requests:
         if example_input is None:

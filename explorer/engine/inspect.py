@@ -37,6 +37,16 @@ class LayerInfo:
     lowrank_reason: Optional[str] = None  # why low-rank does not apply to this type (None: it does)
     kept_dense: str = "bias"  # what of the layer's module is stored dense
 
+    def refusals(self) -> dict:
+        """What the inspection says this layer cannot take: ``"filter"``, ``"channel"``, ``"merge"``,
+        ``"lowrank"`` -> its reason (None where it gives none); the ones it can take are absent."""
+        out = {g: why for g, ok, why in (("filter", self.filter_ok, self.filter_reason),
+                                         ("channel", self.channel_ok, self.channel_reason),
+                                         ("merge", self.merge_ok, self.merge_reason)) if not ok}
+        if self.lowrank_reason:
+            out["lowrank"] = self.lowrank_reason
+        return out
+
     @property
     def params(self) -> int:
         return self.weight_params + self.bias_params

@@ -14,7 +14,7 @@ from torch import nn
 
 from explorer.engine.errors import CompressionError, PlanError
 from explorer.engine.layers import WeightSlot, find_layer, weight_key
-from explorer.engine.compress import compress_weight
+from explorer.engine.compress import channel_requests, compress_weight
 from explorer.engine.measure.metrics import compressible_layers, layer_macs
 from explorer.engine.methods.channels import layer_ranking, prune_structured
 from explorer.engine.methods.inits import BUILTIN
@@ -23,12 +23,14 @@ from explorer.engine.methods.prune import magnitude_mask
 from explorer.engine.methods.quantize import (quantize_binary, quantize_half, quantize_kmeans, quantize_ternary,
                                               quantize_uniform)
 from explorer.engine.methods.quantizers import QUANTIZERS
+from explorer.engine.methods.granularities import GRANULARITIES
 from explorer.engine.plan import LayerSettings
 from explorer.engine.progress import ProgressFn, report
 from explorer.engine.storage.coders import stream_bits
 from explorer.engine.storage.coding import entropy_bits, gap_histograms_of_mask, gap_stream, huffman_code_lengths
 from explorer.engine.storage.size import GAP_BITS
 
+STRUCTURED = tuple(g for g, v in GRANULARITIES.items() if v.structured)
 IMAGE_MAX = (160, 400)  # rows, columns of a drawn weight matrix (block means beyond)
 ILLUSTRATION_AMOUNT = 0.5  # what the granularity view removes when the plan prunes nothing there
 ROW_ENTRIES = 40  # (gap, value) entries of one row drawn at most
@@ -153,10 +155,10 @@ def granularity_view(model: nn.Module, example_input, info, name: str, settings,
         view.removed, view.removed_image = int(removed.sum()), block_mean(removed)
         return view
     layer = info.layer(name)
-    ok, reason = {"filter": (layer.filter_ok, layer.filter_reason), "channel": (layer.channel_ok, layer.channel_reason),
-                  "merge": (layer.merge_ok, layer.merge_reason)}.get(g, (False, f"no granularity {g!r}"))
-    if not ok:
-        view.refused = reason or f"its {g}s cannot be removed"
+    refusals = layer.refusals()
+    if g not in STRUCTURED or g in refusals:
+        why = refusals.get(g) if g in STRUCTURED else f"no granularity {g!r}"
+        view.refused = why or f"its {g}s cannot be removed"
         return view
     try:
         ranking = layer_ranking(model, example_input, name, g, amount, criterion)
@@ -663,9 +665,8 @@ def plan_structure(loaded, plan, exclude: Optional[str] = None) -> nn.Module:
     pruning and quantization: what the later stages of the file see. The loaded model where none."""
     if plan is None:
         return loaded.model
-    settings = plan.resolve([n for n, _ in compressible_layers(loaded.model)])
-    requests = {n: (s.prune.granularity, s.prune.amount, s.prune.criterion) for n, s in settings.items()
-                if s.removes_channels and n != exclude}
+    requests = channel_requests(plan.resolve([n for n, _ in compressible_layers(loaded.model)]))
+    requests.pop(exclude, None)
     if not requests or loaded.example_input is None:
         return loaded.model
     return prune_structured(loaded.model, loaded.example_input, requests)[0]
