@@ -39,6 +39,7 @@ screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --layer fc1 --concept pipeline --screenshot assets/concept-pipeline.png
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --layer fc1 --concept graph --screenshot assets/concept-graph.png
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/teacher_screen.py
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.tt-circulant.plan.json --layer fc1,fc2 --screenshot assets/tt-circulant.png
 
 samples: $(STAMP)
 	$(PY) sample_models/train_samples.py

@@ -60,6 +60,13 @@ METHODS = [
      {"layers": {"fc1": {"lowrank": {"rank": 0.25, "method": "svd"}}}}),
     ("low rank: Tucker-2", "1×1 S→R3, D×D R3→R4, 1×1 R4→T", "Conv",
      {"layers": {"conv2": {"lowrank": {"rank": 0.5, "method": "tucker2"}}}}),
+    ("tensor train", "W[(i₁i₂i₃),(j₁j₂j₃)] = G₁[i₁,j₁]·G₂[i₂,j₂]·G₃[i₃,j₃]: Σ r_{k−1}·m_k·n_k·r_k weights",
+     "Linear (inputs and outputs not prime)", {"layers": {"fc1": {"lowrank": {"rank": 0.1, "method": "tt"}}}}),
+    ("block-circulant (FFT)", "b×b blocks C_ij = c_{(i−j) mod b}: mn/b weights, FFTs of length b",
+     "Linear", {"layers": {"fc1": {"lowrank": {"rank": 0.1, "method": "circulant"}},
+                           "fc2": {"lowrank": {"rank": 0.1, "method": "circulant"}}}}),
+    ("SVD at the same 10%", "W ≈ U_r Σ_r V_rᵀ", "(beside TT and circulant: fc1 at 10%)",
+     {"layers": {"fc1": {"lowrank": {"rank": 0.1, "method": "svd"}}}}),
     ("Deep Compression pipeline", "prune → k-means → Huffman/rANS", "every weight",
      {"default": {"prune": {"amount": 0.9}, "quantize": {"bits": 5, "method": "kmeans"}}}),
 ]

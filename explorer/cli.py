@@ -660,7 +660,8 @@ def _add_gui_parser(sub, vocabulary: dict) -> None:
     p = sub.add_parser("gui", help="open the explorer window (optionally on MODEL)", **vocabulary)
     _add_model_args(p)
     p.add_argument("--plan", help="plan JSON to start with")
-    p.add_argument("--layer", metavar="NAME", help="start with this layer selected (as inspect names it)")
+    p.add_argument("--layer", metavar="NAME", help="start with this layer selected (as inspect names it; "
+                   "several: fc1,fc2)")
     p.add_argument("--screenshot", metavar="PNG", help="render the window headless once measured, save it, exit")
     p.add_argument("--tab", choices=["histogram", "centroids", "sensitivity", "compare", "concepts"],
                    default="histogram", help="which tab the screenshot shows (sensitivity: once its scan is done; "
@@ -797,7 +798,7 @@ def plan_vocabulary() -> str:
     """What a plan may name, read from the registries (a method registered before the parser is built is
     listed too): the epilog of the verbs that take a plan, built when their help is asked for. The
     registries' names need neither torch nor numba, so ``--help`` answers at once."""
-    from explorer.engine.methods.factorisations import METHODS  # when help is asked for (no torch)
+    from explorer.engine.methods.factorisations import FACTORISATIONS  # when help is asked for (no torch)
     from explorer.engine.methods.granularities import GRANULARITIES  # when help is asked for (no torch)
     from explorer.engine.methods.inits import INITS  # when help is asked for (no torch)
     from explorer.engine.methods.quantizers import QUANTIZERS  # when help is asked for (no torch)
@@ -808,7 +809,9 @@ def plan_vocabulary() -> str:
              "  quantize.method:"]
     lines += [f"    {q.name:<10} {q.summary}" for q in QUANTIZERS.values()]
     lines += [f"  quantize.init (kmeans): {', '.join(INITS)}",
-              f"  lowrank.method: auto, {', '.join(METHODS)}",
+              "  lowrank.method (auto: svd for Linear and Embedding, tucker2 for convolutions):"]
+    lines += [f"    {f.name:<10} {f.applies}: {f.summary}; int rank = {f.rank}" for f in FACTORISATIONS.values()]
+    lines += [
               "streams in the .cexp file: raw, or the cheapest coder of " + ", ".join(CODERS)]
     return "\n".join(lines)
 

@@ -303,9 +303,7 @@ def _factorize_layers(work: nn.Module, layers: list, settings: dict, example_inp
         if lr is None:
             continue
         module = _submodule(work, name)
-        method = lr.method
-        if method == "auto":
-            method = "svd" if isinstance(module, (nn.Linear, nn.Embedding)) else "tucker2"
+        method = _lowrank.resolve_method(module, lr.method)
         report(progress, 0.05, f"factorising {name}")
         try:
             replacement, info = _lowrank.factorize(module, method, lr.rank, name=name, grow=False)

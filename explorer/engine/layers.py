@@ -16,6 +16,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from explorer.engine.modules import BlockCirculant, TTCore
+
 # how a removal of channels goes: the tracer of explorer.engine.methods.channels decides
 TRACED = None
 
@@ -53,6 +55,12 @@ def _conv_macs(m, args, kwargs, out) -> dict:
 def _transposed_macs(m, args, kwargs, out) -> dict:
     # every input element is multiplied by one (out/groups) x kernel slice of the weight
     return {"weight": _numel(args[0] if args else None) * math.prod(m.weight.shape[1:])}
+
+
+def _structured_macs(m, args, kwargs, out) -> dict:
+    # the module counts its own work as its forward runs it (see explorer.engine.modules)
+    x = args[0] if args else kwargs.get("x")
+    return {"weight": m.macs(_numel(x) // max(m.in_features, 1))}
 
 
 def _no_macs(m, args, kwargs, out) -> dict:
@@ -101,8 +109,17 @@ _GATES = ("the rows of the weight matrices of {t} are its gates x hidden units a
 _TRANSPOSED = ("a transposed convolution's weight is laid out in x out/groups x kernel; its factors would need a "
                "transposed core, which the file's factor layers (Linear, Conv1d, Conv2d, Embedding) cannot hold")
 
+_FACTOR = ("it is a factor of a {what} already: factorise the original layer instead (load the model it was "
+           "compressed from)")
+_FACTOR_CHANNELS = "channel removal does not follow the reshapes of a {what}; prune it by element"
+
 KINDS = (
     LayerKind("Linear", (nn.Linear,), _one, _linear_macs, None, TRACED, "bias"),
+    LayerKind("TTCore", (TTCore,), _one, _structured_macs, _FACTOR.format(what="tensor train"),
+              _FACTOR_CHANNELS.format(what="tensor train's cores"), "bias"),
+    LayerKind("BlockCirculant", (BlockCirculant,), _one, _structured_macs,
+              _FACTOR.format(what="block-circulant matrix"),
+              _FACTOR_CHANNELS.format(what="block-circulant matrix (its FFT blocks)"), "bias"),
     LayerKind("Conv1d", (nn.Conv1d,), _one, _conv_macs, None, TRACED, "bias"),
     LayerKind("Conv2d", (nn.Conv2d,), _one, _conv_macs, None, TRACED, "bias"),
     LayerKind("Embedding", (nn.Embedding,), _one, _no_macs, None, TRACED, "nothing"),

@@ -99,6 +99,13 @@ class LowRankSettings:
     rank: Rank = 0.5
     method: str = "auto"
 
+    def describe(self) -> str:
+        """``svd rank 8``, ``tt 10% of weights``, ``circulant block 50``."""
+        r = self.rank
+        if isinstance(r, float):
+            return f"{self.method} {r:.0%} of weights"
+        return f"{self.method} {'block' if self.method == 'circulant' else 'rank'} {list(r) if isinstance(r, tuple) else r}"
+
 
 @dataclass(frozen=True)
 class LayerSettings:
@@ -127,7 +134,7 @@ class LayerSettings:
         """A short human summary, e.g. ``prune 90%, 5b kmeans/linear``."""
         parts = []
         if self.lowrank is not None:
-            parts.append(f"{self.lowrank.method} rank {self.lowrank.rank}")
+            parts.append(self.lowrank.describe())
         p = self.prune
         if p is not None and p.amount and p.granularity == "merge":
             parts.append(f"merge {p.amount:.0%} of neurons" if isinstance(p.amount, float) else f"merge {p.amount} neurons")
@@ -207,7 +214,8 @@ def _validate_section(where: str, name: str, raw: Any):
                 values["rank"] = r
             if isinstance(r, tuple):
                 if len(r) != 2 or not all(_is_int(x) and 1 <= x <= MAX_COUNT for x in r):
-                    raise bad("rank", "as a pair must be two integers >= 1 (Tucker-2 ranks)")
+                    raise bad("rank", "as a pair must be two integers >= 1 (Tucker-2's R3, R4 or a tensor "
+                                      "train's two TT-ranks)")
             elif _is_int(r):
                 if not 1 <= r <= MAX_COUNT:
                     raise bad("rank", "must be an integer >= 1 or a fraction in (0, 1]")

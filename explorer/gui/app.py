@@ -104,9 +104,11 @@ def choose_layer(win, layer: str) -> Optional[str]:
     """Select ``layer`` of the window's model (``gui --layer``); if it has no such layer, the one line that
     says so, naming its layers (the selection is left as it was)."""
     names = win.session.layer_names
-    if layer not in names:
-        return f"--layer {layer!r}: the model has no such layer (its layers: {', '.join(names) or 'none'})"
-    win.session.select([layer])
+    chosen = [layer] if layer in names else [part.strip() for part in layer.split(",")]
+    missing = [n for n in chosen if n not in names]
+    if missing:
+        return (f"--layer {missing[0]!r}: the model has no such layer (its layers: {', '.join(names) or 'none'})")
+    win.session.select(chosen)
     return None
 
 

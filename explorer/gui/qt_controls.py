@@ -10,7 +10,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHB
 from superqt import QLabeledSlider
 
 from explorer.engine.methods.kmeans import INITS
-from explorer.engine.methods.lowrank import METHODS as LOWRANK_METHODS
+from explorer.engine.methods.factorisations import FACTORISATIONS
+from explorer.engine.methods.factorisations import METHODS as LOWRANK_METHODS
 from explorer.engine.methods.prune import GRANULARITIES
 from explorer.engine.methods.quantize import QUANTIZERS
 
@@ -63,6 +64,9 @@ class Controls(QWidget):
         self.rank = _slider(1, 100)
         self.rank_method = QComboBox()
         self.rank_method.addItems(["auto", *LOWRANK_METHODS])
+        self.rank_method.setItemData(0, "svd for Linear and Embedding, tucker2 for convolutions", Qt.ToolTipRole)
+        for i, f in enumerate(FACTORISATIONS.values(), start=1):
+            self.rank_method.setItemData(i, f"{f.applies}: {f.summary}", Qt.ToolTipRole)
         lowrank = QGroupBox("Low rank")
         f = QFormLayout(lowrank)
         f.addRow(self.rank_on)

@@ -76,15 +76,22 @@ class LayerView(QWidget):
         if preview.ranking is not None:
             return self._show_ranking(preview)
         self.stack.setCurrentWidget(self.plot)
+        self._factored = bool(preview.info.get("factors"))  # each factor has its own threshold: no ±t lines
         self.kept.setData(preview.edges, preview.kept)
         self.pruned.setData(preview.edges, preview.pruned)
         n_pruned = preview.pruned_count
         parts = [f"<b>{preview.name}</b>:&nbsp;{preview.numel:,}&nbsp;weights"]
+        factors = preview.info.get("factors")
+        if factors:  # a factorised layer: what the file stores are its factors
+            parts[0] += (f" in {len(factors)} {preview.info['lowrank']} factors (the layer had "
+                         f"{preview.info['layer_weights']:,}; reconstruction error "
+                         f"{preview.info['lowrank_error']:.1%})")
         if preview.stride > 1:
             parts[0] += f" (histogram of every {preview.stride}th)"
         if n_pruned:
-            parts.append(f"{n_pruned:,} pruned ({n_pruned / max(preview.numel, 1):.0%}) below |w|&nbsp;=&nbsp;"
-                         f"{preview.threshold:.4g}")
+            parts.append(f"{n_pruned:,} pruned ({n_pruned / max(preview.numel, 1):.0%}) "
+                         + ("below |w|&nbsp;=&nbsp;" f"{preview.threshold:.4g}" if preview.threshold is not None
+                            else "each factor below its own threshold"))
         if preview.levels is not None:
             quant = f"{preview.levels.size} distinct values after quantization"
             if preview.quant_mse is not None:
@@ -144,6 +151,8 @@ class LayerView(QWidget):
         self.ranking_plot.setYRange(0, float(sorted_norms.max(initial=1.0)) * 1.08, padding=0)
 
     def set_threshold(self, t) -> None:
+        if getattr(self, "_factored", False):
+            t = None
         self._syncing = True
         try:
             for line, sign in zip(self.lines, (-1, 1)):

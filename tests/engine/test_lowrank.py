@@ -372,6 +372,6 @@ def test_pair_is_only_for_tucker2_and_unknown_method():
     with pytest.raises(PlanError, match="single int"):
         factorize(nn.Linear(4, 4), "svd", (2, 2))
     with pytest.raises(PlanError, match="unknown"):
-        factorize(nn.Linear(4, 4), "tt", 2)
+        factorize(nn.Linear(4, 4), "wavelet", 2)
     with pytest.raises(PlanError):
         svd_linear(nn.Linear(4, 4), 0)

@@ -162,4 +162,4 @@ def test_settings_cells_say_each_section_in_short():
     assert settings_cells(LayerSettings()) == ("–", "–", "–")
     f = Plan.from_dict({"default": {"prune": {"amount": 4, "granularity": "filter"},
                                     "lowrank": {"rank": 0.5}}}).default
-    assert settings_cells(f) == ("4 filters", "–", "auto rank 0.5")
+    assert settings_cells(f) == ("4 filters", "–", "auto 50% of weights")

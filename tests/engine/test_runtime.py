@@ -27,6 +27,9 @@ from explorer.engine.storage.fileformat.reader import read
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLE_PLANS = sorted(f for f in os.listdir(os.path.join(ROOT, "sample_models")) if f.endswith(".plan.json"))
+# its compressed layers are tensor-train cores and circulant blocks, which run as themselves (the runtime's kernels
+# are a Linear's and a 1x1 convolution's): tested below to run the same with nothing chosen
+STRUCTURED_MATRICES = "digits-cnn.tt-circulant.plan.json"
 
 
 def _parts(path) -> dict:
@@ -60,7 +63,20 @@ def _x_of(module, batch):
     return torch.randn(batch, 2, module.in_features, generator=g)  # leading dims kept
 
 
-@pytest.mark.parametrize("plan_file", SAMPLE_PLANS)
+def test_structured_matrix_layers_run_as_themselves_under_the_compressed_runtime(tmp_path):
+    loaded = load_model("digits-cnn")
+    res = compress(loaded.model, Plan.load(os.path.join(ROOT, "sample_models", STRUCTURED_MATRICES)),
+                   loaded.example_input)
+    path = tmp_path / "m.cexp"
+    fileformat.save(res, path, loaded)
+    dense, ours = fileformat.load(path), fileformat.load(path, runtime="compressed")
+    x = loaded.eval_data.inputs[:16]
+    with torch.no_grad():
+        assert torch.equal(ours(x), dense(x))
+    assert {d.layer for d in ours.compressed_runtime if d.chosen != "dense"} <= {"conv1", "conv2"}
+
+
+@pytest.mark.parametrize("plan_file", [p for p in SAMPLE_PLANS if p != STRUCTURED_MATRICES])
 def test_every_form_of_every_sample_plan_computes_the_dense_decode(plan_file, tmp_path):
     sample = plan_file.split(".")[0]
     loaded = load_model(sample)

@@ -51,7 +51,7 @@ def staircase(front: Sequence, size: Callable = _first, quality: Callable = _sec
 
 def settings_cells(settings: LayerSettings) -> tuple:
     """A layer's (pruning, quantization, low rank) in short, e.g. ``('95%', '5b kmeans/linear', '–')`` or
-    ``('4 filters', '–', 'tucker2 rank 0.5')`` (an int amount is a count); ``'–'`` where a section is off."""
+    ``('4 filters', '–', 'tucker2 50% of weights')`` (an int amount is a count); ``'–'`` where a section is off."""
     p, q, r = settings.prune, settings.quantize, settings.lowrank
     prune = NONE
     if p is not None and p.amount:
@@ -60,5 +60,5 @@ def settings_cells(settings: LayerSettings) -> tuple:
         if not element:
             prune += f" {p.granularity}s"
     quant = QUANTIZERS[q.method].describe(q) if q is not None else NONE
-    rank = f"{r.method} rank {r.rank}" if r is not None else NONE
+    rank = r.describe() if r is not None else NONE
     return prune, quant, rank

@@ -18,8 +18,10 @@ from torch import nn
 from explorer.engine.methods.channels import ChannelRanking, channel_ranking
 from explorer.engine.methods.prune import magnitude_mask, threshold_for
 from explorer.engine.errors import ExplorerError
+from explorer.engine.compress import compress_weight
 from explorer.engine.layers import weight_key
-from explorer.engine.measure.metrics import accuracy, compressible_layers
+from explorer.engine.measure.metrics import LAYER_TYPES, accuracy, compressible_layers
+from explorer.engine.methods.lowrank import factorize, resolve_method
 from explorer.engine.methods.quantize import TOP_FRACTION, compare_inits, quantize_kmeans, quantize_tensor
 from explorer.engine.plan import LayerSettings
 from explorer.engine.progress import ProgressFn, report, scaled
@@ -71,8 +73,11 @@ def layer_preview(name: str, module_or_tensor, settings: LayerSettings, bins: in
 
     The histogram shows element pruning and quantization; filter/channel pruning is described by the
     channels' ranking (:func:`explorer.engine.methods.channels.channel_ranking`, ``channels`` as there), its
-    effect on the other layers is in the whole-model preview. Low-rank is not drawn per layer.
+    effect on the other layers is in the whole-model preview. A factorised layer is drawn as its factors'
+    weights (:func:`factor_preview`).
     """
+    if settings.lowrank is not None and isinstance(module_or_tensor, nn.Module):
+        return factor_preview(name, module_or_tensor, settings, bins, progress)
     w = _weight(module_or_tensor)
     flat = w.reshape(-1).to(torch.float64).cpu().numpy()
     report(progress, 0.0, f"{name}: histogram")
@@ -109,6 +114,50 @@ def layer_preview(name: str, module_or_tensor, settings: LayerSettings, bins: in
     report(progress, 1.0, f"{name}: done")
     return LayerPreview(name, int(flat.size), edges, kept.astype(np.int64), pruned.astype(np.int64), threshold,
                         levels, mse, info, ranking=ranking)
+
+
+def factor_preview(name: str, module: nn.Module, settings: LayerSettings, bins: int = 120,
+                   progress: ProgressFn = None) -> LayerPreview:
+    """The histogram of what the file stores for a factorised layer: the weights of its factors (SVD's two
+    matrices, a tensor train's cores, the circulant blocks' vectors, ...), each pruned and quantized on its own as
+    :func:`~explorer.engine.compress.compress_weight` does in the file. There is no single threshold (each factor
+    has its own: ``threshold`` None); ``levels`` are the values of every factor's codebook in use.
+    ``info["factors"]``: ``(tensor name, shape)`` of each factor; ``info["layer_weights"]``: the layer's own."""
+    lr = settings.lowrank
+    method = resolve_method(module, lr.method)
+    report(progress, 0.0, f"{name}: factorising ({method})")
+    seq, finfo = factorize(module, method, lr.rank, name=name, grow=True)
+    factors = [(f"{name}.{sub}", m) for sub, m in seq.named_modules() if sub and isinstance(m, LAYER_TYPES)]
+    only = LayerSettings(prune=settings.prune if settings.prune is not None and settings.prune.granularity == "element"
+                         else None, quantize=settings.quantize)
+    values, kept_flags, decoded, sq_err = [], [], [], 0.0
+    for i, (tname, m) in enumerate(factors):
+        report(progress, 0.2 + 0.7 * i / len(factors), f"{name}: {tname}")
+        result, new = compress_weight(weight_key(tname, m), m.weight, only)
+        flat = m.weight.detach().reshape(-1).to(torch.float64).cpu().numpy()
+        values.append(flat)
+        kept_flags.append(np.ones(flat.size, bool) if result.mask is None else np.asarray(result.mask).reshape(-1))
+        if result.quant is not None:
+            q = result.quant
+            decoded.append(np.unique(q.decoded.reshape(-1).to(torch.float64).cpu().numpy()))
+            sq_err += q.mse * flat.size
+    flat, keep = np.concatenate(values), np.concatenate(kept_flags)
+    lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    kept, _ = np.histogram(flat[keep], edges)
+    pruned, _ = np.histogram(flat[~keep], edges)
+    levels = np.unique(np.concatenate(decoded)) if decoded else None
+    if levels is not None and levels.size > 4096:
+        levels = None
+    info = {"lowrank": method, "ranks": finfo["ranks"], "factors": [(t, tuple(m.weight.shape)) for t, m in factors],
+            "layer_weights": int(module.weight.numel()), "lowrank_error": finfo["rel_error"]}
+    if settings.quantize is not None:
+        info.update(method=settings.quantize.method, bits=settings.quantize.bits)
+    report(progress, 1.0, f"{name}: done")
+    return LayerPreview(name, int(flat.size), edges, kept.astype(np.int64), pruned.astype(np.int64), None, levels,
+                        sq_err / flat.size if decoded else None, info)
 
 
 @dataclass

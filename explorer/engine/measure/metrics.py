@@ -25,9 +25,11 @@ from torch.utils.flop_counter import sdpa_flop_count
 
 from explorer.engine.errors import Cancelled, ExplorerError
 from explorer.engine.layers import SCRIPTED_TYPES, kind_of, module_layers, module_macs, type_name
+from explorer.engine.modules import BlockCirculant, TTCore
 from explorer.engine.progress import ProgressFn, report
 
-LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)  # the types a low-rank factor chain is built from
+# the types a low-rank factor chain is built from
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, TTCore, BlockCirculant)
 
 
 @contextmanager

@@ -40,7 +40,8 @@ from explorer.engine.errors import ExplorerError
 from explorer.engine.inspect import stored_numel, weight_owners
 from explorer.engine.layers import weight_key
 from explorer.engine.measure.evaluate import summarize
-from explorer.engine.measure.layerview import DISPLAY_MAX, LayerPreview, display_stride, init_comparison
+from explorer.engine.measure.layerview import (DISPLAY_MAX, LayerPreview, display_stride, factor_preview,
+                                               init_comparison)
 from explorer.engine.measure.metrics import compressible_layers, count_macs, layer_type
 from explorer.engine.measure.sweep import TensorSweep
 from explorer.engine.methods.channels import layer_ranking
@@ -277,6 +278,8 @@ class Previewer:
         if name not in self.modules:
             raise ExplorerError(f"no layer '{name}'")
         module = self.modules[name]
+        if settings.lowrank is not None and isinstance(module, nn.Module):  # the file stores its factors
+            return factor_preview(name, module, settings, progress=progress)
         report(progress, 0.0, f"{name}: histogram")
         edges, bins, _ = self._layer_bins(name)
         p = settings.prune

@@ -10,6 +10,14 @@ Each factor becomes an ordinary layer, so the parameter count and the multiply-a
   (Kim et al. 2015): a 1x1 conv ``S -> R3``, the spatial conv ``R3 -> R4``, a 1x1 conv ``R4 -> T``.
 * ``cp`` -- ``nn.Conv1d`` / ``nn.Conv2d``: CP (PARAFAC) decomposition of the whole kernel (Lebedev et al. 2015):
   a 1x1 conv ``S -> R``, one depthwise conv per spatial axis, a 1x1 conv ``R -> T``.
+* ``tt`` -- ``nn.Linear``: a tensor-train matrix (Novikov et al. 2015). ``n = n_1 n_2 n_3`` and
+  ``m = m_1 m_2 m_3`` (balanced factors, at most 3 modes), the matrix reshaped to the tensor of modes
+  ``(m_k n_k)`` and split by TT-SVD (tensorly's ``tensor_train``) into cores at TT-rank ``r``:
+  ``sum_k r_{k-1} m_k n_k r_k`` weights, run as a chain of :class:`~explorer.engine.modules.TTCore` contractions.
+* ``circulant`` -- ``nn.Linear``: a grid of ``b x b`` circulant blocks (Cheng et al. 2015 at one block,
+  ``b = max(m, n)``; Ding et al. 2017 in blocks), each the least-squares fit of its part of the matrix (the mean
+  of each wrapped diagonal), run with FFTs (:class:`~explorer.engine.modules.BlockCirculant`):
+  ``ceil(m/b) ceil(n/b) b`` weights. Its "rank" is the block size ``b``: the larger, the fewer weights.
 
 ``rank`` follows tensorly: an int is a rank, a float in (0, 1] is the fraction of the layer's weight parameters
 to keep, validated in one place (:func:`choose_rank`).
@@ -33,11 +41,13 @@ from typing import Optional, Sequence, Union
 
 import tensorly as tl
 import torch
-from tensorly.decomposition import parafac, partial_tucker
+from tensorly.decomposition import parafac, partial_tucker, tensor_train
 from torch import nn
 
 from explorer.engine.errors import CompressionError, PlanError
 from explorer.engine.methods.factorisations import METHODS  # the factorisations, in the order a UI offers them
+from explorer.engine.methods.factorisations import MATRIX_METHODS
+from explorer.engine.modules import BlockCirculant, TTCore, tt_dense
 from explorer.engine.progress import ProgressFn, report
 
 tl.set_backend("pytorch")
@@ -52,6 +62,10 @@ __all__ = [
     "svd_embedding",
     "tucker2_conv",
     "cp_conv",
+    "resolve_method",
+    "tt_modes",
+    "tt_unfoldings",
+    "factor_macs",
 ]
 
 Rank = Union[int, float, Sequence[int]]
@@ -140,6 +154,11 @@ def factorize(
             kept = float(s[: ranks[0]].double().pow(2).sum())
             energy = kept / total if total > 0 else 1.0
             rel_error = math.sqrt(max(total - kept, 0.0) / total) if total > 0 else 0.0
+        elif method in ("tt", "circulant"):
+            seq = _tt_linear(module, ranks) if method == "tt" else _circulant_linear(module, ranks[0])
+            energy = None
+            dense = tt_dense(list(seq)) if method == "tt" else seq[0].dense()
+            rel_error = _relative_error(weight, dense.double())
         else:
             if method == "tucker2":
                 seq = _tucker2_conv(module, ranks)
@@ -159,6 +178,14 @@ def factorize(
     }
     report(progress, 1.0, f"{method} of {_label(module, name)}")
     return seq, info
+
+
+def resolve_method(module: nn.Module, method: str) -> str:
+    """The factorisation a plan's ``method`` means for ``module``: ``auto`` is svd for Linear and Embedding,
+    tucker2 for anything else (a convolution); a named method is itself."""
+    if method == "auto":
+        return "svd" if isinstance(module, (nn.Linear, nn.Embedding)) else "tucker2"
+    return method
 
 
 def choose_rank(module: nn.Module, method: str, rank: Rank, *, name: Optional[str] = None) -> list[int]:
@@ -190,10 +217,21 @@ def choose_rank(module: nn.Module, method: str, rank: Rank, *, name: Optional[st
 
 def break_even_rank(module: nn.Module, method: str) -> int:
     """The largest rank whose factors hold no more weights than ``module`` (0 if even rank 1 holds more):
-    ``floor(m n / (m + n))`` for svd, ``floor(S T k / (S + T + sum k))`` for cp, and for tucker2 the largest
-    ``R3 = R4 = r`` (each capped at its mode's size) with ``S r + k r^2 + T r <= S T k``."""
+    ``floor(m n / (m + n))`` for svd, ``floor(S T k / (S + T + sum k))`` for cp, for tucker2 the largest
+    ``R3 = R4 = r`` (each capped at its mode's size) with ``S r + k r^2 + T r <= S T k``, and for tt the largest
+    TT-rank whose cores hold no more. Every block size of circulant holds at most the layer's weights (block 1
+    is the dense matrix): its largest, ``max(m, n)``."""
     _check(module, method, None)
     numel = module.weight.numel()
+    if method == "circulant":
+        return _max_ranks(module, method)[0]
+    if method == "tt":
+        best = 0
+        for r in range(1, max(_max_ranks(module, method)) + 1):
+            if _count(module, method, _clamped(module, method, r)) > numel:
+                break
+            best = r
+        return best
     if method == "tucker2":
         top = _max_ranks(module, method)
         best = 0
@@ -372,16 +410,18 @@ def _check(module: nn.Module, method: str, name: Optional[str]) -> None:
     if not isinstance(method, str) or method not in METHODS:
         raise PlanError(f"{label}: unknown low-rank method {method!r}; choose one of {', '.join(METHODS)}")
     if isinstance(module, (nn.Linear, nn.Embedding)):
-        if method != "svd":
+        if method not in MATRIX_METHODS or (method != "svd" and not isinstance(module, nn.Linear)):
             raise CompressionError(
-                f"{label}: {method} factorises convolution kernels (Conv1d, Conv2d); "
-                f"use 'svd' for a {type(module).__name__}"
+                f"{label}: {method} factorises "
+                + ("convolution kernels (Conv1d, Conv2d)" if method not in MATRIX_METHODS else "Linear layers")
+                + f"; use 'svd' for a {type(module).__name__}"
             )
     elif isinstance(module, _CONVS):
-        if method == "svd":
+        if method in MATRIX_METHODS:
             raise CompressionError(
-                f"{label}: svd factorises Linear and Embedding weight matrices; use 'tucker2' or 'cp' for a "
-                f"{type(module).__name__}"
+                f"{label}: {method} factorises "
+                + ("Linear and Embedding weight matrices" if method == "svd" else "Linear layers' matrices")
+                + f"; use 'tucker2' or 'cp' for a {type(module).__name__}"
             )
         if module.groups != 1:
             raise CompressionError(
@@ -406,12 +446,88 @@ def _check(module: nn.Module, method: str, name: Optional[str]) -> None:
             f"{label}: max_norm={module.max_norm} renormalises looked-up rows, which a factorised embedding "
             f"cannot reproduce"
         )
+    if method == "tt":
+        out_f, in_f = weight.shape
+        if len(tt_modes(out_f, in_f)[0]) < 2:
+            which = [f"{n} ({what})" for n, what in ((in_f, "inputs"), (out_f, "outputs")) if _prime_count(n) < 2]
+            raise CompressionError(
+                f"{label}: a tensor train needs the inputs and the outputs to factor into at least 2 modes each; "
+                f"{' and '.join(which)} {'is' if len(which) == 1 else 'are'} prime or 1")
+
+
+def _prime_factors(n: int) -> list[int]:
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    return out + ([n] if n > 1 else [])
+
+
+def _prime_count(n: int) -> int:
+    return len(_prime_factors(n))
+
+
+def _balanced(n: int, d: int) -> list[int]:
+    """``n`` as ``d`` factors as equal as its primes allow (largest primes placed first), ascending."""
+    modes = [1] * d
+    for p in sorted(_prime_factors(n), reverse=True):
+        modes[modes.index(min(modes))] *= p
+    return sorted(modes)
+
+
+def tt_modes(out_features: int, in_features: int) -> tuple[list[int], list[int]]:
+    """The modes ``(m_1..m_d), (n_1..n_d)`` a tensor train of a ``Linear(in -> out)`` uses: ``d`` the fewest of
+    3 and the two numbers' prime-factor counts, each number split into ``d`` balanced factors, ascending."""
+    d = min(3, _prime_count(out_features), _prime_count(in_features))
+    if d < 1:
+        return [out_features], [in_features]
+    return _balanced(out_features, d), _balanced(in_features, d)
+
+
+def tt_unfoldings(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The matrices TT-SVD cuts, one per bond: the ``(m_1 n_1 .. m_k n_k) x (rest)`` unfoldings of a Linear's
+    weight as the tensor of modes ``(m_k n_k)`` (float64)."""
+    ms, ns = tt_modes(*weight.shape)
+    d = len(ms)
+    t = weight.detach().double().reshape(*ms, *ns).permute(*[a for k in range(d) for a in (k, d + k)])
+    sizes = [m * n for m, n in zip(ms, ns)]
+    return [t.reshape(math.prod(sizes[: k + 1]), -1) for k in range(d - 1)]
+
+
+def _tt_bounds(module: nn.Module) -> list[int]:
+    """The largest TT-rank of each bond ``r_1..r_{d-1}``: the smaller side of that unfolding."""
+    ms, ns = tt_modes(*module.weight.shape)
+    sizes = [m * n for m, n in zip(ms, ns)]
+    return [min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1:])) for k in range(len(sizes) - 1)]
+
+
+def _clamped(module: nn.Module, method: str, r: int) -> list[int]:
+    return [min(r, t) for t in _max_ranks(module, method)]
+
+
+def factor_macs(module: nn.Module, method: str, ranks: Sequence[int], rows: int) -> Optional[int]:
+    """MACs of the factors of a Linear layer at ``ranks`` for ``rows`` input rows, as they run (svd:
+    ``rows r (m + n)``; tt and circulant: their modules' counts); None for another layer or method."""
+    if not isinstance(module, nn.Linear) or method not in MATRIX_METHODS:
+        return None
+    out_f, in_f = module.weight.shape
+    if method == "svd":
+        return rows * ranks[0] * (out_f + in_f)
+    if method == "circulant":
+        return BlockCirculant(in_f, out_f, ranks[0], device="meta").macs(rows)
+    return sum(core.macs(rows) for core in _tt_cores(out_f, in_f, ranks, False, "meta", None))
 
 
 def _max_ranks(module: nn.Module, method: str) -> list[int]:
     shape = tuple(module.weight.shape)
     if method == "svd":
         return [min(shape)]
+    if method == "tt":
+        return _tt_bounds(module)
+    if method == "circulant":
+        return [max(shape)]
     if method == "tucker2":
         return [shape[1], shape[0]]  # (S, T)
     return [max(1, math.prod(shape) // max(shape))]
@@ -421,6 +537,13 @@ def _count(module: nn.Module, method: str, ranks: Sequence[int]) -> int:
     shape = tuple(module.weight.shape)
     if method == "svd":
         return ranks[0] * (shape[0] + shape[1])
+    if method == "circulant":
+        b = ranks[0]
+        return -(-shape[0] // b) * -(-shape[1] // b) * b
+    if method == "tt":
+        ms, ns = tt_modes(shape[0], shape[1])
+        bonds = [1, *ranks, 1]
+        return sum(bonds[k] * m * n * bonds[k + 1] for k, (m, n) in enumerate(zip(ms, ns)))
     out_ch, in_ch, kernel = shape[0], shape[1], shape[2:]
     if method == "tucker2":
         r3, r4 = ranks
@@ -445,7 +568,8 @@ def _resolve(module: nn.Module, method: str, rank: Rank, name: Optional[str]) ->
     elif isinstance(rank, (tuple, list)) and len(rank) == len(top) and all(_is_int(r) for r in rank):
         wanted = [int(r) for r in rank]
     elif isinstance(rank, (tuple, list)):
-        need = "a pair (R3, R4)" if method == "tucker2" else "a single int"
+        need = ("a pair (R3, R4)" if method == "tucker2" else
+                f"{len(top)} TT-ranks (one per bond)" if method == "tt" else "a single int")
         raise PlanError(f"{label}: rank {rank!r} is not valid for {method}: give an int, a fraction or {need}")
     else:
         raise PlanError(f"{label}: rank must be an int >= 1 or a float in (0, 1], got {rank!r}")
@@ -460,6 +584,19 @@ def _from_fraction(module: nn.Module, method: str, fraction: float, top: list[in
     if not math.isfinite(fraction) or not 0.0 < fraction <= 1.0:
         raise PlanError(f"{label}: a rank fraction must be a finite number in (0, 1], got {fraction!r}")
     budget = fraction * module.weight.numel()
+    if method == "circulant":  # the smallest block (the most weights) within the budget
+        for b in range(1, top[0] + 1):
+            if _count(module, method, [b]) <= budget:
+                return [b]
+        return [top[0]]
+    if method == "tt":  # the largest TT-rank within the budget (counts never decrease with it)
+        best = _clamped(module, method, 1)
+        for r in range(2, max(top) + 1):
+            ranks = _clamped(module, method, r)
+            if _count(module, method, ranks) > budget:
+                break
+            best = ranks
+        return best
     if method == "tucker2":
         best = [1, 1]
         for ranks in _tucker2_path(*top):
@@ -586,6 +723,61 @@ def _tucker2_conv(conv: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
     _set(middle.weight, core, w)
     _set(last.weight, u_out.reshape(out_ch, r4, *ones), w)
     return _finish(conv, [first, middle, last])
+
+
+def _tt_cores(out_f: int, in_f: int, ranks: Sequence[int], bias: bool, device, dtype) -> list[TTCore]:
+    """The :class:`TTCore` chain of a ``Linear(in_f -> out_f)`` at bond ranks ``ranks``, in run order (core
+    ``d`` first), the last carrying the bias; weights uninitialised on ``device``."""
+    ms, ns = tt_modes(out_f, in_f)
+    bonds = [1, *ranks, 1]
+    d = len(ms)
+    cores = []
+    for k in reversed(range(d)):
+        cores.append(nn.utils.skip_init(
+            TTCore, math.prod(ns[:k]), ns[k], bonds[k + 1], bonds[k], ms[k], math.prod(ms[k + 1:]),
+            bias=bias and k == 0, device=device, dtype=dtype))
+    return cores
+
+
+def _tt_linear(linear: nn.Linear, ranks: Sequence[int]) -> nn.Sequential:
+    w = linear.weight
+    out_f, in_f = w.shape
+    ms, ns = tt_modes(out_f, in_f)
+    d = len(ms)
+    # W[(i_1..i_d), (j_1..j_d)] as the tensor of modes (m_k n_k): interleave the output and input indices
+    tensor = w.detach().double().reshape(*ms, *ns)
+    tensor = tensor.permute(*[a for k in range(d) for a in (k, d + k)]).reshape([m * n for m, n in zip(ms, ns)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        factors = tensor_train(tensor, rank=[1, *ranks, 1]).factors  # (r_{k-1}, m_k n_k, r_k)
+    cores = _tt_cores(out_f, in_f, ranks, linear.bias is not None, w.device, w.dtype)
+    for core, k in zip(cores, reversed(range(d))):
+        g = factors[k]
+        _set(core.weight, g.reshape(g.shape[0] * ms[k], ns[k] * g.shape[2]), w)
+    return _finish(linear, cores)
+
+
+def _circulant_linear(linear: nn.Linear, b: int) -> nn.Sequential:
+    """Each ``b x b`` block's least-squares circulant: ``c[k]`` the mean of the block's entries on the wrapped
+    diagonal ``(i - j) mod b = k`` that lie inside the matrix (the padding's are free)."""
+    w = linear.weight
+    out_f, in_f = w.shape
+    layer = _new(BlockCirculant, in_f, out_f, b, bias=linear.bias is not None, like=w)
+    p, q = layer.p, layer.q
+    work = torch.zeros(p * b, q * b, dtype=torch.float64)
+    inside = torch.zeros(p * b, q * b, dtype=torch.float64)
+    work[:out_f, :in_f] = w.detach().double()
+    inside[:out_f, :in_f] = 1.0
+    diag = ((torch.arange(b)[:, None] - torch.arange(b)[None, :]) % b).reshape(1, 1, -1).expand(p, q, -1)
+
+    def per_diagonal(t: torch.Tensor) -> torch.Tensor:
+        blocks = t.reshape(p, b, q, b).permute(0, 2, 1, 3).reshape(p, q, b * b)
+        return torch.zeros(p, q, b, dtype=torch.float64).scatter_add_(2, diag, blocks)
+
+    counts = per_diagonal(inside)
+    c = per_diagonal(work) / counts.clamp(min=1.0)
+    _set(layer.weight, c.to(w.dtype), w)
+    return _finish(linear, [layer])
 
 
 def _parafac(

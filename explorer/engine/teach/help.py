@@ -69,14 +69,18 @@ HELP = {h.key: h for h in (
     ConceptHelp(
         "lowrank", "Low-rank spectrum",
         "The layer's singular values, largest first (a convolution: those of its output- and input-mode unfoldings, "
-        "whose leading subspaces Tucker-2 keeps), the share of the energy kept up to each rank, the plan's cut and "
-        "the break-even ranks beyond which the factors are no smaller (weights) or no cheaper (MACs).",
+        "whose leading subspaces Tucker-2 keeps; a tensor train: those of each bond's unfolding, which TT-SVD cuts "
+        "at its TT-rank), the share of the energy kept up to each rank, the plan's cut and the break-even ranks "
+        "beyond which the factors are no smaller (weights) or no cheaper (MACs). A circulant layer has no cut: "
+        "its numbers are said in words.",
         "A fast-falling spectrum means few ranks hold most of the layer: factorising it saves weights and MACs "
         "at little error. A flat one means the layer needs all its ranks.",
         "SVD W ≈ U_r Σ_r V_rᵀ: r(m + n) weights instead of mn, energy Σ_{i≤r} σ_i² / Σ σ_i², error √(1 − energy); "
-        "Tucker-2 (R3, R4): S·R3 + D²·R3·R4 + T·R4 instead of D²·S·T.",
+        "Tucker-2 (R3, R4): S·R3 + D²·R3·R4 + T·R4 instead of D²·S·T; tensor train: Σ_k r_{k−1}·m_k·n_k·r_k "
+        "weights; block-circulant (b × b blocks, each C_ij = c_{(i−j) mod b}): mn / b weights, run by FFT.",
         "Denton et al., Exploiting Linear Structure (NIPS 2014); Kim et al., Compression of Deep CNNs for Fast and "
-        "Low Power Mobile Applications (ICLR 2016, Tucker-2); Lebedev et al. (ICLR 2015, CP)."),
+        "Low Power Mobile Applications (ICLR 2016, Tucker-2); Lebedev et al. (ICLR 2015, CP); Novikov et al., "
+        "Tensorizing Neural Networks (NeurIPS 2015, TT); Cheng et al., circulant projections (ICCV 2015)."),
     ConceptHelp(
         "pipeline", "The pipeline",
         "The model's bytes after each stage — dense float32, pruned (sparse storage), quantized, entropy-coded "

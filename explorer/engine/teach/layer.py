@@ -18,7 +18,8 @@ from explorer.engine.compress import channel_requests, compress_weight
 from explorer.engine.measure.metrics import compressible_layers, layer_macs
 from explorer.engine.methods.channels import layer_ranking, prune_structured
 from explorer.engine.methods.inits import BUILTIN
-from explorer.engine.methods.lowrank import break_even_rank, choose_rank, factorize, lowrank_params
+from explorer.engine.methods.lowrank import break_even_rank, choose_rank, factor_macs, factorize, lowrank_params
+from explorer.engine.methods.lowrank import resolve_method, tt_unfoldings
 from explorer.engine.methods.prune import magnitude_mask
 from explorer.engine.methods.quantize import (quantize_binary, quantize_half, quantize_kmeans, quantize_ternary,
                                               quantize_uniform)
@@ -507,8 +508,8 @@ def entropy_view(name: str, result) -> EntropyView:
 @dataclass
 class SpectrumView:
     name: str
-    method: str  # svd, tucker2 or cp
-    spectra: dict  # mode label -> singular values, descending
+    method: str  # svd, tucker2, cp, tt or circulant
+    spectra: dict  # mode label (tt: each bond) -> singular values, descending; none for circulant
     ranks: Optional[list]  # the plan's ranks ([r], or [R3, R4] for tucker2), None: no low-rank in the plan
     params: int  # the layer's weights
     params_at: Optional[int]  # the factors' weights at ``ranks``
@@ -549,6 +550,8 @@ class SpectrumView:
         """The plan's rank for each mode of :attr:`spectra`, in its order."""
         if self.method == "tucker2":  # ranks are [R3 (input side), R4 (output side)]; modes: output, input
             return [self.ranks[1], self.ranks[0]]
+        if self.method == "tt":  # one rank per bond, one spectrum per bond
+            return list(self.ranks)
         return list(self.ranks)[:1] * len(self.spectra)
 
 
@@ -559,13 +562,16 @@ def spectrum_view(name: str, module: nn.Module, settings, macs: Optional[int] = 
     plan's cut, the break-even ranks and the real factorization's error. ``macs`` and ``input_shape``: the
     layer's MACs and input shape on the example input (for the MACs at a rank)."""
     lr = settings.lowrank
-    method = lr.method if lr is not None else "auto"
-    if method == "auto":
-        method = "svd" if isinstance(module, (nn.Linear, nn.Embedding)) else "tucker2"
+    method = resolve_method(module, lr.method if lr is not None else "auto")
     w = module.weight.detach().to(torch.float64)
     report(progress, 0.1, f"{name}: singular values")
     if method == "svd":
         spectra = {"singular": torch.linalg.svdvals(w.reshape(w.shape[0], -1)).numpy()}
+    elif method == "tt":  # TT-SVD cuts each bond's unfolding at its rank
+        spectra = {f"bond {k + 1}": torch.linalg.svdvals(u).numpy() for k, u in enumerate(tt_unfoldings(w))} \
+            if isinstance(module, nn.Linear) else {}
+    elif method == "circulant":  # no singular-value cut: each block is the mean of its wrapped diagonals
+        spectra = {}
     else:
         spectra = {"output mode": torch.linalg.svdvals(w.reshape(w.shape[0], -1)).numpy(),
                    "input mode": torch.linalg.svdvals(w.transpose(0, 1).reshape(w.shape[1], -1)).numpy()}
@@ -587,6 +593,13 @@ def spectrum_view(name: str, module: nn.Module, settings, macs: Optional[int] = 
         return view
     view.rel_error = info["rel_error"]
     view.macs_at = _macs_at(module, method, view.ranks, macs, input_shape)
+    if method == "circulant":
+        b = view.ranks[0]
+        view.note = (f"circulant blocks of {b} x {b} (each row a shift of the one before, run by FFT): "
+                     f"{view.params_at:,} weights of {view.params:,}"
+                     + (f", {view.macs_at:,} MACs (of {view.macs:,})" if view.macs_at is not None and view.macs else "")
+                     + f", reconstruction error {view.rel_error:.1%} (the least-squares fit: the mean of each "
+                     "wrapped diagonal). A circulant has no singular-value cut to draw")
     report(progress, 1.0, f"{name}: done")
     return view
 
@@ -599,9 +612,8 @@ def _macs_at(module, method: str, ranks, macs, input_shape) -> Optional[int]:
     if isinstance(module, nn.Embedding):
         return None
     w = module.weight
-    if method == "svd":
-        t = macs // (w.shape[0] * w.shape[1])
-        return t * ranks[0] * (w.shape[0] + w.shape[1])
+    if method in ("svd", "tt", "circulant"):
+        return factor_macs(module, method, ranks, macs // (w.shape[0] * w.shape[1]))
     if method != "tucker2" or input_shape is None or len(input_shape) < 3:
         return None
     k = int(np.prod(w.shape[2:]))
@@ -612,13 +624,17 @@ def _macs_at(module, method: str, ranks, macs, input_shape) -> Optional[int]:
 
 
 def _mac_break_even(module, method: str, macs, input_shape) -> Optional[int]:
-    if not macs or method not in ("svd", "tucker2") or isinstance(module, nn.Embedding):
+    if not macs or method not in ("svd", "tucker2", "tt") or isinstance(module, nn.Embedding):
         return None
-    top = min(module.weight.shape[0], module.weight.shape[1]) if method == "tucker2" else \
-        min(module.weight.shape[0], int(np.prod(module.weight.shape[1:])))
+    if method == "tt":
+        top = max(choose_rank(module, method, 10 ** 9))
+    else:
+        top = min(module.weight.shape[0], module.weight.shape[1]) if method == "tucker2" else \
+            min(module.weight.shape[0], int(np.prod(module.weight.shape[1:])))
     best = 0
     for r in range(1, top + 1):
-        at = _macs_at(module, method, [r] if method == "svd" else [r, r], macs, input_shape)
+        ranks = choose_rank(module, method, r) if method == "tt" else [r] if method == "svd" else [r, r]
+        at = _macs_at(module, method, ranks, macs, input_shape)
         if at is None:
             return None
         if at > macs:

@@ -14,6 +14,7 @@ from torch import nn
 
 from explorer.engine.errors import ExplorerError, FormatError, LoadError
 from explorer.engine.measure.metrics import run_model
+from explorer.engine.modules import BlockCirculant, TTCore
 from explorer.engine.model import hf
 from explorer.engine.model.factories import call_factory
 from explorer.engine.progress import report, scaled
@@ -27,6 +28,12 @@ from explorer.engine.storage.fileformat.reader import ModelFile, entry_shape, ne
 def _build_module(spec: dict) -> nn.Module:
     """A factor of a low-rank chain, on the meta device, from a spec :func:`manifest.module_spec` checked."""
     kind = spec["type"]
+    if kind == "TTCore":
+        return TTCore(*(spec[k] for k in ("prefix", "n", "rank", "rank_prev", "m", "suffix")), bias=spec["bias"],
+                      device="meta")
+    if kind == "BlockCirculant":
+        return BlockCirculant(spec["in_features"], spec["out_features"], spec["block"], bias=spec["bias"],
+                              device="meta")
     if kind == "Linear":
         return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"], device="meta")
     if kind in ("Conv1d", "Conv2d"):

@@ -35,6 +35,9 @@ WEIGHT_STORAGES = ("dense", "bitmask", "gaps")
 RESIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
                 "num_embeddings", "embedding_dim")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+#: the module types of a factor chain (``edits.replace``): torch's, and the tensor-train and circulant layers of
+#: :mod:`explorer.engine.modules`
+FACTOR_TYPES = ("Linear", "Conv1d", "Conv2d", "Embedding", "TTCore", "BlockCirculant")
 FACTORY_REF = re.compile(r"[A-Za-z]\w*(\.[A-Za-z]\w*)*:[A-Za-z]\w*(\.[A-Za-z]\w*)*")
 #: a module path: dotted names of letters, digits and underscores, no part a dunder (``__class__``)
 #: a submodule's name as ``named_modules()`` gives it: dot-separated parts of printable ASCII (an imported
@@ -289,12 +292,24 @@ class _TableCheck:
 
 def module_spec(spec: dict, where: str) -> dict:
     """Check one factor of a low-rank chain so completely that torch builds it without refusing."""
-    kind = _str(_has(spec, "type", where), f"{where}.type", ("Linear", "Conv1d", "Conv2d", "Embedding"))
+    kind = _str(_has(spec, "type", where), f"{where}.type", FACTOR_TYPES)
 
     def width(key):
         return _int(_has(spec, key, where), f"{where}.{key}", 1, MAX_WIDTH)
 
-    if kind == "Linear":
+    if kind == "TTCore":
+        prefix, n, rank, rank_prev, m, suffix = (width(k) for k in ("prefix", "n", "rank", "rank_prev", "m", "suffix"))
+        for what, size in (("inputs", prefix * n * rank * suffix), ("outputs", prefix * rank_prev * m * suffix),
+                           ("weights", rank_prev * m * n * rank)):
+            _need(size <= MAX_DIM, f"{where}: {size:,} {what}, more than a tensor may hold")
+        _bool(_has(spec, "bias", where), f"{where}.bias")
+    elif kind == "BlockCirculant":
+        cin, cout, block = width("in_features"), width("out_features"), width("block")
+        _need(block <= max(cin, cout), f"{where}: block {block:,} is larger than the matrix ({cout:,} x {cin:,})")
+        weights = -(-cin // block) * -(-cout // block) * block
+        _need(weights <= MAX_DIM, f"{where}: {weights:,} weights, more than a tensor may hold")
+        _bool(_has(spec, "bias", where), f"{where}.bias")
+    elif kind == "Linear":
         width("in_features"), width("out_features")
         _bool(_has(spec, "bias", where), f"{where}.bias")
     elif kind == "Embedding":

@@ -23,6 +23,7 @@ from explorer import __version__
 from explorer.engine.cache import Recent
 from explorer.engine.errors import ExplorerError
 from explorer.engine.methods.quantize import QUANTIZERS
+from explorer.engine.modules import BlockCirculant, TTCore
 from explorer.engine.progress import report
 from explorer.engine.storage import bitstream
 from explorer.engine.storage.atomic import atomic_open
@@ -275,6 +276,12 @@ def _module_spec(m: nn.Module) -> dict:
                 "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
                 "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None,
                 "padding_mode": m.padding_mode}
+    if isinstance(m, TTCore):
+        return {"type": "TTCore", "prefix": m.prefix, "n": m.n, "rank": m.rank, "rank_prev": m.rank_prev, "m": m.m,
+                "suffix": m.suffix, "bias": m.bias is not None}
+    if isinstance(m, BlockCirculant):
+        return {"type": "BlockCirculant", "in_features": m.in_features, "out_features": m.out_features,
+                "block": m.block, "bias": m.bias is not None}
     if isinstance(m, nn.Embedding):
         return {"type": "Embedding", "num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
                 "padding_idx": m.padding_idx}
