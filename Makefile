@@ -40,6 +40,7 @@ screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.plan.json --layer fc1 --concept graph --screenshot assets/concept-graph.png
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/teacher_screen.py
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.tt-circulant.plan.json --layer fc1,fc2 --screenshot assets/tt-circulant.png
+	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan benchmarks/plans/digits-cnn.obd-conv2.plan.json --layer conv2 --screenshot assets/obd-histogram.png
 
 samples: $(STAMP)
 	$(PY) sample_models/train_samples.py
@@ -49,7 +50,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/method_table.py
 
 bench-kernels: $(STAMP)
-	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/kernel_bench.py
 
 bench-gui: $(STAMP)
 	$(PY) benchmarks/gui_latency.py

@@ -31,7 +31,11 @@ from explorer.engine.storage import fileformat  # noqa: E402
 MODEL = "digits-cnn"
 FINETUNE_BELOW = 0.01  # fine-tuned too where the method alone loses more than this (a point)
 
-# (method, formula, where it applies, plan of that method alone on every layer it applies to)
+HEAVY = {"conv2": {"prune": {"amount": 0.8, "granularity": "filter"}},
+         "fc1": {"prune": {"amount": 0.9, "granularity": "filter"}}}
+
+# (method, formula, where it applies, plan of that method alone on every layer it applies to[, fine-tuning
+# options of its row: always fine-tuned with them])
 METHODS = [
     ("magnitude pruning (element)", "keep the ⌈(1 − s)·n⌉ largest ∣w∣", "every weight",
      {"default": {"prune": {"amount": 0.8}}}),
@@ -46,6 +50,21 @@ METHODS = [
      "Linear layers feeding Linear layers", {"layers": {"fc1": {"prune": {"amount": 0.9, "granularity": "merge"}}}}),
     ("filter pruning of the same layer", "drop rows of smallest ‖w_i‖₁", "(beside merging: fc1 at 90%)",
      {"layers": {"fc1": {"prune": {"amount": 0.9, "granularity": "filter"}}}}),
+    ("magnitude pruning of conv2 alone", "keep the largest ∣w∣", "(beside the saliencies: conv2 at 80%)",
+     {"layers": {"conv2": {"prune": {"amount": 0.8}}}}),
+    ("Optimal Brain Damage (element)", "keep the largest ½·h_ii·w², h_ii ≈ E Σ_c (∂z_c/∂w)² (Gauss-Newton)",
+     "every weight of a classifier with data", {"layers": {"conv2": {"prune": {"amount": 0.8, "criterion": "obd"}}}}),
+    ("first-order Taylor (element)", "keep the largest E∣g·w∣", "every weight of a classifier with data",
+     {"layers": {"conv2": {"prune": {"amount": 0.8, "criterion": "taylor"}}}}),
+    ("Taylor filter pruning", "drop filters of least Σ E∣g·w∣", "(as filter pruning above, ranked by data)",
+     {"layers": {"conv2": {"prune": {"amount": 0.5, "granularity": "filter", "criterion": "taylor"}},
+                 "fc1": {"prune": {"amount": 0.5, "granularity": "filter", "criterion": "taylor"}}}}),
+    ("heavy filter pruning (conv2 80%, fc1 90%)", "drop rows of smallest ‖w_i‖₁", "(the student of the next two rows)",
+     {"layers": HEAVY}),
+    ("… fine-tuned with output distillation", "(1 − α)·CE + α·T²·KL(teacher_T ‖ student_T), T = 4, α = 0.7",
+     "fine-tuning", {"layers": HEAVY}, {"distill": {"temperature": 4.0, "alpha": 0.7}}),
+    ("… fine-tuned with FitNets hints", "CE + β·‖r(F_s) − F_t‖² on conv2 (r: 1×1 conv 10 → 50), β = 1",
+     "fine-tuning", {"layers": HEAVY}, {"hints": {"layers": ["conv2"], "weight": 1.0}}),
     ("k-means weight sharing", "2^b shared values, b-bit indices (linear init)", "every weight",
      {"default": {"quantize": {"bits": 4, "method": "kmeans", "init": "linear"}}}),
     ("uniform", "levels scale·{−Q…Q}, Q = 2^(b−1) − 1", "every weight",
@@ -96,12 +115,13 @@ def main(argv=None) -> int:
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "m.cexp")
-        for name, formula, where, spec in METHODS:
+        for name, formula, where, spec, *options in METHODS:
             plan = Plan.from_dict({"version": 1, **spec})
             size, acc, m = measure_file(compress(loaded.model, plan, loaded.example_input), loaded, path)
             tuned = "–"
-            if train is not None and dense - acc > FINETUNE_BELOW:
-                ft = finetune(loaded, plan, train, recipe=check_recipe({"epochs": args.epochs, "lr": 0.003}))
+            if train is not None and (dense - acc > FINETUNE_BELOW or options):
+                ft = finetune(loaded, plan, train, recipe=check_recipe({"epochs": args.epochs, "lr": 0.003,
+                                                                        **(options[0] if options else {})}))
                 tuned = f"{measure_file(ft.compressed, loaded, path)[1]:.2%}"
             print(f"| {name} | {formula} | {where} | {size:,} | {base / size:.1f}× | {m:,} | {acc:.2%} | {tuned} |",
                   flush=True)

@@ -381,7 +381,8 @@ def cmd_compress(args) -> int:
 
 def _recipe(args, plan: Plan):
     """The plan's fine-tuning recipe with the command line's flags over it."""
-    from explorer.engine.finetune.recipe import check_recipe, parse_distill, parse_schedule  # torch: after parsing
+    from explorer.engine.finetune.recipe import (check_recipe, parse_distill, parse_hints,  # torch: after parsing
+                                                 parse_schedule)
 
     changes = {k: getattr(args, k) for k in ("epochs", "lr", "optimizer", "batch_size", "seed", "weight_decay")
                if getattr(args, k) is not None}
@@ -389,12 +390,16 @@ def _recipe(args, plan: Plan):
         changes["distill"] = parse_distill(args.distill)
     if args.schedule is not None:
         changes["schedule"] = None if args.schedule == "none" else parse_schedule(args.schedule)
+    if args.hints is not None:
+        changes["hints"] = None if args.hints == "none" else parse_hints(args.hints)
     return check_recipe(plan.finetune or {}).with_changes(**changes)
 
 
 def _epoch_line(metric: str):
     def show(rec) -> None:
         val = "" if rec.val is None else f", validation {metric} {rec.val:.2%}"
+        if rec.hint_loss is not None:
+            val = f" (of which hints {rec.hint_loss:.4f})" + val
         print(f"epoch {rec.epoch} ({rec.phase}): loss {rec.loss:.4f}{val} [{rec.seconds:.1f} s]", file=sys.stderr,
               flush=True)
     return show
@@ -771,7 +776,7 @@ def _add_model_args(p) -> None:
 #: the fine-tuning options (flag, attribute) ``finetune`` and ``auto --finetune`` share
 FINETUNE_FLAGS = (("--train", "train"), ("--val", "val"), ("--epochs", "epochs"), ("--lr", "lr"),
                   ("--optimizer", "optimizer"), ("--batch-size", "batch_size"), ("--weight-decay", "weight_decay"),
-                  ("--seed", "seed"), ("--distill", "distill"), ("--schedule", "schedule"),
+                  ("--seed", "seed"), ("--distill", "distill"), ("--schedule", "schedule"), ("--hints", "hints"),
                   ("--half", "half"), ("--cexp", "cexp"))
 
 
@@ -787,6 +792,9 @@ def _add_finetune_args(p) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int, help="fixes the run: the same command twice writes the same bytes")
     p.add_argument("--distill", metavar="T,ALPHA", help="distil from the uncompressed model: temperature, soft weight")
+    p.add_argument("--hints", metavar="LAYER[,LAYER][:WEIGHT]",
+                   help="FitNets feature-map distillation from the uncompressed model's layers (teacher=student "
+                   "to pair different names; a 1x1 regressor where widths differ), e.g. conv2,fc1:0.5; none")
     p.add_argument("--schedule", metavar="KIND[:STEPS[:EPOCHS]]",
                    help="gradual pruning first: iterative or polynomial (Zhu & Gupta), e.g. polynomial:4:2; none")
     p.add_argument("--threads", type=_positive, help="torch threads (default torch's: one per core); small models "
@@ -799,13 +807,16 @@ def plan_vocabulary() -> str:
     listed too): the epilog of the verbs that take a plan, built when their help is asked for. The
     registries' names need neither torch nor numba, so ``--help`` answers at once."""
     from explorer.engine.methods.factorisations import FACTORISATIONS  # when help is asked for (no torch)
-    from explorer.engine.methods.granularities import GRANULARITIES  # when help is asked for (no torch)
+    from explorer.engine.methods.granularities import CRITERIA, GRANULARITIES  # when help is asked for (no torch)
     from explorer.engine.methods.inits import INITS  # when help is asked for (no torch)
     from explorer.engine.methods.quantizers import QUANTIZERS  # when help is asked for (no torch)
     from explorer.engine.storage.coders import CODERS  # when help is asked for (no torch)
 
     lines = ["plan methods (see README, The plan):",
              f"  prune.granularity: {', '.join(GRANULARITIES)}",
+             "  prune.criterion:"]
+    lines += [f"    {c.name:<10} {c.description}" for c in CRITERIA.values()]
+    lines += [
              "  quantize.method:"]
     lines += [f"    {q.name:<10} {q.summary}" for q in QUANTIZERS.values()]
     lines += [f"  quantize.init (kmeans): {', '.join(INITS)}",

@@ -47,6 +47,16 @@ def registered_methods():
 
 
 @pytest.fixture(autouse=True)
+def restore_sys_path():
+    """Every test leaves sys.path as it found it: a benchmark imported in-process puts benchmarks/ on it, and
+    under pytest-xdist the next test in that worker is any test (a benchmark named like a package an optional
+    dependency probes for, as kernels.py was for transformers, then broke its import)."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
+
+
+@pytest.fixture(autouse=True)
 def state_dirs(tmp_path_factory, monkeypatch):
     """Autosaves and log files of the windows under test go to a temporary directory, never the user's;
     the restore prompt is not answered from the environment unless a test says so."""

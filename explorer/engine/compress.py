@@ -24,7 +24,8 @@ from explorer.engine.layers import find_layer, layer_of_key, refusal, weight_key
 from explorer.engine.measure.metrics import LAYER_TYPES, compressible_layers, count_macs, layer_type, run_model
 from explorer.engine.methods import channels as _structure
 from explorer.engine.methods import lowrank as _lowrank
-from explorer.engine.methods.prune import GRANULARITIES, magnitude_mask, removed_count
+from explorer.engine.methods.prune import GRANULARITIES, removed_count
+from explorer.engine.methods.saliency import SALIENCY, element_mask
 from explorer.engine.methods.quantize import QuantResult, quantize_tensor
 from explorer.engine.plan import LayerSettings, Plan
 from explorer.engine.progress import ProgressFn, report
@@ -373,6 +374,12 @@ def _compress_tensors(work: nn.Module, layers: list, settings: dict, owners: dic
             # structured pruning changes the shape of every layer it touches (coupled ones too): only a
             # tensor with the original's shape, not factorised, still holds the original's values
             untouched = name not in lowrank_info and mod.weight.shape == orig.weight.shape
+            p = s.prune
+            if p is not None and p.granularity == "element" and p.amount and p.criterion in SALIENCY and not untouched:
+                raise CompressionError(
+                    f"layer '{name}': criterion {p.criterion} ranks the layer's original weights, which "
+                    + ("its factorisation replaces" if name in lowrank_info else "the removal of channels changes")
+                    + ": prune its elements with criterion l1")
             if first and name in first:  # computed before the copy, which holds its new weight
                 lr.tensors.append(first[name][0])
                 done += 1
@@ -421,21 +428,22 @@ def compress_weight_cached(cache: Optional[TensorCache], original: Optional[torc
     key = TensorCache.key(original, name, s) if (cache is not None and original is not None) else None
     hit = cache.get(key) if key is not None else None
     if hit is None:
-        hit = compress_weight(weight_key(name, mod), weight, s)
+        hit = compress_weight(weight_key(name, mod), weight, s, original)
         if key is not None:
             cache.put(key, hit)
     return hit
 
 
-def compress_weight(key: str, weight: torch.Tensor, s: LayerSettings):
-    """Element pruning and quantization of one weight tensor (left unchanged).
+def compress_weight(key: str, weight: torch.Tensor, s: LayerSettings, ranked: Optional[torch.Tensor] = None):
+    """Element pruning and quantization of one weight tensor (left unchanged). ``ranked``: the loaded model's
+    tensor whose saliency ranks it (``weight`` itself by default), for criteria obd and taylor.
 
     Returns ``(TensorResult, new)`` where ``new`` is the compressed weight (same shape and dtype), or
     None when the settings leave it as it is. ``key`` is the weight's state_dict key (``fc1.weight``).
     """
     mask = None
     if s.prune is not None and s.prune.granularity == "element" and s.prune.amount:
-        mask = magnitude_mask(weight, s.prune.amount)
+        mask = element_mask(weight, s.prune.amount, s.prune.criterion, layer_of_key(key), ranked=ranked)
     quant = None
     with torch.no_grad():
         if s.quantize is not None:

@@ -37,7 +37,21 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-__all__ = ["TTCore", "BlockCirculant", "fft_macs"]
+__all__ = ["TTCore", "BlockCirculant", "fft_macs", "trace"]
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, with the structured layers as leaves (their forward reshapes by the input's shape,
+    which a symbolic trace cannot follow)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (TTCore, BlockCirculant)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> "torch.fx.GraphModule":
+    """:func:`torch.fx.symbolic_trace` of ``model``, its tensor-train cores and circulant layers as leaves."""
+    graph = _Tracer().trace(model)
+    return torch.fx.GraphModule(model, graph, model.__class__.__name__)
 
 
 def fft_macs(length: int) -> int:
@@ -118,14 +132,19 @@ class BlockCirculant(nn.Module):
         lead: List[int] = list(x.shape[:-1])
         b = self.block
         z = x.reshape(-1, self.in_features)
+        if z.shape[0] == 0:  # no rows: the FFT has nothing to transform
+            y = x.new_zeros(lead + [self.out_features])
+            return y + self.bias if self.bias is not None else y
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # no half-precision FFT on the CPU
+        z = z.to(work)
         pad = self.q * b - self.in_features
         if pad:
             z = nn.functional.pad(z, [0, pad])
         zf = torch.fft.rfft(z.reshape(-1, self.q, b), dim=-1)  # (L, q, b/2 + 1)
-        wf = torch.fft.rfft(self.weight, dim=-1)  # (p, q, b/2 + 1)
+        wf = torch.fft.rfft(self.weight.to(work), dim=-1)  # (p, q, b/2 + 1)
         yf = torch.einsum("lqf,pqf->lpf", zf, wf)
         y = torch.fft.irfft(yf, n=b, dim=-1).reshape(-1, self.p * b)[:, : self.out_features]
-        y = y.reshape(lead + [self.out_features])
+        y = y.reshape(lead + [self.out_features]).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y
@@ -137,11 +156,11 @@ class BlockCirculant(nn.Module):
 
     def dense(self) -> torch.Tensor:
         """The ``out x in`` matrix this layer multiplies by (for error measures and tests)."""
-        b = self.block
-        ar = torch.arange(b, device=self.weight.device)
-        idx = (ar[:, None] - ar[None, :]) % b  # C[i, j] = c[(i - j) mod b]
-        blocks = self.weight[:, :, idx]  # (p, q, b, b)
-        return blocks.permute(0, 2, 1, 3).reshape(self.p * b, self.q * b)[: self.out_features, : self.in_features]
+        b, dev = self.block, self.weight.device
+        i = torch.arange(self.out_features, device=dev)
+        j = torch.arange(self.in_features, device=dev)
+        # C[i, j] = c[i // b, j // b, (i - j) mod b]: only the matrix's own m x n entries, never the padding
+        return self.weight[(i // b)[:, None], (j // b)[None, :], (i[:, None] - j[None, :]) % b]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, block={self.block}, "
@@ -149,13 +168,18 @@ class BlockCirculant(nn.Module):
 
 
 def tt_dense(cores: "list[TTCore]") -> torch.Tensor:
-    """The ``out x in`` matrix a chain of :class:`TTCore` s (in run order: core d first) multiplies by."""
-    eye = torch.eye(cores[0].in_features, dtype=cores[0].weight.dtype, device=cores[0].weight.device)
-    y = eye
-    for core in cores:
-        z = y.reshape(-1, core.prefix, core.n * core.rank, core.suffix)
-        y = torch.matmul(core.weight, z).reshape(-1, core.out_features)
-    return y.T  # row j of y is W e_j
+    """The ``out x in`` matrix a chain of :class:`TTCore` s (in run order: core d first) multiplies by: the
+    cores ``G_k`` (r_{k-1}, m_k, n_k, r_k) contracted along their ranks, O(out x in x rank) memory."""
+    g = [c.weight.reshape(c.rank_prev, c.m, c.n, c.rank) for c in reversed(cores)]  # G_1 .. G_d
+    t = g[0][0]  # (m_1, n_1, r_1)
+    ms, ns = [g[0].shape[1]], [g[0].shape[2]]
+    for core in g[1:]:
+        t = torch.tensordot(t, core, dims=([t.dim() - 1], [0]))  # (..., m_k, n_k, r_k)
+        ms.append(core.shape[1])
+        ns.append(core.shape[2])
+    t = t.squeeze(-1)  # (m_1, n_1, ..., m_d, n_d)
+    d = len(g)
+    return t.permute(*range(0, 2 * d, 2), *range(1, 2 * d, 2)).reshape(math.prod(ms), math.prod(ns))
 
 
 def layer_rows(module: nn.Module, x: Optional[torch.Tensor]) -> int:

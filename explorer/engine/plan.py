@@ -29,7 +29,8 @@ from typing import Any, Mapping, Optional, Union
 from explorer.engine.errors import PlanError
 from explorer.engine.finetune.recipe import check_recipe
 from explorer.engine.methods.factorisations import METHODS as FACTORISATIONS
-from explorer.engine.methods.granularities import GRANULARITIES, MAX_COUNT, check_amount
+from explorer.engine.methods.granularities import CRITERIA as _CRITERIA
+from explorer.engine.methods.granularities import GRANULARITIES, MAX_COUNT, SALIENCY, check_amount
 from explorer.engine.methods.inits import INITS as KMEANS_INITS
 from explorer.engine.methods.quantizers import QUANTIZERS
 from explorer.engine.storage import jsonio
@@ -38,7 +39,7 @@ from explorer.engine.storage.atomic import atomic_write_bytes
 FORMAT = "compression-explorer-plan"
 VERSION = 1
 
-CRITERIA = ("l1", "l2")
+CRITERIA = tuple(_CRITERIA)
 LOWRANK_METHODS = ("auto", *FACTORISATIONS)
 MAX_SEED = 2 ** 32 - 1  # what numpy's seeded generators take
 MAX_PLAN_BYTES = 4 << 20  # a plan naming each of 10,000 layers is about 1 MB
@@ -58,8 +59,9 @@ class PruneSettings:
     """Pruning of one layer.
 
     amount: a float in [0, 0.99] is the fraction removed, an int >= 0 the count removed (weights for
-    ``element``, channels for ``filter``/``channel``). criterion ``l1``/``l2`` ranks whole channels;
-    element pruning always removes the smallest magnitudes.
+    ``element``, channels for ``filter``/``channel``). criterion ``l1``/``l2`` ranks whole channels by
+    their norm and single weights by |w|; ``obd`` and ``taylor`` rank both by their estimated effect on the
+    loss (:mod:`explorer.engine.methods.saliency`, from calibration data).
     """
 
     amount: Union[int, float] = 0.0
@@ -139,7 +141,8 @@ class LayerSettings:
         if p is not None and p.amount and p.granularity == "merge":
             parts.append(f"merge {p.amount:.0%} of neurons" if isinstance(p.amount, float) else f"merge {p.amount} neurons")
         elif p is not None and p.amount:
-            parts.append(f"prune {p.amount_text()}" + ("" if p.granularity == "element" else f" {p.granularity}s"))
+            parts.append(f"prune {p.amount_text()}" + ("" if p.granularity == "element" else f" {p.granularity}s")
+                         + (f" by {p.criterion}" if p.criterion in SALIENCY else ""))
         q = self.quantize
         if q is not None:
             parts.append(QUANTIZERS[q.method].describe(q))

@@ -12,6 +12,7 @@ from superqt import QLabeledSlider
 from explorer.engine.methods.kmeans import INITS
 from explorer.engine.methods.factorisations import FACTORISATIONS
 from explorer.engine.methods.factorisations import METHODS as LOWRANK_METHODS
+from explorer.engine.methods.granularities import CRITERIA
 from explorer.engine.methods.prune import GRANULARITIES
 from explorer.engine.methods.quantize import QUANTIZERS
 
@@ -40,10 +41,15 @@ class Controls(QWidget):
         self.sparsity = _slider(0, 99)
         self.granularity = QComboBox()
         self.granularity.addItems(list(GRANULARITIES))
+        self.criterion = QComboBox()
+        self.criterion.addItems(list(CRITERIA))  # the registry: magnitude, and saliency from calibration data
+        for i, c in enumerate(CRITERIA.values()):
+            self.criterion.setItemData(i, c.description, Qt.ToolTipRole)
         prune = QGroupBox("Pruning")
         f = QFormLayout(prune)
         f.addRow("sparsity %", self.sparsity)
         f.addRow("granularity", self.granularity)
+        f.addRow("criterion", self.criterion)
 
         self.quant_on = QCheckBox("quantize")
         self.bits = _slider(1, 8)
@@ -88,7 +94,7 @@ class Controls(QWidget):
         for s in (self.sparsity, self.bits, self.rank):
             s.valueChanged.connect(self._soon)
             s._slider.sliderReleased.connect(self._now)
-        for c in (self.granularity, self.method, self.init, self.rank_method):
+        for c in (self.granularity, self.criterion, self.method, self.init, self.rank_method):
             c.currentIndexChanged.connect(self._now)
         for c in (self.quant_on, self.rank_on):
             c.toggled.connect(self._now)
@@ -101,6 +107,7 @@ class Controls(QWidget):
             amount = p.amount if (p is not None and isinstance(p.amount, float)) else 0.0
             self.sparsity.setValue(int(round(amount * 100)))
             self.granularity.setCurrentText(p.granularity if p is not None else "element")
+            self.criterion.setCurrentText(p.criterion if p is not None else "l1")
             self.quant_on.setChecked(q is not None)
             if q is not None:
                 self.bits.setValue(q.bits)
@@ -149,7 +156,8 @@ class Controls(QWidget):
     def patch(self) -> dict:
         """The plan entry the controls stand for."""
         amount = self.sparsity.value() / 100.0
-        out = {"prune": {"amount": amount, "granularity": self.granularity.currentText()} if amount else None}
+        out = {"prune": {"amount": amount, "granularity": self.granularity.currentText(),
+                         "criterion": self.criterion.currentText()} if amount else None}
         if self.quant_on.isChecked():
             bits = self.bits.value()
             method = self.method.currentText()

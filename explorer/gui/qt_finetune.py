@@ -95,6 +95,13 @@ class RecipeForm(QGroupBox):
         self.distill = QCheckBox("from the uncompressed model")
         self.temperature = _spin(0.1, 100.0, 4.0, decimals=1, step=0.5)
         self.alpha = _spin(0.0, 1.0, 0.7, decimals=2, step=0.05)
+        self.hints = QLineEdit()
+        self.hints.setPlaceholderText("none, or layers: conv2, fc1 (teacher=student to pair two names)")
+        self.hints.setToolTip("FitNets (Romero et al. 2015): the student's feature maps of these layers are "
+                              "trained towards the uncompressed model's, through a 1x1 regressor where the widths "
+                              "differ")
+        self.hint_weight = _spin(0.0, 1e6, 1.0, decimals=3, step=0.1)
+        self.hint_weight.setToolTip("the hint loss's weight beside the task loss")
         self.schedule = QComboBox()
         self.schedule.addItems(["none"] + list(SCHEDULES))
         self.steps = _spin(1, MAX_STEPS, 4)
@@ -114,6 +121,7 @@ class RecipeForm(QGroupBox):
         form.addRow("Optimizer", _row(self.optimizer, QLabel("batch"), self.batch))
         form.addRow("Distillation", self.distill)
         form.addRow("", _row(QLabel("T"), self.temperature, QLabel("α"), self.alpha))
+        form.addRow("Hints (FitNets)", _row(self.hints, QLabel("weight"), self.hint_weight))
         form.addRow("Gradual pruning", self.schedule)
         form.addRow("", _row(QLabel("steps"), self.steps, QLabel("epochs/step"), self.per_step))
         form.addRow("Training data", self.data)
@@ -159,6 +167,9 @@ class RecipeForm(QGroupBox):
         self.distill.setChecked(recipe.distill is not None)
         self.temperature.setValue(d.temperature)
         self.alpha.setValue(d.alpha)
+        h = recipe.hints
+        self.hints.setText(", ".join(t if t == s else f"{t}={s}" for t, s in h.layers) if h is not None else "")
+        self.hint_weight.setValue(h.weight if h is not None else 1.0)
         s = recipe.schedule or Schedule()
         self.schedule.setCurrentText(recipe.schedule.kind if recipe.schedule else "none")
         self.steps.setValue(s.steps)
@@ -173,8 +184,15 @@ class RecipeForm(QGroupBox):
                    "distill": ({"temperature": self.temperature.value(), "alpha": self.alpha.value()}
                                if self.distill.isChecked() else None),
                    "schedule": (None if kind == "none" else {"kind": kind, "steps": self.steps.value(),
-                                                            "epochs_per_step": self.per_step.value()})}
+                                                            "epochs_per_step": self.per_step.value()}),
+                   "hints": self._hints()}
         return check_recipe(dict(self._base.to_dict(), **changes), "fine-tuning")
+
+    def _hints(self):
+        names = [n.strip() for n in self.hints.text().split(",") if n.strip() and n.strip() != "none"]
+        if not names:
+            return None
+        return {"layers": [n.split("=", 1) if "=" in n else n for n in names], "weight": self.hint_weight.value()}
 
     def train_source(self) -> str:
         if self.data.currentIndex() == 0:

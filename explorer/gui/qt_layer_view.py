@@ -76,7 +76,8 @@ class LayerView(QWidget):
         if preview.ranking is not None:
             return self._show_ranking(preview)
         self.stack.setCurrentWidget(self.plot)
-        self._factored = bool(preview.info.get("factors"))  # each factor has its own threshold: no ±t lines
+        # each factor has its own threshold, and saliency has none: no ±t lines
+        self._factored = bool(preview.info.get("factors")) or bool(preview.info.get("criterion"))
         self.kept.setData(preview.edges, preview.kept)
         self.pruned.setData(preview.edges, preview.pruned)
         n_pruned = preview.pruned_count
@@ -91,7 +92,8 @@ class LayerView(QWidget):
         if n_pruned:
             parts.append(f"{n_pruned:,} pruned ({n_pruned / max(preview.numel, 1):.0%}) "
                          + ("below |w|&nbsp;=&nbsp;" f"{preview.threshold:.4g}" if preview.threshold is not None
-                            else "each factor below its own threshold"))
+                            else f"of least {preview.info['criterion']} saliency (no |w| threshold)"
+                            if preview.info.get("criterion") else "each factor below its own threshold"))
         if preview.levels is not None:
             quant = f"{preview.levels.size} distinct values after quantization"
             if preview.quant_mse is not None:

@@ -3,6 +3,8 @@ slider (a lookup in the current layer's sorted magnitudes), and a dragged line s
 
 from __future__ import annotations
 
+from explorer.engine.methods.granularities import CRITERIA
+
 
 class ThresholdLines:
     """Wires ``window``'s sparsity slider and its layer view's threshold lines through its session."""
@@ -23,6 +25,10 @@ class ThresholdLines:
         name, previewer = session.current, session.previewer
         if (win.controls.granularity.currentText() != "element" or previewer is None
                 or previewer.owners.get(name, name) != name):
+            return
+        if CRITERIA[win.controls.criterion.currentText()].data:  # by saliency no |w| threshold divides them
+            win.messages.status(f"sparsity {percent}%: the {win.controls.criterion.currentText()} saliency ranks "
+                                f"{name}'s weights when the slider is released", ("drag", name))
             return
         t = session.threshold_at(percent)
         if t is None:

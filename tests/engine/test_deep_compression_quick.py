@@ -15,8 +15,8 @@ pytestmark = pytest.mark.skipif(not (DATA / "t10k-images-idx3-ubyte.gz").exists(
 
 
 def test_the_quick_benchmark_round_trips_its_files_and_prints_the_tables(tmp_path, capsys, monkeypatch):
-    # benchmarks/ on the path for this test only (its factories are 'deep_compression:...'): left there, its
-    # kernels.py would stand for the `kernels` package transformers looks for, and break its import
+    # benchmarks/ on the path for this test only (its factories are 'deep_compression:...'); no benchmark is
+    # named like an installed package (kernel_bench.py, not kernels.py: transformers imports `kernels`)
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import deep_compression as dc
     from explorer.engine.measure.metrics import accuracy

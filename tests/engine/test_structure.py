@@ -470,8 +470,8 @@ def test_a_model_is_traced_once_and_a_trace_never_meets_another_threads_forward(
 
     model, x = fresh("cnn")
     traces = []
-    real = channels.symbolic_trace
-    monkeypatch.setattr(channels, "symbolic_trace", lambda m: traces.append(m) or real(m))
+    real = channels.trace
+    monkeypatch.setattr(channels, "trace", lambda m: traces.append(m) or real(m))
     name = next(n for n, info in analyze(model, x).items() if info.channel_ok)
     assert len(traces) == 1
     errors, stop = [], threading.Event()

@@ -312,3 +312,76 @@ def test_the_spectrum_view_cuts_each_bond_and_says_a_circulants_numbers():
                          input_shape=(1, 200))
     assert not circ.drawable and "10 x 10" in circ.explain() and f"{circ.params_at:,} weights" in circ.explain()
     assert circ.params_at == math.ceil(500 / 10) * math.ceil(200 / 10) * 10
+
+
+# ---------------------------------------------------------------------------- found by review: edge cases
+
+
+def test_uneven_tt_ranks_are_clamped_to_what_tt_svd_can_give_and_blocks_to_the_most_that_fit():
+    seq, info = lowrank.factorize(nn.Linear(20, 12), "tt", [1, 15])
+    assert info["ranks"] == [1, 4] and info["clamped"]
+    x = torch.randn(3, 20)
+    assert seq(x).shape == (3, 12)
+    assert lowrank.choose_rank(nn.Linear(10, 10), "circulant", 0.3) == [7]  # 28 weights, not 20
+    assert lowrank.choose_rank(nn.Linear(8000, 8), "circulant", 0.01) == [8]  # none fits: the fewest, small
+    assert lowrank.break_even_rank(nn.Linear(100, 1), "circulant") == 100  # b = 3 would hold 102
+
+
+def test_circulant_and_tt_work_on_the_matrix_s_entries_never_its_padded_square():
+    for method, rank, shape in (("circulant", 8000, (8, 8000)), ("tt", 2, (8, 8192))):
+        lin = nn.Linear(shape[1], shape[0])
+        log = OpLog()
+        with log:
+            lowrank.factorize(lin, method, rank)
+        largest = max(out.numel() for _, _, out in log.ops if isinstance(out, torch.Tensor))
+        assert largest <= 2 * lin.weight.numel(), (method, largest)  # was 8000^2 (circulant), 8192^2 (tt)
+
+
+def test_circulant_runs_in_half_precision_and_on_no_rows():
+    seq, _ = lowrank.factorize(nn.Linear(20, 12), "circulant", 5)
+    assert seq(torch.randn(0, 20)).shape == (0, 12)
+    half = seq.to(torch.bfloat16)
+    assert half(torch.randn(2, 20, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_structured_layers_leave_the_rest_of_the_model_traceable_for_channel_removal(tmp_path):
+    loaded = load_model("digits-cnn")
+    res = compress(loaded.model, Plan(layers={"fc1": {"lowrank": {"method": "tt", "rank": 0.1}}}),
+                   loaded.example_input)
+    ff.save(res, tmp_path / "tt.cexp", loaded)
+    back = load_model(str(tmp_path / "tt.cexp"))
+    again = compress(back.model, Plan(layers={"conv1": {"prune": {"amount": 5, "granularity": "filter"}}}),
+                     back.example_input)
+    assert again.model.conv1.out_channels == 15
+
+
+def test_a_chain_that_does_not_compose_or_outgrows_its_file_is_refused(tmp_path):
+    from test_format_robust import seal, split
+
+    parts = split(_encoded())
+    core = lambda pre: {"type": "TTCore", "prefix": pre, "n": 1, "rank": 1, "rank_prev": 200, "m": 1,  # noqa
+                        "suffix": 1, "bias": False}
+    parts.manifest["edits"]["replace"]["fc1"] = [core(200), core(200 * 200), core(200 * 200 * 200)]
+    path = tmp_path / "grow.cexp"
+    path.write_bytes(seal(parts))
+    with pytest.raises(LoadError, match="more than a file of"):
+        ff.load(path)
+    parts = split(_encoded())
+    parts.manifest["edits"]["replace"]["fc1"][1]["prefix"] += 1
+    path.write_bytes(seal(parts))
+    with pytest.raises(LoadError, match=r"takes .* inputs, but \[0\] gives"):
+        ff.load(path)
+
+
+def test_a_torchscript_model_with_circulant_layers_is_refused_by_onnx_in_one_message(tmp_path):
+    pytest.importorskip("onnx")
+    from explorer.engine.errors import ExplorerError
+    from explorer.engine.model.export import export
+
+    loaded = load_model("digits-mlp")
+    res = compress(loaded.model, Plan(layers={"fc1": {"lowrank": {"method": "circulant", "rank": 0.05}}}),
+                   loaded.example_input)
+    scripted = torch.jit.script(res.model)
+    with pytest.raises(ExplorerError, match="FFTs ONNX cannot express"):
+        export(scripted, loaded.example_input, tmp_path / "m.onnx", fmt="onnx")
+    assert not (tmp_path / "m.onnx").exists()

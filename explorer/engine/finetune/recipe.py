@@ -13,6 +13,11 @@ the CLI's flags and the window's dialog fill in or override.
   or ``polynomial`` (Zhu & Gupta 2017: ``s_t = s_f (1 - (1 - t/n)^3)``), ``steps`` pruning steps each followed by
   ``epochs_per_step`` epochs of masked retraining; then the plan's quantization, then ``epochs`` of retraining.
   Without a schedule the plan is applied at once and retrained.
+- ``hints``: feature-map distillation (FitNets, Romero et al. 2015) beside (or instead of) the output's:
+  ``{"layers": [["conv2", "conv2"], "fc1"], "weight": 1.0}`` pairs a teacher layer's output with a student
+  layer's (a name alone: the same layer in both); the loss gains ``weight`` times the mean squared error
+  between each teacher feature map and the student's, passed through a 1x1 regressor (a 1x1 convolution or
+  a Linear, trained with the student and then discarded) where their widths differ, as after filter pruning.
 - ``val_fraction``: the share of the training data held out for validation (the last samples) when no
   validation data is given; the split is recorded with the result.
 """
@@ -38,6 +43,12 @@ class Distill:
 
 
 @dataclass(frozen=True)
+class Hints:
+    layers: tuple = ()  # (teacher layer, student layer) pairs
+    weight: float = 1.0  # the hint loss's weight beside the task (or distillation) loss
+
+
+@dataclass(frozen=True)
 class Schedule:
     kind: str = "polynomial"
     steps: int = 4
@@ -54,6 +65,7 @@ class Recipe:
     batch_size: int = 64
     distill: Optional[Distill] = None
     schedule: Optional[Schedule] = None
+    hints: Optional[Hints] = None
     seed: int = 0
     val_fraction: float = 0.1
 
@@ -118,6 +130,10 @@ def check_recipe(raw: Any, where: str = "plan finetune") -> Recipe:
         out["distill"] = Distill(**dd)
     elif "distill" in raw:
         out["distill"] = None
+    if raw.get("hints") is not None:
+        out["hints"] = _hints(raw["hints"], f"{where}.hints")
+    elif "hints" in raw:
+        out["hints"] = None
     if raw.get("schedule") is not None:
         s = _section(raw["schedule"], f"{where}.schedule", ("kind", "steps", "epochs_per_step"))
         ss = {}
@@ -133,6 +149,37 @@ def check_recipe(raw: Any, where: str = "plan finetune") -> Recipe:
     elif "schedule" in raw:
         out["schedule"] = None
     return replace(base, **out)
+
+
+MAX_HINTS = 64
+
+
+def _hints(raw: Any, where: str) -> Hints:
+    h = _section(raw, where, ("layers", "weight"))
+    layers = h.get("layers")
+    if not isinstance(layers, (list, tuple)) or not 1 <= len(layers) <= MAX_HINTS:
+        raise PlanError(f"{where}.layers must be a list of 1 to {MAX_HINTS} layer names or [teacher, student] pairs")
+    pairs = []
+    for i, item in enumerate(layers):
+        pair = (item, item) if isinstance(item, str) else tuple(item) if isinstance(item, (list, tuple)) else None
+        if pair is None or len(pair) != 2 or not all(isinstance(n, str) and 0 < len(n) <= 1000 for n in pair):
+            raise PlanError(f"{where}.layers[{i}] must be a layer name or a [teacher, student] pair, got {item!r}")
+        pairs.append(pair)
+    weight = _number(h, "weight", where, 0.0, 1e6) if "weight" in h else 1.0
+    return Hints(tuple(pairs), weight)
+
+
+def parse_hints(text: str) -> Hints:
+    """``"conv2,fc1[:WEIGHT]"`` or ``"conv2=conv2"`` pairs (the CLI's ``--hints``): teacher=student names."""
+    names, _, weight = str(text).partition(":")
+    layers = [list(part.split("=", 1)) if "=" in part else part for part in names.split(",") if part]
+    raw: dict = {"layers": layers}
+    if weight:
+        try:
+            raw["weight"] = float(weight)
+        except ValueError:
+            raise PlanError(f"--hints takes LAYER[,LAYER...][:WEIGHT] (e.g. conv2,fc1:0.5), got {text!r}") from None
+    return check_recipe({"hints": raw}, "--hints").hints
 
 
 def parse_distill(text: str) -> Distill:

@@ -42,6 +42,7 @@ class EpochRecord:
     loss: float  # mean training loss of the epoch
     val: Optional[float]  # validation accuracy (agreement with the original where there are no labels)
     seconds: float
+    hint_loss: Optional[float] = None  # the mean feature-map (FitNets) term of the loss, when hints are given
 
 
 @dataclass
@@ -95,6 +96,90 @@ def _loss(out, y, teacher_out, distill: Optional[Distill]):
     return soft if hard is None else (1.0 - distill.alpha) * hard + distill.alpha * soft
 
 
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise CompressionError(f"a hint layer returned {type(out).__name__}, not a tensor")
+
+
+class _Hints:
+    """FitNets hints (Romero et al. 2015): forward hooks on the paired teacher and student layers keep their
+    outputs; the loss is the mean over pairs of the mean squared error between the teacher's feature map and
+    the student's, passed through a 1x1 regressor where the widths differ (trained with the student and then
+    discarded: it is not part of the compressed model)."""
+
+    def __init__(self, hints, teacher: nn.Module):
+        self.hints, self.teacher = hints, teacher
+        self.seen_teacher: dict = {}
+        self.seen_student: dict = {}
+        self.handles: list = []
+        self.regressors = nn.ModuleDict()
+        for t_name, _ in hints.layers:
+            self._module(teacher, t_name, "the uncompressed model")
+            self.handles.append(self._module(teacher, t_name, "").register_forward_hook(self._keep(self.seen_teacher, t_name)))
+        self.student = None
+
+    @staticmethod
+    def _module(model, name, what):
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            raise CompressionError(f"hints: {what or 'the model'} has no layer {name!r}") from None
+
+    @staticmethod
+    def _keep(store, key):
+        def hook(_m, _args, out):
+            store[key] = _first_tensor(out)
+        return hook
+
+    def bind(self, student: nn.Module, x: torch.Tensor) -> list:
+        """Hook ``student``'s layers, build the regressors from one batch ``x``; their parameters, to train."""
+        for h in self.handles[len(self.hints.layers):]:
+            h.remove()
+        del self.handles[len(self.hints.layers):]
+        for _, s_name in self.hints.layers:
+            mod = self._module(student, s_name, "the compressed model")
+            self.handles.append(mod.register_forward_hook(self._keep(self.seen_student, s_name)))
+        self.student = student
+        with torch.no_grad():
+            self.teacher(x)
+            was = student.training
+            student.eval()
+            try:
+                student(x)
+            finally:
+                student.train(was)
+        for t_name, s_name in self.hints.layers:
+            key = f"{t_name}->{s_name}".replace(".", "_")
+            if key in self.regressors:
+                continue
+            ft, fs = self.seen_teacher[t_name], self.seen_student[s_name]
+            if ft.dim() != fs.dim() or ft.shape[2:] != fs.shape[2:] or ft.dim() < 2:
+                raise CompressionError(f"hints: {t_name} gives {tuple(ft.shape)} and {s_name} {tuple(fs.shape)}: "
+                                       "the feature maps must agree but for their width (dimension 1)")
+            if ft.shape[1] == fs.shape[1]:
+                self.regressors[key] = nn.Identity()
+            else:
+                cs, ct = int(fs.shape[1]), int(ft.shape[1])
+                self.regressors[key] = (nn.Linear(cs, ct) if fs.dim() == 2 else
+                                        nn.Conv1d(cs, ct, 1) if fs.dim() == 3 else nn.Conv2d(cs, ct, 1))
+        return list(self.regressors.parameters())
+
+    def loss(self) -> torch.Tensor:
+        terms = []
+        for t_name, s_name in self.hints.layers:
+            r = self.regressors[f"{t_name}->{s_name}".replace(".", "_")]
+            terms.append(F.mse_loss(r(self.seen_student[s_name]), self.seen_teacher[t_name].detach()))
+        return self.hints.weight * torch.stack(terms).mean()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
 class _Run:
     """One fine-tuning run's state: the teacher, the data, the recipe, the epoch counter, the progress."""
 
@@ -108,9 +193,10 @@ class _Run:
         # the uncompressed model, when its outputs are needed: a copy in eval mode (the caller's model may be
         # in use by other threads, and a model in training mode would update its norms' statistics)
         self.teacher = None
-        if self.distill is not None or self.metric == "agreement":
+        if self.distill is not None or self.metric == "agreement" or recipe.hints is not None:
             self.teacher = copy.deepcopy(loaded.model).eval()
             self.teacher.requires_grad_(False)
+        self.hints = _Hints(recipe.hints, self.teacher) if recipe.hints is not None else None
         self.references: list = []  # agreement: the teacher's predictions of each validation batch
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.total = max(recipe.total_epochs(), 1)
@@ -127,6 +213,12 @@ class _Run:
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
                 params.append(p)
+        if self.hints is not None:  # the regressors train with the student
+            x, _ = next(iter(self.train.epoch(self.recipe.batch_size, torch.Generator().manual_seed(0))))
+            for p in self.hints.bind(model, x):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
         r = self.recipe
         if r.optimizer == "sgd":
             return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
@@ -136,17 +228,21 @@ class _Run:
         t0 = time.perf_counter()
         self.epoch += 1
         model.train()
-        total, n = 0.0, 0
+        total, n, hinted = 0.0, 0, 0.0
         for i, (x, y) in enumerate(self.train.epoch(self.recipe.batch_size, self.generator)):
             for c in constraints:
                 c.forward_values()
             opt.zero_grad(set_to_none=True)
             out = model(x)
             teacher_out = None
-            if self.distill is not None:
+            if self.distill is not None or self.hints is not None:
                 with torch.no_grad():
                     teacher_out = self.teacher(x)
             loss = _loss(out, y if self.labels else None, teacher_out, self.distill)
+            if self.hints is not None:
+                hint = self.hints.loss()
+                hinted += float(hint.detach()) * int(x.shape[0])
+                loss = loss + hint
             loss.backward()
             for c in constraints:
                 c.after_backward()
@@ -158,7 +254,8 @@ class _Run:
             done = (self.epoch - 1 + min((i + 1) / self.batches, 1.0)) / self.total
             report(self.progress, min(done, 1.0), f"epoch {self.epoch}/{self.total} ({phase}): loss {total / n:.4f}")
         val = self.score(model, constraints)
-        record = EpochRecord(self.epoch, phase, total / max(n, 1), val, time.perf_counter() - t0)
+        record = EpochRecord(self.epoch, phase, total / max(n, 1), val, time.perf_counter() - t0,
+                             hinted / max(n, 1) if self.hints is not None else None)
         self.history.append(record)
         if self.on_epoch is not None:
             self.on_epoch(record)
@@ -248,6 +345,9 @@ def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = No
         report(progress, 0.0, "compressing")
         if recipe.schedule is not None:
             for step, scale in enumerate(_scales(recipe)):
+                # a saliency criterion ranks the trained weights on the same calibration data as the loaded
+                # model's (the LoadedModel registers them; held while they are compressed)
+                trained = replace(loaded, model=current)  # noqa: F841
                 comp = compress(current, _step_plan(settings, scale), loaded.example_input, count=False)
                 constraints = constraints_of(comp)
                 opt = run.optimizer(comp.model, constraints)
@@ -257,6 +357,7 @@ def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = No
                 current = comp.model
     except (Cancelled, KeyboardInterrupt):  # the plan is still applied, to the model of the last whole step
         cancelled = True
+    trained = replace(loaded, model=current)  # noqa: F841 (held: its weights' saliencies, see above)
     comp = compress(current, plan, loaded.example_input)
     constraints = constraints_of(comp)
     before = run.score(comp.model, constraints)
@@ -270,6 +371,8 @@ def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = No
                     best, best_epoch, snap = rec.val, rec.epoch, _snapshot(comp.model, constraints)
         except (Cancelled, KeyboardInterrupt):
             cancelled = True
+    if run.hints is not None:
+        run.hints.close()  # the student's hooks go with the regressors: the model written is the plan's alone
     _restore(comp.model, constraints, snap)  # the best epoch (the first of equals), or before retraining
     out = _stored(comp, constraints)
     record = {"train": train.name, "validation": val.name, "metric": run.metric,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from explorer.engine.methods.granularities import SALIENCY
 from explorer.engine.methods.quantize import QUANTIZERS
 from explorer.engine.plan import LayerSettings
 
@@ -59,6 +60,8 @@ def settings_cells(settings: LayerSettings) -> tuple:
         prune = f"{p.amount:.0%}" if isinstance(p.amount, float) else f"{p.amount}" + (" removed" if element else "")
         if not element:
             prune += f" {p.granularity}s"
+        if p.criterion in SALIENCY:
+            prune += f" by {p.criterion}"
     quant = QUANTIZERS[q.method].describe(q) if q is not None else NONE
     rank = r.describe() if r is not None else NONE
     return prune, quant, rank

@@ -17,6 +17,7 @@ from torch import nn
 
 from explorer.engine.methods.channels import ChannelRanking, channel_ranking
 from explorer.engine.methods.prune import magnitude_mask, threshold_for
+from explorer.engine.methods.saliency import SALIENCY, element_mask
 from explorer.engine.errors import ExplorerError
 from explorer.engine.compress import compress_weight
 from explorer.engine.layers import weight_key
@@ -89,8 +90,9 @@ def layer_preview(name: str, module_or_tensor, settings: LayerSettings, bins: in
     mask = None
     threshold = None
     if p is not None and p.granularity == "element" and p.amount:
-        mask = magnitude_mask(w, p.amount)
-        threshold = threshold_for(w, p.amount)
+        mask = element_mask(w, p.amount, p.criterion, name)
+        # by saliency there is no magnitude below which weights go
+        threshold = None if p.criterion in SALIENCY else threshold_for(w, p.amount)
     if mask is None:
         kept, _ = np.histogram(flat, edges)
         pruned = np.zeros_like(kept)
@@ -112,6 +114,8 @@ def layer_preview(name: str, module_or_tensor, settings: LayerSettings, bins: in
     if p is not None and p.granularity != "element" and p.amount:
         ranking = channel_ranking(w, p.granularity, p.amount, p.criterion, channels, name)
     report(progress, 1.0, f"{name}: done")
+    if mask is not None and p.criterion in SALIENCY:
+        info["criterion"] = p.criterion
     return LayerPreview(name, int(flat.size), edges, kept.astype(np.int64), pruned.astype(np.int64), threshold,
                         levels, mse, info, ranking=ranking)
 
@@ -126,7 +130,7 @@ def factor_preview(name: str, module: nn.Module, settings: LayerSettings, bins: 
     lr = settings.lowrank
     method = resolve_method(module, lr.method)
     report(progress, 0.0, f"{name}: factorising ({method})")
-    seq, finfo = factorize(module, method, lr.rank, name=name, grow=True)
+    seq, finfo = factorize(module, method, lr.rank, name=name, grow=False)  # what the file takes, or why not
     factors = [(f"{name}.{sub}", m) for sub, m in seq.named_modules() if sub and isinstance(m, LAYER_TYPES)]
     only = LayerSettings(prune=settings.prune if settings.prune is not None and settings.prune.granularity == "element"
                          else None, quantize=settings.quantize)
@@ -204,13 +208,17 @@ def init_comparison(name: str, module_or_tensor, settings: LayerSettings, bits: 
     an illustration of the inits, not the layer's own codebook)."""
     w = _weight(module_or_tensor)
     n, stride = w.numel(), display_stride(w.numel())
-    if stride > 1:
-        w = w.reshape(-1)[::stride].contiguous()
     p = settings.prune
     amount = p.amount if p is not None else None
-    if stride > 1 and isinstance(amount, int):  # a count of the whole layer: the same fraction of the sample
-        amount = amount / n
-    mask = magnitude_mask(w, amount) if (p is not None and p.granularity == "element" and amount) else None
+    if p is not None and p.granularity == "element" and amount and p.criterion in SALIENCY:
+        mask = element_mask(w, amount, p.criterion, name)[::stride]  # the layer's own ranking, sampled
+        w = w.reshape(-1)[::stride].contiguous() if stride > 1 else w
+    else:
+        if stride > 1:
+            w = w.reshape(-1)[::stride].contiguous()
+        if stride > 1 and isinstance(amount, int):  # a count of the whole layer: the same fraction of the sample
+            amount = amount / n
+        mask = magnitude_mask(w, amount) if (p is not None and p.granularity == "element" and amount) else None
     if bits is None:
         bits = settings.quantize.bits if settings.quantize is not None else 5
     report(progress, 0.1, f"{name}: comparing initialisations")
@@ -256,7 +264,8 @@ def init_accuracies(loaded, name: str, settings: LayerSettings, bits: Optional[i
     if bits is None:
         bits = settings.quantize.bits if settings.quantize is not None else 5
     p = settings.prune
-    mask = magnitude_mask(w, p.amount) if (p is not None and p.granularity == "element" and p.amount) else None
+    mask = element_mask(w, p.amount, p.criterion, name) if (p is not None and p.granularity == "element"
+                                                             and p.amount) else None
     steps = len(inits) + (before is None)
     if before is None:
         before = accuracy(loaded.model, ev, scaled(progress, 0.0, 1 / steps, "dense model"), batch_size, limit)

@@ -32,6 +32,11 @@ from explorer.engine.progress import ProgressFn, report
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, TTCore, BlockCirculant)
 
 
+def eval_mode(model):
+    """``model`` in eval mode for the ``with`` block (BatchNorm statistics untouched), its mode restored."""
+    return _eval_mode(model)
+
+
 @contextmanager
 def _eval_mode(model):
     was = model.training
@@ -212,6 +217,11 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 
 
 # ----------------------------------------------------------------------------------------- quality
+
+
+def first_output(out) -> torch.Tensor:
+    """The tensor a model's output stands for: itself, a tuple's or list's first, a dict's first tensor."""
+    return _outputs(out)
 
 
 def _outputs(out) -> torch.Tensor:

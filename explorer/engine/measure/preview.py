@@ -46,6 +46,7 @@ from explorer.engine.measure.metrics import compressible_layers, count_macs, lay
 from explorer.engine.measure.sweep import TensorSweep
 from explorer.engine.methods.channels import layer_ranking
 from explorer.engine.methods.prune import keep_count
+from explorer.engine.methods.saliency import SALIENCY
 from explorer.engine.model.loading import LoadedModel
 from explorer.engine.plan import LayerSettings, Plan, PruneSettings, validate_settings
 from explorer.engine.progress import ProgressFn, report, scaled
@@ -203,8 +204,8 @@ class Previewer:
         if fast is not None:
             return fast
         p = settings.prune
-        if p is None or p.granularity != "element" or not p.amount:
-            return None  # not the sweep's case: making one would put it last and push out a large layer's
+        if p is None or p.granularity != "element" or not p.amount or p.criterion in SALIENCY:
+            return None  # not the sweep's case (it ranks by magnitude): making one would push out a large layer's
         sweep = self.sweep(name)
         r = sweep.measure(settings) if sweep is not None else None
         if r is None:
@@ -312,6 +313,8 @@ class Previewer:
                                                edges.size - 1)
         if mask is not None and stride == 1:  # the smallest kept magnitude; 0 when the amount rounds to pruning nothing
             threshold = float(smallest) if pruned.any() else 0.0
+        if p is not None and p.criterion in SALIENCY:
+            threshold = None  # by saliency no magnitude divides the kept from the pruned
         levels = mse = None
         info = {}
         if result is not None and result.quant is not None:
@@ -330,6 +333,8 @@ class Previewer:
             except ExplorerError as e:  # the size preview reports it; the view says why it has no ranking
                 ranking_error = str(e)
         report(progress, 1.0, f"{name}: done")
+        if p is not None and p.criterion in SALIENCY and mask is not None:
+            info["criterion"] = p.criterion
         return LayerPreview(name, int(values.size), edges, kept, pruned, threshold, levels, mse, info, stride,
                             n_pruned, ranking, ranking_error)
 

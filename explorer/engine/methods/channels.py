@@ -38,12 +38,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.fx import Node, symbolic_trace
+from torch.fx import Node
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_flatten
 
 from explorer.engine.errors import CompressionError, PlanError
+from explorer.engine.methods.granularities import CRITERIA
 from explorer.engine.methods.prune import GRANULARITIES, removed_count
+from explorer.engine.methods.saliency import SALIENCY, importance
+from explorer.engine.modules import trace
 
 __all__ = ["ChannelRanking", "StructInfo", "analyze", "channel_ranking", "layer_ranking", "merge_pairs", "prune_structured"]
 
@@ -335,12 +338,17 @@ def channel_ranking(weight: torch.Tensor, granularity: str, amount, criterion: s
         saliency, removed, merges = merge_pairs(weight, coupled, removed_count(amount, n, f"layer '{layer}'", "neurons"))
         order = np.argsort(saliency, kind="stable")
         return ChannelRanking(granularity, criterion, saliency, order.astype(np.int64), removed, tuple(merges))
+    ranked, how = weight, criterion
+    if criterion in SALIENCY:  # each channel by the sum of its weights' saliencies (and its coupled rows')
+        ranked = importance(weight, criterion, layer)
+        coupled = tuple(importance(c, criterion, layer) for c in coupled)
+        how = "l1"
     if granularity == "filter":
         n = int(weight.shape[0])
-        scores = _filter_scores(weight, criterion, coupled)
+        scores = _filter_scores(ranked, how, coupled)
     else:
         n = int(channels if channels is not None else weight.shape[1])
-        scores = _channel_scores(weight, n, criterion)
+        scores = _channel_scores(ranked, n, how)
     removed_n = removed_count(amount, n, f"layer '{layer}'", "channels")
     removed = np.ones(n, dtype=bool)
     removed[_keep_largest(scores, n - removed_n)] = False
@@ -403,8 +411,8 @@ def _parse_request(layer, request):
     if not isinstance(granularity, str) or granularity not in GRANULARITIES or not GRANULARITIES[granularity].structured:
         names = " or ".join(repr(g.name) for g in GRANULARITIES.values() if g.structured)
         raise PlanError(f"{layer}: granularity must be {names}, got {granularity!r}")
-    if criterion not in ("l1", "l2"):
-        raise PlanError(f"{layer}: criterion must be 'l1' or 'l2', got {criterion!r}")
+    if criterion not in CRITERIA:
+        raise PlanError(f"{layer}: criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     return granularity, amount, criterion
 
 
@@ -624,7 +632,7 @@ def _trace_and_analyze(model, example_input) -> _Analysis:
     names = [n for n, m in modules.items() if isinstance(m, COMPRESSIBLE)]
     args = _as_args(example_input)
     try:
-        gm = symbolic_trace(model)
+        gm = trace(model)
     except Exception as err:  # noqa: BLE001 - tracing fails in many ways; all mean "cannot trace"
         reason = f"model cannot be traced by torch.fx: {_short(err)}"
         return _Analysis(_all_blocked(names, modules, reason), {}, {}, args, None)

@@ -47,6 +47,30 @@ GRANULARITIES = {g.name: g for g in (
 )}
 
 
+@dataclass(frozen=True)
+class Criterion:
+    """How pruning ranks what it removes: by the weights alone, or by their effect on the loss estimated from
+    data (``data``: :mod:`explorer.engine.methods.saliency` computes it from the calibration data)."""
+
+    name: str
+    data: bool
+    description: str
+
+
+# The pruning criteria, declared once: the plan's validation, the CLI's help and the window's criterion box
+# read them. For element pruning l1 and l2 both rank single weights by |w|.
+CRITERIA = {c.name: c for c in (
+    Criterion("l1", False, "magnitude: |w| (a channel: the sum of its |w|)"),
+    Criterion("l2", False, "magnitude: |w| (a channel: the root of its summed w^2)"),
+    Criterion("obd", True, "Optimal Brain Damage (LeCun 1989): 1/2 h_ii w^2, the Hessian's diagonal h_ii by "
+              "its Gauss-Newton estimate E[sum_c (dz_c/dw)^2] on calibration data (a channel: the sum over its "
+              "weights)"),
+    Criterion("taylor", True, "first-order Taylor (Molchanov 2017): E|g w|, the loss change of removing w, "
+              "on calibration data (a channel: the sum over its weights)"),
+)}
+SALIENCY = tuple(c.name for c in CRITERIA.values() if c.data)
+
+
 def check_amount(amount, where: str = "pruning") -> Union[int, float]:
     """The one validation of a pruning amount (the plan, element and structured pruning all use it): an int
     is the count removed, 0..2**40; a float (not a bool) the fraction removed, in [0, 0.99]. Raises
@@ -62,4 +86,5 @@ def check_amount(amount, where: str = "pruning") -> Union[int, float]:
     return amount
 
 
-__all__ = ["GRANULARITIES", "Granularity", "MAX_COUNT", "MAX_FRACTION", "check_amount"]
+__all__ = ["CRITERIA", "Criterion", "GRANULARITIES", "Granularity", "MAX_COUNT", "MAX_FRACTION", "SALIENCY",
+           "check_amount"]

@@ -223,8 +223,9 @@ def break_even_rank(module: nn.Module, method: str) -> int:
     is the dense matrix): its largest, ``max(m, n)``."""
     _check(module, method, None)
     numel = module.weight.numel()
-    if method == "circulant":
-        return _max_ranks(module, method)[0]
+    if method == "circulant":  # counts do not fall monotonically with the block: the largest that fits
+        fit = [b for b in range(1, _max_ranks(module, method)[0] + 1) if _count(module, method, [b]) <= numel]
+        return max(fit) if fit else 0
     if method == "tt":
         best = 0
         for r in range(1, max(_max_ranks(module, method)) + 1):
@@ -504,7 +505,8 @@ def _tt_bounds(module: nn.Module) -> list[int]:
 
 
 def _clamped(module: nn.Module, method: str, r: int) -> list[int]:
-    return [min(r, t) for t in _max_ranks(module, method)]
+    ranks = [min(r, t) for t in _max_ranks(module, method)]
+    return _tt_feasible(module, ranks) if method == "tt" else ranks
 
 
 def factor_macs(module: nn.Module, method: str, ranks: Sequence[int], rows: int) -> Optional[int]:
@@ -577,18 +579,34 @@ def _resolve(module: nn.Module, method: str, rank: Rank, name: Optional[str]) ->
     if any(r < 1 for r in wanted):
         raise PlanError(f"{label}: rank must be at least 1, got {rank!r}")
     ranks = [min(r, t) for r, t in zip(wanted, top)]
+    if method == "tt":
+        ranks = _tt_feasible(module, ranks)
     return ranks, ranks != wanted
+
+
+def _tt_feasible(module: nn.Module, ranks: Sequence[int]) -> list[int]:
+    """TT-ranks TT-SVD can give: bond k at most ``r_{k-1} m_k n_k`` (left to right) and ``r_{k+1} m_{k+1}
+    n_{k+1}`` (right to left)."""
+    ms, ns = tt_modes(*module.weight.shape)
+    sizes = [m * n for m, n in zip(ms, ns)]
+    out = list(ranks)
+    for k in range(len(out)):
+        out[k] = min(out[k], (out[k - 1] if k else 1) * sizes[k])
+    for k in reversed(range(len(out))):
+        out[k] = min(out[k], (out[k + 1] if k + 1 < len(out) else 1) * sizes[k + 1])
+    return out
 
 
 def _from_fraction(module: nn.Module, method: str, fraction: float, top: list[int], label: str) -> list[int]:
     if not math.isfinite(fraction) or not 0.0 < fraction <= 1.0:
         raise PlanError(f"{label}: a rank fraction must be a finite number in (0, 1], got {fraction!r}")
     budget = fraction * module.weight.numel()
-    if method == "circulant":  # the smallest block (the most weights) within the budget
-        for b in range(1, top[0] + 1):
-            if _count(module, method, [b]) <= budget:
-                return [b]
-        return [top[0]]
+    if method == "circulant":  # the most weights within the budget (ties: the smaller block), else the fewest
+        counts = [(_count(module, method, [b]), b) for b in range(1, top[0] + 1)]
+        fits = [(c, -b) for c, b in counts if c <= budget]
+        if fits:
+            return [-max(fits)[1]]
+        return [min(counts)[1]]
     if method == "tt":  # the largest TT-rank within the budget (counts never decrease with it)
         best = _clamped(module, method, 1)
         for r in range(2, max(top) + 1):
@@ -764,18 +782,13 @@ def _circulant_linear(linear: nn.Linear, b: int) -> nn.Sequential:
     out_f, in_f = w.shape
     layer = _new(BlockCirculant, in_f, out_f, b, bias=linear.bias is not None, like=w)
     p, q = layer.p, layer.q
-    work = torch.zeros(p * b, q * b, dtype=torch.float64)
-    inside = torch.zeros(p * b, q * b, dtype=torch.float64)
-    work[:out_f, :in_f] = w.detach().double()
-    inside[:out_f, :in_f] = 1.0
-    diag = ((torch.arange(b)[:, None] - torch.arange(b)[None, :]) % b).reshape(1, 1, -1).expand(p, q, -1)
-
-    def per_diagonal(t: torch.Tensor) -> torch.Tensor:
-        blocks = t.reshape(p, b, q, b).permute(0, 2, 1, 3).reshape(p, q, b * b)
-        return torch.zeros(p, q, b, dtype=torch.float64).scatter_add_(2, diag, blocks)
-
-    counts = per_diagonal(inside)
-    c = per_diagonal(work) / counts.clamp(min=1.0)
+    i, j = torch.arange(out_f)[:, None], torch.arange(in_f)[None, :]
+    # the bin (block row, block column, wrapped diagonal) of each of the m x n entries: O(m n), no padding
+    slot = (((i // b) * q + j // b) * b + (i - j) % b).reshape(-1)
+    sums = torch.zeros(p * q * b, dtype=torch.float64).scatter_add_(0, slot, w.detach().double().reshape(-1))
+    counts = torch.zeros(p * q * b, dtype=torch.float64).scatter_add_(0, slot, torch.ones(slot.numel(),
+                                                                                        dtype=torch.float64))
+    c = (sums / counts.clamp(min=1.0)).reshape(p, q, b)
     _set(layer.weight, c.to(w.dtype), w)
     return _finish(linear, [layer])
 

@@ -171,6 +171,15 @@ def export_onnx(model, example_input, path, opset: Optional[int] = None) -> int:
     return _write_onnx(_as_module(model, "onnx", path), example_input, path, opset)[0]
 
 
+def _check_onnx_layers(module) -> None:
+    """A TorchScript graph with block-circulant layers runs their FFTs, which ONNX cannot express (an eager
+    model exports each as its expanded matrix instead): refused, saying how to get the eager model."""
+    if isinstance(module, torch.jit.ScriptModule) and any(
+            getattr(m, "original_name", "") == "BlockCirculant" for m in module.modules()):
+        raise ExplorerError("this TorchScript model has block-circulant layers, whose FFTs ONNX cannot express; "
+                            "load it through its factory (--factory) so that each exports as its expanded matrix")
+
+
 def export(model, example_input, path, fmt: Optional[str] = None) -> dict:
     """Export to the format named by ``fmt`` or, if None, by the extension of ``path``.
 
@@ -272,6 +281,7 @@ def _write_torchscript(module: nn.Module, example_input: Any, path: str) -> tupl
 
 def _write_onnx(module: nn.Module, example_input: Any, path: str, opset: Optional[int]) -> tuple:
     label = _LABELS["onnx"]
+    _check_onnx_layers(module)
     if importlib.util.find_spec("onnx") is None:
         raise ExplorerError(f"{label} export to {path}: the 'onnx' package is not installed "
                             "(pip install onnx onnxscript)")

@@ -26,6 +26,7 @@ from torch import nn
 from explorer.engine import samples
 from explorer.engine.errors import LoadError, NotFound, TrustRequired, first_line
 from explorer.engine.measure.datafit import check_eval_data
+from explorer.engine.methods import saliency
 from explorer.engine.model import data as _data
 from explorer.engine.model import hf, onnx_import
 from explorer.engine.model.factories import call_factory, is_factory_ref
@@ -42,6 +43,10 @@ class LoadedModel:
     factory: Optional[str] = None  # "module:callable" that rebuilds the architecture, when known
     factory_kwargs: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # e.g. a sample's metadata
+
+    def __post_init__(self) -> None:
+        # its layer weights can be ranked by saliency (obd, taylor: computed on first use, from its data)
+        saliency.provide(self)
 
 
 # ----------------------------------------------------------------------------------------- files

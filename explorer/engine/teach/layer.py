@@ -20,7 +20,7 @@ from explorer.engine.methods.channels import layer_ranking, prune_structured
 from explorer.engine.methods.inits import BUILTIN
 from explorer.engine.methods.lowrank import break_even_rank, choose_rank, factor_macs, factorize, lowrank_params
 from explorer.engine.methods.lowrank import resolve_method, tt_unfoldings
-from explorer.engine.methods.prune import magnitude_mask
+from explorer.engine.methods.saliency import element_mask
 from explorer.engine.methods.quantize import (quantize_binary, quantize_half, quantize_kmeans, quantize_ternary,
                                               quantize_uniform)
 from explorer.engine.methods.quantizers import QUANTIZERS
@@ -152,7 +152,7 @@ def granularity_view(model: nn.Module, example_input, info, name: str, settings,
                            0, m.size)
     report(progress, 0.2, f"{name}: {g} pruning")
     if g == "element":
-        removed = ~magnitude_mask(w, amount).reshape(m.shape)
+        removed = ~element_mask(w, amount, "l1" if illustrative else criterion, name).reshape(m.shape)
         view.removed, view.removed_image = int(removed.sum()), block_mean(removed)
         return view
     layer = info.layer(name)
@@ -360,7 +360,7 @@ def _survivors(weight: torch.Tensor, settings) -> np.ndarray:
     p = settings.prune
     flat = weight.detach().reshape(-1).to(torch.float32).cpu().numpy()
     if p is not None and p.granularity == "element" and p.amount:
-        return flat[magnitude_mask(weight, p.amount).reshape(-1)]
+        return flat[element_mask(weight, p.amount, p.criterion).reshape(-1)]
     return flat
 
 

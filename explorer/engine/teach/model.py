@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from explorer.engine.measure.metrics import compressible_layers, fidelity, model_outputs
+from explorer.engine.modules import trace
 from explorer.engine.progress import ProgressFn, report
 from explorer.units import human_bytes
 
@@ -129,7 +130,7 @@ def model_graph(model: nn.Module, info, progress: ProgressFn = None) -> ModelGra
     layer_names = dict.fromkeys(name for name, _ in compressible_layers(model))  # in the model's order
     report(progress, 0.1, "tracing the model")
     try:
-        traced = torch.fx.symbolic_trace(model)
+        traced = trace(model)
     except Exception as exc:  # any trace failure: the layers as a list, and why
         first = str(exc).strip().splitlines()
         nodes = [GraphNode(i, l.name, "layer", l.name, l.type, i, 0.0, fixed.get(l.name)) for i, l in enumerate(info.layers)]

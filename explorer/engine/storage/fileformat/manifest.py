@@ -174,12 +174,29 @@ class _Check:
                 if section == "resize":
                     self.resize(_obj(value, where), where)
                 else:
-                    for i, spec in enumerate(_list(value, where, 1, MAX_CHAIN)):
-                        module_spec(_obj(spec, f"{where}[{i}]"), f"{where}[{i}]")
+                    specs = [module_spec(_obj(spec, f"{where}[{i}]"), f"{where}[{i}]")
+                             for i, spec in enumerate(_list(value, where, 1, MAX_CHAIN))]
+                    self.chain(specs, where)
         replaced = sorted(e.get("replace", {}))
         for outer, inner in zip(replaced, replaced[1:]):
             _need(not inner.startswith(outer + "."), f"edits.replace: {inner!r} lies inside {outer!r}, which "
                                                       "is replaced too")
+
+    def chain(self, specs: list, where: str) -> None:
+        """A factor chain must compose (each factor's output width the next one's input width), and no
+        factor's width may exceed what the file's decoded budget holds: a tensor-train core's width is not its
+        weight's size (its prefix and suffix multiply it), so a small file could otherwise ask the load-time
+        forward pass for gigabytes."""
+        widths = [_widths(s) for s in specs]
+        for i in range(len(widths) - 1):
+            out, nxt = widths[i][1], widths[i + 1][0]
+            if nxt is not None and out != nxt:
+                raise FormatError(f"{where}[{i + 1}]: takes {nxt:,} inputs, but [{i}] gives {out:,}")
+        for i, (cin, cout) in enumerate(widths):
+            for w in (cin, cout):
+                if w is not None and 4 * w > self.max_decoded:
+                    raise FormatError(f"{where}[{i}]: a width of {w:,} is more than a file of {self.file_bytes:,} "
+                                      f"bytes can run (limit {self.max_decoded // 4:,})")
 
     def resize(self, attrs: dict, where: str) -> None:
         _need(attrs, f"{where}: nothing to resize")
@@ -288,6 +305,20 @@ class _TableCheck:
 
     def need(self, cond, message: str) -> None:
         _need(cond, f"{self._where}: {message}")
+
+
+def _widths(spec: dict) -> tuple:
+    """(input width, output width) of a checked factor spec: features or channels; an Embedding takes indices
+    (None)."""
+    kind = spec["type"]
+    if kind == "TTCore":
+        return (spec["prefix"] * spec["n"] * spec["rank"] * spec["suffix"],
+                spec["prefix"] * spec["rank_prev"] * spec["m"] * spec["suffix"])
+    if kind in ("Linear", "BlockCirculant"):
+        return spec["in_features"], spec["out_features"]
+    if kind == "Embedding":
+        return None, spec["embedding_dim"]
+    return spec["in_channels"], spec["out_channels"]
 
 
 def module_spec(spec: dict, where: str) -> dict:

@@ -1,7 +1,7 @@
 """Benchmark the compression kernels against their peers, all measured in the same run.
 
-    .venv/bin/python benchmarks/kernels.py            # full run (a few minutes on 2 cores)
-    .venv/bin/python benchmarks/kernels.py --quick    # n <= 1e6, smaller streams (for a smoke test)
+    .venv/bin/python benchmarks/kernel_bench.py            # full run (a few minutes on 2 cores)
+    .venv/bin/python benchmarks/kernel_bench.py --quick    # n <= 1e6, smaller streams (for a smoke test)
 
 Prints markdown tables and the machine they were measured on:
 
