@@ -41,6 +41,7 @@ screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/teacher_screen.py
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan sample_models/digits-cnn.tt-circulant.plan.json --layer fc1,fc2 --screenshot assets/tt-circulant.png
 	QT_QPA_PLATFORM=offscreen $(PY) -m explorer gui digits-cnn --plan benchmarks/plans/digits-cnn.obd-conv2.plan.json --layer conv2 --screenshot assets/obd-histogram.png
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/group_lasso_screen.py
 
 samples: $(STAMP)
 	$(PY) sample_models/train_samples.py

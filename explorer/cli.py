@@ -381,8 +381,8 @@ def cmd_compress(args) -> int:
 
 def _recipe(args, plan: Plan):
     """The plan's fine-tuning recipe with the command line's flags over it."""
-    from explorer.engine.finetune.recipe import (check_recipe, parse_distill, parse_hints,  # torch: after parsing
-                                                 parse_schedule)
+    from explorer.engine.finetune.recipe import (check_recipe, parse_distill, parse_group_lasso,  # torch: after
+                                                 parse_hints, parse_schedule)  # parsing
 
     changes = {k: getattr(args, k) for k in ("epochs", "lr", "optimizer", "batch_size", "seed", "weight_decay")
                if getattr(args, k) is not None}
@@ -392,6 +392,8 @@ def _recipe(args, plan: Plan):
         changes["schedule"] = None if args.schedule == "none" else parse_schedule(args.schedule)
     if args.hints is not None:
         changes["hints"] = None if args.hints == "none" else parse_hints(args.hints)
+    if args.group_lasso is not None:
+        changes["group_lasso"] = None if args.group_lasso == "none" else parse_group_lasso(args.group_lasso)
     return check_recipe(plan.finetune or {}).with_changes(**changes)
 
 
@@ -400,6 +402,9 @@ def _epoch_line(metric: str):
         val = "" if rec.val is None else f", validation {metric} {rec.val:.2%}"
         if rec.hint_loss is not None:
             val = f" (of which hints {rec.hint_loss:.4f})" + val
+        if rec.group_norms:
+            val += "; groups near zero (L2 < 0.01): " + ", ".join(
+                f"{name} {sum(v < 0.01 for v in norms)}/{len(norms)}" for name, norms in rec.group_norms.items())
         print(f"epoch {rec.epoch} ({rec.phase}): loss {rec.loss:.4f}{val} [{rec.seconds:.1f} s]", file=sys.stderr,
               flush=True)
     return show
@@ -777,6 +782,7 @@ def _add_model_args(p) -> None:
 FINETUNE_FLAGS = (("--train", "train"), ("--val", "val"), ("--epochs", "epochs"), ("--lr", "lr"),
                   ("--optimizer", "optimizer"), ("--batch-size", "batch_size"), ("--weight-decay", "weight_decay"),
                   ("--seed", "seed"), ("--distill", "distill"), ("--schedule", "schedule"), ("--hints", "hints"),
+                  ("--group-lasso", "group_lasso"),
                   ("--half", "half"), ("--cexp", "cexp"))
 
 
@@ -795,6 +801,10 @@ def _add_finetune_args(p) -> None:
     p.add_argument("--hints", metavar="LAYER[,LAYER][:WEIGHT]",
                    help="FitNets feature-map distillation from the uncompressed model's layers (teacher=student "
                    "to pair different names; a 1x1 regressor where widths differ), e.g. conv2,fc1:0.5; none")
+    p.add_argument("--group-lasso", metavar="STRENGTH[:EPOCHS]",
+                   help="structured sparsity learning first (Wen et al. 2016): EPOCHS (default 4) of the "
+                   "uncompressed model with STRENGTH x the groups' L2 norms (the filters and channels the plan "
+                   "removes) in the loss, e.g. 0.01:6; none")
     p.add_argument("--schedule", metavar="KIND[:STEPS[:EPOCHS]]",
                    help="gradual pruning first: iterative or polynomial (Zhu & Gupta), e.g. polynomial:4:2; none")
     p.add_argument("--threads", type=_positive, help="torch threads (default torch's: one per core); small models "

@@ -32,6 +32,8 @@ from explorer.session import Finetuned
 DIGITS = "digits"  # the samples' bundled training split (load_train_data's name for it)
 TRAIN_FILTER = "Training data (*.npz *.npy *-idx3-ubyte *-idx3-ubyte.gz *.gz);;All files (*)"
 BLUE, GREEN, RED, GREY = (40, 100, 190), (30, 140, 60), (210, 40, 40), (120, 120, 120)
+ORANGE = (225, 120, 30)
+GROUP_LINES = 48  # the group-lasso plot draws at most this many groups (spread over their final norms)
 TICK_EVERY_EPOCH = 20  # up to this many epochs the x axes are labelled at every epoch
 
 
@@ -102,6 +104,13 @@ class RecipeForm(QGroupBox):
                               "differ")
         self.hint_weight = _spin(0.0, 1e6, 1.0, decimals=3, step=0.1)
         self.hint_weight.setToolTip("the hint loss's weight beside the task loss")
+        self.ssl = QCheckBox("group lasso first (SSL)")
+        self.ssl.setToolTip("Structured sparsity learning (Wen et al. 2016): the uncompressed model trains with λ × "
+                            "the L2 norms of the filters and channels the plan removes in its loss, so that they "
+                            "shrink towards zero before they are removed; their norms are drawn as they shrink")
+        self.ssl_strength = _spin(0.0, 100.0, 0.01, decimals=4, step=0.001)
+        self.ssl_strength.setToolTip("λ: the weight of the groups' norms in the loss")
+        self.ssl_epochs = _spin(1, MAX_EPOCHS, 4)
         self.schedule = QComboBox()
         self.schedule.addItems(["none"] + list(SCHEDULES))
         self.steps = _spin(1, MAX_STEPS, 4)
@@ -122,6 +131,7 @@ class RecipeForm(QGroupBox):
         form.addRow("Distillation", self.distill)
         form.addRow("", _row(QLabel("T"), self.temperature, QLabel("α"), self.alpha))
         form.addRow("Hints (FitNets)", _row(self.hints, QLabel("weight"), self.hint_weight))
+        form.addRow("Sparsity", _row(self.ssl, QLabel("λ"), self.ssl_strength, QLabel("epochs"), self.ssl_epochs))
         form.addRow("Gradual pruning", self.schedule)
         form.addRow("", _row(QLabel("steps"), self.steps, QLabel("epochs/step"), self.per_step))
         form.addRow("Training data", self.data)
@@ -133,6 +143,7 @@ class RecipeForm(QGroupBox):
         note.setStyleSheet("color: #555")
         form.addRow(note)
         self.distill.toggled.connect(self._enable)
+        self.ssl.toggled.connect(self._enable)
         self.schedule.currentTextChanged.connect(self._enable)
         self.data.currentIndexChanged.connect(self._enable)
         self.browse.clicked.connect(self._choose)
@@ -144,6 +155,8 @@ class RecipeForm(QGroupBox):
             w.setEnabled(on and self.distill.isChecked())
         for w in (self.steps, self.per_step):
             w.setEnabled(on and self.schedule.currentText() != "none")
+        for w in (self.ssl_strength, self.ssl_epochs):
+            w.setEnabled(on and self.ssl.isChecked())
         for w in (self.path, self.browse):
             w.setEnabled(on and self.data.currentIndex() == 1)
 
@@ -167,6 +180,11 @@ class RecipeForm(QGroupBox):
         self.distill.setChecked(recipe.distill is not None)
         self.temperature.setValue(d.temperature)
         self.alpha.setValue(d.alpha)
+        g = recipe.group_lasso
+        self.ssl.setChecked(g is not None)
+        if g is not None:
+            self.ssl_strength.setValue(g.strength)
+            self.ssl_epochs.setValue(g.epochs)
         h = recipe.hints
         self.hints.setText(", ".join(t if t == s else f"{t}={s}" for t, s in h.layers) if h is not None else "")
         self.hint_weight.setValue(h.weight if h is not None else 1.0)
@@ -185,7 +203,9 @@ class RecipeForm(QGroupBox):
                                if self.distill.isChecked() else None),
                    "schedule": (None if kind == "none" else {"kind": kind, "steps": self.steps.value(),
                                                             "epochs_per_step": self.per_step.value()}),
-                   "hints": self._hints()}
+                   "hints": self._hints(),
+                   "group_lasso": ({"strength": self.ssl_strength.value(), "epochs": self.ssl_epochs.value()}
+                                   if self.ssl.isChecked() else None)}
         return check_recipe(dict(self._base.to_dict(), **changes), "fine-tuning")
 
     def _hints(self):
@@ -244,10 +264,23 @@ class TrainingPlots(QWidget):
                      "drawn at the end)")
         key.setStyleSheet("color: #444")
         key.setWordWrap(True)
-        plots = QHBoxLayout()
+        # group lasso: each group's L2 norm against the epoch, as they shrink (one layer's, at most GROUP_LINES)
+        self.groups = plot_widget(label_room="0.000")
+        self.groups.setMouseEnabled(False, False)
+        self.groups.hideButtons()
+        self.groups.setLabel("bottom", "epoch")
+        self.groups.setLabel("left", "group L2 norm")
+        self.groups.showGrid(x=True, y=True, alpha=0.15)
+        self.groups.setVisible(False)
+        self.group_lines: list = []
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.loss)
+        row.addWidget(self.val)
+        plots = QVBoxLayout()  # the groups' plot below the two, the width of both (shown with group lasso only)
         plots.setContentsMargins(0, 0, 0, 0)
-        plots.addWidget(self.loss)
-        plots.addWidget(self.val)
+        plots.addLayout(row, 1)
+        plots.addWidget(self.groups, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addLayout(plots, 1)
@@ -261,6 +294,11 @@ class TrainingPlots(QWidget):
         self.total = max(total, 1)
         for item in (self.loss_curve, self.val_curve, self.before, self.best):
             item.setData([], [])
+        for line in self.group_lines:
+            self.groups.removeItem(line)
+        self.group_lines = []
+        self.groups.setVisible(False)
+        self.norms_before = None
         for plot in (self.loss, self.val):
             plot.setXRange(-0.4, self.total + 0.4, padding=0)  # room for the marks at epoch 0 and the last
             ticks = [(i, str(i)) for i in range(self.total + 1)] if self.total <= TICK_EVERY_EPOCH else None
@@ -275,8 +313,38 @@ class TrainingPlots(QWidget):
         self.val.setTitle(f"Validation {metric}", color="#222", size="10pt")
         self.val.setLabel("left", f"{metric} (%)")
 
+    def set_norms_before(self, norms: Optional[dict]) -> None:
+        """Each group's norm before the group lasso's first epoch (drawn at epoch 0)."""
+        self.norms_before = norms
+
+    def _draw_groups(self) -> None:
+        runs = [r for r in self.records if r.group_norms]
+        if not runs:
+            return
+        last = runs[-1].group_norms  # the layer whose groups went furthest towards zero
+        name = max(last, key=lambda n: sum(v < 0.01 for v in last[n]) / max(len(last[n]), 1))
+        series = ([self.norms_before[name]] if self.norms_before and name in self.norms_before else []) + \
+            [r.group_norms[name] for r in runs]
+        xs = ([0] if len(series) > len(runs) else []) + [r.epoch for r in runs]
+        n = len(series[-1])
+        k = min(n, GROUP_LINES)
+        pick = sorted(set(round(i * (n - 1) / max(k - 1, 1)) for i in range(k)))
+        order = sorted(range(n), key=lambda g: series[-1][g])  # spread over the final norms, smallest to largest
+        for line in self.group_lines:
+            self.groups.removeItem(line)
+        self.group_lines = []
+        for k in pick:
+            g = order[k]
+            line = curve(self.groups, xs, [s[g] for s in series], pen=pg.mkPen(ORANGE, width=1))
+            self.group_lines.append(line)
+        near = sum(v < 0.01 for v in series[-1])
+        self.groups.setTitle(f"Group lasso: {name}'s groups ({near} of {n} below 0.01)", color="#222", size="10pt")
+        self.groups.setVisible(True)
+
     def add(self, record) -> None:
         self.records.append(record)
+        if record.group_norms:
+            self._draw_groups()
         x = [r.epoch for r in self.records]
         self.loss_curve.setData(x, [r.loss for r in self.records])
         vals = [(r.epoch, 100 * r.val) for r in self.records if r.val is not None]
@@ -289,6 +357,9 @@ class TrainingPlots(QWidget):
     def finish(self, result) -> None:
         """Mark what the engine reports: the validation metric before retraining and the epoch kept."""
         self.set_metric(result.metric)
+        if result.record.get("group_norms_before"):
+            self.norms_before = result.record["group_norms_before"]
+            self._draw_groups()
         if result.before is not None:
             self.before.setData([0], [100 * result.before])
         if result.best is not None:
@@ -443,7 +514,8 @@ class Finetuning:
                              quality(loaded, result.compressed.model, before=before))
 
         self._total = recipe.total_epochs()
-        pruning = recipe.schedule.steps * recipe.schedule.epochs_per_step if recipe.schedule else 0
+        pruning = (recipe.schedule.steps * recipe.schedule.epochs_per_step if recipe.schedule else 0) + \
+            (recipe.group_lasso.epochs if recipe.group_lasso else 0)  # before the plan's own model trains
         d.plots.reset(self._total, pruning)
         d.set_running(True)
         d.say(f"Compressing by the plan, then {self._total} epochs of training on "

@@ -18,6 +18,11 @@ the CLI's flags and the window's dialog fill in or override.
   layer's (a name alone: the same layer in both); the loss gains ``weight`` times the mean squared error
   between each teacher feature map and the student's, passed through a 1x1 regressor (a 1x1 convolution or
   a Linear, trained with the student and then discarded) where their widths differ, as after filter pruning.
+- ``group_lasso``: structured sparsity learning (Wen et al. 2016) first: ``{"strength": 0.001, "epochs": 4}``
+  trains the uncompressed model for ``epochs`` epochs with ``strength`` times the sum of the L2 norms of the
+  groups the plan removes (each filter of a filter-pruned layer, each input channel of a channel-pruned one)
+  added to the loss, which drives whole groups towards zero; the plan then removes the smallest, for real, and
+  ``epochs`` of retraining follow. Every epoch records each group's norm.
 - ``val_fraction``: the share of the training data held out for validation (the last samples) when no
   validation data is given; the split is recorded with the result.
 """
@@ -49,6 +54,12 @@ class Hints:
 
 
 @dataclass(frozen=True)
+class GroupLasso:
+    strength: float = 1e-3  # lambda: the weight of sum_g ||W_g||_2 in the loss
+    epochs: int = 4  # epochs of penalised training of the uncompressed model, before the plan is applied
+
+
+@dataclass(frozen=True)
 class Schedule:
     kind: str = "polynomial"
     steps: int = 4
@@ -66,6 +77,7 @@ class Recipe:
     distill: Optional[Distill] = None
     schedule: Optional[Schedule] = None
     hints: Optional[Hints] = None
+    group_lasso: Optional[GroupLasso] = None
     seed: int = 0
     val_fraction: float = 0.1
 
@@ -79,8 +91,8 @@ class Recipe:
         return check_recipe(raw)
 
     def total_epochs(self) -> int:
-        s = self.schedule
-        return self.epochs + (s.steps * s.epochs_per_step if s is not None else 0)
+        s, g = self.schedule, self.group_lasso
+        return self.epochs + (s.steps * s.epochs_per_step if s is not None else 0) + (g.epochs if g else 0)
 
 
 def _number(raw: Mapping, key: str, where: str, lo: float, hi: float, integer: bool = False):
@@ -130,6 +142,16 @@ def check_recipe(raw: Any, where: str = "plan finetune") -> Recipe:
         out["distill"] = Distill(**dd)
     elif "distill" in raw:
         out["distill"] = None
+    if raw.get("group_lasso") is not None:
+        g = _section(raw["group_lasso"], f"{where}.group_lasso", ("strength", "epochs"))
+        gg = {}
+        if "strength" in g:
+            gg["strength"] = _number(g, "strength", f"{where}.group_lasso", 0.0, 100.0)
+        if "epochs" in g:
+            gg["epochs"] = _number(g, "epochs", f"{where}.group_lasso", 1, MAX_EPOCHS, True)
+        out["group_lasso"] = GroupLasso(**gg)
+    elif "group_lasso" in raw:
+        out["group_lasso"] = None
     if raw.get("hints") is not None:
         out["hints"] = _hints(raw["hints"], f"{where}.hints")
     elif "hints" in raw:
@@ -180,6 +202,18 @@ def parse_hints(text: str) -> Hints:
         except ValueError:
             raise PlanError(f"--hints takes LAYER[,LAYER...][:WEIGHT] (e.g. conv2,fc1:0.5), got {text!r}") from None
     return check_recipe({"hints": raw}, "--hints").hints
+
+
+def parse_group_lasso(text: str) -> GroupLasso:
+    """``"STRENGTH[:EPOCHS]"`` (the CLI's ``--group-lasso``), e.g. ``0.001:4``."""
+    strength, _, epochs = str(text).partition(":")
+    try:
+        raw = {"strength": float(strength)}
+        if epochs:
+            raw["epochs"] = int(epochs)
+    except ValueError:
+        raise PlanError(f"--group-lasso takes STRENGTH[:EPOCHS] (e.g. 0.001:4), got {text!r}") from None
+    return check_recipe({"group_lasso": raw}, "--group-lasso").group_lasso
 
 
 def parse_distill(text: str) -> Distill:

@@ -29,6 +29,7 @@ from explorer.engine.finetune.data import TrainData, check_train_data
 from explorer.engine.measure.datafit import model_label, own_example
 from explorer.engine.finetune.recipe import Distill, Recipe, check_recipe
 from explorer.engine.measure.metrics import compressible_layers
+from explorer.engine.methods.channels import layer_ranking
 from explorer.engine.plan import LayerSettings, Plan
 from explorer.engine.progress import ProgressFn, report
 
@@ -43,6 +44,7 @@ class EpochRecord:
     val: Optional[float]  # validation accuracy (agreement with the original where there are no labels)
     seconds: float
     hint_loss: Optional[float] = None  # the mean feature-map (FitNets) term of the loss, when hints are given
+    group_norms: Optional[dict] = None  # group lasso: layer -> the L2 norm of each of its groups after the epoch
 
 
 @dataclass
@@ -180,6 +182,39 @@ class _Hints:
         self.handles.clear()
 
 
+class _GroupLasso:
+    """Structured sparsity learning (Wen et al. 2016): ``strength * sum_g ||W_g||_2`` over the groups the plan
+    removes -- the rows (filters) of a filter-pruned layer, the input channels (a flatten's block of columns
+    each) of a channel-pruned one -- added to the loss of the uncompressed model's training."""
+
+    def __init__(self, gl, settings: dict, model: nn.Module, example_input):
+        self.strength = gl.strength
+        self.layers: dict = {}  # name -> (granularity, channels)
+        for name, s in settings.items():
+            if s.removes_channels and s.prune.granularity in ("filter", "channel"):
+                weight = model.get_submodule(name).weight
+                n = weight.shape[0]
+                if s.prune.granularity == "channel":
+                    n = len(layer_ranking(model, example_input, name, "channel", s.prune.amount).norms)
+                self.layers[name] = (s.prune.granularity, int(n))
+        if not self.layers:
+            raise PlanError("group lasso drives the groups that filter or channel pruning removes to zero: the plan "
+                            "prunes no layer by filter or channel")
+
+    def _norms(self, model: nn.Module, name: str) -> torch.Tensor:
+        granularity, n = self.layers[name]
+        w = model.get_submodule(name).weight
+        groups = w.flatten(1) if granularity == "filter" else w.transpose(0, 1).reshape(n, -1)
+        return groups.norm(dim=1)
+
+    def loss(self, model: nn.Module) -> torch.Tensor:
+        return self.strength * sum(self._norms(model, name).sum() for name in self.layers)
+
+    def norms(self, model: nn.Module) -> dict:
+        with torch.no_grad():
+            return {name: [round(float(v), 6) for v in self._norms(model, name)] for name in self.layers}
+
+
 class _Run:
     """One fine-tuning run's state: the teacher, the data, the recipe, the epoch counter, the progress."""
 
@@ -197,6 +232,7 @@ class _Run:
             self.teacher = copy.deepcopy(loaded.model).eval()
             self.teacher.requires_grad_(False)
         self.hints = _Hints(recipe.hints, self.teacher) if recipe.hints is not None else None
+        self.group_norms_before = None  # group lasso: each group's norm before its first epoch
         self.references: list = []  # agreement: the teacher's predictions of each validation batch
         self.generator = torch.Generator().manual_seed(recipe.seed)
         self.total = max(recipe.total_epochs(), 1)
@@ -224,7 +260,7 @@ class _Run:
             return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
 
-    def train_epoch(self, model: nn.Module, constraints: list, opt, phase: str) -> EpochRecord:
+    def train_epoch(self, model: nn.Module, constraints: list, opt, phase: str, penalty=None) -> EpochRecord:
         t0 = time.perf_counter()
         self.epoch += 1
         model.train()
@@ -243,6 +279,8 @@ class _Run:
                 hint = self.hints.loss()
                 hinted += float(hint.detach()) * int(x.shape[0])
                 loss = loss + hint
+            if penalty is not None:
+                loss = loss + penalty.loss(model)
             loss.backward()
             for c in constraints:
                 c.after_backward()
@@ -255,7 +293,8 @@ class _Run:
             report(self.progress, min(done, 1.0), f"epoch {self.epoch}/{self.total} ({phase}): loss {total / n:.4f}")
         val = self.score(model, constraints)
         record = EpochRecord(self.epoch, phase, total / max(n, 1), val, time.perf_counter() - t0,
-                             hinted / max(n, 1) if self.hints is not None else None)
+                             hinted / max(n, 1) if self.hints is not None else None,
+                             penalty.norms(model) if penalty is not None else None)
         self.history.append(record)
         if self.on_epoch is not None:
             self.on_epoch(record)
@@ -342,6 +381,14 @@ def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = No
     cancelled = False
     current = model
     try:
+        if recipe.group_lasso is not None:  # SSL: the uncompressed model learns to empty the groups the plan removes
+            ssl = _GroupLasso(recipe.group_lasso, settings, model, loaded.example_input)
+            run.group_norms_before = ssl.norms(model)
+            dense = copy.deepcopy(model)
+            opt = run.optimizer(dense, [])
+            for _ in range(recipe.group_lasso.epochs):
+                run.train_epoch(dense, [], opt, "group lasso", penalty=ssl)
+            current = dense
         report(progress, 0.0, "compressing")
         if recipe.schedule is not None:
             for step, scale in enumerate(_scales(recipe)):
@@ -379,6 +426,7 @@ def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = No
               "eval": loaded.eval_data.name if loaded.eval_data is not None else None,
               "recipe": recipe.to_dict(), "distill_used": asdict(run.distill) if run.distill else None,
               "plan": plan.to_dict(), "history": [asdict(h) for h in run.history], "before": before,
+              "group_norms_before": run.group_norms_before,
               "best": best, "best_epoch": best_epoch, "cancelled": cancelled,
               "seconds": round(time.perf_counter() - t0, 2), "torch_threads": torch.get_num_threads()}
     if not cancelled:
