@@ -26,6 +26,7 @@ from explorer.engine.methods import channels as _structure
 from explorer.engine.methods import lowrank as _lowrank
 from explorer.engine.methods.prune import GRANULARITIES, removed_count
 from explorer.engine.methods.saliency import SALIENCY, element_mask
+from explorer.engine.methods.saliency import token as saliency_token
 from explorer.engine.methods.quantize import QuantResult, quantize_tensor
 from explorer.engine.plan import LayerSettings, Plan
 from explorer.engine.progress import ProgressFn, report
@@ -426,6 +427,8 @@ def compress_weight_cached(cache: Optional[TensorCache], original: Optional[torc
     the result for the tensor ``original`` under ``s``, and kept there when computed. ``original`` None (no
     cache, or a weight whose values are no longer the original's): computed, not cached."""
     key = TensorCache.key(original, name, s) if (cache is not None and original is not None) else None
+    if key is not None and s.prune is not None and s.prune.criterion in SALIENCY:
+        key = (key, saliency_token(original))  # the ranking depends on the data and the other weights too
     hit = cache.get(key) if key is not None else None
     if hit is None:
         hit = compress_weight(weight_key(name, mod), weight, s, original)

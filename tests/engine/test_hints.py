@@ -83,3 +83,12 @@ def test_the_cli_flag_reads_layers_pairs_and_a_weight():
     assert h.layers == (("conv2", "conv2"), ("conv1", "conv1")) and h.weight == 0.25
     with pytest.raises(PlanError, match="--hints"):
         parse_hints("conv2:heavy")
+
+
+def test_no_hook_is_left_on_the_model_after_a_scheduled_run():
+    loaded = load_model("digits-cnn")
+    recipe = check_recipe({"epochs": 1, "lr": 0.003, "hints": {"layers": ["fc1"]},
+                           "schedule": {"kind": "iterative", "steps": 2, "epochs_per_step": 1}})
+    res = finetune(loaded, _plan({"fc1": {"prune": {"amount": 0.8}}}), load_train_data("digits"), recipe=recipe)
+    assert not any(m._forward_hooks for m in res.compressed.model.modules())
+    assert all(h.hint_loss is not None for h in res.history)

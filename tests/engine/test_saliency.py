@@ -157,3 +157,70 @@ def test_gradual_fine_tuning_ranks_each_step_by_the_trained_weights_saliency(tmp
     assert int((w != 0).sum()) == 6000
     # the loaded model's own weights are still ranked by its own data afterwards
     assert saliency.importance(loaded.model.fc2.weight, "obd", "fc2").shape == w.shape
+
+
+# ------------------------------------------------------------------------------- found by review of 02a7b71
+
+
+def test_each_scheduled_step_ranks_by_saliency_not_magnitude(monkeypatch):
+    from explorer.engine.finetune import trainer
+
+    plans = []
+    real = trainer._step_plan
+    monkeypatch.setattr(trainer, "_step_plan", lambda s, scale: plans.append(real(s, scale)) or plans[-1])
+    test_gradual_fine_tuning_ranks_each_step_by_the_trained_weights_saliency(None)
+    assert plans and all(p.settings_for("fc2").prune.criterion == "obd" for p in plans)
+
+
+def test_the_views_rank_detached_views_of_a_weight_as_its_saliency(cnn):
+    from explorer.engine.measure.layerview import init_comparison, layer_preview
+    from explorer.engine.teach.layer import layer_concept
+    from explorer.engine.inspect import inspect_model
+
+    s = LayerSettings(prune=PruneSettings(0.8, "element", "obd"))
+    detached = cnn.model.conv2.weight.detach()
+    assert np.array_equal(saliency.element_mask(detached, 0.8, "obd"),
+                          saliency.element_mask(cnn.model.conv2.weight, 0.8, "obd"))
+    assert layer_preview("conv2", cnn.model.conv2, s).pruned_count == 7200
+    assert init_comparison("conv2", cnn.model.conv2, s, bits=3, max_iter=5).values.size == 1800
+    plan = _plan({"conv2": {"prune": {"amount": 0.8, "criterion": "obd"}}})
+    view = layer_concept("granularity", cnn, inspect_model(cnn.model, cnn.example_input), None, "conv2",
+                         plan.settings_for("conv2"))
+    assert view.removed == 7200
+
+
+def test_new_eval_data_gives_new_masks_in_the_preview_too():
+    from explorer.engine.measure.preview import Previewer
+    from explorer.engine.model.data import EvalData
+
+    cnn = load_model("digits-cnn")
+    model = LoadedModel(cnn.model, cnn.example_input, EvalData(cnn.eval_data.inputs[:180], cnn.eval_data.labels[:180],
+                                                              "first half"))
+    plan = _plan({"conv2": {"prune": {"amount": 0.8, "criterion": "obd"}}})
+    previewer = Previewer(model)
+    a = (previewer.build(plan).model.conv2.weight != 0).clone()
+    model.eval_data = EvalData(cnn.eval_data.inputs[180:], cnn.eval_data.labels[180:], "second half")
+    b = (previewer.build(plan).model.conv2.weight != 0)
+    fresh = (compress(model.model, plan, model.example_input).model.conv2.weight != 0)
+    assert torch.equal(b, fresh) and not torch.equal(a, b)
+
+
+def test_a_newer_loaded_model_ranks_its_weights_by_its_data_and_an_unpickled_one_can_rank():
+    import pickle
+    from dataclasses import replace
+
+    from explorer.engine.model.data import EvalData
+
+    cnn = load_model("digits-cnn")
+    base = LoadedModel(cnn.model, cnn.example_input, EvalData(cnn.eval_data.inputs[:180], cnn.eval_data.labels[:180],
+                                                             "A"))
+    other = replace(base, eval_data=EvalData(cnn.eval_data.inputs[180:], cnn.eval_data.labels[180:], "B"))
+    w = cnn.model.conv2.weight
+    assert saliency._provider_of(w).loaded() is other
+    del other
+    import gc
+
+    gc.collect()
+    assert saliency._provider_of(w).loaded() is base  # the older one ranks it again
+    shipped = pickle.loads(pickle.dumps(base))
+    assert saliency.importance(shipped.model.conv2.weight, "taylor", "conv2").shape == w.shape

@@ -77,7 +77,8 @@ def _step_plan(settings: dict, scale: float) -> Plan:
             layers[name] = {"prune": None, "quantize": None, "lowrank": None}
             continue
         amount = p.amount * scale if isinstance(p.amount, float) else int(round(p.amount * scale))
-        layers[name] = {"prune": {"amount": amount, "granularity": "element"}, "quantize": None, "lowrank": None}
+        layers[name] = {"prune": {"amount": amount, "granularity": "element", "criterion": p.criterion},
+                        "quantize": None, "lowrank": None}
     return Plan(LayerSettings(), layers)
 
 
@@ -136,11 +137,15 @@ class _Hints:
             store[key] = _first_tensor(out)
         return hook
 
-    def bind(self, student: nn.Module, x: torch.Tensor) -> list:
-        """Hook ``student``'s layers, build the regressors from one batch ``x``; their parameters, to train."""
+    def unbind(self) -> None:
+        """Remove the hooks on the student (before it is copied: a copy would carry them)."""
         for h in self.handles[len(self.hints.layers):]:
             h.remove()
         del self.handles[len(self.hints.layers):]
+
+    def bind(self, student: nn.Module, x: torch.Tensor) -> list:
+        """Hook ``student``'s layers, build the regressors from one batch ``x``; their parameters, to train."""
+        self.unbind()
         for _, s_name in self.hints.layers:
             mod = self._module(student, s_name, "the compressed model")
             self.handles.append(mod.register_forward_hook(self._keep(self.seen_student, s_name)))
@@ -395,6 +400,8 @@ def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = No
                 # a saliency criterion ranks the trained weights on the same calibration data as the loaded
                 # model's (the LoadedModel registers them; held while they are compressed)
                 trained = replace(loaded, model=current)  # noqa: F841
+                if run.hints is not None:
+                    run.hints.unbind()
                 comp = compress(current, _step_plan(settings, scale), loaded.example_input, count=False)
                 constraints = constraints_of(comp)
                 opt = run.optimizer(comp.model, constraints)
@@ -405,6 +412,8 @@ def finetune(loaded, plan: Plan, train: TrainData, val: Optional[TrainData] = No
     except (Cancelled, KeyboardInterrupt):  # the plan is still applied, to the model of the last whole step
         cancelled = True
     trained = replace(loaded, model=current)  # noqa: F841 (held: its weights' saliencies, see above)
+    if run.hints is not None:
+        run.hints.unbind()  # a copy of a hooked model would carry the hooks
     comp = compress(current, plan, loaded.example_input)
     constraints = constraints_of(comp)
     before = run.score(comp.model, constraints)

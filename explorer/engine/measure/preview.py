@@ -221,7 +221,8 @@ class Previewer:
         """Size by stage, the file's bytes, MACs and per-layer details of ``plan`` (no accuracy). The most
         recently measured summaries are kept, up to :data:`SUMMARY_BYTES` (a plan measured again, e.g.
         after an undo, is a lookup); read the dict returned, do not change it."""
-        key = (plan_key(plan), tuple(m.weight._version for _, m in self.layers))
+        # the eval data too: a saliency criterion ranks by it (new data, new masks)
+        key = (plan_key(plan), tuple(m.weight._version for _, m in self.layers), id(self.loaded.eval_data))
         hit = self._summaries.get(key)
         if hit is not None:
             return _unpack(hit)
@@ -259,7 +260,7 @@ class Previewer:
         tensors with the loaded model and the cache), reusing the per-tensor results; ``count=False``
         skips tracing its MACs (for a job that only runs the model). The last result is kept: a plan that
         changes shapes is built once for its sizes and reused for its accuracy and export."""
-        key = plan_key(plan)
+        key = (plan_key(plan), id(self.loaded.eval_data))  # the data: a saliency criterion ranks by it
         with self._lock:
             last = self._last
         if last is not None and last[0] == key and (last[2] or not count):

@@ -62,9 +62,9 @@ class Criterion:
 CRITERIA = {c.name: c for c in (
     Criterion("l1", False, "magnitude: |w| (a channel: the sum of its |w|)"),
     Criterion("l2", False, "magnitude: |w| (a channel: the root of its summed w^2)"),
-    Criterion("obd", True, "Optimal Brain Damage (LeCun 1989): 1/2 h_ii w^2, the Hessian's diagonal h_ii by "
-              "its Gauss-Newton estimate E[sum_c (dz_c/dw)^2] on calibration data (a channel: the sum over its "
-              "weights)"),
+    Criterion("obd", True, "Optimal Brain Damage (LeCun 1989): 1/2 h_ii w^2, the curvature h_ii by the Gauss-"
+              "Newton diagonal of a squared error on the class scores, E[sum_c (dz_c/dw)^2], on calibration data "
+              "(a channel: the sum over its weights)"),
     Criterion("taylor", True, "first-order Taylor (Molchanov 2017): E|g w|, the loss change of removing w, "
               "on calibration data (a channel: the sum over its weights)"),
 )}

@@ -3,7 +3,8 @@
 * ``obd`` -- Optimal Brain Damage (LeCun, Denker & Solla 1989): removing weight ``w_i`` raises the loss by about
   ``s_i = 1/2 h_ii w_i^2`` at a minimum, ``h_ii`` the Hessian's diagonal. Estimated here by its Gauss-Newton
   (Fisher) approximation ``h_ii ~ E_x sum_c (dz_c/dw_i)^2``, the squared gradients of the class scores ``z``
-  (LeCun et al.'s own approximation, for a squared error on the outputs), unbiased from one backward pass per
+  (the curvature of a squared error on the class scores, LeCun et al.'s own setting; not the cross-entropy's own
+  Gauss-Newton, which weights the classes by diag(p) - p p^T), unbiased from one backward pass per
   batch: the gradient of ``sum_x,c v_xc z_xc`` with ``v`` random signs. (The squared gradients of the
   cross-entropy itself, the empirical Fisher, vanish on data a trained model fits: it ranked digits-cnn's conv2
   no better, and its fully connected layers worse.)
@@ -43,9 +44,11 @@ BATCH = 16
 
 __all__ = ["SALIENCY", "CALIBRATION", "BATCH", "provide", "importance", "element_mask", "calibration", "describe"]
 
-# id(weight tensor) -> (a weak reference to it, its model's provider); an entry goes with its tensor. Keyed by id,
-# not by the tensor (a tensor's == is elementwise)
+# id(weight tensor) -> (a weak reference to it, its models' providers, newest last); an entry goes with its
+# tensor. Keyed by id, not by the tensor (a tensor's == is elementwise); a detached view of a weight (what the
+# views read) is found by its storage (_VIEWS: data pointer, shape -> id)
 _OWNERS: dict = {}
+_VIEWS: dict = {}
 
 
 class _Provider:
@@ -85,9 +88,15 @@ def provide(loaded) -> None:
         if isinstance(w, torch.Tensor):
             key = id(w)
             held = _OWNERS.get(key)
-            if held is not None and held[0]() is w and held[1].loaded() is not None:
-                continue  # another loaded model holds this tensor already: its data rank it
-            _OWNERS[key] = (weakref.ref(w, lambda _, key=key: _OWNERS.pop(key, None)), provider)
+            providers = [p for p in held[1] if p.loaded() is not None] if held is not None and held[0]() is w else []
+            view = (w.data_ptr(), tuple(w.shape))
+
+            def gone(_, key=key, view=view):
+                _OWNERS.pop(key, None)
+                if _VIEWS.get(view) == key:
+                    del _VIEWS[view]
+            _OWNERS[key] = (weakref.ref(w, gone), providers + [provider])  # the newest loaded model ranks it
+            _VIEWS[view] = key
 
 
 def importance(weight: torch.Tensor, criterion: str, name: str = "layer") -> torch.Tensor:
@@ -102,14 +111,40 @@ def importance(weight: torch.Tensor, criterion: str, name: str = "layer") -> tor
     """
     if criterion not in SALIENCY:
         raise CompressionError(f"layer '{name}': {criterion!r} is not a saliency criterion ({', '.join(SALIENCY)})")
-    entry = _OWNERS.get(id(weight))
-    provider = entry[1] if entry is not None and entry[0]() is weight else None
+    owner, provider = _owner(weight)
     if provider is None:
         raise CompressionError(
             f"layer '{name}': criterion {criterion} ranks a loaded model's own layer weights by their effect on the "
             "loss; this tensor is not one (a factor of a factorised layer, or a layer whose channels are removed "
             "first): prune it with criterion l1")
-    return provider.get(weight, criterion, name)
+    return provider.get(owner, criterion, name)
+
+
+def _owner(weight: torch.Tensor):
+    """``(the registered layer weight, its newest live provider)`` for ``weight`` or a detached view of it
+    (``detach()``: the same storage), else ``(None, None)``."""
+    entry = _OWNERS.get(id(weight))
+    owner = weight
+    if entry is None or entry[0]() is not weight:
+        key = _VIEWS.get((weight.data_ptr(), tuple(weight.shape)))
+        entry = _OWNERS.get(key) if key is not None else None
+        owner = entry[0]() if entry is not None else None
+        if owner is None or owner.data_ptr() != weight.data_ptr() or owner.dtype != weight.dtype:
+            return None, None
+    live = [p for p in entry[1] if p.loaded() is not None]
+    return (owner, live[-1]) if live else (None, None)
+
+
+def _provider_of(weight: torch.Tensor):
+    return _owner(weight)[1]
+
+
+def token(weight: torch.Tensor):
+    """What a saliency ranking of ``weight`` depends on besides the weight: its provider's data and the model's
+    weights (a cache of a pruned tensor keys on it), or None."""
+    provider = _provider_of(weight)
+    loaded = provider.loaded() if provider is not None else None
+    return None if loaded is None else (id(provider), _state_key(loaded))
 
 
 def element_mask(weight: torch.Tensor, amount, criterion: str = "l1", name: str = "layer",

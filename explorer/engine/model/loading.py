@@ -48,6 +48,10 @@ class LoadedModel:
         # its layer weights can be ranked by saliency (obd, taylor: computed on first use, from its data)
         saliency.provide(self)
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        saliency.provide(self)  # unpickled (a Ray worker's payload): __post_init__ does not run
+
 
 # ----------------------------------------------------------------------------------------- files
 
