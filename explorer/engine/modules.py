@@ -32,7 +32,7 @@ References
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
@@ -62,10 +62,6 @@ def fft_macs(length: int) -> int:
 @torch.jit.unused
 def _exporting_onnx():
     return torch.onnx.is_in_onnx_export()
-
-
-def _rows(x: torch.Tensor, features: int) -> int:
-    return x.numel() // max(features, 1) if isinstance(x, torch.Tensor) else 0
 
 
 class TTCore(nn.Module):
@@ -181,7 +177,3 @@ def tt_dense(cores: "list[TTCore]") -> torch.Tensor:
     d = len(g)
     return t.permute(*range(0, 2 * d, 2), *range(1, 2 * d, 2)).reshape(math.prod(ms), math.prod(ns))
 
-
-def layer_rows(module: nn.Module, x: Optional[torch.Tensor]) -> int:
-    """The number of input rows a call of ``module`` (a TTCore or BlockCirculant) ran on."""
-    return _rows(x, module.in_features)

@@ -132,26 +132,14 @@ def check_recipe(raw: Any, where: str = "plan finetune") -> Recipe:
         if not isinstance(raw["optimizer"], str) or raw["optimizer"] not in OPTIMIZERS:
             raise PlanError(f"{where}.optimizer must be one of {', '.join(OPTIMIZERS)}, got {raw['optimizer']!r}")
         out["optimizer"] = raw["optimizer"]
-    if raw.get("distill") is not None:
-        d = _section(raw["distill"], f"{where}.distill", ("temperature", "alpha"))
-        dd = {}
-        if "temperature" in d:
-            dd["temperature"] = _number(d, "temperature", f"{where}.distill", 0.1, 100.0)
-        if "alpha" in d:
-            dd["alpha"] = _number(d, "alpha", f"{where}.distill", 0.0, 1.0)
-        out["distill"] = Distill(**dd)
-    elif "distill" in raw:
-        out["distill"] = None
-    if raw.get("group_lasso") is not None:
-        g = _section(raw["group_lasso"], f"{where}.group_lasso", ("strength", "epochs"))
-        gg = {}
-        if "strength" in g:
-            gg["strength"] = _number(g, "strength", f"{where}.group_lasso", 0.0, 100.0)
-        if "epochs" in g:
-            gg["epochs"] = _number(g, "epochs", f"{where}.group_lasso", 1, MAX_EPOCHS, True)
-        out["group_lasso"] = GroupLasso(**gg)
-    elif "group_lasso" in raw:
-        out["group_lasso"] = None
+    for key, cls, limits in (("distill", Distill, {"temperature": (0.1, 100.0, False), "alpha": (0.0, 1.0, False)}),
+                             ("group_lasso", GroupLasso, {"strength": (0.0, 100.0, False),
+                                                          "epochs": (1, MAX_EPOCHS, True)})):
+        if raw.get(key) is not None:
+            sub = _section(raw[key], f"{where}.{key}", tuple(limits))
+            out[key] = cls(**{k: _number(sub, k, f"{where}.{key}", *limits[k]) for k in limits if k in sub})
+        elif key in raw:
+            out[key] = None
     if raw.get("hints") is not None:
         out["hints"] = _hints(raw["hints"], f"{where}.hints")
     elif "hints" in raw:

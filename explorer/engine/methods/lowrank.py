@@ -490,11 +490,18 @@ def tt_modes(out_features: int, in_features: int) -> tuple[list[int], list[int]]
 def tt_unfoldings(weight: torch.Tensor) -> list[torch.Tensor]:
     """The matrices TT-SVD cuts, one per bond: the ``(m_1 n_1 .. m_k n_k) x (rest)`` unfoldings of a Linear's
     weight as the tensor of modes ``(m_k n_k)`` (float64)."""
+    t = _tt_tensor(weight)
+    sizes = list(t.shape)
+    return [t.reshape(math.prod(sizes[: k + 1]), -1) for k in range(len(sizes) - 1)]
+
+
+def _tt_tensor(weight: torch.Tensor) -> torch.Tensor:
+    """``W[(i_1..i_d), (j_1..j_d)]`` as the tensor of modes ``(m_k n_k)`` (output and input indices interleaved),
+    float64: what TT-SVD splits."""
     ms, ns = tt_modes(*weight.shape)
     d = len(ms)
     t = weight.detach().double().reshape(*ms, *ns).permute(*[a for k in range(d) for a in (k, d + k)])
-    sizes = [m * n for m, n in zip(ms, ns)]
-    return [t.reshape(math.prod(sizes[: k + 1]), -1) for k in range(d - 1)]
+    return t.reshape([m * n for m, n in zip(ms, ns)])
 
 
 def _tt_bounds(module: nn.Module) -> list[int]:
@@ -762,9 +769,7 @@ def _tt_linear(linear: nn.Linear, ranks: Sequence[int]) -> nn.Sequential:
     out_f, in_f = w.shape
     ms, ns = tt_modes(out_f, in_f)
     d = len(ms)
-    # W[(i_1..i_d), (j_1..j_d)] as the tensor of modes (m_k n_k): interleave the output and input indices
-    tensor = w.detach().double().reshape(*ms, *ns)
-    tensor = tensor.permute(*[a for k in range(d) for a in (k, d + k)]).reshape([m * n for m, n in zip(ms, ns)])
+    tensor = _tt_tensor(w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         factors = tensor_train(tensor, rank=[1, *ranks, 1]).factors  # (r_{k-1}, m_k n_k, r_k)

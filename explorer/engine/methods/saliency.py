@@ -35,14 +35,14 @@ from torch import nn
 
 from explorer.engine.errors import CompressionError
 from explorer.engine.measure.metrics import compressible_layers, eval_mode, first_output
-from explorer.engine.methods.granularities import CRITERIA, SALIENCY
+from explorer.engine.methods.granularities import SALIENCY
 from explorer.engine.methods.prune import magnitude_mask
 from explorer.engine.model.data import digits_split
 
 CALIBRATION = 256  # examples at most
 BATCH = 16
 
-__all__ = ["SALIENCY", "CALIBRATION", "BATCH", "provide", "importance", "element_mask", "calibration", "describe"]
+__all__ = ["SALIENCY", "CALIBRATION", "BATCH", "provide", "importance", "element_mask", "calibration", "token"]
 
 # id(weight tensor) -> (a weak reference to it, its models' providers, newest last); an entry goes with its
 # tensor. Keyed by id, not by the tensor (a tensor's == is elementwise); a detached view of a weight (what the
@@ -59,7 +59,6 @@ class _Provider:
         self.lock = threading.Lock()
         self.key = None
         self.scores: dict = {}  # id(weight) -> {"obd": tensor, "taylor": tensor}
-        self.what = ""
 
     def get(self, weight: torch.Tensor, criterion: str, name: str) -> torch.Tensor:
         loaded = self.loaded()
@@ -68,7 +67,7 @@ class _Provider:
         with self.lock:
             key = _state_key(loaded)
             if key != self.key:
-                self.scores, self.what = _compute(loaded)
+                self.scores = _compute(loaded)
                 self.key = key
             hit = self.scores.get(id(weight))
         if hit is None:
@@ -158,15 +157,6 @@ def element_mask(weight: torch.Tensor, amount, criterion: str = "l1", name: str 
     return magnitude_mask(weight, amount)
 
 
-def describe(loaded) -> str:
-    """What the saliencies of ``loaded`` are (to be) computed on."""
-    data = calibration(loaded)
-    if data is None:
-        return "no calibration data"
-    x, y, what = data
-    return f"{what}, {x.shape[0]} examples" + ("" if y is not None else " (labels: the model's own top class)")
-
-
 def calibration(loaded) -> Optional[tuple]:
     """``(inputs, labels or None, what)``: a sample's training split (the first :data:`CALIBRATION`), else the
     eval data's first :data:`CALIBRATION` examples; None when there is neither."""
@@ -240,9 +230,5 @@ def _compute(loaded) -> tuple:
         for w, r in zip(weights, was):
             w.requires_grad_(r)
     n = max(batches, 1)
-    scores = {id(w): {"obd": 0.5 * (f / max(examples, 1)) * w.detach().float() ** 2, "taylor": t / n}
-              for w, f, t in zip(weights, fisher, taylor)}
-    return scores, what
-
-
-assert set(SALIENCY) <= set(CRITERIA)
+    return {id(w): {"obd": 0.5 * (f / max(examples, 1)) * w.detach().float() ** 2, "taylor": t / n}
+            for w, f, t in zip(weights, fisher, taylor)}
